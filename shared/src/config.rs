@@ -1,0 +1,164 @@
+//! Configuration shared by every binary, read from the environment (DESIGN.md §9)
+//! through `clap` so each value is also a flag and shows in `--help`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A string that must never reach a log: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is handed to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// PostgreSQL settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DbConfig {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/rdev",
+        hide_default_value = false
+    )]
+    pub database_url: Secret,
+    /// Maximum connections in this process's pool.
+    #[arg(long = "db-pool-size", env = "RDEV_DB_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+}
+
+/// RabbitMQ settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AmqpConfig {
+    /// RabbitMQ connection URL.
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: Secret,
+    /// Prefix of every exchange and queue name, so tenants and tests can share a broker.
+    #[arg(long = "amqp-prefix", env = "RDEV_AMQP_PREFIX", default_value = "rdev", value_parser = parse_prefix)]
+    pub prefix: String,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1-64 characters of [A-Za-z0-9._-]".into())
+    }
+}
+
+/// Log output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogConfig {
+    /// `text` or `json`. Filter with `RUST_LOG`.
+    #[arg(long = "log-format", env = "RDEV_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Parses durations written as `500ms`, `5s`, `5m`, `2h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration unit in `{s}` (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// Removes the password from a connection URL so it can be logged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn redaction_hides_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://127.0.0.1/rdev"), "postgres://127.0.0.1/rdev");
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(parse_prefix("rdev").is_ok());
+        assert!(parse_prefix("t_0a1b.x-y").is_ok());
+        assert!(parse_prefix("").is_err());
+        assert!(parse_prefix("a b").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! `commands` repository: insert, read, and the state transitions
+//! (claim, finish) guarded by conditional updates.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{DbError, from_json, parse_col, to_json};
+use crate::domain::{Command, CommandSpec, CommandStatus, ExecutorConfig};
+
+/// A command to insert.
+#[derive(Clone, Debug)]
+pub struct NewCommand {
+    /// uuid v7 chosen by the caller (it also names the outbox message).
+    pub id: Uuid,
+    /// Project it runs in.
+    pub project_id: Uuid,
+    /// Key that created it.
+    pub api_key_id: Option<Uuid>,
+    /// What to run.
+    pub spec: CommandSpec,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Bytes fed to standard input.
+    pub stdin: Option<Vec<u8>>,
+    /// 0–9.
+    pub priority: i16,
+    /// Wall-clock limit.
+    pub timeout_s: i32,
+    /// Client-chosen key making the request idempotent per API key.
+    pub idempotency_key: Option<String>,
+}
+
+/// Filter of [`list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this project.
+    pub project_id: Option<Uuid>,
+    /// Only projects in this set (the key's restriction).
+    pub project_ids: Option<Vec<Uuid>>,
+    /// Only this status.
+    pub status: Option<CommandStatus>,
+    /// Only commands older than this id (cursor).
+    pub before: Option<Uuid>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// A command claimed by a worker, with what it needs to run it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The command, now `running`.
+    pub command: Command,
+    /// Bytes for standard input.
+    pub stdin: Option<Vec<u8>>,
+    /// The project's executor.
+    pub executor: ExecutorConfig,
+    /// The project's environment (the command's own env overrides it).
+    pub project_env: BTreeMap<String, String>,
+    /// Stored-output cap.
+    pub max_output_bytes: i64,
+    /// Whether the project was deleted after the command was queued.
+    pub project_deleted: bool,
+}
+
+/// The terminal facts a worker records.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    /// Terminal status.
+    pub status: CommandStatus,
+    /// Exit code, when the process ran.
+    pub exit_code: Option<i32>,
+    /// Error text, when relevant.
+    pub error: Option<String>,
+    /// Bytes produced.
+    pub output_bytes: i64,
+    /// Whether stored output was cut.
+    pub truncated: bool,
+}
+
+/// Columns of a command joined with its project's name; the command table is `c`.
+const COLS: &str = "c.id, c.project_id, c.api_key_id, c.command, c.argv, c.env, c.priority, \
+                    c.status, c.exit_code, c.error, c.timeout_s, c.worker_id, c.attempt, \
+                    c.output_bytes, c.truncated, c.created_at, c.started_at, c.finished_at, \
+                    p.name AS project";
+
+fn from_row(row: &Row) -> Result<Command, DbError> {
+    let command: Option<String> = row.try_get("command")?;
+    let argv: Option<Vec<String>> = row.try_get("argv")?;
+    let spec = match (command, argv) {
+        (Some(c), None) => CommandSpec::Shell(c),
+        (None, Some(a)) => CommandSpec::Argv(a),
+        _ => return Err(DbError::Corrupt("commands: command xor argv".into())),
+    };
+    let status: String = row.try_get("status")?;
+    Ok(Command {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        project: row.try_get("project")?,
+        api_key_id: row.try_get("api_key_id")?,
+        spec,
+        env: from_json(row.try_get("env")?, "commands.env")?,
+        priority: row.try_get("priority")?,
+        status: parse_col(&status, "commands.status")?,
+        exit_code: row.try_get("exit_code")?,
+        error: row.try_get("error")?,
+        timeout_s: row.try_get("timeout_s")?,
+        worker_id: row.try_get("worker_id")?,
+        attempt: row.try_get("attempt")?,
+        output_bytes: row.try_get("output_bytes")?,
+        truncated: row.try_get("truncated")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// Inserts a command. Returns `None` when the idempotency key was already
+/// used by this API key (the caller then fetches the original).
+pub async fn insert(
+    client: &impl deadpool_postgres::GenericClient,
+    c: &NewCommand,
+) -> Result<Option<Command>, DbError> {
+    let (command, argv) = match &c.spec {
+        CommandSpec::Shell(s) => (Some(s.as_str()), None),
+        CommandSpec::Argv(a) => (None, Some(a.clone())),
+    };
+    let sql = format!(
+        "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, stdin, \
+         priority, status, timeout_s, idempotency_key) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10) \
+         ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+         RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    let row = client
+        .query_opt(
+            &sql,
+            &[
+                &c.id,
+                &c.project_id,
+                &c.api_key_id,
+                &command,
+                &argv,
+                &to_json(&c.env),
+                &c.stdin,
+                &c.priority,
+                &c.timeout_s,
+                &c.idempotency_key,
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The command an API key created with an idempotency key.
+pub async fn find_by_idempotency_key(
+    client: &impl deadpool_postgres::GenericClient,
+    api_key_id: Uuid,
+    key: &str,
+) -> Result<Option<Command>, DbError> {
+    let sql = format!(
+        "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id \
+         WHERE c.api_key_id = $1 AND c.idempotency_key = $2"
+    );
+    client.query_opt(&sql, &[&api_key_id, &key]).await?.as_ref().map(from_row).transpose()
+}
+
+/// A command by id.
+pub async fn get(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Command>, DbError> {
+    let sql =
+        format!("SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id WHERE c.id = $1");
+    client.query_opt(&sql, &[&id]).await?.as_ref().map(from_row).transpose()
+}
+
+/// Commands, newest first.
+pub async fn list(
+    client: &impl deadpool_postgres::GenericClient,
+    f: &ListFilter,
+) -> Result<Vec<Command>, DbError> {
+    let sql = format!(
+        "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id \
+         WHERE ($1::uuid IS NULL OR c.project_id = $1) \
+         AND ($2::uuid[] IS NULL OR c.project_id = ANY($2)) \
+         AND ($3::text IS NULL OR c.status = $3) \
+         AND ($4::uuid IS NULL OR c.id < $4) \
+         ORDER BY c.id DESC LIMIT $5"
+    );
+    let status = f.status.map(|s| s.as_str());
+    let rows = client
+        .query(&sql, &[&f.project_id, &f.project_ids, &status, &f.before, &f.limit])
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Moves a command from `queued` to `running` for `worker_id`. Returns `None`
+/// when it was not queued: this conditional update is what makes a
+/// redelivered message harmless.
+pub async fn claim(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+) -> Result<Option<Claimed>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, started_at = now(), \
+         heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
+         RETURNING *) \
+         SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
+         p.deleted_at IS NOT NULL AS project_deleted \
+         FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    let Some(row) = client.query_opt(&sql, &[&id, &worker_id]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Claimed {
+        command: from_row(&row)?,
+        stdin: row.try_get("stdin")?,
+        executor: from_json(row.try_get("executor")?, "projects.executor")?,
+        project_env: from_json(row.try_get("project_env")?, "projects.env")?,
+        max_output_bytes: row.try_get("max_output_bytes")?,
+        project_deleted: row.try_get("project_deleted")?,
+    }))
+}
+
+/// Records the end of a running command claimed by `worker_id`. Returns
+/// `None` when the command is no longer this worker's running command (the
+/// reaper or a cancel got there first): terminal states are final.
+pub async fn finish(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    f: &Finish,
+) -> Result<Option<Command>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
+         output_bytes = $6, truncated = $7, finished_at = now() \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    let row = client
+        .query_opt(
+            &sql,
+            &[&id, &worker_id, &f.status.as_str(), &f.exit_code, &f.error, &f.output_bytes, &f.truncated],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Refreshes `heartbeat_at` (and the running output size) of commands this worker runs.
+pub async fn heartbeat(
+    client: &impl deadpool_postgres::GenericClient,
+    worker_id: &str,
+    ids: &[Uuid],
+) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE commands SET heartbeat_at = now() \
+             WHERE id = ANY($1) AND worker_id = $2 AND status = 'running'",
+            &[&ids, &worker_id],
+        )
+        .await?)
+}
+
+/// Marks running commands whose heartbeat is older than `before` as failed
+/// with `worker_lost`; returns them (for their events).
+pub async fn reap_lost(
+    client: &impl deadpool_postgres::GenericClient,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Command>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET status = 'failed', error = 'worker_lost', \
+         finished_at = now() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
+         AND heartbeat_at < $1 ORDER BY heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    let rows = client.query(&sql, &[&before, &limit]).await?;
+    rows.iter().map(from_row).collect()
+}

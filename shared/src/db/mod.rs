@@ -1,0 +1,126 @@
+//! PostgreSQL: the pool, migrations, and one repository module per table group.
+//! SQL lives here and nowhere else.
+
+pub mod audit;
+pub mod commands;
+pub mod keys;
+pub mod outbox;
+pub mod output;
+pub mod projects;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::config::DbConfig;
+
+pub use deadpool_postgres::{Object as Client, Pool, Transaction};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A query failed.
+    #[error("database: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    /// Applying migrations failed.
+    #[error("migration: {0}")]
+    Migration(#[from] refinery::Error),
+    /// `DATABASE_URL` is not a valid connection string.
+    #[error("invalid DATABASE_URL: {0}")]
+    Config(String),
+    /// A stored value does not decode (a bug or a hand-edited row).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl DbError {
+    /// The SQLSTATE of a failed query, if any.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Query(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether a unique constraint was violated.
+    pub fn is_unique_violation(&self) -> bool {
+        self.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+}
+
+/// Builds the connection pool. Connections are opened lazily.
+pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
+    let mut pg = tokio_postgres::Config::from_str(cfg.database_url.expose())
+        .map_err(|e| DbError::Config(e.to_string()))?;
+    pg.connect_timeout(Duration::from_secs(5));
+    if pg.get_application_name().is_none() {
+        pg.application_name("rdev");
+    }
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(mgr)
+        .max_size(cfg.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Key of the advisory lock held while migrating, so several processes
+/// starting at once apply each migration exactly once.
+const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_67; // "rdevmig"
+
+/// Applies pending migrations under a PostgreSQL advisory lock; returns the
+/// names of the migrations applied by this call.
+pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
+    let mut client = pool.get().await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = embedded::migrations::runner().run_async(&mut **client).await;
+    // Unlock even when the run failed; the session ending would release it too.
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    let report = result?;
+    Ok(report.applied_migrations().iter().map(|m| m.to_string()).collect())
+}
+
+/// Answers whether the database responds, for `/ready`.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// Decodes a text column into an enum through `FromStr`.
+pub(crate) fn parse_col<T: FromStr>(value: &str, what: &str) -> Result<T, DbError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Decodes a jsonb column into a type.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    what: &str,
+) -> Result<T, DbError> {
+    serde_json::from_value(value).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Encodes a value as jsonb.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,510 @@
+//! Domain types and their rules: statuses and their state machine, scopes,
+//! executor configuration and the validation of names and paths.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Lifecycle of a command: `queued → running → succeeded | failed | timed_out |
+/// cancelled`, or `queued → cancelled`. Terminal states are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// Claimed by a worker and executing.
+    Running,
+    /// Exited with code 0.
+    Succeeded,
+    /// Exited non-zero, could not start, or its worker was lost.
+    Failed,
+    /// Killed because it exceeded its timeout.
+    TimedOut,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl CommandStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [CommandStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    /// The name stored in PostgreSQL and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether no further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+
+    /// The webhook event type announcing a transition into this status.
+    pub fn event_type(self) -> Option<&'static str> {
+        match self {
+            Self::Queued => None,
+            Self::Running => Some("command.started"),
+            Self::Succeeded => Some("command.succeeded"),
+            Self::Failed => Some("command.failed"),
+            Self::TimedOut => Some("command.timed_out"),
+            Self::Cancelled => Some("command.cancelled"),
+        }
+    }
+}
+
+impl fmt::Display for CommandStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a string that names no known value.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} `{value}`")]
+pub struct UnknownValue {
+    /// What was being parsed.
+    pub kind: &'static str,
+    /// The rejected input.
+    pub value: String,
+}
+
+impl FromStr for CommandStatus {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownValue {
+            kind: "status",
+            value: s.to_owned(),
+        })
+    }
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl OutputStream {
+    /// The name stored in PostgreSQL and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+impl FromStr for OutputStream {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "stderr" => Ok(Self::Stderr),
+            _ => Err(UnknownValue { kind: "stream", value: s.to_owned() }),
+        }
+    }
+}
+
+/// Permissions an API key can hold. `admin` implies all others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// Everything.
+    #[serde(rename = "admin")]
+    Admin,
+    /// Read projects.
+    #[serde(rename = "projects:read")]
+    ProjectsRead,
+    /// Create, change and delete projects.
+    #[serde(rename = "projects:write")]
+    ProjectsWrite,
+    /// Run and cancel commands.
+    #[serde(rename = "commands:run")]
+    CommandsRun,
+    /// Read commands and their output.
+    #[serde(rename = "commands:read")]
+    CommandsRead,
+    /// Manage webhook endpoints and deliveries.
+    #[serde(rename = "webhooks:manage")]
+    WebhooksManage,
+    /// Manage API keys.
+    #[serde(rename = "keys:manage")]
+    KeysManage,
+    /// Read the audit log.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 8] = [
+        Self::Admin,
+        Self::ProjectsRead,
+        Self::ProjectsWrite,
+        Self::CommandsRun,
+        Self::CommandsRead,
+        Self::WebhooksManage,
+        Self::KeysManage,
+        Self::AuditRead,
+    ];
+
+    /// The scope's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::ProjectsRead => "projects:read",
+            Self::ProjectsWrite => "projects:write",
+            Self::CommandsRun => "commands:run",
+            Self::CommandsRead => "commands:read",
+            Self::WebhooksManage => "webhooks:manage",
+            Self::KeysManage => "keys:manage",
+            Self::AuditRead => "audit:read",
+        }
+    }
+
+    /// Whether holding `held` grants `self`.
+    pub fn granted_by(self, held: &[Scope]) -> bool {
+        held.iter().any(|&s| s == Scope::Admin || s == self)
+    }
+}
+
+impl FromStr for Scope {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownValue {
+            kind: "scope",
+            value: s.to_owned(),
+        })
+    }
+}
+
+/// Where a project's commands run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecutorConfig {
+    /// A child process of the worker, in a directory under `RDEV_WORKSPACE_ROOT`.
+    Local(LocalExecutor),
+    /// `exec` into a pod chosen by label selector.
+    Kubernetes(KubernetesExecutor),
+}
+
+/// Settings of the `local` executor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalExecutor {
+    /// Directory relative to the workspace root; defaults to the project's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// Settings of the `kubernetes` executor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesExecutor {
+    /// Namespace of the project's pods.
+    pub namespace: String,
+    /// Label selector, e.g. `app=web`.
+    pub selector: String,
+    /// Container to exec into; the pod's first container when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self::Local(LocalExecutor::default())
+    }
+}
+
+/// One field-level validation failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `executor.workdir`.
+    pub field: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds a field error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Checks a project name against `^[a-z0-9][a-z0-9-]{0,62}$`.
+pub fn validate_project_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("must match ^[a-z0-9][a-z0-9-]{0,62}$".into())
+    }
+}
+
+/// Checks a workdir is a plain relative path: no `..`, not absolute, no NUL.
+/// Symlink escapes are checked again by the worker on the real filesystem.
+pub fn validate_workdir(dir: &str) -> Result<(), String> {
+    if dir.is_empty() || dir.len() > 255 {
+        return Err("must be 1-255 characters".into());
+    }
+    if dir.starts_with('/') || dir.contains('\0') || dir.contains('\\') {
+        return Err("must be a relative path".into());
+    }
+    if dir.split('/').any(|part| part == ".." ) {
+        return Err("must not contain `..`".into());
+    }
+    Ok(())
+}
+
+/// Checks an environment variable name (`^[A-Za-z_][A-Za-z0-9_]*$`, ≤ 128).
+pub fn validate_env_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_');
+    if ok { Ok(()) } else { Err("must match ^[A-Za-z_][A-Za-z0-9_]*$".into()) }
+}
+
+/// Validates an environment map; `field` is the JSON name of the map.
+pub fn validate_env(field: &str, env: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    const MAX_VARS: usize = 256;
+    const MAX_VALUE: usize = 32 * 1024;
+    if env.len() > MAX_VARS {
+        errors.push(FieldError::new(field, format!("at most {MAX_VARS} variables")));
+    }
+    for (k, v) in env {
+        if let Err(m) = validate_env_name(k) {
+            errors.push(FieldError::new(format!("{field}.{k}"), m));
+        }
+        if v.len() > MAX_VALUE || v.contains('\0') {
+            errors.push(FieldError::new(
+                format!("{field}.{k}"),
+                format!("value must be at most {MAX_VALUE} bytes without NUL"),
+            ));
+        }
+    }
+}
+
+/// Validates an executor configuration.
+pub fn validate_executor(exec: &ExecutorConfig, errors: &mut Vec<FieldError>) {
+    match exec {
+        ExecutorConfig::Local(l) => {
+            if let Some(dir) = &l.workdir
+                && let Err(m) = validate_workdir(dir)
+            {
+                errors.push(FieldError::new("executor.workdir", m));
+            }
+        }
+        ExecutorConfig::Kubernetes(k) => {
+            if validate_project_name(&k.namespace).is_err() {
+                errors.push(FieldError::new("executor.namespace", "must be a DNS-1123 label"));
+            }
+            if k.selector.trim().is_empty() || k.selector.len() > 1024 {
+                errors.push(FieldError::new("executor.selector", "must be a label selector"));
+            }
+            if let Some(dir) = &k.workdir
+                && (!dir.starts_with('/') || dir.contains('\0'))
+            {
+                errors.push(FieldError::new("executor.workdir", "must be an absolute path"));
+            }
+        }
+    }
+}
+
+/// A project: a named development environment commands run in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Project {
+    /// Internal id.
+    pub id: Uuid,
+    /// Unique slug.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Where its commands run.
+    pub executor: ExecutorConfig,
+    /// Variables given to every command.
+    pub env: BTreeMap<String, String>,
+    /// Timeout of a command that sets none.
+    pub default_timeout_s: i32,
+    /// Cap on stored output per command.
+    pub max_output_bytes: i64,
+    /// Commands of this project running at once across all workers; none = unlimited.
+    pub max_concurrency: Option<i32>,
+    /// Allowed command patterns; none = any.
+    pub allowed_commands: Option<Vec<String>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a command runs: a shell line or an argument vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandSpec {
+    /// Run with `/bin/sh -c`.
+    Shell(String),
+    /// Run directly, `argv[0]` looked up on `PATH`.
+    Argv(Vec<String>),
+}
+
+/// A command as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    /// uuid v7.
+    pub id: Uuid,
+    /// Owning project's id.
+    pub project_id: Uuid,
+    /// Owning project's name.
+    pub project: String,
+    /// Key that created it.
+    pub api_key_id: Option<Uuid>,
+    /// What to run.
+    pub spec: CommandSpec,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// 0 (lowest) – 9 (highest).
+    pub priority: i16,
+    /// Lifecycle state.
+    pub status: CommandStatus,
+    /// Exit code once finished (128 + signal when killed by one).
+    pub exit_code: Option<i32>,
+    /// Why it failed, when it did not simply exit non-zero.
+    pub error: Option<String>,
+    /// Wall-clock limit.
+    pub timeout_s: i32,
+    /// Worker that claimed it.
+    pub worker_id: Option<String>,
+    /// Claims so far.
+    pub attempt: i32,
+    /// Bytes of output produced (stored or not).
+    pub output_bytes: i64,
+    /// Whether the stored output lacks a middle part.
+    pub truncated: bool,
+    /// Acceptance time.
+    pub created_at: DateTime<Utc>,
+    /// Claim time.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Terminal time.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An API key as stored (never the secret).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKey {
+    /// Key id.
+    pub id: Uuid,
+    /// Human name.
+    pub name: String,
+    /// First characters of the secret.
+    pub prefix: String,
+    /// Granted scopes.
+    pub scopes: Vec<Scope>,
+    /// Projects it may touch; none = all.
+    pub project_ids: Option<Vec<Uuid>>,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Last authenticated use (approximate).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl ApiKey {
+    /// Whether the key holds `scope` (directly or through `admin`).
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        scope.granted_by(&self.scopes)
+    }
+
+    /// Whether the key may see the project.
+    pub fn can_access_project(&self, project_id: Uuid) -> bool {
+        self.project_ids.as_ref().is_none_or(|ids| ids.contains(&project_id))
+    }
+
+    /// Whether the key is usable now.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_follow_the_slug_rule() {
+        for ok in ["a", "app", "my-app-2", "0abc", &"a".repeat(63)] {
+            assert!(validate_project_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a.b", "ä", &"a".repeat(64)] {
+            assert!(validate_project_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn workdirs_stay_relative() {
+        assert!(validate_workdir("app").is_ok());
+        assert!(validate_workdir("a/b/c").is_ok());
+        assert!(validate_workdir("a/..b").is_ok());
+        for bad in ["", "/etc", "../x", "a/../../x", "a/..", "a\0b"] {
+            assert!(validate_workdir(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn admin_grants_every_scope() {
+        for s in Scope::ALL {
+            assert!(s.granted_by(&[Scope::Admin]));
+        }
+        assert!(Scope::CommandsRead.granted_by(&[Scope::CommandsRead]));
+        assert!(!Scope::CommandsRun.granted_by(&[Scope::CommandsRead]));
+    }
+
+    #[test]
+    fn statuses_round_trip_and_know_terminality() {
+        for s in CommandStatus::ALL {
+            assert_eq!(s.as_str().parse::<CommandStatus>().ok(), Some(s));
+        }
+        assert!(!CommandStatus::Running.is_terminal());
+        assert!(CommandStatus::TimedOut.is_terminal());
+    }
+
+    #[test]
+    fn executor_config_rejects_unknown_fields() {
+        let ok: ExecutorConfig =
+            serde_json::from_str(r#"{"kind":"local","workdir":"x"}"#).expect("valid");
+        assert_eq!(ok, ExecutorConfig::Local(LocalExecutor { workdir: Some("x".into()) }));
+        assert!(serde_json::from_str::<ExecutorConfig>(r#"{"kind":"local","wd":"x"}"#).is_err());
+        assert!(serde_json::from_str::<ExecutorConfig>(r#"{"kind":"ssh"}"#).is_err());
+    }
+}

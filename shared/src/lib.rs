@@ -1,0 +1,15 @@
+//! `rdev-shared`: what two or more rdev binaries need.
+//!
+//! Layers, bottom up (a module only uses modules above it in this list):
+//! [`config`] and [`secret`] → [`domain`] → [`db`] and [`mq`] (adapters) →
+//! [`telemetry`]. No HTTP handlers live here.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod mq;
+pub mod secret;
+pub mod telemetry;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

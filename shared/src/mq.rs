@@ -1,0 +1,446 @@
+//! RabbitMQ: topology (DESIGN.md §3), a reconnecting publisher with
+//! publisher confirms, and the wire format of output messages.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use uuid::Uuid;
+
+use crate::config::AmqpConfig;
+use crate::db::outbox::OutboxMessage;
+use crate::domain::OutputStream;
+
+/// How long a connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a publisher confirm.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed connection attempt, publishes fail fast for this long
+/// instead of each one waiting on the broker (the outbox keeps them).
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Errors of the messaging layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MqError {
+    /// The client library reported an error.
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker did not answer in time.
+    #[error("amqp: timed out {0}")]
+    Timeout(&'static str),
+    /// The broker refused the message.
+    #[error("amqp: broker refused the message (nack)")]
+    Nacked,
+    /// No queue is bound to receive the message.
+    #[error("amqp: message unroutable")]
+    Unroutable,
+    /// Not connected, and a reconnection was tried too recently.
+    #[error("amqp: broker unavailable")]
+    Unavailable,
+}
+
+/// Exchange and queue names under one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+/// Routing key of command messages on the commands exchange.
+pub const RUN_KEY: &str = "run";
+/// Header naming the kind of an output message (`chunk`, `status`, `end`).
+const H_KIND: &str = "kind";
+const H_SEQ: &str = "seq";
+const H_STREAM: &str = "stream";
+
+impl Topology {
+    /// Names under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Direct exchange commands are published to.
+    pub fn commands_exchange(&self) -> String {
+        format!("{}.commands", self.prefix)
+    }
+
+    /// Durable priority queue workers consume.
+    pub fn commands_queue(&self) -> String {
+        format!("{}.commands", self.prefix)
+    }
+
+    /// Fanout exchange for cancel requests and cache invalidation.
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    /// Topic exchange carrying live output, routing key `cmd.<id>`.
+    pub fn output_exchange(&self) -> String {
+        format!("{}.output", self.prefix)
+    }
+
+    /// Topic exchange of lifecycle events.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Durable queue of events for webhook delivery.
+    pub fn webhooks_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+
+    /// Routing key of one command's output.
+    pub fn output_key(id: Uuid) -> String {
+        format!("cmd.{id}")
+    }
+
+    /// The message that asks a worker to run a command.
+    pub fn run_message(&self, command_id: Uuid, priority: u8) -> OutboxMessage {
+        OutboxMessage {
+            exchange: self.commands_exchange(),
+            routing_key: RUN_KEY.into(),
+            payload: serde_json::to_vec(&serde_json::json!({ "command_id": command_id }))
+                .unwrap_or_default(),
+            headers: BTreeMap::new(),
+            priority: priority.min(9),
+        }
+    }
+
+    /// A lifecycle event for the events exchange.
+    pub fn event_message(&self, event_type: &str, body: &serde_json::Value) -> OutboxMessage {
+        OutboxMessage {
+            exchange: self.events_exchange(),
+            routing_key: event_type.to_owned(),
+            payload: serde_json::to_vec(body).unwrap_or_default(),
+            headers: BTreeMap::new(),
+            priority: 0,
+        }
+    }
+}
+
+/// Body of a command message.
+#[derive(Debug, serde::Deserialize)]
+pub struct RunMessage {
+    /// The command to run.
+    pub command_id: Uuid,
+}
+
+/// Opens a connection named `name` (shown in the broker's management UI).
+pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, MqError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(cfg.amqp_url.expose(), props))
+        .await
+        .map_err(|_| MqError::Timeout("connecting"))?
+        .map_err(MqError::from)
+}
+
+/// Declares every exchange and durable queue and their bindings. Idempotent;
+/// every process calls it after (re)connecting.
+pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), MqError> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    // Transient exchanges carry nothing PostgreSQL does not also hold.
+    let transient = ExchangeDeclareOptions { durable: false, ..Default::default() };
+    channel
+        .exchange_declare(t.commands_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(t.events_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(t.control_exchange().into(), ExchangeKind::Fanout, transient, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(t.output_exchange().into(), ExchangeKind::Topic, transient, FieldTable::default())
+        .await?;
+
+    // Classic queue: priorities need it (quorum queues have none on 3.x).
+    // https://www.rabbitmq.com/docs/priority
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(t.commands_queue().into(), qopts, args).await?;
+    channel
+        .queue_bind(
+            t.commands_queue().into(),
+            t.commands_exchange().into(),
+            RUN_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel.queue_declare(t.webhooks_queue().into(), qopts, FieldTable::default()).await?;
+    channel
+        .queue_bind(
+            t.webhooks_queue().into(),
+            t.events_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+fn field_table(headers: &BTreeMap<String, String>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in headers {
+        t.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    t
+}
+
+/// Reads a string header of a message.
+pub fn header_str<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a [u8]> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(key))? {
+        AMQPValue::LongString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header of a message.
+pub fn header_i64(props: &BasicProperties, key: &str) -> Option<i64> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(key))? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// A live message about one command on the output exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputEvent {
+    /// A chunk of output; the body is the raw bytes.
+    Chunk {
+        /// Sequence number.
+        seq: i64,
+        /// Source stream.
+        stream: OutputStream,
+        /// Raw bytes.
+        data: Bytes,
+    },
+    /// The command's status changed (re-read it from PostgreSQL).
+    Status,
+    /// The command is terminal and all its output is stored.
+    End,
+}
+
+impl OutputEvent {
+    /// Encodes the event as (body, headers).
+    pub fn encode(&self) -> (&[u8], FieldTable) {
+        let mut h = FieldTable::default();
+        match self {
+            OutputEvent::Chunk { seq, stream, data } => {
+                h.insert(H_KIND.into(), AMQPValue::LongString("chunk".into()));
+                h.insert(H_SEQ.into(), AMQPValue::LongLongInt(*seq));
+                h.insert(H_STREAM.into(), AMQPValue::LongString(stream.as_str().into()));
+                (data.as_ref(), h)
+            }
+            OutputEvent::Status => {
+                h.insert(H_KIND.into(), AMQPValue::LongString("status".into()));
+                (&[], h)
+            }
+            OutputEvent::End => {
+                h.insert(H_KIND.into(), AMQPValue::LongString("end".into()));
+                (&[], h)
+            }
+        }
+    }
+
+    /// Decodes a delivered message; `None` for anything malformed.
+    pub fn decode(props: &BasicProperties, body: Vec<u8>) -> Option<Self> {
+        match header_str(props, H_KIND)? {
+            b"chunk" => {
+                let seq = header_i64(props, H_SEQ)?;
+                let stream = match header_str(props, H_STREAM)? {
+                    b"stdout" => OutputStream::Stdout,
+                    b"stderr" => OutputStream::Stderr,
+                    _ => return None,
+                };
+                Some(OutputEvent::Chunk { seq, stream, data: Bytes::from(body) })
+            }
+            b"status" => Some(OutputEvent::Status),
+            b"end" => Some(OutputEvent::End),
+            _ => None,
+        }
+    }
+}
+
+/// A publisher that connects lazily, reconnects after failures, declares the
+/// topology on every new connection, and uses publisher confirms.
+///
+/// While the broker is unreachable, `publish` fails fast (callers keep the
+/// message in the outbox) instead of blocking requests.
+pub struct Publisher {
+    cfg: AmqpConfig,
+    topology: Topology,
+    name: String,
+    channel: RwLock<Option<Channel>>,
+    reconnect: tokio::sync::Mutex<Reconnect>,
+}
+
+#[derive(Default)]
+struct Reconnect {
+    conn: Option<Connection>,
+    last_failure: Option<Instant>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("name", &self.name).field("topology", &self.topology).finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher that will connect on first use.
+    pub fn new(cfg: AmqpConfig, name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            topology: Topology::new(cfg.prefix.clone()),
+            cfg,
+            name: name.into(),
+            channel: RwLock::new(None),
+            reconnect: tokio::sync::Mutex::new(Reconnect::default()),
+        })
+    }
+
+    /// The topology this publisher declares.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether the current channel is open.
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    fn current(&self) -> Option<Channel> {
+        let guard = self.channel.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|c| c.status().connected()).cloned()
+    }
+
+    /// The open channel, connecting if needed.
+    pub async fn channel(&self) -> Result<Channel, MqError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let mut rc = self.reconnect.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        if rc.last_failure.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+            return Err(MqError::Unavailable);
+        }
+        match self.open().await {
+            Ok((conn, chan)) => {
+                rc.conn = Some(conn);
+                rc.last_failure = None;
+                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chan.clone());
+                Ok(chan)
+            }
+            Err(e) => {
+                rc.last_failure = Some(Instant::now());
+                tracing::warn!(publisher = %self.name, error = %e, "cannot connect to RabbitMQ");
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, Channel), MqError> {
+        let conn = connect(&self.cfg, &self.name).await?;
+        let chan = conn.create_channel().await?;
+        chan.confirm_select(ConfirmSelectOptions::default()).await?;
+        declare(&chan, &self.topology).await?;
+        tracing::info!(publisher = %self.name, "connected to RabbitMQ");
+        Ok((conn, chan))
+    }
+
+    /// Publishes a persistent message and waits for the broker's confirm.
+    /// Command messages are `mandatory`: an unroutable one is an error.
+    pub async fn publish_confirmed(&self, m: &OutboxMessage) -> Result<(), MqError> {
+        let chan = self.channel().await?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(m.priority)
+            .with_content_type("application/json".into())
+            .with_headers(field_table(&m.headers));
+        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let confirm = async {
+            chan.basic_publish(m.exchange.as_str().into(), m.routing_key.as_str().into(), opts, &m.payload, props)
+                .await?
+                .await
+        };
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(MqError::Unroutable),
+            Confirmation::Nack(_) => Err(MqError::Nacked),
+        }
+    }
+
+    /// Publishes a transient output message without waiting for a confirm:
+    /// PostgreSQL holds the durable copy, and readers fill gaps from it.
+    pub async fn publish_output(&self, command_id: Uuid, event: &OutputEvent) -> Result<(), MqError> {
+        let chan = self.channel().await?;
+        let (body, headers) = event.encode();
+        let props = BasicProperties::default().with_delivery_mode(1).with_headers(headers);
+        // The confirm future is dropped on purpose: losing a live chunk only
+        // makes readers fetch it from PostgreSQL.
+        let _confirm = chan
+            .basic_publish(
+                self.topology.output_exchange().into(),
+                Topology::output_key(command_id).into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_events_round_trip_through_headers() {
+        let events = [
+            OutputEvent::Chunk { seq: 7, stream: OutputStream::Stderr, data: Bytes::from_static(b"\xffok") },
+            OutputEvent::Status,
+            OutputEvent::End,
+        ];
+        for e in events {
+            let (body, headers) = e.encode();
+            let props = BasicProperties::default().with_headers(headers);
+            assert_eq!(OutputEvent::decode(&props, body.to_vec()), Some(e));
+        }
+        assert_eq!(OutputEvent::decode(&BasicProperties::default(), vec![]), None);
+    }
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let t = Topology::new("t1");
+        assert_eq!(t.commands_queue(), "t1.commands");
+        assert_eq!(t.output_exchange(), "t1.output");
+        let m = t.run_message(Uuid::nil(), 12);
+        assert_eq!(m.priority, 9);
+        assert_eq!(m.routing_key, "run");
+    }
+}

@@ -1,0 +1,136 @@
+//! Test harness: every test gets its own PostgreSQL database (migrated) and
+//! its own AMQP prefix, and both are removed when the [`TestEnv`] drops, so
+//! tests run in parallel against one server and leave nothing behind.
+//!
+//! `RDEV_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! names the server; `AMQP_URL` the broker.
+
+use crate::config::{AmqpConfig, DbConfig, Secret};
+use crate::db::{self, Pool};
+use crate::mq::{self, Topology};
+
+/// One test's database and broker namespace.
+pub struct TestEnv {
+    /// Points at the test's own database.
+    pub db: DbConfig,
+    /// Uses the test's own prefix.
+    pub amqp: AmqpConfig,
+    /// A pool on the test database.
+    pub pool: Pool,
+    /// Names under the test's prefix.
+    pub topology: Topology,
+    admin_url: String,
+    db_name: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("RDEV_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Replaces the database name (the path) of a PostgreSQL URL.
+fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl TestEnv {
+    /// Creates and migrates a fresh database and picks a fresh prefix.
+    ///
+    /// # Panics
+    /// When PostgreSQL is unreachable: tests cannot run without it.
+    pub async fn new() -> Self {
+        let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let db_name = format!("rdev_test_{}", &id[..16]);
+        let admin_url = admin_url();
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be running for tests (scripts/services.sh starts it)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create test database");
+        let db = DbConfig { database_url: Secret::new(with_db(&admin_url, &db_name)), pool_size: 8 };
+        let pool = db::pool(&db).expect("test pool");
+        db::migrate(&pool).await.expect("migrate test database");
+        let prefix = format!("t{}", &id[..12]);
+        Self {
+            amqp: AmqpConfig { amqp_url: Secret::new(amqp_url()), prefix: prefix.clone() },
+            topology: Topology::new(prefix),
+            db,
+            pool,
+            admin_url,
+            db_name,
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let db_name = self.db_name.clone();
+        let amqp = self.amqp.clone();
+        let topology = self.topology.clone();
+        self.pool.close();
+        // Drop runs inside the test's runtime; clean up on a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                        .await;
+                }
+                if let Ok(conn) = mq::connect(&amqp, "rdev-test-cleanup").await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    for q in [topology.commands_queue(), topology.webhooks_queue()] {
+                        let _ = ch.queue_delete(q.into(), Default::default()).await;
+                    }
+                    for x in [
+                        topology.commands_exchange(),
+                        topology.events_exchange(),
+                        topology.control_exchange(),
+                        topology.output_exchange(),
+                    ] {
+                        let _ = ch.exchange_delete(x.into(), Default::default()).await;
+                    }
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_db;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(with_db("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_db("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_db("postgres://h/db?sslmode=disable", "x"), "postgres://h/x?sslmode=disable");
+    }
+}
