@@ -508,3 +508,64 @@ mod tests {
         assert!(serde_json::from_str::<ExecutorConfig>(r#"{"kind":"ssh"}"#).is_err());
     }
 }
+
+/// The JSON shape of a command (DESIGN.md §5), shared by the API, SSE events
+/// and webhook payloads so they never disagree.
+#[derive(Serialize)]
+struct CommandJson<'a> {
+    id: Uuid,
+    project: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<&'a [String]>,
+    status: CommandStatus,
+    exit_code: Option<i32>,
+    error: Option<&'a str>,
+    priority: i16,
+    timeout_s: i32,
+    output_bytes: i64,
+    truncated: bool,
+    worker_id: Option<&'a str>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (command, argv) = match &self.spec {
+            CommandSpec::Shell(c) => (Some(c.as_str()), None),
+            CommandSpec::Argv(a) => (None, Some(a.as_slice())),
+        };
+        CommandJson {
+            id: self.id,
+            project: &self.project,
+            command,
+            argv,
+            status: self.status,
+            exit_code: self.exit_code,
+            error: self.error.as_deref(),
+            priority: self.priority,
+            timeout_s: self.timeout_s,
+            output_bytes: self.output_bytes,
+            truncated: self.truncated,
+            worker_id: self.worker_id.as_deref(),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
+        .serialize(s)
+    }
+}
+
+/// A lifecycle event as published on the events exchange and delivered to
+/// webhooks: `{"id","type","timestamp","data":{...command...}}`.
+pub fn command_event(event_type: &str, command: &Command) -> serde_json::Value {
+    serde_json::json!({
+        "id": Uuid::now_v7(),
+        "type": event_type,
+        "timestamp": Utc::now(),
+        "data": command,
+    })
+}
