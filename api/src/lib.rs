@@ -1,1 +1,87 @@
-pub fn x() {}
+//! `rdev-api`: the stateless HTTP edge of rdev. Authenticates, validates,
+//! writes PostgreSQL, publishes commands, and relays live output over SSE.
+
+pub mod config;
+pub mod http;
+pub mod hub;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rdev_shared::db::{self, DbError};
+use rdev_shared::mq::{Publisher, Topology};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ApiConfig;
+use crate::http::AppState;
+use crate::hub::OutputHub;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Database set-up failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The socket could not be bound or served.
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running API server.
+pub struct Server {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// Completes when the server has stopped.
+    pub task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+/// Builds the state, binds `cfg.listen`, and serves until `shutdown` resolves.
+pub async fn start(
+    cfg: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Server, ServeError> {
+    let pool = db::pool(&cfg.db)?;
+    if cfg.migrate {
+        let applied = db::migrate(&pool).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+    }
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-api {instance}"));
+    let hub = OutputHub::new(cfg.amqp.clone(), &instance);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
+    // Connect early so the first request does not pay for it; failure is fine.
+    let _ = publisher.channel().await;
+
+    let state = AppState {
+        pool,
+        publisher,
+        hub,
+        topology: Topology::new(cfg.amqp.prefix.clone()),
+        cfg: Arc::new(cfg.clone()),
+    };
+    let app = http::router(state);
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "rdev-api listening");
+    let task = tokio::spawn(async move {
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+        result
+    });
+    Ok(Server { addr, task })
+}

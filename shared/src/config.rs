@@ -74,7 +74,8 @@ pub struct AmqpConfig {
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(s.to_owned())
     } else {
@@ -112,7 +113,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid duration unit in `{s}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in `{s}` (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(d)
 }
@@ -150,7 +155,10 @@ mod tests {
             redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
-        assert_eq!(redact_url("postgres://127.0.0.1/rdev"), "postgres://127.0.0.1/rdev");
+        assert_eq!(
+            redact_url("postgres://127.0.0.1/rdev"),
+            "postgres://127.0.0.1/rdev"
+        );
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
     }
 

@@ -88,10 +88,13 @@ pub struct UnknownValue {
 impl FromStr for CommandStatus {
     type Err = UnknownValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownValue {
-            kind: "status",
-            value: s.to_owned(),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownValue {
+                kind: "status",
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -121,7 +124,10 @@ impl FromStr for OutputStream {
         match s {
             "stdout" => Ok(Self::Stdout),
             "stderr" => Ok(Self::Stderr),
-            _ => Err(UnknownValue { kind: "stream", value: s.to_owned() }),
+            _ => Err(UnknownValue {
+                kind: "stream",
+                value: s.to_owned(),
+            }),
         }
     }
 }
@@ -191,10 +197,13 @@ impl Scope {
 impl FromStr for Scope {
     type Err = UnknownValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownValue {
-            kind: "scope",
-            value: s.to_owned(),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownValue {
+                kind: "scope",
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -251,7 +260,10 @@ pub struct FieldError {
 impl FieldError {
     /// Builds a field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -261,7 +273,9 @@ pub fn validate_project_name(name: &str) -> Result<(), String> {
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -278,7 +292,7 @@ pub fn validate_workdir(dir: &str) -> Result<(), String> {
     if dir.starts_with('/') || dir.contains('\0') || dir.contains('\\') {
         return Err("must be a relative path".into());
     }
-    if dir.split('/').any(|part| part == ".." ) {
+    if dir.split('/').any(|part| part == "..") {
         return Err("must not contain `..`".into());
     }
     Ok(())
@@ -291,7 +305,11 @@ pub fn validate_env_name(name: &str) -> Result<(), String> {
         && b.len() <= 128
         && (b[0].is_ascii_alphabetic() || b[0] == b'_')
         && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_');
-    if ok { Ok(()) } else { Err("must match ^[A-Za-z_][A-Za-z0-9_]*$".into()) }
+    if ok {
+        Ok(())
+    } else {
+        Err("must match ^[A-Za-z_][A-Za-z0-9_]*$".into())
+    }
 }
 
 /// Validates an environment map; `field` is the JSON name of the map.
@@ -299,7 +317,10 @@ pub fn validate_env(field: &str, env: &BTreeMap<String, String>, errors: &mut Ve
     const MAX_VARS: usize = 256;
     const MAX_VALUE: usize = 32 * 1024;
     if env.len() > MAX_VARS {
-        errors.push(FieldError::new(field, format!("at most {MAX_VARS} variables")));
+        errors.push(FieldError::new(
+            field,
+            format!("at most {MAX_VARS} variables"),
+        ));
     }
     for (k, v) in env {
         if let Err(m) = validate_env_name(k) {
@@ -326,15 +347,24 @@ pub fn validate_executor(exec: &ExecutorConfig, errors: &mut Vec<FieldError>) {
         }
         ExecutorConfig::Kubernetes(k) => {
             if validate_project_name(&k.namespace).is_err() {
-                errors.push(FieldError::new("executor.namespace", "must be a DNS-1123 label"));
+                errors.push(FieldError::new(
+                    "executor.namespace",
+                    "must be a DNS-1123 label",
+                ));
             }
             if k.selector.trim().is_empty() || k.selector.len() > 1024 {
-                errors.push(FieldError::new("executor.selector", "must be a label selector"));
+                errors.push(FieldError::new(
+                    "executor.selector",
+                    "must be a label selector",
+                ));
             }
             if let Some(dir) = &k.workdir
                 && (!dir.starts_with('/') || dir.contains('\0'))
             {
-                errors.push(FieldError::new("executor.workdir", "must be an absolute path"));
+                errors.push(FieldError::new(
+                    "executor.workdir",
+                    "must be an absolute path",
+                ));
             }
         }
     }
@@ -448,7 +478,9 @@ impl ApiKey {
 
     /// Whether the key may see the project.
     pub fn can_access_project(&self, project_id: Uuid) -> bool {
-        self.project_ids.as_ref().is_none_or(|ids| ids.contains(&project_id))
+        self.project_ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&project_id))
     }
 
     /// Whether the key is usable now.
@@ -503,7 +535,12 @@ mod tests {
     fn executor_config_rejects_unknown_fields() {
         let ok: ExecutorConfig =
             serde_json::from_str(r#"{"kind":"local","workdir":"x"}"#).expect("valid");
-        assert_eq!(ok, ExecutorConfig::Local(LocalExecutor { workdir: Some("x".into()) }));
+        assert_eq!(
+            ok,
+            ExecutorConfig::Local(LocalExecutor {
+                workdir: Some("x".into())
+            })
+        );
         assert!(serde_json::from_str::<ExecutorConfig>(r#"{"kind":"local","wd":"x"}"#).is_err());
         assert!(serde_json::from_str::<ExecutorConfig>(r#"{"kind":"ssh"}"#).is_err());
     }

@@ -11,7 +11,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use uuid::Uuid;
 
 use crate::config::AmqpConfig;
@@ -62,7 +64,9 @@ const H_STREAM: &str = "stream";
 impl Topology {
     /// Names under `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     /// The prefix.
@@ -140,38 +144,75 @@ pub struct RunMessage {
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, MqError> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(cfg.amqp_url.expose(), props))
-        .await
-        .map_err(|_| MqError::Timeout("connecting"))?
-        .map_err(MqError::from)
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(cfg.amqp_url.expose(), props),
+    )
+    .await
+    .map_err(|_| MqError::Timeout("connecting"))?
+    .map_err(MqError::from)
 }
 
 /// Declares every exchange and durable queue and their bindings. Idempotent;
 /// every process calls it after (re)connecting.
 pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), MqError> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     // Transient exchanges carry nothing PostgreSQL does not also hold.
-    let transient = ExchangeDeclareOptions { durable: false, ..Default::default() };
+    let transient = ExchangeDeclareOptions {
+        durable: false,
+        ..Default::default()
+    };
     channel
-        .exchange_declare(t.commands_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .exchange_declare(
+            t.commands_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(t.events_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            t.events_exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(t.control_exchange().into(), ExchangeKind::Fanout, transient, FieldTable::default())
+        .exchange_declare(
+            t.control_exchange().into(),
+            ExchangeKind::Fanout,
+            transient,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(t.output_exchange().into(), ExchangeKind::Topic, transient, FieldTable::default())
+        .exchange_declare(
+            t.output_exchange().into(),
+            ExchangeKind::Topic,
+            transient,
+            FieldTable::default(),
+        )
         .await?;
 
     // Classic queue: priorities need it (quorum queues have none on 3.x).
     // https://www.rabbitmq.com/docs/priority
     let mut args = FieldTable::default();
     args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
-    args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(t.commands_queue().into(), qopts, args).await?;
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(t.commands_queue().into(), qopts, args)
+        .await?;
     channel
         .queue_bind(
             t.commands_queue().into(),
@@ -182,7 +223,9 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), MqError> {
         )
         .await?;
 
-    channel.queue_declare(t.webhooks_queue().into(), qopts, FieldTable::default()).await?;
+    channel
+        .queue_declare(t.webhooks_queue().into(), qopts, FieldTable::default())
+        .await?;
     channel
         .queue_bind(
             t.webhooks_queue().into(),
@@ -248,7 +291,10 @@ impl OutputEvent {
             OutputEvent::Chunk { seq, stream, data } => {
                 h.insert(H_KIND.into(), AMQPValue::LongString("chunk".into()));
                 h.insert(H_SEQ.into(), AMQPValue::LongLongInt(*seq));
-                h.insert(H_STREAM.into(), AMQPValue::LongString(stream.as_str().into()));
+                h.insert(
+                    H_STREAM.into(),
+                    AMQPValue::LongString(stream.as_str().into()),
+                );
                 (data.as_ref(), h)
             }
             OutputEvent::Status => {
@@ -272,7 +318,11 @@ impl OutputEvent {
                     b"stderr" => OutputStream::Stderr,
                     _ => return None,
                 };
-                Some(OutputEvent::Chunk { seq, stream, data: Bytes::from(body) })
+                Some(OutputEvent::Chunk {
+                    seq,
+                    stream,
+                    data: Bytes::from(body),
+                })
             }
             b"status" => Some(OutputEvent::Status),
             b"end" => Some(OutputEvent::End),
@@ -302,7 +352,10 @@ struct Reconnect {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("name", &self.name).field("topology", &self.topology).finish()
+        f.debug_struct("Publisher")
+            .field("name", &self.name)
+            .field("topology", &self.topology)
+            .finish()
     }
 }
 
@@ -342,7 +395,10 @@ impl Publisher {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        if rc.last_failure.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+        if rc
+            .last_failure
+            .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
+        {
             return Err(MqError::Unavailable);
         }
         match self.open().await {
@@ -378,11 +434,20 @@ impl Publisher {
             .with_priority(m.priority)
             .with_content_type("application/json".into())
             .with_headers(field_table(&m.headers));
-        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
         let confirm = async {
-            chan.basic_publish(m.exchange.as_str().into(), m.routing_key.as_str().into(), opts, &m.payload, props)
-                .await?
-                .await
+            chan.basic_publish(
+                m.exchange.as_str().into(),
+                m.routing_key.as_str().into(),
+                opts,
+                &m.payload,
+                props,
+            )
+            .await?
+            .await
         };
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
@@ -396,10 +461,16 @@ impl Publisher {
 
     /// Publishes a transient output message without waiting for a confirm:
     /// PostgreSQL holds the durable copy, and readers fill gaps from it.
-    pub async fn publish_output(&self, command_id: Uuid, event: &OutputEvent) -> Result<(), MqError> {
+    pub async fn publish_output(
+        &self,
+        command_id: Uuid,
+        event: &OutputEvent,
+    ) -> Result<(), MqError> {
         let chan = self.channel().await?;
         let (body, headers) = event.encode();
-        let props = BasicProperties::default().with_delivery_mode(1).with_headers(headers);
+        let props = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_headers(headers);
         // The confirm future is dropped on purpose: losing a live chunk only
         // makes readers fetch it from PostgreSQL.
         let _confirm = chan
@@ -422,7 +493,11 @@ mod tests {
     #[test]
     fn output_events_round_trip_through_headers() {
         let events = [
-            OutputEvent::Chunk { seq: 7, stream: OutputStream::Stderr, data: Bytes::from_static(b"\xffok") },
+            OutputEvent::Chunk {
+                seq: 7,
+                stream: OutputStream::Stderr,
+                data: Bytes::from_static(b"\xffok"),
+            },
             OutputEvent::Status,
             OutputEvent::End,
         ];
@@ -431,7 +506,10 @@ mod tests {
             let props = BasicProperties::default().with_headers(headers);
             assert_eq!(OutputEvent::decode(&props, body.to_vec()), Some(e));
         }
-        assert_eq!(OutputEvent::decode(&BasicProperties::default(), vec![]), None);
+        assert_eq!(
+            OutputEvent::decode(&BasicProperties::default(), vec![]),
+            None
+        );
     }
 
     #[test]

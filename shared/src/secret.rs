@@ -31,7 +31,11 @@ pub fn generate_key() -> GeneratedKey {
     let secret = format!("{KEY_PREFIX}{}", base62(&bytes));
     let prefix = secret[..DISPLAY_PREFIX_LEN].to_owned();
     let hash = hash_key(&secret);
-    GeneratedKey { secret, prefix, hash }
+    GeneratedKey {
+        secret,
+        prefix,
+        hash,
+    }
 }
 
 /// SHA-256 of a secret, as stored in `api_keys.secret_hash`.
@@ -53,7 +57,9 @@ pub fn looks_like_key(token: &str) -> bool {
     token.len() > KEY_PREFIX.len()
         && token.len() <= 64
         && token.starts_with(KEY_PREFIX)
-        && token[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+        && token[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Base62 of a big-endian number (the 32 bytes), most significant digit first.

@@ -39,7 +39,9 @@ fn with_db(url: &str, db: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{db}", &base[..path_start]);
     if let Some(q) = query {
         out.push('?');
@@ -54,7 +56,11 @@ impl TestEnv {
     /// # Panics
     /// When PostgreSQL is unreachable: tests cannot run without it.
     pub async fn new() -> Self {
-        let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let id = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let db_name = format!("rdev_test_{}", &id[..16]);
         let admin_url = admin_url();
         let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -65,12 +71,18 @@ impl TestEnv {
             .batch_execute(&format!("CREATE DATABASE {db_name}"))
             .await
             .expect("create test database");
-        let db = DbConfig { database_url: Secret::new(with_db(&admin_url, &db_name)), pool_size: 8 };
+        let db = DbConfig {
+            database_url: Secret::new(with_db(&admin_url, &db_name)),
+            pool_size: 8,
+        };
         let pool = db::pool(&db).expect("test pool");
         db::migrate(&pool).await.expect("migrate test database");
         let prefix = format!("t{}", &id[..12]);
         Self {
-            amqp: AmqpConfig { amqp_url: Secret::new(amqp_url()), prefix: prefix.clone() },
+            amqp: AmqpConfig {
+                amqp_url: Secret::new(amqp_url()),
+                prefix: prefix.clone(),
+            },
             topology: Topology::new(prefix),
             db,
             pool,
@@ -89,7 +101,10 @@ impl Drop for TestEnv {
         self.pool.close();
         // Drop runs inside the test's runtime; clean up on a thread with its own.
         let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -129,8 +144,14 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced() {
-        assert_eq!(with_db("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_db("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
         assert_eq!(with_db("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_db("postgres://h/db?sslmode=disable", "x"), "postgres://h/x?sslmode=disable");
+        assert_eq!(
+            with_db("postgres://h/db?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
     }
 }

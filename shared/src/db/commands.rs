@@ -165,7 +165,12 @@ pub async fn find_by_idempotency_key(
         "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id \
          WHERE c.api_key_id = $1 AND c.idempotency_key = $2"
     );
-    client.query_opt(&sql, &[&api_key_id, &key]).await?.as_ref().map(from_row).transpose()
+    client
+        .query_opt(&sql, &[&api_key_id, &key])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// A command by id.
@@ -173,9 +178,15 @@ pub async fn get(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
 ) -> Result<Option<Command>, DbError> {
-    let sql =
-        format!("SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id WHERE c.id = $1");
-    client.query_opt(&sql, &[&id]).await?.as_ref().map(from_row).transpose()
+    let sql = format!(
+        "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id WHERE c.id = $1"
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Commands, newest first.
@@ -193,7 +204,10 @@ pub async fn list(
     );
     let status = f.status.map(|s| s.as_str());
     let rows = client
-        .query(&sql, &[&f.project_id, &f.project_ids, &status, &f.before, &f.limit])
+        .query(
+            &sql,
+            &[&f.project_id, &f.project_ids, &status, &f.before, &f.limit],
+        )
         .await?;
     rows.iter().map(from_row).collect()
 }
@@ -245,7 +259,15 @@ pub async fn finish(
     let row = client
         .query_opt(
             &sql,
-            &[&id, &worker_id, &f.status.as_str(), &f.exit_code, &f.error, &f.output_bytes, &f.truncated],
+            &[
+                &id,
+                &worker_id,
+                &f.status.as_str(),
+                &f.exit_code,
+                &f.error,
+                &f.output_bytes,
+                &f.truncated,
+            ],
         )
         .await?;
     row.as_ref().map(from_row).transpose()

@@ -30,7 +30,10 @@ fn from_row(row: &Row) -> Result<ApiKey, DbError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         prefix: row.try_get("prefix")?,
-        scopes: scopes.iter().map(|s| parse_col(s, "api_keys.scopes")).collect::<Result<_, _>>()?,
+        scopes: scopes
+            .iter()
+            .map(|s| parse_col(s, "api_keys.scopes"))
+            .collect::<Result<_, _>>()?,
         project_ids: row.try_get("project_ids")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
@@ -52,7 +55,14 @@ pub async fn insert(
     let row = client
         .query_one(
             &sql,
-            &[&Uuid::now_v7(), &k.name, &k.prefix, &&k.hash[..], &scopes, &k.project_ids],
+            &[
+                &Uuid::now_v7(),
+                &k.name,
+                &k.prefix,
+                &&k.hash[..],
+                &scopes,
+                &k.project_ids,
+            ],
         )
         .await?;
     from_row(&row)

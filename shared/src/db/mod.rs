@@ -69,7 +69,9 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
     let mgr = Manager::from_config(
         pg,
         NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(mgr)
         .max_size(cfg.pool_size.max(1))
@@ -89,12 +91,22 @@ const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_67; // "rdevmig"
 /// names of the migrations applied by this call.
 pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
     let mut client = pool.get().await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
-    let result = embedded::migrations::runner().run_async(&mut **client).await;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = embedded::migrations::runner()
+        .run_async(&mut **client)
+        .await;
     // Unlock even when the run failed; the session ending would release it too.
-    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let report = result?;
-    Ok(report.applied_migrations().iter().map(|m| m.to_string()).collect())
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
 }
 
 /// Answers whether the database responds, for `/ready`.
@@ -109,7 +121,9 @@ pub(crate) fn parse_col<T: FromStr>(value: &str, what: &str) -> Result<T, DbErro
 where
     T::Err: std::fmt::Display,
 {
-    value.parse().map_err(|e: T::Err| DbError::Corrupt(format!("{what}: {e}")))
+    value
+        .parse()
+        .map_err(|e: T::Err| DbError::Corrupt(format!("{what}: {e}")))
 }
 
 /// Decodes a jsonb column into a type.

@@ -56,7 +56,13 @@ pub async fn insert(
         .query_one(
             "INSERT INTO outbox (exchange, routing_key, payload, headers, priority) \
              VALUES ($1,$2,$3,$4,$5) RETURNING id",
-            &[&m.exchange, &m.routing_key, &m.payload, &to_json(&m.headers), &i16::from(m.priority)],
+            &[
+                &m.exchange,
+                &m.routing_key,
+                &m.payload,
+                &to_json(&m.headers),
+                &i16::from(m.priority),
+            ],
         )
         .await?;
     Ok(row.try_get(0)?)
@@ -101,6 +107,11 @@ pub async fn lock_unpublished(
 
 /// Number of unpublished messages.
 pub async fn pending_count(client: &impl deadpool_postgres::GenericClient) -> Result<i64, DbError> {
-    let row = client.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await?;
     Ok(row.try_get(0)?)
 }

@@ -103,7 +103,12 @@ pub async fn get_by_name(
     name: &str,
 ) -> Result<Option<Project>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM projects WHERE name = $1 AND deleted_at IS NULL");
-    client.query_opt(&sql, &[&name]).await?.as_ref().map(from_row).transpose()
+    client
+        .query_opt(&sql, &[&name])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// A project by id, deleted or not.
@@ -112,7 +117,12 @@ pub async fn get_by_id(
     id: Uuid,
 ) -> Result<Option<Project>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM projects WHERE id = $1");
-    client.query_opt(&sql, &[&id]).await?.as_ref().map(from_row).transpose()
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Live projects ordered by name, after the `after` name, restricted to `only`
@@ -170,9 +180,16 @@ pub async fn update(
         "UPDATE projects SET {} WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}",
         sets.join(", ")
     );
-    let refs: Vec<&(dyn ToSql + Sync)> =
-        params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-    client.query_opt(&sql, &refs).await?.as_ref().map(from_row).transpose()
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    client
+        .query_opt(&sql, &refs)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Soft-deletes a live project; false when there was none.

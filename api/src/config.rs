@@ -1,0 +1,53 @@
+//! Configuration of `rdev-api` (DESIGN.md §9).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration};
+
+/// Settings of `rdev-api serve`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ApiConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub amqp: AmqpConfig,
+    /// Address to listen on.
+    #[arg(long, env = "RDEV_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Apply pending migrations (under an advisory lock) before serving: `1` or `0`.
+    #[arg(long, env = "RDEV_MIGRATE", default_value = "1", value_parser = parse_flag)]
+    pub migrate: bool,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "RDEV_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest `timeout_s` a command may ask for.
+    #[arg(long, env = "RDEV_MAX_TIMEOUT_S", default_value_t = 86_400)]
+    pub max_timeout_s: i32,
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, env = "RDEV_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub sse_keepalive: Duration,
+    /// How often an SSE stream re-reads the command's status from PostgreSQL,
+    /// the backstop when a live message was lost.
+    #[arg(long, env = "RDEV_SSE_POLL", default_value = "2s", value_parser = parse_duration)]
+    pub sse_poll: Duration,
+}
+
+/// Settings of `rdev-api` as a whole.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GlobalConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogConfig,
+}
+
+/// Parses `1/0/true/false/yes/no/on/off`.
+pub fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected 1 or 0, got `{s}`")),
+    }
+}

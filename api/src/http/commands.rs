@@ -1,0 +1,361 @@
+//! `/v1/projects/{name}/commands` and `/v1/commands`: enqueue, read, list,
+//! and the stored output.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rdev_shared::db::audit::{self, AuditEntry};
+use rdev_shared::db::commands::{self, ListFilter, NewCommand};
+use rdev_shared::db::{outbox, output, projects};
+use rdev_shared::domain::{
+    Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
+};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
+use super::projects::load_visible;
+
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+const MAX_ARGS: usize = 4096;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Chunks read from PostgreSQL per page when streaming stored output.
+const OUTPUT_PAGE: i64 = 64;
+
+/// Body of `POST /v1/projects/{name}/commands`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCommand {
+    command: Option<String>,
+    argv: Option<Vec<String>>,
+    priority: Option<i16>,
+    timeout_s: Option<i32>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    stdin: Option<String>,
+}
+
+fn validate(
+    body: CreateCommand,
+    max_timeout_s: i32,
+) -> Result<(CommandSpec, CreateCommand), ApiError> {
+    let mut errors = Vec::new();
+    let spec = match (&body.command, &body.argv) {
+        (Some(c), None) => {
+            if c.trim().is_empty() {
+                errors.push(FieldError::new("command", "must not be empty"));
+            } else if c.len() > MAX_COMMAND_BYTES || c.contains('\0') {
+                errors.push(FieldError::new(
+                    "command",
+                    format!("must be at most {MAX_COMMAND_BYTES} bytes without NUL"),
+                ));
+            }
+            Some(CommandSpec::Shell(c.clone()))
+        }
+        (None, Some(a)) => {
+            if a.is_empty() || a[0].is_empty() {
+                errors.push(FieldError::new("argv", "must name a program"));
+            } else if a.len() > MAX_ARGS
+                || a.iter().any(|s| s.contains('\0'))
+                || a.iter().map(String::len).sum::<usize>() > MAX_COMMAND_BYTES
+            {
+                errors.push(FieldError::new(
+                    "argv",
+                    format!("at most {MAX_ARGS} arguments, {MAX_COMMAND_BYTES} bytes, no NUL"),
+                ));
+            }
+            Some(CommandSpec::Argv(a.clone()))
+        }
+        _ => {
+            errors.push(FieldError::new(
+                "command",
+                "give exactly one of `command` or `argv`",
+            ));
+            None
+        }
+    };
+    if body.priority.is_some_and(|p| !(0..=9).contains(&p)) {
+        errors.push(FieldError::new("priority", "must be 0-9"));
+    }
+    if body.timeout_s.is_some_and(|t| t < 1 || t > max_timeout_s) {
+        errors.push(FieldError::new(
+            "timeout_s",
+            format!("must be 1-{max_timeout_s}"),
+        ));
+    }
+    validate_env("env", &body.env, &mut errors);
+    match spec {
+        Some(spec) if errors.is_empty() => Ok((spec, body)),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(s.to_owned())),
+        _ => Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
+    }
+}
+
+fn command_response(status: StatusCode, cmd: &Command, replayed: bool) -> Response {
+    let mut resp = (status, axum::Json(cmd)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/commands/{}", cmd.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// `POST /v1/projects/{name}/commands`: one transaction writes the command,
+/// its audit row and its outbox message; after commit the message is
+/// published with a confirm. If the broker is down the request still
+/// succeeds and the dispatcher's relay publishes it later.
+pub async fn create(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<CreateCommand>,
+) -> ApiResult<Response> {
+    auth.require(Scope::CommandsRun)?;
+    let idem = idempotency_key(&headers)?;
+    let (spec, body) = validate(body, st.cfg.max_timeout_s)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let new = NewCommand {
+        id: Uuid::now_v7(),
+        project_id: project.id,
+        api_key_id: Some(auth.key.id),
+        spec,
+        env: body.env,
+        stdin: body.stdin.map(String::into_bytes),
+        priority: body.priority.unwrap_or(5),
+        timeout_s: body.timeout_s.unwrap_or(project.default_timeout_s),
+        idempotency_key: idem.clone(),
+    };
+    let message = st
+        .topology
+        .run_message(new.id, u8::try_from(new.priority).unwrap_or(5));
+
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(cmd) = commands::insert(&tx, &new).await? else {
+        // Same key, same Idempotency-Key: answer with the original command.
+        tx.rollback().await?;
+        let key = idem.unwrap_or_default();
+        let original = commands::find_by_idempotency_key(&client, auth.key.id, &key)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Conflict("a request with this Idempotency-Key is in progress".into())
+            })?;
+        return Ok(command_response(StatusCode::ACCEPTED, &original, true));
+    };
+    audit::append(
+        &tx,
+        &AuditEntry {
+            actor_key_id: Some(auth.key.id),
+            actor: &auth.key.name,
+            ip: auth.ip,
+            action: "command.create",
+            target_type: "command",
+            target_id: Some(cmd.id.to_string()),
+            project_id: Some(project.id),
+            outcome: "success",
+            details: json!({ "priority": cmd.priority, "timeout_s": cmd.timeout_s }),
+        },
+    )
+    .await?;
+    let outbox_id = outbox::insert(&tx, &message).await?;
+    tx.commit().await?;
+
+    match st.publisher.publish_confirmed(&message).await {
+        Ok(()) => {
+            if let Err(e) = outbox::mark_published(&client, &[outbox_id]).await {
+                // Harmless: the relay publishes it again and the claim guard
+                // keeps the command from running twice.
+                tracing::warn!(error = %e, command = %cmd.id, "could not mark outbox row published");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, command = %cmd.id, "publish failed; the outbox relay will retry");
+        }
+    }
+    Ok(command_response(StatusCode::ACCEPTED, &cmd, false))
+}
+
+/// Loads a command the key may see; 404 otherwise (also for a malformed id).
+pub async fn load_visible_command(st: &AppState, auth: &Auth, id: &str) -> ApiResult<Command> {
+    let not_found = || ApiError::NotFound(format!("command `{id}` not found"));
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let client = st.pool.get().await?;
+    match commands::get(&client, id).await? {
+        Some(c) if auth.sees_project(c.project_id) => Ok(c),
+        _ => Err(not_found()),
+    }
+}
+
+/// `GET /v1/commands/{id}`
+pub async fn get(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::CommandsRead)?;
+    Ok(axum::Json(load_visible_command(&st, &auth, &id).await?))
+}
+
+/// Query of `GET /v1/commands`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    project: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/commands?project=&status=`, newest first.
+pub async fn list(
+    State(st): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::CommandsRead)?;
+    let limit = page_limit(q.limit)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<CommandStatus>()
+                .map_err(|e| ApiError::field("status", e.to_string()))
+        })
+        .transpose()?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            cursor::decode(c)?
+                .parse::<Uuid>()
+                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+        })
+        .transpose()?;
+    let client = st.pool.get().await?;
+    let project_id = match &q.project {
+        Some(name) => match projects::get_by_name(&client, name).await? {
+            Some(p) if auth.sees_project(p.id) => Some(p.id),
+            _ => return Err(ApiError::NotFound(format!("project `{name}` not found"))),
+        },
+        None => None,
+    };
+    let filter = ListFilter {
+        project_id,
+        project_ids: auth.key.project_ids.clone(),
+        status,
+        before,
+        limit,
+    };
+    let items = commands::list(&client, &filter).await?;
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|c| cursor::encode(&c.id.to_string()))
+    } else {
+        None
+    };
+    Ok(axum::Json(
+        json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
+/// Query of `GET /v1/commands/{id}/output`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputQuery {
+    stream: Option<String>,
+}
+
+/// The line that stands where truncation removed output.
+pub fn gap_marker(from_seq: i64, to_seq: i64) -> String {
+    format!("\n[rdev: output truncated; chunks {from_seq}-{to_seq} were not kept]\n")
+}
+
+/// `GET /v1/commands/{id}/output[?stream=stdout|stderr]`: the stored bytes,
+/// streamed page by page from PostgreSQL so the API never holds a whole
+/// output in memory. Where truncation cut the middle, a marker line says so.
+pub async fn output(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<OutputQuery>,
+) -> ApiResult<Response> {
+    auth.require(Scope::CommandsRead)?;
+    let stream = q
+        .stream
+        .as_deref()
+        .map(|s| {
+            s.parse::<OutputStream>()
+                .map_err(|e| ApiError::field("stream", e.to_string()))
+        })
+        .transpose()?;
+    let cmd = load_visible_command(&st, &auth, &id).await?;
+    let pool = st.pool.clone();
+    let body = async_stream::try_stream! {
+        let mut last = 0i64;
+        loop {
+            let client = pool.get().await.map_err(std::io::Error::other)?;
+            // Unfiltered reads so a truncation gap is visible whatever the filter.
+            let page = output::read(&client, cmd.id, last, None, OUTPUT_PAGE)
+                .await
+                .map_err(std::io::Error::other)?;
+            drop(client);
+            let n = page.len() as i64;
+            for chunk in page {
+                if chunk.seq > last + 1 {
+                    yield bytes::Bytes::from(gap_marker(last + 1, chunk.seq - 1));
+                }
+                last = chunk.seq;
+                if stream.is_none_or(|s| s == chunk.stream) {
+                    yield bytes::Bytes::from(chunk.data);
+                }
+            }
+            if n < OUTPUT_PAGE {
+                break;
+            }
+        }
+    };
+    let mut resp = Response::new(Body::from_stream(io_stream(body)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-rdev-status",
+        HeaderValue::from_static(cmd.status.as_str()),
+    );
+    h.insert(
+        "x-rdev-truncated",
+        HeaderValue::from_static(if cmd.truncated { "true" } else { "false" }),
+    );
+    Ok(resp)
+}
+
+/// Pins a byte stream's error type to `io::Error` (inference cannot see it
+/// through `try_stream!`).
+fn io_stream<S>(s: S) -> S
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>>,
+{
+    s
+}

@@ -1,0 +1,371 @@
+//! `/v1/projects`: create, list, get, update, delete.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use rdev_shared::db::audit::{self, AuditEntry};
+use rdev_shared::db::projects::{self, NewProject, ProjectPatch};
+use rdev_shared::domain::{
+    ExecutorConfig, FieldError, Project, Scope, validate_env, validate_executor,
+    validate_project_name,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
+
+/// Default cap on stored output per command: 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
+const MAX_MAX_OUTPUT_BYTES: i64 = 1024 * 1024 * 1024;
+const DEFAULT_TIMEOUT_S: i32 = 3600;
+
+/// A project as the API shows it.
+#[derive(Serialize)]
+pub struct ProjectView {
+    name: String,
+    description: String,
+    executor: ExecutorConfig,
+    env: BTreeMap<String, String>,
+    default_timeout_s: i32,
+    max_output_bytes: i64,
+    max_concurrency: Option<i32>,
+    allowed_commands: Option<Vec<String>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Project> for ProjectView {
+    fn from(p: Project) -> Self {
+        Self {
+            name: p.name,
+            description: p.description,
+            executor: p.executor,
+            env: p.env,
+            default_timeout_s: p.default_timeout_s,
+            max_output_bytes: p.max_output_bytes,
+            max_concurrency: p.max_concurrency,
+            allowed_commands: p.allowed_commands,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/projects`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    name: String,
+    #[serde(default)]
+    description: String,
+    executor: Option<ExecutorConfig>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    default_timeout_s: Option<i32>,
+    max_output_bytes: Option<i64>,
+    max_concurrency: Option<i32>,
+    allowed_commands: Option<Vec<String>>,
+}
+
+/// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProject {
+    description: Option<String>,
+    executor: Option<ExecutorConfig>,
+    env: Option<BTreeMap<String, String>>,
+    default_timeout_s: Option<i32>,
+    max_output_bytes: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrency: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    allowed_commands: Option<Option<Vec<String>>>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+fn check_common(
+    description: Option<&str>,
+    executor: Option<&ExecutorConfig>,
+    env: Option<&BTreeMap<String, String>>,
+    default_timeout_s: Option<i32>,
+    max_output_bytes: Option<i64>,
+    max_concurrency: Option<i32>,
+    allowed_commands: Option<&[String]>,
+    max_timeout_s: i32,
+    errors: &mut Vec<FieldError>,
+) {
+    if description.is_some_and(|d| d.len() > 4096) {
+        errors.push(FieldError::new("description", "at most 4096 bytes"));
+    }
+    if let Some(e) = executor {
+        validate_executor(e, errors);
+    }
+    if let Some(env) = env {
+        validate_env("env", env, errors);
+    }
+    if default_timeout_s.is_some_and(|t| t < 1 || t > max_timeout_s) {
+        errors.push(FieldError::new(
+            "default_timeout_s",
+            format!("must be 1-{max_timeout_s}"),
+        ));
+    }
+    if max_output_bytes.is_some_and(|m| !(2..=MAX_MAX_OUTPUT_BYTES).contains(&m)) {
+        errors.push(FieldError::new(
+            "max_output_bytes",
+            format!("must be 2-{MAX_MAX_OUTPUT_BYTES}"),
+        ));
+    }
+    if max_concurrency.is_some_and(|c| !(1..=10_000).contains(&c)) {
+        errors.push(FieldError::new("max_concurrency", "must be 1-10000"));
+    }
+    if let Some(list) = allowed_commands {
+        if list.len() > 256 {
+            errors.push(FieldError::new("allowed_commands", "at most 256 patterns"));
+        }
+        if list.iter().any(|p| p.is_empty() || p.len() > 1024) {
+            errors.push(FieldError::new(
+                "allowed_commands",
+                "patterns must be 1-1024 bytes",
+            ));
+        }
+    }
+}
+
+/// Loads a live project the key may see; 404 otherwise.
+pub async fn load_visible(st: &AppState, auth: &Auth, name: &str) -> ApiResult<Project> {
+    let client = st.pool.get().await?;
+    match projects::get_by_name(&client, name).await? {
+        Some(p) if auth.sees_project(p.id) => Ok(p),
+        _ => Err(ApiError::NotFound(format!("project `{name}` not found"))),
+    }
+}
+
+/// `POST /v1/projects`
+pub async fn create(
+    State(st): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateProject>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::ProjectsWrite)?;
+    if auth.key.project_ids.is_some() {
+        return Err(ApiError::Forbidden(
+            "a project-restricted key cannot create projects".into(),
+        ));
+    }
+    let mut errors = Vec::new();
+    if let Err(m) = validate_project_name(&body.name) {
+        errors.push(FieldError::new("name", m));
+    }
+    check_common(
+        Some(&body.description),
+        body.executor.as_ref(),
+        Some(&body.env),
+        body.default_timeout_s,
+        body.max_output_bytes,
+        body.max_concurrency,
+        body.allowed_commands.as_deref(),
+        st.cfg.max_timeout_s,
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let new = NewProject {
+        name: body.name,
+        description: body.description,
+        executor: body.executor.unwrap_or_default(),
+        env: body.env,
+        default_timeout_s: body
+            .default_timeout_s
+            .unwrap_or(DEFAULT_TIMEOUT_S.min(st.cfg.max_timeout_s)),
+        max_output_bytes: body.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+        max_concurrency: body.max_concurrency,
+        allowed_commands: body.allowed_commands,
+    };
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let project = match projects::insert(&tx, &new).await {
+        Ok(p) => p,
+        Err(e) if e.is_unique_violation() => {
+            return Err(ApiError::Conflict(format!(
+                "project `{}` already exists",
+                new.name
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    audit::append(
+        &tx,
+        &AuditEntry {
+            actor_key_id: Some(auth.key.id),
+            actor: &auth.key.name,
+            ip: auth.ip,
+            action: "project.create",
+            target_type: "project",
+            target_id: Some(project.name.clone()),
+            project_id: Some(project.id),
+            outcome: "success",
+            details: json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/projects/{}", project.name)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        axum::Json(ProjectView::from(project)),
+    ))
+}
+
+/// Query of `GET /v1/projects`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/projects`
+pub async fn list(
+    State(st): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::ProjectsRead)?;
+    let limit = page_limit(q.limit)?;
+    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let client = st.pool.get().await?;
+    let items = projects::list(
+        &client,
+        after.as_deref(),
+        auth.key.project_ids.as_deref(),
+        limit,
+    )
+    .await?;
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|p| cursor::encode(&p.name))
+    } else {
+        None
+    };
+    let items: Vec<ProjectView> = items.into_iter().map(ProjectView::from).collect();
+    Ok(axum::Json(
+        json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
+/// `GET /v1/projects/{name}`
+pub async fn get(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::ProjectsRead)?;
+    Ok(axum::Json(ProjectView::from(
+        load_visible(&st, &auth, &name).await?,
+    )))
+}
+
+/// `PATCH /v1/projects/{name}`
+pub async fn update(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    Json(body): Json<UpdateProject>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::ProjectsWrite)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let mut errors = Vec::new();
+    check_common(
+        body.description.as_deref(),
+        body.executor.as_ref(),
+        body.env.as_ref(),
+        body.default_timeout_s,
+        body.max_output_bytes,
+        body.max_concurrency.flatten(),
+        body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
+        st.cfg.max_timeout_s,
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let patch = ProjectPatch {
+        description: body.description,
+        executor: body.executor,
+        env: body.env,
+        default_timeout_s: body.default_timeout_s,
+        max_output_bytes: body.max_output_bytes,
+        max_concurrency: body.max_concurrency,
+        allowed_commands: body.allowed_commands,
+    };
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let updated = projects::update(&tx, project.id, &patch)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("project `{name}` not found")))?;
+    audit::append(
+        &tx,
+        &AuditEntry {
+            actor_key_id: Some(auth.key.id),
+            actor: &auth.key.name,
+            ip: auth.ip,
+            action: "project.update",
+            target_type: "project",
+            target_id: Some(name.clone()),
+            project_id: Some(project.id),
+            outcome: "success",
+            details: json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(ProjectView::from(updated)))
+}
+
+/// `DELETE /v1/projects/{name}`: a soft delete; queued commands of the
+/// project fail when a worker picks them up.
+pub async fn delete(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::ProjectsWrite)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    if !projects::delete(&tx, project.id).await? {
+        return Err(ApiError::NotFound(format!("project `{name}` not found")));
+    }
+    audit::append(
+        &tx,
+        &AuditEntry {
+            actor_key_id: Some(auth.key.id),
+            actor: &auth.key.name,
+            ip: auth.ip,
+            action: "project.delete",
+            target_type: "project",
+            target_id: Some(name),
+            project_id: Some(project.id),
+            outcome: "success",
+            details: json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

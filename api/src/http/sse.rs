@@ -1,0 +1,204 @@
+//! `GET /v1/commands/{id}/events`: replay stored output, then relay live
+//! output, without gaps or duplicates.
+//!
+//! The order of operations is what makes it gap-free: subscribe (the queue
+//! is bound) *before* reading PostgreSQL, then emit chunks strictly in `seq`
+//! order. A live chunk that is not the next one means something was missed
+//! (a slow client's dropped messages, a reconnect): the stream then reads
+//! PostgreSQL until it has caught up. A missing `seq` that PostgreSQL has
+//! moved past was cut by truncation and is reported as a `gap` event.
+//! A periodic status poll is the backstop for a lost `end` message.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use rdev_shared::db::{Pool, commands, output};
+use rdev_shared::domain::{Command, Scope};
+use rdev_shared::mq::OutputEvent;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::commands::load_visible_command;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Auth, Path};
+
+/// Chunks read from PostgreSQL per page: at most 8 × 64 KiB held per
+/// connection while catching up.
+const CATCH_UP_PAGE: i64 = 8;
+/// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
+const BEHIND_RETRY: Duration = Duration::from_millis(100);
+/// Reconnection delay suggested to clients.
+const CLIENT_RETRY: Duration = Duration::from_secs(2);
+
+fn output_event(seq: i64, stream: &str, data: &[u8]) -> Event {
+    let body = json!({ "seq": seq, "stream": stream, "data": String::from_utf8_lossy(data) });
+    Event::default()
+        .id(seq.to_string())
+        .event("output")
+        .data(body.to_string())
+}
+
+fn command_event(kind: &str, cmd: &Command) -> Event {
+    Event::default()
+        .event(kind)
+        .data(serde_json::to_string(cmd).unwrap_or_default())
+}
+
+fn gap_event(from_seq: i64, to_seq: i64) -> Event {
+    Event::default()
+        .event("gap")
+        .data(json!({ "from_seq": from_seq, "to_seq": to_seq }).to_string())
+}
+
+fn last_event_id(headers: &HeaderMap) -> ApiResult<i64> {
+    match headers.get("last-event-id") {
+        None => Ok(0),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::BadRequest("Last-Event-ID must be a chunk sequence number".into())
+            }),
+    }
+}
+
+/// Reads the next page of stored chunks after `*last` and turns it into
+/// events, advancing `*last`. Returns the events and whether the page was full.
+async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Event>, bool), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let page = output::read(&client, id, *last, None, CATCH_UP_PAGE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let full = page.len() as i64 == CATCH_UP_PAGE;
+    let mut events = Vec::with_capacity(page.len() + 1);
+    for c in page {
+        if c.seq > *last + 1 {
+            events.push(gap_event(*last + 1, c.seq - 1));
+        }
+        events.push(output_event(c.seq, c.stream.as_str(), &c.data));
+        *last = c.seq;
+    }
+    Ok((events, full))
+}
+
+async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
+    let client = pool.get().await.ok()?;
+    commands::get(&client, id).await.ok().flatten()
+}
+
+/// `GET /v1/commands/{id}/events`
+pub async fn events(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    auth.require(Scope::CommandsRead)?;
+    let after = last_event_id(&headers)?;
+    let cmd = load_visible_command(&st, &auth, &id).await?;
+    let keepalive = st.cfg.sse_keepalive;
+    let stream = event_stream(st, cmd, after);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
+}
+
+fn event_stream(
+    st: AppState,
+    cmd: Command,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream::stream! {
+        let pool = st.pool.clone();
+        let id = cmd.id;
+        // Subscribe first: from here on nothing published is missed.
+        let mut sub = st.hub.subscribe(id).await;
+        let mut last = after;
+        let mut max_seen = after;
+        let mut status = cmd.status;
+        yield Ok(command_event("status", &cmd).retry(CLIENT_RETRY));
+
+        let mut poll = tokio::time::interval(st.cfg.sse_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        // Replay what is stored (and, for a finished command, everything).
+        let mut need_catch_up = true;
+        let mut finished = cmd.status.is_terminal();
+        loop {
+            if need_catch_up || finished {
+                loop {
+                    match read_page(&pool, id, &mut last).await {
+                        Ok((events, full)) => {
+                            for e in events {
+                                yield Ok(e);
+                            }
+                            if !full {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, command = %id, "SSE catch-up read failed");
+                            break;
+                        }
+                    }
+                }
+                need_catch_up = false;
+            }
+            if finished {
+                // Every chunk is stored before a command turns terminal.
+                if let Some(c) = reload(&pool, id).await {
+                    yield Ok(command_event("end", &c));
+                }
+                break;
+            }
+            let behind = last < max_seen;
+            tokio::select! {
+                msg = sub.recv() => match msg.as_deref() {
+                    Some(OutputEvent::Chunk { seq, stream, data }) => {
+                        max_seen = max_seen.max(*seq);
+                        if *seq == last + 1 && !behind {
+                            yield Ok(output_event(*seq, stream.as_str(), data));
+                            last = *seq;
+                        } else if *seq > last + 1 {
+                            need_catch_up = true;
+                        }
+                    }
+                    Some(OutputEvent::Status) => {
+                        if let Some(c) = reload(&pool, id).await
+                            && c.status != status
+                        {
+                            status = c.status;
+                            finished = c.status.is_terminal();
+                            yield Ok(command_event("status", &c));
+                        }
+                    }
+                    Some(OutputEvent::End) => finished = true,
+                    None => {
+                        // Hub dropped us; rely on polling.
+                        tokio::time::sleep(st.cfg.sse_poll).await;
+                        need_catch_up = true;
+                    }
+                },
+                _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
+                _ = poll.tick() => {
+                    need_catch_up = sub.take_lagged() || last < max_seen;
+                    if let Some(c) = reload(&pool, id).await {
+                        if c.status != status {
+                            status = c.status;
+                            yield Ok(command_event("status", &c));
+                        }
+                        if c.status.is_terminal() {
+                            finished = true;
+                        }
+                    }
+                }
+            }
+        }
+        drop(sub);
+    }
+}

@@ -1,0 +1,321 @@
+//! Live output relay: one exclusive, auto-delete queue per API instance on
+//! the output exchange, bound to `cmd.<id>` while at least one SSE client
+//! watches that command, and fanned out to the watchers in memory.
+//!
+//! Memory is bounded by construction: each watcher has a fixed-size channel
+//! of shared (`Arc`) messages; when it is full the message is dropped for
+//! that watcher and the watcher catches up from PostgreSQL instead. The hub
+//! never buffers on a slow client's behalf.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use rdev_shared::config::AmqpConfig;
+use rdev_shared::mq::{self, MqError, OutputEvent, Topology};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// Messages a watcher may have waiting before it is considered lagging.
+pub const WATCHER_BUFFER: usize = 64;
+
+struct Watcher {
+    id: u64,
+    tx: mpsc::Sender<Arc<OutputEvent>>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    watchers: HashMap<Uuid, Vec<Watcher>>,
+    bound: HashSet<Uuid>,
+    next_id: u64,
+}
+
+/// The per-instance relay of live output.
+pub struct OutputHub {
+    amqp: AmqpConfig,
+    topology: Topology,
+    queue: String,
+    state: Mutex<State>,
+    channel: RwLock<Option<Channel>>,
+    /// Serialises bind/unbind so a command is bound exactly while watched.
+    binding: tokio::sync::Mutex<()>,
+    connected: AtomicBool,
+}
+
+/// One watcher's live feed; dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<OutputHub>,
+    command_id: Uuid,
+    id: u64,
+    rx: mpsc::Receiver<Arc<OutputEvent>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// The next live message; `None` if the hub dropped this watcher.
+    pub async fn recv(&mut self) -> Option<Arc<OutputEvent>> {
+        self.rx.recv().await
+    }
+
+    /// Whether messages were dropped since the last call (then read PostgreSQL).
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.command_id, self.id);
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl OutputHub {
+    /// A hub for this API instance; call [`OutputHub::run`] to connect it.
+    pub fn new(amqp: AmqpConfig, instance: &str) -> Arc<Self> {
+        let topology = Topology::new(amqp.prefix.clone());
+        Arc::new(Self {
+            queue: format!("{}.output.{instance}", topology.prefix()),
+            topology,
+            amqp,
+            state: Mutex::new(State::default()),
+            channel: RwLock::new(None),
+            binding: tokio::sync::Mutex::new(()),
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the hub's consumer is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Number of commands currently watched on this instance.
+    pub fn watched_commands(&self) -> usize {
+        lock(&self.state).watchers.len()
+    }
+
+    fn current_channel(&self) -> Option<Channel> {
+        self.channel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Registers a watcher of `command_id` and makes sure the instance queue
+    /// is bound for it before returning, so everything published afterwards
+    /// reaches the watcher (what came before is in PostgreSQL).
+    pub async fn subscribe(self: &Arc<Self>, command_id: Uuid) -> Subscription {
+        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut st = lock(&self.state);
+            st.next_id += 1;
+            let id = st.next_id;
+            st.watchers.entry(command_id).or_default().push(Watcher {
+                id,
+                tx,
+                lagged: lagged.clone(),
+            });
+            id
+        };
+        let sub = Subscription {
+            hub: self.clone(),
+            command_id,
+            id,
+            rx,
+            lagged,
+        };
+        let _guard = self.binding.lock().await;
+        let needs_bind = !lock(&self.state).bound.contains(&command_id);
+        if needs_bind {
+            match self.bind(command_id).await {
+                Ok(()) => {
+                    lock(&self.state).bound.insert(command_id);
+                }
+                Err(e) => {
+                    // Not fatal: the watcher polls PostgreSQL until the hub reconnects.
+                    tracing::debug!(error = %e, command = %command_id, "output bind failed");
+                    sub.lagged.store(true, Ordering::Release);
+                }
+            }
+        }
+        sub
+    }
+
+    async fn bind(&self, command_id: Uuid) -> Result<(), MqError> {
+        let ch = self.current_channel().ok_or(MqError::Unavailable)?;
+        ch.queue_bind(
+            self.queue.as_str().into(),
+            self.topology.output_exchange().into(),
+            Topology::output_key(command_id).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn unsubscribe(self: &Arc<Self>, command_id: Uuid, id: u64) {
+        let last = {
+            let mut st = lock(&self.state);
+            let Some(list) = st.watchers.get_mut(&command_id) else {
+                return;
+            };
+            list.retain(|w| w.id != id);
+            if list.is_empty() {
+                st.watchers.remove(&command_id);
+                true
+            } else {
+                false
+            }
+        };
+        if !last {
+            return;
+        }
+        let hub = self.clone();
+        // Drop may run outside a runtime (e.g. at process exit); then the
+        // auto-delete queue disappears with the connection anyway.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _guard = hub.binding.lock().await;
+                let still_unwatched = !lock(&hub.state).watchers.contains_key(&command_id);
+                if still_unwatched
+                    && lock(&hub.state).bound.remove(&command_id)
+                    && let Some(ch) = hub.current_channel()
+                    && let Err(e) = ch
+                        .queue_unbind(
+                            hub.queue.as_str().into(),
+                            hub.topology.output_exchange().into(),
+                            Topology::output_key(command_id).into(),
+                            FieldTable::default(),
+                        )
+                        .await
+                {
+                    tracing::debug!(error = %e, command = %command_id, "output unbind failed");
+                }
+            });
+        }
+    }
+
+    fn dispatch(&self, routing_key: &str, event: OutputEvent) {
+        let Some(id) = routing_key
+            .strip_prefix("cmd.")
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
+            return;
+        };
+        let event = Arc::new(event);
+        let st = lock(&self.state);
+        if let Some(list) = st.watchers.get(&id) {
+            for w in list {
+                if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(event.clone()) {
+                    w.lagged.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    fn mark_all_lagged(&self) {
+        let mut st = lock(&self.state);
+        st.bound.clear();
+        for list in st.watchers.values() {
+            for w in list {
+                w.lagged.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Connection, lapin::Consumer), MqError> {
+        let conn = mq::connect(&self.amqp, &format!("rdev-api {}", self.queue)).await?;
+        let ch = conn.create_channel().await?;
+        mq::declare(&ch, &self.topology).await?;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default())
+            .await?;
+        // Live output is transient: no acks, PostgreSQL holds the durable copy.
+        let consumer = ch
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(ch);
+        // Re-bind every command watched while we were away.
+        let _guard = self.binding.lock().await;
+        let watched: Vec<Uuid> = lock(&self.state).watchers.keys().copied().collect();
+        for id in watched {
+            self.bind(id).await?;
+            lock(&self.state).bound.insert(id);
+        }
+        Ok((conn, consumer))
+    }
+
+    /// Keeps the hub connected until `shutdown` resolves, reconnecting with
+    /// backoff; while disconnected, watchers are marked lagging so they poll
+    /// PostgreSQL.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.connect().await {
+                Ok((conn, mut consumer)) => {
+                    self.connected.store(true, Ordering::Release);
+                    backoff = Duration::from_millis(200);
+                    loop {
+                        tokio::select! {
+                            _ = &mut shutdown => {
+                                self.connected.store(false, Ordering::Release);
+                                let _ = conn.close(200, "shutdown".into()).await;
+                                return;
+                            }
+                            next = consumer.next() => match next {
+                                Some(Ok(d)) => {
+                                    if let Some(ev) = OutputEvent::decode(&d.properties, d.data) {
+                                        self.dispatch(d.routing_key.as_str(), ev);
+                                    }
+                                }
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "output consumer failed");
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    self.connected.store(false, Ordering::Release);
+                    *self.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.mark_all_lagged();
+                }
+                Err(e) => {
+                    *self.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
+                    tracing::warn!(error = %e, "output hub cannot connect to RabbitMQ");
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}

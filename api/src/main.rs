@@ -1,0 +1,181 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rdev_api::config::{ApiConfig, GlobalConfig};
+use rdev_shared::config::DbConfig;
+use rdev_shared::db::{self, keys};
+use rdev_shared::domain::Scope;
+use rdev_shared::{secret, telemetry};
+
+/// rdev-api: the HTTP API of rdev.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalConfig,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API (the default).
+    Serve(Box<ApiConfig>),
+    /// Apply pending database migrations and exit.
+    Migrate(DbConfig),
+    /// Manage API keys from the command line (how the first admin key is made).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key; its secret is printed once, as the last line of stdout.
+    Create {
+        #[command(flatten)]
+        db: DbConfig,
+        /// Name shown in listings and the audit log.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes, e.g. `admin` or `commands:run,commands:read`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Restrict the key to these projects (names, repeatable or comma-separated).
+        #[arg(long = "project", value_delimiter = ',')]
+        projects: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(&cli.global.log);
+    match cli
+        .command
+        .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())))
+    {
+        Cmd::Serve(cfg) => serve(*cfg).await,
+        Cmd::Migrate(db_cfg) => {
+            let pool = db::pool(&db_cfg)?;
+            let applied = db::migrate(&pool).await.context("migrating")?;
+            println!(
+                "applied {} migration(s){}",
+                applied.len(),
+                if applied.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", applied.join(", "))
+                }
+            );
+            Ok(())
+        }
+        Cmd::Keys(KeysCmd::Create {
+            db: db_cfg,
+            name,
+            scopes,
+            projects,
+        }) => create_key(db_cfg, name, scopes, projects).await,
+    }
+}
+
+trait ParseDefault {
+    fn parse_default() -> Self;
+}
+
+impl ParseDefault for ApiConfig {
+    /// `rdev-api` with no subcommand serves with settings from the environment.
+    fn parse_default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            cfg: ApiConfig,
+        }
+        Only::parse_from(["rdev-api"]).cfg
+    }
+}
+
+async fn serve(cfg: ApiConfig) -> anyhow::Result<()> {
+    let server = rdev_api::start(cfg, shutdown_signal())
+        .await
+        .context("starting rdev-api")?;
+    server
+        .task
+        .await
+        .context("server task")?
+        .context("serving")?;
+    tracing::info!("rdev-api stopped");
+    Ok(())
+}
+
+async fn create_key(
+    db_cfg: DbConfig,
+    name: String,
+    scopes: Vec<String>,
+    projects: Vec<String>,
+) -> anyhow::Result<()> {
+    let scopes = scopes
+        .iter()
+        .map(|s| s.trim().parse::<Scope>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("--scopes")?;
+    if name.trim().is_empty() || name.len() > 200 {
+        anyhow::bail!("--name must be 1-200 characters");
+    }
+    let pool = db::pool(&db_cfg)?;
+    db::migrate(&pool).await.context("migrating")?;
+    let client = pool.get().await.context("connecting to PostgreSQL")?;
+    let project_ids = if projects.is_empty() {
+        None
+    } else {
+        let mut ids = Vec::new();
+        for p in &projects {
+            let project = db::projects::get_by_name(&client, p)
+                .await?
+                .with_context(|| format!("no project named `{p}`"))?;
+            ids.push(project.id);
+        }
+        Some(ids)
+    };
+    let generated = secret::generate_key();
+    let key = keys::insert(
+        &client,
+        &keys::NewKey {
+            name,
+            prefix: generated.prefix.clone(),
+            hash: generated.hash,
+            scopes,
+            project_ids,
+        },
+    )
+    .await?;
+    println!(
+        "created API key {} ({}) with scopes {}",
+        key.id,
+        key.name,
+        key.scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("{}", generated.secret);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested");
+}
