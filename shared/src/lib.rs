@@ -2,12 +2,13 @@
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
 //! [`config`] and [`secret`] → [`domain`] → [`db`] and [`mq`] (adapters) →
-//! [`telemetry`]. No HTTP handlers live here.
+//! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod mq;
+pub mod relay;
 pub mod secret;
 pub mod telemetry;
 

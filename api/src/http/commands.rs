@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::commands::{self, ListFilter, NewCommand};
 use rdev_shared::db::{outbox, output, projects};
+use rdev_shared::relay;
 use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
 };
@@ -181,18 +182,11 @@ pub async fn create(
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
 
-    match st.publisher.publish_confirmed(&message).await {
-        Ok(()) => {
-            if let Err(e) = outbox::mark_published(&client, &[outbox_id]).await {
-                // Harmless: the relay publishes it again and the claim guard
-                // keeps the command from running twice.
-                tracing::warn!(error = %e, command = %cmd.id, "could not mark outbox row published");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, command = %cmd.id, "publish failed; the outbox relay will retry");
-        }
-    }
+    drop(client);
+    // After commit: publish with a confirm and mark the row. If the broker is
+    // down the row stays and the relay publishes it; the claim guard keeps a
+    // double publish from running the command twice.
+    relay::publish_now(&st.pool, &st.publisher, &[outbox::Pending { id: outbox_id, message }]).await;
     Ok(command_response(StatusCode::ACCEPTED, &cmd, false))
 }
 

@@ -1,0 +1,26 @@
+use anyhow::Context;
+use clap::Parser;
+use rdev_dispatcher::config::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    rdev_shared::telemetry::init(&cfg.log);
+    let d = rdev_dispatcher::start(cfg, shutdown_signal()).await.context("starting rdev-dispatcher")?;
+    d.task.await.context("dispatcher task")?;
+    tracing::info!("rdev-dispatcher stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,57 @@
+//! The lost-worker reaper: a running command whose heartbeat is older than
+//! `RDEV_LOST_AFTER_S` belongs to a worker that died; it is failed with
+//! error `worker_lost` and its event is emitted. A redelivered message for it
+//! finds it no longer `queued` and does not run it again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdev_shared::db::{DbError, Pool, commands, outbox};
+use rdev_shared::domain::{CommandStatus, command_event};
+use rdev_shared::mq::{OutputEvent, Publisher};
+use rdev_shared::relay;
+use tokio::sync::watch;
+
+const REAP_BATCH: i64 = 100;
+
+/// Reaps lost commands every `lost_after / 3` until stopped.
+pub async fn run(pool: Pool, publisher: Arc<Publisher>, lost_after: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reap_once(&pool, &publisher, lost_after).await {
+            tracing::warn!(error = %e, "reaper pass failed");
+        }
+    }
+}
+
+/// One pass: fails lost commands with their events in one transaction, then
+/// publishes the events and ends their live output streams.
+pub async fn reap_once(pool: &Pool, publisher: &Publisher, lost_after: Duration) -> Result<usize, DbError> {
+    let before = Utc::now() - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::seconds(30));
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let reaped = commands::reap_lost(&tx, before, REAP_BATCH).await?;
+    let mut rows = Vec::with_capacity(reaped.len());
+    for cmd in &reaped {
+        let kind = CommandStatus::Failed.event_type().unwrap_or("command.failed");
+        let message = publisher.topology().event_message(kind, &command_event(kind, cmd));
+        let id = outbox::insert(&tx, &message).await?;
+        rows.push(outbox::Pending { id, message });
+    }
+    tx.commit().await?;
+    drop(client);
+    for cmd in &reaped {
+        tracing::warn!(command = %cmd.id, worker = ?cmd.worker_id, "command failed: worker_lost");
+    }
+    relay::publish_now(pool, publisher, &rows).await;
+    for cmd in &reaped {
+        let _ = publisher.publish_output(cmd.id, &OutputEvent::End).await;
+    }
+    Ok(reaped.len())
+}
