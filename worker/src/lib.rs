@@ -1,1 +1,116 @@
-pub fn x() {}
+//! `rdev-worker`: takes run messages from RabbitMQ, claims each command in
+//! PostgreSQL, runs it with an [`executor`], stores and streams its output
+//! ([`output`]), and records how it ended (DESIGN.md §1, §4).
+//!
+//! Layers, bottom up: [`config`], [`error`] → [`retention`] → [`executor`]
+//! → [`output`] → [`runner`] and [`http`] → [`run`].
+
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod http;
+pub mod output;
+pub mod retention;
+pub mod runner;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rdev_shared::db;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::WorkerError;
+
+use crate::executor::{Executors, LocalExecutor};
+use crate::http::Readiness;
+use crate::runner::Worker;
+
+/// Runs the worker until `shutdown` resolves, then stops consuming, lets
+/// running commands finish for `drain_s`, stops the rest, and returns.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    run_with_addr(cfg, shutdown, None).await
+}
+
+/// Like [`run`], and sends the address the HTTP endpoints are bound to
+/// (useful with port 0) once it is known.
+pub async fn run_with_addr(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<(), WorkerError> {
+    let worker_id = cfg.resolved_worker_id();
+    let pool = db::pool(&cfg.db)?;
+    std::fs::create_dir_all(&cfg.workspace_root).map_err(|source| WorkerError::Workspace {
+        path: cfg.workspace_root.display().to_string(),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| WorkerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
+    tracing::info!(
+        %addr,
+        worker_id,
+        concurrency = cfg.concurrency,
+        workspace_root = %cfg.workspace_root.display(),
+        "rdev-worker starting"
+    );
+
+    let executors = Executors::new(LocalExecutor::new(
+        cfg.workspace_root.clone(),
+        cfg.kill_grace(),
+    ));
+    let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), executors));
+
+    // `stop`: stop taking commands. `done`: every command has ended.
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        stopper.cancel();
+    });
+
+    let readiness = Readiness {
+        pool,
+        consumer_connected: worker.consumer_connected(),
+    };
+    let http_done = done.clone();
+    let server = tokio::spawn(async move {
+        let app = http::router(readiness);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_done.cancelled_owned())
+            .await
+    });
+    let heartbeat = tokio::spawn(runner::heartbeat(worker.clone(), done.clone()));
+
+    runner::consume(worker, stop).await;
+
+    done.cancel();
+    let _ = heartbeat.await;
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint failed"),
+        Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("rdev-worker stopped");
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The worker's configuration (DESIGN.md §9): one `clap` struct, every field
+//! also an environment variable, every default usable locally.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig};
+
+/// Settings of `rdev-worker`.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "rdev-worker",
+    version,
+    about = "Runs rdev commands taken from RabbitMQ"
+)]
+pub struct Config {
+    /// PostgreSQL settings.
+    #[command(flatten)]
+    pub db: DbConfig,
+    /// RabbitMQ settings.
+    #[command(flatten)]
+    pub amqp: AmqpConfig,
+    /// Logging settings.
+    #[command(flatten)]
+    pub log: LogConfig,
+    /// Address of the `/health` and `/ready` endpoints (port 0 picks a free one).
+    #[arg(long, env = "RDEV_LISTEN", default_value = "127.0.0.1:9091")]
+    pub listen: SocketAddr,
+    /// Directory under which every project's working directory lives.
+    #[arg(
+        long,
+        env = "RDEV_WORKSPACE_ROOT",
+        default_value = "./.rdev/workspaces"
+    )]
+    pub workspace_root: PathBuf,
+    /// Commands run at once by this worker (also the AMQP prefetch).
+    #[arg(
+        long,
+        env = "RDEV_WORKER_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub concurrency: u16,
+    /// Seconds between heartbeats of running commands.
+    #[arg(
+        long = "heartbeat-s",
+        env = "RDEV_HEARTBEAT_S",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub heartbeat_s: u64,
+    /// Seconds between SIGTERM and SIGKILL when a command times out or is cancelled.
+    #[arg(long = "kill-grace-s", env = "RDEV_KILL_GRACE_S", default_value_t = 5)]
+    pub kill_grace_s: u64,
+    /// Name of this worker in `commands.worker_id`; default `<hostname>-<pid>-<random>`.
+    #[arg(long, env = "RDEV_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// On shutdown, seconds running commands may take to finish before they are stopped.
+    #[arg(long = "drain-s", env = "RDEV_DRAIN_S", default_value_t = 30)]
+    pub drain_s: u64,
+}
+
+impl Config {
+    /// The configured worker id, or a fresh `<hostname>-<pid>-<4 hex>` one.
+    pub fn resolved_worker_id(&self) -> String {
+        if let Some(id) = self.worker_id.as_ref().filter(|s| !s.trim().is_empty()) {
+            return id.trim().to_owned();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".into());
+        format!(
+            "{host}-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        )
+    }
+
+    /// TERM → KILL grace period.
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.kill_grace_s)
+    }
+
+    /// Heartbeat period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s.max(1))
+    }
+
+    /// How long running commands may finish after shutdown begins.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_zero_concurrency_is_refused() {
+        let cfg = Config::try_parse_from(["rdev-worker"]).expect("defaults parse");
+        assert_eq!(cfg.concurrency, 4);
+        assert_eq!(cfg.listen.port(), 9091);
+        assert!(Config::try_parse_from(["rdev-worker", "--concurrency", "0"]).is_err());
+        let id = cfg.resolved_worker_id();
+        assert!(id.contains(&std::process::id().to_string()), "{id}");
+    }
+}

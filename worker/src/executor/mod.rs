@@ -1,0 +1,91 @@
+//! Executors run one command and report how it ended. Output goes into a
+//! bounded channel: when the consumer is slow the executor stops reading, the
+//! child blocks on its pipe, and memory stays bounded.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use local::LocalExecutor;
+
+/// Capacity of the output channel between an executor and its sink.
+pub const OUTPUT_CHANNEL_CAPACITY: usize = 16;
+
+/// Sending side of a command's output: pieces of at most
+/// [`rdev_shared::db::output::MAX_CHUNK_BYTES`] bytes.
+pub type OutputTx = mpsc::Sender<(OutputStream, Bytes)>;
+
+/// Everything an executor needs to run one command.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// What to run.
+    pub spec: CommandSpec,
+    /// Environment: the project's, overridden by the command's.
+    pub env: BTreeMap<String, String>,
+    /// Bytes for standard input; `None` = `/dev/null`.
+    pub stdin: Option<Vec<u8>>,
+    /// The project's executor settings.
+    pub executor: ExecutorConfig,
+    /// The project's name (the default workdir).
+    pub project: String,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process exited with this code.
+    Exited(i32),
+    /// The process was killed by this signal (not by us).
+    Signaled(i32),
+    /// Killed because it exceeded its timeout.
+    TimedOut,
+    /// Killed because its cancel signal fired.
+    Cancelled,
+    /// It never ran.
+    FailedToStart(String),
+}
+
+/// Boxed future returned by [`Executor::run`], so the trait stays object-safe.
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// Runs commands somewhere.
+pub trait Executor: Send + Sync {
+    /// Runs `job`, sending its output to `output`, until it ends, times out
+    /// or `cancel` fires. Dropping `output` (returning) tells the sink the
+    /// output is complete.
+    fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_>;
+}
+
+/// Chooses the executor a project asks for.
+#[derive(Debug)]
+pub struct Executors {
+    local: LocalExecutor,
+}
+
+impl Executors {
+    /// The executors of this build.
+    pub fn new(local: LocalExecutor) -> Self {
+        Self { local }
+    }
+}
+
+impl Executor for Executors {
+    fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
+        match job.executor {
+            ExecutorConfig::Local(_) => self.local.run(job, output, cancel),
+            ExecutorConfig::Kubernetes(_) => Box::pin(async {
+                Outcome::FailedToStart("kubernetes executor not available in this build".into())
+            }),
+        }
+    }
+}

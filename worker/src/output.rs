@@ -1,0 +1,181 @@
+//! The output sink of one command: numbers the pieces, publishes each one
+//! live on the output exchange, and stores the head and tail (see
+//! [`crate::retention`]) in PostgreSQL in batches.
+//!
+//! Memory per command is bounded: the current batch (≤ [`FLUSH_BYTES`] plus
+//! one piece) and the tail's `(seq, len)` list. When the sink is slow, the
+//! bounded channel in front of it stalls the process's output.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdev_shared::db::output::{self, Chunk};
+use rdev_shared::db::{DbError, Pool};
+use rdev_shared::domain::OutputStream;
+use rdev_shared::mq::{OutputEvent, Publisher};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use uuid::Uuid;
+
+use crate::retention::Retention;
+
+/// A batch is written once it holds this many bytes…
+pub const FLUSH_BYTES: usize = 256 * 1024;
+/// …or this many chunks…
+pub const FLUSH_CHUNKS: usize = 64;
+/// …or this long after the previous write.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// Attempts of one batch write before the batch is given up (about 16 s).
+const FLUSH_ATTEMPTS: u32 = 8;
+
+/// What the sink learned about a command's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputSummary {
+    /// Bytes produced, stored or not.
+    pub output_bytes: i64,
+    /// Whether the stored copy lacks anything.
+    pub truncated: bool,
+}
+
+/// Stores and publishes one command's output.
+pub struct OutputSink {
+    command_id: Uuid,
+    pool: Pool,
+    publisher: Arc<Publisher>,
+    retention: Retention,
+    batch: Vec<Chunk>,
+    batch_bytes: usize,
+    evicted: Vec<i64>,
+    output_bytes: u64,
+    lost: bool,
+    publish_failed: bool,
+}
+
+impl OutputSink {
+    /// A sink keeping at most `max_output_bytes` stored bytes.
+    pub fn new(
+        command_id: Uuid,
+        max_output_bytes: i64,
+        pool: Pool,
+        publisher: Arc<Publisher>,
+    ) -> Self {
+        let cap = u64::try_from(max_output_bytes).unwrap_or(0);
+        Self {
+            command_id,
+            pool,
+            publisher,
+            retention: Retention::new(cap),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            evicted: Vec::new(),
+            output_bytes: 0,
+            lost: false,
+            publish_failed: false,
+        }
+    }
+
+    /// Consumes output until every sender is gone, then writes what is left.
+    pub async fn consume(mut self, mut rx: mpsc::Receiver<(OutputStream, Bytes)>) -> OutputSummary {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                piece = rx.recv() => match piece {
+                    Some((stream, data)) => {
+                        self.push(stream, data).await;
+                        if self.batch_bytes >= FLUSH_BYTES || self.batch.len() >= FLUSH_CHUNKS {
+                            self.flush().await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.flush().await,
+            }
+        }
+        self.flush().await;
+        OutputSummary {
+            output_bytes: i64::try_from(self.output_bytes).unwrap_or(i64::MAX),
+            truncated: self.retention.truncated() || self.lost,
+        }
+    }
+
+    async fn push(&mut self, stream: OutputStream, data: Bytes) {
+        self.output_bytes += data.len() as u64;
+        let plan = self.retention.admit(data.len());
+        for seq in plan.evict {
+            // A piece still in the batch is simply never written.
+            if let Some(i) = self.batch.iter().position(|c| c.seq == seq) {
+                self.batch_bytes -= self.batch[i].data.len();
+                self.batch.remove(i);
+            } else {
+                self.evicted.push(seq);
+            }
+        }
+        for piece in plan.pieces {
+            let bytes = data.slice(piece.range);
+            let event = OutputEvent::Chunk {
+                seq: piece.seq,
+                stream,
+                data: bytes.clone(),
+            };
+            // PostgreSQL holds the durable copy; a lost live piece only makes
+            // watchers read it from there.
+            if let Err(e) = self.publisher.publish_output(self.command_id, &event).await
+                && !std::mem::replace(&mut self.publish_failed, true)
+            {
+                tracing::warn!(error = %e, "cannot publish live output; watchers will read PostgreSQL");
+            }
+            if piece.store {
+                self.batch_bytes += bytes.len();
+                self.batch.push(Chunk {
+                    seq: piece.seq,
+                    stream,
+                    data: bytes.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// Writes the batch and the evictions, retrying with backoff; after
+    /// repeated failures the batch is dropped (and the output marked
+    /// truncated) so memory stays bounded.
+    async fn flush(&mut self) {
+        if self.batch.is_empty() && self.evicted.is_empty() {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=FLUSH_ATTEMPTS {
+            match self.write().await {
+                Ok(()) => {
+                    self.clear();
+                    return;
+                }
+                Err(e) if attempt < FLUSH_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "writing output failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, chunks = self.batch.len(), "giving up on writing output");
+                }
+            }
+        }
+        self.lost = true;
+        self.clear();
+    }
+
+    async fn write(&self) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        // Both statements are idempotent, so a retry after a partial write is safe.
+        output::delete(&client, self.command_id, &self.evicted).await?;
+        output::append(&client, self.command_id, &self.batch).await?;
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.batch_bytes = 0;
+        self.evicted.clear();
+    }
+}

@@ -1,0 +1,546 @@
+//! The worker loop: consume run messages, claim each command in PostgreSQL,
+//! run it, record how it ended, then acknowledge the message.
+//!
+//! Invariants:
+//! - a command runs only after its conditional claim matched (a redelivered
+//!   message is acknowledged and skipped);
+//! - the terminal status and its event are written in one transaction, then
+//!   the end marker is published, then the message is acknowledged;
+//! - a lost broker connection does not stop running commands; their acks may
+//!   then fail, and the redelivery is harmless because of the claim.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use rdev_shared::db::commands::{self, Claimed, Finish};
+use rdev_shared::db::outbox::{self, OutboxMessage};
+use rdev_shared::db::{DbError, Pool};
+use rdev_shared::domain::{self, CommandStatus};
+use rdev_shared::mq::{self, MqError, OutputEvent, Publisher, RunMessage, Topology};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::executor::{Executor, Executors, Job, OUTPUT_CHANNEL_CAPACITY, Outcome};
+use crate::output::{OutputSink, OutputSummary};
+
+/// First and largest pause between reconnection attempts.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How long database writes of a claim or a finish are retried.
+const DB_RETRY_FOR: Duration = Duration::from_secs(60);
+/// Error recorded for commands stopped because the worker shuts down.
+pub const SHUTDOWN_ERROR: &str = "worker shutting down";
+
+/// State shared by the consumer loop, the command tasks and the heartbeat.
+pub struct Worker {
+    cfg: Config,
+    worker_id: String,
+    pool: Pool,
+    publisher: Arc<Publisher>,
+    topology: Topology,
+    executors: Executors,
+    running: Mutex<HashSet<Uuid>>,
+    /// Fires when the drain period is over: running commands are stopped.
+    stop_commands: CancellationToken,
+    consumer_connected: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Builds the shared state.
+    pub fn new(cfg: Config, worker_id: String, pool: Pool, executors: Executors) -> Self {
+        let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-worker {worker_id}"));
+        Self {
+            topology: Topology::new(cfg.amqp.prefix.clone()),
+            cfg,
+            worker_id,
+            pool,
+            publisher,
+            executors,
+            running: Mutex::new(HashSet::new()),
+            stop_commands: CancellationToken::new(),
+            consumer_connected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Flag telling `/ready` whether the consumer is connected.
+    pub fn consumer_connected(&self) -> Arc<AtomicBool> {
+        self.consumer_connected.clone()
+    }
+
+    fn running_ids(&self) -> Vec<Uuid> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+/// Removes a command from the heartbeat set however its task ends.
+struct RunningGuard<'a> {
+    worker: &'a Worker,
+    id: Uuid,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn new(worker: &'a Worker, id: Uuid) -> Self {
+        worker
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        Self { worker, id }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.worker
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Consumes run messages until `stop` fires, then lets running commands
+/// finish for the drain period, stops the rest, and returns once every
+/// command task has acknowledged its message.
+pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(usize::from(worker.cfg.concurrency)));
+    // Old connections stay open until the end: running commands ack on them.
+    let mut connections: Vec<Connection> = Vec::new();
+    let mut backoff = RECONNECT_MIN;
+
+    'session: while !stop.is_cancelled() {
+        let opened = tokio::select! {
+            r = open_consumer(&worker) => r,
+            () = stop.cancelled() => break,
+        };
+        let (conn, channel, mut consumer) = match opened {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot consume from RabbitMQ");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        backoff = RECONNECT_MIN;
+        connections.push(conn);
+        worker.consumer_connected.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %worker.topology.commands_queue(), "consuming commands");
+
+        loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                () = stop.cancelled() => {
+                    stop_consuming(&channel, &consumer).await;
+                    break 'session;
+                }
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!("consumer stream ended; reconnecting");
+                    break;
+                }
+            };
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p,
+                () = stop.cancelled() => {
+                    // This delivery stays unacknowledged: the broker gives it
+                    // to another worker when our channel closes.
+                    stop_consuming(&channel, &consumer).await;
+                    break 'session;
+                }
+            };
+            let Ok(permit) = permit else { break 'session };
+            tracker.spawn(handle(worker.clone(), delivery, permit));
+        }
+        worker.consumer_connected.store(false, Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+    worker.consumer_connected.store(false, Ordering::Relaxed);
+
+    tracker.close();
+    if !tracker.is_empty() {
+        tracing::info!(running = tracker.len(), drain = ?worker.cfg.drain(), "draining running commands");
+    }
+    if tokio::time::timeout(worker.cfg.drain(), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = tracker.len(),
+            "drain period over; stopping running commands"
+        );
+        worker.stop_commands.cancel();
+        tracker.wait().await;
+    }
+    for conn in connections {
+        let _ = conn.close(200, "worker shutting down".into()).await;
+    }
+}
+
+async fn stop_consuming(channel: &Channel, consumer: &Consumer) {
+    if let Err(e) = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::debug!(error = %e, "cancelling the consumer failed");
+    }
+}
+
+async fn open_consumer(w: &Worker) -> Result<(Connection, Channel, Consumer), MqError> {
+    let conn = mq::connect(
+        &w.cfg.amqp,
+        &format!("rdev-worker {} consumer", w.worker_id),
+    )
+    .await?;
+    let channel = conn.create_channel().await?;
+    mq::declare(&channel, &w.topology).await?;
+    // Prefetch = concurrency: the broker never hands us more than we run.
+    // https://www.rabbitmq.com/docs/consumer-prefetch
+    channel
+        .basic_qos(w.cfg.concurrency, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            w.topology.commands_queue().into(),
+            format!("rdev-worker-{}", w.worker_id).into(),
+            BasicConsumeOptions {
+                no_ack: false,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, channel, consumer))
+}
+
+/// What to tell the broker about a message once its command is handled.
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    Ack,
+    /// The database could not record the outcome: give the message back.
+    /// Whoever gets it finds the command not queued and acks it; the reaper
+    /// fails the command once its heartbeat stops.
+    Requeue,
+}
+
+async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    let disposition = match serde_json::from_slice::<RunMessage>(&delivery.data) {
+        Ok(msg) => {
+            let span = tracing::info_span!("command", command_id = %msg.command_id);
+            process(&worker, msg.command_id).instrument(span).await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "malformed run message; dropping it");
+            Disposition::Ack
+        }
+    };
+    let result = match disposition {
+        Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The channel went away; the broker redelivers and the claim makes it harmless.
+        tracing::warn!(error = %e, "cannot acknowledge the run message");
+    }
+}
+
+async fn process(w: &Worker, id: Uuid) -> Disposition {
+    let claimed = match retry_db("claim", || claim(w, id)).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::info!(
+                "command is not queued (already claimed, cancelled or finished); skipping"
+            );
+            return Disposition::Ack;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot claim the command");
+            return Disposition::Requeue;
+        }
+    };
+    let (claimed, started) = claimed;
+    let _running = RunningGuard::new(w, id);
+    tracing::info!(attempt = claimed.command.attempt, "command started");
+    announce(w, started).await;
+    publish_live(w, id, &OutputEvent::Status).await;
+
+    let timeout_s = claimed.command.timeout_s;
+    let (outcome, summary) = if claimed.project_deleted {
+        let summary = OutputSummary {
+            output_bytes: 0,
+            truncated: false,
+        };
+        (Outcome::FailedToStart("project deleted".into()), summary)
+    } else {
+        execute(w, claimed).await
+    };
+    let finish = finish_of(&outcome, summary, timeout_s, w.stop_commands.is_cancelled());
+    tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
+
+    match retry_db("finish", || record_finish(w, id, &finish)).await {
+        Ok(Some(event)) => {
+            announce(w, event).await;
+            publish_live(w, id, &OutputEvent::End).await;
+            Disposition::Ack
+        }
+        Ok(None) => {
+            tracing::info!(
+                "command was finished elsewhere (reaped or cancelled); keeping that outcome"
+            );
+            Disposition::Ack
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the command's end; giving the message back");
+            Disposition::Requeue
+        }
+    }
+}
+
+async fn execute(w: &Worker, claimed: Claimed) -> (Outcome, OutputSummary) {
+    let command = claimed.command;
+    let mut env = claimed.project_env;
+    env.extend(command.env);
+    let job = Job {
+        spec: command.spec,
+        env,
+        stdin: claimed.stdin,
+        executor: claimed.executor,
+        project: command.project,
+        timeout: Duration::from_secs(u64::try_from(command.timeout_s).unwrap_or(1).max(1)),
+    };
+    let (tx, rx) = mpsc::channel(OUTPUT_CHANNEL_CAPACITY);
+    let sink = OutputSink::new(
+        command.id,
+        claimed.max_output_bytes,
+        w.pool.clone(),
+        w.publisher.clone(),
+    );
+    let cancel = w.stop_commands.child_token();
+    tokio::join!(w.executors.run(job, tx, cancel), sink.consume(rx))
+}
+
+/// Maps how a command ended to the facts recorded in PostgreSQL.
+fn finish_of(outcome: &Outcome, out: OutputSummary, timeout_s: i32, stopping: bool) -> Finish {
+    let (status, exit_code, error) = match outcome {
+        Outcome::Exited(0) => (CommandStatus::Succeeded, Some(0), None),
+        Outcome::Exited(code) => (CommandStatus::Failed, Some(*code), None),
+        Outcome::Signaled(sig) => (
+            CommandStatus::Failed,
+            Some(128 + sig),
+            Some(format!("terminated by signal {sig}")),
+        ),
+        Outcome::TimedOut => (
+            CommandStatus::TimedOut,
+            None,
+            Some(format!("timed out after {timeout_s}s")),
+        ),
+        // Only the end of the drain period cancels commands so far; a
+        // client's cancel (a later issue) will record `cancelled`.
+        Outcome::Cancelled if stopping => {
+            (CommandStatus::Failed, None, Some(SHUTDOWN_ERROR.into()))
+        }
+        Outcome::Cancelled => (CommandStatus::Cancelled, None, None),
+        Outcome::FailedToStart(e) => (CommandStatus::Failed, None, Some(e.clone())),
+    };
+    Finish {
+        status,
+        exit_code,
+        error,
+        output_bytes: out.output_bytes,
+        truncated: out.truncated,
+    }
+}
+
+/// A lifecycle event stored in the outbox, waiting to be published.
+struct StoredEvent {
+    outbox_id: i64,
+    message: OutboxMessage,
+}
+
+async fn claim(w: &Worker, id: Uuid) -> Result<Option<(Claimed, StoredEvent)>, DbError> {
+    let mut client = w.pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(claimed) = commands::claim(&tx, id, &w.worker_id).await? else {
+        return Ok(None);
+    };
+    let event_type = "command.started";
+    let message = w.topology.event_message(
+        event_type,
+        &domain::command_event(event_type, &claimed.command),
+    );
+    let outbox_id = outbox::insert(&tx, &message).await?;
+    tx.commit().await?;
+    Ok(Some((claimed, StoredEvent { outbox_id, message })))
+}
+
+async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<StoredEvent>, DbError> {
+    let mut client = w.pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(command) = commands::finish(&tx, id, &w.worker_id, f).await? else {
+        return Ok(None);
+    };
+    let event_type = command.status.event_type().unwrap_or("command.failed");
+    let message = w
+        .topology
+        .event_message(event_type, &domain::command_event(event_type, &command));
+    let outbox_id = outbox::insert(&tx, &message).await?;
+    tx.commit().await?;
+    Ok(Some(StoredEvent { outbox_id, message }))
+}
+
+/// Publishes an event stored in the outbox and marks it published; on any
+/// failure it stays in the outbox and the dispatcher's relay publishes it.
+async fn announce(w: &Worker, event: StoredEvent) {
+    if let Err(e) = w.publisher.publish_confirmed(&event.message).await {
+        tracing::warn!(error = %e, "event left in the outbox for the relay");
+        return;
+    }
+    let marked = match w.pool.get().await {
+        Ok(client) => outbox::mark_published(&client, &[event.outbox_id]).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = marked {
+        // The relay will publish it again: consumers deduplicate by event id.
+        tracing::warn!(error = %e, "cannot mark the event published");
+    }
+}
+
+async fn publish_live(w: &Worker, id: Uuid, event: &OutputEvent) {
+    if let Err(e) = w.publisher.publish_output(id, event).await {
+        tracing::debug!(error = %e, "cannot publish on the output exchange");
+    }
+}
+
+/// Retries a database operation with exponential backoff for up to
+/// [`DB_RETRY_FOR`].
+async fn retry_db<T, F, Fut>(what: &str, mut op: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbError>>,
+{
+    let deadline = Instant::now() + DB_RETRY_FOR;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database write ({what}) failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Refreshes the heartbeat of this worker's running commands every period
+/// until `done` fires, so the reaper leaves them alone.
+pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
+    let mut tick = tokio::time::interval(worker.cfg.heartbeat());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = done.cancelled() => return,
+        }
+        let ids = worker.running_ids();
+        if ids.is_empty() {
+            continue;
+        }
+        let result = match worker.pool.get().await {
+            Ok(client) => commands::heartbeat(&client, &worker.worker_id, &ids).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, running = ids.len(), "heartbeat failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out() -> OutputSummary {
+        OutputSummary {
+            output_bytes: 5,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_statuses() {
+        let f = finish_of(&Outcome::Exited(0), out(), 60, false);
+        assert_eq!(
+            (f.status, f.exit_code, f.error),
+            (CommandStatus::Succeeded, Some(0), None)
+        );
+        let f = finish_of(&Outcome::Exited(3), out(), 60, false);
+        assert_eq!(
+            (f.status, f.exit_code, f.error),
+            (CommandStatus::Failed, Some(3), None)
+        );
+        let f = finish_of(&Outcome::Signaled(9), out(), 60, false);
+        assert_eq!(f.exit_code, Some(137));
+        assert_eq!(f.error.as_deref(), Some("terminated by signal 9"));
+        let f = finish_of(&Outcome::TimedOut, out(), 7, false);
+        assert_eq!(
+            (f.status, f.error.as_deref()),
+            (CommandStatus::TimedOut, Some("timed out after 7s"))
+        );
+        let f = finish_of(&Outcome::Cancelled, out(), 7, false);
+        assert_eq!(f.status, CommandStatus::Cancelled);
+        let f = finish_of(&Outcome::Cancelled, out(), 7, true);
+        assert_eq!(
+            (f.status, f.error.as_deref()),
+            (CommandStatus::Failed, Some(SHUTDOWN_ERROR))
+        );
+        let f = finish_of(&Outcome::FailedToStart("nope".into()), out(), 7, false);
+        assert_eq!(
+            (f.status, f.exit_code, f.error.as_deref()),
+            (CommandStatus::Failed, None, Some("nope"))
+        );
+        assert_eq!(f.output_bytes, 5);
+    }
+}
