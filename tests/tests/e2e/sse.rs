@@ -1,0 +1,142 @@
+//! Server-Sent Events: replay, live relay, resume, end.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{spawn_app, sse_seqs, sse_text};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn assert_contiguous(seqs: &[i64], first: i64) {
+    let expected: Vec<i64> = (first..first + seqs.len() as i64).collect();
+    assert_eq!(
+        seqs,
+        expected.as_slice(),
+        "seqs must be contiguous and ordered"
+    );
+}
+
+#[tokio::test]
+async fn live_output_arrives_complete_in_order_then_end() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "for i in 1 2 3 4 5 6; do echo out$i; echo err$i >&2; sleep 0.1; done; exit 4"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id");
+    let events = app.events(id, None, None).await;
+
+    assert_eq!(events.first().map(|e| e.event.as_str()), Some("status"));
+    let end = events.last().expect("events");
+    assert_eq!(end.event, "end");
+    assert_eq!(
+        (end.data["status"].as_str(), end.data["exit_code"].as_i64()),
+        (Some("failed"), Some(4))
+    );
+    let out: String = (1..=6).map(|i| format!("out{i}\n")).collect();
+    let err: String = (1..=6).map(|i| format!("err{i}\n")).collect();
+    assert_eq!(sse_text(&events, "stdout"), out);
+    assert_eq!(sse_text(&events, "stderr"), err);
+    assert_contiguous(&sse_seqs(&events), 1);
+    // Every output event carries its seq as the SSE id.
+    for e in events.iter().filter(|e| e.event == "output") {
+        assert_eq!(e.id, e.data["seq"].to_string());
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "status" && e.data["status"] == "running")
+    );
+}
+
+#[tokio::test]
+async fn a_finished_command_replays_the_same_stream() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run("p", json!({"command": "seq 1 3000; echo done >&2"}))
+        .await;
+    let id = c["id"].as_str().expect("id");
+    let live = app.events(id, None, None).await;
+    app.wait_terminal(id, WAIT).await;
+    let replay = app.events(id, None, None).await;
+    let expected: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(sse_text(&replay, "stdout"), expected);
+    assert_eq!(sse_text(&replay, "stderr"), "done\n");
+    assert_eq!(sse_text(&live, "stdout"), expected);
+    assert_eq!(sse_seqs(&live), sse_seqs(&replay));
+    assert_contiguous(&sse_seqs(&replay), 1);
+    assert_eq!(replay.last().map(|e| e.event.as_str()), Some("end"));
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_exactly_after_that_chunk() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "for i in $(seq 1 40); do echo line$i; sleep 0.02; done"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id");
+    // Read a few chunks live, drop the connection, resume from the last id.
+    let first = app.events(id, None, Some(3)).await;
+    let seqs = sse_seqs(&first);
+    assert_eq!(seqs.len(), 3);
+    let last = *seqs.last().expect("seq");
+    let rest = app.events(id, Some(last), None).await;
+    let rest_seqs = sse_seqs(&rest);
+    assert_eq!(
+        rest_seqs.first().copied(),
+        Some(last + 1),
+        "resumes right after {last}"
+    );
+    assert_contiguous(&rest_seqs, last + 1);
+    let all = format!(
+        "{}{}",
+        sse_text(&first, "stdout"),
+        sse_text(&rest, "stdout")
+    );
+    let expected: String = (1..=40).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(
+        all, expected,
+        "no byte lost or repeated across the reconnect"
+    );
+
+    // Resuming a finished command from its middle works the same.
+    let whole = app.events(id, None, None).await;
+    let mid = sse_seqs(&whole)[sse_seqs(&whole).len() / 2];
+    let tail = app.events(id, Some(mid), None).await;
+    assert_eq!(sse_seqs(&tail).first().copied(), Some(mid + 1));
+}
+
+#[tokio::test]
+async fn a_truncated_output_shows_a_gap_event() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({"max_output_bytes": 2000}))
+        .await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "for i in $(seq 1 200); do seq 1 30; done"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id");
+    app.wait_terminal(id, WAIT).await;
+    let events = app.events(id, None, None).await;
+    let gaps: Vec<_> = events.iter().filter(|e| e.event == "gap").collect();
+    assert_eq!(gaps.len(), 1, "one gap between head and tail");
+    let g = &gaps[0].data;
+    assert!(g["from_seq"].as_i64() <= g["to_seq"].as_i64(), "{g}");
+    let seqs = sse_seqs(&events);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        events.last().map(|e| e.data["truncated"].clone()),
+        Some(json!(true))
+    );
+}
