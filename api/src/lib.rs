@@ -72,7 +72,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "rdev-api listening");
     let task = tokio::spawn(async move {
-        let result = axum::serve(
+        axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
@@ -80,8 +80,7 @@ pub async fn start(
             shutdown.await;
             let _ = stop_tx.send(true);
         })
-        .await;
-        result
+        .await
     });
     Ok(Server { addr, task })
 }

@@ -7,7 +7,11 @@ use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration};
 
 /// Settings of `rdev-dispatcher`.
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "rdev-dispatcher", version, about = "rdev-dispatcher: webhook delivery and rdev's background loops (outbox relay, lost-worker reaper)")]
+#[command(
+    name = "rdev-dispatcher",
+    version,
+    about = "rdev-dispatcher: webhook delivery and rdev's background loops (outbox relay, lost-worker reaper)"
+)]
 pub struct Config {
     #[command(flatten)]
     #[allow(missing_docs)]

@@ -50,9 +50,16 @@ async fn health() -> Json<serde_json::Value> {
 async fn ready(State(ops): State<Ops>) -> (StatusCode, Json<serde_json::Value>) {
     let db = db::ping(&ops.pool).await.is_ok();
     let mq = ops.publisher.channel().await.is_ok();
-    let code = if db && mq { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if db && mq {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok| if ok { "ok" } else { "unavailable" };
-    (code, Json(json!({"postgres": word(db), "rabbitmq": word(mq)})))
+    (
+        code,
+        Json(json!({"postgres": word(db), "rabbitmq": word(mq)})),
+    )
 }
 
 /// A running dispatcher.
@@ -80,11 +87,17 @@ pub async fn start(
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(Ops { pool: pool.clone(), publisher: publisher.clone() });
+        .with_state(Ops {
+            pool: pool.clone(),
+            publisher: publisher.clone(),
+        });
     let ops = tokio::spawn({
         let stop = stopped(stop_rx.clone());
         async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "ops server failed");
             }
         }

@@ -6,7 +6,9 @@ use rdev_dispatcher::config::Config;
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     rdev_shared::telemetry::init(&cfg.log);
-    let d = rdev_dispatcher::start(cfg, shutdown_signal()).await.context("starting rdev-dispatcher")?;
+    let d = rdev_dispatcher::start(cfg, shutdown_signal())
+        .await
+        .context("starting rdev-dispatcher")?;
     d.task.await.context("dispatcher task")?;
     tracing::info!("rdev-dispatcher stopped");
     Ok(())

@@ -16,7 +16,12 @@ use tokio::sync::watch;
 const REAP_BATCH: i64 = 100;
 
 /// Reaps lost commands every `lost_after / 3` until stopped.
-pub async fn run(pool: Pool, publisher: Arc<Publisher>, lost_after: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    pool: Pool,
+    publisher: Arc<Publisher>,
+    lost_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -32,15 +37,24 @@ pub async fn run(pool: Pool, publisher: Arc<Publisher>, lost_after: Duration, mu
 
 /// One pass: fails lost commands with their events in one transaction, then
 /// publishes the events and ends their live output streams.
-pub async fn reap_once(pool: &Pool, publisher: &Publisher, lost_after: Duration) -> Result<usize, DbError> {
-    let before = Utc::now() - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::seconds(30));
+pub async fn reap_once(
+    pool: &Pool,
+    publisher: &Publisher,
+    lost_after: Duration,
+) -> Result<usize, DbError> {
+    let before = Utc::now()
+        - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::seconds(30));
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let reaped = commands::reap_lost(&tx, before, REAP_BATCH).await?;
     let mut rows = Vec::with_capacity(reaped.len());
     for cmd in &reaped {
-        let kind = CommandStatus::Failed.event_type().unwrap_or("command.failed");
-        let message = publisher.topology().event_message(kind, &command_event(kind, cmd));
+        let kind = CommandStatus::Failed
+            .event_type()
+            .unwrap_or("command.failed");
+        let message = publisher
+            .topology()
+            .event_message(kind, &command_event(kind, cmd));
         let id = outbox::insert(&tx, &message).await?;
         rows.push(outbox::Pending { id, message });
     }

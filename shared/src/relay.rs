@@ -49,7 +49,10 @@ pub async fn relay_once(
     }
     outbox::mark_published(&tx, &done).await?;
     tx.commit().await.map_err(DbError::from)?;
-    Ok(RelayPass { published: done.len(), failed: failed.map(|e| e.to_string()) })
+    Ok(RelayPass {
+        published: done.len(),
+        failed: failed.map(|e| e.to_string()),
+    })
 }
 
 /// Publishes freshly committed outbox rows right away and marks them; rows

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::commands::{self, ListFilter, NewCommand};
 use rdev_shared::db::{outbox, output, projects};
-use rdev_shared::relay;
 use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
 };
+use rdev_shared::relay;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -186,7 +186,15 @@ pub async fn create(
     // After commit: publish with a confirm and mark the row. If the broker is
     // down the row stays and the relay publishes it; the claim guard keeps a
     // double publish from running the command twice.
-    relay::publish_now(&st.pool, &st.publisher, &[outbox::Pending { id: outbox_id, message }]).await;
+    relay::publish_now(
+        &st.pool,
+        &st.publisher,
+        &[outbox::Pending {
+            id: outbox_id,
+            message,
+        }],
+    )
+    .await;
     Ok(command_response(StatusCode::ACCEPTED, &cmd, false))
 }
 

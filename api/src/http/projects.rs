@@ -94,17 +94,27 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Ok(Some(Option::deserialize(d)?))
 }
 
-fn check_common(
-    description: Option<&str>,
-    executor: Option<&ExecutorConfig>,
-    env: Option<&BTreeMap<String, String>>,
+/// The settable fields of a project, as given in a create or update.
+struct Fields<'a> {
+    description: Option<&'a str>,
+    executor: Option<&'a ExecutorConfig>,
+    env: Option<&'a BTreeMap<String, String>>,
     default_timeout_s: Option<i32>,
     max_output_bytes: Option<i64>,
     max_concurrency: Option<i32>,
-    allowed_commands: Option<&[String]>,
-    max_timeout_s: i32,
-    errors: &mut Vec<FieldError>,
-) {
+    allowed_commands: Option<&'a [String]>,
+}
+
+fn check_common(f: Fields<'_>, max_timeout_s: i32, errors: &mut Vec<FieldError>) {
+    let Fields {
+        description,
+        executor,
+        env,
+        default_timeout_s,
+        max_output_bytes,
+        max_concurrency,
+        allowed_commands,
+    } = f;
     if description.is_some_and(|d| d.len() > 4096) {
         errors.push(FieldError::new("description", "at most 4096 bytes"));
     }
@@ -168,13 +178,15 @@ pub async fn create(
         errors.push(FieldError::new("name", m));
     }
     check_common(
-        Some(&body.description),
-        body.executor.as_ref(),
-        Some(&body.env),
-        body.default_timeout_s,
-        body.max_output_bytes,
-        body.max_concurrency,
-        body.allowed_commands.as_deref(),
+        Fields {
+            description: Some(&body.description),
+            executor: body.executor.as_ref(),
+            env: Some(&body.env),
+            default_timeout_s: body.default_timeout_s,
+            max_output_bytes: body.max_output_bytes,
+            max_concurrency: body.max_concurrency,
+            allowed_commands: body.allowed_commands.as_deref(),
+        },
         st.cfg.max_timeout_s,
         &mut errors,
     );
@@ -291,13 +303,15 @@ pub async fn update(
     let project = load_visible(&st, &auth, &name).await?;
     let mut errors = Vec::new();
     check_common(
-        body.description.as_deref(),
-        body.executor.as_ref(),
-        body.env.as_ref(),
-        body.default_timeout_s,
-        body.max_output_bytes,
-        body.max_concurrency.flatten(),
-        body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
+        Fields {
+            description: body.description.as_deref(),
+            executor: body.executor.as_ref(),
+            env: body.env.as_ref(),
+            default_timeout_s: body.default_timeout_s,
+            max_output_bytes: body.max_output_bytes,
+            max_concurrency: body.max_concurrency.flatten(),
+            allowed_commands: body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
+        },
         st.cfg.max_timeout_s,
         &mut errors,
     );

@@ -85,7 +85,7 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
 
 /// Key of the advisory lock held while migrating, so several processes
 /// starting at once apply each migration exactly once.
-const MIGRATION_LOCK: i64 = 0x7264_6576_6d69_67; // "rdevmig"
+const MIGRATION_LOCK: i64 = 0x0072_6465_766d_6967; // "rdevmig"
 
 /// Applies pending migrations under a PostgreSQL advisory lock; returns the
 /// names of the migrations applied by this call.
