@@ -4,6 +4,7 @@
 //! [`config`] and [`secret`] → [`domain`] → [`db`] and [`mq`] (adapters) →
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod domain;
