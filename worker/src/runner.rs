@@ -9,7 +9,7 @@
 //! - a lost broker connection does not stop running commands; their acks may
 //!   then fail, and the redelivery is harmless because of the claim.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,9 @@ use rdev_shared::db::commands::{self, Claimed, Finish};
 use rdev_shared::db::outbox::{self, OutboxMessage};
 use rdev_shared::db::{DbError, Pool};
 use rdev_shared::domain::{self, CommandStatus};
-use rdev_shared::mq::{self, MqError, OutputEvent, Publisher, RunMessage, Topology};
+use rdev_shared::mq::{
+    self, ControlMessage, MqError, OutputEvent, Publisher, RunMessage, Topology,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +55,8 @@ pub struct Worker {
     publisher: Arc<Publisher>,
     topology: Topology,
     executors: Executors,
-    running: Mutex<HashSet<Uuid>>,
+    /// Running commands and the token that stops each one.
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Fires when the drain period is over: running commands are stopped.
     stop_commands: CancellationToken,
     consumer_connected: Arc<AtomicBool>,
@@ -70,7 +73,7 @@ impl Worker {
             pool,
             publisher,
             executors,
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             stop_commands: CancellationToken::new(),
             consumer_connected: Arc::new(AtomicBool::new(false)),
         }
@@ -85,9 +88,25 @@ impl Worker {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .keys()
             .copied()
             .collect()
+    }
+
+    /// Stops a command this worker runs (a client's cancel); false when it
+    /// does not run it.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get(&id) {
+            Some(token) => {
+                if !token.is_cancelled() {
+                    tracing::info!(command_id = %id, "cancel requested; stopping the command");
+                }
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -98,13 +117,16 @@ struct RunningGuard<'a> {
 }
 
 impl<'a> RunningGuard<'a> {
-    fn new(worker: &'a Worker, id: Uuid) -> Self {
+    /// Registers the command; the token stops it on a client's cancel or at
+    /// the end of the drain period.
+    fn new(worker: &'a Worker, id: Uuid) -> (Self, CancellationToken) {
+        let token = worker.stop_commands.child_token();
         worker
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id);
-        Self { worker, id }
+            .insert(id, token.clone());
+        (Self { worker, id }, token)
     }
 }
 
@@ -300,7 +322,7 @@ async fn process(w: &Worker, id: Uuid) -> Disposition {
         }
     };
     let (claimed, started) = claimed;
-    let _running = RunningGuard::new(w, id);
+    let (_running, cancel) = RunningGuard::new(w, id);
     tracing::info!(attempt = claimed.command.attempt, "command started");
     announce(w, started).await;
     publish_live(w, id, &OutputEvent::Status).await;
@@ -313,7 +335,7 @@ async fn process(w: &Worker, id: Uuid) -> Disposition {
         };
         (Outcome::FailedToStart("project deleted".into()), summary)
     } else {
-        execute(w, claimed).await
+        execute(w, claimed, cancel).await
     };
     let finish = finish_of(&outcome, summary, timeout_s, w.stop_commands.is_cancelled());
     tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
@@ -337,7 +359,11 @@ async fn process(w: &Worker, id: Uuid) -> Disposition {
     }
 }
 
-async fn execute(w: &Worker, claimed: Claimed) -> (Outcome, OutputSummary) {
+async fn execute(
+    w: &Worker,
+    claimed: Claimed,
+    cancel: CancellationToken,
+) -> (Outcome, OutputSummary) {
     let command = claimed.command;
     let mut env = claimed.project_env;
     env.extend(command.env);
@@ -356,7 +382,6 @@ async fn execute(w: &Worker, claimed: Claimed) -> (Outcome, OutputSummary) {
         w.pool.clone(),
         w.publisher.clone(),
     );
-    let cancel = w.stop_commands.child_token();
     tokio::join!(w.executors.run(job, tx, cancel), sink.consume(rx))
 }
 
@@ -375,12 +400,16 @@ fn finish_of(outcome: &Outcome, out: OutputSummary, timeout_s: i32, stopping: bo
             None,
             Some(format!("timed out after {timeout_s}s")),
         ),
-        // Only the end of the drain period cancels commands so far; a
-        // client's cancel (a later issue) will record `cancelled`.
+        // The end of the drain period stops commands too: that is a failure,
+        // not the client's cancel.
         Outcome::Cancelled if stopping => {
             (CommandStatus::Failed, None, Some(SHUTDOWN_ERROR.into()))
         }
-        Outcome::Cancelled => (CommandStatus::Cancelled, None, None),
+        Outcome::Cancelled => (
+            CommandStatus::Cancelled,
+            None,
+            Some("cancelled on request".into()),
+        ),
         Outcome::FailedToStart(e) => (CommandStatus::Failed, None, Some(e.clone())),
     };
     Finish {
@@ -492,9 +521,62 @@ pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
             Ok(client) => commands::heartbeat(&client, &worker.worker_id, &ids).await,
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, running = ids.len(), "heartbeat failed");
+        match result {
+            // Cancels whose broadcast this worker missed.
+            Ok(cancelled) => {
+                for id in cancelled {
+                    worker.cancel(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, running = ids.len(), "heartbeat failed"),
         }
+    }
+}
+
+/// Follows the control exchange until `done` fires, acting on cancel
+/// requests for commands this worker runs; reconnects with backoff.
+pub async fn control(worker: Arc<Worker>, done: CancellationToken) {
+    let mut backoff = RECONNECT_MIN;
+    let name = format!("rdev-worker {} control", worker.worker_id);
+    while !done.is_cancelled() {
+        let opened = tokio::select! {
+            r = mq::subscribe_control(&worker.cfg.amqp, &name) => r,
+            () = done.cancelled() => return,
+        };
+        match opened {
+            Ok((conn, mut consumer)) => {
+                backoff = RECONNECT_MIN;
+                loop {
+                    let next = tokio::select! {
+                        n = consumer.next() => n,
+                        () = done.cancelled() => break,
+                    };
+                    match next {
+                        Some(Ok(d)) => match serde_json::from_slice::<ControlMessage>(&d.data) {
+                            Ok(ControlMessage::Cancel { command_id }) => {
+                                worker.cancel(command_id);
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(error = %e, "malformed control message"),
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "control consumer failed; reconnecting");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let _ = conn.close(200, "bye".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot follow the control exchange")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = done.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 

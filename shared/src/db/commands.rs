@@ -273,19 +273,66 @@ pub async fn finish(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Refreshes `heartbeat_at` (and the running output size) of commands this worker runs.
+/// Refreshes `heartbeat_at` of commands this worker runs; returns those of
+/// them whose cancellation was requested (the backstop for a missed
+/// broadcast).
 pub async fn heartbeat(
     client: &impl deadpool_postgres::GenericClient,
     worker_id: &str,
     ids: &[Uuid],
-) -> Result<u64, DbError> {
-    Ok(client
-        .execute(
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = client
+        .query(
             "UPDATE commands SET heartbeat_at = now() \
-             WHERE id = ANY($1) AND worker_id = $2 AND status = 'running'",
+             WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' \
+             RETURNING id, cancel_requested_at IS NOT NULL AS cancel",
             &[&ids, &worker_id],
         )
-        .await?)
+        .await?;
+    let mut cancel = Vec::new();
+    for row in rows {
+        if row.try_get::<_, bool>("cancel")? {
+            cancel.push(row.try_get("id")?);
+        }
+    }
+    Ok(cancel)
+}
+
+/// Cancels a command that is still queued; `None` when it no longer is.
+/// A worker that later receives its message finds it not queued and skips it.
+pub async fn cancel_queued(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Command>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET status = 'cancelled', finished_at = now(), \
+         cancel_requested_at = now() WHERE id = $1 AND status = 'queued' RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Records a cancel request for a running command; `None` when it is not running.
+pub async fn request_cancel(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Command>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET cancel_requested_at = coalesce(cancel_requested_at, now()) \
+         WHERE id = $1 AND status = 'running' RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Marks running commands whose heartbeat is older than `before` as failed
