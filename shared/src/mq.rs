@@ -56,6 +56,8 @@ pub struct Topology {
 
 /// Routing key of command messages on the commands exchange.
 pub const RUN_KEY: &str = "run";
+/// How long a deferred command waits before it is offered to workers again.
+pub const DELAY_TTL_MS: i64 = 1000;
 /// Header naming the kind of an output message (`chunk`, `status`, `end`).
 const H_KIND: &str = "kind";
 const H_SEQ: &str = "seq";
@@ -82,6 +84,22 @@ impl Topology {
     /// Durable priority queue workers consume.
     pub fn commands_queue(&self) -> String {
         format!("{}.commands", self.prefix)
+    }
+
+    /// Queue where a command over its project's concurrency limit waits
+    /// [`DELAY_TTL_MS`] before it is dead-lettered back to the commands exchange.
+    pub fn commands_delay_queue(&self) -> String {
+        format!("{}.commands.delay", self.prefix)
+    }
+
+    /// A run message re-sent through the delay queue (default exchange,
+    /// routed by queue name), keeping its priority.
+    pub fn delayed_run_message(&self, command_id: Uuid, priority: u8) -> OutboxMessage {
+        OutboxMessage {
+            exchange: String::new(),
+            routing_key: self.commands_delay_queue(),
+            ..self.run_message(command_id, priority)
+        }
     }
 
     /// Fanout exchange for cancel requests and cache invalidation.

@@ -28,12 +28,18 @@ impl Drop for BrokerBack {
 }
 
 fn pg_restart() {
-    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -1) main restart");
+    sh(
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -1) main restart",
+    );
 }
 
 #[tokio::test]
 async fn broker_and_database_outages_lose_nothing() {
-    let app = spawn_app_with(Options { dispatcher: true, ..Default::default() }).await;
+    let app = spawn_app_with(Options {
+        dispatcher: true,
+        ..Default::default()
+    })
+    .await;
     app.create_project("p", json!({})).await;
     let runs = app.workspace.join("runs");
 
@@ -67,7 +73,10 @@ async fn broker_and_database_outages_lose_nothing() {
         *counts.entry(line.to_owned()).or_default() += 1;
     }
     assert_eq!(counts.len(), 200, "every command ran");
-    assert!(counts.values().all(|&n| n == 1), "a command ran twice: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a command ran twice: {counts:?}"
+    );
     println!(
         "broker outage: 200 commands accepted in {accepted_in:?} while down; all finished {drained_in:?} after the broker returned"
     );
@@ -81,12 +90,23 @@ async fn broker_and_database_outages_lose_nothing() {
         if r.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "API not ready after PostgreSQL restart");
+        assert!(
+            Instant::now() < deadline,
+            "API not ready after PostgreSQL restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let c = app.run("p", json!({"command": "echo after-restart"})).await;
-    let c = app.wait_terminal(c["id"].as_str().expect("id"), Duration::from_secs(60)).await;
+    let c = app
+        .wait_terminal(c["id"].as_str().expect("id"), Duration::from_secs(60))
+        .await;
     assert_eq!(c["status"], "succeeded");
-    assert_eq!(app.output(c["id"].as_str().expect("id"), None).await, b"after-restart\n");
-    println!("postgres restart: a command ran {:?} after the restart", restarted.elapsed());
+    assert_eq!(
+        app.output(c["id"].as_str().expect("id"), None).await,
+        b"after-restart\n"
+    );
+    println!(
+        "postgres restart: a command ran {:?} after the restart",
+        restarted.elapsed()
+    );
 }

@@ -22,7 +22,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use rdev_shared::db::commands::{self, Claimed, Finish};
+use rdev_shared::db::commands::{self, ClaimOutcome, Claimed, Finish};
 use rdev_shared::db::outbox::{self, OutboxMessage};
 use rdev_shared::db::{DbError, Pool};
 use rdev_shared::domain::{self, CommandStatus};
@@ -282,7 +282,10 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
     let disposition = match serde_json::from_slice::<RunMessage>(&delivery.data) {
         Ok(msg) => {
             let span = tracing::info_span!("command", command_id = %msg.command_id);
-            process(&worker, msg.command_id).instrument(span).await
+            let priority = delivery.properties.priority().unwrap_or(5);
+            process(&worker, msg.command_id, priority)
+                .instrument(span)
+                .await
         }
         Err(e) => {
             tracing::error!(error = %e, "malformed run message; dropping it");
@@ -307,10 +310,11 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
     }
 }
 
-async fn process(w: &Worker, id: Uuid) -> Disposition {
+async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     let claimed = match retry_db("claim", || claim(w, id)).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
+        Ok(Claim::Claimed(c, e)) => (*c, e),
+        Ok(Claim::AtLimit) => return defer(w, id, priority).await,
+        Ok(Claim::NotQueued) => {
             tracing::info!(
                 "command is not queued (already claimed, cancelled or finished); skipping"
             );
@@ -427,11 +431,20 @@ struct StoredEvent {
     message: OutboxMessage,
 }
 
-async fn claim(w: &Worker, id: Uuid) -> Result<Option<(Claimed, StoredEvent)>, DbError> {
+/// What a claim attempt found.
+enum Claim {
+    Claimed(Box<Claimed>, StoredEvent),
+    NotQueued,
+    AtLimit,
+}
+
+async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
     let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(claimed) = commands::claim(&tx, id, &w.worker_id).await? else {
-        return Ok(None);
+    let claimed = match commands::claim(&tx, id, &w.worker_id).await? {
+        ClaimOutcome::Claimed(c) => c,
+        ClaimOutcome::NotQueued => return Ok(Claim::NotQueued),
+        ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
     };
     let event_type = "command.started";
     let message = w.topology.event_message(
@@ -440,7 +453,26 @@ async fn claim(w: &Worker, id: Uuid) -> Result<Option<(Claimed, StoredEvent)>, D
     );
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
-    Ok(Some((claimed, StoredEvent { outbox_id, message })))
+    Ok(Claim::Claimed(claimed, StoredEvent { outbox_id, message }))
+}
+
+/// The project runs as many commands as it may: park the message in the
+/// delay queue (it comes back after a second, holding no worker slot) and
+/// acknowledge this delivery. The command stays `queued`.
+async fn defer(w: &Worker, id: Uuid, priority: u8) -> Disposition {
+    let message = w.topology.delayed_run_message(id, priority);
+    match w.publisher.publish_confirmed(&message).await {
+        Ok(()) => {
+            tracing::debug!("project at its concurrency limit; command deferred");
+            Disposition::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot defer the command; giving the message back");
+            // Not straight back: avoid a hot loop while the broker struggles.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Disposition::Requeue
+        }
+    }
 }
 
 async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<StoredEvent>, DbError> {

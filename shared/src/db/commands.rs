@@ -212,17 +212,84 @@ pub async fn list(
     rows.iter().map(from_row).collect()
 }
 
-/// Moves a command from `queued` to `running` for `worker_id`. Returns `None`
-/// when it was not queued: this conditional update is what makes a
-/// redelivered message harmless.
+/// Result of [`claim`].
+#[derive(Debug)]
+pub enum ClaimOutcome {
+    /// The command is now `running` for this worker.
+    Claimed(Box<Claimed>),
+    /// It was not queued (claimed before, cancelled, finished): skip it.
+    NotQueued,
+    /// Its project already runs `max_concurrency` commands: try later.
+    AtLimit,
+}
+
+/// Moves a command from `queued` to `running` for `worker_id`. The
+/// conditional update is what makes a redelivered message harmless. For a
+/// project with `max_concurrency`, the check and the claim happen under a
+/// per-project advisory lock, so workers racing for the last slot cannot
+/// both win. Call inside a transaction (the lock is transaction-scoped).
 pub async fn claim(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
+) -> Result<ClaimOutcome, DbError> {
+    // Fast path: projects without a limit claim in one statement.
+    if let Some(c) = claim_if(client, id, worker_id, "p.max_concurrency IS NULL").await? {
+        return Ok(ClaimOutcome::Claimed(Box::new(c)));
+    }
+    let row = client
+        .query_opt(
+            "SELECT p.id, p.max_concurrency FROM commands c JOIN projects p ON p.id = c.project_id \
+             WHERE c.id = $1 AND c.status = 'queued'",
+            &[&id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(ClaimOutcome::NotQueued);
+    };
+    let project_id: Uuid = row.try_get(0)?;
+    let Some(max) = row.try_get::<_, Option<i32>>(1)? else {
+        // The limit was removed between the two statements.
+        return Ok(claim_if(client, id, worker_id, "true")
+            .await?
+            .map_or(ClaimOutcome::NotQueued, |c| {
+                ClaimOutcome::Claimed(Box::new(c))
+            }));
+    };
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+            &[&project_id.to_string()],
+        )
+        .await?;
+    let running: i64 = client
+        .query_one(
+            "SELECT count(*) FROM commands WHERE project_id = $1 AND status = 'running'",
+            &[&project_id],
+        )
+        .await?
+        .try_get(0)?;
+    if running >= i64::from(max) {
+        return Ok(ClaimOutcome::AtLimit);
+    }
+    Ok(claim_if(client, id, worker_id, "true")
+        .await?
+        .map_or(ClaimOutcome::NotQueued, |c| {
+            ClaimOutcome::Claimed(Box::new(c))
+        }))
+}
+
+/// The claim statement, with an extra condition on the project `p`.
+async fn claim_if(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, started_at = now(), \
          heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
+         AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
          SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
          p.deleted_at IS NOT NULL AS project_deleted \

@@ -290,3 +290,40 @@ async fn a_killed_worker_is_reaped_and_its_command_never_runs_twice() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+#[tokio::test]
+async fn max_concurrency_holds_across_workers_and_nothing_is_dropped() {
+    let mut app = spawn_app_with(Options {
+        concurrency: 4,
+        ..Default::default()
+    })
+    .await;
+    app.start_worker(4, CancellationToken::new());
+    app.create_project("p", json!({"max_concurrency": 2})).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            app.run("p", json!({"command": "sleep 0.4"})).await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    let mut spans = Vec::new();
+    for id in &ids {
+        let c = app.wait_terminal(id, WAIT).await;
+        assert_eq!(c["status"], "succeeded", "{c}");
+        let at = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(c[k].as_str().expect("time")).expect("rfc3339")
+        };
+        spans.push((at("started_at"), at("finished_at")));
+    }
+    // At no command's start were more than 2 commands of the project running.
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, f)| s <= start && start < f)
+            .count();
+        assert!(running <= 2, "{running} running at {start}: {spans:?}");
+    }
+}
