@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::config::AmqpConfig;
 use crate::db::outbox::OutboxMessage;
 use crate::domain::OutputStream;
+use crate::metrics::Metrics;
 
 /// How long a connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -422,6 +423,7 @@ pub struct Publisher {
     name: String,
     channel: RwLock<Option<Channel>>,
     reconnect: tokio::sync::Mutex<Reconnect>,
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -448,7 +450,30 @@ impl Publisher {
             name: name.into(),
             channel: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Reconnect::default()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts published messages in `amqp_published_total` from now on.
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count(&self, exchange_kind: &str) {
+        if let Some(m) = self.metrics.get() {
+            m.amqp_published_total
+                .with_label_values(&[exchange_kind])
+                .inc();
+        }
+    }
+
+    fn kind_of(&self, exchange: &str) -> &'static str {
+        match exchange.strip_prefix(self.topology.prefix()) {
+            Some(".events") => "events",
+            Some(".control") => "control",
+            Some(".output") => "output",
+            _ => "commands",
+        }
     }
 
     /// The topology this publisher declares.
@@ -533,7 +558,10 @@ impl Publisher {
             .await
             .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
         match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(None) | Confirmation::NotRequested => {
+                self.count(self.kind_of(&m.exchange));
+                Ok(())
+            }
             Confirmation::Ack(Some(_)) => Err(MqError::Unroutable),
             Confirmation::Nack(_) => Err(MqError::Nacked),
         }
@@ -556,6 +584,7 @@ impl Publisher {
                 props,
             )
             .await?;
+        self.count("control");
         Ok(())
     }
 
@@ -582,6 +611,7 @@ impl Publisher {
                 props,
             )
             .await?;
+        self.count("output");
         Ok(())
     }
 }

@@ -35,6 +35,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use rdev_shared::metrics::Metrics;
+
 use crate::config::Config;
 use crate::executor::{Executor, Executors, Job, OUTPUT_CHANNEL_CAPACITY, Outcome};
 use crate::output::{OutputSink, OutputSummary};
@@ -60,12 +62,15 @@ pub struct Worker {
     /// Fires when the drain period is over: running commands are stopped.
     stop_commands: CancellationToken,
     consumer_connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
     /// Builds the shared state.
     pub fn new(cfg: Config, worker_id: String, pool: Pool, executors: Executors) -> Self {
         let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-worker {worker_id}"));
+        let metrics = Arc::new(Metrics::new("rdev-worker"));
+        publisher.set_metrics(metrics.clone());
         Self {
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
@@ -76,7 +81,13 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             stop_commands: CancellationToken::new(),
             consumer_connected: Arc::new(AtomicBool::new(false)),
+            metrics,
         }
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Flag telling `/ready` whether the consumer is connected.
@@ -126,6 +137,7 @@ impl<'a> RunningGuard<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, token.clone());
+        worker.metrics.commands_active.inc();
         (Self { worker, id }, token)
     }
 }
@@ -137,6 +149,7 @@ impl Drop for RunningGuard<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        self.worker.metrics.commands_active.dec();
     }
 }
 
@@ -279,6 +292,11 @@ enum Disposition {
 }
 
 async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    worker
+        .metrics
+        .amqp_consumed_total
+        .with_label_values(&["commands"])
+        .inc();
     let disposition = match serde_json::from_slice::<RunMessage>(&delivery.data) {
         Ok(msg) => {
             let span = tracing::info_span!("command", command_id = %msg.command_id);
@@ -327,6 +345,7 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     };
     let (claimed, started) = claimed;
     let (_running, cancel) = RunningGuard::new(w, id);
+    let began = Instant::now();
     tracing::info!(attempt = claimed.command.attempt, "command started");
     announce(w, started).await;
     publish_live(w, id, &OutputEvent::Status).await;
@@ -342,6 +361,16 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
         execute(w, claimed, cancel).await
     };
     let finish = finish_of(&outcome, summary, timeout_s, w.stop_commands.is_cancelled());
+    w.metrics
+        .commands_total
+        .with_label_values(&[finish.status.as_str()])
+        .inc();
+    w.metrics
+        .command_duration_seconds
+        .observe(began.elapsed().as_secs_f64());
+    w.metrics
+        .command_output_bytes_total
+        .inc_by(u64::try_from(finish.output_bytes).unwrap_or(0));
     tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
 
     match retry_db("finish", || record_finish(w, id, &finish)).await {

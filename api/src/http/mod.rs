@@ -18,7 +18,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::hub::OutputHub;
+use crate::limits::SseLimiter;
 use error::ApiError;
+use rdev_shared::metrics::Metrics;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -33,6 +35,10 @@ pub struct AppState {
     pub topology: Topology,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
+    /// This instance's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Admission of SSE connections.
+    pub sse: Arc<SseLimiter>,
     /// Turns `true` when the server shuts down: SSE streams then close with
     /// a `retry:` hint so clients reconnect to another instance.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -57,10 +63,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -71,4 +82,28 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// Counts every request by its route template (not the raw path, so ids do
+/// not explode the label set) and status, and times it.
+async fn record_request(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_requests_total
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    st.metrics
+        .http_request_duration_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
 }

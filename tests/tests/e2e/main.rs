@@ -4,6 +4,7 @@
 mod api_errors;
 mod commands;
 mod fleet;
+mod observability;
 mod projects;
 mod sse;
 mod support;
