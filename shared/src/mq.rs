@@ -336,6 +336,24 @@ pub fn header_str<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a [u8]>
     }
 }
 
+/// The string headers of a message as name/value pairs (trace context).
+pub fn header_pairs(props: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = props.headers().as_ref() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(k, v)| match v {
+            AMQPValue::LongString(s) => Some((
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads an integer header of a message.
 pub fn header_i64(props: &BasicProperties, key: &str) -> Option<i64> {
     let headers = props.headers().as_ref()?;

@@ -36,6 +36,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use rdev_shared::metrics::Metrics;
+use rdev_shared::telemetry;
 
 use crate::config::Config;
 use crate::executor::{Executor, Executors, Job, OUTPUT_CHANNEL_CAPACITY, Outcome};
@@ -299,7 +300,17 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
         .inc();
     let disposition = match serde_json::from_slice::<RunMessage>(&delivery.data) {
         Ok(msg) => {
-            let span = tracing::info_span!("command", command_id = %msg.command_id);
+            let span = tracing::info_span!(
+                "command.execute",
+                command_id = %msg.command_id,
+                trace_id = tracing::field::Empty
+            );
+            let headers = mq::header_pairs(&delivery.properties);
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            telemetry::continue_trace(&span, &pairs);
             let priority = delivery.properties.priority().unwrap_or(5);
             process(&worker, msg.command_id, priority)
                 .instrument(span)
@@ -476,10 +487,11 @@ async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
         ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
     };
     let event_type = "command.started";
-    let message = w.topology.event_message(
+    let mut message = w.topology.event_message(
         event_type,
         &domain::command_event(event_type, &claimed.command),
     );
+    telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
     Ok(Claim::Claimed(claimed, StoredEvent { outbox_id, message }))
@@ -511,9 +523,10 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Stored
         return Ok(None);
     };
     let event_type = command.status.event_type().unwrap_or("command.failed");
-    let message = w
+    let mut message = w
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
+    telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
     Ok(Some(StoredEvent { outbox_id, message }))

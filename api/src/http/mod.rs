@@ -72,7 +72,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             record_request,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 
@@ -106,4 +106,23 @@ async fn record_request(
         .with_label_values(&[route.as_str()])
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// The span of one HTTP request; continues a caller's `traceparent`. Only
+/// the path is recorded, never the query string or headers.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        trace_id = tracing::field::Empty,
+    );
+    let pairs: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("trace"))
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect();
+    rdev_shared::telemetry::continue_trace(&span, &pairs);
+    span
 }

@@ -218,7 +218,7 @@ async fn api_process_entry() {
         log: rdev_shared::config::LogConfig,
     }
     let args = Args::parse_from(["rdev-api"]);
-    rdev_shared::telemetry::init(&args.log);
+    let _telemetry = rdev_shared::telemetry::init(&args.log, "rdev-api");
     let server = rdev_api::start(args.cfg, std::future::pending())
         .await
         .expect("api");
@@ -324,4 +324,64 @@ async fn secrets_never_reach_the_logs() {
         !logs.contains("Bearer rdev_"),
         "an Authorization header was logged"
     );
+}
+
+#[tokio::test]
+async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
+    let Some(exporter) = rdev_shared::test_support::traces::install() else {
+        panic!("another tracing subscriber was installed first");
+    };
+    let app = spawn_app_with(Options::default()).await;
+    app.create_project("traced", json!({})).await;
+    let c = app.run("traced", json!({"command": "echo traced"})).await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    app.wait_terminal(&id, WAIT).await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (request, execute) = loop {
+        let spans = rdev_shared::test_support::traces::spans(exporter);
+        let request = spans.iter().find(|s| {
+            s.name == "http.request"
+                && s.attributes.iter().any(|kv| {
+                    kv.key.as_str() == "path" && kv.value.as_str() == "/v1/projects/traced/commands"
+                })
+        });
+        let execute = spans.iter().find(|s| {
+            s.name == "command.execute"
+                && s.attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "command_id" && kv.value.as_str() == id.as_str())
+        });
+        if let (Some(r), Some(e)) = (request, execute) {
+            break (r.clone(), e.clone());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "spans not found");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        request.span_context.trace_id(),
+        execute.span_context.trace_id(),
+        "the worker's span belongs to the request's trace"
+    );
+    // The lifecycle events carry the same trace on to the dispatcher.
+    let client = app.env.pool.get().await.expect("db");
+    let headers: Vec<serde_json::Value> = client
+        .query(
+            "SELECT headers FROM outbox WHERE routing_key LIKE 'command.%' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("q")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!headers.is_empty());
+    let trace = request.span_context.trace_id().to_string();
+    for h in headers {
+        let tp = h["traceparent"].as_str().unwrap_or_default();
+        assert!(
+            tp.contains(&trace),
+            "event headers {h} continue trace {trace}"
+        );
+    }
 }
