@@ -18,17 +18,24 @@ use super::extract::Auth;
 pub async fn heap(auth: Auth) -> ApiResult<Response> {
     auth.require(Scope::Admin)?;
     let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {
-        return Err(ApiError::Unavailable("heap profiling is not enabled in this process".into()));
+        return Err(ApiError::Unavailable(
+            "heap profiling is not enabled in this process".into(),
+        ));
     };
     let mut ctl = ctl.lock().await;
     if !ctl.activated() {
         return Err(ApiError::Unavailable("heap profiling is not active".into()));
     }
-    let pprof = ctl.dump_pprof().map_err(|e| ApiError::Internal(format!("heap profile: {e}")))?;
+    let pprof = ctl
+        .dump_pprof()
+        .map_err(|e| ApiError::Internal(format!("heap profile: {e}")))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"heap.pb.gz\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"heap.pb.gz\"",
+            ),
         ],
         pprof,
     )
