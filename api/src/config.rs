@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration};
+use rdev_shared::domain::RateLimit;
 
 /// Settings of `rdev-api serve`.
 #[derive(clap::Args, Clone, Debug)]
@@ -33,6 +35,36 @@ pub struct ApiConfig {
     /// the backstop when a live message was lost.
     #[arg(long, env = "RDEV_SSE_POLL", default_value = "2s", value_parser = parse_duration)]
     pub sse_poll: Duration,
+    /// Lifetime of cached API key lookups. Key changes evict them on every
+    /// instance at once over the control exchange; while that link is down
+    /// entries older than one second are not trusted.
+    #[arg(long, env = "CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "RDEV_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// Default request budget of a key that sets none, as `N/<duration>`.
+    #[arg(long, env = "RDEV_RATE_LIMIT", default_value = "600/60s")]
+    pub rate_limit: RateLimit,
+}
+
+/// The `RDEV_TRUSTED_PROXIES` list (empty: no proxy is trusted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                rdev_shared::validate::parse_cidr(p)
+                    .ok_or_else(|| format!("`{p}` is not an IP address or CIDR"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
 }
 
 /// Settings of `rdev-api` as a whole.

@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The method does not apply to the resource.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The key's rate limit is exhausted; retry after this many seconds.
+    #[error("rate limit exceeded: retry in {0} s")]
+    TooManyRequests(u64),
     /// A dependency is down.
     #[error("{0}")]
     Unavailable(String),
@@ -83,6 +86,11 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method Not Allowed",
+            ),
+            ApiError::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too Many Requests",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -138,6 +146,11 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let ApiError::TooManyRequests(secs) = &self
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

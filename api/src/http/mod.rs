@@ -1,10 +1,14 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
+pub mod audit;
+pub mod client_ip;
 pub mod commands;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod keys;
 pub mod projects;
+pub mod ratelimit;
 pub mod sse;
 
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::hub::OutputHub;
+use crate::keycache::KeyCache;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -29,6 +34,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Relays live output.
     pub hub: Arc<OutputHub>,
+    /// Cached key lookups.
+    pub keys: Arc<KeyCache>,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.
@@ -49,7 +56,12 @@ pub fn router(state: AppState) -> Router {
         .route("/commands", get(commands::list))
         .route("/commands/{id}", get(commands::get))
         .route("/commands/{id}/output", get(commands::output))
-        .route("/commands/{id}/events", get(sse::events));
+        .route("/commands/{id}/events", get(sse::events))
+        .route("/api-keys", post(keys::create).get(keys::list))
+        .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
+        .route("/api-keys/{id}/rotate", post(keys::rotate))
+        .route("/audit", get(audit::list))
+        .layer(axum::middleware::from_fn(ratelimit::headers));
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

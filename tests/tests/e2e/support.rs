@@ -23,6 +23,10 @@ pub struct Options {
     pub api_amqp_url: Option<String>,
     pub max_body_bytes: usize,
     pub kill_grace_s: u64,
+    /// `RDEV_TRUSTED_PROXIES` of the API.
+    pub trusted_proxies: &'static str,
+    /// `RDEV_RATE_LIMIT` of the API.
+    pub rate_limit: &'static str,
 }
 
 impl Default for Options {
@@ -33,6 +37,9 @@ impl Default for Options {
             api_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
+            trusted_proxies: "",
+            // Generous: tests poll; rate-limit tests set per-key limits.
+            rate_limit: "1000000/60s",
         }
     }
 }
@@ -43,6 +50,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub admin_key: String,
     pub workspace: PathBuf,
+    /// Settings the API was started with (to start more instances alike).
+    pub api_cfg: ApiConfig,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -75,8 +84,11 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         max_timeout_s: 86_400,
         sse_keepalive: Duration::from_secs(15),
         sse_poll: Duration::from_millis(500),
+        cache_ttl: Duration::from_secs(30),
+        trusted_proxies: opts.trusted_proxies.parse().expect("trusted proxies"),
+        rate_limit: opts.rate_limit.parse().expect("rate limit"),
     };
-    let server = rdev_api::start(cfg, stop.clone().cancelled_owned())
+    let server = rdev_api::start(cfg.clone(), stop.clone().cancelled_owned())
         .await
         .expect("start api");
     let addr: SocketAddr = server.addr;
@@ -127,6 +139,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             .expect("http"),
         admin_key: generated.secret,
         workspace,
+        api_cfg: cfg,
         env,
         stop,
         tasks,
@@ -165,6 +178,8 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         relay_interval: Duration::from_millis(100),
         relay_min_age: Duration::ZERO,
         lost_after_s: 30,
+        audit_retention: Duration::from_secs(90 * 86_400),
+        retention_interval: Duration::from_secs(300),
     }
 }
 
@@ -220,6 +235,30 @@ impl Resp {
 }
 
 impl TestApp {
+    /// Starts another API instance on the same database and broker prefix;
+    /// returns its base URL. It stops with the `TestApp`.
+    pub async fn spawn_api(&mut self) -> String {
+        let server = rdev_api::start(self.api_cfg.clone(), self.stop.clone().cancelled_owned())
+            .await
+            .expect("start api");
+        let addr = server.addr;
+        self.tasks.push(tokio::spawn(async move {
+            let _ = server.task.await;
+        }));
+        format!("http://{addr}")
+    }
+
+    /// Creates a key through the API with the admin key; returns (id, secret).
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let r = self.post("/v1/api-keys", body).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let k = r.json();
+        (
+            k["id"].as_str().expect("id").to_owned(),
+            k["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
