@@ -9,6 +9,9 @@ CREATE INDEX audit_log_project ON audit_log (project_id, id DESC);
 -- older than two of their own windows without knowing the key's settings.
 ALTER TABLE rate_limits ADD COLUMN window_s integer NOT NULL DEFAULT 60 CHECK (window_s > 0);
 CREATE INDEX rate_limits_window_start ON rate_limits (window_start);
+-- Counters are disposable: no WAL, so a request does not wait for a disk flush.
+-- A crash or failover resets them (everyone gets a fresh window), which is acceptable.
+ALTER TABLE rate_limits SET UNLOGGED;
 
 ALTER TABLE api_keys ADD CONSTRAINT api_keys_rate_limit_both
     CHECK ((rate_limit_requests IS NULL) = (rate_limit_window_s IS NULL));

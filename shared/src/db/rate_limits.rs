@@ -48,8 +48,10 @@ pub async fn hit(
     key_id: Uuid,
     limit: RateLimit,
 ) -> Result<Observation, DbError> {
+    // Prepared once per connection: one round trip per request, not two.
+    let stmt = client.prepare_cached(HIT).await?;
     let row = client
-        .query_one(HIT, &[&key_id, &limit.window_s, &limit.requests])
+        .query_one(&stmt, &[&key_id, &limit.window_s, &limit.requests])
         .await?;
     let admitted: Option<i32> = row.try_get("admitted_count")?;
     let seen: i32 = row.try_get("seen")?;
