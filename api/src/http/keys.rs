@@ -48,35 +48,47 @@ async fn view(
     k: ApiKey,
     secret: Option<String>,
 ) -> ApiResult<KeyView> {
-    let projects = match &k.project_ids {
-        None => None,
-        Some(ids) => {
-            let mut names = Vec::with_capacity(ids.len());
-            for id in ids {
-                // A deleted project keeps its name here, so the restriction stays legible.
-                if let Some(p) = projects::get_by_id(client, *id).await? {
-                    names.push(p.name);
-                }
-            }
-            Some(names)
-        }
+    Ok(views(client, vec![(k, secret)]).await?.remove(0))
+}
+
+/// Builds views of keys, resolving all their project ids in one query.
+/// A deleted project keeps its name, so the restriction stays legible.
+async fn views(
+    client: &impl deadpool_postgres::GenericClient,
+    items: Vec<(ApiKey, Option<String>)>,
+) -> ApiResult<Vec<KeyView>> {
+    let mut ids: Vec<Uuid> = items
+        .iter()
+        .flat_map(|(k, _)| k.project_ids.iter().flatten().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names = if ids.is_empty() {
+        Default::default()
+    } else {
+        keys::project_names(client, &ids).await?
     };
-    Ok(KeyView {
-        id: k.id,
-        name: k.name,
-        prefix: k.prefix,
-        scopes: k.scopes,
-        projects,
-        allowed_ips: k
-            .allowed_ips
-            .map(|v| v.iter().map(ToString::to_string).collect()),
-        rate_limit: k.rate_limit,
-        expires_at: k.expires_at,
-        revoked_at: k.revoked_at,
-        last_used_at: k.last_used_at,
-        created_at: k.created_at,
-        secret,
-    })
+    Ok(items
+        .into_iter()
+        .map(|(k, secret)| KeyView {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            projects: k
+                .project_ids
+                .map(|ids| ids.iter().filter_map(|id| names.get(id).cloned()).collect()),
+            allowed_ips: k
+                .allowed_ips
+                .map(|v| v.iter().map(ToString::to_string).collect()),
+            rate_limit: k.rate_limit,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+            created_at: k.created_at,
+            secret,
+        })
+        .collect())
 }
 
 fn visibility(auth: &Auth) -> Visibility {
@@ -261,10 +273,7 @@ pub async fn list(
     } else {
         None
     };
-    let mut views = Vec::with_capacity(items.len());
-    for k in items {
-        views.push(view(&client, k, None).await?);
-    }
+    let views = views(&client, items.into_iter().map(|k| (k, None)).collect()).await?;
     Ok(axum::Json(
         json!({ "items": views, "next_cursor": next_cursor }),
     ))

@@ -218,6 +218,20 @@ pub async fn rotate(
         .transpose()
 }
 
+/// Names of the projects with these ids (deleted ones included), in no
+/// particular order; for showing key restrictions by name.
+pub async fn project_names(
+    client: &impl deadpool_postgres::GenericClient,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, DbError> {
+    let rows = client
+        .query("SELECT id, name FROM projects WHERE id = ANY($1)", &[&ids])
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
+        .collect()
+}
+
 /// Records a use, at most once a minute per key so authentication does not
 /// turn every read into a write.
 pub async fn touch(
