@@ -23,12 +23,50 @@ pub const BACKSTOP: Duration = Duration::from_secs(1);
 /// `last_used_at` is written at most this often per key and instance.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
+/// Denials of one key that may be written to the audit log: a token bucket
+/// (burst [`DenialBudget::BURST`], one more per second), so a revoked or
+/// misplaced key hammering the API cannot grow the log without bound. The
+/// next recorded denial says how many were skipped.
+#[derive(Debug)]
+pub struct DenialBudget {
+    state: std::sync::Mutex<(f64, Instant, u64)>,
+}
+
+impl DenialBudget {
+    /// Denials recorded back to back before throttling starts.
+    pub const BURST: f64 = 20.0;
+
+    fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new((Self::BURST, Instant::now(), 0)),
+        }
+    }
+
+    /// `Some(skipped since the last recorded one)` when this denial may be
+    /// recorded, `None` when it is to be skipped (and counted).
+    pub fn take(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last, skipped) = &mut *st;
+        *tokens = (*tokens + last.elapsed().as_secs_f64()).min(Self::BURST);
+        *last = Instant::now();
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Some(std::mem::take(skipped))
+        } else {
+            *skipped += 1;
+            None
+        }
+    }
+}
+
 /// A key as loaded, with its stored hash for the constant-time comparison.
 pub struct CachedKey {
     /// The key.
     pub key: ApiKey,
     /// `api_keys.secret_hash`.
     pub stored_hash: Vec<u8>,
+    /// Budget of audited denials.
+    pub denials: Arc<DenialBudget>,
     loaded: Instant,
     /// Milliseconds after `loaded` of the last `last_used_at` write (+1; 0 = never).
     touched_ms: AtomicU64,
@@ -104,6 +142,7 @@ impl KeyCache {
         let entry = Arc::new(CachedKey {
             key,
             stored_hash,
+            denials: Arc::new(DenialBudget::new()),
             loaded: Instant::now(),
             touched_ms: AtomicU64::new(0),
         });
@@ -111,5 +150,23 @@ impl KeyCache {
             self.cache.insert(*hash, entry.clone()).await;
         }
         Ok(Some(entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_records_are_throttled_and_count_what_they_skip() {
+        let b = DenialBudget::new();
+        for _ in 0..DenialBudget::BURST as usize {
+            assert_eq!(b.take(), Some(0));
+        }
+        assert_eq!(b.take(), None);
+        assert_eq!(b.take(), None);
+        // One token back after a second.
+        b.state.lock().expect("lock").1 -= Duration::from_millis(1100);
+        assert_eq!(b.take(), Some(2));
     }
 }

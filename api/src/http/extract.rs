@@ -2,6 +2,7 @@
 //! rejections are problem+json.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header;
@@ -18,6 +19,7 @@ use super::AppState;
 use super::client_ip;
 use super::error::ApiError;
 use super::ratelimit::RateSlot;
+use crate::keycache::DenialBudget;
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]
@@ -29,6 +31,7 @@ pub struct Auth {
     /// `METHOD /path` of the request, for denial records.
     pub route: String,
     pool: Pool,
+    denials: Arc<DenialBudget>,
 }
 
 impl Auth {
@@ -64,7 +67,8 @@ impl Auth {
         ApiError::Forbidden(detail)
     }
 
-    /// Appends a `denied` audit entry in the background.
+    /// Appends a `denied` audit entry in the background, unless this key's
+    /// denials are being throttled (see [`DenialBudget`]).
     pub fn record_denial(
         &self,
         action: &str,
@@ -74,9 +78,15 @@ impl Auth {
         reason: &str,
         mut details: serde_json::Value,
     ) {
+        let Some(skipped) = self.denials.take() else {
+            return;
+        };
         if let Some(map) = details.as_object_mut() {
             map.insert("reason".into(), reason.into());
             map.insert("route".into(), self.route.clone().into());
+            if skipped > 0 {
+                map.insert("skipped_before".into(), skipped.into());
+            }
         }
         let (pool, key, ip) = (self.pool.clone(), self.key.clone(), self.ip);
         let (action, target_type) = (action.to_owned(), target_type.to_owned());
@@ -157,6 +167,7 @@ impl FromRequestParts<AppState> for Auth {
             ip,
             route: format!("{} {}", parts.method, parts.uri.path()),
             pool: state.pool.clone(),
+            denials: entry.denials.clone(),
         };
         if !auth.key.is_active(Utc::now()) {
             let reason = if auth.key.revoked_at.is_some() {

@@ -575,6 +575,35 @@ async fn a_revoked_or_rotated_key_fails_on_another_instance_within_a_second() {
     )
     .await;
     assert!(!rows.is_empty(), "use of a revoked key is audited");
+    // ...but a revoked key hammering the API cannot grow the log without bound.
+    for _ in 0..60 {
+        let s = call(
+            &app,
+            &b,
+            Method::GET,
+            "/v1/projects",
+            &new_secret,
+            None,
+            None,
+        )
+        .await
+        .status;
+        assert_eq!(s, 401);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = app.env.pool.get().await.expect("db");
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'auth.denied' AND actor = 'victim'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert!(
+        (1..=30).contains(&n),
+        "{n} denial rows for 60+ refused requests"
+    );
 }
 
 fn epoch_s() -> f64 {
