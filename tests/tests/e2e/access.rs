@@ -1153,3 +1153,42 @@ async fn concurrent_requests_never_exceed_the_limit() {
     }
     assert_eq!(admitted, 10);
 }
+
+#[tokio::test]
+async fn an_instance_that_cannot_hear_key_changes_trusts_its_cache_for_a_second_at_most() {
+    let mut app = spawn_app_with(no_worker()).await;
+    // B's broker is unreachable: no invalidations reach it.
+    app.api_cfg.amqp.amqp_url =
+        rdev_shared::config::Secret::new("amqp://guest:guest@127.0.0.1:1/%2f");
+    let b = app.spawn_api().await;
+    let (id, secret) = app
+        .create_key(json!({ "name": "deaf", "scopes": ["projects:read"] }))
+        .await;
+    assert_eq!(
+        call(&app, &b, Method::GET, "/v1/projects", &secret, None, None)
+            .await
+            .status,
+        200
+    );
+    let r = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&app.admin_key.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let t0 = Instant::now();
+    while call(&app, &b, Method::GET, "/v1/projects", &secret, None, None)
+        .await
+        .status
+        != 401
+    {
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "B trusted a stale key too long"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
