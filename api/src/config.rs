@@ -83,3 +83,47 @@ pub fn parse_flag(s: &str) -> Result<bool, String> {
         _ => Err(format!("expected 1 or 0, got `{s}`")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        cfg: ApiConfig,
+    }
+
+    #[test]
+    fn access_settings_have_working_defaults_and_parse() {
+        let cfg = Only::try_parse_from(["rdev-api"]).expect("defaults").cfg;
+        assert_eq!(cfg.cache_ttl, Duration::from_secs(30));
+        assert_eq!(
+            cfg.rate_limit,
+            RateLimit {
+                requests: 600,
+                window_s: 60
+            }
+        );
+        assert!(cfg.trusted_proxies.0.is_empty());
+        let cfg = Only::try_parse_from([
+            "rdev-api",
+            "--trusted-proxies",
+            "10.0.0.0/8, 127.0.0.1",
+            "--rate-limit",
+            "100/1m",
+        ])
+        .expect("set")
+        .cfg;
+        let shown: Vec<String> = cfg
+            .trusted_proxies
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32"]);
+        assert_eq!(cfg.rate_limit.window_s, 60);
+        assert!(Only::try_parse_from(["rdev-api", "--trusted-proxies", "nope"]).is_err());
+    }
+}
