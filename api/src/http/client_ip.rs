@@ -29,7 +29,11 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
         .map(str::trim)
         .collect();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
+        // Some proxies append the port (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+        let parsed = hop
+            .parse::<IpAddr>()
+            .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|s| s.ip()));
+        match parsed {
             Ok(ip) => {
                 client = canonical_ip(ip);
                 if !trusted(client, proxies) {
@@ -94,6 +98,14 @@ mod tests {
         assert_eq!(
             resolve(ip("::ffff:10.0.0.1"), &h("198.51.100.7"), &proxies),
             ip("198.51.100.7")
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h("198.51.100.7:5678"), &proxies),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h("[2001:db8::1]:443"), &proxies),
+            ip("2001:db8::1")
         );
     }
 }
