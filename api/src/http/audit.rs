@@ -6,15 +6,15 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use rdev_shared::db::audit::{self, AuditFilter};
-use rdev_shared::db::projects;
 use rdev_shared::domain::Scope;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use super::extract::{Auth, Query, cursor, page_limit};
+use super::projects::load_visible;
 
 /// Query of `GET /v1/audit`.
 #[derive(Deserialize)]
@@ -37,21 +37,9 @@ pub async fn list(
 ) -> ApiResult<impl IntoResponse> {
     auth.require(Scope::AuditRead)?;
     let limit = page_limit(q.limit)?;
-    let before_id = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            cursor::decode(c)?
-                .parse::<i64>()
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
-        })
-        .transpose()?;
-    let client = st.pool.get().await?;
+    let before_id = cursor::decode_opt::<i64>(q.cursor.as_deref())?;
     let project_id = match &q.project {
-        Some(name) => match projects::get_by_name(&client, name).await? {
-            Some(p) if auth.sees_project(p.id) => Some(p.id),
-            _ => return Err(ApiError::NotFound(format!("project `{name}` not found"))),
-        },
+        Some(name) => Some(load_visible(&st, &auth, name).await?.id),
         None => None,
     };
     // `actor` is a key id or an actor name.
@@ -73,6 +61,7 @@ pub async fn list(
         before_id,
         limit,
     };
+    let client = st.pool.get().await?;
     let items = audit::list(&client, &filter).await?;
     let next_cursor = if items.len() as i64 == limit {
         items.last().map(|e| cursor::encode(&e.id.to_string()))

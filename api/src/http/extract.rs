@@ -292,6 +292,18 @@ pub mod cursor {
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
     }
+
+    /// Decodes an optional cursor holding a typed sort key (an id), 400 when
+    /// it was not made by [`encode`] from one.
+    pub fn decode_opt<T: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+        cursor
+            .map(|c| {
+                decode(c)?
+                    .parse::<T>()
+                    .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+            })
+            .transpose()
+    }
 }
 
 /// Checks a page size: 1–200, default 50.

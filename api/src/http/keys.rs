@@ -257,15 +257,7 @@ pub async fn list(
 ) -> ApiResult<impl IntoResponse> {
     auth.require(Scope::KeysManage)?;
     let limit = page_limit(q.limit)?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            cursor::decode(c)?
-                .parse::<Uuid>()
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
-        })
-        .transpose()?;
+    let after = cursor::decode_opt::<Uuid>(q.cursor.as_deref())?;
     let client = st.pool.get().await?;
     let items = keys::list(&client, after, &visibility(&auth), limit).await?;
     let next_cursor = if items.len() as i64 == limit {

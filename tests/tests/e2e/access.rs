@@ -392,51 +392,77 @@ async fn ip_allowlists_use_the_peer_or_trusted_forwarded_for() {
     // A second instance that trusts 127.0.0.1 as a proxy.
     app.api_cfg.trusted_proxies = "127.0.0.1/32".parse().expect("proxies");
     let proxied = app.spawn_api().await;
-    let get = |base: String, key: String, xff: Option<&'static str>| {
-        let app = &app;
-        async move {
-            call(app, &base, Method::GET, "/v1/projects", &key, None, xff)
-                .await
-                .status
-        }
-    };
-    // No trusted proxy: the peer (127.0.0.1) counts and X-Forwarded-For is ignored.
     let direct = app.base.clone();
-    assert_eq!(get(direct.clone(), local.clone(), None).await, 200);
-    assert_eq!(get(direct.clone(), ten.clone(), None).await, 403);
-    assert_eq!(
-        get(direct.clone(), ten.clone(), Some("10.1.2.3")).await,
-        403,
-        "spoofed XFF"
-    );
-    assert_eq!(
-        get(direct.clone(), local.clone(), Some("10.1.2.3")).await,
-        200
-    );
-
-    // Behind a trusted proxy (127.0.0.1): the XFF entry before it counts.
-    assert_eq!(
-        get(proxied.clone(), ten.clone(), Some("10.1.2.3")).await,
-        200
-    );
-    assert_eq!(
-        get(proxied.clone(), ten.clone(), Some("10.1.2.3, 127.0.0.1")).await,
-        200
-    );
-    assert_eq!(
-        get(proxied.clone(), local.clone(), Some("10.1.2.3")).await,
-        403
-    );
-    assert_eq!(
-        get(proxied.clone(), ten.clone(), None).await,
-        403,
-        "no XFF: the proxy itself"
-    );
-    // A client-forged entry left of the real client is not believed.
-    assert_eq!(
-        get(proxied.clone(), ten.clone(), Some("10.9.9.9, 192.0.2.1")).await,
-        403
-    );
+    // (instance, key, X-Forwarded-For, expected, why)
+    let cases = [
+        (
+            &direct,
+            &local,
+            None,
+            200,
+            "no proxy: the peer 127.0.0.1 counts",
+        ),
+        (
+            &direct,
+            &ten,
+            None,
+            403,
+            "no proxy: 127.0.0.1 is not in 10/8",
+        ),
+        (
+            &direct,
+            &ten,
+            Some("10.1.2.3"),
+            403,
+            "spoofed XFF from an untrusted peer",
+        ),
+        (
+            &direct,
+            &local,
+            Some("10.1.2.3"),
+            200,
+            "XFF ignored from an untrusted peer",
+        ),
+        (
+            &proxied,
+            &ten,
+            Some("10.1.2.3"),
+            200,
+            "trusted proxy: the entry before it",
+        ),
+        (
+            &proxied,
+            &ten,
+            Some("10.1.2.3, 127.0.0.1"),
+            200,
+            "trusted hops are skipped",
+        ),
+        (
+            &proxied,
+            &local,
+            Some("10.1.2.3"),
+            403,
+            "the client, not the proxy, counts",
+        ),
+        (
+            &proxied,
+            &ten,
+            None,
+            403,
+            "no XFF: the proxy itself is the client",
+        ),
+        (
+            &proxied,
+            &ten,
+            Some("10.9.9.9, 192.0.2.1"),
+            403,
+            "forged entries left of the client",
+        ),
+    ];
+    for (base, key, xff, expected, why) in cases {
+        let r = call(&app, base, Method::GET, "/v1/projects", key, None, xff).await;
+        assert_eq!(r.status, expected, "{why}");
+    }
 
     let r = call(
         &app,
