@@ -494,103 +494,79 @@ async fn ip_allowlists_use_the_peer_or_trusted_forwarded_for() {
     assert_eq!(details["reason"], "ip");
 }
 
+/// Status of `GET /v1/projects` with `key` on the instance at `base`.
+async fn list_status(app: &TestApp, base: &str, key: &str) -> u16 {
+    call(app, base, Method::GET, "/v1/projects", key, None, None)
+        .await
+        .status
+}
+
+/// Polls `base` with `key` until it answers 401; fails past `limit`.
+async fn refused_within(app: &TestApp, base: &str, key: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while list_status(app, base, key).await != 401 {
+        assert!(t0.elapsed() < limit, "{base} still accepts the key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
 #[tokio::test]
 async fn a_revoked_or_rotated_key_fails_on_another_instance_within_a_second() {
     let mut app = spawn_app_with(no_worker()).await;
     let b = app.spawn_api().await;
-    let a = app.base.clone();
+    let admin = app.admin_key.clone();
     let (id, secret) = app
         .create_key(json!({ "name": "victim", "scopes": ["projects:read"] }))
         .await;
     // Let B's control listener come up, then warm B's cache.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..3 {
-        let r = call(&app, &b, Method::GET, "/v1/projects", &secret, None, None).await;
-        assert_eq!(r.status, 200);
+        assert_eq!(list_status(&app, &b, &secret).await, 200);
     }
 
     // Rotate via A: the old secret stops working on B, the new one works.
-    let r = call(
-        &app,
-        &a,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        &app.admin_key,
-        None,
-        None,
-    )
-    .await;
+    let r = app
+        .request(
+            Method::POST,
+            &format!("/v1/api-keys/{id}/rotate"),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let rotated = r.json();
     assert_eq!(rotated["id"], id.as_str());
     let new_secret = rotated["secret"].as_str().expect("secret").to_owned();
     assert_ne!(new_secret, secret);
-    let t0 = Instant::now();
-    loop {
-        let s = call(&app, &b, Method::GET, "/v1/projects", &secret, None, None)
-            .await
-            .status;
-        if s == 401 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "old secret still works on B"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rotated_after = t0.elapsed();
-    // Warm B with the new secret, then revoke via A.
+    let after_rotate = refused_within(&app, &b, &secret, Duration::from_secs(1)).await;
     for _ in 0..3 {
-        let r = call(
-            &app,
-            &b,
-            Method::GET,
-            "/v1/projects",
-            &new_secret,
-            None,
+        assert_eq!(list_status(&app, &b, &new_secret).await, 200);
+    }
+
+    // Revoke via A.
+    let r = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&admin),
             None,
         )
         .await;
-        assert_eq!(r.status, 200);
-    }
-    let r = call(
+    assert_eq!(r.status, 204);
+    let after_revoke = refused_within(&app, &b, &new_secret, Duration::from_secs(1)).await;
+    println!("refused on B after rotate: {after_rotate:?}, after revoke: {after_revoke:?}");
+    call(
         &app,
-        &a,
-        Method::DELETE,
-        &format!("/v1/api-keys/{id}"),
-        &app.admin_key,
+        &b,
+        Method::GET,
+        "/v1/projects",
+        &new_secret,
         None,
         None,
     )
-    .await;
-    assert_eq!(r.status, 204);
-    let t0 = Instant::now();
-    loop {
-        let r = call(
-            &app,
-            &b,
-            Method::GET,
-            "/v1/projects",
-            &new_secret,
-            None,
-            None,
-        )
-        .await;
-        if r.status == 401 {
-            r.assert_problem(401);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "revoked key still works on B"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "refused on B after rotate: {rotated_after:?}, after revoke: {:?}",
-        t0.elapsed()
-    );
+    .await
+    .assert_problem(401);
     let k = app.get(&format!("/v1/api-keys/{id}")).await.json();
     assert!(k["revoked_at"].is_string());
     assert!(
@@ -606,18 +582,7 @@ async fn a_revoked_or_rotated_key_fails_on_another_instance_within_a_second() {
     assert!(!rows.is_empty(), "use of a revoked key is audited");
     // ...but a revoked key hammering the API cannot grow the log without bound.
     for _ in 0..60 {
-        let s = call(
-            &app,
-            &b,
-            Method::GET,
-            "/v1/projects",
-            &new_secret,
-            None,
-            None,
-        )
-        .await
-        .status;
-        assert_eq!(s, 401);
+        assert_eq!(list_status(&app, &b, &new_secret).await, 401);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client = app.env.pool.get().await.expect("db");
@@ -1193,31 +1158,16 @@ async fn an_instance_that_cannot_hear_key_changes_trusts_its_cache_for_a_second_
     let (id, secret) = app
         .create_key(json!({ "name": "deaf", "scopes": ["projects:read"] }))
         .await;
-    assert_eq!(
-        call(&app, &b, Method::GET, "/v1/projects", &secret, None, None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(list_status(&app, &b, &secret).await, 200);
+    let admin = app.admin_key.clone();
     let r = app
         .request(
             Method::DELETE,
             &format!("/v1/api-keys/{id}"),
-            Some(&app.admin_key.clone()),
+            Some(&admin),
             None,
         )
         .await;
     assert_eq!(r.status, 204);
-    let t0 = Instant::now();
-    while call(&app, &b, Method::GET, "/v1/projects", &secret, None, None)
-        .await
-        .status
-        != 401
-    {
-        assert!(
-            t0.elapsed() < Duration::from_millis(1500),
-            "B trusted a stale key too long"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refused_within(&app, &b, &secret, Duration::from_millis(1500)).await;
 }
