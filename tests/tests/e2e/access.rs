@@ -1078,6 +1078,34 @@ async fn rate_limiter_costs_one_short_statement() {
         "rate limiter: {per:?} per request (mean of {n}, one round trip); `SELECT 1` round trip: {baseline:?}"
     );
     assert!(per < Duration::from_millis(20), "{per:?}");
+    drop(client);
+
+    // Eight connections hammering eight keys vs one key: rows are per key,
+    // so distinct keys never wait on each other's row locks.
+    for distinct in [true, false] {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let pool = app.env.pool.clone();
+                let key = if distinct { uuid::Uuid::now_v7() } else { id };
+                tokio::spawn(async move {
+                    let c = pool.get().await.expect("db");
+                    for _ in 0..200 {
+                        rdev_shared::db::rate_limits::hit(&c, key, limit)
+                            .await
+                            .expect("hit");
+                    }
+                    i
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let rate = 1600.0 / t0.elapsed().as_secs_f64();
+        let what = if distinct { "8 keys" } else { "1 key" };
+        println!("rate limiter, 8 connections on {what}: {rate:.0} requests/s");
+    }
 }
 
 #[tokio::test]
