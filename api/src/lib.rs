@@ -2,8 +2,10 @@
 //! writes PostgreSQL, publishes commands, and relays live output over SSE.
 
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod hub;
+pub mod keycache;
 pub mod limits;
 
 use std::future::Future;
@@ -18,6 +20,7 @@ use tokio::sync::watch;
 use crate::config::ApiConfig;
 use crate::http::AppState;
 use crate::hub::OutputHub;
+use crate::keycache::KeyCache;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,13 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
+    let keys = KeyCache::new(cfg.cache_ttl);
+    tokio::spawn(control::listen(
+        cfg.amqp.clone(),
+        instance.clone(),
+        keys.clone(),
+        stopped(stop_rx.clone()),
+    ));
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
 
@@ -74,6 +84,7 @@ pub async fn start(
         pool,
         publisher,
         hub,
+        keys,
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
         shutdown: stop_rx.clone(),

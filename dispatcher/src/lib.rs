@@ -1,9 +1,10 @@
-//! `rdev-dispatcher`: rdev's background loops. For now: the outbox relay and
-//! the reaper of commands whose worker stopped heart-beating. Webhook
+//! `rdev-dispatcher`: rdev's background loops. For now: the outbox relay,
+//! the reaper of commands whose worker stopped heart-beating, and retention. Webhook
 //! delivery lands here next (see DESIGN.md §4).
 
 pub mod config;
 pub mod reaper;
+pub mod retention;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -126,6 +127,12 @@ pub async fn start(
         cfg.relay_min_age,
         stop_rx.clone(),
     ));
+    let retention = tokio::spawn(retention::run(
+        pool.clone(),
+        cfg.audit_retention,
+        cfg.retention_interval,
+        stop_rx.clone(),
+    ));
     let reaper = tokio::spawn(reaper::run(
         pool,
         publisher,
@@ -136,7 +143,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(ops, relay, reaper);
+        let _ = tokio::join!(ops, relay, reaper, retention);
     });
     Ok(Dispatcher { addr, task })
 }

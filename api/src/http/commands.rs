@@ -14,7 +14,7 @@ use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
 };
 use rdev_shared::mq::{ControlMessage, OutputEvent};
-use rdev_shared::relay;
+use rdev_shared::{policy, relay};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -137,6 +137,23 @@ pub async fn create(
     let idem = idempotency_key(&headers)?;
     let (spec, body) = validate(body, st.cfg.max_timeout_s)?;
     let project = load_visible(&st, &auth, &name).await?;
+    let rule = match policy::check(project.allowed_commands.as_deref(), &spec) {
+        Ok(rule) => rule,
+        Err(refusal) => {
+            auth.record_denial(
+                "command.create",
+                "project",
+                Some(project.name.clone()),
+                Some(project.id),
+                "policy",
+                json!({ "detail": refusal.0 }),
+            );
+            return Err(ApiError::Forbidden(format!(
+                "command refused by project policy: {}",
+                refusal.0
+            )));
+        }
+    };
     let new = NewCommand {
         id: Uuid::now_v7(),
         project_id: project.id,
@@ -178,7 +195,11 @@ pub async fn create(
             target_id: Some(cmd.id.to_string()),
             project_id: Some(project.id),
             outcome: "success",
-            details: json!({ "priority": cmd.priority, "timeout_s": cmd.timeout_s }),
+            details: json!({
+                "priority": cmd.priority,
+                "timeout_s": cmd.timeout_s,
+                "allowed_by": rule,
+            }),
         },
     )
     .await?;

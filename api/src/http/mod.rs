@@ -1,11 +1,15 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
+pub mod audit;
+pub mod client_ip;
 pub mod commands;
 pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod keys;
 pub mod projects;
+pub mod ratelimit;
 pub mod sse;
 
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::hub::OutputHub;
+use crate::keycache::KeyCache;
 use crate::limits::SseLimiter;
 use error::ApiError;
 use rdev_shared::metrics::Metrics;
@@ -32,6 +37,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Relays live output.
     pub hub: Arc<OutputHub>,
+    /// Cached key lookups.
+    pub keys: Arc<KeyCache>,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.
@@ -60,7 +67,12 @@ pub fn router(state: AppState) -> Router {
         .route("/commands/{id}", get(commands::get))
         .route("/commands/{id}/output", get(commands::output))
         .route("/commands/{id}/cancel", post(commands::cancel))
-        .route("/commands/{id}/events", get(sse::events));
+        .route("/commands/{id}/events", get(sse::events))
+        .route("/api-keys", post(keys::create).get(keys::list))
+        .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
+        .route("/api-keys/{id}/rotate", post(keys::rotate))
+        .route("/audit", get(audit::list))
+        .layer(axum::middleware::from_fn(ratelimit::headers));
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

@@ -157,6 +157,7 @@ async fn api_shutdown_closes_sse_streams_with_a_retry_hint() {
     let id = c["id"].as_str().expect("id").to_owned();
     let stop = CancellationToken::new();
     let (base, task) = app.start_api(stop.clone()).await;
+    let (first_output_tx, first_output) = tokio::sync::oneshot::channel::<()>();
     let watcher = {
         let http = app.http.clone();
         let key = app.admin_key.clone();
@@ -167,18 +168,23 @@ async fn api_shutdown_closes_sse_streams_with_a_retry_hint() {
             let resp = http.get(url).bearer_auth(key).send().await.expect("sse");
             let mut events = resp.bytes_stream().eventsource();
             let mut seen = Vec::new();
+            let mut first_output_tx = Some(first_output_tx);
             while let Some(Ok(ev)) = events.next().await {
+                if ev.event == "output"
+                    && let Some(tx) = first_output_tx.take()
+                {
+                    let _ = tx.send(());
+                }
                 seen.push((ev.event.clone(), ev.retry));
             }
             seen
         })
     };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app.output(&id, None).await != b"hi\n" {
-        assert!(tokio::time::Instant::now() < deadline, "no output");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Stop the instance once the watcher is streaming.
+    tokio::time::timeout(WAIT, first_output)
+        .await
+        .expect("output reached the watcher")
+        .expect("sent");
     stop.cancel();
     let seen = tokio::time::timeout(Duration::from_secs(10), watcher)
         .await

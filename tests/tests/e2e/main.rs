@@ -1,6 +1,7 @@
 //! End-to-end tests: real API, worker and dispatcher against real PostgreSQL
 //! and RabbitMQ. Each test has its own database and AMQP prefix.
 
+mod access;
 mod api_errors;
 mod commands;
 mod fleet;

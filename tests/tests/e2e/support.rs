@@ -28,6 +28,10 @@ pub struct Options {
     pub sse_max_connections: usize,
     pub sse_max_per_key: usize,
     pub sse_max_lifetime: Duration,
+    /// `RDEV_TRUSTED_PROXIES` of the API.
+    pub trusted_proxies: &'static str,
+    /// `RDEV_RATE_LIMIT` of the API.
+    pub rate_limit: &'static str,
 }
 
 impl Default for Options {
@@ -43,6 +47,9 @@ impl Default for Options {
             sse_max_connections: 10_000,
             sse_max_per_key: 100,
             sse_max_lifetime: Duration::from_secs(3600),
+            trusted_proxies: "",
+            // Generous: tests poll; rate-limit tests set per-key limits.
+            rate_limit: "1000000/60s",
         }
     }
 }
@@ -57,6 +64,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub admin_key: String,
     pub workspace: PathBuf,
+    /// Settings the API was started with (to start more instances alike).
+    pub api_cfg: ApiConfig,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -92,8 +101,11 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         sse_max_connections: opts.sse_max_connections,
         sse_max_per_key: opts.sse_max_per_key,
         sse_max_lifetime: opts.sse_max_lifetime,
+        cache_ttl: Duration::from_secs(30),
+        trusted_proxies: opts.trusted_proxies.parse().expect("trusted proxies"),
+        rate_limit: opts.rate_limit.parse().expect("rate limit"),
     };
-    let server = rdev_api::start(cfg, stop.clone().cancelled_owned())
+    let server = rdev_api::start(cfg.clone(), stop.clone().cancelled_owned())
         .await
         .expect("start api");
     let addr: SocketAddr = server.addr;
@@ -153,6 +165,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             .expect("http"),
         admin_key: generated.secret,
         workspace,
+        api_cfg: cfg,
         env,
         stop,
         tasks,
@@ -191,6 +204,8 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         relay_interval: Duration::from_millis(100),
         relay_min_age: Duration::ZERO,
         lost_after_s: 30,
+        audit_retention: Duration::from_secs(90 * 86_400),
+        retention_interval: Duration::from_secs(300),
     }
 }
 
@@ -267,19 +282,7 @@ impl TestApp {
         &mut self,
         stop: CancellationToken,
     ) -> (String, tokio::task::JoinHandle<()>) {
-        let cfg = ApiConfig {
-            db: self.env.db.clone(),
-            amqp: self.env.amqp.clone(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            migrate: false,
-            max_body_bytes: 1024 * 1024,
-            max_timeout_s: 86_400,
-            sse_keepalive: Duration::from_secs(1),
-            sse_poll: Duration::from_millis(500),
-            sse_max_connections: 10_000,
-            sse_max_per_key: 100,
-            sse_max_lifetime: Duration::from_secs(3600),
-        };
+        let cfg = self.api_cfg.clone();
         let all = self.stop.clone();
         let stopped = async move {
             tokio::select! { () = stop.cancelled() => {}, () = all.cancelled() => {} }
@@ -290,6 +293,30 @@ impl TestApp {
             let _ = server.task.await;
         });
         (base, task)
+    }
+
+    /// Starts another API instance on the same database and broker prefix;
+    /// returns its base URL. It stops with the `TestApp`.
+    pub async fn spawn_api(&mut self) -> String {
+        let server = rdev_api::start(self.api_cfg.clone(), self.stop.clone().cancelled_owned())
+            .await
+            .expect("start api");
+        let addr = server.addr;
+        self.tasks.push(tokio::spawn(async move {
+            let _ = server.task.await;
+        }));
+        format!("http://{addr}")
+    }
+
+    /// Creates a key through the API with the admin key; returns (id, secret).
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let r = self.post("/v1/api-keys", body).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let k = r.json();
+        (
+            k["id"].as_str().expect("id").to_owned(),
+            k["secret"].as_str().expect("secret").to_owned(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
