@@ -1,0 +1,221 @@
+//! `rdev run`: enqueue, stream, and exit like the remote command did.
+
+use serde_json::{Map, Value, json};
+
+use crate::args::RunArgs;
+use crate::client::{Client, ClientError};
+use crate::events::Follower;
+use crate::output::{Style, note, print_json};
+use crate::spinner::Spinner;
+
+/// Exit code for a command that timed out (as coreutils `timeout`).
+pub const EXIT_TIMED_OUT: i32 = 124;
+/// Exit code for a cancelled command, or after a second Ctrl-C (as shells: 128 + SIGINT).
+pub const EXIT_CANCELLED: i32 = 130;
+
+/// The JSON body of `POST /v1/projects/{name}/commands`: one argument is a
+/// shell command line, several are an argv.
+pub fn request_body(args: &RunArgs) -> Value {
+    let mut body = Map::new();
+    match args.cmd.as_slice() {
+        [one] => body.insert("command".into(), json!(one)),
+        many => body.insert("argv".into(), json!(many)),
+    };
+    if let Some(p) = args.priority {
+        body.insert("priority".into(), json!(p));
+    }
+    if let Some(t) = args.timeout {
+        body.insert("timeout_s".into(), json!(t));
+    }
+    if !args.env.is_empty() {
+        let env: Map<String, Value> = args
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        body.insert("env".into(), Value::Object(env));
+    }
+    Value::Object(body)
+}
+
+/// The process exit code for a finished command.
+pub fn exit_code(cmd: &Value) -> i32 {
+    match cmd.get("status").and_then(Value::as_str) {
+        Some("succeeded") => 0,
+        Some("timed_out") => EXIT_TIMED_OUT,
+        Some("cancelled") => EXIT_CANCELLED,
+        _ => cmd
+            .get("exit_code")
+            .and_then(Value::as_i64)
+            .and_then(|c| i32::try_from(c).ok())
+            .filter(|c| *c != 0)
+            .unwrap_or(1),
+    }
+}
+
+/// Runs `rdev run`; returns the exit code.
+pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, ClientError> {
+    // Listen for Ctrl-C before the command exists, so an early one cancels it
+    // instead of killing us with the command already queued.
+    let mut interrupts = Interrupts::new();
+    let mut req = client
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/projects/{}/commands", args.project),
+        )
+        .json(&request_body(args));
+    if let Some(k) = &args.idempotency_key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let cmd = client.send_json(req).await?;
+    let id = cmd
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if args.detach {
+        if style.json {
+            print_json(&cmd);
+        } else {
+            println!("{id}");
+        }
+        return Ok(0);
+    }
+
+    let spinner = Spinner::default();
+    if cmd.get("status").and_then(Value::as_str) == Some("queued") {
+        spinner.start(format!("queued {id}"));
+    }
+    let mut follower = Follower::new(client.clone(), id.clone()).with_spinner(spinner.clone());
+    let follow = follower.run();
+    tokio::pin!(follow);
+    let mut cancelling = false;
+    let end = loop {
+        tokio::select! {
+            end = &mut follow => break end?,
+            () = interrupts.next() => {
+                spinner.stop();
+                if cancelling {
+                    note(&format!(
+                        "left {id} running; follow it with `rdev logs -f {id}`"
+                    ));
+                    return Ok(EXIT_CANCELLED);
+                }
+                cancelling = true;
+                note(&format!("cancelling {id} (Ctrl-C again to leave it running)"));
+                let client = client.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let path = format!("/v1/commands/{id}/cancel");
+                    if let Err(e) = client.post(&path, &json!({})).await {
+                        note(&format!("could not cancel {id}: {e}"));
+                    }
+                });
+            }
+        }
+    };
+    spinner.stop();
+    if style.json {
+        print_json(&end);
+    }
+    if let Some(err) = end.get("error").and_then(Value::as_str) {
+        note(&format!(
+            "command {id} {}: {err}",
+            crate::output::field(&end, "status")
+        ));
+    }
+    Ok(exit_code(&end))
+}
+
+/// SIGINT notifications.
+struct Interrupts {
+    #[cfg(unix)]
+    sig: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            Self {
+                sig: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// Resolves on the next Ctrl-C (never, when signals are unavailable).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        match &mut self.sig {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(argv: &[&str]) -> RunArgs {
+        let cli = crate::args::Cli::try_parse_from(argv).unwrap();
+        match cli.command {
+            crate::args::Command::Run(r) => r,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn one_argument_is_a_shell_command_several_are_argv() {
+        let shell = request_body(&parse(&["rdev", "run", "-p", "x", "--", "make test"]));
+        assert_eq!(shell, json!({"command": "make test"}));
+        let argv = request_body(&parse(&[
+            "rdev",
+            "run",
+            "-p",
+            "x",
+            "--priority",
+            "9",
+            "--timeout",
+            "5",
+            "-e",
+            "A=b",
+            "--",
+            "make",
+            "test",
+        ]));
+        assert_eq!(
+            argv,
+            json!({"argv": ["make", "test"], "priority": 9, "timeout_s": 5, "env": {"A": "b"}})
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_shell_conventions() {
+        assert_eq!(
+            exit_code(&json!({"status": "succeeded", "exit_code": 0})),
+            0
+        );
+        assert_eq!(exit_code(&json!({"status": "failed", "exit_code": 3})), 3);
+        assert_eq!(
+            exit_code(&json!({"status": "failed", "exit_code": null})),
+            1
+        );
+        assert_eq!(
+            exit_code(&json!({"status": "timed_out", "exit_code": 143})),
+            124
+        );
+        assert_eq!(exit_code(&json!({"status": "cancelled"})), 130);
+    }
+}

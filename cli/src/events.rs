@@ -1,0 +1,199 @@
+//! Following a command's SSE stream (`GET /v1/commands/{id}/events`) until
+//! its `end` event, across dropped connections.
+//!
+//! Exactly-once output rests on the server numbering chunks (`seq`, sent as
+//! the event id): after a drop the stream is reopened with `Last-Event-ID`
+//! set to the last `seq` written, and any chunk at or below it is skipped.
+//! A partial event cut by the drop is never dispatched by the parser (it
+//! lacks its blank line), so it is simply asked for again.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::client::{Client, ClientError};
+use crate::output::note;
+use crate::spinner::Spinner;
+
+/// Without a byte for this long (the server sends keep-alives every 15 s)
+/// the connection is taken for dead and reopened.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// Give up after this long without receiving any event.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+struct Output {
+    seq: i64,
+    stream: String,
+    data: String,
+}
+
+#[derive(Deserialize)]
+struct Gap {
+    from_seq: i64,
+    to_seq: i64,
+}
+
+/// Writes output events to this process's stdout/stderr and follows one
+/// command's stream.
+pub struct Follower {
+    client: Client,
+    id: String,
+    last_seq: i64,
+    /// Progress notes (reconnecting) only on a terminal.
+    chatty: bool,
+    /// Stopped once the command leaves the queue or writes output.
+    spinner: Spinner,
+}
+
+impl Follower {
+    /// A follower starting from the first chunk.
+    pub fn new(client: Client, id: String) -> Self {
+        Self {
+            client,
+            id,
+            last_seq: 0,
+            chatty: std::io::stderr().is_terminal(),
+            spinner: Spinner::default(),
+        }
+    }
+
+    /// Shows `spinner` while the command is queued.
+    pub fn with_spinner(mut self, spinner: Spinner) -> Self {
+        self.spinner = spinner;
+        self
+    }
+
+    /// Streams until the `end` event and returns the final command object.
+    pub async fn run(&mut self) -> Result<Value, ClientError> {
+        let mut backoff = BACKOFF_MIN;
+        let mut progress_at = Instant::now();
+        loop {
+            let outcome = self.connect_once(&mut progress_at).await;
+            let reason = match outcome {
+                Ok(Some(end)) => return Ok(end),
+                Ok(None) => "the stream ended early".to_owned(),
+                Err(e) if e.is_transient() => e.to_string(),
+                Err(e) => return Err(e),
+            };
+            if progress_at.elapsed() > GIVE_UP_AFTER {
+                return Err(ClientError::Transport {
+                    url: self.client.base_url().to_owned(),
+                    reason: format!(
+                        "gave up following command {} after {}s without progress: {reason}",
+                        self.id,
+                        GIVE_UP_AFTER.as_secs()
+                    ),
+                });
+            }
+            if progress_at.elapsed() < Duration::from_secs(1) {
+                backoff = BACKOFF_MIN;
+            }
+            if self.chatty {
+                note(&format!(
+                    "connection lost ({reason}); resuming after chunk {}",
+                    self.last_seq
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection: `Ok(Some(end))` when the stream finished, `Ok(None)`
+    /// when it was cut short.
+    async fn connect_once(
+        &mut self,
+        progress_at: &mut Instant,
+    ) -> Result<Option<Value>, ClientError> {
+        let mut req = self
+            .client
+            .request(Method::GET, &format!("/v1/commands/{}/events", self.id))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if self.last_seq > 0 {
+            req = req.header("Last-Event-ID", self.last_seq.to_string());
+        }
+        let resp = self.client.send(req).await?;
+        let url = resp.url().to_string();
+        let bytes = futures::stream::unfold(resp, |mut resp| async move {
+            match tokio::time::timeout(IDLE_TIMEOUT, resp.chunk()).await {
+                Ok(Ok(Some(b))) => Some((Ok(b), resp)),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((Err(e.to_string()), resp)),
+                Err(_) => Some((Err("no data or keep-alive for 45s".to_owned()), resp)),
+            }
+        });
+        let mut events = Box::pin(bytes.eventsource());
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            *progress_at = Instant::now();
+            match ev.event.as_str() {
+                "output" => {
+                    let Ok(o) = serde_json::from_str::<Output>(&ev.data) else {
+                        continue;
+                    };
+                    if o.seq <= self.last_seq {
+                        continue; // already written before a reconnect
+                    }
+                    self.spinner.stop();
+                    write_stream(&o.stream, o.data.as_bytes());
+                    self.last_seq = o.seq;
+                }
+                "gap" => {
+                    if let Ok(g) = serde_json::from_str::<Gap>(&ev.data)
+                        && g.to_seq > self.last_seq
+                    {
+                        note(&format!(
+                            "output truncated: chunks {}-{} were not kept",
+                            g.from_seq, g.to_seq
+                        ));
+                        self.last_seq = g.to_seq;
+                    }
+                }
+                "status" => {
+                    if let Ok(cmd) = serde_json::from_str::<Value>(&ev.data)
+                        && cmd.get("status").and_then(Value::as_str) != Some("queued")
+                    {
+                        self.spinner.stop();
+                    }
+                }
+                "end" => {
+                    self.spinner.stop();
+                    let cmd = serde_json::from_str::<Value>(&ev.data).map_err(|e| {
+                        ClientError::Transport {
+                            url: url.clone(),
+                            reason: format!("bad end event: {e}"),
+                        }
+                    })?;
+                    return Ok(Some(cmd));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Writes a chunk to our stdout or stderr, flushed so it shows at once.
+fn write_stream(stream: &str, data: &[u8]) {
+    let result = if stream == "stderr" {
+        let mut e = std::io::stderr().lock();
+        e.write_all(data).and_then(|()| e.flush())
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_all(data).and_then(|()| o.flush())
+    };
+    // A closed pipe (e.g. `rdev run … | head`) must not abort the stream:
+    // the command still runs to its end and its exit code still matters.
+    let _ = result;
+}
