@@ -66,6 +66,7 @@ pub async fn start(
         hub,
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
+        shutdown: stop_rx.clone(),
     };
     let app = http::router(state);
     let listener = TcpListener::bind(cfg.listen).await?;

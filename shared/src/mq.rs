@@ -56,6 +56,8 @@ pub struct Topology {
 
 /// Routing key of command messages on the commands exchange.
 pub const RUN_KEY: &str = "run";
+/// How long a deferred command waits before it is offered to workers again.
+pub const DELAY_TTL_MS: i64 = 1000;
 /// Header naming the kind of an output message (`chunk`, `status`, `end`).
 const H_KIND: &str = "kind";
 const H_SEQ: &str = "seq";
@@ -82,6 +84,22 @@ impl Topology {
     /// Durable priority queue workers consume.
     pub fn commands_queue(&self) -> String {
         format!("{}.commands", self.prefix)
+    }
+
+    /// Queue where a command over its project's concurrency limit waits
+    /// [`DELAY_TTL_MS`] before it is dead-lettered back to the commands exchange.
+    pub fn commands_delay_queue(&self) -> String {
+        format!("{}.commands.delay", self.prefix)
+    }
+
+    /// A run message re-sent through the delay queue (default exchange,
+    /// routed by queue name), keeping its priority.
+    pub fn delayed_run_message(&self, command_id: Uuid, priority: u8) -> OutboxMessage {
+        OutboxMessage {
+            exchange: String::new(),
+            routing_key: self.commands_delay_queue(),
+            ..self.run_message(command_id, priority)
+        }
     }
 
     /// Fanout exchange for cancel requests and cache invalidation.
@@ -138,6 +156,68 @@ impl Topology {
 pub struct RunMessage {
     /// The command to run.
     pub command_id: Uuid,
+}
+
+/// A broadcast on the control exchange: every worker and API instance gets
+/// every message, and ignores the kinds it does not handle.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Stop this running command (its worker acts, the others ignore it).
+    Cancel {
+        /// The command.
+        command_id: Uuid,
+    },
+    /// An API key changed (revoked, rotated, edited): drop cached lookups.
+    KeyChanged {
+        /// The key.
+        key_id: Uuid,
+    },
+    /// A kind this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Opens a connection, declares the topology and an exclusive, auto-delete
+/// queue bound to the control exchange, and consumes it (no acks: control
+/// messages are transient, and each has a durable backstop).
+pub async fn subscribe_control(
+    cfg: &AmqpConfig,
+    name: &str,
+) -> Result<(Connection, lapin::Consumer), MqError> {
+    let t = Topology::new(cfg.prefix.clone());
+    let conn = connect(cfg, name).await?;
+    let ch = conn.create_channel().await?;
+    declare(&ch, &t).await?;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    // Server-named queue: one per process.
+    let queue = ch
+        .queue_declare("".into(), opts, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        t.control_exchange().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, consumer))
 }
 
 /// Opens a connection named `name` (shown in the broker's management UI).
@@ -459,6 +539,26 @@ impl Publisher {
         }
     }
 
+    /// Broadcasts a control message (transient, not confirmed: every use has
+    /// a durable backstop in PostgreSQL).
+    pub async fn publish_control(&self, m: &ControlMessage) -> Result<(), MqError> {
+        let chan = self.channel().await?;
+        let body = serde_json::to_vec(m).unwrap_or_default();
+        let props = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type("application/json".into());
+        let _confirm = chan
+            .basic_publish(
+                self.topology.control_exchange().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Publishes a transient output message without waiting for a confirm:
     /// PostgreSQL holds the durable copy, and readers fill gaps from it.
     pub async fn publish_output(
@@ -510,6 +610,22 @@ mod tests {
             OutputEvent::decode(&BasicProperties::default(), vec![]),
             None
         );
+    }
+
+    #[test]
+    fn control_messages_tolerate_unknown_kinds() {
+        let m = ControlMessage::Cancel {
+            command_id: Uuid::nil(),
+        };
+        let json = serde_json::to_string(&m).expect("json");
+        assert_eq!(
+            json,
+            r#"{"type":"cancel","command_id":"00000000-0000-0000-0000-000000000000"}"#
+        );
+        assert_eq!(serde_json::from_str::<ControlMessage>(&json).ok(), Some(m));
+        let later: ControlMessage =
+            serde_json::from_str(r#"{"type":"reload_config"}"#).expect("unknown");
+        assert_eq!(later, ControlMessage::Unknown);
     }
 
     #[test]

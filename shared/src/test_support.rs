@@ -119,7 +119,11 @@ impl Drop for TestEnv {
                 if let Ok(conn) = mq::connect(&amqp, "rdev-test-cleanup").await
                     && let Ok(ch) = conn.create_channel().await
                 {
-                    for q in [topology.commands_queue(), topology.webhooks_queue()] {
+                    for q in [
+                        topology.commands_queue(),
+                        topology.commands_delay_queue(),
+                        topology.webhooks_queue(),
+                    ] {
                         let _ = ch.queue_delete(q.into(), Default::default()).await;
                     }
                     for x in [

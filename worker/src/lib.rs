@@ -101,11 +101,13 @@ pub async fn run_with_addr(
             .await
     });
     let heartbeat = tokio::spawn(runner::heartbeat(worker.clone(), done.clone()));
+    let control = tokio::spawn(runner::control(worker.clone(), done.clone()));
 
     runner::consume(worker, stop).await;
 
     done.cancel();
     let _ = heartbeat.await;
+    let _ = control.await;
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint failed"),
         Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),

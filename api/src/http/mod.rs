@@ -33,6 +33,9 @@ pub struct AppState {
     pub topology: Topology,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
+    /// Turns `true` when the server shuts down: SSE streams then close with
+    /// a `retry:` hint so clients reconnect to another instance.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole application, without a socket (tests can `oneshot` it).
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/commands", get(commands::list))
         .route("/commands/{id}", get(commands::get))
         .route("/commands/{id}/output", get(commands::output))
+        .route("/commands/{id}/cancel", post(commands::cancel))
         .route("/commands/{id}/events", get(sse::events));
     Router::new()
         .route("/health", get(health::health))

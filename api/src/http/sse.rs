@@ -32,6 +32,8 @@ use super::extract::{Auth, Path};
 const CATCH_UP_PAGE: i64 = 8;
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
+/// Reconnection delay suggested when this instance shuts down.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
 
@@ -118,6 +120,7 @@ fn event_stream(
         let id = cmd.id;
         // Subscribe first: from here on nothing published is missed.
         let mut sub = st.hub.subscribe(id).await;
+        let mut shutdown = st.shutdown.clone();
         let mut last = after;
         let mut max_seen = after;
         let mut status = cmd.status;
@@ -158,6 +161,14 @@ fn event_stream(
             }
             let behind = last < max_seen;
             tokio::select! {
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    // Resume elsewhere: the client reconnects with Last-Event-ID.
+                    yield Ok(Event::default()
+                        .event("reconnect")
+                        .data(r#"{"reason":"server shutting down"}"#)
+                        .retry(SHUTDOWN_RETRY));
+                    break;
+                }
                 msg = sub.recv() => match msg.as_deref() {
                     Some(OutputEvent::Chunk { seq, stream, data }) => {
                         max_seen = max_seen.max(*seq);

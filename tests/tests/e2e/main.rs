@@ -3,6 +3,7 @@
 
 mod api_errors;
 mod commands;
+mod fleet;
 mod projects;
 mod sse;
 mod support;
