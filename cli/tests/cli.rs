@@ -33,6 +33,11 @@ struct System {
 }
 
 async fn start() -> System {
+    start_with_grace(1).await
+}
+
+/// `kill_grace_s`: how long the worker waits between SIGTERM and SIGKILL.
+async fn start_with_grace(kill_grace_s: u64) -> System {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let env = TestEnv::new().await;
     let stop = CancellationToken::new();
@@ -73,7 +78,7 @@ async fn start() -> System {
         workspace_root: workspace.clone(),
         concurrency: 4,
         heartbeat_s: 1,
-        kill_grace_s: 1,
+        kill_grace_s,
         worker_id: None,
         drain_s: 2,
     };
@@ -285,16 +290,24 @@ async fn dropped_connections_neither_lose_nor_repeat_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves() {
-    let sys = start().await;
+async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
+    // A command that ignores SIGTERM stays running through the worker's
+    // 30 s grace period: time for the second Ctrl-C.
+    let sys = start_with_grace(30).await;
     let proxy = Proxy::start(sys.addr, 0, 0).await;
-    let child = sys
-        .rdev_at(
-            &proxy.url(),
-            &["run", "-p", PROJECT, "--", "echo ready; sleep 30"],
-        )
+    let script = "trap '' TERM; echo ready; while :; do sleep 0.2; done";
+    let mut child = sys
+        .rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])
         .spawn()
         .expect("spawn");
+    // Streaming has begun once the first line is through.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut first))
+        .await
+        .expect("first output within 20 s")
+        .expect("read");
+    assert_eq!(&first, b"ready\n");
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
     let cmd = sys.wait_for_command("running").await;
     let id = cmd["id"].as_str().expect("id").to_owned();
@@ -310,18 +323,68 @@ async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(asked, "the first Ctrl-C must POST {cancel_line}");
-    // The second Ctrl-C exits at once (if the cancel has not already ended it).
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("second SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
-        .expect("rdev exits after the second Ctrl-C")
+        .expect("rdev exits at once after the second Ctrl-C")
         .expect("output");
     assert_eq!(out.status.code(), Some(130), "{}", show(&out));
-    assert_eq!(out.stdout, b"ready\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cancelling {id}")), "{err}");
+    assert!(err.contains(&format!("left {id} running")), "{err}");
+    // The remote command is still in its grace period.
+    assert_eq!(sys.json(&["status", &id]).await["status"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_remote_command_and_exits_130() {
+    let sys = start().await;
+    let child = sys
+        .rdev(&["run", "-p", PROJECT, "--", "echo ready; sleep 30"])
+        .spawn()
+        .expect("spawn");
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    let cmd = sys.wait_for_command("running").await;
+    let started = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("rdev exits once the command is cancelled")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!("cancelling {id}")),
+        started.elapsed() < Duration::from_secs(15),
+        "not the 30 s sleep"
+    );
+    assert_eq!(out.stdout, b"ready\n");
+    let id = cmd["id"].as_str().expect("id");
+    let after = sys.json(&["status", id]).await;
+    assert_eq!(after["status"], "cancelled", "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_subcommand_cancels_and_run_reports_130() {
+    let sys = start().await;
+    let child = sys
+        .rdev(&["run", "-p", PROJECT, "--", "sleep 30"])
+        .spawn()
+        .expect("spawn");
+    let cmd = sys.wait_for_command("running").await;
+    let id = cmd["id"].as_str().expect("id");
+    let cancel = sys.output(&["cancel", id]).await;
+    assert_eq!(cancel.status.code(), Some(0), "{}", show(&cancel));
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("run ends")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    // Cancelling a finished command is a conflict, explained.
+    let again = sys.output(&["cancel", id]).await;
+    assert_eq!(again.status.code(), Some(1), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("Conflict (409)"),
         "{}",
-        show(&out)
+        show(&again)
     );
 }
 
