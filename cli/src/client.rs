@@ -236,6 +236,7 @@ fn connect_reason(e: &reqwest::Error) -> String {
 /// the server sent it and falling back to the status line otherwise.
 async fn problem(resp: Response) -> ClientError {
     let status = resp.status();
+    let path = resp.url().path().to_owned();
     let body = resp.bytes().await.unwrap_or_default();
     let p: Problem = serde_json::from_slice(&body).unwrap_or_default();
     let title = p
@@ -245,6 +246,12 @@ async fn problem(resp: Response) -> ClientError {
         let text = String::from_utf8_lossy(&body);
         text.chars().take(500).collect::<String>().trim().to_owned()
     });
+    // The router's fallback: the server predates this endpoint.
+    let detail = if status == StatusCode::NOT_FOUND && detail == "no such route" {
+        format!("{path} is not served by this rdev-api (is it older than this CLI?)")
+    } else {
+        detail
+    };
     match status {
         StatusCode::UNAUTHORIZED => ClientError::Unauthorized { detail },
         StatusCode::FORBIDDEN => ClientError::Forbidden { detail },

@@ -680,3 +680,36 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
     let _ = client_tx.shutdown().await;
     up.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_truncated_output_notes_the_gap() {
+    let sys = start().await;
+    let created = sys
+        .output(&["projects", "create", "tiny", "--max-output-bytes", "100"])
+        .await;
+    assert_eq!(created.status.code(), Some(0), "{}", show(&created));
+    let script = "for i in $(seq 1 30); do echo \"line $i\"; sleep 0.01; done";
+    let out = sys
+        .output(&["run", "-p", "tiny", "--detach", "--", script])
+        .await;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for _ in 0..200 {
+        if sys.json(&["status", &id]).await["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Finished: the stream replays what PostgreSQL kept, head and tail.
+    let follow = sys.output(&["logs", "-f", &id]).await;
+    assert_eq!(follow.status.code(), Some(0), "{}", show(&follow));
+    let text = String::from_utf8_lossy(&follow.stdout);
+    assert!(text.starts_with("line 1\n"), "{text}");
+    assert!(text.ends_with("line 30\n"), "{text}");
+    assert!(!text.contains("line 15\n"), "the middle was cut: {text}");
+    let err = String::from_utf8_lossy(&follow.stderr);
+    assert!(
+        err.starts_with("rdev: output truncated: chunks "),
+        "{}",
+        show(&follow)
+    );
+}

@@ -190,9 +190,12 @@ pub async fn webhooks(
                         .and_then(Value::as_array)
                         .cloned()
                         .unwrap_or_default();
-                    let last_code = attempts
-                        .last()
-                        .map_or_else(|| "-".to_owned(), |a| field(a, "status_code"));
+                    let last_code = match d.get("last_status_code") {
+                        Some(Value::Number(n)) => n.to_string(),
+                        _ => attempts
+                            .last()
+                            .map_or_else(|| "-".to_owned(), |a| field(a, "status_code")),
+                    };
                     t.row(vec![
                         field(d, "id"),
                         field(d, "event_id"),
@@ -230,7 +233,10 @@ pub async fn webhooks(
             if style.json {
                 print_json(&answer);
             } else {
-                note(&format!("test event sent to webhook {id}"));
+                note(&format!(
+                    "test event {} queued for webhook {id}",
+                    field(&answer, "event_id")
+                ));
             }
         }
     }
