@@ -76,6 +76,7 @@ impl Follower {
         let mut backoff = BACKOFF_MIN;
         let mut progress_at = Instant::now();
         loop {
+            let before = progress_at;
             let outcome = self.connect_once(&mut progress_at).await;
             let reason = match outcome {
                 Ok(Some(end)) => return Ok(end),
@@ -93,7 +94,9 @@ impl Follower {
                     ),
                 });
             }
-            if progress_at.elapsed() < Duration::from_secs(1) {
+            // A connection that delivered events starts the backoff afresh;
+            // one that failed straight away doubles it.
+            if progress_at != before {
                 backoff = BACKOFF_MIN;
             }
             if self.chatty {

@@ -56,14 +56,14 @@ pub async fn run(cli: Cli) -> i32 {
     let settings = match settings {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("rdev: {e}");
+            output::note(&e.to_string());
             return EXIT_USAGE;
         }
     };
     let client = match Client::new(settings) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rdev: {e}");
+            output::note(&e.to_string());
             return EXIT_API;
         }
     };
@@ -82,7 +82,7 @@ pub async fn run(cli: Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rdev: {e}");
+            output::note(&e.to_string());
             EXIT_API
         }
     }

@@ -140,10 +140,17 @@ impl Table {
     }
 }
 
+/// Writes to stdout, ignoring a closed pipe (`rdev ls | head` must not
+/// panic the way `println!` would).
+pub fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &Value) {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    println!("{text}");
+    out(&format!("{text}\n"));
 }
 
 /// Prints an object as `key: value` lines (or JSON).
@@ -164,7 +171,7 @@ pub fn print_object(style: &Style, v: &Value, keys: &[&str]) {
             width = width + 1
         ));
     }
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    self::out(&out);
 }
 
 /// Prints a list answer: the table for people (with a hint to the next
@@ -178,17 +185,15 @@ pub fn print_list(style: &Style, answer: &Value, table: impl FnOnce(&[Value]) ->
         .get("items")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
-    let _ = std::io::stdout()
-        .lock()
-        .write_all(table(items).render(style).as_bytes());
+    out(&table(items).render(style));
     if let Some(c) = answer.get("next_cursor").and_then(Value::as_str) {
-        eprintln!("(more: --cursor {c})");
+        let _ = writeln!(std::io::stderr(), "(more: --cursor {c})");
     }
 }
 
 /// A note for people on stderr, e.g. "cancel requested".
 pub fn note(msg: &str) {
-    eprintln!("rdev: {msg}");
+    let _ = writeln!(std::io::stderr(), "rdev: {msg}");
 }
 
 #[cfg(test)]

@@ -267,8 +267,10 @@ async fn run_exits_124_when_the_command_times_out() {
 async fn dropped_connections_neither_lose_nor_repeat_output() {
     let sys = start().await;
     // Cut the first three event streams, each in the middle of its fifth
-    // output event; later connections pass untouched.
+    // output event, and close the two connections after each cut at once
+    // (the API "down" for a moment); later connections pass untouched.
     let proxy = Proxy::start(sys.addr, 3, 5).await;
+    proxy.refuse_after_cut(2);
     let script = "for i in $(seq 1 60); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.01; done; printf end";
     let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
@@ -281,6 +283,7 @@ async fn dropped_connections_neither_lose_nor_repeat_output() {
         3,
         "the proxy should have cut three streams"
     );
+    assert_eq!(proxy.refused(), 6, "and refused two connections after each");
     let resumed = proxy
         .requests()
         .iter()
@@ -568,6 +571,10 @@ struct ProxyState {
     after: usize,
     cuts_left: Mutex<usize>,
     cuts_done: Mutex<usize>,
+    /// Connections to close unanswered after each cut.
+    refuse_per_cut: Mutex<usize>,
+    refuse_left: Mutex<usize>,
+    refused: Mutex<usize>,
     requests: Mutex<Vec<String>>,
 }
 
@@ -580,6 +587,9 @@ impl Proxy {
             after,
             cuts_left: Mutex::new(cuts),
             cuts_done: Mutex::new(0),
+            refuse_per_cut: Mutex::new(0),
+            refuse_left: Mutex::new(0),
+            refused: Mutex::new(0),
             requests: Mutex::new(Vec::new()),
         });
         let st = state.clone();
@@ -602,6 +612,14 @@ impl Proxy {
     fn cuts_done(&self) -> usize {
         *self.state.cuts_done.lock().expect("lock")
     }
+
+    fn refuse_after_cut(&self, n: usize) {
+        *self.state.refuse_per_cut.lock().expect("lock") = n;
+    }
+
+    fn refused(&self) -> usize {
+        *self.state.refused.lock().expect("lock")
+    }
 }
 
 impl Drop for Proxy {
@@ -611,6 +629,15 @@ impl Drop for Proxy {
 }
 
 async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
+    {
+        let mut left = st.refuse_left.lock().expect("lock");
+        if *left > 0 {
+            *left -= 1;
+            *st.refused.lock().expect("lock") += 1;
+            drop(inbound);
+            return;
+        }
+    }
     let Ok(outbound) = TcpStream::connect(st.target).await else {
         return;
     };
@@ -668,6 +695,7 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
             if take {
                 let _ = client_tx.write_all(&seen[start..at.max(start)]).await;
                 *st.cuts_done.lock().expect("lock") += 1;
+                *st.refuse_left.lock().expect("lock") = *st.refuse_per_cut.lock().expect("lock");
                 up.abort();
                 let _ = client_tx.shutdown().await;
                 return;

@@ -74,7 +74,7 @@ fn print_with_secret(style: &Style, v: &Value, fields: &[&str]) {
     print_object(style, v, fields);
     if let Some(s) = v.get("secret").and_then(Value::as_str) {
         note("the secret below is shown only once; store it now");
-        println!("{s}");
+        crate::output::out(&format!("{s}\n"));
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, 
         if style.json {
             print_json(&cmd);
         } else {
-            println!("{id}");
+            crate::output::out(&format!("{id}\n"));
         }
         return Ok(0);
     }
