@@ -293,6 +293,31 @@ async fn dropped_connections_neither_lose_nor_repeat_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_enqueue_answer_is_retried_without_running_twice() {
+    let sys = start().await;
+    let proxy = Proxy::start(sys.addr, 0, 0).await;
+    proxy.lose_next_202();
+    let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", "echo once"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.stdout, b"once\n");
+    let posts: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /v1/projects/"))
+        .collect();
+    assert_eq!(posts.len(), 2, "one retry: {posts:?}");
+    let key = |r: &str| {
+        r.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("idempotency-key:"))
+            .map(str::to_owned)
+    };
+    assert!(key(&posts[0]).is_some());
+    assert_eq!(key(&posts[0]), key(&posts[1]), "the retry reuses the key");
+    let list = sys.json(&["ls", "-p", PROJECT]).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
     // A command that ignores SIGTERM stays running through the worker's
     // 30 s grace period: time for the second Ctrl-C.
@@ -575,6 +600,8 @@ struct ProxyState {
     refuse_per_cut: Mutex<usize>,
     refuse_left: Mutex<usize>,
     refused: Mutex<usize>,
+    /// Swallow the answer to the next accepted (202) request.
+    lose_next_202: Mutex<bool>,
     requests: Mutex<Vec<String>>,
 }
 
@@ -590,6 +617,7 @@ impl Proxy {
             refuse_per_cut: Mutex::new(0),
             refuse_left: Mutex::new(0),
             refused: Mutex::new(0),
+            lose_next_202: Mutex::new(false),
             requests: Mutex::new(Vec::new()),
         });
         let st = state.clone();
@@ -615,6 +643,10 @@ impl Proxy {
 
     fn refuse_after_cut(&self, n: usize) {
         *self.state.refuse_per_cut.lock().expect("lock") = n;
+    }
+
+    fn lose_next_202(&self) {
+        *self.state.lose_next_202.lock().expect("lock") = true;
     }
 
     fn refused(&self) -> usize {
@@ -670,6 +702,13 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if buf[..n].starts_with(b"HTTP/1.1 202")
+            && std::mem::take(&mut *st.lose_next_202.lock().expect("lock"))
+        {
+            // The server acted; the client never hears of it.
+            up.abort();
+            return;
+        }
         let start = seen.len();
         seen.extend_from_slice(&buf[..n]);
         // Where the `after`-th output event of this connection starts, if it has.

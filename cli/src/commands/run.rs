@@ -53,21 +53,57 @@ pub fn exit_code(cmd: &Value) -> i32 {
     }
 }
 
+/// Attempts of the enqueue request when the answer is lost on the way.
+const CREATE_ATTEMPTS: u32 = 4;
+
+/// Whether a failed enqueue may be retried: the request may have been
+/// lost, or the server asked us to come back. A refused connection is
+/// not retried: the API is down and the user should hear that at once.
+fn retry_create(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } => true,
+        ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+        _ => false,
+    }
+}
+
+/// `POST /v1/projects/{name}/commands`. Every attempt carries the same
+/// `Idempotency-Key` (the user's, or one made up here), so a retry after a
+/// lost answer gets the original command back instead of running it twice.
+async fn create(client: &Client, args: &RunArgs) -> Result<Value, ClientError> {
+    let key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| format!("rdev-cli-{}", uuid::Uuid::now_v7()));
+    let body = request_body(args);
+    let path = format!("/v1/projects/{}/commands", super::seg(&args.project));
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        let req = client
+            .request(reqwest::Method::POST, &path)
+            .header("Idempotency-Key", &key)
+            .json(&body);
+        match client.send_json(req).await {
+            Err(e) if attempt < CREATE_ATTEMPTS && retry_create(&e) => {
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    note(&format!("{e}; retrying"));
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `rdev run`; returns the exit code.
 pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, ClientError> {
     // Listen for Ctrl-C before the command exists, so an early one cancels it
     // instead of killing us with the command already queued.
     let mut interrupts = Interrupts::new();
-    let mut req = client
-        .request(
-            reqwest::Method::POST,
-            &format!("/v1/projects/{}/commands", args.project),
-        )
-        .json(&request_body(args));
-    if let Some(k) = &args.idempotency_key {
-        req = req.header("Idempotency-Key", k);
-    }
-    let cmd = client.send_json(req).await?;
+    let cmd = create(client, args).await?;
     let id = cmd
         .get("id")
         .and_then(Value::as_str)
