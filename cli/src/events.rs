@@ -8,6 +8,7 @@
 //! lacks its blank line), so it is simply asked for again.
 
 use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
@@ -23,8 +24,10 @@ use crate::spinner::Spinner;
 /// Without a byte for this long (the server sends keep-alives every 15 s)
 /// the connection is taken for dead and reopened.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
-/// Give up after this long without receiving any event.
+/// Give up after this long without a byte from the API.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+/// A connection that stayed up this long was healthy: back off from scratch.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -74,29 +77,31 @@ impl Follower {
     /// Streams until the `end` event and returns the final command object.
     pub async fn run(&mut self) -> Result<Value, ClientError> {
         let mut backoff = BACKOFF_MIN;
-        let mut progress_at = Instant::now();
+        // When the API last sent anything (an answer, data, a keep-alive).
+        let alive = Arc::new(Mutex::new(Instant::now()));
         loop {
-            let before = progress_at;
-            let outcome = self.connect_once(&mut progress_at).await;
-            let reason = match outcome {
+            let opened = Instant::now();
+            let mut delivered = false;
+            let reason = match self.connect_once(&alive, &mut delivered).await {
                 Ok(Some(end)) => return Ok(end),
                 Ok(None) => "the stream ended early".to_owned(),
                 Err(e) if e.is_transient() => e.to_string(),
                 Err(e) => return Err(e),
             };
-            if progress_at.elapsed() > GIVE_UP_AFTER {
+            let silent = alive.lock().map(|a| a.elapsed()).unwrap_or_default();
+            if silent > GIVE_UP_AFTER {
                 return Err(ClientError::Transport {
                     url: self.client.base_url().to_owned(),
                     reason: format!(
-                        "gave up following command {} after {}s without progress: {reason}",
+                        "gave up following command {}: nothing from the API for {}s ({reason})",
                         self.id,
                         GIVE_UP_AFTER.as_secs()
                     ),
                 });
             }
-            // A connection that delivered events starts the backoff afresh;
-            // one that failed straight away doubles it.
-            if progress_at != before {
+            // A connection that brought new output, or held for a while,
+            // starts the backoff afresh; quick failures double it.
+            if delivered || opened.elapsed() >= HEALTHY_CONNECTION {
                 backoff = BACKOFF_MIN;
             }
             if self.chatty {
@@ -111,11 +116,17 @@ impl Follower {
     }
 
     /// One connection: `Ok(Some(end))` when the stream finished, `Ok(None)`
-    /// when it was cut short.
+    /// when it was cut short. Sets `delivered` when new output arrived.
     async fn connect_once(
         &mut self,
-        progress_at: &mut Instant,
+        alive: &Arc<Mutex<Instant>>,
+        delivered: &mut bool,
     ) -> Result<Option<Value>, ClientError> {
+        let touch = |alive: &Mutex<Instant>| {
+            if let Ok(mut a) = alive.lock() {
+                *a = Instant::now();
+            }
+        };
         let mut req = self
             .client
             .request(Method::GET, &format!("/v1/commands/{}/events", self.id))
@@ -124,22 +135,29 @@ impl Follower {
             req = req.header("Last-Event-ID", self.last_seq.to_string());
         }
         let resp = self.client.send(req).await?;
+        touch(alive);
         let url = resp.url().to_string();
-        let bytes = futures::stream::unfold(resp, |mut resp| async move {
-            match tokio::time::timeout(IDLE_TIMEOUT, resp.chunk()).await {
-                Ok(Ok(Some(b))) => Some((Ok(b), resp)),
-                Ok(Ok(None)) => None,
-                Ok(Err(e)) => Some((Err(e.to_string()), resp)),
-                Err(_) => Some((Err("no data or keep-alive for 45s".to_owned()), resp)),
-            }
-        });
+        let bytes =
+            futures::stream::unfold((resp, alive.clone()), move |(mut resp, alive)| async move {
+                match tokio::time::timeout(IDLE_TIMEOUT, resp.chunk()).await {
+                    Ok(Ok(Some(b))) => {
+                        touch(&alive);
+                        Some((Ok(b), (resp, alive)))
+                    }
+                    Ok(Ok(None)) => None,
+                    Ok(Err(e)) => Some((Err(e.to_string()), (resp, alive))),
+                    Err(_) => Some((
+                        Err("no data or keep-alive for 45s".to_owned()),
+                        (resp, alive),
+                    )),
+                }
+            });
         let mut events = Box::pin(bytes.eventsource());
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|e| ClientError::Transport {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-            *progress_at = Instant::now();
             match ev.event.as_str() {
                 "output" => {
                     let Ok(o) = serde_json::from_str::<Output>(&ev.data) else {
@@ -151,6 +169,7 @@ impl Follower {
                     self.spinner.stop();
                     write_stream(&o.stream, o.data.as_bytes());
                     self.last_seq = o.seq;
+                    *delivered = true;
                 }
                 "gap" => {
                     if let Ok(g) = serde_json::from_str::<Gap>(&ev.data)
@@ -161,6 +180,7 @@ impl Follower {
                             g.from_seq, g.to_seq
                         ));
                         self.last_seq = g.to_seq;
+                        *delivered = true;
                     }
                 }
                 "status" => {

@@ -149,7 +149,7 @@ impl System {
 
     /// `rdev ARGS` against `url`, with no configuration but the environment.
     fn rdev_at(&self, url: &str, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_rdev"));
+        let mut c = tokio::process::Command::new(rdev_bin());
         c.args(args)
             .env("RDEV_URL", url)
             .env("RDEV_API_KEY", &self.key)
@@ -194,6 +194,26 @@ impl System {
         }
         panic!("no {status} command appeared");
     }
+}
+
+/// The `rdev` binary under test. `CARGO_BIN_EXE_rdev` is `target/debug/rdev`,
+/// which another checkout sharing `CARGO_TARGET_DIR` can overwrite with its
+/// own build; say so plainly instead of failing every test obscurely.
+fn rdev_bin() -> &'static str {
+    static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let bin = env!("CARGO_BIN_EXE_rdev");
+    CHECKED.get_or_init(|| {
+        let help = std::process::Command::new(bin)
+            .arg("--help")
+            .output()
+            .expect("run rdev --help");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("Exit codes"),
+            "{bin} is not this checkout's rdev (another checkout sharing \
+             CARGO_TARGET_DIR built over it); rerun the tests"
+        );
+    });
+    bin
 }
 
 async fn finish(mut cmd: tokio::process::Command) -> Output {
@@ -367,10 +387,18 @@ async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_the_remote_command_and_exits_130() {
     let sys = start().await;
-    let child = sys
+    let mut child = sys
         .rdev(&["run", "-p", PROJECT, "--", "echo ready; sleep 30"])
         .spawn()
         .expect("spawn");
+    // The command has started once its first line is through.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut first))
+        .await
+        .expect("first output within 20 s")
+        .expect("read");
+    assert_eq!(&first, b"ready\n");
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
     let cmd = sys.wait_for_command("running").await;
     let started = std::time::Instant::now();
@@ -384,7 +412,6 @@ async fn ctrl_c_cancels_the_remote_command_and_exits_130() {
         started.elapsed() < Duration::from_secs(15),
         "not the 30 s sleep"
     );
-    assert_eq!(out.stdout, b"ready\n");
     let id = cmd["id"].as_str().expect("id");
     let after = sys.json(&["status", id]).await;
     assert_eq!(after["status"], "cancelled", "{after}");
@@ -734,7 +761,9 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
             if take {
                 let _ = client_tx.write_all(&seen[start..at.max(start)]).await;
                 *st.cuts_done.lock().expect("lock") += 1;
-                *st.refuse_left.lock().expect("lock") = *st.refuse_per_cut.lock().expect("lock");
+                // Added, not set: a cut may come on a pooled connection
+                // before the previous cut's refusals were used up.
+                *st.refuse_left.lock().expect("lock") += *st.refuse_per_cut.lock().expect("lock");
                 up.abort();
                 let _ = client_tx.shutdown().await;
                 return;

@@ -100,10 +100,19 @@ async fn create(client: &Client, args: &RunArgs) -> Result<Value, ClientError> {
 
 /// Runs `rdev run`; returns the exit code.
 pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, ClientError> {
-    // Listen for Ctrl-C before the command exists, so an early one cancels it
-    // instead of killing us with the command already queued.
+    // From here on Ctrl-C is ours. Before the API has confirmed the command
+    // there is nothing to cancel: stop waiting, and say where to look.
     let mut interrupts = Interrupts::new();
-    let cmd = create(client, args).await?;
+    let cmd = tokio::select! {
+        cmd = create(client, args) => cmd?,
+        () = interrupts.next() => {
+            note(&format!(
+                "interrupted before rdev confirmed the command; see `rdev ls -p {}`",
+                args.project
+            ));
+            return Ok(EXIT_CANCELLED);
+        }
+    };
     let id = cmd
         .get("id")
         .and_then(Value::as_str)
