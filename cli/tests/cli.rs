@@ -291,7 +291,7 @@ async fn dropped_connections_neither_lose_nor_repeat_output() {
     // (the API "down" for a moment); later connections pass untouched.
     let proxy = Proxy::start(sys.addr, 3, 5).await;
     proxy.refuse_after_cut(2);
-    let script = "for i in $(seq 1 60); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.01; done; printf end";
+    let script = "for i in $(seq 1 60); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.02; done; printf end";
     let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let want_out: String = (1..=60).map(|i| format!("line {i}\n")).collect::<String>() + "end";
