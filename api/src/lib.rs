@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,7 +61,16 @@ pub async fn start(
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
 
+    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
+    publisher.set_metrics(metrics.clone());
+    let sse = limits::SseLimiter::new(
+        cfg.sse_max_connections,
+        cfg.sse_max_per_key,
+        metrics.sse_connections_active.clone(),
+    );
     let state = AppState {
+        metrics,
+        sse,
         pool,
         publisher,
         hub,

@@ -6,6 +6,16 @@ use rdev_shared::db::{self, keys};
 use rdev_shared::domain::Scope;
 use rdev_shared::{secret, telemetry};
 
+/// jemalloc, so `/debug/pprof/heap` can profile the heap.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Heap profiling on, sampling one allocation per 512 KiB (2^19) on average:
+/// cheap enough to leave on in production.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0";
+
 /// rdev-api: the HTTP API of rdev.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -48,7 +58,7 @@ enum KeysCmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.global.log);
+    let _telemetry = telemetry::init(&cli.global.log, "rdev-api");
     match cli
         .command
         .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())))

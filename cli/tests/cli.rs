@@ -32,12 +32,28 @@ struct System {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn start() -> System {
-    start_with_grace(1).await
+/// Knobs of the system under test.
+struct Opts {
+    /// How long the worker waits between SIGTERM and SIGKILL.
+    kill_grace_s: u64,
+    /// The API closes every event stream after this long.
+    sse_max_lifetime: Duration,
 }
 
-/// `kill_grace_s`: how long the worker waits between SIGTERM and SIGKILL.
-async fn start_with_grace(kill_grace_s: u64) -> System {
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            kill_grace_s: 1,
+            sse_max_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+async fn start() -> System {
+    start_with(Opts::default()).await
+}
+
+async fn start_with(opts: Opts) -> System {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let env = TestEnv::new().await;
     let stop = CancellationToken::new();
@@ -58,6 +74,9 @@ async fn start_with_grace(kill_grace_s: u64) -> System {
             max_timeout_s: 86_400,
             sse_keepalive: Duration::from_secs(15),
             sse_poll: Duration::from_millis(500),
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: opts.sse_max_lifetime,
         },
         stop.clone().cancelled_owned(),
     )
@@ -78,7 +97,7 @@ async fn start_with_grace(kill_grace_s: u64) -> System {
         workspace_root: workspace.clone(),
         concurrency: 4,
         heartbeat_s: 1,
-        kill_grace_s,
+        kill_grace_s: opts.kill_grace_s,
         worker_id: None,
         drain_s: 2,
     };
@@ -313,6 +332,30 @@ async fn dropped_connections_neither_lose_nor_repeat_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_closed_by_the_api_are_resumed_seamlessly() {
+    // The API ends every event stream after a second; a 3 s command needs
+    // several connections.
+    let sys = start_with(Opts {
+        sse_max_lifetime: Duration::from_secs(1),
+        ..Opts::default()
+    })
+    .await;
+    let script = "for i in $(seq 1 30); do echo \"tick $i\"; sleep 0.1; done";
+    let proxy = Proxy::start(sys.addr, 0, 0).await; // only to count requests
+    let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let want: String = (1..=30).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert_eq!(out.stderr, b"");
+    let streams = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /v1/commands/") && r.contains("/events "))
+        .count();
+    assert!(streams >= 2, "expected reconnects, saw {streams} stream(s)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_enqueue_answer_is_retried_without_running_twice() {
     let sys = start().await;
     let proxy = Proxy::start(sys.addr, 0, 0).await;
@@ -341,7 +384,11 @@ async fn a_lost_enqueue_answer_is_retried_without_running_twice() {
 async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
     // A command that ignores SIGTERM stays running through the worker's
     // 30 s grace period: time for the second Ctrl-C.
-    let sys = start_with_grace(30).await;
+    let sys = start_with(Opts {
+        kill_grace_s: 30,
+        ..Opts::default()
+    })
+    .await;
     let proxy = Proxy::start(sys.addr, 0, 0).await;
     let script = "trap '' TERM; echo ready; while :; do sleep 0.2; done";
     let mut child = sys

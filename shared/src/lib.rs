@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod metrics;
 pub mod mq;
 pub mod relay;
 pub mod secret;

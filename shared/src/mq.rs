@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::config::AmqpConfig;
 use crate::db::outbox::OutboxMessage;
 use crate::domain::OutputStream;
+use crate::metrics::Metrics;
 
 /// How long a connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -335,6 +336,24 @@ pub fn header_str<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a [u8]>
     }
 }
 
+/// The string headers of a message as name/value pairs (trace context).
+pub fn header_pairs(props: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = props.headers().as_ref() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(k, v)| match v {
+            AMQPValue::LongString(s) => Some((
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads an integer header of a message.
 pub fn header_i64(props: &BasicProperties, key: &str) -> Option<i64> {
     let headers = props.headers().as_ref()?;
@@ -422,6 +441,7 @@ pub struct Publisher {
     name: String,
     channel: RwLock<Option<Channel>>,
     reconnect: tokio::sync::Mutex<Reconnect>,
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -448,7 +468,30 @@ impl Publisher {
             name: name.into(),
             channel: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Reconnect::default()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts published messages in `amqp_published_total` from now on.
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count(&self, exchange_kind: &str) {
+        if let Some(m) = self.metrics.get() {
+            m.amqp_published_total
+                .with_label_values(&[exchange_kind])
+                .inc();
+        }
+    }
+
+    fn kind_of(&self, exchange: &str) -> &'static str {
+        match exchange.strip_prefix(self.topology.prefix()) {
+            Some(".events") => "events",
+            Some(".control") => "control",
+            Some(".output") => "output",
+            _ => "commands",
+        }
     }
 
     /// The topology this publisher declares.
@@ -533,7 +576,10 @@ impl Publisher {
             .await
             .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
         match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(None) | Confirmation::NotRequested => {
+                self.count(self.kind_of(&m.exchange));
+                Ok(())
+            }
             Confirmation::Ack(Some(_)) => Err(MqError::Unroutable),
             Confirmation::Nack(_) => Err(MqError::Nacked),
         }
@@ -556,6 +602,7 @@ impl Publisher {
                 props,
             )
             .await?;
+        self.count("control");
         Ok(())
     }
 
@@ -582,6 +629,7 @@ impl Publisher {
                 props,
             )
             .await?;
+        self.count("output");
         Ok(())
     }
 }

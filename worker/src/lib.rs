@@ -92,6 +92,7 @@ pub async fn run_with_addr(
     let readiness = Readiness {
         pool,
         consumer_connected: worker.consumer_connected(),
+        metrics: worker.metrics(),
     };
     let http_done = done.clone();
     let server = tokio::spawn(async move {

@@ -35,6 +35,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use rdev_shared::metrics::Metrics;
+use rdev_shared::telemetry;
+
 use crate::config::Config;
 use crate::executor::{Executor, Executors, Job, OUTPUT_CHANNEL_CAPACITY, Outcome};
 use crate::output::{OutputSink, OutputSummary};
@@ -60,12 +63,15 @@ pub struct Worker {
     /// Fires when the drain period is over: running commands are stopped.
     stop_commands: CancellationToken,
     consumer_connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
     /// Builds the shared state.
     pub fn new(cfg: Config, worker_id: String, pool: Pool, executors: Executors) -> Self {
         let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-worker {worker_id}"));
+        let metrics = Arc::new(Metrics::new("rdev-worker"));
+        publisher.set_metrics(metrics.clone());
         Self {
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
@@ -76,7 +82,13 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             stop_commands: CancellationToken::new(),
             consumer_connected: Arc::new(AtomicBool::new(false)),
+            metrics,
         }
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Flag telling `/ready` whether the consumer is connected.
@@ -126,6 +138,7 @@ impl<'a> RunningGuard<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, token.clone());
+        worker.metrics.commands_active.inc();
         (Self { worker, id }, token)
     }
 }
@@ -137,6 +150,7 @@ impl Drop for RunningGuard<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        self.worker.metrics.commands_active.dec();
     }
 }
 
@@ -279,9 +293,24 @@ enum Disposition {
 }
 
 async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    worker
+        .metrics
+        .amqp_consumed_total
+        .with_label_values(&["commands"])
+        .inc();
     let disposition = match serde_json::from_slice::<RunMessage>(&delivery.data) {
         Ok(msg) => {
-            let span = tracing::info_span!("command", command_id = %msg.command_id);
+            let span = tracing::info_span!(
+                "command.execute",
+                command_id = %msg.command_id,
+                trace_id = tracing::field::Empty
+            );
+            let headers = mq::header_pairs(&delivery.properties);
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            telemetry::continue_trace(&span, &pairs);
             let priority = delivery.properties.priority().unwrap_or(5);
             process(&worker, msg.command_id, priority)
                 .instrument(span)
@@ -327,6 +356,7 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     };
     let (claimed, started) = claimed;
     let (_running, cancel) = RunningGuard::new(w, id);
+    let began = Instant::now();
     tracing::info!(attempt = claimed.command.attempt, "command started");
     announce(w, started).await;
     publish_live(w, id, &OutputEvent::Status).await;
@@ -342,6 +372,16 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
         execute(w, claimed, cancel).await
     };
     let finish = finish_of(&outcome, summary, timeout_s, w.stop_commands.is_cancelled());
+    w.metrics
+        .commands_total
+        .with_label_values(&[finish.status.as_str()])
+        .inc();
+    w.metrics
+        .command_duration_seconds
+        .observe(began.elapsed().as_secs_f64());
+    w.metrics
+        .command_output_bytes_total
+        .inc_by(u64::try_from(finish.output_bytes).unwrap_or(0));
     tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
 
     match retry_db("finish", || record_finish(w, id, &finish)).await {
@@ -447,10 +487,11 @@ async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
         ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
     };
     let event_type = "command.started";
-    let message = w.topology.event_message(
+    let mut message = w.topology.event_message(
         event_type,
         &domain::command_event(event_type, &claimed.command),
     );
+    telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
     Ok(Claim::Claimed(claimed, StoredEvent { outbox_id, message }))
@@ -482,9 +523,10 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Stored
         return Ok(None);
     };
     let event_type = command.status.event_type().unwrap_or("command.failed");
-    let message = w
+    let mut message = w
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
+    telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
     Ok(Some(StoredEvent { outbox_id, message }))

@@ -148,9 +148,11 @@ pub async fn create(
         timeout_s: body.timeout_s.unwrap_or(project.default_timeout_s),
         idempotency_key: idem.clone(),
     };
-    let message = st
+    let mut message = st
         .topology
         .run_message(new.id, u8::try_from(new.priority).unwrap_or(5));
+    // The worker continues this request's trace.
+    rdev_shared::telemetry::inject_current(&mut message.headers);
 
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

@@ -25,6 +25,9 @@ pub struct Options {
     pub kill_grace_s: u64,
     pub concurrency: u16,
     pub lost_after_s: u64,
+    pub sse_max_connections: usize,
+    pub sse_max_per_key: usize,
+    pub sse_max_lifetime: Duration,
 }
 
 impl Default for Options {
@@ -37,12 +40,19 @@ impl Default for Options {
             kill_grace_s: 1,
             concurrency: 4,
             lost_after_s: 30,
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: Duration::from_secs(3600),
         }
     }
 }
 
 pub struct TestApp {
     pub env: TestEnv,
+    /// Base URL of the in-process worker's `/health`, `/ready`, `/metrics`.
+    pub worker_ops: Option<String>,
+    /// Base URL of the in-process dispatcher's ops endpoints.
+    pub dispatcher_ops: Option<String>,
     pub base: String,
     pub http: reqwest::Client,
     pub admin_key: String,
@@ -77,8 +87,11 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         migrate: false,
         max_body_bytes: opts.max_body_bytes,
         max_timeout_s: 86_400,
-        sse_keepalive: Duration::from_secs(15),
+        sse_keepalive: Duration::from_secs(1),
         sse_poll: Duration::from_millis(500),
+        sse_max_connections: opts.sse_max_connections,
+        sse_max_per_key: opts.sse_max_per_key,
+        sse_max_lifetime: opts.sse_max_lifetime,
     };
     let server = rdev_api::start(cfg, stop.clone().cancelled_owned())
         .await
@@ -88,15 +101,19 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let _ = server.task.await;
     }));
 
+    let mut worker_ops = None;
+    let mut dispatcher_ops = None;
     if opts.worker {
         let mut wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
         wcfg.concurrency = opts.concurrency;
         let s = stop.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = rdev_worker::run(wcfg, s.cancelled_owned()).await {
+            if let Err(e) = rdev_worker::run_with_addr(wcfg, s.cancelled_owned(), Some(tx)).await {
                 panic!("worker failed: {e}");
             }
         }));
+        worker_ops = rx.await.ok().map(|a| format!("http://{a}"));
     }
     if opts.dispatcher {
         let mut dcfg = dispatcher_config(&env);
@@ -104,6 +121,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let d = rdev_dispatcher::start(dcfg, stop.clone().cancelled_owned())
             .await
             .expect("dispatcher");
+        dispatcher_ops = Some(format!("http://{}", d.addr));
         tasks.push(tokio::spawn(async move {
             let _ = d.task.await;
         }));
@@ -126,6 +144,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     drop(client);
 
     TestApp {
+        worker_ops,
+        dispatcher_ops,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -254,8 +274,11 @@ impl TestApp {
             migrate: false,
             max_body_bytes: 1024 * 1024,
             max_timeout_s: 86_400,
-            sse_keepalive: Duration::from_secs(15),
+            sse_keepalive: Duration::from_secs(1),
             sse_poll: Duration::from_millis(500),
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: Duration::from_secs(3600),
         };
         let all = self.stop.clone();
         let stopped = async move {
