@@ -10,7 +10,7 @@ use super::{page_query, seg};
 use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg};
 use crate::client::{Client, ClientError};
 use crate::events::Follower;
-use crate::output::{Style, Table, ellipsize, field, note, print_list, print_object};
+use crate::output::{Style, Table, ellipsize, field, note, print_json, print_list, print_object};
 
 /// Fields of a command shown by `rdev status`.
 const COMMAND_FIELDS: &[&str] = &[
@@ -31,16 +31,28 @@ const COMMAND_FIELDS: &[&str] = &[
     "finished_at",
 ];
 
-/// What a command runs, as one line.
+/// What a command runs, as one line: the shell command as given, an argv
+/// quoted the way a POSIX shell would need it.
 pub fn command_line(cmd: &Value) -> String {
     match (cmd.get("command"), cmd.get("argv")) {
         (Some(Value::String(c)), _) => c.clone(),
         (_, Some(Value::Array(a))) => a
             .iter()
-            .map(|s| s.as_str().unwrap_or_default())
+            .map(|s| shell_quote(s.as_str().unwrap_or_default()))
             .collect::<Vec<_>>()
             .join(" "),
         _ => String::new(),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -77,7 +89,16 @@ pub async fn status(client: &Client, style: &Style, args: &IdArg) -> Result<i32,
     let cmd = client
         .get(&format!("/v1/commands/{}", seg(&args.id)), &[])
         .await?;
-    print_object(style, &cmd, COMMAND_FIELDS);
+    if style.json {
+        print_json(&cmd);
+    } else {
+        // An argv reads better as the command line it stands for.
+        let mut shown = cmd.clone();
+        if let (Some(obj), Some(Value::Array(_))) = (shown.as_object_mut(), cmd.get("argv")) {
+            obj.insert("argv".into(), Value::String(command_line(&cmd)));
+        }
+        print_object(style, &shown, COMMAND_FIELDS);
+    }
     Ok(0)
 }
 
@@ -122,4 +143,16 @@ pub async fn ls(client: &Client, style: &Style, args: &LsArgs) -> Result<i32, Cl
         t
     });
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_is_shown_quoted_like_a_shell_would_need() {
+        let c = json!({"argv": ["sh", "-c", "echo 'hi' there", ""]});
+        assert_eq!(command_line(&c), r"sh -c 'echo '\''hi'\'' there' ''");
+        assert_eq!(command_line(&json!({"command": "make test"})), "make test");
+    }
 }
