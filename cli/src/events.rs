@@ -93,9 +93,10 @@ impl Follower {
                 return Err(ClientError::Transport {
                     url: self.client.base_url().to_owned(),
                     reason: format!(
-                        "gave up following command {}: nothing from the API for {}s ({reason})",
-                        self.id,
-                        GIVE_UP_AFTER.as_secs()
+                        "gave up following command {id}: nothing from the API for {}s \
+                         ({reason}); it may still be running: `rdev logs -f {id}`",
+                        GIVE_UP_AFTER.as_secs(),
+                        id = self.id,
                     ),
                 });
             }
