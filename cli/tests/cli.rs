@@ -77,6 +77,9 @@ async fn start_with(opts: Opts) -> System {
             sse_max_connections: 10_000,
             sse_max_per_key: 100,
             sse_max_lifetime: opts.sse_max_lifetime,
+            cache_ttl: Duration::from_secs(30),
+            trusted_proxies: Default::default(),
+            rate_limit: "1000000/60s".parse().expect("rate limit"),
         },
         stop.clone().cancelled_owned(),
     )
