@@ -94,12 +94,21 @@ pub struct KeyCache {
     /// Bumped by every invalidation, so a lookup that raced one does not
     /// store what it read before it.
     generation: AtomicU64,
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
 }
 
 impl KeyCache {
     /// An empty cache whose entries live at most `ttl`.
-    pub fn new(ttl: Duration) -> Arc<Self> {
+    /// Hits and misses are counted in the given counters.
+    pub fn new(
+        ttl: Duration,
+        hits: prometheus::IntCounter,
+        misses: prometheus::IntCounter,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            hits,
+            misses,
             cache: Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
@@ -128,10 +137,12 @@ impl KeyCache {
     ) -> Result<Option<Arc<CachedKey>>, DbError> {
         if let Some(e) = self.cache.get(hash).await {
             if self.listening.load(Ordering::Acquire) || e.loaded.elapsed() < BACKSTOP {
+                self.hits.inc();
                 return Ok(Some(e));
             }
             self.cache.invalidate(hash).await;
         }
+        self.misses.inc();
         let generation = self.generation.load(Ordering::Acquire);
         let client = pool.get().await?;
         let Some((key, stored_hash)) = db::keys::find_by_hash(&client, hash).await? else {

@@ -61,7 +61,12 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
-    let keys = KeyCache::new(cfg.cache_ttl);
+    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
+    let keys = KeyCache::new(
+        cfg.cache_ttl,
+        metrics.cache_hits_total.with_label_values(&["api_keys"]),
+        metrics.cache_misses_total.with_label_values(&["api_keys"]),
+    );
     tokio::spawn(control::listen(
         cfg.amqp.clone(),
         instance.clone(),
@@ -71,7 +76,6 @@ pub async fn start(
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
 
-    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
     publisher.set_metrics(metrics.clone());
     let sse = limits::SseLimiter::new(
         cfg.sse_max_connections,

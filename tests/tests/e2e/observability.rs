@@ -85,6 +85,8 @@ async fn every_binary_exports_its_metrics() {
         "{worker}"
     );
     assert!(gauge(&worker, "command_output_bytes_total") >= 8.0);
+    // Every request after the first authenticates from the key cache.
+    assert!(gauge(&api, "cache_hits_total") >= 1.0, "{api}");
     assert!(
         api.contains(r#"amqp_published_total{exchange="commands",service="rdev-api"} 1"#),
         "{api}"
