@@ -1,7 +1,8 @@
 //! `rdev-shared`: what two or more rdev binaries need.
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
-//! [`config`] and [`secret`] → [`domain`] → [`db`] and [`mq`] (adapters) →
+//! [`config`] and [`secret`] → [`domain`], [`webhook`], [`webhook_sign`] and
+//! [`netguard`] → [`db`] and [`mq`] (adapters) →
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;
@@ -9,9 +10,12 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod mq;
+pub mod netguard;
 pub mod relay;
 pub mod secret;
 pub mod telemetry;
+pub mod webhook;
+pub mod webhook_sign;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;
