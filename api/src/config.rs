@@ -33,6 +33,10 @@ pub struct ApiConfig {
     /// the backstop when a live message was lost.
     #[arg(long, env = "RDEV_SSE_POLL", default_value = "2s", value_parser = parse_duration)]
     pub sse_poll: Duration,
+    /// Allow webhook URLs that reach loopback, private or link-local
+    /// addresses (development and tests only): `1` or `0`.
+    #[arg(long, env = "RDEV_WEBHOOK_ALLOW_PRIVATE", default_value = "0", value_parser = parse_flag)]
+    pub webhook_allow_private: bool,
 }
 
 /// Settings of `rdev-api` as a whole.
@@ -43,11 +47,4 @@ pub struct GlobalConfig {
     pub log: LogConfig,
 }
 
-/// Parses `1/0/true/false/yes/no/on/off`.
-pub fn parse_flag(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected 1 or 0, got `{s}`")),
-    }
-}
+pub use rdev_shared::config::parse_flag;

@@ -1,9 +1,10 @@
-//! `rdev-dispatcher`: rdev's background loops. For now: the outbox relay and
-//! the reaper of commands whose worker stopped heart-beating. Webhook
-//! delivery lands here next (see DESIGN.md §4).
+//! `rdev-dispatcher`: webhook delivery ([`webhooks`]) and rdev's background
+//! loops: the outbox relay and the reaper of commands whose worker stopped
+//! heart-beating.
 
 pub mod config;
 pub mod reaper;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ pub enum DispatcherError {
     /// The ops socket could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The webhook HTTP client could not be built.
+    #[error("webhook client: {0}")]
+    Http(#[from] reqwest::Error),
 }
 
 #[derive(Clone)]
@@ -110,16 +114,18 @@ pub async fn start(
         stop_rx.clone(),
     ));
     let reaper = tokio::spawn(reaper::run(
-        pool,
+        pool.clone(),
         publisher,
         Duration::from_secs(cfg.lost_after_s.max(1)),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let (events, deliveries) =
+        webhooks::spawn(pool, cfg.amqp.clone(), cfg.webhook_settings(), stop_rx)?;
     tracing::info!(%addr, "rdev-dispatcher running");
     let task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(ops, relay, reaper);
+        let _ = tokio::join!(ops, relay, reaper, events, deliveries);
     });
     Ok(Dispatcher { addr, task })
 }

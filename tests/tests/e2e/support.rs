@@ -23,6 +23,8 @@ pub struct Options {
     pub api_amqp_url: Option<String>,
     pub max_body_bytes: usize,
     pub kill_grace_s: u64,
+    /// `RDEV_WEBHOOK_ALLOW_PRIVATE` of the API (receivers in tests are on loopback).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for Options {
@@ -33,6 +35,7 @@ impl Default for Options {
             api_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
+            webhook_allow_private: true,
         }
     }
 }
@@ -75,6 +78,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         max_timeout_s: 86_400,
         sse_keepalive: Duration::from_secs(15),
         sse_poll: Duration::from_millis(500),
+        webhook_allow_private: opts.webhook_allow_private,
     };
     let server = rdev_api::start(cfg, stop.clone().cancelled_owned())
         .await
@@ -165,6 +169,17 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         relay_interval: Duration::from_millis(100),
         relay_min_age: Duration::ZERO,
         lost_after_s: 30,
+        webhook_retry_schedule: rdev_dispatcher::webhooks::schedule::parse_schedule("0s,1s,1s")
+            .expect("schedule"),
+        webhook_timeout_s: 5,
+        webhook_allow_private: true,
+        webhook_disable_after: Duration::from_secs(3600),
+        webhook_concurrency: 32,
+        webhook_poll: Duration::from_millis(100),
+        webhook_breaker_threshold: 5,
+        webhook_breaker_open: Duration::from_secs(30),
+        webhook_retry_after_max: Duration::from_secs(3600),
+        webhook_prefetch: 64,
     }
 }
 
