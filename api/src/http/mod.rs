@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod projects;
 pub mod sse;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -49,7 +50,21 @@ pub fn router(state: AppState) -> Router {
         .route("/commands", get(commands::list))
         .route("/commands/{id}", get(commands::get))
         .route("/commands/{id}/output", get(commands::output))
-        .route("/commands/{id}/events", get(sse::events));
+        .route("/commands/{id}/events", get(sse::events))
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/test", post(webhooks::test))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/webhooks/{id}/recover", post(webhooks::recover));
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
