@@ -6,3 +6,4 @@ mod commands;
 mod projects;
 mod sse;
 mod support;
+mod webhooks;

@@ -176,7 +176,8 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         webhook_disable_after: Duration::from_secs(3600),
         webhook_concurrency: 32,
         webhook_poll: Duration::from_millis(100),
-        webhook_breaker_threshold: 5,
+        // High: tests that want the breaker set their own threshold.
+        webhook_breaker_threshold: 1000,
         webhook_breaker_open: Duration::from_secs(30),
         webhook_retry_after_max: Duration::from_secs(3600),
         webhook_prefetch: 64,
