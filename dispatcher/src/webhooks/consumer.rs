@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -109,8 +109,8 @@ pub async fn run(c: Consuming, mut stop: watch::Receiver<bool>) {
                     break 'session;
                 }
             };
-            match next {
-                Some(Ok(delivery)) => handle(&c, delivery).await,
+            let first = match next {
+                Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "webhook consumer failed; reconnecting");
                     break;
@@ -119,6 +119,25 @@ pub async fn run(c: Consuming, mut stop: watch::Receiver<bool>) {
                     tracing::warn!("webhook consumer ended; reconnecting");
                     break;
                 }
+            };
+            // Take whatever else is already here (up to the prefetch) and
+            // fan it all out in one transaction: one commit per batch.
+            let mut batch = vec![first];
+            let mut broken = false;
+            while batch.len() < usize::from(c.prefetch) {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    Some(Some(Err(_)) | None) => {
+                        broken = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            handle_batch(&c, batch).await;
+            if broken {
+                tracing::warn!("webhook consumer ended; reconnecting");
+                break;
             }
         }
         let _ = conn.close(200, "reconnecting".into()).await;
@@ -130,51 +149,73 @@ pub async fn run(c: Consuming, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn fan_out(c: &Consuming, head: &EventHead, body: &[u8]) -> Result<u64, DbError> {
-    let client = c.pool.get().await?;
-    repo::fan_out(
-        &client,
-        &FanOut {
-            event_id: head.id,
-            event_type: &head.kind,
-            payload: body,
-            command_id: head.data.as_ref().and_then(|d| d.id),
-            first_delay: c.first_delay,
-        },
-    )
-    .await
-}
-
-async fn handle(c: &Consuming, delivery: Delivery) {
-    let result = match serde_json::from_slice::<EventHead>(&delivery.data) {
-        Err(e) => {
-            tracing::error!(error = %e, "malformed event; dropping it");
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
-        Ok(head) => match fan_out(c, &head, &delivery.data).await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::debug!(event = %head.id, kind = %head.kind, deliveries = n, "event fanned out");
-                    c.wake.notify_one();
-                }
-                delivery.acker.ack(BasicAckOptions::default()).await
-            }
+/// Fans out a batch of events in one transaction, then acks them; on a
+/// database error every event of the batch goes back to the queue.
+async fn handle_batch(c: &Consuming, batch: Vec<Delivery>) {
+    let mut events = Vec::with_capacity(batch.len());
+    for d in batch {
+        match serde_json::from_slice::<EventHead>(&d.data) {
+            Ok(head) => events.push((head, d)),
             Err(e) => {
-                // Give it back; pause so a database outage is not a hot loop.
-                tracing::warn!(error = %e, event = %head.id, "cannot fan out event; requeueing");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery
+                tracing::error!(error = %e, "malformed event; dropping it");
+                ack(d).await;
+            }
+        }
+    }
+    if events.is_empty() {
+        return;
+    }
+    match fan_out(c, &events).await {
+        Ok(created) => {
+            if created > 0 {
+                tracing::debug!(
+                    events = events.len(),
+                    deliveries = created,
+                    "events fanned out"
+                );
+                c.wake.notify_one();
+            }
+            for (_, d) in events {
+                ack(d).await;
+            }
+        }
+        Err(e) => {
+            // Give them back; pause so a database outage is not a hot loop.
+            tracing::warn!(error = %e, events = events.len(), "cannot fan out events; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (_, d) in events {
+                let nacked = d
                     .acker
                     .nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
                     })
-                    .await
+                    .await;
+                if let Err(e) = nacked {
+                    tracing::warn!(error = %e, "cannot requeue an event");
+                }
             }
-        },
-    };
-    if let Err(e) = result {
+        }
+    }
+}
+
+async fn ack(d: Delivery) {
+    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
         // The broker redelivers; the unique (endpoint, event) pair makes it harmless.
         tracing::warn!(error = %e, "cannot acknowledge an event");
     }
+}
+
+async fn fan_out(c: &Consuming, events: &[(EventHead, Delivery)]) -> Result<u64, DbError> {
+    let batch: Vec<FanOut<'_>> = events
+        .iter()
+        .map(|(head, d)| FanOut {
+            event_id: head.id,
+            event_type: &head.kind,
+            payload: &d.data,
+            command_id: head.data.as_ref().and_then(|x| x.id),
+        })
+        .collect();
+    let client = c.pool.get().await?;
+    repo::fan_out(&client, &batch, c.first_delay).await
 }

@@ -7,6 +7,7 @@
 //! never send or count the same attempt, and a dispatcher that dies
 //! mid-attempt only delays it until the lease runs out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -242,52 +243,100 @@ pub struct FanOut<'a> {
     pub payload: &'a [u8],
     /// The command the event is about (its project filters endpoints).
     pub command_id: Option<Uuid>,
-    /// Delay of the first attempt.
-    pub first_delay: Duration,
 }
 
-/// Creates one pending delivery per enabled endpoint subscribed to the
-/// event's type (or `*`) whose project filter matches; an (endpoint, event)
-/// pair that already has one is skipped, so a redelivered event is harmless.
+/// Creates one pending delivery, due after `first_delay`, per (event,
+/// enabled endpoint subscribed to its type or `*` whose project filter
+/// matches); a pair that already has one is skipped, so a redelivered event
+/// is harmless. A constant number of statements whatever the batch size.
 /// Returns the number created.
 pub async fn fan_out(
     client: &impl deadpool_postgres::GenericClient,
-    e: &FanOut<'_>,
+    events: &[FanOut<'_>],
+    first_delay: Duration,
 ) -> Result<u64, DbError> {
-    let rows = client
-        .query(
-            "SELECT w.id FROM webhooks w WHERE w.deleted_at IS NULL AND w.enabled \
-             AND ($1 = ANY(w.events) OR '*' = ANY(w.events)) \
-             AND (w.project_id IS NULL OR w.project_id = \
-                  (SELECT c.project_id FROM commands c WHERE c.id = $2))",
-            &[&e.event_type, &e.command_id],
-        )
-        .await?;
-    if rows.is_empty() {
+    if events.is_empty() {
         return Ok(0);
     }
-    let webhook_ids: Vec<Uuid> = rows
+    let endpoints: Vec<(Uuid, Vec<String>, Option<Uuid>)> = client
+        .query(
+            "SELECT id, events, project_id FROM webhooks WHERE deleted_at IS NULL AND enabled",
+            &[],
+        )
+        .await?
         .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let ids: Vec<Uuid> = webhook_ids.iter().map(|_| Uuid::now_v7()).collect();
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, DbError>>()?;
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
+    let command_ids: Vec<Uuid> = events.iter().filter_map(|e| e.command_id).collect();
+    let projects: HashMap<Uuid, Uuid> = if endpoints.iter().any(|e| e.2.is_some()) {
+        client
+            .query(
+                "SELECT id, project_id FROM commands WHERE id = ANY($1)",
+                &[&command_ids],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, DbError>>()?
+    } else {
+        HashMap::new()
+    };
+    let mut ids = Vec::new();
+    let mut webhook_ids = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut types = Vec::new();
+    let mut payloads: Vec<&[u8]> = Vec::new();
+    for e in events {
+        let project = e.command_id.and_then(|c| projects.get(&c).copied());
+        for (wid, subscribed, filter) in &endpoints {
+            if subscribes(subscribed, *filter, e.event_type, project) {
+                ids.push(Uuid::now_v7());
+                webhook_ids.push(*wid);
+                event_ids.push(e.event_id);
+                types.push(e.event_type);
+                payloads.push(e.payload);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
     Ok(client
         .execute(
             "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status, \
              next_attempt_at) \
-             SELECT d.id, d.webhook_id, $3, $4, $5, 'pending', now() + make_interval(secs => $6) \
-             FROM unnest($1::uuid[], $2::uuid[]) AS d(id, webhook_id) \
+             SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, 'pending', \
+                    now() + make_interval(secs => $6) \
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bytea[]) \
+                  AS d(id, webhook_id, event_id, event_type, payload) \
              ON CONFLICT (webhook_id, event_id) DO NOTHING",
             &[
                 &ids,
                 &webhook_ids,
-                &e.event_id,
-                &e.event_type,
-                &e.payload,
-                &secs(e.first_delay),
+                &event_ids,
+                &types,
+                &payloads,
+                &secs(first_delay),
             ],
         )
         .await?)
+}
+
+/// Whether an endpoint with these `events` and project filter wants an event
+/// of `event_type` about a command of `project`.
+pub fn subscribes(
+    events: &[String],
+    filter: Option<Uuid>,
+    event_type: &str,
+    project: Option<Uuid>,
+) -> bool {
+    let type_ok = events
+        .iter()
+        .any(|e| e == crate::webhook::ALL_EVENTS || e == event_type);
+    type_ok && filter.is_none_or(|f| project == Some(f))
 }
 
 /// Enqueues one delivery for one endpoint, due now (the test event).
@@ -645,4 +694,33 @@ pub async fn recover(
             &[&webhook_id, &since],
         )
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subscribes;
+    use uuid::Uuid;
+
+    #[test]
+    fn subscriptions_match_type_wildcard_and_project() {
+        let p = Uuid::now_v7();
+        let q = Uuid::now_v7();
+        let ev = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(subscribes(&ev(&["*"]), None, "command.started", None));
+        assert!(subscribes(
+            &ev(&["command.failed"]),
+            None,
+            "command.failed",
+            Some(p)
+        ));
+        assert!(!subscribes(
+            &ev(&["command.failed"]),
+            None,
+            "command.started",
+            Some(p)
+        ));
+        assert!(subscribes(&ev(&["*"]), Some(p), "command.failed", Some(p)));
+        assert!(!subscribes(&ev(&["*"]), Some(p), "command.failed", Some(q)));
+        assert!(!subscribes(&ev(&["*"]), Some(p), "command.failed", None));
+    }
 }
