@@ -37,6 +37,16 @@ pub struct ApiConfig {
     /// addresses (development and tests only): `1` or `0`.
     #[arg(long, env = "RDEV_WEBHOOK_ALLOW_PRIVATE", default_value = "0", value_parser = parse_flag)]
     pub webhook_allow_private: bool,
+    /// Open SSE connections allowed on this instance.
+    #[arg(long, env = "RDEV_SSE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub sse_max_connections: usize,
+    /// Open SSE connections allowed per API key on this instance.
+    #[arg(long, env = "RDEV_SSE_MAX_PER_KEY", default_value_t = 100)]
+    pub sse_max_per_key: usize,
+    /// An SSE connection is closed after this long with a `reconnect` event;
+    /// the client resumes with `Last-Event-ID` (bounds the life of any leak).
+    #[arg(long, env = "RDEV_SSE_MAX_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub sse_max_lifetime: Duration,
 }
 
 /// Settings of `rdev-api` as a whole.

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,12 +61,22 @@ pub async fn start(
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
 
+    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
+    publisher.set_metrics(metrics.clone());
+    let sse = limits::SseLimiter::new(
+        cfg.sse_max_connections,
+        cfg.sse_max_per_key,
+        metrics.sse_connections_active.clone(),
+    );
     let state = AppState {
+        metrics,
+        sse,
         pool,
         publisher,
         hub,
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
+        shutdown: stop_rx.clone(),
     };
     let app = http::router(state);
     let listener = TcpListener::bind(cfg.listen).await?;

@@ -48,7 +48,7 @@ enum KeysCmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.global.log);
+    let _telemetry = telemetry::init(&cli.global.log, "rdev-api");
     match cli
         .command
         .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())))

@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use rdev_shared::db::{self, DbError, Pool};
+use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::Publisher;
 use rdev_shared::relay;
 use serde_json::json;
@@ -45,6 +46,17 @@ pub enum DispatcherError {
 struct Ops {
     pool: Pool,
     publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
+}
+
+async fn render_metrics(State(ops): State<Ops>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            rdev_shared::metrics::CONTENT_TYPE,
+        )],
+        ops.metrics.render(Some(&ops.pool)),
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -81,6 +93,8 @@ pub async fn start(
 ) -> Result<Dispatcher, DispatcherError> {
     let pool = db::pool(&cfg.db)?;
     let publisher = Publisher::new(cfg.amqp.clone(), "rdev-dispatcher");
+    let metrics = Arc::new(Metrics::new("rdev-dispatcher"));
+    publisher.set_metrics(metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -91,9 +105,11 @@ pub async fn start(
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
         .with_state(Ops {
             pool: pool.clone(),
             publisher: publisher.clone(),
+            metrics: metrics.clone(),
         });
     let ops = tokio::spawn({
         let stop = stopped(stop_rx.clone());
@@ -109,6 +125,7 @@ pub async fn start(
     let relay = tokio::spawn(relay_loop(
         pool.clone(),
         publisher.clone(),
+        metrics.clone(),
         cfg.relay_interval,
         cfg.relay_min_age,
         stop_rx.clone(),
@@ -134,6 +151,7 @@ pub async fn start(
 async fn relay_loop(
     pool: Pool,
     publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
     interval: Duration,
     min_age: Duration,
     mut stop: watch::Receiver<bool>,
@@ -144,6 +162,13 @@ async fn relay_loop(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
+        }
+        match pool.get().await {
+            Ok(c) => match rdev_shared::db::outbox::pending_count(&c).await {
+                Ok(n) => metrics.outbox_pending.set(n),
+                Err(e) => tracing::debug!(error = %e, "cannot count the outbox"),
+            },
+            Err(e) => tracing::debug!(error = %e, "cannot count the outbox"),
         }
         // Drain in batches while there is a backlog.
         loop {

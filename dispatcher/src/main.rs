@@ -7,7 +7,7 @@ async fn main() -> anyhow::Result<()> {
     // Both rustls crypto backends are compiled in; pick one before any TLS.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg = Config::parse();
-    rdev_shared::telemetry::init(&cfg.log);
+    let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-dispatcher");
     let d = rdev_dispatcher::start(cfg, shutdown_signal())
         .await
         .context("starting rdev-dispatcher")?;

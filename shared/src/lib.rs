@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod metrics;
 pub mod mq;
 pub mod netguard;
 pub mod relay;

@@ -92,6 +92,7 @@ pub async fn run_with_addr(
     let readiness = Readiness {
         pool,
         consumer_connected: worker.consumer_connected(),
+        metrics: worker.metrics(),
     };
     let http_done = done.clone();
     let server = tokio::spawn(async move {
@@ -101,11 +102,13 @@ pub async fn run_with_addr(
             .await
     });
     let heartbeat = tokio::spawn(runner::heartbeat(worker.clone(), done.clone()));
+    let control = tokio::spawn(runner::control(worker.clone(), done.clone()));
 
     runner::consume(worker, stop).await;
 
     done.cancel();
     let _ = heartbeat.await;
+    let _ = control.await;
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint failed"),
         Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),

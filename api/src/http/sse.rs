@@ -26,12 +26,15 @@ use super::AppState;
 use super::commands::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
+use crate::limits::{Refusal, SseSlot};
 
 /// Chunks read from PostgreSQL per page: at most 8 × 64 KiB held per
 /// connection while catching up.
 const CATCH_UP_PAGE: i64 = 8;
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
+/// Reconnection delay suggested when this instance shuts down.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
 
@@ -103,8 +106,18 @@ pub async fn events(
     auth.require(Scope::CommandsRead)?;
     let after = last_event_id(&headers)?;
     let cmd = load_visible_command(&st, &auth, &id).await?;
+    let slot = st.sse.admit(auth.key.id).map_err(|r| match r {
+        Refusal::Instance(n) => ApiError::TooManyRequests {
+            detail: format!("this instance serves its maximum of {n} event streams; retry later"),
+            retry_after_s: 5,
+        },
+        Refusal::Key(n) => ApiError::TooManyRequests {
+            detail: format!("this API key has its maximum of {n} open event streams"),
+            retry_after_s: 5,
+        },
+    })?;
     let keepalive = st.cfg.sse_keepalive;
-    let stream = event_stream(st, cmd, after);
+    let stream = event_stream(st, cmd, after, slot);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
 }
 
@@ -112,12 +125,19 @@ fn event_stream(
     st: AppState,
     cmd: Command,
     after: i64,
+    slot: SseSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        // Held for the life of the stream: dropping the stream (client gone,
+        // server shutting down, end) releases it.
+        let _slot = slot;
+        let expires = tokio::time::sleep(st.cfg.sse_max_lifetime);
+        tokio::pin!(expires);
         let pool = st.pool.clone();
         let id = cmd.id;
         // Subscribe first: from here on nothing published is missed.
         let mut sub = st.hub.subscribe(id).await;
+        let mut shutdown = st.shutdown.clone();
         let mut last = after;
         let mut max_seen = after;
         let mut status = cmd.status;
@@ -158,6 +178,21 @@ fn event_stream(
             }
             let behind = last < max_seen;
             tokio::select! {
+                () = &mut expires => {
+                    yield Ok(Event::default()
+                        .event("reconnect")
+                        .data(r#"{"reason":"maximum connection lifetime reached"}"#)
+                        .retry(SHUTDOWN_RETRY));
+                    break;
+                }
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    // Resume elsewhere: the client reconnects with Last-Event-ID.
+                    yield Ok(Event::default()
+                        .event("reconnect")
+                        .data(r#"{"reason":"server shutting down"}"#)
+                        .retry(SHUTDOWN_RETRY));
+                    break;
+                }
                 msg = sub.recv() => match msg.as_deref() {
                     Some(OutputEvent::Chunk { seq, stream, data }) => {
                         max_seen = max_seen.max(*seq);

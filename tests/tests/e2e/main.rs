@@ -3,6 +3,8 @@
 
 mod api_errors;
 mod commands;
+mod fleet;
+mod observability;
 mod projects;
 mod sse;
 mod support;

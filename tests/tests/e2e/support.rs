@@ -25,6 +25,11 @@ pub struct Options {
     pub kill_grace_s: u64,
     /// `RDEV_WEBHOOK_ALLOW_PRIVATE` of the API (receivers in tests are on loopback).
     pub webhook_allow_private: bool,
+    pub concurrency: u16,
+    pub lost_after_s: u64,
+    pub sse_max_connections: usize,
+    pub sse_max_per_key: usize,
+    pub sse_max_lifetime: Duration,
 }
 
 impl Default for Options {
@@ -36,12 +41,21 @@ impl Default for Options {
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
             webhook_allow_private: true,
+            concurrency: 4,
+            lost_after_s: 30,
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: Duration::from_secs(3600),
         }
     }
 }
 
 pub struct TestApp {
     pub env: TestEnv,
+    /// Base URL of the in-process worker's `/health`, `/ready`, `/metrics`.
+    pub worker_ops: Option<String>,
+    /// Base URL of the in-process dispatcher's ops endpoints.
+    pub dispatcher_ops: Option<String>,
     pub base: String,
     pub http: reqwest::Client,
     pub admin_key: String,
@@ -76,9 +90,12 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         migrate: false,
         max_body_bytes: opts.max_body_bytes,
         max_timeout_s: 86_400,
-        sse_keepalive: Duration::from_secs(15),
+        sse_keepalive: Duration::from_secs(1),
         sse_poll: Duration::from_millis(500),
         webhook_allow_private: opts.webhook_allow_private,
+        sse_max_connections: opts.sse_max_connections,
+        sse_max_per_key: opts.sse_max_per_key,
+        sse_max_lifetime: opts.sse_max_lifetime,
     };
     let server = rdev_api::start(cfg, stop.clone().cancelled_owned())
         .await
@@ -88,20 +105,27 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let _ = server.task.await;
     }));
 
+    let mut worker_ops = None;
+    let mut dispatcher_ops = None;
     if opts.worker {
-        let wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
+        let mut wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
+        wcfg.concurrency = opts.concurrency;
         let s = stop.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = rdev_worker::run(wcfg, s.cancelled_owned()).await {
+            if let Err(e) = rdev_worker::run_with_addr(wcfg, s.cancelled_owned(), Some(tx)).await {
                 panic!("worker failed: {e}");
             }
         }));
+        worker_ops = rx.await.ok().map(|a| format!("http://{a}"));
     }
     if opts.dispatcher {
-        let dcfg = dispatcher_config(&env);
+        let mut dcfg = dispatcher_config(&env);
+        dcfg.lost_after_s = opts.lost_after_s;
         let d = rdev_dispatcher::start(dcfg, stop.clone().cancelled_owned())
             .await
             .expect("dispatcher");
+        dispatcher_ops = Some(format!("http://{}", d.addr));
         tasks.push(tokio::spawn(async move {
             let _ = d.task.await;
         }));
@@ -124,6 +148,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     drop(client);
 
     TestApp {
+        worker_ops,
+        dispatcher_ops,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -236,6 +262,53 @@ impl Resp {
 }
 
 impl TestApp {
+    /// Starts another in-process worker on this app's database and broker;
+    /// it stops when `stop` is cancelled or the app drops.
+    pub fn start_worker(&mut self, concurrency: u16, stop: CancellationToken) {
+        let mut cfg = worker_config(&self.env, &self.workspace, 1);
+        cfg.concurrency = concurrency;
+        let all = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                tokio::select! { () = stop.cancelled() => {}, () = all.cancelled() => {} }
+            };
+            if let Err(e) = rdev_worker::run(cfg, stopped).await {
+                panic!("worker failed: {e}");
+            }
+        }));
+    }
+
+    /// Starts a second API instance on the same database and broker.
+    pub async fn start_api(
+        &mut self,
+        stop: CancellationToken,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let cfg = ApiConfig {
+            db: self.env.db.clone(),
+            amqp: self.env.amqp.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            migrate: false,
+            max_body_bytes: 1024 * 1024,
+            max_timeout_s: 86_400,
+            sse_keepalive: Duration::from_secs(1),
+            sse_poll: Duration::from_millis(500),
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: Duration::from_secs(3600),
+            webhook_allow_private: true,
+        };
+        let all = self.stop.clone();
+        let stopped = async move {
+            tokio::select! { () = stop.cancelled() => {}, () = all.cancelled() => {} }
+        };
+        let server = rdev_api::start(cfg, stopped).await.expect("start api");
+        let base = format!("http://{}", server.addr);
+        let task = tokio::spawn(async move {
+            let _ = server.task.await;
+        });
+        (base, task)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -277,6 +350,23 @@ impl TestApp {
             None,
         )
         .await
+    }
+
+    /// Polls until the command has the given status.
+    pub async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let c = self.get(&format!("/v1/commands/{id}")).await.json();
+            if c["status"] == status {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "command {id} is {} not {status}",
+                c["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Resp {
@@ -403,4 +493,44 @@ pub fn sse_seqs(events: &[Sse]) -> Vec<i64> {
         .filter(|e| e.event == "output")
         .filter_map(|e| e.data["seq"].as_i64())
         .collect()
+}
+
+/// Whether a process no longer runs (absent, or a zombie awaiting its reaper).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits up to 5 s for a process to be gone; panics otherwise.
+pub async fn wait_gone(pid: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !process_gone(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first line of a command's output parsed as a pid.
+pub async fn first_line_pid(app: &TestApp, id: &str) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = app.output(id, None).await;
+        let text = String::from_utf8_lossy(&out);
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pid printed by {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
