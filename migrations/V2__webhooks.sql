@@ -26,6 +26,8 @@ CREATE TABLE webhook_deliveries (
     event_id         uuid NOT NULL,
     event_type       text NOT NULL,
     payload          bytea NOT NULL,               -- the exact bytes signed and sent
+    -- W3C trace context of the event, so the attempt joins the command's trace.
+    trace_headers    jsonb NOT NULL DEFAULT '{}'::jsonb,
     status           text NOT NULL CHECK (status IN ('pending','succeeded','failed','dead')),
     attempts         integer NOT NULL DEFAULT 0,
     -- Index into the retry schedule is `attempts - retry_base`; recovery

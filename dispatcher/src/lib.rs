@@ -136,8 +136,13 @@ pub async fn start(
         Duration::from_secs(cfg.lost_after_s.max(1)),
         stop_rx.clone(),
     ));
-    let (events, deliveries) =
-        webhooks::spawn(pool, cfg.amqp.clone(), cfg.webhook_settings(), stop_rx)?;
+    let (events, deliveries) = webhooks::spawn(
+        pool,
+        cfg.amqp.clone(),
+        cfg.webhook_settings(),
+        metrics,
+        stop_rx,
+    )?;
     tracing::info!(%addr, "rdev-dispatcher running");
     let task = tokio::spawn(async move {
         shutdown.await;

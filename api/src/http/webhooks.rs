@@ -432,7 +432,10 @@ pub async fn test(
     let payload = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
-    let delivery_id = repo::insert_delivery(&tx, w.id, event_id, TEST_EVENT, &payload).await?;
+    let mut trace = std::collections::BTreeMap::new();
+    rdev_shared::telemetry::inject_current(&mut trace);
+    let delivery_id =
+        repo::insert_delivery(&tx, w.id, event_id, TEST_EVENT, &payload, &trace).await?;
     audit::append(
         &tx,
         &entry(

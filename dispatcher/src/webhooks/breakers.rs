@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdev_shared::breaker::{Breaker, BreakerConfig, BreakerState};
+use rdev_shared::metrics::Metrics;
 
 /// A breaker unused for this long may be evicted even when the map is not full.
 const IDLE: Duration = Duration::from_secs(600);
@@ -22,15 +23,35 @@ pub struct Breakers {
     cfg: BreakerConfig,
     max: usize,
     map: Mutex<HashMap<String, Entry>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Breakers {
     /// An empty map holding at most `max` breakers.
-    pub fn new(cfg: BreakerConfig, max: usize) -> Self {
+    /// Evicted destinations leave the `circuit_breaker_state` gauge.
+    pub fn new(cfg: BreakerConfig, max: usize, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             cfg,
             max: max.max(1),
             map: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Publishes a destination's state on the `circuit_breaker_state` gauge.
+    pub fn report(&self, destination: &str, breaker: &Breaker) {
+        if let Some(m) = &self.metrics {
+            m.circuit_breaker_state
+                .with_label_values(&[&gauge_label(destination)])
+                .set(breaker.state().as_gauge());
+        }
+    }
+
+    fn forget(&self, destination: &str) {
+        if let Some(m) = &self.metrics {
+            let _ = m
+                .circuit_breaker_state
+                .remove_label_values(&[&gauge_label(destination)]);
         }
     }
 
@@ -54,6 +75,7 @@ impl Breakers {
                 .map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
+            self.forget(&oldest);
         }
         let breaker = Arc::new(Breaker::new(self.cfg));
         map.insert(
@@ -77,13 +99,18 @@ impl Breakers {
     }
 }
 
+/// Label of a destination on the shared breaker gauge.
+fn gauge_label(destination: &str) -> String {
+    format!("webhook:{destination}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_map_stays_bounded_and_keeps_the_same_breaker_per_host() {
-        let b = Breakers::new(BreakerConfig::default(), 3);
+        let b = Breakers::new(BreakerConfig::default(), 3, None);
         let a1 = b.get("a:80");
         assert!(Arc::ptr_eq(&a1, &b.get("a:80")));
         for h in ["b:80", "c:80", "d:80", "e:80"] {

@@ -3,6 +3,7 @@
 //! schedule from then on; a redelivered event creates nothing new thanks to
 //! the unique (endpoint, event) pair.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use lapin::{Channel, Connection, Consumer};
 use rdev_shared::config::AmqpConfig;
 use rdev_shared::db::webhooks::{self as repo, FanOut};
 use rdev_shared::db::{DbError, Pool};
+use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::{self, MqError, Topology};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
@@ -53,6 +55,8 @@ pub struct Consuming {
     pub first_delay: Duration,
     /// Woken after new deliveries are created.
     pub wake: Arc<Notify>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
 }
 
 async fn open(c: &Consuming) -> Result<(Connection, Channel, Consumer), MqError> {
@@ -152,6 +156,10 @@ pub async fn run(c: Consuming, mut stop: watch::Receiver<bool>) {
 /// Fans out a batch of events in one transaction, then acks them; on a
 /// database error every event of the batch goes back to the queue.
 async fn handle_batch(c: &Consuming, batch: Vec<Delivery>) {
+    c.metrics
+        .amqp_consumed_total
+        .with_label_values(&["webhooks"])
+        .inc_by(batch.len() as u64);
     let mut events = Vec::with_capacity(batch.len());
     for d in batch {
         match serde_json::from_slice::<EventHead>(&d.data) {
@@ -207,13 +215,24 @@ async fn ack(d: Delivery) {
 }
 
 async fn fan_out(c: &Consuming, events: &[(EventHead, Delivery)]) -> Result<u64, DbError> {
+    let traces: Vec<BTreeMap<String, String>> = events
+        .iter()
+        .map(|(_, d)| {
+            mq::header_pairs(&d.properties)
+                .into_iter()
+                .filter(|(k, _)| k == "traceparent" || k == "tracestate")
+                .collect()
+        })
+        .collect();
     let batch: Vec<FanOut<'_>> = events
         .iter()
-        .map(|(head, d)| FanOut {
+        .zip(&traces)
+        .map(|((head, d), trace)| FanOut {
             event_id: head.id,
             event_type: &head.kind,
             payload: &d.data,
             command_id: head.data.as_ref().and_then(|x| x.id),
+            trace_headers: trace,
         })
         .collect();
     let client = c.pool.get().await?;

@@ -9,9 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use rdev_shared::db::webhooks::{self as repo, AttemptRecord, Claimed, Next};
 use rdev_shared::db::{DbError, Pool};
+use rdev_shared::metrics::Metrics;
 use rdev_shared::netguard;
+use rdev_shared::telemetry;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::Settings;
 use super::breakers::Breakers;
@@ -33,6 +36,8 @@ pub struct Delivering {
     pub settings: Settings,
     /// Woken when new deliveries exist.
     pub wake: Arc<Notify>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Delivering {
@@ -71,7 +76,21 @@ pub async fn run(d: Arc<Delivering>, mut stop: watch::Receiver<bool>) {
                 release_now(&d, &c).await;
                 continue;
             };
-            inflight.spawn(deliver(d.clone(), c, permit));
+            let span = tracing::info_span!(
+                "webhook.deliver",
+                delivery_id = %c.id,
+                webhook_id = %c.webhook_id,
+                event_type = %c.event_type,
+                attempt = c.attempts + 1,
+                trace_id = tracing::field::Empty,
+            );
+            let pairs: Vec<(&str, &str)> = c
+                .trace_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            telemetry::continue_trace(&span, &pairs);
+            inflight.spawn(deliver(d.clone(), c, permit).instrument(span));
         }
         if full_batch {
             // More may be due; wait for a free slot, not for the poll.
@@ -125,8 +144,15 @@ fn destination(url: &str) -> String {
 }
 
 async fn deliver(d: Arc<Delivering>, c: Claimed, _permit: OwnedSemaphorePermit) {
-    let breaker = d.breakers.get(&destination(&c.url));
-    if let Err(refused) = breaker.acquire() {
+    let dest = destination(&c.url);
+    let breaker = d.breakers.get(&dest);
+    let acquired = breaker.acquire();
+    d.breakers.report(&dest, &breaker);
+    if let Err(refused) = acquired {
+        d.metrics
+            .webhook_deliveries_total
+            .with_label_values(&["skipped"])
+            .inc();
         // No attempt while the circuit is open: the delivery waits for it.
         tracing::debug!(delivery = %c.id, retry_in = ?refused.retry_in, "circuit open; rescheduling");
         release(&d, &c, refused.retry_in).await;
@@ -149,6 +175,10 @@ async fn deliver(d: Arc<Delivering>, c: Claimed, _permit: OwnedSemaphorePermit) 
     } else {
         breaker.success();
     }
+    d.breakers.report(&dest, &breaker);
+    d.metrics
+        .webhook_delivery_duration_seconds
+        .observe(outcome.duration.as_secs_f64());
     if let Err(e) = record(&d, &c, &outcome).await {
         // The lease expires and the delivery is tried again: at least once.
         tracing::warn!(error = %e, delivery = %c.id, "cannot record a webhook attempt");
@@ -213,6 +243,15 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
         }
     }
     tx.commit().await?;
+    let label = match next {
+        Next::Succeeded => "succeeded",
+        Next::Dead => "dead",
+        Next::RetryAt(_) | Next::Failed => "failed",
+    };
+    d.metrics
+        .webhook_deliveries_total
+        .with_label_values(&[label])
+        .inc();
     if let Some(reason) = disabled {
         tracing::warn!(webhook = %c.webhook_id, %reason, "webhook endpoint disabled");
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rdev_shared::breaker::BreakerConfig;
 use rdev_shared::config::AmqpConfig;
 use rdev_shared::db::Pool;
+use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::Topology;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -53,6 +54,7 @@ pub fn spawn(
     pool: Pool,
     amqp: AmqpConfig,
     settings: Settings,
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>), reqwest::Error> {
     let wake = Arc::new(Notify::new());
@@ -65,15 +67,17 @@ pub fn spawn(
             prefetch: settings.prefetch,
             first_delay: settings.schedule.first(),
             wake: wake.clone(),
+            metrics: metrics.clone(),
         },
         stop.clone(),
     ));
     let delivering = Arc::new(deliver::Delivering {
         pool,
         client,
-        breakers: breakers::Breakers::new(settings.breaker, MAX_BREAKERS),
+        breakers: breakers::Breakers::new(settings.breaker, MAX_BREAKERS, Some(metrics.clone())),
         settings,
         wake,
+        metrics,
     });
     let delivery = tokio::spawn(deliver::run(delivering, stop));
     Ok((consumer, delivery))

@@ -7,7 +7,7 @@
 //! never send or count the same attempt, and a dispatcher that dies
 //! mid-attempt only delays it until the lease runs out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, parse_col};
+use super::{DbError, from_json, parse_col, to_json};
 use crate::config::Secret;
 use crate::webhook::{Attempt, Delivery, DeliveryStatus, Webhook};
 
@@ -243,6 +243,8 @@ pub struct FanOut<'a> {
     pub payload: &'a [u8],
     /// The command the event is about (its project filters endpoints).
     pub command_id: Option<Uuid>,
+    /// Trace context headers (`traceparent`, `tracestate`) of the event.
+    pub trace_headers: &'a BTreeMap<String, String>,
 }
 
 /// Creates one pending delivery, due after `first_delay`, per (event,
@@ -289,6 +291,7 @@ pub async fn fan_out(
     let mut event_ids = Vec::new();
     let mut types = Vec::new();
     let mut payloads: Vec<&[u8]> = Vec::new();
+    let mut traces = Vec::new();
     for e in events {
         let project = e.command_id.and_then(|c| projects.get(&c).copied());
         for (wid, subscribed, filter) in &endpoints {
@@ -298,6 +301,7 @@ pub async fn fan_out(
                 event_ids.push(e.event_id);
                 types.push(e.event_type);
                 payloads.push(e.payload);
+                traces.push(to_json(e.trace_headers));
             }
         }
     }
@@ -307,11 +311,11 @@ pub async fn fan_out(
     Ok(client
         .execute(
             "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status, \
-             next_attempt_at) \
+             next_attempt_at, trace_headers) \
              SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, 'pending', \
-                    now() + make_interval(secs => $6) \
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bytea[]) \
-                  AS d(id, webhook_id, event_id, event_type, payload) \
+                    now() + make_interval(secs => $6), d.trace \
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bytea[], $7::jsonb[]) \
+                  AS d(id, webhook_id, event_id, event_type, payload, trace) \
              ON CONFLICT (webhook_id, event_id) DO NOTHING",
             &[
                 &ids,
@@ -320,6 +324,7 @@ pub async fn fan_out(
                 &types,
                 &payloads,
                 &secs(first_delay),
+                &traces,
             ],
         )
         .await?)
@@ -346,13 +351,21 @@ pub async fn insert_delivery(
     event_id: Uuid,
     event_type: &str,
     payload: &[u8],
+    trace_headers: &BTreeMap<String, String>,
 ) -> Result<Uuid, DbError> {
     let id = Uuid::now_v7();
     client
         .execute(
-            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status) \
-             VALUES ($1,$2,$3,$4,$5,'pending')",
-            &[&id, &webhook_id, &event_id, &event_type, &payload],
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status, \
+             trace_headers) VALUES ($1,$2,$3,$4,$5,'pending',$6)",
+            &[
+                &id,
+                &webhook_id,
+                &event_id,
+                &event_type,
+                &payload,
+                &to_json(trace_headers),
+            ],
         )
         .await?;
     Ok(id)
@@ -383,6 +396,8 @@ pub struct Claimed {
     pub retry_base: i32,
     /// A failure of this attempt ends the delivery (manual redelivery).
     pub single_attempt: bool,
+    /// Trace context of the event.
+    pub trace_headers: BTreeMap<String, String>,
 }
 
 /// Claims up to `limit` due deliveries of enabled endpoints, oldest due
@@ -407,7 +422,7 @@ pub async fn claim_due(
                  ORDER BY dd.next_attempt_at LIMIT $1 \
                  FOR UPDATE OF dd SKIP LOCKED) \
              RETURNING d.id, d.webhook_id, w.url, w.secret, d.event_id, d.event_type, d.payload, \
-                 d.attempts, d.retry_base, d.single_attempt",
+                 d.attempts, d.retry_base, d.single_attempt, d.trace_headers",
             &[&limit, &secs(lease), &token],
         )
         .await?;
@@ -425,6 +440,8 @@ pub async fn claim_due(
                 attempts: r.try_get("attempts")?,
                 retry_base: r.try_get("retry_base")?,
                 single_attempt: r.try_get("single_attempt")?,
+                trace_headers: from_json(r.try_get("trace_headers")?, "trace_headers")
+                    .unwrap_or_default(),
             })
         })
         .collect()
