@@ -69,7 +69,9 @@ pub async fn run(d: Arc<Delivering>, mut stop: watch::Receiver<bool>) {
                 }
             }
         };
-        let full_batch = free > 0 && claimed.len() == free;
+        // Every slot taken (or just filled): more may be due, so wait for a
+        // free slot rather than for the poll interval.
+        let saturated = claimed.len() == free;
         for c in claimed {
             // Never fails: the claim asked for at most the free permits.
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -92,8 +94,7 @@ pub async fn run(d: Arc<Delivering>, mut stop: watch::Receiver<bool>) {
             telemetry::continue_trace(&span, &pairs);
             inflight.spawn(deliver(d.clone(), c, permit).instrument(span));
         }
-        if full_batch {
-            // More may be due; wait for a free slot, not for the poll.
+        if saturated {
             tokio::select! {
                 () = super::stopped(&mut stop) => break,
                 p = permits.clone().acquire_owned() => drop(p),
