@@ -146,6 +146,7 @@ async fn dead_url() -> String {
 // ---- dispatchers ----------------------------------------------------------
 
 struct RunningDispatcher {
+    addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -159,9 +160,24 @@ impl RunningDispatcher {
         .await
         .expect("dispatcher");
         Self {
+            addr: d.addr,
             stop: Some(tx),
             task: Some(d.task),
         }
+    }
+
+    /// The value of the series `name{…label…}` on the ops server's `/metrics`.
+    async fn metric(&self, name: &str, label: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} {label} in:\n{text}"))
     }
 
     /// Graceful stop: in-flight attempts finish and are recorded.
@@ -443,6 +459,12 @@ async fn restarting_the_dispatcher_mid_schedule_loses_and_doubles_no_attempt() {
     let after_stop = rx.hits().len();
     let second = RunningDispatcher::start(cfg.clone()).await;
     let d = wait_delivery(&app, &id_of(&w), &d, status_is("succeeded")).await;
+    assert_eq!(
+        second
+            .metric("webhook_deliveries_total", "outcome=\"succeeded\"")
+            .await,
+        1.0
+    );
     second.shutdown().await;
 
     assert!(after_stop >= 1);
