@@ -48,6 +48,8 @@ type Answer = Arc<dyn Fn(usize, usize) -> u16 + Send + Sync>;
 struct RecvState {
     hits: Arc<Mutex<Vec<Hit>>>,
     answer: Arc<Mutex<Answer>>,
+    /// `Retry-After` sent with every answer, when set.
+    retry_after: Arc<Mutex<Option<String>>>,
 }
 
 struct Receiver {
@@ -62,7 +64,11 @@ impl Drop for Receiver {
     }
 }
 
-async fn record(State(st): State<RecvState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn record(
+    State(st): State<RecvState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap) {
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -79,7 +85,13 @@ async fn record(State(st): State<RecvState>, headers: HeaderMap, body: Bytes) ->
         (hits.len() - 1, per_id)
     };
     let answer = st.answer.lock().expect("answer").clone();
-    StatusCode::from_u16(answer(n, per_id)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status =
+        StatusCode::from_u16(answer(n, per_id)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = HeaderMap::new();
+    if let Some(v) = st.retry_after.lock().expect("retry-after").clone() {
+        out.insert("retry-after", v.parse().expect("header value"));
+    }
+    (status, out)
 }
 
 impl Receiver {
@@ -87,6 +99,7 @@ impl Receiver {
         let state = RecvState {
             hits: Arc::default(),
             answer: Arc::new(Mutex::new(Arc::new(answer))),
+            retry_after: Arc::default(),
         };
         let app = Router::new().fallback(record).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -110,6 +123,10 @@ impl Receiver {
 
     fn answer_with(&self, answer: impl Fn(usize, usize) -> u16 + Send + Sync + 'static) {
         *self.state.answer.lock().expect("answer") = Arc::new(answer);
+    }
+
+    fn send_retry_after(&self, value: &str) {
+        *self.state.retry_after.lock().expect("retry-after") = Some(value.to_owned());
     }
 
     fn hits(&self) -> Vec<Hit> {
@@ -442,6 +459,30 @@ async fn receiver_that_never_succeeds_ends_dead_after_the_schedule() {
         ))
         .await;
     r.assert_problem(422);
+}
+
+#[tokio::test]
+async fn retry_after_on_503_and_429_is_honoured_up_to_the_cap() {
+    let app = spawn_app_with(opts(false)).await;
+    let mut cfg = dispatcher_config(&app.env); // schedule 0s,1s,1s
+    cfg.webhook_retry_after_max = Duration::from_secs(3);
+    let _d = RunningDispatcher::start(cfg).await;
+
+    // Retry-After: 2 beats the 1 s (±10%) scheduled delay.
+    let rx = Receiver::start(|n, _| if n == 0 { 503 } else { 200 }).await;
+    rx.send_retry_after("2");
+    let w = create_webhook(&app, json!({"url": rx.url, "events": ["*"]})).await;
+    let d = send_test(&app, &id_of(&w)).await;
+    wait_delivery(&app, &id_of(&w), &d, status_is("succeeded")).await;
+    assert_spacing(&rx.hits(), Duration::from_millis(1950));
+
+    // An hour is capped at 3 s: the retry still comes, after the cap.
+    let rx = Receiver::start(|n, _| if n == 0 { 429 } else { 200 }).await;
+    rx.send_retry_after("3600");
+    let w = create_webhook(&app, json!({"url": rx.url, "events": ["*"]})).await;
+    let d = send_test(&app, &id_of(&w)).await;
+    wait_delivery(&app, &id_of(&w), &d, status_is("succeeded")).await;
+    assert_spacing(&rx.hits(), Duration::from_millis(2950));
 }
 
 #[tokio::test]
