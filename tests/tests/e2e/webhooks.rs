@@ -922,3 +922,67 @@ async fn a_project_restricted_key_sees_only_its_projects_webhooks() {
         .await;
     assert_eq!(r.assert_problem(422)["errors"][0]["field"], "project");
 }
+
+#[tokio::test]
+async fn a_claim_lost_to_a_crash_is_retried_after_its_lease_and_counted_once() {
+    use rdev_shared::db::webhooks::{self as repo, AttemptRecord, Next};
+
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let w = create_webhook(&app, json!({"url": "http://127.0.0.1:9/", "events": ["*"]})).await;
+    let d = send_test(&app, &id_of(&w)).await;
+    let c = app.env.pool.get().await.expect("db");
+
+    // A dispatcher claims the delivery, then "crashes" (never records).
+    let first = repo::claim_due(&c, 10, Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1);
+    assert!(
+        repo::claim_due(&c, 10, Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a leased delivery is not claimed twice"
+    );
+    // After the lease, another dispatcher gets it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = repo::claim_due(&c, 10, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id.to_string(), d);
+
+    let record = |token| AttemptRecord {
+        delivery_id: second[0].id,
+        lease_token: token,
+        at: chrono::Utc::now(),
+        status_code: Some(200),
+        duration_ms: 1,
+        error: None,
+        response_excerpt: None,
+        next: Next::Succeeded,
+    };
+    // The crashed holder's late write is refused; the live holder's counts.
+    assert!(
+        !repo::record_attempt(&c, &record(first[0].lease_token))
+            .await
+            .expect("record")
+    );
+    assert!(
+        repo::record_attempt(&c, &record(second[0].lease_token))
+            .await
+            .expect("record")
+    );
+    assert!(
+        !repo::record_attempt(&c, &record(second[0].lease_token))
+            .await
+            .expect("record")
+    );
+    let d = delivery(&app, &id_of(&w), &d).await;
+    assert_eq!(d["status"], "succeeded");
+    assert_eq!(attempt_codes(&d), vec![Some(200)]);
+}
