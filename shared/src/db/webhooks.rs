@@ -164,7 +164,13 @@ pub async fn update(
     }
     match patch.enabled {
         Some(true) => {
-            sets.push("enabled = true, disabled_reason = NULL, failing_since = NULL".into());
+            // Re-enabling starts a fresh failure clock; enabling an enabled
+            // endpoint changes nothing.
+            sets.push(
+                "enabled = true, disabled_reason = NULL, \
+                 failing_since = CASE WHEN w.enabled THEN w.failing_since END"
+                    .into(),
+            );
         }
         Some(false) => {
             params.push(Box::new(DISABLED_BY_USER.to_owned()));
