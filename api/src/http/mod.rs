@@ -1,6 +1,7 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
 pub mod commands;
+pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route("/debug/pprof/heap", get(debug::heap))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -28,9 +28,9 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
 use crate::limits::{Refusal, SseSlot};
 
-/// Chunks read from PostgreSQL per page: at most 8 × 64 KiB held per
+/// Chunks read from PostgreSQL per page: at most 2 × 64 KiB held per
 /// connection while catching up.
-const CATCH_UP_PAGE: i64 = 8;
+const CATCH_UP_PAGE: i64 = 2;
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
 /// Reconnection delay suggested when this instance shuts down.
@@ -136,7 +136,7 @@ fn event_stream(
         let pool = st.pool.clone();
         let id = cmd.id;
         // Subscribe first: from here on nothing published is missed.
-        let mut sub = st.hub.subscribe(id).await;
+        let mut sub = Box::pin(st.hub.subscribe(id)).await;
         let mut shutdown = st.shutdown.clone();
         let mut last = after;
         let mut max_seen = after;
@@ -152,7 +152,7 @@ fn event_stream(
         loop {
             if need_catch_up || finished {
                 loop {
-                    match read_page(&pool, id, &mut last).await {
+                    match Box::pin(read_page(&pool, id, &mut last)).await {
                         Ok((events, full)) => {
                             for e in events {
                                 yield Ok(e);
@@ -171,7 +171,7 @@ fn event_stream(
             }
             if finished {
                 // Every chunk is stored before a command turns terminal.
-                if let Some(c) = reload(&pool, id).await {
+                if let Some(c) = Box::pin(reload(&pool, id)).await {
                     yield Ok(command_event("end", &c));
                 }
                 break;
@@ -200,11 +200,13 @@ fn event_stream(
                             yield Ok(output_event(*seq, stream.as_str(), data));
                             last = *seq;
                         } else if *seq > last + 1 {
+                            // Missed something: PostgreSQL has it (or it was cut).
                             need_catch_up = true;
+                            sub.take_lagged();
                         }
                     }
                     Some(OutputEvent::Status) => {
-                        if let Some(c) = reload(&pool, id).await
+                        if let Some(c) = Box::pin(reload(&pool, id)).await
                             && c.status != status
                         {
                             status = c.status;
@@ -222,7 +224,7 @@ fn event_stream(
                 _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
                 _ = poll.tick() => {
                     need_catch_up = sub.take_lagged() || last < max_seen;
-                    if let Some(c) = reload(&pool, id).await {
+                    if let Some(c) = Box::pin(reload(&pool, id)).await {
                         if c.status != status {
                             status = c.status;
                             yield Ok(command_event("status", &c));

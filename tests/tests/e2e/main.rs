@@ -9,3 +9,13 @@ mod projects;
 mod sse;
 mod support;
 mod webhooks;
+
+/// The same allocator and profiling settings as `rdev-api`, so the in-process
+/// API can serve heap profiles.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &[u8] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,background_thread:true,dirty_decay_ms:1000\0";

@@ -385,3 +385,19 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
         );
     }
 }
+
+#[tokio::test]
+async fn admins_get_a_pprof_heap_profile() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let r = app.get("/debug/pprof/heap").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(&r.body[..2], &[0x1f, 0x8b], "a gzipped pprof protobuf");
+    assert!(r.body.len() > 100);
+    app.request(reqwest::Method::GET, "/debug/pprof/heap", None, None)
+        .await
+        .assert_problem(401);
+}
