@@ -312,15 +312,24 @@ pub async fn list(
     let after = uuid_cursor(q.cursor.as_deref())?;
     let client = st.pool.get().await?;
     let items = repo::list(&client, after, auth.key.project_ids.as_deref(), limit).await?;
+    Ok(page(items, limit, |w| w.id, WebhookView::from))
+}
+
+/// A list answer: `{"items", "next_cursor"}`; a full page has a cursor
+/// naming its last item's id.
+fn page<T, V: Serialize>(
+    items: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> Uuid,
+    view: impl Fn(T) -> V,
+) -> axum::Json<serde_json::Value> {
     let next_cursor = if items.len() as i64 == limit {
-        items.last().map(|w| cursor::encode(&w.id.to_string()))
+        items.last().map(|x| cursor::encode(&id(x).to_string()))
     } else {
         None
     };
-    let items: Vec<WebhookView> = items.into_iter().map(WebhookView::from).collect();
-    Ok(axum::Json(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    let items: Vec<V> = items.into_iter().map(view).collect();
+    axum::Json(json!({ "items": items, "next_cursor": next_cursor }))
 }
 
 /// `GET /v1/webhooks/{id}`
@@ -483,15 +492,7 @@ pub async fn deliveries(
     let before = uuid_cursor(q.cursor.as_deref())?;
     let client = st.pool.get().await?;
     let items = repo::list_deliveries(&client, w.id, status, before, limit).await?;
-    let next_cursor = if items.len() as i64 == limit {
-        items.last().map(|d| cursor::encode(&d.id.to_string()))
-    } else {
-        None
-    };
-    let items: Vec<DeliveryView> = items.into_iter().map(DeliveryView::from).collect();
-    Ok(axum::Json(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(page(items, limit, |d| d.id, DeliveryView::from))
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`: a new

@@ -147,51 +147,30 @@ pub async fn update(
     id: Uuid,
     patch: &WebhookPatch,
 ) -> Result<Option<Webhook>, DbError> {
-    let mut sets: Vec<String> = vec!["updated_at = now()".into()];
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(id)];
-    let mut push = |col: &str, v: Box<dyn ToSql + Sync + Send>| {
-        params.push(v);
-        sets.push(format!("{col} = ${}", params.len()));
-    };
-    if let Some(v) = &patch.url {
-        push("url", Box::new(v.clone()));
-    }
-    if let Some(v) = &patch.events {
-        push("events", Box::new(v.clone()));
-    }
-    if let Some(v) = patch.project_id {
-        push("project_id", Box::new(v));
-    }
-    match patch.enabled {
-        Some(true) => {
-            // Re-enabling starts a fresh failure clock; enabling an enabled
-            // endpoint changes nothing.
-            sets.push(
-                "enabled = true, disabled_reason = NULL, \
-                 failing_since = CASE WHEN w.enabled THEN w.failing_since END"
-                    .into(),
-            );
-        }
-        Some(false) => {
-            params.push(Box::new(DISABLED_BY_USER.to_owned()));
-            // Keep the reason of an earlier automatic disable.
-            sets.push(format!(
-                "enabled = false, disabled_reason = CASE WHEN w.enabled THEN ${} \
-                 ELSE w.disabled_reason END",
-                params.len()
-            ));
-        }
-        None => {}
-    }
-    let sql = format!(
-        "UPDATE webhooks w SET {} WHERE w.id = $1 AND w.deleted_at IS NULL RETURNING w.id",
-        sets.join(", ")
-    );
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    if client.query_opt(&sql, &refs).await?.is_none() {
+    // One static statement: absent fields keep their value. Re-enabling a
+    // disabled endpoint clears its reason and starts a fresh failure clock;
+    // disabling keeps the reason of an earlier automatic disable.
+    let sql = "UPDATE webhooks w SET updated_at = now(), \
+               url = COALESCE($2::text, w.url), \
+               events = COALESCE($3::text[], w.events), \
+               project_id = CASE WHEN $4 THEN $5::uuid ELSE w.project_id END, \
+               enabled = COALESCE($6::boolean, w.enabled), \
+               disabled_reason = CASE WHEN $6::boolean IS NULL THEN w.disabled_reason \
+                   WHEN $6::boolean THEN NULL WHEN w.enabled THEN $7 \
+                   ELSE w.disabled_reason END, \
+               failing_since = CASE WHEN $6::boolean AND NOT w.enabled THEN NULL \
+                   ELSE w.failing_since END \
+               WHERE w.id = $1 AND w.deleted_at IS NULL RETURNING w.id";
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &id,
+        &patch.url,
+        &patch.events,
+        &patch.project_id.is_some(),
+        &patch.project_id.flatten(),
+        &patch.enabled,
+        &DISABLED_BY_USER,
+    ];
+    if client.query_opt(sql, &params).await?.is_none() {
         return Ok(None);
     }
     if patch.enabled == Some(false) {

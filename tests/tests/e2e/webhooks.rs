@@ -795,6 +795,36 @@ async fn gone_disables_the_endpoint_and_patch_re_enables_it() {
     wait_delivery(&app, &wid, &d, status_is("succeeded")).await;
     assert_eq!(rx.hits().len(), 2);
 
+    // Deliveries page newest first with a cursor.
+    let first = app
+        .get(&format!("/v1/webhooks/{wid}/deliveries?limit=1"))
+        .await
+        .json();
+    assert_eq!(first["items"][0]["id"], d);
+    let cursor = first["next_cursor"].as_str().expect("cursor");
+    let second = app
+        .get(&format!(
+            "/v1/webhooks/{wid}/deliveries?limit=1&cursor={cursor}"
+        ))
+        .await
+        .json();
+    assert_eq!(second["items"][0]["status"], "failed");
+
+    // Other fields change; disabling by hand says so.
+    let r = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/webhooks/{wid}"),
+            Some(&app.admin_key),
+            Some(json!({"events": ["command.failed", "command.failed"], "enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let w = r.json();
+    assert_eq!(w["events"], json!(["command.failed"]));
+    assert_eq!(w["enabled"], false);
+    assert_eq!(w["disabled_reason"], "disabled through the API");
+
     let r = app
         .request(
             Method::DELETE,
