@@ -67,10 +67,17 @@ pub async fn start(
         metrics.cache_hits_total.with_label_values(&["api_keys"]),
         metrics.cache_misses_total.with_label_values(&["api_keys"]),
     );
+    let projects = Arc::new(control::ProjectCache::new(
+        10_000,
+        cfg.cache_ttl,
+        metrics.cache_hits_total.with_label_values(&["projects"]),
+        metrics.cache_misses_total.with_label_values(&["projects"]),
+    ));
     tokio::spawn(control::listen(
         cfg.amqp.clone(),
         instance.clone(),
         keys.clone(),
+        projects.clone(),
         stopped(stop_rx.clone()),
     ));
     // Connect early so the first request does not pay for it; failure is fine.
@@ -89,6 +96,7 @@ pub async fn start(
         publisher,
         hub,
         keys,
+        projects,
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
         shutdown: stop_rx.clone(),

@@ -6,6 +6,7 @@
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -40,6 +40,8 @@ pub struct AppState {
     pub hub: Arc<OutputHub>,
     /// Cached key lookups.
     pub keys: Arc<KeyCache>,
+    /// Cached project lookups by name.
+    pub projects: Arc<crate::control::ProjectCache>,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.
