@@ -71,6 +71,10 @@ fn config(env: &TestEnv, root: &Path, drain_s: u64) -> Config {
         kill_grace_s: 1,
         worker_id: Some(format!("test-worker-{:04x}", rand::random::<u16>())),
         drain_s,
+
+        kube_enabled: false,
+        kube_pod_cache_ttl_s: 5,
+        kube_api_timeout_s: 15,
     }
 }
 

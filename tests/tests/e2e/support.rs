@@ -151,6 +151,10 @@ pub fn worker_config(
         kill_grace_s,
         worker_id: None,
         drain_s: 2,
+
+        kube_enabled: false,
+        kube_pod_cache_ttl_s: 5,
+        kube_api_timeout_s: 15,
     }
 }
 

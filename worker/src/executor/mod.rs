@@ -2,6 +2,7 @@
 //! bounded channel: when the consumer is slow the executor stops reading, the
 //! child blocks on its pipe, and memory stays bounded.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -10,10 +11,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use kubernetes::{KubeSettings, KubernetesExecutor};
 pub use local::LocalExecutor;
 
 /// Capacity of the output channel between an executor and its sink.
@@ -66,26 +71,67 @@ pub trait Executor: Send + Sync {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_>;
 }
 
+/// Error of a Kubernetes project on a worker started with the executor off.
+pub const KUBE_DISABLED: &str =
+    "the kubernetes executor is disabled on this worker (RDEV_KUBE_ENABLED=false)";
+
 /// Chooses the executor a project asks for.
 #[derive(Debug)]
 pub struct Executors {
     local: LocalExecutor,
+    /// `None` when this worker does not run Kubernetes projects.
+    kubernetes: Option<KubernetesExecutor>,
 }
 
 impl Executors {
-    /// The executors of this build.
-    pub fn new(local: LocalExecutor) -> Self {
-        Self { local }
+    /// The executors of this build; `kubernetes` is `None` when disabled.
+    pub fn new(local: LocalExecutor, kubernetes: Option<KubernetesExecutor>) -> Self {
+        Self { local, kubernetes }
     }
 }
 
 impl Executor for Executors {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
-        match job.executor {
-            ExecutorConfig::Local(_) => self.local.run(job, output, cancel),
-            ExecutorConfig::Kubernetes(_) => Box::pin(async {
-                Outcome::FailedToStart("kubernetes executor not available in this build".into())
-            }),
+        match (&job.executor, &self.kubernetes) {
+            (ExecutorConfig::Local(_), _) => self.local.run(job, output, cancel),
+            (ExecutorConfig::Kubernetes(_), Some(kube)) => kube.run(job, output, cancel),
+            (ExecutorConfig::Kubernetes(_), None) => {
+                Box::pin(async { Outcome::FailedToStart(KUBE_DISABLED.into()) })
+            }
         }
     }
+}
+
+/// Reads a pipe in pieces of at most [`MAX_CHUNK_BYTES`]. A full channel
+/// stalls the read (and so the child, or the exec stream): that is the
+/// memory bound. If the sink is gone, the pipe is still drained so the
+/// producer never blocks on it.
+pub(crate) fn spawn_reader<R>(mut pipe: R, stream: OutputStream, tx: OutputTx) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+        let mut sink_open = true;
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sink_open
+                        && tx
+                            .send((stream, Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                    {
+                        sink_open = false;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(stream = stream.as_str(), error = %e, "reading command output failed");
+                    break;
+                }
+            }
+        }
+    })
 }
