@@ -256,6 +256,16 @@ async fn exec(
         }
         _ => {}
     }
+    let exists = st
+        .pods
+        .lock()
+        .expect("pods")
+        .values()
+        .flatten()
+        .any(|p| p["metadata"]["name"] == name.as_str());
+    if !exists {
+        return status_body(404, "NotFound", &format!("pods \"{name}\" not found"));
+    }
     let pairs = query_pairs(q.as_deref().unwrap_or(""));
     let command: Vec<String> = pairs
         .iter()
@@ -775,4 +785,23 @@ async fn least_busy_ready_pod_is_chosen_and_the_pod_list_is_cached() {
         1,
         "pod list served from cache"
     );
+}
+
+#[tokio::test]
+async fn a_pod_gone_since_the_cached_list_is_replaced() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
+    // web-0 and web-1 are replaced by web-3 while the list is still cached.
+    fake.set_pods(SELECTOR, vec![pod("web-3", true)]);
+    let ran = run(&exec, sh("echo hi")).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0), "{ran:?}");
+    assert_eq!(ran.stdout, b"hi\n");
+    let pods: Vec<String> = fake.command_execs().into_iter().map(|e| e.pod).collect();
+    assert_eq!(
+        pods,
+        ["web-0", "web-3"],
+        "the 404 on web-0 made it list again"
+    );
+    assert_eq!(fake.state.lists.load(Ordering::SeqCst), 2);
 }

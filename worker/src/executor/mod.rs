@@ -135,3 +135,31 @@ where
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use rdev_shared::domain::KubernetesExecutor as KubeProject;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn kubernetes_projects_fail_clearly_when_the_executor_is_off() {
+        let executors = Executors::new(LocalExecutor::new("/nonexistent", Duration::ZERO), None);
+        let job = Job {
+            spec: CommandSpec::Shell("true".into()),
+            env: BTreeMap::new(),
+            stdin: None,
+            executor: ExecutorConfig::Kubernetes(KubeProject {
+                namespace: "ns".into(),
+                selector: "app=x".into(),
+                container: None,
+                workdir: None,
+            }),
+            project: "p".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let outcome = executors.run(job, tx, CancellationToken::new()).await;
+        assert_eq!(outcome, Outcome::FailedToStart(KUBE_DISABLED.into()));
+    }
+}
