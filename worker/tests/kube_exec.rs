@@ -805,3 +805,24 @@ async fn a_pod_gone_since_the_cached_list_is_replaced() {
     );
     assert_eq!(fake.state.lists.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn without_a_container_the_default_or_first_one_is_used() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let mut annotated = pod("db-0", true);
+    annotated["metadata"]["annotations"] =
+        json!({ "kubectl.kubernetes.io/default-container": "sidecar" });
+    fake.set_pods("app=db", vec![annotated]);
+    let exec = fake.executor(settings());
+    for (selector, expected) in [(SELECTOR, "app"), ("app=db", "sidecar")] {
+        let mut j = sh("true");
+        j.executor = ExecutorConfig::Kubernetes(KubeProject {
+            selector: selector.into(),
+            container: None,
+            ..project()
+        });
+        assert_eq!(run(&exec, j).await.outcome, Outcome::Exited(0));
+        let last = fake.command_execs().pop().expect("an exec");
+        assert_eq!(last.container.as_deref(), Some(expected), "{selector}");
+    }
+}

@@ -5,7 +5,9 @@
 //! 1. **Pod**: the pods matching the project's label selector are listed
 //!    (cached for a few seconds, bounded), the Running + Ready ones that have
 //!    the wanted container are sorted by name, and the one this worker runs
-//!    the fewest commands in wins (ties: the first by name).
+//!    the fewest commands in wins (ties: the first by name). Without a
+//!    configured container, commands go to the pod's
+//!    `kubectl.kubernetes.io/default-container`, else its first container.
 //! 2. **Exec**: exec has no environment, working-directory or "kill"
 //!    parameter, and closing the exec stream does not kill the remote
 //!    process. So the worker execs `/bin/sh -c <wrapper>` ([`wrapper_script`]):
@@ -170,6 +172,9 @@ struct Candidate {
     name: String,
     ready: bool,
     containers: Vec<String>,
+    /// Where commands go when the project names no container: the
+    /// `kubectl.kubernetes.io/default-container` annotation, else the first.
+    default_container: Option<String>,
 }
 
 /// Runs commands in pods through the Kubernetes API.
@@ -348,6 +353,10 @@ impl KubernetesExecutor {
         Ok(Slot {
             busy: self.busy.clone(),
             key,
+            container: project
+                .container
+                .clone()
+                .or_else(|| chosen.default_container.clone()),
         })
     }
 
@@ -363,21 +372,21 @@ impl KubernetesExecutor {
     ) -> Result<(AttachedProcess, Slot), KubeError> {
         let key = (project.namespace.clone(), project.selector.clone());
         let api: Api<Pod> = Api::namespaced(client.clone(), &project.namespace);
-        let mut params = AttachParams::default()
-            .stdin(with_stdin)
-            .stdout(true)
-            .stderr(true)
-            .max_stdin_buf_size(MAX_CHUNK_BYTES)
-            .max_stdout_buf_size(MAX_CHUNK_BYTES)
-            .max_stderr_buf_size(MAX_CHUNK_BYTES);
-        if let Some(c) = &project.container {
-            params = params.container(c.clone());
-        }
         let mut retried = false;
         loop {
             let pods = self.candidates(client, project).await?;
             let slot = self.pick(project, &pods)?;
             let pod = slot.key.1.clone();
+            let mut params = AttachParams::default()
+                .stdin(with_stdin)
+                .stdout(true)
+                .stderr(true)
+                .max_stdin_buf_size(MAX_CHUNK_BYTES)
+                .max_stdout_buf_size(MAX_CHUNK_BYTES)
+                .max_stderr_buf_size(MAX_CHUNK_BYTES);
+            if let Some(c) = &slot.container {
+                params = params.container(c.clone());
+            }
             let exec = api.exec(&pod, ["/bin/sh", "-c", script], &params);
             match self.call("exec into pods", &project.namespace, exec).await {
                 Ok(attached) => return Ok((attached, slot)),
@@ -417,6 +426,7 @@ impl KubernetesExecutor {
             Err(e) => return Outcome::FailedToStart(e.to_string()),
         };
         let pod = slot.key.1.clone();
+        let container = slot.container.clone();
         tracing::debug!(
             pod,
             namespace = project.namespace,
@@ -454,11 +464,11 @@ impl KubernetesExecutor {
                 (outcome_of(st), clean)
             }
             () = tokio::time::sleep(job.timeout) => {
-                self.stop_remote(&client, project, &pod, &run_id).await;
+                self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
                 (Outcome::TimedOut, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
             }
             () = cancel.cancelled() => {
-                self.stop_remote(&client, project, &pod, &run_id).await;
+                self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
                 (Outcome::Cancelled, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
             }
         };
@@ -486,14 +496,21 @@ impl KubernetesExecutor {
 
     /// Runs [`kill_script`] in the pod: SIGTERM to the command's process
     /// group, SIGKILL after the grace period. Bypasses the breaker.
-    async fn stop_remote(&self, client: &Client, project: &KubeProject, pod: &str, run_id: &str) {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &project.namespace);
+    async fn stop_remote(
+        &self,
+        client: &Client,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        run_id: &str,
+    ) {
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let mut params = AttachParams::default()
             .stdin(false)
             .stdout(false)
             .stderr(true);
-        if let Some(c) = &project.container {
-            params = params.container(c.clone());
+        if let Some(c) = container {
+            params = params.container(c);
         }
         let script = kill_script(run_id, self.settings.kill_grace);
         let budget = self.settings.api_timeout
@@ -541,7 +558,10 @@ impl Executor for KubernetesExecutor {
 /// One command counted against a pod; uncounted on drop.
 struct Slot {
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
+    /// (namespace, pod).
     key: (String, String),
+    /// The container to exec into (`None`: the API server's choice).
+    container: Option<String>,
 }
 
 impl Drop for Slot {
@@ -644,15 +664,23 @@ fn candidate(pod: &Pod) -> Candidate {
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let containers = pod
+    let containers: Vec<String> = pod
         .spec
         .as_ref()
         .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default();
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubectl.kubernetes.io/default-container"))
+        .filter(|c| containers.contains(c));
+    let default_container = annotated.or(containers.first()).cloned();
     Candidate {
         ready: running && ready && !terminating && !name.is_empty(),
         name,
         containers,
+        default_container,
     }
 }
 
