@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration};
+use rdev_shared::domain::RateLimit;
 
 /// Settings of `rdev-api serve`.
 #[derive(clap::Args, Clone, Debug)]
@@ -33,6 +35,46 @@ pub struct ApiConfig {
     /// the backstop when a live message was lost.
     #[arg(long, env = "RDEV_SSE_POLL", default_value = "2s", value_parser = parse_duration)]
     pub sse_poll: Duration,
+    /// Open SSE connections allowed on this instance.
+    #[arg(long, env = "RDEV_SSE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub sse_max_connections: usize,
+    /// Open SSE connections allowed per API key on this instance.
+    #[arg(long, env = "RDEV_SSE_MAX_PER_KEY", default_value_t = 100)]
+    pub sse_max_per_key: usize,
+    /// An SSE connection is closed after this long with a `reconnect` event;
+    /// the client resumes with `Last-Event-ID` (bounds the life of any leak).
+    #[arg(long, env = "RDEV_SSE_MAX_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub sse_max_lifetime: Duration,
+    /// Lifetime of cached API key lookups. Key changes evict them on every
+    /// instance at once over the control exchange; while that link is down
+    /// entries older than one second are not trusted.
+    #[arg(long, env = "CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "RDEV_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// Default request budget of a key that sets none, as `N/<duration>`.
+    #[arg(long, env = "RDEV_RATE_LIMIT", default_value = "600/60s")]
+    pub rate_limit: RateLimit,
+}
+
+/// The `RDEV_TRUSTED_PROXIES` list (empty: no proxy is trusted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                rdev_shared::validate::parse_cidr(p)
+                    .ok_or_else(|| format!("`{p}` is not an IP address or CIDR"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
 }
 
 /// Settings of `rdev-api` as a whole.
@@ -49,5 +91,49 @@ pub fn parse_flag(s: &str) -> Result<bool, String> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(format!("expected 1 or 0, got `{s}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        cfg: ApiConfig,
+    }
+
+    #[test]
+    fn access_settings_have_working_defaults_and_parse() {
+        let cfg = Only::try_parse_from(["rdev-api"]).expect("defaults").cfg;
+        assert_eq!(cfg.cache_ttl, Duration::from_secs(30));
+        assert_eq!(
+            cfg.rate_limit,
+            RateLimit {
+                requests: 600,
+                window_s: 60
+            }
+        );
+        assert!(cfg.trusted_proxies.0.is_empty());
+        let cfg = Only::try_parse_from([
+            "rdev-api",
+            "--trusted-proxies",
+            "10.0.0.0/8, 127.0.0.1",
+            "--rate-limit",
+            "100/1m",
+        ])
+        .expect("set")
+        .cfg;
+        let shown: Vec<String> = cfg
+            .trusted_proxies
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32"]);
+        assert_eq!(cfg.rate_limit.window_s, 60);
+        assert!(Only::try_parse_from(["rdev-api", "--trusted-proxies", "nope"]).is_err());
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Messages a watcher may have waiting before it is considered lagging.
-pub const WATCHER_BUFFER: usize = 64;
+pub const WATCHER_BUFFER: usize = 8;
 
 struct Watcher {
     id: u64,
@@ -64,9 +64,16 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// Whether messages were dropped since the last call (then read PostgreSQL).
-    pub fn take_lagged(&self) -> bool {
-        self.lagged.swap(false, Ordering::AcqRel)
+    /// Whether messages were dropped since the last call (then read
+    /// PostgreSQL). A lagging watcher's buffered messages are discarded at
+    /// once: it re-reads them from PostgreSQL anyway, and holding them would
+    /// pin up to [`WATCHER_BUFFER`] chunks per slow client.
+    pub fn take_lagged(&mut self) -> bool {
+        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        if lagged {
+            while self.rx.try_recv().is_ok() {}
+        }
+        lagged
     }
 }
 

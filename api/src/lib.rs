@@ -2,8 +2,11 @@
 //! writes PostgreSQL, publishes commands, and relays live output over SSE.
 
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod hub;
+pub mod keycache;
+pub mod limits;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use tokio::sync::watch;
 use crate::config::ApiConfig;
 use crate::http::AppState;
 use crate::hub::OutputHub;
+use crate::keycache::KeyCache;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +61,37 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
+    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
+    let keys = KeyCache::new(
+        cfg.cache_ttl,
+        metrics.cache_hits_total.with_label_values(&["api_keys"]),
+        metrics.cache_misses_total.with_label_values(&["api_keys"]),
+    );
+    tokio::spawn(control::listen(
+        cfg.amqp.clone(),
+        instance.clone(),
+        keys.clone(),
+        stopped(stop_rx.clone()),
+    ));
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
 
+    publisher.set_metrics(metrics.clone());
+    let sse = limits::SseLimiter::new(
+        cfg.sse_max_connections,
+        cfg.sse_max_per_key,
+        metrics.sse_connections_active.clone(),
+    );
     let state = AppState {
+        metrics,
+        sse,
         pool,
         publisher,
         hub,
+        keys,
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
+        shutdown: stop_rx.clone(),
     };
     let app = http::router(state);
     let listener = TcpListener::bind(cfg.listen).await?;

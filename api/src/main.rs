@@ -3,8 +3,21 @@ use clap::{Parser, Subcommand};
 use rdev_api::config::{ApiConfig, GlobalConfig};
 use rdev_shared::config::DbConfig;
 use rdev_shared::db::{self, keys};
-use rdev_shared::domain::Scope;
-use rdev_shared::{secret, telemetry};
+use rdev_shared::domain::{RateLimit, Scope};
+use rdev_shared::{secret, telemetry, validate};
+
+/// jemalloc, so `/debug/pprof/heap` can profile the heap.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Heap profiling on, sampling one allocation per 512 KiB (2^19) on average:
+/// cheap enough to leave on in production. Freed pages go back to the OS
+/// within a second (a background thread purges them), so resident memory —
+/// what the memory alert and the HPA watch — tracks live memory.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &[u8] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,background_thread:true,dirty_decay_ms:1000\0";
 
 /// rdev-api: the HTTP API of rdev.
 #[derive(Parser)]
@@ -42,13 +55,22 @@ enum KeysCmd {
         /// Restrict the key to these projects (names, repeatable or comma-separated).
         #[arg(long = "project", value_delimiter = ',')]
         projects: Vec<String>,
+        /// Allow the key only from these networks (CIDRs, repeatable or comma-separated).
+        #[arg(long = "allowed-ip", value_delimiter = ',')]
+        allowed_ips: Vec<String>,
+        /// The key's own rate limit, `N/<duration>` (default: the server's `RDEV_RATE_LIMIT`).
+        #[arg(long)]
+        rate_limit: Option<RateLimit>,
+        /// Expiry, RFC 3339 (default: never).
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.global.log);
+    let _telemetry = telemetry::init(&cli.global.log, "rdev-api");
     match cli
         .command
         .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())))
@@ -73,7 +95,22 @@ async fn main() -> anyhow::Result<()> {
             name,
             scopes,
             projects,
-        }) => create_key(db_cfg, name, scopes, projects).await,
+            allowed_ips,
+            rate_limit,
+            expires_at,
+        }) => {
+            let mut errors = Vec::new();
+            let nets = validate::cidrs("--allowed-ip", &allowed_ips, &mut errors);
+            if let Some(e) = errors.first() {
+                anyhow::bail!("{}: {}", e.field, e.message);
+            }
+            let limits = keys::KeyLimits {
+                allowed_ips: (!nets.is_empty()).then_some(nets),
+                rate_limit,
+                expires_at,
+            };
+            create_key(db_cfg, name, scopes, projects, limits).await
+        }
     }
 }
 
@@ -111,6 +148,7 @@ async fn create_key(
     name: String,
     scopes: Vec<String>,
     projects: Vec<String>,
+    limits: keys::KeyLimits,
 ) -> anyhow::Result<()> {
     let scopes = scopes
         .iter()
@@ -136,7 +174,7 @@ async fn create_key(
         Some(ids)
     };
     let generated = secret::generate_key();
-    let key = keys::insert(
+    let key = keys::insert_with(
         &client,
         &keys::NewKey {
             name,
@@ -145,6 +183,7 @@ async fn create_key(
             scopes,
             project_ids,
         },
+        &limits,
     )
     .await?;
     println!(

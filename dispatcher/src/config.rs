@@ -35,4 +35,10 @@ pub struct Config {
     /// A running command whose heartbeat is older than this is failed as `worker_lost`.
     #[arg(long = "lost-after-s", env = "RDEV_LOST_AFTER_S", default_value_t = 30)]
     pub lost_after_s: u64,
+    /// Audit entries older than this are deleted.
+    #[arg(long, env = "RDEV_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+    /// How often retention (audit log, rate-limit counters) runs.
+    #[arg(long, env = "RDEV_RETENTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
 }

@@ -1,9 +1,10 @@
-//! `rdev-dispatcher`: rdev's background loops. For now: the outbox relay and
-//! the reaper of commands whose worker stopped heart-beating. Webhook
+//! `rdev-dispatcher`: rdev's background loops. For now: the outbox relay,
+//! the reaper of commands whose worker stopped heart-beating, and retention. Webhook
 //! delivery lands here next (see DESIGN.md §4).
 
 pub mod config;
 pub mod reaper;
+pub mod retention;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use rdev_shared::db::{self, DbError, Pool};
+use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::Publisher;
 use rdev_shared::relay;
 use serde_json::json;
@@ -41,6 +43,17 @@ pub enum DispatcherError {
 struct Ops {
     pool: Pool,
     publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
+}
+
+async fn render_metrics(State(ops): State<Ops>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            rdev_shared::metrics::CONTENT_TYPE,
+        )],
+        ops.metrics.render(Some(&ops.pool)),
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -77,6 +90,8 @@ pub async fn start(
 ) -> Result<Dispatcher, DispatcherError> {
     let pool = db::pool(&cfg.db)?;
     let publisher = Publisher::new(cfg.amqp.clone(), "rdev-dispatcher");
+    let metrics = Arc::new(Metrics::new("rdev-dispatcher"));
+    publisher.set_metrics(metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -87,9 +102,11 @@ pub async fn start(
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
         .with_state(Ops {
             pool: pool.clone(),
             publisher: publisher.clone(),
+            metrics: metrics.clone(),
         });
     let ops = tokio::spawn({
         let stop = stopped(stop_rx.clone());
@@ -105,8 +122,15 @@ pub async fn start(
     let relay = tokio::spawn(relay_loop(
         pool.clone(),
         publisher.clone(),
+        metrics.clone(),
         cfg.relay_interval,
         cfg.relay_min_age,
+        stop_rx.clone(),
+    ));
+    let retention = tokio::spawn(retention::run(
+        pool.clone(),
+        cfg.audit_retention,
+        cfg.retention_interval,
         stop_rx.clone(),
     ));
     let reaper = tokio::spawn(reaper::run(
@@ -119,7 +143,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(ops, relay, reaper);
+        let _ = tokio::join!(ops, relay, reaper, retention);
     });
     Ok(Dispatcher { addr, task })
 }
@@ -128,6 +152,7 @@ pub async fn start(
 async fn relay_loop(
     pool: Pool,
     publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
     interval: Duration,
     min_age: Duration,
     mut stop: watch::Receiver<bool>,
@@ -138,6 +163,13 @@ async fn relay_loop(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
+        }
+        match pool.get().await {
+            Ok(c) => match rdev_shared::db::outbox::pending_count(&c).await {
+                Ok(n) => metrics.outbox_pending.set(n),
+                Err(e) => tracing::debug!(error = %e, "cannot count the outbox"),
+            },
+            Err(e) => tracing::debug!(error = %e, "cannot count the outbox"),
         }
         // Drain in batches while there is a backlog.
         loop {

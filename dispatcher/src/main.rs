@@ -5,7 +5,7 @@ use rdev_dispatcher::config::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    rdev_shared::telemetry::init(&cfg.log);
+    let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-dispatcher");
     let d = rdev_dispatcher::start(cfg, shutdown_signal())
         .await
         .context("starting rdev-dispatcher")?;

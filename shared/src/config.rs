@@ -100,7 +100,7 @@ pub struct LogConfig {
     pub log_format: LogFormat,
 }
 
-/// Parses durations written as `500ms`, `5s`, `5m`, `2h` or a bare number of seconds.
+/// Parses durations written as `500ms`, `5s`, `5m`, `2h`, `90d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -113,9 +113,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
         _ => {
             return Err(format!(
-                "invalid duration unit in `{s}` (use ms, s, m or h)"
+                "invalid duration unit in `{s}` (use ms, s, m, h or d)"
             ));
         }
     };
@@ -145,7 +146,8 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("x").is_err());
     }
 

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::config::AmqpConfig;
 use crate::db::outbox::OutboxMessage;
 use crate::domain::OutputStream;
+use crate::metrics::Metrics;
 
 /// How long a connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +57,8 @@ pub struct Topology {
 
 /// Routing key of command messages on the commands exchange.
 pub const RUN_KEY: &str = "run";
+/// How long a deferred command waits before it is offered to workers again.
+pub const DELAY_TTL_MS: i64 = 1000;
 /// Header naming the kind of an output message (`chunk`, `status`, `end`).
 const H_KIND: &str = "kind";
 const H_SEQ: &str = "seq";
@@ -82,6 +85,22 @@ impl Topology {
     /// Durable priority queue workers consume.
     pub fn commands_queue(&self) -> String {
         format!("{}.commands", self.prefix)
+    }
+
+    /// Queue where a command over its project's concurrency limit waits
+    /// [`DELAY_TTL_MS`] before it is dead-lettered back to the commands exchange.
+    pub fn commands_delay_queue(&self) -> String {
+        format!("{}.commands.delay", self.prefix)
+    }
+
+    /// A run message re-sent through the delay queue (default exchange,
+    /// routed by queue name), keeping its priority.
+    pub fn delayed_run_message(&self, command_id: Uuid, priority: u8) -> OutboxMessage {
+        OutboxMessage {
+            exchange: String::new(),
+            routing_key: self.commands_delay_queue(),
+            ..self.run_message(command_id, priority)
+        }
     }
 
     /// Fanout exchange for cancel requests and cache invalidation.
@@ -138,6 +157,68 @@ impl Topology {
 pub struct RunMessage {
     /// The command to run.
     pub command_id: Uuid,
+}
+
+/// A broadcast on the control exchange: every worker and API instance gets
+/// every message, and ignores the kinds it does not handle.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Stop this running command (its worker acts, the others ignore it).
+    Cancel {
+        /// The command.
+        command_id: Uuid,
+    },
+    /// An API key changed (revoked, rotated, edited): drop cached lookups.
+    KeyChanged {
+        /// The key.
+        key_id: Uuid,
+    },
+    /// A kind this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Opens a connection, declares the topology and an exclusive, auto-delete
+/// queue bound to the control exchange, and consumes it (no acks: control
+/// messages are transient, and each has a durable backstop).
+pub async fn subscribe_control(
+    cfg: &AmqpConfig,
+    name: &str,
+) -> Result<(Connection, lapin::Consumer), MqError> {
+    let t = Topology::new(cfg.prefix.clone());
+    let conn = connect(cfg, name).await?;
+    let ch = conn.create_channel().await?;
+    declare(&ch, &t).await?;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    // Server-named queue: one per process.
+    let queue = ch
+        .queue_declare("".into(), opts, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        t.control_exchange().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, consumer))
 }
 
 /// Opens a connection named `name` (shown in the broker's management UI).
@@ -255,6 +336,24 @@ pub fn header_str<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a [u8]>
     }
 }
 
+/// The string headers of a message as name/value pairs (trace context).
+pub fn header_pairs(props: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = props.headers().as_ref() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(k, v)| match v {
+            AMQPValue::LongString(s) => Some((
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads an integer header of a message.
 pub fn header_i64(props: &BasicProperties, key: &str) -> Option<i64> {
     let headers = props.headers().as_ref()?;
@@ -342,6 +441,7 @@ pub struct Publisher {
     name: String,
     channel: RwLock<Option<Channel>>,
     reconnect: tokio::sync::Mutex<Reconnect>,
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -368,7 +468,30 @@ impl Publisher {
             name: name.into(),
             channel: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Reconnect::default()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts published messages in `amqp_published_total` from now on.
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count(&self, exchange_kind: &str) {
+        if let Some(m) = self.metrics.get() {
+            m.amqp_published_total
+                .with_label_values(&[exchange_kind])
+                .inc();
+        }
+    }
+
+    fn kind_of(&self, exchange: &str) -> &'static str {
+        match exchange.strip_prefix(self.topology.prefix()) {
+            Some(".events") => "events",
+            Some(".control") => "control",
+            Some(".output") => "output",
+            _ => "commands",
+        }
     }
 
     /// The topology this publisher declares.
@@ -453,10 +576,34 @@ impl Publisher {
             .await
             .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
         match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(None) | Confirmation::NotRequested => {
+                self.count(self.kind_of(&m.exchange));
+                Ok(())
+            }
             Confirmation::Ack(Some(_)) => Err(MqError::Unroutable),
             Confirmation::Nack(_) => Err(MqError::Nacked),
         }
+    }
+
+    /// Broadcasts a control message (transient, not confirmed: every use has
+    /// a durable backstop in PostgreSQL).
+    pub async fn publish_control(&self, m: &ControlMessage) -> Result<(), MqError> {
+        let chan = self.channel().await?;
+        let body = serde_json::to_vec(m).unwrap_or_default();
+        let props = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type("application/json".into());
+        let _confirm = chan
+            .basic_publish(
+                self.topology.control_exchange().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?;
+        self.count("control");
+        Ok(())
     }
 
     /// Publishes a transient output message without waiting for a confirm:
@@ -482,6 +629,7 @@ impl Publisher {
                 props,
             )
             .await?;
+        self.count("output");
         Ok(())
     }
 }
@@ -510,6 +658,22 @@ mod tests {
             OutputEvent::decode(&BasicProperties::default(), vec![]),
             None
         );
+    }
+
+    #[test]
+    fn control_messages_tolerate_unknown_kinds() {
+        let m = ControlMessage::Cancel {
+            command_id: Uuid::nil(),
+        };
+        let json = serde_json::to_string(&m).expect("json");
+        assert_eq!(
+            json,
+            r#"{"type":"cancel","command_id":"00000000-0000-0000-0000-000000000000"}"#
+        );
+        assert_eq!(serde_json::from_str::<ControlMessage>(&json).ok(), Some(m));
+        let later: ControlMessage =
+            serde_json::from_str(r#"{"type":"reload_config"}"#).expect("unknown");
+        assert_eq!(later, ControlMessage::Unknown);
     }
 
     #[test]

@@ -119,7 +119,11 @@ impl Drop for TestEnv {
                 if let Ok(conn) = mq::connect(&amqp, "rdev-test-cleanup").await
                     && let Ok(ch) = conn.create_channel().await
                 {
-                    for q in [topology.commands_queue(), topology.webhooks_queue()] {
+                    for q in [
+                        topology.commands_queue(),
+                        topology.commands_delay_queue(),
+                        topology.webhooks_queue(),
+                    ] {
                         let _ = ch.queue_delete(q.into(), Default::default()).await;
                     }
                     for x in [
@@ -153,5 +157,50 @@ mod tests {
             with_db("postgres://h/db?sslmode=disable", "x"),
             "postgres://h/x?sslmode=disable"
         );
+    }
+}
+
+/// Spans of every service in this test process, collected in memory.
+pub mod traces {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    static EXPORTER: OnceLock<Option<(InMemorySpanExporter, SdkTracerProvider)>> = OnceLock::new();
+
+    /// Installs (once) a global subscriber whose spans go to an in-memory
+    /// exporter; `None` if another subscriber was installed first.
+    pub fn install() -> Option<&'static InMemorySpanExporter> {
+        EXPORTER
+            .get_or_init(|| {
+                opentelemetry::global::set_text_map_propagator(
+                    opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+                );
+                let exporter = InMemorySpanExporter::default();
+                let provider = SdkTracerProvider::builder()
+                    .with_simple_exporter(exporter.clone())
+                    .with_resource(crate::telemetry::resource("rdev-tests"))
+                    .build();
+                let layer =
+                    tracing_opentelemetry::layer().with_tracer(provider.tracer("rdev-tests"));
+                let filter =
+                    tracing_subscriber::EnvFilter::new("info,lapin=warn,tokio_postgres=warn");
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .try_init()
+                    .ok()
+                    .map(|()| (exporter, provider))
+            })
+            .as_ref()
+            .map(|(e, _)| e)
+    }
+
+    /// Finished spans so far.
+    pub fn spans(exporter: &InMemorySpanExporter) -> Vec<SpanData> {
+        exporter.get_finished_spans().unwrap_or_default()
     }
 }

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use rdev_shared::db::{self, Pool};
+use rdev_shared::metrics::Metrics;
 use serde_json::{Value, json};
 
 /// How long the readiness probe waits for PostgreSQL.
@@ -23,6 +24,8 @@ pub struct Readiness {
     pub pool: Pool,
     /// Set while the command consumer is connected.
     pub consumer_connected: Arc<AtomicBool>,
+    /// The worker's metrics, rendered at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The router of the worker's HTTP endpoints.
@@ -30,7 +33,18 @@ pub fn router(state: Readiness) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn metrics(State(s): State<Readiness>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            rdev_shared::metrics::CONTENT_TYPE,
+        )],
+        s.metrics.render(Some(&s.pool)),
+    )
 }
 
 async fn health() -> Json<Value> {

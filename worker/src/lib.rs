@@ -16,7 +16,6 @@ pub mod runner;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdev_shared::db;
 use tokio::sync::oneshot;
@@ -76,10 +75,10 @@ pub async fn run_with_addr(
 
     let executors = Executors::new(
         LocalExecutor::new(cfg.workspace_root.clone(), cfg.kill_grace()),
-        cfg.kube_enabled.then(|| {
+        cfg.kube.enabled.then(|| {
             KubernetesExecutor::new(KubeSettings {
-                pod_cache_ttl: Duration::from_secs(cfg.kube_pod_cache_ttl_s),
-                api_timeout: cfg.kube_api_timeout(),
+                pod_cache_ttl: cfg.kube.pod_cache_ttl(),
+                api_timeout: cfg.kube.api_timeout(),
                 kill_grace: cfg.kill_grace(),
                 ..KubeSettings::default()
             })
@@ -100,6 +99,7 @@ pub async fn run_with_addr(
     let readiness = Readiness {
         pool,
         consumer_connected: worker.consumer_connected(),
+        metrics: worker.metrics(),
     };
     let http_done = done.clone();
     let server = tokio::spawn(async move {
@@ -109,11 +109,13 @@ pub async fn run_with_addr(
             .await
     });
     let heartbeat = tokio::spawn(runner::heartbeat(worker.clone(), done.clone()));
+    let control = tokio::spawn(runner::control(worker.clone(), done.clone()));
 
     runner::consume(worker, stop).await;
 
     done.cancel();
     let _ = heartbeat.await;
+    let _ = control.await;
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint failed"),
         Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),

@@ -6,7 +6,7 @@ use rdev_worker::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    rdev_shared::telemetry::init(&cfg.log);
+    let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-worker");
     rdev_worker::run(cfg, shutdown_signal()).await?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! - a lost broker connection does not stop running commands; their acks may
 //!   then fail, and the redelivery is harmless because of the claim.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,16 +22,21 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use rdev_shared::db::commands::{self, Claimed, Finish};
+use rdev_shared::db::commands::{self, ClaimOutcome, Claimed, Finish};
 use rdev_shared::db::outbox::{self, OutboxMessage};
 use rdev_shared::db::{DbError, Pool};
 use rdev_shared::domain::{self, CommandStatus};
-use rdev_shared::mq::{self, MqError, OutputEvent, Publisher, RunMessage, Topology};
+use rdev_shared::mq::{
+    self, ControlMessage, MqError, OutputEvent, Publisher, RunMessage, Topology,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
+
+use rdev_shared::metrics::Metrics;
+use rdev_shared::telemetry;
 
 use crate::config::Config;
 use crate::executor::{Executor, Executors, Job, OUTPUT_CHANNEL_CAPACITY, Outcome};
@@ -53,16 +58,21 @@ pub struct Worker {
     publisher: Arc<Publisher>,
     topology: Topology,
     executors: Executors,
-    running: Mutex<HashSet<Uuid>>,
+    /// Running commands and the token that stops each one.
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Fires when the drain period is over: running commands are stopped.
     stop_commands: CancellationToken,
     consumer_connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
     /// Builds the shared state.
     pub fn new(cfg: Config, worker_id: String, pool: Pool, executors: Executors) -> Self {
         let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-worker {worker_id}"));
+        let metrics = Arc::new(Metrics::new("rdev-worker"));
+        publisher.set_metrics(metrics.clone());
+        executors.set_metrics(&metrics);
         Self {
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
@@ -70,10 +80,16 @@ impl Worker {
             pool,
             publisher,
             executors,
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             stop_commands: CancellationToken::new(),
             consumer_connected: Arc::new(AtomicBool::new(false)),
+            metrics,
         }
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Flag telling `/ready` whether the consumer is connected.
@@ -85,9 +101,25 @@ impl Worker {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .keys()
             .copied()
             .collect()
+    }
+
+    /// Stops a command this worker runs (a client's cancel); false when it
+    /// does not run it.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get(&id) {
+            Some(token) => {
+                if !token.is_cancelled() {
+                    tracing::info!(command_id = %id, "cancel requested; stopping the command");
+                }
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -98,13 +130,17 @@ struct RunningGuard<'a> {
 }
 
 impl<'a> RunningGuard<'a> {
-    fn new(worker: &'a Worker, id: Uuid) -> Self {
+    /// Registers the command; the token stops it on a client's cancel or at
+    /// the end of the drain period.
+    fn new(worker: &'a Worker, id: Uuid) -> (Self, CancellationToken) {
+        let token = worker.stop_commands.child_token();
         worker
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id);
-        Self { worker, id }
+            .insert(id, token.clone());
+        worker.metrics.commands_active.inc();
+        (Self { worker, id }, token)
     }
 }
 
@@ -115,6 +151,7 @@ impl Drop for RunningGuard<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        self.worker.metrics.commands_active.dec();
     }
 }
 
@@ -257,10 +294,28 @@ enum Disposition {
 }
 
 async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    worker
+        .metrics
+        .amqp_consumed_total
+        .with_label_values(&["commands"])
+        .inc();
     let disposition = match serde_json::from_slice::<RunMessage>(&delivery.data) {
         Ok(msg) => {
-            let span = tracing::info_span!("command", command_id = %msg.command_id);
-            process(&worker, msg.command_id).instrument(span).await
+            let span = tracing::info_span!(
+                "command.execute",
+                command_id = %msg.command_id,
+                trace_id = tracing::field::Empty
+            );
+            let headers = mq::header_pairs(&delivery.properties);
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            telemetry::continue_trace(&span, &pairs);
+            let priority = delivery.properties.priority().unwrap_or(5);
+            process(&worker, msg.command_id, priority)
+                .instrument(span)
+                .await
         }
         Err(e) => {
             tracing::error!(error = %e, "malformed run message; dropping it");
@@ -285,10 +340,11 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
     }
 }
 
-async fn process(w: &Worker, id: Uuid) -> Disposition {
+async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     let claimed = match retry_db("claim", || claim(w, id)).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
+        Ok(Claim::Claimed(c, e)) => (*c, e),
+        Ok(Claim::AtLimit) => return defer(w, id, priority).await,
+        Ok(Claim::NotQueued) => {
             tracing::info!(
                 "command is not queued (already claimed, cancelled or finished); skipping"
             );
@@ -300,7 +356,8 @@ async fn process(w: &Worker, id: Uuid) -> Disposition {
         }
     };
     let (claimed, started) = claimed;
-    let _running = RunningGuard::new(w, id);
+    let (_running, cancel) = RunningGuard::new(w, id);
+    let began = Instant::now();
     tracing::info!(attempt = claimed.command.attempt, "command started");
     announce(w, started).await;
     publish_live(w, id, &OutputEvent::Status).await;
@@ -313,9 +370,19 @@ async fn process(w: &Worker, id: Uuid) -> Disposition {
         };
         (Outcome::FailedToStart("project deleted".into()), summary)
     } else {
-        execute(w, claimed).await
+        execute(w, claimed, cancel).await
     };
     let finish = finish_of(&outcome, summary, timeout_s, w.stop_commands.is_cancelled());
+    w.metrics
+        .commands_total
+        .with_label_values(&[finish.status.as_str()])
+        .inc();
+    w.metrics
+        .command_duration_seconds
+        .observe(began.elapsed().as_secs_f64());
+    w.metrics
+        .command_output_bytes_total
+        .inc_by(u64::try_from(finish.output_bytes).unwrap_or(0));
     tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
 
     match retry_db("finish", || record_finish(w, id, &finish)).await {
@@ -337,7 +404,11 @@ async fn process(w: &Worker, id: Uuid) -> Disposition {
     }
 }
 
-async fn execute(w: &Worker, claimed: Claimed) -> (Outcome, OutputSummary) {
+async fn execute(
+    w: &Worker,
+    claimed: Claimed,
+    cancel: CancellationToken,
+) -> (Outcome, OutputSummary) {
     let command = claimed.command;
     let mut env = claimed.project_env;
     env.extend(command.env);
@@ -356,7 +427,6 @@ async fn execute(w: &Worker, claimed: Claimed) -> (Outcome, OutputSummary) {
         w.pool.clone(),
         w.publisher.clone(),
     );
-    let cancel = w.stop_commands.child_token();
     tokio::join!(w.executors.run(job, tx, cancel), sink.consume(rx))
 }
 
@@ -375,12 +445,16 @@ fn finish_of(outcome: &Outcome, out: OutputSummary, timeout_s: i32, stopping: bo
             None,
             Some(format!("timed out after {timeout_s}s")),
         ),
-        // Only the end of the drain period cancels commands so far; a
-        // client's cancel (a later issue) will record `cancelled`.
+        // The end of the drain period stops commands too: that is a failure,
+        // not the client's cancel.
         Outcome::Cancelled if stopping => {
             (CommandStatus::Failed, None, Some(SHUTDOWN_ERROR.into()))
         }
-        Outcome::Cancelled => (CommandStatus::Cancelled, None, None),
+        Outcome::Cancelled => (
+            CommandStatus::Cancelled,
+            None,
+            Some("cancelled on request".into()),
+        ),
         Outcome::FailedToStart(e) => (CommandStatus::Failed, None, Some(e.clone())),
     };
     Finish {
@@ -398,20 +472,49 @@ struct StoredEvent {
     message: OutboxMessage,
 }
 
-async fn claim(w: &Worker, id: Uuid) -> Result<Option<(Claimed, StoredEvent)>, DbError> {
+/// What a claim attempt found.
+enum Claim {
+    Claimed(Box<Claimed>, StoredEvent),
+    NotQueued,
+    AtLimit,
+}
+
+async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
     let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(claimed) = commands::claim(&tx, id, &w.worker_id).await? else {
-        return Ok(None);
+    let claimed = match commands::claim(&tx, id, &w.worker_id).await? {
+        ClaimOutcome::Claimed(c) => c,
+        ClaimOutcome::NotQueued => return Ok(Claim::NotQueued),
+        ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
     };
     let event_type = "command.started";
-    let message = w.topology.event_message(
+    let mut message = w.topology.event_message(
         event_type,
         &domain::command_event(event_type, &claimed.command),
     );
+    telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
-    Ok(Some((claimed, StoredEvent { outbox_id, message })))
+    Ok(Claim::Claimed(claimed, StoredEvent { outbox_id, message }))
+}
+
+/// The project runs as many commands as it may: park the message in the
+/// delay queue (it comes back after a second, holding no worker slot) and
+/// acknowledge this delivery. The command stays `queued`.
+async fn defer(w: &Worker, id: Uuid, priority: u8) -> Disposition {
+    let message = w.topology.delayed_run_message(id, priority);
+    match w.publisher.publish_confirmed(&message).await {
+        Ok(()) => {
+            tracing::debug!("project at its concurrency limit; command deferred");
+            Disposition::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot defer the command; giving the message back");
+            // Not straight back: avoid a hot loop while the broker struggles.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Disposition::Requeue
+        }
+    }
 }
 
 async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<StoredEvent>, DbError> {
@@ -421,9 +524,10 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Stored
         return Ok(None);
     };
     let event_type = command.status.event_type().unwrap_or("command.failed");
-    let message = w
+    let mut message = w
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
+    telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
     Ok(Some(StoredEvent { outbox_id, message }))
@@ -492,9 +596,62 @@ pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
             Ok(client) => commands::heartbeat(&client, &worker.worker_id, &ids).await,
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, running = ids.len(), "heartbeat failed");
+        match result {
+            // Cancels whose broadcast this worker missed.
+            Ok(cancelled) => {
+                for id in cancelled {
+                    worker.cancel(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, running = ids.len(), "heartbeat failed"),
         }
+    }
+}
+
+/// Follows the control exchange until `done` fires, acting on cancel
+/// requests for commands this worker runs; reconnects with backoff.
+pub async fn control(worker: Arc<Worker>, done: CancellationToken) {
+    let mut backoff = RECONNECT_MIN;
+    let name = format!("rdev-worker {} control", worker.worker_id);
+    while !done.is_cancelled() {
+        let opened = tokio::select! {
+            r = mq::subscribe_control(&worker.cfg.amqp, &name) => r,
+            () = done.cancelled() => return,
+        };
+        match opened {
+            Ok((conn, mut consumer)) => {
+                backoff = RECONNECT_MIN;
+                loop {
+                    let next = tokio::select! {
+                        n = consumer.next() => n,
+                        () = done.cancelled() => break,
+                    };
+                    match next {
+                        Some(Ok(d)) => match serde_json::from_slice::<ControlMessage>(&d.data) {
+                            Ok(ControlMessage::Cancel { command_id }) => {
+                                worker.cancel(command_id);
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(error = %e, "malformed control message"),
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "control consumer failed; reconnecting");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let _ = conn.close(200, "bye".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot follow the control exchange")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = done.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 

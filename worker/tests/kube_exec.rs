@@ -717,6 +717,11 @@ async fn breaker_opens_when_the_api_fails_repeatedly() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     fake.set_mode(Mode::Broken);
     let exec = fake.executor(settings());
+    let metrics = rdev_shared::metrics::Metrics::new("test");
+    let gauge = metrics
+        .circuit_breaker_state
+        .with_label_values(&["kubernetes"]);
+    exec.set_state_gauge(gauge.clone());
     for _ in 0..3 {
         let ran = run(&exec, sh("true")).await;
         assert!(
@@ -726,6 +731,11 @@ async fn breaker_opens_when_the_api_fails_repeatedly() {
         );
     }
     assert_eq!(exec.breaker_state(), BreakerState::Open);
+    assert_eq!(
+        gauge.get(),
+        1,
+        "circuit_breaker_state{{target=\"kubernetes\"}} shows open"
+    );
     let ran = run(&exec, sh("true")).await;
     assert!(
         failed_to_start(&ran).starts_with("kubernetes API circuit open; retry in"),

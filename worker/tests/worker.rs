@@ -72,9 +72,7 @@ fn config(env: &TestEnv, root: &Path, drain_s: u64) -> Config {
         worker_id: Some(format!("test-worker-{:04x}", rand::random::<u16>())),
         drain_s,
 
-        kube_enabled: false,
-        kube_pod_cache_ttl_s: 5,
-        kube_api_timeout_s: 15,
+        kube: rdev_worker::config::KubeConfig::disabled(),
     }
 }
 

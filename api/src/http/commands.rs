@@ -13,7 +13,8 @@ use rdev_shared::db::{outbox, output, projects};
 use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
 };
-use rdev_shared::relay;
+use rdev_shared::mq::{ControlMessage, OutputEvent};
+use rdev_shared::{policy, relay};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -136,6 +137,23 @@ pub async fn create(
     let idem = idempotency_key(&headers)?;
     let (spec, body) = validate(body, st.cfg.max_timeout_s)?;
     let project = load_visible(&st, &auth, &name).await?;
+    let rule = match policy::check(project.allowed_commands.as_deref(), &spec) {
+        Ok(rule) => rule,
+        Err(refusal) => {
+            auth.record_denial(
+                "command.create",
+                "project",
+                Some(project.name.clone()),
+                Some(project.id),
+                "policy",
+                json!({ "detail": refusal.0 }),
+            );
+            return Err(ApiError::Forbidden(format!(
+                "command refused by project policy: {}",
+                refusal.0
+            )));
+        }
+    };
     let new = NewCommand {
         id: Uuid::now_v7(),
         project_id: project.id,
@@ -147,9 +165,11 @@ pub async fn create(
         timeout_s: body.timeout_s.unwrap_or(project.default_timeout_s),
         idempotency_key: idem.clone(),
     };
-    let message = st
+    let mut message = st
         .topology
         .run_message(new.id, u8::try_from(new.priority).unwrap_or(5));
+    // The worker continues this request's trace.
+    rdev_shared::telemetry::inject_current(&mut message.headers);
 
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
@@ -175,7 +195,11 @@ pub async fn create(
             target_id: Some(cmd.id.to_string()),
             project_id: Some(project.id),
             outcome: "success",
-            details: json!({ "priority": cmd.priority, "timeout_s": cmd.timeout_s }),
+            details: json!({
+                "priority": cmd.priority,
+                "timeout_s": cmd.timeout_s,
+                "allowed_by": rule,
+            }),
         },
     )
     .await?;
@@ -278,6 +302,83 @@ pub async fn list(
     Ok(axum::Json(
         json!({ "items": items, "next_cursor": next_cursor }),
     ))
+}
+
+/// `POST /v1/commands/{id}/cancel`: a queued command becomes `cancelled` at
+/// once and never runs; a running one is stopped by its worker (broadcast on
+/// the control exchange, with the worker's heartbeat as the backstop) and
+/// ends `cancelled`. Cancelling a finished command is a 409.
+pub async fn cancel(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    auth.require(Scope::CommandsRun)?;
+    let cmd = load_visible_command(&st, &auth, &id).await?;
+    let audit_entry = |outcome: &'static str, details: serde_json::Value| AuditEntry {
+        actor_key_id: Some(auth.key.id),
+        actor: &auth.key.name,
+        ip: auth.ip,
+        action: "command.cancel",
+        target_type: "command",
+        target_id: Some(cmd.id.to_string()),
+        project_id: Some(cmd.project_id),
+        outcome,
+        details,
+    };
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(cancelled) = commands::cancel_queued(&tx, cmd.id).await? {
+        audit::append(&tx, &audit_entry("success", json!({ "was": "queued" }))).await?;
+        let kind = CommandStatus::Cancelled
+            .event_type()
+            .unwrap_or("command.cancelled");
+        let message = st
+            .topology
+            .event_message(kind, &rdev_shared::domain::command_event(kind, &cancelled));
+        let outbox_id = outbox::insert(&tx, &message).await?;
+        tx.commit().await?;
+        drop(client);
+        relay::publish_now(
+            &st.pool,
+            &st.publisher,
+            &[outbox::Pending {
+                id: outbox_id,
+                message,
+            }],
+        )
+        .await;
+        // Watchers of the command see it end.
+        let _ = st
+            .publisher
+            .publish_output(cancelled.id, &OutputEvent::End)
+            .await;
+        return Ok(command_response(StatusCode::ACCEPTED, &cancelled, false));
+    }
+    if let Some(running) = commands::request_cancel(&tx, cmd.id).await? {
+        audit::append(&tx, &audit_entry("success", json!({ "was": "running" }))).await?;
+        tx.commit().await?;
+        drop(client);
+        if let Err(e) = st
+            .publisher
+            .publish_control(&ControlMessage::Cancel {
+                command_id: running.id,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, command = %running.id, "cancel broadcast failed; the worker's heartbeat will pick it up");
+        }
+        return Ok(command_response(StatusCode::ACCEPTED, &running, false));
+    }
+    tx.rollback().await?;
+    // Neither queued nor running any more: it finished meanwhile.
+    let now = commands::get(&client, cmd.id)
+        .await?
+        .map_or(cmd.status, |c| c.status);
+    Err(ApiError::Conflict(format!(
+        "command `{}` already {now}; nothing to cancel",
+        cmd.id
+    )))
 }
 
 /// Query of `GET /v1/commands/{id}/output`.

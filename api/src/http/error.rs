@@ -43,6 +43,14 @@ pub enum ApiError {
     /// The method does not apply to the resource.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A limit is reached; retry after the given number of seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What limit, for a person.
+        detail: String,
+        /// Seconds until a retry may succeed.
+        retry_after_s: u64,
+    },
     /// A dependency is down.
     #[error("{0}")]
     Unavailable(String),
@@ -83,6 +91,11 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method Not Allowed",
+            ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too Many Requests",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -138,6 +151,11 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let ApiError::TooManyRequests { retry_after_s, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -2,44 +2,114 @@
 //! rejections are problem+json.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use chrono::Utc;
-use rdev_shared::db::keys;
+use rdev_shared::db::audit::{self, AuditEntry};
+use rdev_shared::db::{Pool, keys, rate_limits};
 use rdev_shared::domain::{ApiKey, Scope};
-use rdev_shared::secret;
+use rdev_shared::{ratelimit, secret};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
+use super::client_ip;
 use super::error::ApiError;
+use super::ratelimit::RateSlot;
+use crate::keycache::DenialBudget;
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Auth {
     /// The key presented.
     pub key: ApiKey,
-    /// The client address.
+    /// The client address (see [`client_ip`]).
     pub ip: Option<IpAddr>,
+    /// `METHOD /path` of the request, for denial records.
+    pub route: String,
+    pool: Pool,
+    denials: Arc<DenialBudget>,
 }
 
 impl Auth {
-    /// Fails with 403 unless the key holds `scope`.
+    /// Fails with 403 unless the key holds `scope` (and records the denial).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.key.has_scope(scope) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
-                "this API key lacks the `{}` scope",
-                scope.as_str()
-            )))
+            Err(self.deny(
+                "scope",
+                json!({ "scope": scope.as_str() }),
+                format!("this API key lacks the `{}` scope", scope.as_str()),
+            ))
         }
     }
 
     /// Whether the key may see the project (a restricted key sees others as absent).
     pub fn sees_project(&self, project_id: Uuid) -> bool {
         self.key.can_access_project(project_id)
+    }
+
+    /// A 403 whose denial is appended to the audit log (in the background:
+    /// the answer does not wait for it).
+    pub fn deny(&self, reason: &str, details: serde_json::Value, detail: String) -> ApiError {
+        self.record_denial(
+            "auth.denied",
+            "route",
+            Some(self.route.clone()),
+            None,
+            reason,
+            details,
+        );
+        ApiError::Forbidden(detail)
+    }
+
+    /// Appends a `denied` audit entry in the background, unless this key's
+    /// denials are being throttled (see [`DenialBudget`]).
+    pub fn record_denial(
+        &self,
+        action: &str,
+        target_type: &str,
+        target_id: Option<String>,
+        project_id: Option<Uuid>,
+        reason: &str,
+        mut details: serde_json::Value,
+    ) {
+        let Some(skipped) = self.denials.take() else {
+            return;
+        };
+        if let Some(map) = details.as_object_mut() {
+            map.insert("reason".into(), reason.into());
+            map.insert("route".into(), self.route.clone().into());
+            if skipped > 0 {
+                map.insert("skipped_before".into(), skipped.into());
+            }
+        }
+        let (pool, key, ip) = (self.pool.clone(), self.key.clone(), self.ip);
+        let (action, target_type) = (action.to_owned(), target_type.to_owned());
+        tokio::spawn(async move {
+            let entry = AuditEntry {
+                actor_key_id: Some(key.id),
+                actor: &key.name,
+                ip,
+                action: &action,
+                target_type: &target_type,
+                target_id,
+                project_id,
+                outcome: "denied",
+                details,
+            };
+            let result = match pool.get().await {
+                Ok(c) => audit::append(&c, &entry).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, action = %action, "could not record a denial");
+            }
+        });
     }
 }
 
@@ -70,6 +140,9 @@ pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
+    /// Key lookup (cached), then expiry/revocation (401), IP allowlist (403),
+    /// and the rate limit (429). Each refusal of a known key is audited;
+    /// unknown or malformed keys write nothing.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
@@ -81,32 +154,74 @@ impl FromRequestParts<AppState> for Auth {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
         let hash = secret::hash_key(token);
-        let client = state.pool.get().await?;
-        let Some((key, stored)) = keys::find_by_hash(&client, &hash).await? else {
+        let Some(entry) = state.keys.lookup(&state.pool, &hash).await? else {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         };
-        if !secret::constant_time_eq(&stored, &hash) {
+        if !secret::constant_time_eq(&entry.stored_hash, &hash) {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
-        if !key.is_active(Utc::now()) {
-            return Err(ApiError::Unauthorized(
-                "this API key is revoked or expired".into(),
+        let ip = peer_ip(parts)
+            .map(|peer| client_ip::resolve(peer, &parts.headers, &state.cfg.trusted_proxies.0));
+        let auth = Auth {
+            key: entry.key.clone(),
+            ip,
+            route: format!("{} {}", parts.method, parts.uri.path()),
+            pool: state.pool.clone(),
+            denials: entry.denials.clone(),
+        };
+        if !auth.key.is_active(Utc::now()) {
+            let reason = if auth.key.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "expired"
+            };
+            auth.record_denial(
+                "auth.denied",
+                "route",
+                Some(auth.route.clone()),
+                None,
+                reason,
+                json!({}),
+            );
+            return Err(ApiError::Unauthorized(format!("this API key is {reason}")));
+        }
+        if !auth.key.allows_ip(ip) {
+            return Err(auth.deny(
+                "ip",
+                json!({}),
+                format!(
+                    "this API key may not be used from {}",
+                    ip.map_or_else(|| "an unknown address".to_owned(), |i| i.to_string())
+                ),
             ));
         }
-        let pool = state.pool.clone();
-        let id = key.id;
-        drop(client);
-        tokio::spawn(async move {
-            if let Ok(c) = pool.get().await
-                && let Err(e) = keys::touch(&c, id).await
-            {
-                tracing::debug!(error = %e, "could not record key use");
-            }
-        });
-        Ok(Auth {
-            key,
-            ip: peer_ip(parts),
-        })
+        let limit = auth.key.rate_limit.unwrap_or(state.cfg.rate_limit);
+        let observed = {
+            let client = state.pool.get().await?;
+            rate_limits::hit(&client, auth.key.id, limit).await?
+        };
+        let decision = ratelimit::decide(limit, observed);
+        if let Some(slot) = parts.extensions.get::<RateSlot>() {
+            slot.set(decision);
+        }
+        if !decision.allowed {
+            return Err(ApiError::TooManyRequests {
+                detail: format!("rate limit exceeded: retry in {} s", decision.retry_after_s),
+                retry_after_s: decision.retry_after_s,
+            });
+        }
+        if entry.should_touch() {
+            let pool = state.pool.clone();
+            let id = auth.key.id;
+            tokio::spawn(async move {
+                if let Ok(c) = pool.get().await
+                    && let Err(e) = keys::touch(&c, id).await
+                {
+                    tracing::debug!(error = %e, "could not record key use");
+                }
+            });
+        }
+        Ok(auth)
     }
 }
 
@@ -179,6 +294,18 @@ pub mod cursor {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
+    }
+
+    /// Decodes an optional cursor holding a typed sort key (an id), 400 when
+    /// it was not made by [`encode`] from one.
+    pub fn decode_opt<T: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+        cursor
+            .map(|c| {
+                decode(c)?
+                    .parse::<T>()
+                    .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+            })
+            .transpose()
     }
 }
 

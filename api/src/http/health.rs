@@ -29,3 +29,14 @@ pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
     };
     (code, Json(body))
 }
+
+/// Prometheus text exposition.
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            rdev_shared::metrics::CONTENT_TYPE,
+        )],
+        st.metrics.render(Some(&st.pool)),
+    )
+}

@@ -1,10 +1,15 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
+pub mod audit;
+pub mod client_ip;
 pub mod commands;
+pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod keys;
 pub mod projects;
+pub mod ratelimit;
 pub mod sse;
 
 use std::sync::Arc;
@@ -18,7 +23,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::hub::OutputHub;
+use crate::keycache::KeyCache;
+use crate::limits::SseLimiter;
 use error::ApiError;
+use rdev_shared::metrics::Metrics;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -29,10 +37,19 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Relays live output.
     pub hub: Arc<OutputHub>,
+    /// Cached key lookups.
+    pub keys: Arc<KeyCache>,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
+    /// This instance's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Admission of SSE connections.
+    pub sse: Arc<SseLimiter>,
+    /// Turns `true` when the server shuts down: SSE streams then close with
+    /// a `retry:` hint so clients reconnect to another instance.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole application, without a socket (tests can `oneshot` it).
@@ -49,15 +66,27 @@ pub fn router(state: AppState) -> Router {
         .route("/commands", get(commands::list))
         .route("/commands/{id}", get(commands::get))
         .route("/commands/{id}/output", get(commands::output))
-        .route("/commands/{id}/events", get(sse::events));
+        .route("/commands/{id}/cancel", post(commands::cancel))
+        .route("/commands/{id}/events", get(sse::events))
+        .route("/api-keys", post(keys::create).get(keys::list))
+        .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
+        .route("/api-keys/{id}/rotate", post(keys::rotate))
+        .route("/audit", get(audit::list))
+        .layer(axum::middleware::from_fn(ratelimit::headers));
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/debug/pprof/heap", get(debug::heap))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 
@@ -67,4 +96,47 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// Counts every request by its route template (not the raw path, so ids do
+/// not explode the label set) and status, and times it.
+async fn record_request(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_requests_total
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    st.metrics
+        .http_request_duration_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The span of one HTTP request; continues a caller's `traceparent`. Only
+/// the path is recorded, never the query string or headers.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        trace_id = tracing::field::Empty,
+    );
+    let pairs: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("trace"))
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect();
+    rdev_shared::telemetry::continue_trace(&span, &pairs);
+    span
 }

@@ -140,15 +140,7 @@ fn check_common(f: Fields<'_>, max_timeout_s: i32, errors: &mut Vec<FieldError>)
         errors.push(FieldError::new("max_concurrency", "must be 1-10000"));
     }
     if let Some(list) = allowed_commands {
-        if list.len() > 256 {
-            errors.push(FieldError::new("allowed_commands", "at most 256 patterns"));
-        }
-        if list.iter().any(|p| p.is_empty() || p.len() > 1024) {
-            errors.push(FieldError::new(
-                "allowed_commands",
-                "patterns must be 1-1024 bytes",
-            ));
-        }
+        rdev_shared::policy::validate(list, errors);
     }
 }
 
@@ -169,7 +161,9 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     auth.require(Scope::ProjectsWrite)?;
     if auth.key.project_ids.is_some() {
-        return Err(ApiError::Forbidden(
+        return Err(auth.deny(
+            "project_restricted",
+            json!({}),
             "a project-restricted key cannot create projects".into(),
         ));
     }

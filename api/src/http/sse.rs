@@ -26,12 +26,15 @@ use super::AppState;
 use super::commands::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
+use crate::limits::{Refusal, SseSlot};
 
-/// Chunks read from PostgreSQL per page: at most 8 × 64 KiB held per
+/// Chunks read from PostgreSQL per page: at most 2 × 64 KiB held per
 /// connection while catching up.
-const CATCH_UP_PAGE: i64 = 8;
+const CATCH_UP_PAGE: i64 = 2;
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
+/// Reconnection delay suggested when this instance shuts down.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
 
@@ -103,8 +106,18 @@ pub async fn events(
     auth.require(Scope::CommandsRead)?;
     let after = last_event_id(&headers)?;
     let cmd = load_visible_command(&st, &auth, &id).await?;
+    let slot = st.sse.admit(auth.key.id).map_err(|r| match r {
+        Refusal::Instance(n) => ApiError::TooManyRequests {
+            detail: format!("this instance serves its maximum of {n} event streams; retry later"),
+            retry_after_s: 5,
+        },
+        Refusal::Key(n) => ApiError::TooManyRequests {
+            detail: format!("this API key has its maximum of {n} open event streams"),
+            retry_after_s: 5,
+        },
+    })?;
     let keepalive = st.cfg.sse_keepalive;
-    let stream = event_stream(st, cmd, after);
+    let stream = event_stream(st, cmd, after, slot);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
 }
 
@@ -112,12 +125,19 @@ fn event_stream(
     st: AppState,
     cmd: Command,
     after: i64,
+    slot: SseSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        // Held for the life of the stream: dropping the stream (client gone,
+        // server shutting down, end) releases it.
+        let _slot = slot;
+        let expires = tokio::time::sleep(st.cfg.sse_max_lifetime);
+        tokio::pin!(expires);
         let pool = st.pool.clone();
         let id = cmd.id;
         // Subscribe first: from here on nothing published is missed.
-        let mut sub = st.hub.subscribe(id).await;
+        let mut sub = Box::pin(st.hub.subscribe(id)).await;
+        let mut shutdown = st.shutdown.clone();
         let mut last = after;
         let mut max_seen = after;
         let mut status = cmd.status;
@@ -132,7 +152,7 @@ fn event_stream(
         loop {
             if need_catch_up || finished {
                 loop {
-                    match read_page(&pool, id, &mut last).await {
+                    match Box::pin(read_page(&pool, id, &mut last)).await {
                         Ok((events, full)) => {
                             for e in events {
                                 yield Ok(e);
@@ -151,13 +171,28 @@ fn event_stream(
             }
             if finished {
                 // Every chunk is stored before a command turns terminal.
-                if let Some(c) = reload(&pool, id).await {
+                if let Some(c) = Box::pin(reload(&pool, id)).await {
                     yield Ok(command_event("end", &c));
                 }
                 break;
             }
             let behind = last < max_seen;
             tokio::select! {
+                () = &mut expires => {
+                    yield Ok(Event::default()
+                        .event("reconnect")
+                        .data(r#"{"reason":"maximum connection lifetime reached"}"#)
+                        .retry(SHUTDOWN_RETRY));
+                    break;
+                }
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    // Resume elsewhere: the client reconnects with Last-Event-ID.
+                    yield Ok(Event::default()
+                        .event("reconnect")
+                        .data(r#"{"reason":"server shutting down"}"#)
+                        .retry(SHUTDOWN_RETRY));
+                    break;
+                }
                 msg = sub.recv() => match msg.as_deref() {
                     Some(OutputEvent::Chunk { seq, stream, data }) => {
                         max_seen = max_seen.max(*seq);
@@ -165,11 +200,13 @@ fn event_stream(
                             yield Ok(output_event(*seq, stream.as_str(), data));
                             last = *seq;
                         } else if *seq > last + 1 {
+                            // Missed something: PostgreSQL has it (or it was cut).
                             need_catch_up = true;
+                            sub.take_lagged();
                         }
                     }
                     Some(OutputEvent::Status) => {
-                        if let Some(c) = reload(&pool, id).await
+                        if let Some(c) = Box::pin(reload(&pool, id)).await
                             && c.status != status
                         {
                             status = c.status;
@@ -187,7 +224,7 @@ fn event_stream(
                 _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
                 _ = poll.tick() => {
                     need_catch_up = sub.take_lagged() || last < max_seen;
-                    if let Some(c) = reload(&pool, id).await {
+                    if let Some(c) = Box::pin(reload(&pool, id)).await {
                         if c.status != status {
                             status = c.status;
                             yield Ok(command_event("status", &c));

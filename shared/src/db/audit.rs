@@ -53,3 +53,120 @@ pub async fn append(
         .await?;
     Ok(())
 }
+
+/// An audit entry as read back, with its project's name.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRecord {
+    /// Sequence number (also the cursor).
+    pub id: i64,
+    /// When it happened.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Name of the actor.
+    pub actor: String,
+    /// Key that acted.
+    pub actor_key_id: Option<Uuid>,
+    /// Client address.
+    pub ip: Option<String>,
+    /// Dotted action name.
+    pub action: String,
+    /// Kind of target.
+    pub target_type: String,
+    /// Target id or name.
+    pub target_id: Option<String>,
+    /// Project name, when one was concerned.
+    pub project: Option<String>,
+    /// `success`, `denied` or `failure`.
+    pub outcome: String,
+    /// Extra facts.
+    pub details: serde_json::Value,
+}
+
+/// Filters of [`list`]; `None` means any.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Acting key.
+    pub actor_key_id: Option<Uuid>,
+    /// Actor name.
+    pub actor: Option<String>,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Project concerned.
+    pub project_id: Option<Uuid>,
+    /// Only entries of these projects (a restricted reader).
+    pub project_ids: Option<Vec<Uuid>>,
+    /// At or after.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only ids below this (the cursor).
+    pub before_id: Option<i64>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Entries matching `f`, newest first.
+pub async fn list(
+    client: &impl deadpool_postgres::GenericClient,
+    f: &AuditFilter,
+) -> Result<Vec<AuditRecord>, DbError> {
+    let rows = client
+        .query(
+            "SELECT a.id, a.at, a.actor, a.actor_key_id, host(a.ip) AS ip, a.action, \
+             a.target_type, a.target_id, p.name AS project, a.outcome, a.details \
+             FROM audit_log a LEFT JOIN projects p ON p.id = a.project_id \
+             WHERE ($1::uuid IS NULL OR a.actor_key_id = $1) \
+             AND ($2::text IS NULL OR a.actor = $2) \
+             AND ($3::text IS NULL OR a.action = $3) \
+             AND ($4::uuid IS NULL OR a.project_id = $4) \
+             AND ($5::uuid[] IS NULL OR a.project_id = ANY($5)) \
+             AND ($6::timestamptz IS NULL OR a.at >= $6) \
+             AND ($7::timestamptz IS NULL OR a.at < $7) \
+             AND ($8::int8 IS NULL OR a.id < $8) \
+             ORDER BY a.id DESC LIMIT $9",
+            &[
+                &f.actor_key_id,
+                &f.actor,
+                &f.action,
+                &f.project_id,
+                &f.project_ids,
+                &f.since,
+                &f.until,
+                &f.before_id,
+                &f.limit,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRecord {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                actor_key_id: r.try_get("actor_key_id")?,
+                ip: r.try_get("ip")?,
+                action: r.try_get("action")?,
+                target_type: r.try_get("target_type")?,
+                target_id: r.try_get("target_id")?,
+                project: r.try_get("project")?,
+                outcome: r.try_get("outcome")?,
+                details: r.try_get("details")?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes at most `batch` entries older than `older_than` (retention; the
+/// append-only trigger forbids updates, not deletes); returns how many.
+pub async fn delete_older_than(
+    client: &impl deadpool_postgres::GenericClient,
+    older_than: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "DELETE FROM audit_log WHERE id IN \
+             (SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2)",
+            &[&older_than, &batch],
+        )
+        .await?)
+}

@@ -212,17 +212,84 @@ pub async fn list(
     rows.iter().map(from_row).collect()
 }
 
-/// Moves a command from `queued` to `running` for `worker_id`. Returns `None`
-/// when it was not queued: this conditional update is what makes a
-/// redelivered message harmless.
+/// Result of [`claim`].
+#[derive(Debug)]
+pub enum ClaimOutcome {
+    /// The command is now `running` for this worker.
+    Claimed(Box<Claimed>),
+    /// It was not queued (claimed before, cancelled, finished): skip it.
+    NotQueued,
+    /// Its project already runs `max_concurrency` commands: try later.
+    AtLimit,
+}
+
+/// Moves a command from `queued` to `running` for `worker_id`. The
+/// conditional update is what makes a redelivered message harmless. For a
+/// project with `max_concurrency`, the check and the claim happen under a
+/// per-project advisory lock, so workers racing for the last slot cannot
+/// both win. Call inside a transaction (the lock is transaction-scoped).
 pub async fn claim(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
+) -> Result<ClaimOutcome, DbError> {
+    // Fast path: projects without a limit claim in one statement.
+    if let Some(c) = claim_if(client, id, worker_id, "p.max_concurrency IS NULL").await? {
+        return Ok(ClaimOutcome::Claimed(Box::new(c)));
+    }
+    let row = client
+        .query_opt(
+            "SELECT p.id, p.max_concurrency FROM commands c JOIN projects p ON p.id = c.project_id \
+             WHERE c.id = $1 AND c.status = 'queued'",
+            &[&id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(ClaimOutcome::NotQueued);
+    };
+    let project_id: Uuid = row.try_get(0)?;
+    let Some(max) = row.try_get::<_, Option<i32>>(1)? else {
+        // The limit was removed between the two statements.
+        return Ok(claim_if(client, id, worker_id, "true")
+            .await?
+            .map_or(ClaimOutcome::NotQueued, |c| {
+                ClaimOutcome::Claimed(Box::new(c))
+            }));
+    };
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+            &[&project_id.to_string()],
+        )
+        .await?;
+    let running: i64 = client
+        .query_one(
+            "SELECT count(*) FROM commands WHERE project_id = $1 AND status = 'running'",
+            &[&project_id],
+        )
+        .await?
+        .try_get(0)?;
+    if running >= i64::from(max) {
+        return Ok(ClaimOutcome::AtLimit);
+    }
+    Ok(claim_if(client, id, worker_id, "true")
+        .await?
+        .map_or(ClaimOutcome::NotQueued, |c| {
+            ClaimOutcome::Claimed(Box::new(c))
+        }))
+}
+
+/// The claim statement, with an extra condition on the project `p`.
+async fn claim_if(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, started_at = now(), \
          heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
+         AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
          SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
          p.deleted_at IS NOT NULL AS project_deleted \
@@ -273,19 +340,66 @@ pub async fn finish(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Refreshes `heartbeat_at` (and the running output size) of commands this worker runs.
+/// Refreshes `heartbeat_at` of commands this worker runs; returns those of
+/// them whose cancellation was requested (the backstop for a missed
+/// broadcast).
 pub async fn heartbeat(
     client: &impl deadpool_postgres::GenericClient,
     worker_id: &str,
     ids: &[Uuid],
-) -> Result<u64, DbError> {
-    Ok(client
-        .execute(
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = client
+        .query(
             "UPDATE commands SET heartbeat_at = now() \
-             WHERE id = ANY($1) AND worker_id = $2 AND status = 'running'",
+             WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' \
+             RETURNING id, cancel_requested_at IS NOT NULL AS cancel",
             &[&ids, &worker_id],
         )
-        .await?)
+        .await?;
+    let mut cancel = Vec::new();
+    for row in rows {
+        if row.try_get::<_, bool>("cancel")? {
+            cancel.push(row.try_get("id")?);
+        }
+    }
+    Ok(cancel)
+}
+
+/// Cancels a command that is still queued; `None` when it no longer is.
+/// A worker that later receives its message finds it not queued and skips it.
+pub async fn cancel_queued(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Command>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET status = 'cancelled', finished_at = now(), \
+         cancel_requested_at = now() WHERE id = $1 AND status = 'queued' RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Records a cancel request for a running command; `None` when it is not running.
+pub async fn request_cancel(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Command>, DbError> {
+    let sql = format!(
+        "WITH c AS (UPDATE commands SET cancel_requested_at = coalesce(cancel_requested_at, now()) \
+         WHERE id = $1 AND status = 'running' RETURNING *) \
+         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Marks running commands whose heartbeat is older than `before` as failed

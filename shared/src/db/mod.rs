@@ -7,6 +7,7 @@ pub mod keys;
 pub mod outbox;
 pub mod output;
 pub mod projects;
+pub mod rate_limits;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use rdev_shared::mq::Publisher;
 use rdev_shared::relay;
 use serde_json::json;
 
-use crate::support::{Options, spawn_app, spawn_app_with};
+use crate::support::{Options, spawn_app, spawn_app_with, wait_gone};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -111,22 +111,7 @@ async fn a_command_past_its_timeout_is_killed_with_its_process_group() {
         .trim()
         .parse()
         .expect("pid printed");
-    let gone = |pid: i32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie waiting for its reaper is gone as far as running goes.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !gone(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "background process {pid} survived the timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_gone(pid).await;
 }
 
 #[tokio::test]

@@ -1,8 +1,21 @@
 //! End-to-end tests: real API, worker and dispatcher against real PostgreSQL
 //! and RabbitMQ. Each test has its own database and AMQP prefix.
 
+mod access;
 mod api_errors;
 mod commands;
+mod fleet;
+mod observability;
 mod projects;
 mod sse;
 mod support;
+
+/// The same allocator and profiling settings as `rdev-api`, so the in-process
+/// API can serve heap profiles.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &[u8] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,background_thread:true,dirty_decay_ms:1000\0";

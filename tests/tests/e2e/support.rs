@@ -23,6 +23,15 @@ pub struct Options {
     pub api_amqp_url: Option<String>,
     pub max_body_bytes: usize,
     pub kill_grace_s: u64,
+    pub concurrency: u16,
+    pub lost_after_s: u64,
+    pub sse_max_connections: usize,
+    pub sse_max_per_key: usize,
+    pub sse_max_lifetime: Duration,
+    /// `RDEV_TRUSTED_PROXIES` of the API.
+    pub trusted_proxies: &'static str,
+    /// `RDEV_RATE_LIMIT` of the API.
+    pub rate_limit: &'static str,
 }
 
 impl Default for Options {
@@ -33,16 +42,30 @@ impl Default for Options {
             api_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
+            concurrency: 4,
+            lost_after_s: 30,
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: Duration::from_secs(3600),
+            trusted_proxies: "",
+            // Generous: tests poll; rate-limit tests set per-key limits.
+            rate_limit: "1000000/60s",
         }
     }
 }
 
 pub struct TestApp {
     pub env: TestEnv,
+    /// Base URL of the in-process worker's `/health`, `/ready`, `/metrics`.
+    pub worker_ops: Option<String>,
+    /// Base URL of the in-process dispatcher's ops endpoints.
+    pub dispatcher_ops: Option<String>,
     pub base: String,
     pub http: reqwest::Client,
     pub admin_key: String,
     pub workspace: PathBuf,
+    /// Settings the API was started with (to start more instances alike).
+    pub api_cfg: ApiConfig,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -73,10 +96,16 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         migrate: false,
         max_body_bytes: opts.max_body_bytes,
         max_timeout_s: 86_400,
-        sse_keepalive: Duration::from_secs(15),
+        sse_keepalive: Duration::from_secs(1),
         sse_poll: Duration::from_millis(500),
+        sse_max_connections: opts.sse_max_connections,
+        sse_max_per_key: opts.sse_max_per_key,
+        sse_max_lifetime: opts.sse_max_lifetime,
+        cache_ttl: Duration::from_secs(30),
+        trusted_proxies: opts.trusted_proxies.parse().expect("trusted proxies"),
+        rate_limit: opts.rate_limit.parse().expect("rate limit"),
     };
-    let server = rdev_api::start(cfg, stop.clone().cancelled_owned())
+    let server = rdev_api::start(cfg.clone(), stop.clone().cancelled_owned())
         .await
         .expect("start api");
     let addr: SocketAddr = server.addr;
@@ -84,20 +113,27 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let _ = server.task.await;
     }));
 
+    let mut worker_ops = None;
+    let mut dispatcher_ops = None;
     if opts.worker {
-        let wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
+        let mut wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
+        wcfg.concurrency = opts.concurrency;
         let s = stop.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = rdev_worker::run(wcfg, s.cancelled_owned()).await {
+            if let Err(e) = rdev_worker::run_with_addr(wcfg, s.cancelled_owned(), Some(tx)).await {
                 panic!("worker failed: {e}");
             }
         }));
+        worker_ops = rx.await.ok().map(|a| format!("http://{a}"));
     }
     if opts.dispatcher {
-        let dcfg = dispatcher_config(&env);
+        let mut dcfg = dispatcher_config(&env);
+        dcfg.lost_after_s = opts.lost_after_s;
         let d = rdev_dispatcher::start(dcfg, stop.clone().cancelled_owned())
             .await
             .expect("dispatcher");
+        dispatcher_ops = Some(format!("http://{}", d.addr));
         tasks.push(tokio::spawn(async move {
             let _ = d.task.await;
         }));
@@ -120,6 +156,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     drop(client);
 
     TestApp {
+        worker_ops,
+        dispatcher_ops,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -127,6 +165,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             .expect("http"),
         admin_key: generated.secret,
         workspace,
+        api_cfg: cfg,
         env,
         stop,
         tasks,
@@ -152,9 +191,7 @@ pub fn worker_config(
         worker_id: None,
         drain_s: 2,
 
-        kube_enabled: false,
-        kube_pod_cache_ttl_s: 5,
-        kube_api_timeout_s: 15,
+        kube: rdev_worker::config::KubeConfig::disabled(),
     }
 }
 
@@ -169,6 +206,8 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         relay_interval: Duration::from_millis(100),
         relay_min_age: Duration::ZERO,
         lost_after_s: 30,
+        audit_retention: Duration::from_secs(90 * 86_400),
+        retention_interval: Duration::from_secs(300),
     }
 }
 
@@ -224,6 +263,64 @@ impl Resp {
 }
 
 impl TestApp {
+    /// Starts another in-process worker on this app's database and broker;
+    /// it stops when `stop` is cancelled or the app drops.
+    pub fn start_worker(&mut self, concurrency: u16, stop: CancellationToken) {
+        let mut cfg = worker_config(&self.env, &self.workspace, 1);
+        cfg.concurrency = concurrency;
+        let all = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                tokio::select! { () = stop.cancelled() => {}, () = all.cancelled() => {} }
+            };
+            if let Err(e) = rdev_worker::run(cfg, stopped).await {
+                panic!("worker failed: {e}");
+            }
+        }));
+    }
+
+    /// Starts a second API instance on the same database and broker.
+    pub async fn start_api(
+        &mut self,
+        stop: CancellationToken,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let cfg = self.api_cfg.clone();
+        let all = self.stop.clone();
+        let stopped = async move {
+            tokio::select! { () = stop.cancelled() => {}, () = all.cancelled() => {} }
+        };
+        let server = rdev_api::start(cfg, stopped).await.expect("start api");
+        let base = format!("http://{}", server.addr);
+        let task = tokio::spawn(async move {
+            let _ = server.task.await;
+        });
+        (base, task)
+    }
+
+    /// Starts another API instance on the same database and broker prefix;
+    /// returns its base URL. It stops with the `TestApp`.
+    pub async fn spawn_api(&mut self) -> String {
+        let server = rdev_api::start(self.api_cfg.clone(), self.stop.clone().cancelled_owned())
+            .await
+            .expect("start api");
+        let addr = server.addr;
+        self.tasks.push(tokio::spawn(async move {
+            let _ = server.task.await;
+        }));
+        format!("http://{addr}")
+    }
+
+    /// Creates a key through the API with the admin key; returns (id, secret).
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let r = self.post("/v1/api-keys", body).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let k = r.json();
+        (
+            k["id"].as_str().expect("id").to_owned(),
+            k["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -265,6 +362,23 @@ impl TestApp {
             None,
         )
         .await
+    }
+
+    /// Polls until the command has the given status.
+    pub async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let c = self.get(&format!("/v1/commands/{id}")).await.json();
+            if c["status"] == status {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "command {id} is {} not {status}",
+                c["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Resp {
@@ -391,4 +505,44 @@ pub fn sse_seqs(events: &[Sse]) -> Vec<i64> {
         .filter(|e| e.event == "output")
         .filter_map(|e| e.data["seq"].as_i64())
         .collect()
+}
+
+/// Whether a process no longer runs (absent, or a zombie awaiting its reaper).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits up to 5 s for a process to be gone; panics otherwise.
+pub async fn wait_gone(pid: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !process_gone(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first line of a command's output parsed as a pid.
+pub async fn first_line_pid(app: &TestApp, id: &str) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = app.output(id, None).await;
+        let text = String::from_utf8_lossy(&out);
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pid printed by {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

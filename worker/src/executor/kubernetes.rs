@@ -38,7 +38,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -46,6 +46,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{AttachParams, AttachedProcess, ListParams};
 use kube::{Api, Client};
 use moka::future::Cache;
+use prometheus::IntGauge;
 use rdev_shared::breaker::{Breaker, BreakerConfig, BreakerState};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{
@@ -184,6 +185,8 @@ pub struct KubernetesExecutor {
     client: OnceCell<Client>,
     settings: KubeSettings,
     breaker: Breaker,
+    /// `circuit_breaker_state{target="kubernetes"}`, once metrics exist.
+    state_gauge: OnceLock<IntGauge>,
     /// (namespace, selector) → pods, for `pod_cache_ttl`.
     pods: Cache<(String, String), Arc<Vec<Candidate>>>,
     /// (namespace, pod) → commands this worker runs there.
@@ -217,6 +220,7 @@ impl KubernetesExecutor {
         Self {
             client,
             breaker: Breaker::new(settings.breaker),
+            state_gauge: OnceLock::new(),
             pods: Cache::builder()
                 .max_capacity(POD_CACHE_CAPACITY)
                 .time_to_live(settings.pod_cache_ttl)
@@ -226,9 +230,16 @@ impl KubernetesExecutor {
         }
     }
 
-    /// State of the API circuit breaker (for `circuit_breaker_state{target="kubernetes"}`).
+    /// State of the API circuit breaker.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    /// Keeps `gauge` (`circuit_breaker_state{target="kubernetes"}`) equal to
+    /// the breaker's state from now on. Only the first gauge set is used.
+    pub fn set_state_gauge(&self, gauge: IntGauge) {
+        gauge.set(self.breaker.state().as_gauge());
+        let _ = self.state_gauge.set(gauge);
     }
 
     async fn client(&self) -> Result<&Client, KubeError> {
@@ -258,11 +269,14 @@ impl KubernetesExecutor {
         namespace: &str,
         fut: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, KubeError> {
-        if let Err(refused) = self.breaker.acquire() {
+        let acquired = self.breaker.acquire();
+        publish_state(&self.breaker, self.state_gauge.get());
+        if let Err(refused) = acquired {
             return Err(KubeError::CircuitOpen(refused.retry_in.as_secs().max(1)));
         }
         let mut call = BreakerCall {
             breaker: &self.breaker,
+            gauge: self.state_gauge.get(),
             reported: false,
         };
         match tokio::time::timeout(self.settings.api_timeout, fut).await {
@@ -581,7 +595,14 @@ impl Drop for Slot {
 /// breaker can never stay half-open forever.
 struct BreakerCall<'a> {
     breaker: &'a Breaker,
+    gauge: Option<&'a IntGauge>,
     reported: bool,
+}
+
+fn publish_state(breaker: &Breaker, gauge: Option<&IntGauge>) {
+    if let Some(g) = gauge {
+        g.set(breaker.state().as_gauge());
+    }
 }
 
 impl BreakerCall<'_> {
@@ -596,6 +617,7 @@ impl BreakerCall<'_> {
                 tracing::warn!("kubernetes API circuit opened after repeated failures");
             }
         }
+        publish_state(self.breaker, self.gauge);
     }
 }
 
@@ -603,6 +625,7 @@ impl Drop for BreakerCall<'_> {
     fn drop(&mut self) {
         if !self.reported {
             self.breaker.failure();
+            publish_state(self.breaker, self.gauge);
         }
     }
 }

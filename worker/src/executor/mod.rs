@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream};
+use rdev_shared::metrics::Metrics;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -87,6 +88,18 @@ impl Executors {
     /// The executors of this build; `kubernetes` is `None` when disabled.
     pub fn new(local: LocalExecutor, kubernetes: Option<KubernetesExecutor>) -> Self {
         Self { local, kubernetes }
+    }
+
+    /// Reports executor state in `metrics` (the Kubernetes API breaker as
+    /// `circuit_breaker_state{target="kubernetes"}`).
+    pub fn set_metrics(&self, metrics: &Metrics) {
+        if let Some(kube) = &self.kubernetes {
+            kube.set_state_gauge(
+                metrics
+                    .circuit_breaker_state
+                    .with_label_values(&["kubernetes"]),
+            );
+        }
     }
 }
 

@@ -1,0 +1,74 @@
+//! `GET /v1/audit` (scope `audit:read`): the audit log, newest first,
+//! filtered by actor (key id or name), action, project and time range.
+//! A project-restricted reader sees only entries of its projects.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use rdev_shared::db::audit::{self, AuditFilter};
+use rdev_shared::domain::Scope;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiResult;
+use super::extract::{Auth, Query, cursor, page_limit};
+use super::projects::load_visible;
+
+/// Query of `GET /v1/audit`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    project: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/audit`
+pub async fn list(
+    State(st): State<AppState>,
+    auth: Auth,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::AuditRead)?;
+    let limit = page_limit(q.limit)?;
+    let before_id = cursor::decode_opt::<i64>(q.cursor.as_deref())?;
+    let project_id = match &q.project {
+        Some(name) => Some(load_visible(&st, &auth, name).await?.id),
+        None => None,
+    };
+    // `actor` is a key id or an actor name.
+    let (actor_key_id, actor) = match q.actor {
+        Some(a) => match a.parse::<Uuid>() {
+            Ok(id) => (Some(id), None),
+            Err(_) => (None, Some(a)),
+        },
+        None => (None, None),
+    };
+    let filter = AuditFilter {
+        actor_key_id,
+        actor,
+        action: q.action,
+        project_id,
+        project_ids: auth.key.project_ids.clone(),
+        since: q.since,
+        until: q.until,
+        before_id,
+        limit,
+    };
+    let client = st.pool.get().await?;
+    let items = audit::list(&client, &filter).await?;
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|e| cursor::encode(&e.id.to_string()))
+    } else {
+        None
+    };
+    Ok(axum::Json(
+        json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}

@@ -1,0 +1,345 @@
+//! `/v1/api-keys`: create, list, get, revoke, rotate (scope `keys:manage`).
+//!
+//! No key can hand out more than it holds: a new key's scopes must be
+//! granted by the caller's (`admin` grants all), and a project-restricted
+//! caller can only make keys restricted to a subset of its projects. The
+//! same rule decides which existing keys a caller sees and manages: those
+//! it could have created (others are 404), so rotating cannot be used to
+//! obtain a more powerful secret.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use rdev_shared::db::audit::{self, AuditEntry};
+use rdev_shared::db::keys::{self, KeyLimits, NewKey, Visibility};
+use rdev_shared::db::projects;
+use rdev_shared::domain::{ApiKey, FieldError, RateLimit, Scope};
+use rdev_shared::{secret, validate};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
+use crate::control;
+
+/// A key as the API shows it; `secret` only in create and rotate answers.
+#[derive(Serialize)]
+pub struct KeyView {
+    id: Uuid,
+    name: String,
+    prefix: String,
+    scopes: Vec<Scope>,
+    projects: Option<Vec<String>>,
+    allowed_ips: Option<Vec<String>>,
+    rate_limit: Option<RateLimit>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+async fn view(
+    client: &impl deadpool_postgres::GenericClient,
+    k: ApiKey,
+    secret: Option<String>,
+) -> ApiResult<KeyView> {
+    Ok(views(client, vec![(k, secret)]).await?.remove(0))
+}
+
+/// Builds views of keys, resolving all their project ids in one query.
+/// A deleted project keeps its name, so the restriction stays legible.
+async fn views(
+    client: &impl deadpool_postgres::GenericClient,
+    items: Vec<(ApiKey, Option<String>)>,
+) -> ApiResult<Vec<KeyView>> {
+    let mut ids: Vec<Uuid> = items
+        .iter()
+        .flat_map(|(k, _)| k.project_ids.iter().flatten().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names = if ids.is_empty() {
+        Default::default()
+    } else {
+        keys::project_names(client, &ids).await?
+    };
+    Ok(items
+        .into_iter()
+        .map(|(k, secret)| KeyView {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            projects: k
+                .project_ids
+                .map(|ids| ids.iter().filter_map(|id| names.get(id).cloned()).collect()),
+            allowed_ips: k
+                .allowed_ips
+                .map(|v| v.iter().map(ToString::to_string).collect()),
+            rate_limit: k.rate_limit,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+            created_at: k.created_at,
+            secret,
+        })
+        .collect())
+}
+
+fn visibility(auth: &Auth) -> Visibility {
+    Visibility {
+        scopes_within: (!auth.key.has_scope(Scope::Admin)).then(|| auth.key.scopes.clone()),
+        projects_within: auth.key.project_ids.clone(),
+    }
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    scopes: Vec<String>,
+    projects: Option<Vec<String>>,
+    allowed_ips: Option<Vec<String>>,
+    rate_limit: Option<RateLimit>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn audit_key(
+    client: &impl deadpool_postgres::GenericClient,
+    auth: &Auth,
+    action: &str,
+    key: &ApiKey,
+) -> ApiResult<()> {
+    audit::append(
+        client,
+        &AuditEntry {
+            actor_key_id: Some(auth.key.id),
+            actor: &auth.key.name,
+            ip: auth.ip,
+            action,
+            target_type: "api_key",
+            target_id: Some(key.id.to_string()),
+            project_id: None,
+            outcome: "success",
+            details: json!({
+                "name": key.name,
+                "scopes": key.scopes,
+                "projects": key.project_ids,
+            }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// `POST /v1/api-keys`
+pub async fn create(
+    State(st): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateKey>,
+) -> ApiResult<Response> {
+    auth.require(Scope::KeysManage)?;
+    let mut errors = Vec::new();
+    validate::name("name", &body.name, &mut errors);
+    let mut scopes = Vec::new();
+    if body.scopes.is_empty() {
+        errors.push(FieldError::new("scopes", "must name at least one scope"));
+    }
+    for (i, s) in body.scopes.iter().enumerate() {
+        match s.parse::<Scope>() {
+            Ok(s) if !scopes.contains(&s) => scopes.push(s),
+            Ok(_) => {}
+            Err(e) => errors.push(FieldError::new(format!("scopes[{i}]"), e.to_string())),
+        }
+    }
+    let allowed_ips = body
+        .allowed_ips
+        .as_ref()
+        .map(|v| validate::cidrs("allowed_ips", v, &mut errors));
+    if let Some(Err(m)) = body.rate_limit.map(|r| r.validate()) {
+        errors.push(FieldError::new("rate_limit", m));
+    }
+    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
+        errors.push(FieldError::new("expires_at", "must be in the future"));
+    }
+    if body.projects.as_ref().is_some_and(|p| p.len() > 1000) {
+        errors.push(FieldError::new("projects", "at most 1000 projects"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut client = st.pool.get().await?;
+    let project_ids = match &body.projects {
+        None => None,
+        Some(names) => {
+            let mut ids = Vec::with_capacity(names.len());
+            for (i, n) in names.iter().enumerate() {
+                match projects::get_by_name(&client, n).await? {
+                    Some(p) if auth.sees_project(p.id) => ids.push(p.id),
+                    _ => errors.push(FieldError::new(
+                        format!("projects[{i}]"),
+                        format!("no project named `{n}`"),
+                    )),
+                }
+            }
+            Some(ids)
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    // No escalation: every scope granted by the caller's, projects within its own.
+    if let Some(s) = scopes.iter().find(|s| !s.granted_by(&auth.key.scopes)) {
+        return Err(auth.deny(
+            "escalation",
+            json!({ "scope": s.as_str() }),
+            format!(
+                "cannot grant the `{}` scope, which this key lacks",
+                s.as_str()
+            ),
+        ));
+    }
+    if auth.key.project_ids.is_some() && project_ids.is_none() {
+        return Err(auth.deny(
+            "escalation",
+            json!({}),
+            "a project-restricted key can only create keys restricted to its projects".into(),
+        ));
+    }
+    let generated = secret::generate_key();
+    let tx = client.transaction().await?;
+    let key = keys::insert_with(
+        &tx,
+        &NewKey {
+            name: body.name,
+            prefix: generated.prefix.clone(),
+            hash: generated.hash,
+            scopes,
+            project_ids,
+        },
+        &KeyLimits {
+            allowed_ips,
+            rate_limit: body.rate_limit,
+            expires_at: body.expires_at,
+        },
+    )
+    .await?;
+    audit_key(&tx, &auth, "api_key.create", &key).await?;
+    tx.commit().await?;
+    let id = key.id;
+    let v = view(&client, key, Some(generated.secret)).await?;
+    let mut resp = (StatusCode::CREATED, axum::Json(v)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/api-keys/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+/// Query of `GET /v1/api-keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/api-keys`: in creation order, never with secrets.
+pub async fn list(
+    State(st): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::KeysManage)?;
+    let limit = page_limit(q.limit)?;
+    let after = cursor::decode_opt::<Uuid>(q.cursor.as_deref())?;
+    let client = st.pool.get().await?;
+    let items = keys::list(&client, after, &visibility(&auth), limit).await?;
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|k| cursor::encode(&k.id.to_string()))
+    } else {
+        None
+    };
+    let views = views(&client, items.into_iter().map(|k| (k, None)).collect()).await?;
+    Ok(axum::Json(
+        json!({ "items": views, "next_cursor": next_cursor }),
+    ))
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("API key `{id}` not found")))
+}
+
+async fn load_visible(
+    client: &impl deadpool_postgres::GenericClient,
+    auth: &Auth,
+    id: &str,
+) -> ApiResult<ApiKey> {
+    keys::get(client, parse_id(id)?, &visibility(auth))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("API key `{id}` not found")))
+}
+
+/// `GET /v1/api-keys/{id}`
+pub async fn get(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::KeysManage)?;
+    let client = st.pool.get().await?;
+    let key = load_visible(&client, &auth, &id).await?;
+    Ok(axum::Json(view(&client, key, None).await?))
+}
+
+/// `DELETE /v1/api-keys/{id}`: revokes the key on every instance within a
+/// second (cache eviction over the control exchange). Idempotent.
+pub async fn revoke(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth.require(Scope::KeysManage)?;
+    let mut client = st.pool.get().await?;
+    let key = load_visible(&client, &auth, &id).await?;
+    let tx = client.transaction().await?;
+    let key = keys::revoke(&tx, key.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("API key `{id}` not found")))?;
+    audit_key(&tx, &auth, "api_key.revoke", &key).await?;
+    tx.commit().await?;
+    drop(client);
+    control::announce_key_change(&st.keys, &st.publisher, key.id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/api-keys/{id}/rotate`: a new secret for the same key; the old
+/// one stops working at once on every instance.
+pub async fn rotate(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    auth.require(Scope::KeysManage)?;
+    let mut client = st.pool.get().await?;
+    let key = load_visible(&client, &auth, &id).await?;
+    if key.revoked_at.is_some() {
+        return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
+    }
+    let generated = secret::generate_key();
+    let tx = client.transaction().await?;
+    let key = keys::rotate(&tx, key.id, &generated.prefix, &generated.hash)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("a revoked key cannot be rotated".into()))?;
+    audit_key(&tx, &auth, "api_key.rotate", &key).await?;
+    tx.commit().await?;
+    control::announce_key_change(&st.keys, &st.publisher, key.id).await;
+    let v = view(&client, key, Some(generated.secret)).await?;
+    Ok(axum::Json(v).into_response())
+}

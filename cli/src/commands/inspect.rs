@@ -1,0 +1,158 @@
+//! `rdev logs`, `status`, `cancel`, `ls`: looking at commands.
+
+use std::io::Write;
+
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{page_query, seg};
+use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg};
+use crate::client::{Client, ClientError};
+use crate::events::Follower;
+use crate::output::{Style, Table, ellipsize, field, note, print_json, print_list, print_object};
+
+/// Fields of a command shown by `rdev status`.
+const COMMAND_FIELDS: &[&str] = &[
+    "id",
+    "project",
+    "command",
+    "argv",
+    "status",
+    "exit_code",
+    "error",
+    "priority",
+    "timeout_s",
+    "output_bytes",
+    "truncated",
+    "worker_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+];
+
+/// What a command runs, as one line: the shell command as given, an argv
+/// quoted the way a POSIX shell would need it.
+pub fn command_line(cmd: &Value) -> String {
+    match (cmd.get("command"), cmd.get("argv")) {
+        (Some(Value::String(c)), _) => c.clone(),
+        (_, Some(Value::Array(a))) => a
+            .iter()
+            .map(|s| shell_quote(s.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `rdev logs ID [-f] [--stream S]`: stored bytes as they are, or the live stream.
+pub async fn logs(client: &Client, args: &LogsArgs) -> Result<i32, ClientError> {
+    let id = seg(&args.id);
+    if args.follow {
+        Follower::new(client.clone(), id).run().await?;
+        return Ok(0);
+    }
+    let mut req = client.request(Method::GET, &format!("/v1/commands/{id}/output"));
+    if let Some(s) = args.stream {
+        let s = match s {
+            StreamArg::Stdout => "stdout",
+            StreamArg::Stderr => "stderr",
+        };
+        req = req.query(&[("stream", s)]);
+    }
+    let resp = client.send(req).await?;
+    let mut body = resp.bytes_stream();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| client.transport(e))?;
+        if out.write_all(&chunk).is_err() {
+            break; // stdout closed (e.g. `| head`)
+        }
+    }
+    let _ = out.flush();
+    Ok(0)
+}
+
+/// `rdev status ID`.
+pub async fn status(client: &Client, style: &Style, args: &IdArg) -> Result<i32, ClientError> {
+    let cmd = client
+        .get(&format!("/v1/commands/{}", seg(&args.id)), &[])
+        .await?;
+    if style.json {
+        print_json(&cmd);
+    } else {
+        // An argv reads better as the command line it stands for.
+        let mut shown = cmd.clone();
+        if let (Some(obj), Some(Value::Array(_))) = (shown.as_object_mut(), cmd.get("argv")) {
+            obj.insert("argv".into(), Value::String(command_line(&cmd)));
+        }
+        print_object(style, &shown, COMMAND_FIELDS);
+    }
+    Ok(0)
+}
+
+/// `rdev cancel ID`.
+pub async fn cancel(client: &Client, style: &Style, args: &IdArg) -> Result<i32, ClientError> {
+    let answer = client
+        .post(
+            &format!("/v1/commands/{}/cancel", seg(&args.id)),
+            &json!({}),
+        )
+        .await?;
+    if style.json {
+        crate::output::print_json(&answer);
+    } else {
+        note(&format!("cancel requested for {}", args.id));
+    }
+    Ok(0)
+}
+
+/// `rdev ls`.
+pub async fn ls(client: &Client, style: &Style, args: &LsArgs) -> Result<i32, ClientError> {
+    let mut q = page_query(&args.page);
+    if let Some(p) = &args.project {
+        q.push(("project", p.clone()));
+    }
+    if let Some(s) = &args.status {
+        q.push(("status", s.clone()));
+    }
+    let answer = client.get("/v1/commands", &q).await?;
+    print_list(style, &answer, |items| {
+        let mut t = Table::new(&["ID", "PROJECT", "STATUS", "EXIT", "CREATED", "COMMAND"]);
+        for c in items {
+            t.row(vec![
+                field(c, "id"),
+                field(c, "project"),
+                field(c, "status"),
+                field(c, "exit_code"),
+                field(c, "created_at"),
+                ellipsize(&command_line(c), 50),
+            ]);
+        }
+        t
+    });
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_is_shown_quoted_like_a_shell_would_need() {
+        let c = json!({"argv": ["sh", "-c", "echo 'hi' there", ""]});
+        assert_eq!(command_line(&c), r"sh -c 'echo '\''hi'\'' there' ''");
+        assert_eq!(command_line(&json!({"command": "make test"})), "make test");
+    }
+}

@@ -1,0 +1,33 @@
+//! One module per group of subcommands. Each returns the process exit code.
+
+pub mod admin;
+pub mod inspect;
+pub mod projects;
+pub mod run;
+
+use crate::args::PageArgs;
+
+/// `limit`/`cursor` query pairs.
+pub(crate) fn page_query(page: &PageArgs) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    if let Some(l) = page.limit {
+        q.push(("limit", l.to_string()));
+    }
+    if let Some(c) = &page.cursor {
+        q.push(("cursor", c.clone()));
+    }
+    q
+}
+
+/// Escapes a value for use as one path segment.
+pub(crate) fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,862 @@
+//! End-to-end tests of the `rdev` binary against the real system: the API
+//! and a worker in-process (real PostgreSQL and RabbitMQ, a fresh database
+//! and AMQP prefix per test), and the CLI run as a child process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdev_api::config::ApiConfig;
+use rdev_shared::config::{LogConfig, LogFormat};
+use rdev_shared::db::{keys, projects};
+use rdev_shared::domain::{ExecutorConfig, LocalExecutor, Scope};
+use rdev_shared::secret;
+use rdev_shared::test_support::TestEnv;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const PROJECT: &str = "demo";
+
+/// The API and a worker on loopback ports, a project `demo` and an admin key.
+struct System {
+    env: TestEnv,
+    addr: SocketAddr,
+    key: String,
+    workspace: PathBuf,
+    config_home: PathBuf,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Knobs of the system under test.
+struct Opts {
+    /// How long the worker waits between SIGTERM and SIGKILL.
+    kill_grace_s: u64,
+    /// The API closes every event stream after this long.
+    sse_max_lifetime: Duration,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            kill_grace_s: 1,
+            sse_max_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+async fn start() -> System {
+    start_with(Opts::default()).await
+}
+
+async fn start_with(opts: Opts) -> System {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let base = std::env::temp_dir().join(format!("rdev-cli-test-{}", env.topology.prefix()));
+    let workspace = base.join("ws");
+    let config_home = base.join("config");
+    std::fs::create_dir_all(&workspace).expect("workspace");
+    std::fs::create_dir_all(&config_home).expect("config home");
+
+    let server = rdev_api::start(
+        ApiConfig {
+            db: env.db.clone(),
+            amqp: env.amqp.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            migrate: false,
+            max_body_bytes: 1024 * 1024,
+            max_timeout_s: 86_400,
+            sse_keepalive: Duration::from_secs(15),
+            sse_poll: Duration::from_millis(500),
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: opts.sse_max_lifetime,
+            cache_ttl: Duration::from_secs(30),
+            trusted_proxies: Default::default(),
+            rate_limit: "1000000/60s".parse().expect("rate limit"),
+        },
+        stop.clone().cancelled_owned(),
+    )
+    .await
+    .expect("start api");
+    let addr = server.addr;
+    tasks.push(tokio::spawn(async move {
+        let _ = server.task.await;
+    }));
+
+    let wcfg = rdev_worker::Config {
+        db: env.db.clone(),
+        amqp: env.amqp.clone(),
+        log: LogConfig {
+            log_format: LogFormat::Text,
+        },
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        workspace_root: workspace.clone(),
+        concurrency: 4,
+        heartbeat_s: 1,
+        kill_grace_s: opts.kill_grace_s,
+        worker_id: None,
+        drain_s: 2,
+        kube: rdev_worker::config::KubeConfig::disabled(),
+    };
+    let s = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = rdev_worker::run(wcfg, s.cancelled_owned()).await {
+            panic!("worker failed: {e}");
+        }
+    }));
+
+    let generated = secret::generate_key();
+    let client = env.pool.get().await.expect("db");
+    keys::insert(
+        &client,
+        &keys::NewKey {
+            name: "cli-admin".into(),
+            prefix: generated.prefix.clone(),
+            hash: generated.hash,
+            scopes: vec![Scope::Admin],
+            project_ids: None,
+        },
+    )
+    .await
+    .expect("admin key");
+    projects::insert(
+        &client,
+        &projects::NewProject {
+            name: PROJECT.into(),
+            description: "CLI tests".into(),
+            executor: ExecutorConfig::Local(LocalExecutor { workdir: None }),
+            env: Default::default(),
+            default_timeout_s: 60,
+            max_output_bytes: 10 * 1024 * 1024,
+            max_concurrency: None,
+            allowed_commands: None,
+        },
+    )
+    .await
+    .expect("project");
+    drop(client);
+
+    System {
+        env,
+        addr,
+        key: generated.secret,
+        workspace: base,
+        config_home,
+        stop,
+        tasks,
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.workspace);
+        let _ = &self.env;
+    }
+}
+
+impl System {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `rdev ARGS` against `url`, with no configuration but the environment.
+    fn rdev_at(&self, url: &str, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(rdev_bin());
+        c.args(args)
+            .env("RDEV_URL", url)
+            .env("RDEV_API_KEY", &self.key)
+            .env_remove("RDEV_PROFILE")
+            .env_remove("NO_COLOR")
+            .env("XDG_CONFIG_HOME", &self.config_home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    fn rdev(&self, args: &[&str]) -> tokio::process::Command {
+        self.rdev_at(&self.url(), args)
+    }
+
+    /// Runs `rdev ARGS` to completion (at most a minute).
+    async fn output(&self, args: &[&str]) -> Output {
+        finish(self.rdev(args)).await
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.output(&all).await;
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(&out)))
+    }
+
+    /// Waits until the project has a command in `status`; returns it.
+    async fn wait_for_command(&self, status: &str) -> Value {
+        for _ in 0..200 {
+            let list = self
+                .json(&["ls", "--project", PROJECT, "--status", status])
+                .await;
+            if let Some(c) = list["items"].as_array().and_then(|a| a.first()) {
+                return c.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {status} command appeared");
+    }
+}
+
+/// The `rdev` binary under test. `CARGO_BIN_EXE_rdev` is `target/debug/rdev`,
+/// which another checkout sharing `CARGO_TARGET_DIR` can overwrite with its
+/// own build; say so plainly instead of failing every test obscurely.
+fn rdev_bin() -> &'static str {
+    static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let bin = env!("CARGO_BIN_EXE_rdev");
+    CHECKED.get_or_init(|| {
+        let help = std::process::Command::new(bin)
+            .arg("--help")
+            .output()
+            .expect("run rdev --help");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("Exit codes"),
+            "{bin} is not this checkout's rdev (another checkout sharing \
+             CARGO_TARGET_DIR built over it); rerun the tests"
+        );
+    });
+    bin
+}
+
+async fn finish(mut cmd: tokio::process::Command) -> Output {
+    let child = cmd.spawn().expect("spawn rdev");
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("rdev did not finish within a minute")
+        .expect("rdev output")
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_the_exact_bytes_of_each_stream_and_exits_zero() {
+    let sys = start().await;
+    // Several arguments: run as argv. Tabs, CR, non-ASCII, NUL, no trailing newline.
+    let out = sys
+        .output(&[
+            "run",
+            "-p",
+            PROJECT,
+            "--",
+            "sh",
+            "-c",
+            r"printf 'out\tü\r\000x'; printf 'err: no newline' >&2",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.stdout, b"out\t\xc3\xbc\r\0x", "{}", show(&out));
+    assert_eq!(out.stderr, b"err: no newline", "{}", show(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_with_the_commands_exit_code() {
+    let sys = start().await;
+    // One argument: a shell command line.
+    let out = sys
+        .output(&["run", "-p", PROJECT, "--", "echo out; echo err >&2; exit 3"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_124_when_the_command_times_out() {
+    let sys = start().await;
+    let out = sys
+        .output(&[
+            "run",
+            "-p",
+            PROJECT,
+            "--timeout",
+            "1",
+            "--",
+            "echo started; sleep 30",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(124), "{}", show(&out));
+    assert_eq!(out.stdout, b"started\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_neither_lose_nor_repeat_output() {
+    let sys = start().await;
+    // Cut the first three event streams, each in the middle of its fifth
+    // output event, and close the two connections after each cut at once
+    // (the API "down" for a moment); later connections pass untouched.
+    let proxy = Proxy::start(sys.addr, 3, 5).await;
+    proxy.refuse_after_cut(2);
+    let script = "for i in $(seq 1 60); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.02; done; printf end";
+    let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let want_out: String = (1..=60).map(|i| format!("line {i}\n")).collect::<String>() + "end";
+    let want_err: String = (1..=60).map(|i| format!("err {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want_out);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), want_err);
+    assert_eq!(
+        proxy.cuts_done(),
+        3,
+        "the proxy should have cut three streams"
+    );
+    assert_eq!(proxy.refused(), 6, "and refused two connections after each");
+    let resumed = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.to_ascii_lowercase().contains("last-event-id: "))
+        .count();
+    assert!(resumed >= 3, "reconnects must resume with Last-Event-ID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_closed_by_the_api_are_resumed_seamlessly() {
+    // The API ends every event stream after a second; a 3 s command needs
+    // several connections.
+    let sys = start_with(Opts {
+        sse_max_lifetime: Duration::from_secs(1),
+        ..Opts::default()
+    })
+    .await;
+    let script = "for i in $(seq 1 30); do echo \"tick $i\"; sleep 0.1; done";
+    let proxy = Proxy::start(sys.addr, 0, 0).await; // only to count requests
+    let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let want: String = (1..=30).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert_eq!(out.stderr, b"");
+    let streams = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /v1/commands/") && r.contains("/events "))
+        .count();
+    assert!(streams >= 2, "expected reconnects, saw {streams} stream(s)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_enqueue_answer_is_retried_without_running_twice() {
+    let sys = start().await;
+    let proxy = Proxy::start(sys.addr, 0, 0).await;
+    proxy.lose_next_202();
+    let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", "echo once"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.stdout, b"once\n");
+    let posts: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /v1/projects/"))
+        .collect();
+    assert_eq!(posts.len(), 2, "one retry: {posts:?}");
+    let key = |r: &str| {
+        r.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("idempotency-key:"))
+            .map(str::to_owned)
+    };
+    assert!(key(&posts[0]).is_some());
+    assert_eq!(key(&posts[0]), key(&posts[1]), "the retry reuses the key");
+    let list = sys.json(&["ls", "-p", PROJECT]).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
+    // A command that ignores SIGTERM stays running through the worker's
+    // 30 s grace period: time for the second Ctrl-C.
+    let sys = start_with(Opts {
+        kill_grace_s: 30,
+        ..Opts::default()
+    })
+    .await;
+    let proxy = Proxy::start(sys.addr, 0, 0).await;
+    let script = "trap '' TERM; echo ready; while :; do sleep 0.2; done";
+    let mut child = sys
+        .rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])
+        .spawn()
+        .expect("spawn");
+    // Streaming has begun once the first line is through.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut first))
+        .await
+        .expect("first output within 20 s")
+        .expect("read");
+    assert_eq!(&first, b"ready\n");
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    let cmd = sys.wait_for_command("running").await;
+    let id = cmd["id"].as_str().expect("id").to_owned();
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let cancel_line = format!("POST /v1/commands/{id}/cancel ");
+    let mut asked = false;
+    for _ in 0..100 {
+        if proxy.requests().iter().any(|r| r.starts_with(&cancel_line)) {
+            asked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(asked, "the first Ctrl-C must POST {cancel_line}");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("second SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("rdev exits at once after the second Ctrl-C")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cancelling {id}")), "{err}");
+    assert!(err.contains(&format!("left {id} running")), "{err}");
+    // The remote command is still in its grace period.
+    assert_eq!(sys.json(&["status", &id]).await["status"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_remote_command_and_exits_130() {
+    let sys = start().await;
+    let mut child = sys
+        .rdev(&["run", "-p", PROJECT, "--", "echo ready; sleep 30"])
+        .spawn()
+        .expect("spawn");
+    // The command has started once its first line is through.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut first))
+        .await
+        .expect("first output within 20 s")
+        .expect("read");
+    assert_eq!(&first, b"ready\n");
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    let cmd = sys.wait_for_command("running").await;
+    let started = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("rdev exits once the command is cancelled")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not the 30 s sleep"
+    );
+    let id = cmd["id"].as_str().expect("id");
+    let after = sys.json(&["status", id]).await;
+    assert_eq!(after["status"], "cancelled", "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_subcommand_cancels_and_run_reports_130() {
+    let sys = start().await;
+    let child = sys
+        .rdev(&["run", "-p", PROJECT, "--", "sleep 30"])
+        .spawn()
+        .expect("spawn");
+    let cmd = sys.wait_for_command("running").await;
+    let id = cmd["id"].as_str().expect("id");
+    let cancel = sys.output(&["cancel", id]).await;
+    assert_eq!(cancel.status.code(), Some(0), "{}", show(&cancel));
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("run ends")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    // Cancelling a finished command is a conflict, explained.
+    let again = sys.output(&["cancel", id]).await;
+    assert_eq!(again.status.code(), Some(1), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("Conflict (409)"),
+        "{}",
+        show(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_logs_and_status_work_together() {
+    let sys = start().await;
+    let out = sys
+        .output(&[
+            "run",
+            "-p",
+            PROJECT,
+            "--detach",
+            "--",
+            // Pauses order the chunks (two pipes have no order of their own);
+            // `env printf` because the shell may buffer its builtin's output.
+            "env printf a; sleep 0.2; env printf b >&2; sleep 0.2; env printf c",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 36, "detach prints the id: {}", show(&out));
+
+    // `logs -f` follows to the end; then the stored output is complete.
+    let follow = sys.output(&["logs", "-f", &id]).await;
+    assert_eq!(follow.status.code(), Some(0), "{}", show(&follow));
+    assert_eq!(follow.stdout, b"ac");
+    assert_eq!(follow.stderr, b"b");
+    let all = sys.output(&["logs", &id]).await;
+    assert_eq!(all.stdout, b"abc");
+    let err = sys.output(&["logs", &id, "--stream", "stderr"]).await;
+    assert_eq!(err.stdout, b"b");
+
+    let status = sys.json(&["status", &id]).await;
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["project"], PROJECT);
+    let human = sys.output(&["status", &id]).await;
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("status:") && text.contains("succeeded"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_parses_and_tables_are_for_people() {
+    let sys = start().await;
+    let created = sys
+        .json(&[
+            "projects",
+            "create",
+            "web",
+            "--description",
+            "site",
+            "-e",
+            "A=1",
+        ])
+        .await;
+    assert_eq!(created["name"], "web");
+    assert_eq!(created["env"]["A"], "1");
+    let list = sys.json(&["projects", "ls"]).await;
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(names.contains(&"web") && names.contains(&PROJECT), "{list}");
+    assert_eq!(
+        sys.json(&["projects", "get", "web"]).await["description"],
+        "site"
+    );
+
+    let run = sys.json(&["run", "-p", PROJECT, "--", "true"]).await;
+    assert_eq!(run["status"], "succeeded");
+    let cmds = sys.json(&["ls", "--limit", "5"]).await;
+    assert_eq!(cmds["items"][0]["id"], run["id"]);
+
+    let table = sys.output(&["projects", "ls"]).await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when not a terminal: {text}"
+    );
+
+    let deleted = sys.output(&["projects", "delete", "web"]).await;
+    assert_eq!(deleted.status.code(), Some(0), "{}", show(&deleted));
+    let gone = sys.output(&["projects", "get", "web"]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("Not Found (404)"),
+        "{}",
+        show(&gone)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_errors_name_the_fields() {
+    let sys = start().await;
+    let out = sys.output(&["projects", "create", "Bad_Name"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(422)") && err.contains("name:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_and_bad_keys_are_explained() {
+    let sys = start().await;
+    // A port nobody listens on.
+    let free = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead = format!("http://{}", free.local_addr().expect("addr"));
+    drop(free);
+    let out = finish(sys.rdev_at(&dead, &["projects", "ls"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("rdev: cannot reach rdev at {dead}: connection refused — is rdev-api running?")
+    );
+
+    let mut bad = sys.rdev(&["projects", "ls"]);
+    bad.env("RDEV_API_KEY", "rdev_wrong");
+    let out = finish(bad).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("rdev: unauthorized: "), "{err}");
+    assert!(err.contains("RDEV_API_KEY"), "{err}");
+
+    let usage = sys.output(&["run", "--", "true"]).await;
+    assert_eq!(usage.status.code(), Some(2), "{}", show(&usage));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_in_the_config_file_configure_the_client() {
+    let sys = start().await;
+    let dir = sys.config_home.join("rdev");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "default_profile = \"broken\"\n\
+             [profiles.broken]\nurl = \"http://127.0.0.1:1\"\n\
+             [profiles.test]\nurl = \"{}\"\napi_key = \"{}\"\n",
+            sys.url(),
+            sys.key
+        ),
+    )
+    .expect("write config");
+    let mut cmd = sys.rdev(&["--profile", "test", "--json", "projects", "ls"]);
+    cmd.env_remove("RDEV_URL").env_remove("RDEV_API_KEY");
+    let out = finish(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    // The environment wins over the default profile's URL.
+    let mut cmd = sys.rdev(&["projects", "ls"]);
+    cmd.env_remove("RDEV_API_KEY");
+    let out = finish(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unauthorized"),
+        "{}",
+        show(&out)
+    );
+
+    let mut cmd = sys.rdev(&["--profile", "nope", "projects", "ls"]);
+    cmd.env_remove("RDEV_URL");
+    let out = finish(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+/// A TCP proxy between the CLI and the API. It records what clients send,
+/// and cuts the first `cuts` event streams in the middle of their
+/// `after`-th output event (closing both sides).
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    target: SocketAddr,
+    after: usize,
+    cuts_left: Mutex<usize>,
+    cuts_done: Mutex<usize>,
+    /// Connections to close unanswered after each cut.
+    refuse_per_cut: Mutex<usize>,
+    refuse_left: Mutex<usize>,
+    refused: Mutex<usize>,
+    /// Swallow the answer to the next accepted (202) request.
+    lose_next_202: Mutex<bool>,
+    requests: Mutex<Vec<String>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr, cuts: usize, after: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(ProxyState {
+            target,
+            after,
+            cuts_left: Mutex::new(cuts),
+            cuts_done: Mutex::new(0),
+            refuse_per_cut: Mutex::new(0),
+            refuse_left: Mutex::new(0),
+            refused: Mutex::new(0),
+            lose_next_202: Mutex::new(false),
+            requests: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(relay(inbound, st.clone()));
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    fn cuts_done(&self) -> usize {
+        *self.state.cuts_done.lock().expect("lock")
+    }
+
+    fn refuse_after_cut(&self, n: usize) {
+        *self.state.refuse_per_cut.lock().expect("lock") = n;
+    }
+
+    fn lose_next_202(&self) {
+        *self.state.lose_next_202.lock().expect("lock") = true;
+    }
+
+    fn refused(&self) -> usize {
+        *self.state.refused.lock().expect("lock")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
+    {
+        let mut left = st.refuse_left.lock().expect("lock");
+        if *left > 0 {
+            *left -= 1;
+            *st.refused.lock().expect("lock") += 1;
+            drop(inbound);
+            return;
+        }
+    }
+    let Ok(outbound) = TcpStream::connect(st.target).await else {
+        return;
+    };
+    let (mut client_rx, mut client_tx) = inbound.into_split();
+    let (mut server_rx, mut server_tx) = outbound.into_split();
+    let up_state = st.clone();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            up_state
+                .requests
+                .lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            if server_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_tx.shutdown().await;
+    });
+    let marker = b"event: output";
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match server_rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if buf[..n].starts_with(b"HTTP/1.1 202")
+            && std::mem::take(&mut *st.lose_next_202.lock().expect("lock"))
+        {
+            // The server acted; the client never hears of it.
+            up.abort();
+            return;
+        }
+        let start = seen.len();
+        seen.extend_from_slice(&buf[..n]);
+        // Where the `after`-th output event of this connection starts, if it has.
+        let cut_at = (st.after > 0)
+            .then(|| {
+                seen.windows(marker.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == marker)
+                    .nth(st.after - 1)
+                    .map(|(i, _)| i + marker.len() + 3)
+            })
+            .flatten()
+            .filter(|at| *at <= seen.len());
+        if let Some(at) = cut_at {
+            let take = {
+                let mut left = st.cuts_left.lock().expect("lock");
+                let take = *left > 0;
+                if take {
+                    *left -= 1;
+                }
+                take
+            };
+            if take {
+                let _ = client_tx.write_all(&seen[start..at.max(start)]).await;
+                *st.cuts_done.lock().expect("lock") += 1;
+                // Added, not set: a cut may come on a pooled connection
+                // before the previous cut's refusals were used up.
+                *st.refuse_left.lock().expect("lock") += *st.refuse_per_cut.lock().expect("lock");
+                up.abort();
+                let _ = client_tx.shutdown().await;
+                return;
+            }
+        }
+        if client_tx.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = client_tx.shutdown().await;
+    up.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_truncated_output_notes_the_gap() {
+    let sys = start().await;
+    let created = sys
+        .output(&["projects", "create", "tiny", "--max-output-bytes", "100"])
+        .await;
+    assert_eq!(created.status.code(), Some(0), "{}", show(&created));
+    let script = "for i in $(seq 1 30); do echo \"line $i\"; sleep 0.01; done";
+    let out = sys
+        .output(&["run", "-p", "tiny", "--detach", "--", script])
+        .await;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for _ in 0..200 {
+        if sys.json(&["status", &id]).await["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Finished: the stream replays what PostgreSQL kept, head and tail.
+    let follow = sys.output(&["logs", "-f", &id]).await;
+    assert_eq!(follow.status.code(), Some(0), "{}", show(&follow));
+    let text = String::from_utf8_lossy(&follow.stdout);
+    assert!(text.starts_with("line 1\n"), "{text}");
+    assert!(text.ends_with("line 30\n"), "{text}");
+    assert!(!text.contains("line 15\n"), "the middle was cut: {text}");
+    let err = String::from_utf8_lossy(&follow.stderr);
+    assert!(
+        err.starts_with("rdev: output truncated: chunks "),
+        "{}",
+        show(&follow)
+    );
+}
