@@ -509,7 +509,7 @@ fn pids(stdout: &[u8]) -> Vec<i32> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_stderr_env_and_workdir_arrive() {
     for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
         let fake = Fake::start(protocol).await;
@@ -540,7 +540,7 @@ async fn stdout_stderr_env_and_workdir_arrive() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_zero_exit_is_reported_with_its_code() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -566,7 +566,7 @@ async fn non_zero_exit_is_reported_with_its_code() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_is_delivered_and_ends() {
     for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
         let fake = Fake::start(protocol).await;
@@ -581,7 +581,7 @@ async fn stdin_is_delivered_and_ends() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_output_arrives_in_bounded_pieces() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -596,7 +596,7 @@ async fn large_output_arrives_in_bounded_pieces() {
     assert!(ran.max_piece <= 64 * 1024, "{}", ran.max_piece);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_closes_the_session_and_kills_the_remote_group() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -623,7 +623,7 @@ async fn timeout_closes_the_session_and_kills_the_remote_group() {
     assert!(fake.wait_sessions_closed().await, "exec sessions closed");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_closes_the_session_and_kills_the_remote_group() {
     let fake = Fake::start("v5.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -646,7 +646,7 @@ async fn cancel_closes_the_session_and_kills_the_remote_group() {
     assert!(fake.wait_sessions_closed().await, "exec sessions closed");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_unready_pods_are_clear_errors() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -691,7 +691,7 @@ async fn missing_or_unready_pods_are_clear_errors() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_is_a_clear_error() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     fake.set_mode(Mode::ExecForbidden);
@@ -712,7 +712,7 @@ async fn forbidden_is_a_clear_error() {
     assert_eq!(exec.breaker_state(), BreakerState::Closed);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_when_the_api_fails_repeatedly() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     fake.set_mode(Mode::Broken);
@@ -768,7 +768,7 @@ async fn breaker_opens_when_the_api_fails_repeatedly() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_busy_ready_pod_is_chosen_and_the_pod_list_is_cached() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -797,7 +797,7 @@ async fn least_busy_ready_pod_is_chosen_and_the_pod_list_is_cached() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_gone_since_the_cached_list_is_replaced() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let exec = fake.executor(settings());
@@ -816,7 +816,7 @@ async fn a_pod_gone_since_the_cached_list_is_replaced() {
     assert_eq!(fake.state.lists.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_container_the_default_or_first_one_is_used() {
     let fake = Fake::start("v4.channel.k8s.io").await;
     let mut annotated = pod("db-0", true);

@@ -486,15 +486,22 @@ impl KubernetesExecutor {
                 (Outcome::Cancelled, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
             }
         };
-        // Closes the session if it is still open.
-        attached.abort();
+        // After a status, kube's message loop ends by itself and closes the
+        // output pipes (the readers then see EOF): let it, rather than
+        // aborting it mid-way. Otherwise close the session now; pipes of an
+        // aborted loop are never closed, so those readers get a bounded drain.
+        if !clean_end {
+            attached.abort();
+        }
+        let loop_ended_cleanly = matches!(
+            tokio::time::timeout(SETTLE_TIMEOUT, attached.join()).await,
+            Ok(Ok(()))
+        );
         if let Some(t) = stdin_task {
             t.abort();
         }
-        // After a status the stream ends cleanly and the readers see EOF;
-        // after an abort they may not, so they get a bounded drain.
         let drain = futures::future::join_all(readers.iter_mut());
-        if clean_end {
+        if loop_ended_cleanly {
             let _ = drain.await;
         } else if tokio::time::timeout(ABORTED_DRAIN_TIMEOUT, drain)
             .await
