@@ -95,6 +95,7 @@ async fn start_with(opts: Opts) -> System {
         kill_grace_s: opts.kill_grace_s,
         worker_id: None,
         drain_s: 2,
+        kube: rdev_worker::config::KubeConfig::disabled(),
     };
     let s = stop.clone();
     tasks.push(tokio::spawn(async move {

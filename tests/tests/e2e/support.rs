@@ -194,6 +194,8 @@ pub fn worker_config(
         kill_grace_s,
         worker_id: None,
         drain_s: 2,
+
+        kube: rdev_worker::config::KubeConfig::disabled(),
     }
 }
 
