@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 /// Lifecycle of a command: `queued → running → succeeded | failed | timed_out |
 /// cancelled`, or `queued → cancelled`. Terminal states are final.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandStatus {
@@ -99,6 +100,7 @@ impl FromStr for CommandStatus {
 }
 
 /// Which output stream a chunk came from.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
@@ -133,6 +135,7 @@ impl FromStr for OutputStream {
 }
 
 /// Permissions an API key can hold. `admin` implies all others.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
     /// Everything.
@@ -208,6 +211,7 @@ impl FromStr for Scope {
 }
 
 /// Where a project's commands run.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExecutorConfig {
@@ -218,6 +222,7 @@ pub enum ExecutorConfig {
 }
 
 /// Settings of the `local` executor.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalExecutor {
@@ -227,6 +232,7 @@ pub struct LocalExecutor {
 }
 
 /// Settings of the `kubernetes` executor.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesExecutor {
@@ -249,6 +255,7 @@ impl Default for ExecutorConfig {
 }
 
 /// One field-level validation failure.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     /// JSON path of the field, e.g. `executor.workdir`.
@@ -448,6 +455,7 @@ pub struct Command {
 }
 
 /// A request budget: at most `requests` per sliding window of `window_s` seconds.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {

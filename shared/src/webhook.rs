@@ -33,6 +33,7 @@ pub fn is_known_event(name: &str) -> bool {
 /// scheduled attempt, `pending → failed` when it stopped early (endpoint
 /// disabled, a one-off manual redelivery failed). Redeliver and recover put
 /// `failed`/`dead` back to `pending`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
@@ -108,6 +109,7 @@ pub struct Webhook {
 }
 
 /// One HTTP attempt of a delivery.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Attempt {
     /// When it was made.

@@ -17,7 +17,8 @@ use super::extract::{Auth, Query, cursor, page_limit};
 use super::projects::load_visible;
 
 /// Query of `GET /v1/audit`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     actor: Option<String>,
@@ -30,6 +31,7 @@ pub struct AuditQuery {
 }
 
 /// `GET /v1/audit`
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery), responses((status = 200, description = "A page of audit entries (scope `audit:read`)", body = crate::http::openapi::AuditPage)))]
 pub async fn list(
     State(st): State<AppState>,
     auth: Auth,

@@ -31,7 +31,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const OUTPUT_PAGE: i64 = 64;
 
 /// Body of `POST /v1/projects/{name}/commands`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCommand {
     command: Option<String>,
@@ -126,6 +126,7 @@ fn command_response(status: StatusCode, cmd: &Command, replayed: bool) -> Respon
 /// its audit row and its outbox message; after commit the message is
 /// published with a confirm. If the broker is down the request still
 /// succeeds and the dispatcher's relay publishes it later.
+#[utoipa::path(post, path = "/v1/projects/{name}/commands", tag = "commands", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first command")), request_body = CreateCommand, responses((status = 202, description = "Queued (scope `commands:run`)", body = crate::http::openapi::CommandDoc, headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` when an earlier command was returned")))))]
 pub async fn create(
     State(st): State<AppState>,
     auth: Auth,
@@ -234,6 +235,7 @@ pub async fn load_visible_command(st: &AppState, auth: &Auth, id: &str) -> ApiRe
 }
 
 /// `GET /v1/commands/{id}`
+#[utoipa::path(get, path = "/v1/commands/{id}", tag = "commands", security(("bearer" = [])), params(("id" = String, Path, description = "Command id (uuid)")), responses((status = 200, description = "The command (scope `commands:read`)", body = crate::http::openapi::CommandDoc)))]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -244,7 +246,8 @@ pub async fn get(
 }
 
 /// Query of `GET /v1/commands`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     project: Option<String>,
@@ -254,6 +257,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/commands?project=&status=`, newest first.
+#[utoipa::path(get, path = "/v1/commands", tag = "commands", security(("bearer" = [])), params(ListQuery), responses((status = 200, description = "A page of commands (scope `commands:read`)", body = crate::http::openapi::CommandPage)))]
 pub async fn list(
     State(st): State<AppState>,
     auth: Auth,
@@ -308,6 +312,7 @@ pub async fn list(
 /// once and never runs; a running one is stopped by its worker (broadcast on
 /// the control exchange, with the worker's heartbeat as the backstop) and
 /// ends `cancelled`. Cancelling a finished command is a 409.
+#[utoipa::path(post, path = "/v1/commands/{id}/cancel", tag = "commands", security(("bearer" = [])), params(("id" = String, Path, description = "Command id (uuid)")), responses((status = 202, description = "Cancelled, or cancellation requested (scope `commands:run`)", body = crate::http::openapi::CommandDoc)))]
 pub async fn cancel(
     State(st): State<AppState>,
     auth: Auth,
@@ -382,7 +387,8 @@ pub async fn cancel(
 }
 
 /// Query of `GET /v1/commands/{id}/output`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OutputQuery {
     stream: Option<String>,
@@ -396,6 +402,7 @@ pub fn gap_marker(from_seq: i64, to_seq: i64) -> String {
 /// `GET /v1/commands/{id}/output[?stream=stdout|stderr]`: the stored bytes,
 /// streamed page by page from PostgreSQL so the API never holds a whole
 /// output in memory. Where truncation cut the middle, a marker line says so.
+#[utoipa::path(get, path = "/v1/commands/{id}/output", tag = "commands", security(("bearer" = [])), params(("id" = String, Path, description = "Command id (uuid)"), OutputQuery), responses((status = 200, description = "The stored output bytes (scope `commands:read`)", content_type = "text/plain; charset=utf-8", body = String, headers(("X-Rdev-Status" = String, description = "The command's status"), ("X-Rdev-Truncated" = String, description = "`true` when output was cut")))))]
 pub async fn output(
     State(st): State<AppState>,
     auth: Auth,

@@ -9,11 +9,13 @@ use serde_json::json;
 use super::AppState;
 
 /// Liveness: touches no dependency.
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, description = "The process is alive", body = crate::http::openapi::Health)))]
 pub async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// Readiness: 200 only when PostgreSQL and RabbitMQ answer; 503 naming what failed.
+#[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, description = "PostgreSQL and RabbitMQ answer", body = crate::http::openapi::Readiness), (status = 503, description = "A dependency is down; the body names which", body = crate::http::openapi::Readiness)))]
 pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
     let db = rdev_shared::db::ping(&st.pool).await;
     let mq = st.publisher.channel().await;
@@ -31,6 +33,7 @@ pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     (
         [(

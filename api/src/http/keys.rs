@@ -26,7 +26,7 @@ use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
 use crate::control;
 
 /// A key as the API shows it; `secret` only in create and rotate answers.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     id: Uuid,
     name: String,
@@ -99,7 +99,7 @@ fn visibility(auth: &Auth) -> Visibility {
 }
 
 /// Body of `POST /v1/api-keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     name: String,
@@ -139,6 +139,7 @@ async fn audit_key(
 }
 
 /// `POST /v1/api-keys`
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = CreateKey, responses((status = 201, description = "Created; `secret` is shown only here (scope `keys:manage`)", body = KeyView)))]
 pub async fn create(
     State(st): State<AppState>,
     auth: Auth,
@@ -242,7 +243,8 @@ pub async fn create(
 }
 
 /// Query of `GET /v1/api-keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -250,6 +252,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/api-keys`: in creation order, never with secrets.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])), params(ListQuery), responses((status = 200, description = "A page of keys (scope `keys:manage`)", body = crate::http::openapi::KeyPage)))]
 pub async fn list(
     State(st): State<AppState>,
     auth: Auth,
@@ -287,6 +290,7 @@ async fn load_visible(
 }
 
 /// `GET /v1/api-keys/{id}`
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])), params(("id" = String, Path, description = "Key id (uuid)")), responses((status = 200, description = "The key (scope `keys:manage`)", body = KeyView)))]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -300,6 +304,7 @@ pub async fn get(
 
 /// `DELETE /v1/api-keys/{id}`: revokes the key on every instance within a
 /// second (cache eviction over the control exchange). Idempotent.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])), params(("id" = String, Path, description = "Key id (uuid)")), responses((status = 204, description = "Revoked (scope `keys:manage`)")))]
 pub async fn revoke(
     State(st): State<AppState>,
     auth: Auth,
@@ -321,6 +326,7 @@ pub async fn revoke(
 
 /// `POST /v1/api-keys/{id}/rotate`: a new secret for the same key; the old
 /// one stops working at once on every instance.
+#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys", security(("bearer" = [])), params(("id" = String, Path, description = "Key id (uuid)")), responses((status = 200, description = "A new secret, shown only here (scope `keys:manage`)", body = KeyView)))]
 pub async fn rotate(
     State(st): State<AppState>,
     auth: Auth,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod openapi;
 pub mod projects;
 pub mod ratelimit;
 pub mod sse;
@@ -95,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/debug/pprof/heap", get(debug::heap))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(openapi::docs())
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

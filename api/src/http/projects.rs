@@ -25,7 +25,7 @@ const MAX_MAX_OUTPUT_BYTES: i64 = 1024 * 1024 * 1024;
 const DEFAULT_TIMEOUT_S: i32 = 3600;
 
 /// A project as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
     name: String,
     description: String,
@@ -57,7 +57,7 @@ impl From<Project> for ProjectView {
 }
 
 /// Body of `POST /v1/projects`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     name: String,
@@ -73,7 +73,7 @@ pub struct CreateProject {
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
     description: Option<String>,
@@ -162,6 +162,7 @@ pub async fn load_visible(st: &AppState, auth: &Auth, name: &str) -> ApiResult<P
 }
 
 /// `POST /v1/projects`
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])), request_body = CreateProject, responses((status = 201, description = "Created (scope `projects:write`)", body = ProjectView, headers(("Location" = String, description = "The project's URL")))))]
 pub async fn create(
     State(st): State<AppState>,
     auth: Auth,
@@ -247,7 +248,8 @@ pub async fn create(
 }
 
 /// Query of `GET /v1/projects`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -255,6 +257,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/projects`
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])), params(ListQuery), responses((status = 200, description = "A page of projects (scope `projects:read`)", body = crate::http::openapi::ProjectPage)))]
 pub async fn list(
     State(st): State<AppState>,
     auth: Auth,
@@ -283,6 +286,7 @@ pub async fn list(
 }
 
 /// `GET /v1/projects/{name}`
+#[utoipa::path(get, path = "/v1/projects/{name}", tag = "projects", security(("bearer" = [])), params(("name" = String, Path, description = "Project name")), responses((status = 200, description = "The project (scope `projects:read`)", body = ProjectView)))]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -295,6 +299,7 @@ pub async fn get(
 }
 
 /// `PATCH /v1/projects/{name}`
+#[utoipa::path(patch, path = "/v1/projects/{name}", tag = "projects", security(("bearer" = [])), params(("name" = String, Path, description = "Project name")), request_body = UpdateProject, responses((status = 200, description = "Updated (scope `projects:write`)", body = ProjectView)))]
 pub async fn update(
     State(st): State<AppState>,
     auth: Auth,
@@ -356,6 +361,7 @@ pub async fn update(
 
 /// `DELETE /v1/projects/{name}`: a soft delete; queued commands of the
 /// project fail when a worker picks them up.
+#[utoipa::path(delete, path = "/v1/projects/{name}", tag = "projects", security(("bearer" = [])), params(("name" = String, Path, description = "Project name")), responses((status = 204, description = "Deleted (scope `projects:write`)")))]
 pub async fn delete(
     State(st): State<AppState>,
     auth: Auth,

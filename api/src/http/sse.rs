@@ -104,6 +104,7 @@ async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
 }
 
 /// `GET /v1/commands/{id}/events`
+#[utoipa::path(get, path = "/v1/commands/{id}/events", tag = "commands", security(("bearer" = [])), params(("id" = String, Path, description = "Command id (uuid)"), ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output `seq`")), responses((status = 200, description = "A `text/event-stream` (scope `commands:read`). Events: `status` (data: a Command, sent first and on each status change), `output` (id: seq; data: OutputEventData), `gap` (data: GapEventData; chunks cut by truncation), `end` (data: the final Command; the stream then closes), `reconnect` (this instance is shutting down; reconnect with `Last-Event-ID`). Stored output is replayed first, then live output, without gaps or duplicates.", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(st): State<AppState>,
     auth: Auth,

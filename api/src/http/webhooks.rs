@@ -27,7 +27,7 @@ use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
 const MAX_EVENTS: usize = 16;
 
 /// An endpoint as the API shows it (never its secret, except on create).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
     id: Uuid,
     url: String,
@@ -60,7 +60,7 @@ impl From<Webhook> for WebhookView {
 }
 
 /// A delivery as the API shows it, with its attempts.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     id: Uuid,
     webhook_id: Uuid,
@@ -96,7 +96,7 @@ impl From<Delivery> for DeliveryView {
 }
 
 /// Body of `POST /v1/webhooks`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     url: String,
@@ -107,7 +107,7 @@ pub struct CreateWebhook {
 
 /// Body of `PATCH /v1/webhooks/{id}`: absent fields stay; `"project": null`
 /// removes the project filter.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     url: Option<String>,
@@ -230,6 +230,7 @@ fn require_enabled(w: &Webhook) -> ApiResult<()> {
 }
 
 /// `POST /v1/webhooks`
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])), request_body = CreateWebhook, responses((status = 201, description = "Created; `secret` is shown only here", body = WebhookView, headers(("Location" = String)))))]
 pub async fn create(
     State(st): State<AppState>,
     auth: Auth,
@@ -285,7 +286,8 @@ pub async fn create(
 }
 
 /// Query of `GET /v1/webhooks`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -302,6 +304,7 @@ fn uuid_cursor(c: Option<&str>) -> ApiResult<Option<Uuid>> {
 }
 
 /// `GET /v1/webhooks`
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])), params(ListQuery), responses((status = 200, description = "A page of endpoints", body = crate::http::openapi::WebhookPage)))]
 pub async fn list(
     State(st): State<AppState>,
     auth: Auth,
@@ -333,6 +336,7 @@ fn page<T, V: Serialize>(
 }
 
 /// `GET /v1/webhooks/{id}`
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), responses((status = 200, description = "The endpoint", body = WebhookView)))]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -345,6 +349,7 @@ pub async fn get(
 }
 
 /// `PATCH /v1/webhooks/{id}`
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), request_body = UpdateWebhook, responses((status = 200, description = "Updated", body = WebhookView)))]
 pub async fn update(
     State(st): State<AppState>,
     auth: Auth,
@@ -404,6 +409,7 @@ pub async fn update(
 }
 
 /// `DELETE /v1/webhooks/{id}`: pending deliveries stop; the log stays.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(st): State<AppState>,
     auth: Auth,
@@ -423,6 +429,7 @@ pub async fn delete(
 
 /// `POST /v1/webhooks/{id}/test`: enqueues a `webhook.test` event for this
 /// endpoint only.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), responses((status = 202, description = "A `webhook.test` event is queued for this endpoint", body = crate::http::openapi::TestDelivery)))]
 pub async fn test(
     State(st): State<AppState>,
     auth: Auth,
@@ -463,7 +470,8 @@ pub async fn test(
 }
 
 /// Query of `GET /v1/webhooks/{id}/deliveries`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     status: Option<String>,
@@ -472,6 +480,7 @@ pub struct DeliveriesQuery {
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`: newest first, with attempts.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)"), DeliveriesQuery), responses((status = 200, description = "A page of deliveries with their attempts", body = crate::http::openapi::DeliveryPage)))]
 pub async fn deliveries(
     State(st): State<AppState>,
     auth: Auth,
@@ -497,6 +506,7 @@ pub async fn deliveries(
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`: a new
 /// attempt now (a finished delivery gets one attempt, without retries).
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)"), ("delivery_id" = String, Path, description = "Delivery id (uuid)")), responses((status = 202, description = "A new attempt is queued", body = DeliveryView)))]
 pub async fn redeliver(
     State(st): State<AppState>,
     auth: Auth,
@@ -530,7 +540,7 @@ pub async fn redeliver(
 }
 
 /// Body of `POST /v1/webhooks/{id}/recover`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recover {
     since: DateTime<Utc>,
@@ -538,6 +548,7 @@ pub struct Recover {
 
 /// `POST /v1/webhooks/{id}/recover`: every failed or dead delivery created
 /// since `since` goes back to pending with a fresh retry schedule.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/recover", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), request_body = Recover, responses((status = 202, description = "Failed and dead deliveries since `since` are pending again", body = crate::http::openapi::Recovered)))]
 pub async fn recover(
     State(st): State<AppState>,
     auth: Auth,

@@ -55,6 +55,7 @@ pub async fn append(
 }
 
 /// An audit entry as read back, with its project's name.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AuditRecord {
     /// Sequence number (also the cursor).

@@ -6,6 +6,7 @@ mod api_errors;
 mod commands;
 mod fleet;
 mod observability;
+mod openapi;
 mod projects;
 mod sse;
 mod support;

@@ -1,0 +1,289 @@
+//! The OpenAPI 3.1 document, generated from the `#[utoipa::path]`
+//! annotations next to the handlers, served at `GET /openapi.json`; and the
+//! interactive page at `/docs` (Swagger UI, its assets vendored into the
+//! binary).
+//!
+//! Every operation's error answers (`application/problem+json`) are added
+//! here by [`ProblemResponses`], so the annotations only name what is
+//! particular to an operation.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use rdev_shared::db::audit::AuditRecord;
+use rdev_shared::domain::{CommandStatus, FieldError};
+use serde::Serialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::keys::KeyView;
+use super::projects::ProjectView;
+use super::webhooks::{DeliveryView, WebhookView};
+use super::{audit, commands, debug, health, keys, projects, sse, webhooks};
+
+/// An error answer (RFC 9457), sent as `application/problem+json`.
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:rdev:problem:<slug>`, e.g. `urn:rdev:problem:not-found`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// Field-level failures; only on `422 validation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// A command (the same shape in API answers, SSE `status`/`end` events and
+/// webhook payloads). Exactly one of `command` and `argv` is present.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Command)]
+pub struct CommandDoc {
+    id: Uuid,
+    /// Project name.
+    project: String,
+    /// Shell command line (run with `sh -c`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    /// Program and arguments, run without a shell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<Vec<String>>,
+    status: CommandStatus,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    priority: i16,
+    timeout_s: i32,
+    output_bytes: i64,
+    truncated: bool,
+    worker_id: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! page {
+    ($name:ident, $item:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            items: Vec<$item>,
+            /// Pass as `cursor` to get the next page; `null` on the last page.
+            next_cursor: Option<String>,
+        }
+    };
+}
+page!(ProjectPage, ProjectView, "A page of projects.");
+page!(CommandPage, CommandDoc, "A page of commands, newest first.");
+page!(KeyPage, KeyView, "A page of API keys.");
+page!(
+    AuditPage,
+    AuditRecord,
+    "A page of audit entries, newest first."
+);
+page!(WebhookPage, WebhookView, "A page of webhook endpoints.");
+page!(
+    DeliveryPage,
+    DeliveryView,
+    "A page of deliveries, newest first."
+);
+
+/// Data of an SSE `output` event (its `id:` is `seq`).
+#[derive(Serialize, ToSchema)]
+pub struct OutputEventData {
+    /// Chunk sequence number; resume with `Last-Event-ID: <seq>`.
+    seq: i64,
+    /// `stdout` or `stderr`.
+    stream: String,
+    /// The chunk, as UTF-8 (invalid bytes replaced).
+    data: String,
+}
+
+/// Data of an SSE `gap` event: chunks cut by output truncation.
+#[derive(Serialize, ToSchema)]
+pub struct GapEventData {
+    from_seq: i64,
+    to_seq: i64,
+}
+
+/// Answer of `POST /v1/webhooks/{id}/test`.
+#[derive(Serialize, ToSchema)]
+pub struct TestDelivery {
+    event_id: Uuid,
+    delivery_id: Uuid,
+}
+
+/// Answer of `POST /v1/webhooks/{id}/recover`.
+#[derive(Serialize, ToSchema)]
+pub struct Recovered {
+    /// Deliveries put back to pending.
+    recovered: i64,
+}
+
+/// Answer of `GET /health`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: String,
+}
+
+/// Answer of `GET /ready`.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    postgres: String,
+    /// `ok` or `unavailable`.
+    rabbitmq: String,
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rdev API",
+        description = "Run commands on remote executors and stream their output. \
+            Authenticate with `Authorization: Bearer <api key>`. Errors are \
+            `application/problem+json` (RFC 9457).",
+    ),
+    paths(
+        health::health,
+        health::ready,
+        health::metrics,
+        debug::heap,
+        openapi_json,
+        projects::create,
+        projects::list,
+        projects::get,
+        projects::update,
+        projects::delete,
+        commands::create,
+        commands::list,
+        commands::get,
+        commands::output,
+        commands::cancel,
+        sse::events,
+        keys::create,
+        keys::list,
+        keys::get,
+        keys::revoke,
+        keys::rotate,
+        audit::list,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::test,
+        webhooks::deliveries,
+        webhooks::redeliver,
+        webhooks::recover,
+    ),
+    components(schemas(Problem, OutputEventData, GapEventData)),
+    modifiers(&ProblemResponses),
+    tags(
+        (name = "system", description = "Health, readiness, metrics, profiling, this document"),
+        (name = "projects"),
+        (name = "commands"),
+        (name = "api-keys"),
+        (name = "audit"),
+        (name = "webhooks"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` scheme, and the problem+json error answers to every
+/// operation (401/403 only where a key is required).
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: `Authorization: Bearer rdev_...`"))
+                    .build(),
+            ),
+        );
+        let problem = ResponseBuilder::new()
+            .description("An error, as `application/problem+json` (RFC 9457).")
+            .content(
+                super::error::PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        components
+            .responses
+            .insert("Problem".to_owned(), RefOr::T(problem));
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_problems(op);
+            }
+        }
+    }
+}
+
+fn add_problems(op: &mut Operation) {
+    let authed = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let mut codes = vec![
+        "400", "404", "405", "413", "415", "422", "429", "500", "503",
+    ];
+    if authed {
+        codes.extend(["401", "403", "409"]);
+    }
+    for code in codes {
+        op.responses
+            .responses
+            .entry(code.to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Problem")));
+    }
+}
+
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// `GET /openapi.json`: this API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
+)]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(document()).unwrap_or_default(),
+    )
+}
+
+/// The Swagger UI at `/docs`, reading `/openapi.json`; its assets are
+/// compiled into the binary, nothing is loaded from elsewhere.
+pub fn docs<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
+        .into()
+}
