@@ -211,7 +211,6 @@ impl FromStr for Scope {
 }
 
 /// Where a project's commands run.
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExecutorConfig {
@@ -222,7 +221,6 @@ pub enum ExecutorConfig {
 }
 
 /// Settings of the `local` executor.
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalExecutor {
@@ -232,7 +230,6 @@ pub struct LocalExecutor {
 }
 
 /// Settings of the `kubernetes` executor.
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesExecutor {

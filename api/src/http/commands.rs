@@ -34,8 +34,12 @@ const OUTPUT_PAGE: i64 = 64;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCommand {
+    /// A shell command line; give exactly one of `command` and `argv`.
     command: Option<String>,
+    /// Program and arguments, run without a shell.
     argv: Option<Vec<String>>,
+    /// 0 (lowest) to 9 (highest).
+    #[schema(minimum = 0, maximum = 9)]
     priority: Option<i16>,
     timeout_s: Option<i32>,
     #[serde(default)]
@@ -252,7 +256,10 @@ pub async fn get(
 pub struct ListQuery {
     project: Option<String>,
     status: Option<String>,
+    /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 

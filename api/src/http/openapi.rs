@@ -70,6 +70,42 @@ pub struct CommandDoc {
     finished_at: Option<DateTime<Utc>>,
 }
 
+/// Where a project's commands run (`kind` selects the executor).
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[schema(as = ExecutorConfig)]
+pub enum ExecutorConfigDoc {
+    /// A child process of the worker, in a directory under the workspace root.
+    Local(LocalExecutorDoc),
+    /// `exec` into a pod chosen by label selector.
+    Kubernetes(KubernetesExecutorDoc),
+}
+
+/// Settings of the `local` executor.
+#[derive(Serialize, ToSchema)]
+#[schema(as = LocalExecutor)]
+pub struct LocalExecutorDoc {
+    /// Directory relative to the workspace root; defaults to the project's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workdir: Option<String>,
+}
+
+/// Settings of the `kubernetes` executor.
+#[derive(Serialize, ToSchema)]
+#[schema(as = KubernetesExecutor)]
+pub struct KubernetesExecutorDoc {
+    /// Namespace of the project's pods.
+    namespace: String,
+    /// Label selector, e.g. `app=web`.
+    selector: String,
+    /// Container to exec into; the pod's first container when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
+    /// Working directory inside the container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workdir: Option<String>,
+}
+
 macro_rules! page {
     ($name:ident, $item:ty, $doc:literal) => {
         #[doc = $doc]

@@ -29,6 +29,7 @@ const DEFAULT_TIMEOUT_S: i32 = 3600;
 pub struct ProjectView {
     name: String,
     description: String,
+    #[schema(value_type = crate::http::openapi::ExecutorConfigDoc)]
     executor: ExecutorConfig,
     env: BTreeMap<String, String>,
     default_timeout_s: i32,
@@ -60,9 +61,11 @@ impl From<Project> for ProjectView {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(default)]
     description: String,
+    #[schema(value_type = Option<crate::http::openapi::ExecutorConfigDoc>)]
     executor: Option<ExecutorConfig>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -77,6 +80,7 @@ pub struct CreateProject {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
     description: Option<String>,
+    #[schema(value_type = Option<crate::http::openapi::ExecutorConfigDoc>)]
     executor: Option<ExecutorConfig>,
     env: Option<BTreeMap<String, String>>,
     default_timeout_s: Option<i32>,
@@ -252,7 +256,10 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
