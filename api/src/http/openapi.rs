@@ -185,6 +185,7 @@ pub struct Readiness {
 #[openapi(
     info(
         title = "rdev API",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
         description = "Run commands on remote executors and stream their output. \
             Authenticate with `Authorization: Bearer <api key>`. Errors are \
             `application/problem+json` (RFC 9457).",
