@@ -369,10 +369,10 @@ pub struct AuditArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Seed of the workload's randomness (the priorities of enqueued commands)
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, global = true)]
     pub seed: u64,
     /// Project to run in (created, with the local executor, when missing)
-    #[arg(long, short, default_value = "bench")]
+    #[arg(long, short, default_value = "bench", global = true)]
     pub project: String,
     /// The scenario.
     #[command(subcommand)]
@@ -503,6 +503,21 @@ mod tests {
         assert_eq!(r.cmd, ["ls", "-la", "--json"]);
         assert_eq!(r.env, [("A".to_owned(), "1=2".to_owned())]);
         assert!(!cli.global.json);
+    }
+
+    #[test]
+    fn bench_options_go_before_or_after_the_scenario() {
+        for argv in [
+            ["rdev", "bench", "--seed", "7", "e2e", "-n", "5"],
+            ["rdev", "bench", "e2e", "-n", "5", "--seed", "7"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Bench(b) = cli.command else {
+                panic!("not bench")
+            };
+            assert_eq!(b.seed, 7);
+            assert!(matches!(b.scenario, BenchCmd::E2e(E2eArgs { n: 5, .. })));
+        }
     }
 
     #[test]
