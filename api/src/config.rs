@@ -35,6 +35,10 @@ pub struct ApiConfig {
     /// the backstop when a live message was lost.
     #[arg(long, env = "RDEV_SSE_POLL", default_value = "2s", value_parser = parse_duration)]
     pub sse_poll: Duration,
+    /// Allow webhook URLs that reach loopback, private or link-local
+    /// addresses (development and tests only): `1` or `0`.
+    #[arg(long, env = "RDEV_WEBHOOK_ALLOW_PRIVATE", default_value = "0", value_parser = parse_flag)]
+    pub webhook_allow_private: bool,
     /// Open SSE connections allowed on this instance.
     #[arg(long, env = "RDEV_SSE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub sse_max_connections: usize,
@@ -56,6 +60,34 @@ pub struct ApiConfig {
     /// Default request budget of a key that sets none, as `N/<duration>`.
     #[arg(long, env = "RDEV_RATE_LIMIT", default_value = "600/60s")]
     pub rate_limit: RateLimit,
+}
+
+impl ApiConfig {
+    /// The documented defaults on the given database and broker, without
+    /// reading the environment (tests and embedders start from this and
+    /// change what they need). A unit test keeps it equal to clap's defaults.
+    pub fn local(db: DbConfig, amqp: AmqpConfig) -> Self {
+        Self {
+            db,
+            amqp,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            migrate: true,
+            max_body_bytes: 1024 * 1024,
+            max_timeout_s: 86_400,
+            sse_keepalive: Duration::from_secs(15),
+            sse_poll: Duration::from_secs(2),
+            webhook_allow_private: false,
+            sse_max_connections: 10_000,
+            sse_max_per_key: 100,
+            sse_max_lifetime: Duration::from_secs(3600),
+            cache_ttl: Duration::from_secs(30),
+            trusted_proxies: TrustedProxies::default(),
+            rate_limit: RateLimit {
+                requests: 600,
+                window_s: 60,
+            },
+        }
+    }
 }
 
 /// The `RDEV_TRUSTED_PROXIES` list (empty: no proxy is trusted).
@@ -85,14 +117,7 @@ pub struct GlobalConfig {
     pub log: LogConfig,
 }
 
-/// Parses `1/0/true/false/yes/no/on/off`.
-pub fn parse_flag(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected 1 or 0, got `{s}`")),
-    }
-}
+pub use rdev_shared::config::parse_flag;
 
 #[cfg(test)]
 mod tests {
@@ -103,6 +128,13 @@ mod tests {
     struct Only {
         #[command(flatten)]
         cfg: ApiConfig,
+    }
+
+    #[test]
+    fn local_equals_the_command_line_defaults() {
+        let parsed = Only::try_parse_from(["rdev-api"]).expect("defaults").cfg;
+        let local = ApiConfig::local(parsed.db.clone(), parsed.amqp.clone());
+        assert_eq!(format!("{local:?}"), format!("{parsed:?}"));
     }
 
     #[test]

@@ -9,17 +9,16 @@
 //! within about a second.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
+pub use rdev_shared::cache::BACKSTOP;
+use rdev_shared::cache::BoundedCache;
 use rdev_shared::db::{self, DbError, Pool};
 use rdev_shared::domain::ApiKey;
 
 /// Most keys held per instance.
 pub const CAPACITY: u64 = 10_000;
-/// Age beyond which an entry is not trusted while invalidations may be missed.
-pub const BACKSTOP: Duration = Duration::from_secs(1);
 /// `last_used_at` is written at most this often per key and instance.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -88,36 +87,30 @@ impl CachedKey {
 
 /// The per-instance key cache.
 pub struct KeyCache {
-    cache: Cache<[u8; 32], Arc<CachedKey>>,
-    /// Whether the control listener is connected (invalidations arrive).
-    listening: AtomicBool,
-    /// Bumped by every invalidation, so a lookup that raced one does not
-    /// store what it read before it.
-    generation: AtomicU64,
+    inner: BoundedCache<[u8; 32], CachedKey>,
 }
 
 impl KeyCache {
-    /// An empty cache whose entries live at most `ttl`.
-    pub fn new(ttl: Duration) -> Arc<Self> {
+    /// An empty cache whose entries live at most `ttl`; hits and misses are
+    /// counted in the given counters.
+    pub fn new(
+        ttl: Duration,
+        hits: prometheus::IntCounter,
+        misses: prometheus::IntCounter,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            cache: Cache::builder()
-                .max_capacity(CAPACITY)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
-            listening: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
+            inner: BoundedCache::new(CAPACITY, ttl, hits, misses),
         })
     }
 
     /// Records whether invalidations are being received.
     pub fn set_listening(&self, on: bool) {
-        self.listening.store(on, Ordering::Release);
+        self.inner.set_listening(on);
     }
 
     /// Forgets every entry (a key changed somewhere).
     pub fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
+        self.inner.invalidate_all();
     }
 
     /// The key whose secret hashes to `hash`, from the cache or PostgreSQL.
@@ -126,30 +119,20 @@ impl KeyCache {
         pool: &Pool,
         hash: &[u8; 32],
     ) -> Result<Option<Arc<CachedKey>>, DbError> {
-        if let Some(e) = self.cache.get(hash).await {
-            if self.listening.load(Ordering::Acquire) || e.loaded.elapsed() < BACKSTOP {
-                return Ok(Some(e));
-            }
-            self.cache.invalidate(hash).await;
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let client = pool.get().await?;
-        let Some((key, stored_hash)) = db::keys::find_by_hash(&client, hash).await? else {
-            // Misses are not cached: a new key must work at once.
-            return Ok(None);
-        };
-        drop(client);
-        let entry = Arc::new(CachedKey {
-            key,
-            stored_hash,
-            denials: Arc::new(DenialBudget::new()),
-            loaded: Instant::now(),
-            touched_ms: AtomicU64::new(0),
-        });
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.cache.insert(*hash, entry.clone()).await;
-        }
-        Ok(Some(entry))
+        self.inner
+            .get_or_load(hash, || async {
+                let client = pool.get().await?;
+                Ok(db::keys::find_by_hash(&client, hash)
+                    .await?
+                    .map(|(key, stored_hash)| CachedKey {
+                        key,
+                        stored_hash,
+                        denials: Arc::new(DenialBudget::new()),
+                        loaded: Instant::now(),
+                        touched_ms: AtomicU64::new(0),
+                    }))
+            })
+            .await
     }
 }
 

@@ -61,17 +61,28 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
-    let keys = KeyCache::new(cfg.cache_ttl);
+    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
+    let keys = KeyCache::new(
+        cfg.cache_ttl,
+        metrics.cache_hits_total.with_label_values(&["api_keys"]),
+        metrics.cache_misses_total.with_label_values(&["api_keys"]),
+    );
+    let projects = Arc::new(control::ProjectCache::new(
+        10_000,
+        cfg.cache_ttl,
+        metrics.cache_hits_total.with_label_values(&["projects"]),
+        metrics.cache_misses_total.with_label_values(&["projects"]),
+    ));
     tokio::spawn(control::listen(
         cfg.amqp.clone(),
         instance.clone(),
         keys.clone(),
+        projects.clone(),
         stopped(stop_rx.clone()),
     ));
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
 
-    let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
     publisher.set_metrics(metrics.clone());
     let sse = limits::SseLimiter::new(
         cfg.sse_max_connections,
@@ -85,6 +96,7 @@ pub async fn start(
         publisher,
         hub,
         keys,
+        projects,
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
         shutdown: stop_rx.clone(),

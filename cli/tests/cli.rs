@@ -66,20 +66,12 @@ async fn start_with(opts: Opts) -> System {
 
     let server = rdev_api::start(
         ApiConfig {
-            db: env.db.clone(),
-            amqp: env.amqp.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             migrate: false,
-            max_body_bytes: 1024 * 1024,
-            max_timeout_s: 86_400,
-            sse_keepalive: Duration::from_secs(15),
             sse_poll: Duration::from_millis(500),
-            sse_max_connections: 10_000,
-            sse_max_per_key: 100,
             sse_max_lifetime: opts.sse_max_lifetime,
-            cache_ttl: Duration::from_secs(30),
-            trusted_proxies: Default::default(),
             rate_limit: "1000000/60s".parse().expect("rate limit"),
+            ..ApiConfig::local(env.db.clone(), env.amqp.clone())
         },
         stop.clone().cancelled_owned(),
     )
@@ -103,6 +95,7 @@ async fn start_with(opts: Opts) -> System {
         kill_grace_s: opts.kill_grace_s,
         worker_id: None,
         drain_s: 2,
+        kube: rdev_worker::config::KubeConfig::disabled(),
     };
     let s = stop.clone();
     tasks.push(tokio::spawn(async move {

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration};
+use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration, parse_flag};
+
+use crate::webhooks::schedule::{RetrySchedule, parse_schedule};
 
 /// Settings of `rdev-dispatcher`.
 #[derive(clap::Parser, Clone, Debug)]
@@ -41,4 +43,60 @@ pub struct Config {
     /// How often retention (audit log, rate-limit counters) runs.
     #[arg(long, env = "RDEV_RETENTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub retention_interval: Duration,
+    /// Delays before each webhook delivery attempt (the first is the delay
+    /// after the event); its length is the number of attempts.
+    #[arg(long, env = "RDEV_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: RetrySchedule,
+    /// Timeout of one webhook request, answer included.
+    #[arg(
+        long = "webhook-timeout-s",
+        env = "RDEV_WEBHOOK_TIMEOUT_S",
+        default_value_t = 15
+    )]
+    pub webhook_timeout_s: u64,
+    /// Allow webhook destinations on loopback, private or link-local
+    /// addresses (development and tests only): `1` or `0`.
+    #[arg(long, env = "RDEV_WEBHOOK_ALLOW_PRIVATE", default_value = "0", value_parser = parse_flag)]
+    pub webhook_allow_private: bool,
+    /// An endpoint failing for this long without a success is disabled.
+    #[arg(long, env = "RDEV_WEBHOOK_DISABLE_AFTER", default_value = "120h", value_parser = parse_duration)]
+    pub webhook_disable_after: Duration,
+    /// Webhook requests in flight at once.
+    #[arg(long, env = "RDEV_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+    /// How often due deliveries are looked for (new events wake the loop at once).
+    #[arg(long, env = "RDEV_WEBHOOK_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub webhook_poll: Duration,
+    /// Consecutive failures of a destination that open its circuit.
+    #[arg(long, env = "RDEV_WEBHOOK_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub webhook_breaker_threshold: u32,
+    /// How long an open circuit refuses sends before one probe.
+    #[arg(long, env = "RDEV_WEBHOOK_BREAKER_OPEN", default_value = "30s", value_parser = parse_duration)]
+    pub webhook_breaker_open: Duration,
+    /// Longest `Retry-After` (of a 429 or 503) honoured.
+    #[arg(long, env = "RDEV_WEBHOOK_RETRY_AFTER_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub webhook_retry_after_max: Duration,
+    /// Unacknowledged events the broker hands the dispatcher at once.
+    #[arg(long, env = "RDEV_WEBHOOK_PREFETCH", default_value_t = 64)]
+    pub webhook_prefetch: u16,
+}
+
+impl Config {
+    /// The webhook delivery policy.
+    pub fn webhook_settings(&self) -> crate::webhooks::Settings {
+        crate::webhooks::Settings {
+            schedule: self.webhook_retry_schedule.clone(),
+            timeout: Duration::from_secs(self.webhook_timeout_s.max(1)),
+            allow_private: self.webhook_allow_private,
+            disable_after: self.webhook_disable_after,
+            concurrency: self.webhook_concurrency.max(1),
+            poll: self.webhook_poll.max(Duration::from_millis(10)),
+            breaker: rdev_shared::breaker::BreakerConfig {
+                failure_threshold: self.webhook_breaker_threshold.max(1),
+                open_for: self.webhook_breaker_open,
+            },
+            retry_after_cap: self.webhook_retry_after_max,
+            prefetch: self.webhook_prefetch.max(1),
+        }
+    }
 }

@@ -1,10 +1,11 @@
-//! `rdev-dispatcher`: rdev's background loops. For now: the outbox relay,
-//! the reaper of commands whose worker stopped heart-beating, and retention. Webhook
-//! delivery lands here next (see DESIGN.md §4).
+//! `rdev-dispatcher`: webhook delivery ([`webhooks`]) and rdev's background
+//! loops: the outbox relay, the reaper of commands whose worker stopped
+//! heart-beating, and retention (audit log, rate-limit counters).
 
 pub mod config;
 pub mod reaper;
 pub mod retention;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ pub enum DispatcherError {
     /// The ops socket could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The webhook HTTP client could not be built.
+    #[error("webhook client: {0}")]
+    Http(#[from] reqwest::Error),
 }
 
 #[derive(Clone)]
@@ -134,16 +138,23 @@ pub async fn start(
         stop_rx.clone(),
     ));
     let reaper = tokio::spawn(reaper::run(
-        pool,
+        pool.clone(),
         publisher,
         Duration::from_secs(cfg.lost_after_s.max(1)),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let (events, deliveries) = webhooks::spawn(
+        pool,
+        cfg.amqp.clone(),
+        cfg.webhook_settings(),
+        metrics,
+        stop_rx,
+    )?;
     tracing::info!(%addr, "rdev-dispatcher running");
     let task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(ops, relay, reaper, retention);
+        let _ = tokio::join!(ops, relay, reaper, retention, events, deliveries);
     });
     Ok(Dispatcher { addr, task })
 }

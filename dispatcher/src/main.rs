@@ -4,6 +4,8 @@ use rdev_dispatcher::config::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Both rustls crypto backends are compiled in; pick one before any TLS.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg = Config::parse();
     let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-dispatcher");
     let d = rdev_dispatcher::start(cfg, shutdown_signal())

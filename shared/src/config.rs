@@ -123,6 +123,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a boolean flag written `1/0/true/false/yes/no/on/off`.
+pub fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected 1 or 0, got `{s}`")),
+    }
+}
+
 /// Removes the password from a connection URL so it can be logged.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -1,21 +1,26 @@
 //! `rdev-shared`: what two or more rdev binaries need.
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
-//! [`config`] and [`secret`] → [`domain`], [`policy`], [`ratelimit`] → [`db`] and [`mq`] (adapters) →
+//! [`config`] and [`secret`] → [`domain`], [`policy`], [`ratelimit`],
+//! [`webhook`], [`webhook_sign`] and [`netguard`] → [`db`] and [`mq`] (adapters) →
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod metrics;
 pub mod mq;
+pub mod netguard;
 pub mod policy;
 pub mod ratelimit;
 pub mod relay;
 pub mod secret;
 pub mod telemetry;
 pub mod validate;
+pub mod webhook;
+pub mod webhook_sign;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

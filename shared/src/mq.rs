@@ -174,6 +174,11 @@ pub enum ControlMessage {
         /// The key.
         key_id: Uuid,
     },
+    /// A project changed (updated, deleted): drop its cached lookup.
+    ProjectChanged {
+        /// The project's name.
+        name: String,
+    },
     /// A kind this version does not know.
     #[serde(other)]
     Unknown,

@@ -85,7 +85,7 @@ fn spawn_role(env: &TestEnv, role: &str, workspace: &std::path::Path) -> tokio::
         .env("RDEV_MIGRATE", "0")
         .env("RDEV_WORKSPACE_ROOT", workspace)
         .env("RDEV_SSE_MAX_PER_KEY", "10000")
-        .env("RDEV_RATE_LIMIT", "100000000/60s")
+        .env("RDEV_RATE_LIMIT", "1000000/1s")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

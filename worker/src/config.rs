@@ -59,6 +59,71 @@ pub struct Config {
     /// On shutdown, seconds running commands may take to finish before they are stopped.
     #[arg(long = "drain-s", env = "RDEV_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
+    /// Settings of the `kubernetes` executor.
+    #[command(flatten)]
+    pub kube: KubeConfig,
+}
+
+/// Settings of the `kubernetes` executor (`RDEV_KUBE_*`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct KubeConfig {
+    /// Run projects whose executor is `kubernetes`. The API client is only
+    /// created when the first such command arrives (in-cluster configuration
+    /// in a pod, the kubeconfig otherwise), so leaving this on costs nothing
+    /// on workers that never see one.
+    #[arg(
+        long = "kube-enabled",
+        env = "RDEV_KUBE_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub enabled: bool,
+    /// Seconds a pod list (per namespace and selector) is reused.
+    #[arg(
+        long = "kube-pod-cache-ttl-s",
+        env = "RDEV_KUBE_POD_CACHE_TTL_S",
+        default_value_t = 5
+    )]
+    pub pod_cache_ttl_s: u64,
+    /// Seconds one Kubernetes API call (list, opening an exec) may take.
+    #[arg(
+        long = "kube-api-timeout-s",
+        env = "RDEV_KUBE_API_TIMEOUT_S",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub api_timeout_s: u64,
+}
+
+impl Default for KubeConfig {
+    /// The command-line defaults.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            pod_cache_ttl_s: 5,
+            api_timeout_s: 15,
+        }
+    }
+}
+
+impl KubeConfig {
+    /// Disabled: Kubernetes projects fail with a clear error on this worker.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// How long a pod list is reused.
+    pub fn pod_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.pod_cache_ttl_s)
+    }
+
+    /// How long one Kubernetes API call may take.
+    pub fn api_timeout(&self) -> Duration {
+        Duration::from_secs(self.api_timeout_s)
+    }
 }
 
 impl Config {
@@ -107,6 +172,19 @@ mod tests {
         assert_eq!(cfg.concurrency, 4);
         assert_eq!(cfg.listen.port(), 9091);
         assert!(Config::try_parse_from(["rdev-worker", "--concurrency", "0"]).is_err());
+        assert!(cfg.kube.enabled, "kubernetes on by default");
+        let d = KubeConfig::default();
+        assert_eq!(
+            (d.enabled, d.pod_cache_ttl_s, d.api_timeout_s),
+            (
+                cfg.kube.enabled,
+                cfg.kube.pod_cache_ttl_s,
+                cfg.kube.api_timeout_s
+            ),
+            "Default matches the command line"
+        );
+        let off = Config::try_parse_from(["rdev-worker", "--kube-enabled", "false"]).expect("off");
+        assert!(!off.kube.enabled);
         let id = cfg.resolved_worker_id();
         assert!(id.contains(&std::process::id().to_string()), "{id}");
     }

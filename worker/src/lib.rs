@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::WorkerError;
 
-use crate::executor::{Executors, LocalExecutor};
+use crate::executor::{Executors, KubeSettings, KubernetesExecutor, LocalExecutor};
 use crate::http::Readiness;
 use crate::runner::Worker;
 
@@ -73,10 +73,17 @@ pub async fn run_with_addr(
         "rdev-worker starting"
     );
 
-    let executors = Executors::new(LocalExecutor::new(
-        cfg.workspace_root.clone(),
-        cfg.kill_grace(),
-    ));
+    let executors = Executors::new(
+        LocalExecutor::new(cfg.workspace_root.clone(), cfg.kill_grace()),
+        cfg.kube.enabled.then(|| {
+            KubernetesExecutor::new(KubeSettings {
+                pod_cache_ttl: cfg.kube.pod_cache_ttl(),
+                api_timeout: cfg.kube.api_timeout(),
+                kill_grace: cfg.kill_grace(),
+                ..KubeSettings::default()
+            })
+        }),
+    );
     let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), executors));
 
     // `stop`: stop taking commands. `done`: every command has ended.

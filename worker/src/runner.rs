@@ -72,6 +72,7 @@ impl Worker {
         let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-worker {worker_id}"));
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         publisher.set_metrics(metrics.clone());
+        executors.set_metrics(&metrics);
         Self {
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,

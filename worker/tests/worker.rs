@@ -71,6 +71,8 @@ fn config(env: &TestEnv, root: &Path, drain_s: u64) -> Config {
         kill_grace_s: 1,
         worker_id: Some(format!("test-worker-{:04x}", rand::random::<u16>())),
         drain_s,
+
+        kube: rdev_worker::config::KubeConfig::disabled(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod projects;
 pub mod ratelimit;
 pub mod sse;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub hub: Arc<OutputHub>,
     /// Cached key lookups.
     pub keys: Arc<KeyCache>,
+    /// Cached project lookups by name.
+    pub projects: Arc<crate::control::ProjectCache>,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.
@@ -72,6 +75,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
         .route("/api-keys/{id}/rotate", post(keys::rotate))
         .route("/audit", get(audit::list))
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/test", post(webhooks::test))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/webhooks/{id}/recover", post(webhooks::recover))
         .layer(axum::middleware::from_fn(ratelimit::headers));
     Router::new()
         .route("/health", get(health::health))

@@ -145,10 +145,18 @@ fn check_common(f: Fields<'_>, max_timeout_s: i32, errors: &mut Vec<FieldError>)
 }
 
 /// Loads a live project the key may see; 404 otherwise.
+/// Lookups go through the instance's project cache (invalidated on every
+/// instance when a project changes).
 pub async fn load_visible(st: &AppState, auth: &Auth, name: &str) -> ApiResult<Project> {
-    let client = st.pool.get().await?;
-    match projects::get_by_name(&client, name).await? {
-        Some(p) if auth.sees_project(p.id) => Ok(p),
+    let found = st
+        .projects
+        .get_or_load(&name.to_owned(), || async {
+            let client = st.pool.get().await?;
+            projects::get_by_name(&client, name).await
+        })
+        .await?;
+    match found {
+        Some(p) if auth.sees_project(p.id) => Ok((*p).clone()),
         _ => Err(ApiError::NotFound(format!("project `{name}` not found"))),
     }
 }
@@ -342,6 +350,7 @@ pub async fn update(
     )
     .await?;
     tx.commit().await?;
+    crate::control::announce_project_change(&st.projects, &st.publisher, &project.name).await;
     Ok(axum::Json(ProjectView::from(updated)))
 }
 
@@ -375,5 +384,6 @@ pub async fn delete(
     )
     .await?;
     tx.commit().await?;
+    crate::control::announce_project_change(&st.projects, &st.publisher, &project.name).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -31,6 +31,13 @@ use crate::limits::{Refusal, SseSlot};
 /// Chunks read from PostgreSQL per page: at most 2 × 64 KiB held per
 /// connection while catching up.
 const CATCH_UP_PAGE: i64 = 2;
+/// Extra PostgreSQL reads after subscribing, each this long after the last
+/// (see `event_stream`).
+const SETTLE_READS: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_millis(800),
+    Duration::from_secs(2),
+];
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
 /// Reconnection delay suggested when this instance shuts down.
@@ -150,6 +157,14 @@ fn event_stream(
         poll.tick().await;
         // Replay what is stored (and, for a finished command, everything).
         let mut need_catch_up = true;
+        // Settle reads: the worker publishes a chunk live before its batch
+        // reaches PostgreSQL (within ~50 ms), so a chunk published just
+        // before we subscribed may land in PostgreSQL just after our first
+        // read. Reading again shortly after closes that window.
+        let mut settle = SETTLE_READS.iter();
+        let settle_sleep = tokio::time::sleep(SETTLE_READS[0]);
+        tokio::pin!(settle_sleep);
+        let mut settling = settle.next().is_some();
         let mut finished = cmd.status.is_terminal();
         loop {
             if need_catch_up || finished {
@@ -224,6 +239,13 @@ fn event_stream(
                     }
                 },
                 _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
+                () = &mut settle_sleep, if settling => {
+                    need_catch_up = true;
+                    match settle.next() {
+                        Some(after) => settle_sleep.as_mut().reset(tokio::time::Instant::now() + *after),
+                        None => settling = false,
+                    }
+                }
                 _ = poll.tick() => {
                     need_catch_up = sub.take_lagged() || last < max_seen;
                     if let Some(c) = Box::pin(reload(&pool, id)).await {

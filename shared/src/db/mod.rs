@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod output;
 pub mod projects;
 pub mod rate_limits;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

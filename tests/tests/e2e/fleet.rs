@@ -166,10 +166,18 @@ async fn api_shutdown_closes_sse_streams_with_a_retry_hint() {
             use eventsource_stream::Eventsource;
             use futures::StreamExt;
             let resp = http.get(url).bearer_auth(key).send().await.expect("sse");
+            let mut seen = vec![(format!("HTTP {}", resp.status()), None)];
             let mut events = resp.bytes_stream().eventsource();
-            let mut seen = Vec::new();
             let mut first_output_tx = Some(first_output_tx);
-            while let Some(Ok(ev)) = events.next().await {
+            loop {
+                let ev = match events.next().await {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(e)) => {
+                        seen.push((format!("error: {e}"), None));
+                        break;
+                    }
+                    None => break,
+                };
                 if ev.event == "output"
                     && let Some(tx) = first_output_tx.take()
                 {
@@ -181,10 +189,11 @@ async fn api_shutdown_closes_sse_streams_with_a_retry_hint() {
         })
     };
     // Stop the instance once the watcher is streaming.
-    tokio::time::timeout(WAIT, first_output)
-        .await
-        .expect("output reached the watcher")
-        .expect("sent");
+    let streaming = tokio::time::timeout(WAIT, first_output).await;
+    if !matches!(streaming, Ok(Ok(()))) {
+        let seen = watcher.await.expect("task");
+        panic!("the watcher ended before any output: {seen:?}");
+    }
     stop.cancel();
     let seen = tokio::time::timeout(Duration::from_secs(10), watcher)
         .await

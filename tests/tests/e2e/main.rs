@@ -9,6 +9,7 @@ mod observability;
 mod projects;
 mod sse;
 mod support;
+mod webhooks;
 
 /// The same allocator and profiling settings as `rdev-api`, so the in-process
 /// API can serve heap profiles.

@@ -85,6 +85,8 @@ async fn every_binary_exports_its_metrics() {
         "{worker}"
     );
     assert!(gauge(&worker, "command_output_bytes_total") >= 8.0);
+    // Every request after the first authenticates from the key cache.
+    assert!(gauge(&api, "cache_hits_total") >= 1.0, "{api}");
     assert!(
         api.contains(r#"amqp_published_total{exchange="commands",service="rdev-api"} 1"#),
         "{api}"
@@ -331,8 +333,20 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
     let Some(exporter) = rdev_shared::test_support::traces::install() else {
         panic!("another tracing subscriber was installed first");
     };
-    let app = spawn_app_with(Options::default()).await;
+    let app = spawn_app_with(Options {
+        dispatcher: true,
+        ..Options::default()
+    })
+    .await;
     app.create_project("traced", json!({})).await;
+    // Nothing listens there: the attempt fails, but it is made, in the trace.
+    let r = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/", "events": ["command.succeeded"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
     let c = app.run("traced", json!({"command": "echo traced"})).await;
     let id = c["id"].as_str().expect("id").to_owned();
     app.wait_terminal(&id, WAIT).await;
@@ -384,6 +398,26 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
             "event headers {h} continue trace {trace}"
         );
     }
+    // …and the dispatcher's webhook attempt joins it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let deliver = loop {
+        let spans = rdev_shared::test_support::traces::spans(exporter);
+        if let Some(s) = spans.iter().find(|s| {
+            s.name == "webhook.deliver"
+                && s.attributes.iter().any(|kv| {
+                    kv.key.as_str() == "event_type" && kv.value.as_str() == "command.succeeded"
+                })
+        }) {
+            break s.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no webhook span");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        deliver.span_context.trace_id(),
+        request.span_context.trace_id(),
+        "the webhook attempt belongs to the request's trace"
+    );
 }
 
 #[tokio::test]

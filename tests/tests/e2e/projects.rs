@@ -106,3 +106,63 @@ async fn project_list_pages_with_a_cursor() {
     assert_eq!(names, (0..7).map(|i| format!("p{i}")).collect::<Vec<_>>());
     assert_eq!(pages, 3);
 }
+
+#[tokio::test]
+async fn a_project_change_is_seen_by_another_instance_within_a_second() {
+    let mut app = spawn_app_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.create_project("shared", json!({"description": "before"}))
+        .await;
+    let other = app.spawn_api().await;
+    let get_other = || {
+        app.send(
+            app.http
+                .get(format!("{other}/v1/projects/shared"))
+                .bearer_auth(&app.admin_key),
+        )
+    };
+    // Warm the other instance's cache.
+    assert_eq!(get_other().await.json()["description"], "before");
+    assert_eq!(get_other().await.json()["description"], "before");
+    let r = app
+        .request(
+            Method::PATCH,
+            "/v1/projects/shared",
+            Some(&app.admin_key.clone()),
+            Some(json!({"description": "after"})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let changed = std::time::Instant::now();
+    loop {
+        if get_other().await.json()["description"] == "after" {
+            break;
+        }
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(1),
+            "stale project after 1 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A deleted project disappears there too.
+    let r = app
+        .request(
+            Method::DELETE,
+            "/v1/projects/shared",
+            Some(&app.admin_key.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let deleted = std::time::Instant::now();
+    while get_other().await.status != 404 {
+        assert!(
+            deleted.elapsed() < std::time::Duration::from_secs(1),
+            "deleted project still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -140,3 +140,63 @@ async fn a_truncated_output_shows_a_gap_event() {
         Some(json!(true))
     );
 }
+
+#[tokio::test]
+async fn a_chunk_stored_after_subscribing_without_a_live_message_still_arrives() {
+    // The window: the worker publishes a chunk live before its batch is in
+    // PostgreSQL; a watcher subscribing in between misses the live message
+    // and must still find the chunk in PostgreSQL while the command runs on.
+    let app = crate::support::spawn_app_with(crate::support::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let c = app.run("p", json!({"command": "sleep 300"})).await;
+    let id: uuid::Uuid = c["id"].as_str().expect("id").parse().expect("uuid");
+    let client = app.env.pool.get().await.expect("db");
+    client
+        .execute(
+            "UPDATE commands SET status = 'running', started_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("running");
+    let watcher = {
+        let app_http = app.http.clone();
+        let url = app.url(&format!("/v1/commands/{id}/events"));
+        let key = app.admin_key.clone();
+        tokio::spawn(async move {
+            use eventsource_stream::Eventsource;
+            use futures::StreamExt;
+            let resp = app_http
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("sse");
+            let mut events = resp.bytes_stream().eventsource();
+            while let Some(Ok(ev)) = events.next().await {
+                if ev.event == "output" {
+                    return ev.data;
+                }
+            }
+            String::new()
+        })
+    };
+    // Let the watcher subscribe and do its first read, then store a chunk
+    // without publishing it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .execute(
+            "INSERT INTO command_output (command_id, seq, stream, data) VALUES ($1, 1, 'stdout', 'late\n')",
+            &[&id],
+        )
+        .await
+        .expect("chunk");
+    let data = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("delivered")
+        .expect("task");
+    assert!(data.contains("late"), "{data}");
+}

@@ -23,6 +23,8 @@ pub struct Options {
     pub api_amqp_url: Option<String>,
     pub max_body_bytes: usize,
     pub kill_grace_s: u64,
+    /// `RDEV_WEBHOOK_ALLOW_PRIVATE` of the API (receivers in tests are on loopback).
+    pub webhook_allow_private: bool,
     pub concurrency: u16,
     pub lost_after_s: u64,
     pub sse_max_connections: usize,
@@ -42,6 +44,7 @@ impl Default for Options {
             api_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
+            webhook_allow_private: true,
             concurrency: 4,
             lost_after_s: 30,
             sse_max_connections: 10_000,
@@ -98,6 +101,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         max_timeout_s: 86_400,
         sse_keepalive: Duration::from_secs(1),
         sse_poll: Duration::from_millis(500),
+        webhook_allow_private: opts.webhook_allow_private,
         sse_max_connections: opts.sse_max_connections,
         sse_max_per_key: opts.sse_max_per_key,
         sse_max_lifetime: opts.sse_max_lifetime,
@@ -190,6 +194,8 @@ pub fn worker_config(
         kill_grace_s,
         worker_id: None,
         drain_s: 2,
+
+        kube: rdev_worker::config::KubeConfig::disabled(),
     }
 }
 
@@ -206,6 +212,18 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         lost_after_s: 30,
         audit_retention: Duration::from_secs(90 * 86_400),
         retention_interval: Duration::from_secs(300),
+        webhook_retry_schedule: rdev_dispatcher::webhooks::schedule::parse_schedule("0s,1s,1s")
+            .expect("schedule"),
+        webhook_timeout_s: 5,
+        webhook_allow_private: true,
+        webhook_disable_after: Duration::from_secs(3600),
+        webhook_concurrency: 32,
+        webhook_poll: Duration::from_millis(100),
+        // High: tests that want the breaker set their own threshold.
+        webhook_breaker_threshold: 1000,
+        webhook_breaker_open: Duration::from_secs(30),
+        webhook_retry_after_max: Duration::from_secs(3600),
+        webhook_prefetch: 64,
     }
 }
 

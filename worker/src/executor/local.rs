@@ -8,17 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream, validate_workdir};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Executor, Job, Outcome, OutputTx, RunFuture};
+use super::{Executor, Job, Outcome, OutputTx, RunFuture, spawn_reader};
 
 /// `PATH` of every command: the system directories, nothing from the worker.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -188,39 +185,6 @@ fn build_command(job: &Job, workdir: &Path) -> Result<Command, String> {
     Ok(cmd)
 }
 
-/// Reads a pipe in pieces of at most [`MAX_CHUNK_BYTES`]. A full channel
-/// stalls the read (and so the child): that is the memory bound. If the sink
-/// is gone, the pipe is still drained so the child never blocks on it.
-fn spawn_reader<R>(mut pipe: R, stream: OutputStream, tx: OutputTx) -> JoinHandle<()>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
-        let mut sink_open = true;
-        loop {
-            match pipe.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    if sink_open
-                        && tx
-                            .send((stream, Bytes::copy_from_slice(&buf[..n])))
-                            .await
-                            .is_err()
-                    {
-                        sink_open = false;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(stream = stream.as_str(), error = %e, "reading command output failed");
-                    break;
-                }
-            }
-        }
-    })
-}
-
 /// Creates `root/rel` and returns its canonical path, refusing any path that
 /// resolves outside the canonical root (`..` is refused by validation; a
 /// symlink is caught here, before anything is created through it).
@@ -265,6 +229,8 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Instant;
 
+    use bytes::Bytes;
+    use rdev_shared::db::output::MAX_CHUNK_BYTES;
     use rdev_shared::domain::LocalExecutor as LocalSettings;
     use tokio::sync::mpsc;
 
@@ -609,24 +575,5 @@ mod tests {
         assert_eq!(ran.stdout.len(), five_mb);
         assert_eq!(ran.stderr.len(), 1000);
         assert!(ran.max_piece <= MAX_CHUNK_BYTES);
-    }
-
-    #[tokio::test]
-    async fn kubernetes_projects_fail_to_start_for_now() {
-        let executors =
-            super::super::Executors::new(LocalExecutor::new("/nonexistent", Duration::ZERO));
-        let mut j = sh("true");
-        j.executor = ExecutorConfig::Kubernetes(rdev_shared::domain::KubernetesExecutor {
-            namespace: "ns".into(),
-            selector: "app=x".into(),
-            container: None,
-            workdir: None,
-        });
-        let (tx, _rx) = mpsc::channel(1);
-        let outcome = executors.run(j, tx, CancellationToken::new()).await;
-        assert_eq!(
-            outcome,
-            Outcome::FailedToStart("kubernetes executor not available in this build".into())
-        );
     }
 }

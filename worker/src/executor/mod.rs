@@ -2,6 +2,7 @@
 //! bounded channel: when the consumer is slow the executor stops reading, the
 //! child blocks on its pipe, and memory stays bounded.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -10,10 +11,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream};
+use rdev_shared::metrics::Metrics;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use kubernetes::{KubeSettings, KubernetesExecutor};
 pub use local::LocalExecutor;
 
 /// Capacity of the output channel between an executor and its sink.
@@ -66,26 +72,107 @@ pub trait Executor: Send + Sync {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_>;
 }
 
+/// Error of a Kubernetes project on a worker started with the executor off.
+pub const KUBE_DISABLED: &str =
+    "the kubernetes executor is disabled on this worker (RDEV_KUBE_ENABLED=false)";
+
 /// Chooses the executor a project asks for.
 #[derive(Debug)]
 pub struct Executors {
     local: LocalExecutor,
+    /// `None` when this worker does not run Kubernetes projects.
+    kubernetes: Option<KubernetesExecutor>,
 }
 
 impl Executors {
-    /// The executors of this build.
-    pub fn new(local: LocalExecutor) -> Self {
-        Self { local }
+    /// The executors of this build; `kubernetes` is `None` when disabled.
+    pub fn new(local: LocalExecutor, kubernetes: Option<KubernetesExecutor>) -> Self {
+        Self { local, kubernetes }
+    }
+
+    /// Reports executor state in `metrics` (the Kubernetes API breaker as
+    /// `circuit_breaker_state{target="kubernetes"}`).
+    pub fn set_metrics(&self, metrics: &Metrics) {
+        if let Some(kube) = &self.kubernetes {
+            kube.set_state_gauge(
+                metrics
+                    .circuit_breaker_state
+                    .with_label_values(&["kubernetes"]),
+            );
+        }
     }
 }
 
 impl Executor for Executors {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
-        match job.executor {
-            ExecutorConfig::Local(_) => self.local.run(job, output, cancel),
-            ExecutorConfig::Kubernetes(_) => Box::pin(async {
-                Outcome::FailedToStart("kubernetes executor not available in this build".into())
-            }),
+        match (&job.executor, &self.kubernetes) {
+            (ExecutorConfig::Local(_), _) => self.local.run(job, output, cancel),
+            (ExecutorConfig::Kubernetes(_), Some(kube)) => kube.run(job, output, cancel),
+            (ExecutorConfig::Kubernetes(_), None) => {
+                Box::pin(async { Outcome::FailedToStart(KUBE_DISABLED.into()) })
+            }
         }
+    }
+}
+
+/// Reads a pipe in pieces of at most [`MAX_CHUNK_BYTES`]. A full channel
+/// stalls the read (and so the child, or the exec stream): that is the
+/// memory bound. If the sink is gone, the pipe is still drained so the
+/// producer never blocks on it.
+pub(crate) fn spawn_reader<R>(mut pipe: R, stream: OutputStream, tx: OutputTx) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+        let mut sink_open = true;
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sink_open
+                        && tx
+                            .send((stream, Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                    {
+                        sink_open = false;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(stream = stream.as_str(), error = %e, "reading command output failed");
+                    break;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdev_shared::domain::KubernetesExecutor as KubeProject;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn kubernetes_projects_fail_clearly_when_the_executor_is_off() {
+        let executors = Executors::new(LocalExecutor::new("/nonexistent", Duration::ZERO), None);
+        let job = Job {
+            spec: CommandSpec::Shell("true".into()),
+            env: BTreeMap::new(),
+            stdin: None,
+            executor: ExecutorConfig::Kubernetes(KubeProject {
+                namespace: "ns".into(),
+                selector: "app=x".into(),
+                container: None,
+                workdir: None,
+            }),
+            project: "p".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let outcome = executors.run(job, tx, CancellationToken::new()).await;
+        assert_eq!(outcome, Outcome::FailedToStart(KUBE_DISABLED.into()));
     }
 }

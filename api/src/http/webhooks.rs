@@ -1,0 +1,568 @@
+//! `/v1/webhooks`: endpoints (create, list, get, update, delete, test) and
+//! their delivery log (list, redeliver one, recover many). Scope
+//! `webhooks:manage`; a project-restricted key sees only endpoints filtered
+//! on one of its projects.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use rdev_shared::db::audit::{self, AuditEntry};
+use rdev_shared::db::projects;
+use rdev_shared::db::webhooks::{self as repo, NewWebhook, WebhookPatch};
+use rdev_shared::domain::{FieldError, Scope};
+use rdev_shared::netguard;
+use rdev_shared::webhook::{
+    Attempt, Delivery, DeliveryStatus, TEST_EVENT, Webhook, is_known_event,
+};
+use rdev_shared::webhook_sign;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
+
+const MAX_EVENTS: usize = 16;
+
+/// An endpoint as the API shows it (never its secret, except on create).
+#[derive(Serialize)]
+pub struct WebhookView {
+    id: Uuid,
+    url: String,
+    events: Vec<String>,
+    project: Option<String>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    failing_since: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl From<Webhook> for WebhookView {
+    fn from(w: Webhook) -> Self {
+        Self {
+            id: w.id,
+            url: w.url,
+            events: w.events,
+            project: w.project,
+            enabled: w.enabled,
+            disabled_reason: w.disabled_reason,
+            failing_since: w.failing_since,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+            secret: None,
+        }
+    }
+}
+
+/// A delivery as the API shows it, with its attempts.
+#[derive(Serialize)]
+pub struct DeliveryView {
+    id: Uuid,
+    webhook_id: Uuid,
+    event_id: Uuid,
+    event_type: String,
+    status: DeliveryStatus,
+    next_attempt_at: Option<DateTime<Utc>>,
+    last_status_code: Option<i32>,
+    last_error: Option<String>,
+    last_duration_ms: Option<i32>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    attempts: Vec<Attempt>,
+}
+
+impl From<Delivery> for DeliveryView {
+    fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            webhook_id: d.webhook_id,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            next_attempt_at: (d.status == DeliveryStatus::Pending).then_some(d.next_attempt_at),
+            status: d.status,
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            last_duration_ms: d.last_duration_ms,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            attempts: d.attempts,
+        }
+    }
+}
+
+/// Body of `POST /v1/webhooks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    url: String,
+    events: Vec<String>,
+    project: Option<String>,
+    secret: Option<String>,
+}
+
+/// Body of `PATCH /v1/webhooks/{id}`: absent fields stay; `"project": null`
+/// removes the project filter.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    project: Option<Option<String>>,
+    enabled: Option<bool>,
+}
+
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+/// Checks a URL's shape and, unless private destinations are allowed, that
+/// it resolves only to public addresses.
+async fn check_url(url: &str, allow_private: bool, errors: &mut Vec<FieldError>) {
+    let target = match netguard::parse_url(url) {
+        Ok(t) => t,
+        Err(e) => return errors.push(FieldError::new("url", e.to_string())),
+    };
+    if allow_private {
+        return;
+    }
+    if let Err(e) = netguard::resolve_allowed(&target, false).await {
+        errors.push(FieldError::new("url", e.to_string()));
+    }
+}
+
+/// Validates and normalises (sorted, deduplicated) an event list.
+fn check_events(events: &[String], errors: &mut Vec<FieldError>) -> Vec<String> {
+    if events.is_empty() || events.len() > MAX_EVENTS {
+        errors.push(FieldError::new(
+            "events",
+            format!("list 1-{MAX_EVENTS} event types, or \"*\""),
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if !is_known_event(e) {
+            errors.push(FieldError::new(
+                format!("events[{i}]"),
+                format!("unknown event type `{e}`"),
+            ));
+        }
+    }
+    let mut out = events.to_vec();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Resolves a project name the key may see; a field error otherwise.
+async fn project_id(
+    st: &AppState,
+    auth: &Auth,
+    name: &str,
+    errors: &mut Vec<FieldError>,
+) -> ApiResult<Option<Uuid>> {
+    let client = st.pool.get().await?;
+    match projects::get_by_name(&client, name).await? {
+        Some(p) if auth.sees_project(p.id) => Ok(Some(p.id)),
+        _ => {
+            errors.push(FieldError::new("project", format!("no project `{name}`")));
+            Ok(None)
+        }
+    }
+}
+
+fn restricted_needs_project() -> ApiError {
+    ApiError::Forbidden(
+        "a project-restricted key can only manage webhooks filtered on one of its projects".into(),
+    )
+}
+
+/// Whether the key may see the endpoint.
+fn visible(auth: &Auth, w: &Webhook) -> bool {
+    match (&auth.key.project_ids, w.project_id) {
+        (None, _) => true,
+        (Some(ids), Some(p)) => ids.contains(&p),
+        (Some(_), None) => false,
+    }
+}
+
+async fn load_visible(st: &AppState, auth: &Auth, id: Uuid) -> ApiResult<Webhook> {
+    let client = st.pool.get().await?;
+    match repo::get(&client, id).await? {
+        Some(w) if visible(auth, &w) => Ok(w),
+        _ => Err(ApiError::NotFound(format!("webhook `{id}` not found"))),
+    }
+}
+
+fn entry<'a>(
+    auth: &'a Auth,
+    action: &'a str,
+    w: &Webhook,
+    details: serde_json::Value,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        actor_key_id: Some(auth.key.id),
+        actor: &auth.key.name,
+        ip: auth.ip,
+        action,
+        target_type: "webhook",
+        target_id: Some(w.id.to_string()),
+        project_id: w.project_id,
+        outcome: "success",
+        details,
+    }
+}
+
+fn require_enabled(w: &Webhook) -> ApiResult<()> {
+    if w.enabled {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict(
+            "the webhook is disabled; re-enable it with PATCH {\"enabled\": true} first".into(),
+        ))
+    }
+}
+
+/// `POST /v1/webhooks`
+pub async fn create(
+    State(st): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateWebhook>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    if auth.key.project_ids.is_some() && body.project.is_none() {
+        return Err(restricted_needs_project());
+    }
+    let mut errors = Vec::new();
+    check_url(&body.url, st.cfg.webhook_allow_private, &mut errors).await;
+    let events = check_events(&body.events, &mut errors);
+    if let Some(s) = &body.secret
+        && let Err(m) = webhook_sign::validate_secret(s)
+    {
+        errors.push(FieldError::new("secret", m));
+    }
+    let project_id = match &body.project {
+        Some(name) => project_id(&st, &auth, name, &mut errors).await?,
+        None => None,
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let secret = body.secret.unwrap_or_else(webhook_sign::generate_secret);
+    let new = NewWebhook {
+        url: body.url,
+        secret: rdev_shared::config::Secret::new(secret.clone()),
+        events,
+        project_id,
+    };
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let w = repo::insert(&tx, &new).await?;
+    audit::append(
+        &tx,
+        &entry(
+            &auth,
+            "webhook.create",
+            &w,
+            json!({ "url": w.url, "events": w.events }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/webhooks/{}", w.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    let mut view = WebhookView::from(w);
+    view.secret = Some(secret);
+    Ok((StatusCode::CREATED, headers, axum::Json(view)))
+}
+
+/// Query of `GET /v1/webhooks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn uuid_cursor(c: Option<&str>) -> ApiResult<Option<Uuid>> {
+    c.map(|c| {
+        cursor::decode(c)?
+            .parse::<Uuid>()
+            .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+    })
+    .transpose()
+}
+
+/// `GET /v1/webhooks`
+pub async fn list(
+    State(st): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let limit = page_limit(q.limit)?;
+    let after = uuid_cursor(q.cursor.as_deref())?;
+    let client = st.pool.get().await?;
+    let items = repo::list(&client, after, auth.key.project_ids.as_deref(), limit).await?;
+    Ok(page(items, limit, |w| w.id, WebhookView::from))
+}
+
+/// A list answer: `{"items", "next_cursor"}`; a full page has a cursor
+/// naming its last item's id.
+fn page<T, V: Serialize>(
+    items: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> Uuid,
+    view: impl Fn(T) -> V,
+) -> axum::Json<serde_json::Value> {
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|x| cursor::encode(&id(x).to_string()))
+    } else {
+        None
+    };
+    let items: Vec<V> = items.into_iter().map(view).collect();
+    axum::Json(json!({ "items": items, "next_cursor": next_cursor }))
+}
+
+/// `GET /v1/webhooks/{id}`
+pub async fn get(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    Ok(axum::Json(WebhookView::from(
+        load_visible(&st, &auth, id).await?,
+    )))
+}
+
+/// `PATCH /v1/webhooks/{id}`
+pub async fn update(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+    Json(body): Json<UpdateWebhook>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let current = load_visible(&st, &auth, id).await?;
+    if auth.key.project_ids.is_some() && matches!(body.project, Some(None)) {
+        return Err(restricted_needs_project());
+    }
+    let mut errors = Vec::new();
+    if let Some(url) = &body.url {
+        check_url(url, st.cfg.webhook_allow_private, &mut errors).await;
+    }
+    let events = body.events.as_ref().map(|e| check_events(e, &mut errors));
+    let project_id = match &body.project {
+        Some(Some(name)) => Some(project_id(&st, &auth, name, &mut errors).await?),
+        Some(None) => Some(None),
+        None => None,
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let patch = WebhookPatch {
+        url: body.url,
+        events,
+        project_id,
+        enabled: body.enabled,
+    };
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let updated = repo::update(&tx, id, &patch)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("webhook `{id}` not found")))?;
+    let mut changed = serde_json::Map::new();
+    if patch.url.is_some() {
+        changed.insert("url".into(), json!(updated.url));
+    }
+    if patch.events.is_some() {
+        changed.insert("events".into(), json!(updated.events));
+    }
+    if patch.project_id.is_some() {
+        changed.insert("project".into(), json!(updated.project));
+    }
+    if let Some(e) = patch.enabled {
+        changed.insert("enabled".into(), json!(e));
+        changed.insert("was_enabled".into(), json!(current.enabled));
+    }
+    audit::append(
+        &tx,
+        &entry(&auth, "webhook.update", &updated, changed.into()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(WebhookView::from(updated)))
+}
+
+/// `DELETE /v1/webhooks/{id}`: pending deliveries stop; the log stays.
+pub async fn delete(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let w = load_visible(&st, &auth, id).await?;
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    if !repo::delete(&tx, id).await? {
+        return Err(ApiError::NotFound(format!("webhook `{id}` not found")));
+    }
+    audit::append(&tx, &entry(&auth, "webhook.delete", &w, json!({}))).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/webhooks/{id}/test`: enqueues a `webhook.test` event for this
+/// endpoint only.
+pub async fn test(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let w = load_visible(&st, &auth, id).await?;
+    require_enabled(&w)?;
+    let event_id = Uuid::now_v7();
+    let body = json!({
+        "id": event_id,
+        "type": TEST_EVENT,
+        "timestamp": Utc::now(),
+        "data": { "webhook_id": w.id },
+    });
+    let payload = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut trace = std::collections::BTreeMap::new();
+    rdev_shared::telemetry::inject_current(&mut trace);
+    let delivery_id =
+        repo::insert_delivery(&tx, w.id, event_id, TEST_EVENT, &payload, &trace).await?;
+    audit::append(
+        &tx,
+        &entry(
+            &auth,
+            "webhook.test",
+            &w,
+            json!({ "event_id": event_id, "delivery_id": delivery_id }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "event_id": event_id, "delivery_id": delivery_id })),
+    ))
+}
+
+/// Query of `GET /v1/webhooks/{id}/deliveries`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/webhooks/{id}/deliveries`: newest first, with attempts.
+pub async fn deliveries(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+    Query(q): Query<DeliveriesQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let w = load_visible(&st, &auth, id).await?;
+    let limit = page_limit(q.limit)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<DeliveryStatus>()
+                .map_err(|_| ApiError::field("status", "one of pending, succeeded, failed, dead"))
+        })
+        .transpose()?;
+    let before = uuid_cursor(q.cursor.as_deref())?;
+    let client = st.pool.get().await?;
+    let items = repo::list_deliveries(&client, w.id, status, before, limit).await?;
+    Ok(page(items, limit, |d| d.id, DeliveryView::from))
+}
+
+/// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`: a new
+/// attempt now (a finished delivery gets one attempt, without retries).
+pub async fn redeliver(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((id, delivery_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let w = load_visible(&st, &auth, id).await?;
+    require_enabled(&w)?;
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    if !repo::redeliver(&tx, w.id, delivery_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "delivery `{delivery_id}` not found"
+        )));
+    }
+    audit::append(
+        &tx,
+        &entry(
+            &auth,
+            "webhook.redeliver",
+            &w,
+            json!({ "delivery_id": delivery_id }),
+        ),
+    )
+    .await?;
+    let d = repo::get_delivery(&tx, w.id, delivery_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("delivery `{delivery_id}` not found")))?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(DeliveryView::from(d))))
+}
+
+/// Body of `POST /v1/webhooks/{id}/recover`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    since: DateTime<Utc>,
+}
+
+/// `POST /v1/webhooks/{id}/recover`: every failed or dead delivery created
+/// since `since` goes back to pending with a fresh retry schedule.
+pub async fn recover(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Recover>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let w = load_visible(&st, &auth, id).await?;
+    require_enabled(&w)?;
+    if body.since > Utc::now() {
+        return Err(ApiError::field("since", "must not be in the future"));
+    }
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = repo::recover(&tx, w.id, body.since).await?;
+    audit::append(
+        &tx,
+        &entry(
+            &auth,
+            "webhook.recover",
+            &w,
+            json!({ "since": body.since, "recovered": n }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "recovered": n }))))
+}

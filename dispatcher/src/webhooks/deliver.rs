@@ -1,0 +1,261 @@
+//! The delivery loop: claims due deliveries (leased, `SKIP LOCKED`), sends
+//! each through its destination's circuit breaker with bounded concurrency,
+//! and records the attempt and the delivery's next state in one transaction.
+//! On shutdown it stops claiming and lets in-flight attempts finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdev_shared::db::webhooks::{self as repo, AttemptRecord, Claimed, Next};
+use rdev_shared::db::{DbError, Pool};
+use rdev_shared::metrics::Metrics;
+use rdev_shared::netguard;
+use rdev_shared::telemetry;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::Settings;
+use super::breakers::Breakers;
+use super::schedule::{AfterFailure, after_failure};
+use super::sender::{self, Message, Outcome};
+
+/// Reason recorded when a receiver answers 410.
+pub const GONE_REASON: &str = "the receiver answered 410 Gone";
+
+/// Shared by every in-flight delivery.
+pub struct Delivering {
+    /// Database.
+    pub pool: Pool,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// Breakers by destination.
+    pub breakers: Breakers,
+    /// Policy.
+    pub settings: Settings,
+    /// Woken when new deliveries exist.
+    pub wake: Arc<Notify>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Delivering {
+    /// How long a claim holds a delivery: the request timeout plus a margin
+    /// for recording, so a live dispatcher never loses its claim.
+    fn lease(&self) -> Duration {
+        self.settings.timeout + Duration::from_secs(30)
+    }
+}
+
+/// Runs until `stop` turns true, then waits for in-flight attempts.
+pub async fn run(d: Arc<Delivering>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(d.settings.concurrency.max(1)));
+    let mut inflight = JoinSet::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        while inflight.try_join_next().is_some() {}
+        let free = permits.available_permits();
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            match claim(&d, free).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim webhook deliveries");
+                    Vec::new()
+                }
+            }
+        };
+        // Every slot taken (or just filled): more may be due, so wait for a
+        // free slot rather than for the poll interval.
+        let saturated = claimed.len() == free;
+        for c in claimed {
+            // Never fails: the claim asked for at most the free permits.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                release_now(&d, &c).await;
+                continue;
+            };
+            let span = tracing::info_span!(
+                "webhook.deliver",
+                delivery_id = %c.id,
+                webhook_id = %c.webhook_id,
+                event_type = %c.event_type,
+                attempt = c.attempts + 1,
+                trace_id = tracing::field::Empty,
+            );
+            let pairs: Vec<(&str, &str)> = c
+                .trace_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            telemetry::continue_trace(&span, &pairs);
+            inflight.spawn(deliver(d.clone(), c, permit).instrument(span));
+        }
+        if saturated {
+            tokio::select! {
+                () = super::stopped(&mut stop) => break,
+                p = permits.clone().acquire_owned() => drop(p),
+            }
+            continue;
+        }
+        tokio::select! {
+            () = super::stopped(&mut stop) => break,
+            () = d.wake.notified() => {}
+            () = tokio::time::sleep(d.settings.poll) => {}
+        }
+    }
+    if !inflight.is_empty() {
+        tracing::info!(
+            inflight = inflight.len(),
+            "finishing in-flight webhook deliveries"
+        );
+    }
+    while inflight.join_next().await.is_some() {}
+}
+
+async fn claim(d: &Delivering, n: usize) -> Result<Vec<Claimed>, DbError> {
+    let client = d.pool.get().await?;
+    repo::claim_due(&client, i64::try_from(n).unwrap_or(1), d.lease()).await
+}
+
+async fn release_now(d: &Delivering, c: &Claimed) {
+    release(d, c, Duration::ZERO).await;
+}
+
+async fn release(d: &Delivering, c: &Claimed, after: Duration) {
+    let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::zero());
+    let result = match d.pool.get().await {
+        Ok(client) => repo::release(&client, c.id, c.lease_token, at).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, delivery = %c.id, "cannot release a delivery; its lease will expire");
+    }
+}
+
+/// The destination key of a URL: `host:port`.
+fn destination(url: &str) -> String {
+    match netguard::parse_url(url) {
+        Ok(t) => format!("{}:{}", t.host, t.port),
+        Err(_) => url.to_owned(),
+    }
+}
+
+async fn deliver(d: Arc<Delivering>, c: Claimed, _permit: OwnedSemaphorePermit) {
+    let dest = destination(&c.url);
+    let breaker = d.breakers.get(&dest);
+    let acquired = breaker.acquire();
+    d.breakers.report(&dest, &breaker);
+    if let Err(refused) = acquired {
+        d.metrics
+            .webhook_deliveries_total
+            .with_label_values(&["skipped"])
+            .inc();
+        // No attempt while the circuit is open: the delivery waits for it.
+        tracing::debug!(delivery = %c.id, retry_in = ?refused.retry_in, "circuit open; rescheduling");
+        release(&d, &c, refused.retry_in).await;
+        return;
+    }
+    let event_id = c.event_id.to_string();
+    let outcome = sender::send(
+        &d.client,
+        &Message {
+            url: &c.url,
+            secret: c.secret.expose(),
+            id: &event_id,
+            body: &c.payload,
+        },
+        d.settings.allow_private,
+    )
+    .await;
+    if outcome.host_failed() {
+        breaker.failure();
+    } else {
+        breaker.success();
+    }
+    d.breakers.report(&dest, &breaker);
+    d.metrics
+        .webhook_delivery_duration_seconds
+        .observe(outcome.duration.as_secs_f64());
+    if let Err(e) = record(&d, &c, &outcome).await {
+        // The lease expires and the delivery is tried again: at least once.
+        tracing::warn!(error = %e, delivery = %c.id, "cannot record a webhook attempt");
+    }
+}
+
+async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError> {
+    let gone = o.status == Some(410);
+    let next = if o.succeeded() {
+        Next::Succeeded
+    } else if gone {
+        Next::Failed
+    } else {
+        let made = usize::try_from(c.attempts + 1 - c.retry_base).unwrap_or(usize::MAX);
+        match after_failure(
+            &d.settings.schedule,
+            made,
+            c.single_attempt,
+            o.retry_after,
+            d.settings.retry_after_cap,
+        ) {
+            AfterFailure::Retry(delay) => Next::RetryAt(
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()),
+            ),
+            AfterFailure::Dead => Next::Dead,
+            AfterFailure::Failed => Next::Failed,
+        }
+    };
+    let mut client = d.pool.get().await?;
+    let tx = client.transaction().await?;
+    let recorded = repo::record_attempt(
+        &tx,
+        &AttemptRecord {
+            delivery_id: c.id,
+            lease_token: c.lease_token,
+            at: o.at,
+            status_code: o.status.map(i32::from),
+            duration_ms: i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX),
+            error: o.error.clone(),
+            response_excerpt: o.excerpt.clone(),
+            next,
+        },
+    )
+    .await?;
+    if !recorded {
+        tracing::warn!(delivery = %c.id, "lost the claim before recording; the attempt is not counted");
+        return Ok(());
+    }
+    let mut disabled = None;
+    if o.succeeded() {
+        repo::mark_healthy(&tx, c.webhook_id).await?;
+    } else if gone {
+        if repo::disable(&tx, c.webhook_id, GONE_REASON).await? {
+            disabled = Some(GONE_REASON.to_owned());
+        }
+    } else if let Some(since) = repo::mark_failing(&tx, c.webhook_id, o.at).await?
+        && (Utc::now() - since).to_std().unwrap_or_default() >= d.settings.disable_after
+    {
+        let reason = format!("failing continuously since {}", since.to_rfc3339());
+        if repo::disable(&tx, c.webhook_id, &reason).await? {
+            disabled = Some(reason);
+        }
+    }
+    tx.commit().await?;
+    let label = match next {
+        Next::Succeeded => "succeeded",
+        Next::Dead => "dead",
+        Next::RetryAt(_) | Next::Failed => "failed",
+    };
+    d.metrics
+        .webhook_deliveries_total
+        .with_label_values(&[label])
+        .inc();
+    if let Some(reason) = disabled {
+        tracing::warn!(webhook = %c.webhook_id, %reason, "webhook endpoint disabled");
+    }
+    tracing::debug!(delivery = %c.id, status = ?o.status, next = ?next, "webhook attempt recorded");
+    Ok(())
+}

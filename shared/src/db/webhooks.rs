@@ -1,0 +1,728 @@
+//! `webhooks`, `webhook_deliveries` and `webhook_attempts` repository.
+//!
+//! Deliveries are a queue table: dispatchers claim due rows with
+//! `FOR UPDATE SKIP LOCKED` and, in the same statement, push
+//! `next_attempt_at` forward by a lease and stamp a `lease_token`. Only the
+//! holder of the current token can record the attempt, so two dispatchers
+//! never send or count the same attempt, and a dispatcher that dies
+//! mid-attempt only delays it until the lease runs out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{DbError, from_json, parse_col, to_json};
+use crate::config::Secret;
+use crate::webhook::{Attempt, Delivery, DeliveryStatus, Webhook};
+
+/// Reason recorded when an endpoint is disabled through the API.
+pub const DISABLED_BY_USER: &str = "disabled through the API";
+/// Error recorded on pending deliveries stopped because their endpoint was disabled.
+const STOPPED_DISABLED: &str = "endpoint disabled";
+
+/// Fields of a new endpoint.
+#[derive(Clone, Debug)]
+pub struct NewWebhook {
+    /// Destination URL (already validated).
+    pub url: String,
+    /// Signing secret.
+    pub secret: Secret,
+    /// Subscribed event types.
+    pub events: Vec<String>,
+    /// Project filter.
+    pub project_id: Option<Uuid>,
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookPatch {
+    /// New URL.
+    pub url: Option<String>,
+    /// New event list.
+    pub events: Option<Vec<String>>,
+    /// New project filter (`Some(None)` = every project).
+    pub project_id: Option<Option<Uuid>>,
+    /// Enable (clears the reason and the failure run) or disable.
+    pub enabled: Option<bool>,
+}
+
+const WEBHOOK_COLUMNS: &str = "w.id, w.url, w.secret, w.events, w.project_id, p.name AS project, \
+     w.enabled, w.disabled_reason, w.failing_since, w.created_at, w.updated_at";
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn webhook_from_row(row: &Row) -> Result<Webhook, DbError> {
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        secret: Secret::new(row.try_get::<_, String>("secret")?),
+        events: row.try_get("events")?,
+        project_id: row.try_get("project_id")?,
+        project: row.try_get("project")?,
+        enabled: row.try_get("enabled")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        failing_since: row.try_get("failing_since")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Inserts an endpoint.
+pub async fn insert(
+    client: &impl deadpool_postgres::GenericClient,
+    w: &NewWebhook,
+) -> Result<Webhook, DbError> {
+    let id = Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO webhooks (id, url, secret, events, project_id) VALUES ($1,$2,$3,$4,$5)",
+            &[&id, &w.url, &w.secret.expose(), &w.events, &w.project_id],
+        )
+        .await?;
+    get(client, id)
+        .await?
+        .ok_or_else(|| DbError::Corrupt("inserted webhook vanished".into()))
+}
+
+/// A live (not deleted) endpoint.
+pub async fn get(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Webhook>, DbError> {
+    let sql = format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks w LEFT JOIN projects p ON p.id = w.project_id \
+         WHERE w.id = $1 AND w.deleted_at IS NULL"
+    );
+    client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(webhook_from_row)
+        .transpose()
+}
+
+/// Live endpoints ordered by id, after `after`; with `only`, just those
+/// filtered on one of these projects (a project-restricted key's view).
+pub async fn list(
+    client: &impl deadpool_postgres::GenericClient,
+    after: Option<Uuid>,
+    only: Option<&[Uuid]>,
+    limit: i64,
+) -> Result<Vec<Webhook>, DbError> {
+    let sql = format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks w LEFT JOIN projects p ON p.id = w.project_id \
+         WHERE w.deleted_at IS NULL AND ($1::uuid IS NULL OR w.id > $1) \
+         AND ($2::uuid[] IS NULL OR w.project_id = ANY($2)) ORDER BY w.id LIMIT $3"
+    );
+    let only = only.map(|o| o.to_vec());
+    let rows = client.query(&sql, &[&after, &only, &limit]).await?;
+    rows.iter().map(webhook_from_row).collect()
+}
+
+/// Stops the pending deliveries of an endpoint (they become `failed` and
+/// can be recovered later).
+async fn stop_pending(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = $2, lease_token = NULL, \
+             updated_at = now() WHERE webhook_id = $1 AND status = 'pending'",
+            &[&webhook_id, &STOPPED_DISABLED],
+        )
+        .await?)
+}
+
+/// Applies a patch to a live endpoint; `None` when there is none. Disabling
+/// stops its pending deliveries; enabling clears the reason and the failure run.
+pub async fn update(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    patch: &WebhookPatch,
+) -> Result<Option<Webhook>, DbError> {
+    // One static statement: absent fields keep their value. Re-enabling a
+    // disabled endpoint clears its reason and starts a fresh failure clock;
+    // disabling keeps the reason of an earlier automatic disable.
+    let sql = "UPDATE webhooks w SET updated_at = now(), \
+               url = COALESCE($2::text, w.url), \
+               events = COALESCE($3::text[], w.events), \
+               project_id = CASE WHEN $4 THEN $5::uuid ELSE w.project_id END, \
+               enabled = COALESCE($6::boolean, w.enabled), \
+               disabled_reason = CASE WHEN $6::boolean IS NULL THEN w.disabled_reason \
+                   WHEN $6::boolean THEN NULL WHEN w.enabled THEN $7 \
+                   ELSE w.disabled_reason END, \
+               failing_since = CASE WHEN $6::boolean AND NOT w.enabled THEN NULL \
+                   ELSE w.failing_since END \
+               WHERE w.id = $1 AND w.deleted_at IS NULL RETURNING w.id";
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &id,
+        &patch.url,
+        &patch.events,
+        &patch.project_id.is_some(),
+        &patch.project_id.flatten(),
+        &patch.enabled,
+        &DISABLED_BY_USER,
+    ];
+    if client.query_opt(sql, &params).await?.is_none() {
+        return Ok(None);
+    }
+    if patch.enabled == Some(false) {
+        stop_pending(client, id).await?;
+    }
+    get(client, id).await
+}
+
+/// Soft-deletes a live endpoint and stops its pending deliveries.
+pub async fn delete(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE webhooks SET deleted_at = now(), updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id],
+        )
+        .await?;
+    if n == 1 {
+        stop_pending(client, id).await?;
+    }
+    Ok(n == 1)
+}
+
+/// Disables an enabled endpoint with a reason and stops its pending
+/// deliveries; false when it was already disabled or gone.
+pub async fn disable(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE webhooks SET enabled = false, disabled_reason = $2, updated_at = now() \
+             WHERE id = $1 AND enabled AND deleted_at IS NULL",
+            &[&id, &reason],
+        )
+        .await?;
+    if n == 1 {
+        stop_pending(client, id).await?;
+    }
+    Ok(n == 1)
+}
+
+/// An event to fan out to the endpoints that want it.
+#[derive(Clone, Debug)]
+pub struct FanOut<'a> {
+    /// Event id (`webhook-id`).
+    pub event_id: Uuid,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Exact body to send.
+    pub payload: &'a [u8],
+    /// The command the event is about (its project filters endpoints).
+    pub command_id: Option<Uuid>,
+    /// Trace context headers (`traceparent`, `tracestate`) of the event.
+    pub trace_headers: &'a BTreeMap<String, String>,
+}
+
+/// Creates one pending delivery, due after `first_delay`, per (event,
+/// enabled endpoint subscribed to its type or `*` whose project filter
+/// matches); a pair that already has one is skipped, so a redelivered event
+/// is harmless. A constant number of statements whatever the batch size.
+/// Returns the number created.
+pub async fn fan_out(
+    client: &impl deadpool_postgres::GenericClient,
+    events: &[FanOut<'_>],
+    first_delay: Duration,
+) -> Result<u64, DbError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let endpoints: Vec<(Uuid, Vec<String>, Option<Uuid>)> = client
+        .query(
+            "SELECT id, events, project_id FROM webhooks WHERE deleted_at IS NULL AND enabled",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, DbError>>()?;
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
+    let command_ids: Vec<Uuid> = events.iter().filter_map(|e| e.command_id).collect();
+    let projects: HashMap<Uuid, Uuid> = if endpoints.iter().any(|e| e.2.is_some()) {
+        client
+            .query(
+                "SELECT id, project_id FROM commands WHERE id = ANY($1)",
+                &[&command_ids],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, DbError>>()?
+    } else {
+        HashMap::new()
+    };
+    let mut ids = Vec::new();
+    let mut webhook_ids = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut types = Vec::new();
+    let mut payloads: Vec<&[u8]> = Vec::new();
+    let mut traces = Vec::new();
+    for e in events {
+        let project = e.command_id.and_then(|c| projects.get(&c).copied());
+        for (wid, subscribed, filter) in &endpoints {
+            if subscribes(subscribed, *filter, e.event_type, project) {
+                ids.push(Uuid::now_v7());
+                webhook_ids.push(*wid);
+                event_ids.push(e.event_id);
+                types.push(e.event_type);
+                payloads.push(e.payload);
+                traces.push(to_json(e.trace_headers));
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(client
+        .execute(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status, \
+             next_attempt_at, trace_headers) \
+             SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, 'pending', \
+                    now() + make_interval(secs => $6), d.trace \
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bytea[], $7::jsonb[]) \
+                  AS d(id, webhook_id, event_id, event_type, payload, trace) \
+             ON CONFLICT (webhook_id, event_id) DO NOTHING",
+            &[
+                &ids,
+                &webhook_ids,
+                &event_ids,
+                &types,
+                &payloads,
+                &secs(first_delay),
+                &traces,
+            ],
+        )
+        .await?)
+}
+
+/// Whether an endpoint with these `events` and project filter wants an event
+/// of `event_type` about a command of `project`.
+pub fn subscribes(
+    events: &[String],
+    filter: Option<Uuid>,
+    event_type: &str,
+    project: Option<Uuid>,
+) -> bool {
+    let type_ok = events
+        .iter()
+        .any(|e| e == crate::webhook::ALL_EVENTS || e == event_type);
+    type_ok && filter.is_none_or(|f| project == Some(f))
+}
+
+/// Enqueues one delivery for one endpoint, due now (the test event).
+pub async fn insert_delivery(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+    event_id: Uuid,
+    event_type: &str,
+    payload: &[u8],
+    trace_headers: &BTreeMap<String, String>,
+) -> Result<Uuid, DbError> {
+    let id = Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status, \
+             trace_headers) VALUES ($1,$2,$3,$4,$5,'pending',$6)",
+            &[
+                &id,
+                &webhook_id,
+                &event_id,
+                &event_type,
+                &payload,
+                &to_json(trace_headers),
+            ],
+        )
+        .await?;
+    Ok(id)
+}
+
+/// A delivery claimed for one attempt.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// Delivery id.
+    pub id: Uuid,
+    /// The claim; pass it back when recording.
+    pub lease_token: Uuid,
+    /// Endpoint.
+    pub webhook_id: Uuid,
+    /// Endpoint URL.
+    pub url: String,
+    /// Endpoint secret.
+    pub secret: Secret,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    /// Schedule index of attempt `attempts` is `attempts - retry_base`.
+    pub retry_base: i32,
+    /// A failure of this attempt ends the delivery (manual redelivery).
+    pub single_attempt: bool,
+    /// Trace context of the event.
+    pub trace_headers: BTreeMap<String, String>,
+}
+
+/// Claims up to `limit` due deliveries of enabled endpoints, oldest due
+/// first, skipping rows another dispatcher holds, and leases them for `lease`.
+pub async fn claim_due(
+    client: &impl deadpool_postgres::GenericClient,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    let token = Uuid::now_v7();
+    let rows = client
+        .query(
+            "UPDATE webhook_deliveries d \
+             SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3, \
+                 updated_at = now() \
+             FROM webhooks w \
+             WHERE w.id = d.webhook_id AND d.id IN ( \
+                 SELECT dd.id FROM webhook_deliveries dd \
+                 JOIN webhooks ww ON ww.id = dd.webhook_id \
+                 WHERE dd.status = 'pending' AND dd.next_attempt_at <= now() \
+                   AND ww.enabled AND ww.deleted_at IS NULL \
+                 ORDER BY dd.next_attempt_at LIMIT $1 \
+                 FOR UPDATE OF dd SKIP LOCKED) \
+             RETURNING d.id, d.webhook_id, w.url, w.secret, d.event_id, d.event_type, d.payload, \
+                 d.attempts, d.retry_base, d.single_attempt, d.trace_headers",
+            &[&limit, &secs(lease), &token],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                id: r.try_get("id")?,
+                lease_token: token,
+                webhook_id: r.try_get("webhook_id")?,
+                url: r.try_get("url")?,
+                secret: Secret::new(r.try_get::<_, String>("secret")?),
+                event_id: r.try_get("event_id")?,
+                event_type: r.try_get("event_type")?,
+                payload: r.try_get("payload")?,
+                attempts: r.try_get("attempts")?,
+                retry_base: r.try_get("retry_base")?,
+                single_attempt: r.try_get("single_attempt")?,
+                trace_headers: from_json(r.try_get("trace_headers")?, "trace_headers")
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Gives a claimed delivery back without an attempt (its host's circuit is
+/// open, or the dispatcher is stopping), due again at `at`.
+pub async fn release(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    lease_token: Uuid,
+    at: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = $3, lease_token = NULL, \
+             updated_at = now() WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+            &[&id, &lease_token, &at],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// What an attempt leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// 2xx: done.
+    Succeeded,
+    /// Try again at this time.
+    RetryAt(DateTime<Utc>),
+    /// The schedule is exhausted.
+    Dead,
+    /// Stopped early (one-off redelivery failed, or the endpoint is disabled).
+    Failed,
+}
+
+/// One finished HTTP attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: Uuid,
+    /// The claim it was made under.
+    pub lease_token: Uuid,
+    /// When it started.
+    pub at: DateTime<Utc>,
+    /// Answer status.
+    pub status_code: Option<i32>,
+    /// Duration.
+    pub duration_ms: i32,
+    /// Failure description.
+    pub error: Option<String>,
+    /// Start of the response body.
+    pub response_excerpt: Option<String>,
+    /// Resulting state.
+    pub next: Next,
+}
+
+/// Records an attempt and the delivery's new state; call inside a
+/// transaction. Returns false (and writes nothing) when the claim was lost
+/// (the lease ran out and another dispatcher took the delivery).
+pub async fn record_attempt(
+    client: &impl deadpool_postgres::GenericClient,
+    a: &AttemptRecord,
+) -> Result<bool, DbError> {
+    let (status, next_at) = match a.next {
+        Next::Succeeded => (DeliveryStatus::Succeeded, None),
+        Next::RetryAt(t) => (DeliveryStatus::Pending, Some(t)),
+        Next::Dead => (DeliveryStatus::Dead, None),
+        Next::Failed => (DeliveryStatus::Failed, None),
+    };
+    let n = client
+        .execute(
+            "UPDATE webhook_deliveries SET status = $3, attempts = attempts + 1, \
+             next_attempt_at = COALESCE($4, next_attempt_at), lease_token = NULL, \
+             single_attempt = false, last_status_code = $5, last_error = $6, \
+             last_duration_ms = $7, updated_at = now() \
+             WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+            &[
+                &a.delivery_id,
+                &a.lease_token,
+                &status.as_str(),
+                &next_at,
+                &a.status_code,
+                &a.error,
+                &a.duration_ms,
+            ],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    client
+        .execute(
+            "INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms, error, \
+             response_excerpt) VALUES ($1,$2,$3,$4,$5,$6)",
+            &[
+                &a.delivery_id,
+                &a.at,
+                &a.status_code,
+                &a.duration_ms,
+                &a.error,
+                &a.response_excerpt,
+            ],
+        )
+        .await?;
+    Ok(true)
+}
+
+/// Ends an endpoint's failure run after a success.
+pub async fn mark_healthy(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            &[&webhook_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Notes a failed attempt at `at`; returns since when the endpoint has been
+/// failing without a success in between.
+pub async fn mark_failing(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, DbError> {
+    let row = client
+        .query_opt(
+            "UPDATE webhooks SET failing_since = COALESCE(failing_since, $2) WHERE id = $1 \
+             RETURNING failing_since",
+            &[&webhook_id, &at],
+        )
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?.flatten())
+}
+
+const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, \
+     next_attempt_at, last_status_code, last_error, last_duration_ms, created_at, updated_at";
+
+fn delivery_from_row(row: &Row) -> Result<Delivery, DbError> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        status: parse_col(row.try_get("status")?, "webhook_deliveries.status")?,
+        attempt_count: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_status_code: row.try_get("last_status_code")?,
+        last_error: row.try_get("last_error")?,
+        last_duration_ms: row.try_get("last_duration_ms")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        attempts: Vec::new(),
+    })
+}
+
+async fn with_attempts(
+    client: &impl deadpool_postgres::GenericClient,
+    mut deliveries: Vec<Delivery>,
+) -> Result<Vec<Delivery>, DbError> {
+    if deliveries.is_empty() {
+        return Ok(deliveries);
+    }
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    let rows = client
+        .query(
+            "SELECT delivery_id, at, status_code, duration_ms, error, response_excerpt \
+             FROM webhook_attempts WHERE delivery_id = ANY($1) ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+    for r in &rows {
+        let delivery_id: Uuid = r.try_get("delivery_id")?;
+        let attempt = Attempt {
+            at: r.try_get("at")?,
+            status_code: r.try_get("status_code")?,
+            duration_ms: r.try_get("duration_ms")?,
+            error: r.try_get("error")?,
+            response_excerpt: r.try_get("response_excerpt")?,
+        };
+        if let Some(d) = deliveries.iter_mut().find(|d| d.id == delivery_id) {
+            d.attempts.push(attempt);
+        }
+    }
+    Ok(deliveries)
+}
+
+/// An endpoint's deliveries, newest first, older than `before`, with their attempts.
+pub async fn list_deliveries(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+    status: Option<DeliveryStatus>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Delivery>, DbError> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1 \
+         AND ($2::text IS NULL OR status = $2) AND ($3::uuid IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4"
+    );
+    let status = status.map(|s| s.as_str());
+    let rows = client
+        .query(&sql, &[&webhook_id, &status, &before, &limit])
+        .await?;
+    let list = rows
+        .iter()
+        .map(delivery_from_row)
+        .collect::<Result<_, _>>()?;
+    with_attempts(client, list).await
+}
+
+/// One delivery of an endpoint, with its attempts.
+pub async fn get_delivery(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Delivery>, DbError> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1 AND id = $2"
+    );
+    let Some(row) = client.query_opt(&sql, &[&webhook_id, &id]).await? else {
+        return Ok(None);
+    };
+    let list = with_attempts(client, vec![delivery_from_row(&row)?]).await?;
+    Ok(list.into_iter().next())
+}
+
+/// Asks for a new attempt now. A finished delivery becomes pending for one
+/// attempt; a pending one that is not in flight is brought forward. Returns
+/// false when there is no such delivery.
+pub async fn redeliver(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+    id: Uuid,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE webhook_deliveries SET \
+               single_attempt = CASE WHEN status = 'pending' THEN single_attempt ELSE true END, \
+               next_attempt_at = CASE WHEN status = 'pending' AND lease_token IS NOT NULL \
+                                      THEN next_attempt_at ELSE now() END, \
+               status = 'pending', updated_at = now() \
+             WHERE webhook_id = $1 AND id = $2",
+            &[&webhook_id, &id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Puts every failed or dead delivery of an endpoint created since `since`
+/// back to pending, due now, with a fresh retry schedule. Returns how many.
+pub async fn recover(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE webhook_deliveries SET status = 'pending', retry_base = attempts, \
+             single_attempt = false, next_attempt_at = now(), lease_token = NULL, \
+             updated_at = now() \
+             WHERE webhook_id = $1 AND status IN ('failed','dead') AND created_at >= $2",
+            &[&webhook_id, &since],
+        )
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subscribes;
+    use uuid::Uuid;
+
+    #[test]
+    fn subscriptions_match_type_wildcard_and_project() {
+        let p = Uuid::now_v7();
+        let q = Uuid::now_v7();
+        let ev = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(subscribes(&ev(&["*"]), None, "command.started", None));
+        assert!(subscribes(
+            &ev(&["command.failed"]),
+            None,
+            "command.failed",
+            Some(p)
+        ));
+        assert!(!subscribes(
+            &ev(&["command.failed"]),
+            None,
+            "command.started",
+            Some(p)
+        ));
+        assert!(subscribes(&ev(&["*"]), Some(p), "command.failed", Some(p)));
+        assert!(!subscribes(&ev(&["*"]), Some(p), "command.failed", Some(q)));
+        assert!(!subscribes(&ev(&["*"]), Some(p), "command.failed", None));
+    }
+}

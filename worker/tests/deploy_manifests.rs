@@ -1,0 +1,668 @@
+//! deploy/: the kustomize base renders, every object parses into its typed
+//! `k8s-openapi` struct (the Prometheus Operator CRDs as JSON), and the
+//! properties operations rely on hold. The base is rendered twice when
+//! `kubectl` is installed: by `kubectl kustomize` (the real renderer) and by
+//! the small renderer below (namespace, labels, images: all the base uses);
+//! both renders must agree and pass the same checks. Also static checks of
+//! the Dockerfile and the compose file (no Docker engine here).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const NAMESPACE: &str = "rdev";
+const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "rdev");
+/// Deployment → (port, port name).
+const PORTS: [(&str, i32, &str); 3] = [
+    ("rdev-api", 8080, "http"),
+    ("rdev-worker", 9091, "metrics"),
+    ("rdev-dispatcher", 9092, "metrics"),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every non-empty document of a multi-document YAML text, merge keys applied.
+fn yaml_docs(text: &str) -> Vec<Value> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let mut v = serde_yaml_ng::Value::deserialize(doc).expect("valid YAML");
+        v.apply_merge().expect("merge keys");
+        if v.is_null() {
+            continue;
+        }
+        docs.push(serde_json::to_value(&v).expect("YAML maps to JSON"));
+    }
+    docs
+}
+
+fn typed<T: DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{} {}: {e}",
+            v["kind"],
+            v["metadata"]["name"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(
+        kind,
+        "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+    )
+}
+
+/// Renders a kustomization that uses only `resources`, `namespace`,
+/// `labels` (metadata only) and `images`.
+fn render(dir: &Path) -> Vec<Value> {
+    let k = yaml_docs(&read(&dir.join("kustomization.yaml")))
+        .pop()
+        .expect("kustomization");
+    for key in k.as_object().expect("kustomization map").keys() {
+        assert!(
+            [
+                "apiVersion",
+                "kind",
+                "namespace",
+                "labels",
+                "resources",
+                "images"
+            ]
+            .contains(&key.as_str()),
+            "the test renderer does not know `{key}`; extend it or install kubectl"
+        );
+    }
+    let namespace = k["namespace"].as_str();
+    let mut labels = serde_json::Map::new();
+    for set in k["labels"].as_array().into_iter().flatten() {
+        assert!(
+            set.get("includeSelectors").is_none() && set.get("includeTemplates").is_none(),
+            "the test renderer only adds labels to metadata"
+        );
+        labels.extend(set["pairs"].as_object().expect("pairs").clone());
+    }
+    let images: BTreeMap<&str, &Value> = k["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| (i["name"].as_str().expect("image name"), i))
+        .collect();
+    let mut out = Vec::new();
+    for res in k["resources"].as_array().expect("resources") {
+        let file = dir.join(res.as_str().expect("resource path"));
+        for mut obj in yaml_docs(&read(&file)) {
+            let kind = obj["kind"].as_str().expect("kind").to_owned();
+            let meta = obj["metadata"].as_object_mut().expect("metadata");
+            if let Some(ns) = namespace
+                && !is_cluster_scoped(&kind)
+            {
+                meta.insert("namespace".into(), ns.into());
+            }
+            if !labels.is_empty() {
+                let l = meta
+                    .entry("labels")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                l.as_object_mut().expect("labels").extend(labels.clone());
+            }
+            if kind == "Deployment" {
+                let containers = obj["spec"]["template"]["spec"]["containers"]
+                    .as_array_mut()
+                    .expect("containers");
+                for c in containers {
+                    let image = c["image"].as_str().expect("image").to_owned();
+                    if let Some(i) = images.get(image.as_str()) {
+                        let name = i["newName"].as_str().unwrap_or(&image);
+                        let tag = i["newTag"].as_str().map(|t| format!(":{t}"));
+                        c["image"] = format!("{name}{}", tag.unwrap_or_default()).into();
+                    }
+                }
+            }
+            out.push(obj);
+        }
+    }
+    out
+}
+
+/// `kubectl kustomize dir`, or `None` when kubectl is not installed.
+fn kubectl_render(dir: &Path) -> Option<Vec<Value>> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(yaml_docs(&String::from_utf8(out.stdout).expect("utf-8")))
+}
+
+fn renders(dir: &Path) -> Vec<(&'static str, Vec<Value>)> {
+    let ours = render(dir);
+    let mut all = Vec::new();
+    if let Some(theirs) = kubectl_render(dir) {
+        let ids = |objs: &[Value]| -> BTreeSet<String> {
+            objs.iter()
+                .map(|o| {
+                    format!(
+                        "{}/{}/{}",
+                        o["kind"].as_str().unwrap_or(""),
+                        o["metadata"]["namespace"].as_str().unwrap_or(""),
+                        o["metadata"]["name"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            ids(&theirs),
+            ids(&ours),
+            "kubectl and the test renderer agree"
+        );
+        all.push(("kubectl kustomize", theirs));
+    } else {
+        eprintln!("kubectl not installed: checking the test renderer's output only");
+    }
+    all.push(("test renderer", ours));
+    all
+}
+
+fn of_kind<'a>(objs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    objs.iter().filter(move |o| o["kind"] == kind)
+}
+
+fn by_name<T: DeserializeOwned>(objs: &[Value], kind: &str, name: &str) -> T {
+    typed(
+        of_kind(objs, kind)
+            .find(|o| o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}")),
+    )
+}
+
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn check_base(objs: &[Value]) {
+    // Every object parses as its type, carries the common label, and lives
+    // in the rdev namespace unless it is cluster-scoped.
+    for o in objs {
+        let kind = o["kind"].as_str().expect("kind");
+        match kind {
+            "Namespace" => drop(typed::<Namespace>(o)),
+            "ConfigMap" => drop(typed::<ConfigMap>(o)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(o)),
+            "ClusterRole" => drop(typed::<ClusterRole>(o)),
+            "Deployment" => drop(typed::<Deployment>(o)),
+            "Service" => drop(typed::<Service>(o)),
+            "NetworkPolicy" => drop(typed::<NetworkPolicy>(o)),
+            "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(o)),
+            "HorizontalPodAutoscaler" => {
+                assert_eq!(o["apiVersion"], "autoscaling/v2");
+                drop(typed::<HorizontalPodAutoscaler>(o));
+            }
+            "PrometheusRule" | "ServiceMonitor" => {
+                assert_eq!(o["apiVersion"], "monitoring.coreos.com/v1");
+            }
+            other => {
+                panic!("unexpected kind {other} in the base (no Secret, no ClusterRoleBinding)")
+            }
+        }
+        assert_eq!(
+            o["metadata"]["labels"][PART_OF.0], PART_OF.1,
+            "{kind} {} has the part-of label",
+            o["metadata"]["name"]
+        );
+        if !is_cluster_scoped(kind) {
+            assert_eq!(o["metadata"]["namespace"], NAMESPACE, "{kind}");
+        }
+    }
+
+    let config: ConfigMap = by_name(objs, "ConfigMap", "rdev-config");
+    let config = config.data.expect("config data");
+    assert_eq!(
+        config.get("RDEV_LOG_FORMAT").map(String::as_str),
+        Some("json")
+    );
+    for secret in ["DATABASE_URL", "AMQP_URL"] {
+        assert!(
+            !config.contains_key(secret),
+            "{secret} belongs in the Secret"
+        );
+    }
+    let seconds = |k: &str| -> i64 { config[k].parse().expect("a number") };
+
+    // Deployments: limits, probes, ports, env, security.
+    let deployments: Vec<Deployment> = of_kind(objs, "Deployment").map(typed).collect();
+    let names: BTreeSet<&str> = deployments
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, PORTS.iter().map(|p| p.0).collect());
+    for (name, port, port_name) in PORTS {
+        let d: Deployment = by_name(objs, "Deployment", name);
+        let spec = d.spec;
+        let pod = spec.template.spec.expect("pod spec");
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        assert!(labels_match(
+            &spec.selector.match_labels.clone().unwrap_or_default(),
+            &labels
+        ));
+        let sc = pod.security_context.as_ref().expect("pod security context");
+        assert_eq!(sc.run_as_non_root, Some(true), "{name}");
+        assert_eq!(pod.containers.len(), 1, "{name}");
+        let c = &pod.containers[0];
+        assert!(
+            c.image.as_deref().is_some_and(|i| i.contains(':')),
+            "{name}: pinned tag"
+        );
+        let res = c.resources.as_ref().expect("resources");
+        for (what, q) in [("requests", &res.requests), ("limits", &res.limits)] {
+            let q = q.as_ref().unwrap_or_else(|| panic!("{name}: no {what}"));
+            assert!(
+                q.contains_key("cpu") && q.contains_key("memory"),
+                "{name}: {what}"
+            );
+        }
+        let probe_path_port = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            let h = p
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("http probe");
+            (h.path.clone().unwrap_or_default(), h.port.clone())
+        };
+        assert_eq!(
+            probe_path_port(&c.liveness_probe),
+            ("/health".to_owned(), IntOrString::Int(port)),
+            "{name}"
+        );
+        assert_eq!(
+            probe_path_port(&c.readiness_probe),
+            ("/ready".to_owned(), IntOrString::Int(port)),
+            "{name}"
+        );
+        let ports = c.ports.as_ref().expect("ports");
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.container_port == port && p.name.as_deref() == Some(port_name)),
+            "{name}"
+        );
+        let env = c.env.as_ref().expect("env");
+        let listen = env
+            .iter()
+            .find(|e| e.name == "RDEV_LISTEN")
+            .expect("RDEV_LISTEN");
+        assert_eq!(
+            listen.value.as_deref(),
+            Some(format!("0.0.0.0:{port}").as_str())
+        );
+        let from = c.env_from.as_ref().expect("envFrom");
+        assert!(from.iter().any(|f| {
+            f.config_map_ref
+                .as_ref()
+                .is_some_and(|r| r.name == "rdev-config")
+        }));
+        assert!(from.iter().any(|f| {
+            f.secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == "rdev-secrets")
+        }));
+        let csc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(csc.allow_privilege_escalation, Some(false), "{name}");
+        assert_eq!(csc.read_only_root_filesystem, Some(true), "{name}");
+
+        // A Service for it, whose target port names the container port.
+        let svc = of_kind(objs, "Service")
+            .map(typed::<Service>)
+            .find(|s| {
+                let sel = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.clone())
+                    .unwrap_or_default();
+                labels_match(&sel, &labels)
+            })
+            .unwrap_or_else(|| panic!("no Service selects {name}"));
+        let sp = &svc.spec.expect("spec").ports.expect("ports")[0];
+        assert_eq!(sp.name.as_deref(), Some(port_name));
+        assert_eq!(sp.target_port, Some(IntOrString::String(port_name.into())));
+
+        // A PodDisruptionBudget for it.
+        assert!(
+            of_kind(objs, "PodDisruptionBudget")
+                .map(typed::<PodDisruptionBudget>)
+                .any(|p| {
+                    let sel = p
+                        .spec
+                        .and_then(|s| s.selector)
+                        .and_then(|s| s.match_labels)
+                        .unwrap_or_default();
+                    labels_match(&sel, &labels)
+                }),
+            "no PodDisruptionBudget for {name}"
+        );
+
+        let sa = pod
+            .service_account_name
+            .as_deref()
+            .expect("service account");
+        if name == "rdev-worker" {
+            assert_eq!(sa, "rdev-worker");
+            let grace = pod.termination_grace_period_seconds.expect("grace period");
+            assert!(
+                grace > seconds("RDEV_DRAIN_S") + seconds("RDEV_KILL_GRACE_S"),
+                "the worker's grace period ({grace}s) outlasts its drain"
+            );
+        } else {
+            assert_eq!(pod.automount_service_account_token, Some(false), "{name}");
+        }
+    }
+
+    // RBAC: exactly pods get/list and pods/exec create, bound nowhere in the base.
+    let roles: Vec<ClusterRole> = of_kind(objs, "ClusterRole").map(typed).collect();
+    assert_eq!(roles.len(), 1);
+    let mut rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = roles[0]
+        .rules
+        .clone()
+        .expect("rules")
+        .into_iter()
+        .map(|r| {
+            assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+            (
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.verbs,
+            )
+        })
+        .collect();
+    rules.sort();
+    let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        rules,
+        vec![
+            (s(&[""]), s(&["pods"]), s(&["get", "list"])),
+            (s(&[""]), s(&["pods/exec"]), s(&["create"])),
+        ]
+    );
+
+    // HPA on the API's memory.
+    let hpa: HorizontalPodAutoscaler = by_name(objs, "HorizontalPodAutoscaler", "rdev-api");
+    let spec = hpa.spec;
+    assert_eq!(
+        (
+            spec.scale_target_ref.kind.as_str(),
+            spec.scale_target_ref.name.as_str()
+        ),
+        ("Deployment", "rdev-api")
+    );
+    assert!(spec.min_replicas.unwrap_or(1) >= 2);
+    let metrics = spec.metrics.expect("metrics");
+    assert!(metrics.iter().any(|m| m.type_ == "Resource"
+        && m.resource.as_ref().is_some_and(|r| r.name == "memory"
+            && r.target.type_ == "Utilization"
+            && r.target.average_utilization.is_some())));
+
+    // NetworkPolicy: default deny of ingress.
+    assert!(
+        of_kind(objs, "NetworkPolicy")
+            .map(typed::<NetworkPolicy>)
+            .any(|p| {
+                let spec = p.spec.unwrap_or_default();
+                spec.pod_selector.unwrap_or_default() == Default::default()
+                    && spec.policy_types == Some(vec!["Ingress".into()])
+                    && spec.ingress.is_none()
+            }),
+        "a default-deny ingress policy"
+    );
+
+    // Monitoring CRDs.
+    let rule = of_kind(objs, "PrometheusRule")
+        .next()
+        .expect("PrometheusRule");
+    let alerts: BTreeMap<&str, &Value> = rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .filter_map(|r| Some((r["alert"].as_str()?, r)))
+        .collect();
+    let memory = alerts["RdevAPIHighMemory"]["expr"].as_str().expect("expr");
+    for needle in [
+        "container_memory_working_set_bytes",
+        "kube_pod_container_resource_limits",
+        "resource=\"memory\"",
+        "container=\"api\"",
+        "> 0.8",
+    ] {
+        assert!(
+            memory.contains(needle),
+            "RdevAPIHighMemory: {needle} in {memory}"
+        );
+    }
+    for name in [
+        "RdevCommandQueueBacklog",
+        "RdevOutboxBacklog",
+        "RdevWebhookFailures",
+        "RdevWorkerLost",
+    ] {
+        assert!(alerts.contains_key(name), "alert {name}");
+    }
+    for (name, alert) in &alerts {
+        let url = alert["annotations"]["runbook_url"]
+            .as_str()
+            .expect("runbook_url");
+        assert!(repo().join(url).is_file(), "{name}: runbook {url} exists");
+    }
+    let monitor = of_kind(objs, "ServiceMonitor")
+        .next()
+        .expect("ServiceMonitor");
+    let endpoints: BTreeSet<(&str, &str)> = monitor["spec"]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            (
+                e["port"].as_str().unwrap_or(""),
+                e["path"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [("http", "/metrics"), ("metrics", "/metrics")].into()
+    );
+}
+
+#[test]
+fn kustomize_base_renders_typed_objects_with_limits_probes_rbac_pdbs_hpa_and_alerts() {
+    for (renderer, objs) in renders(&repo().join("deploy/k8s")) {
+        eprintln!("checking {} objects from {renderer}", objs.len());
+        check_base(&objs);
+    }
+}
+
+#[test]
+fn project_access_binds_the_worker_role_in_one_namespace() {
+    for (_, objs) in renders(&repo().join("deploy/k8s/project-access")) {
+        assert_eq!(objs.len(), 1);
+        let rb: RoleBinding = typed(&objs[0]);
+        assert_eq!(rb.metadata.namespace.as_deref(), Some("my-project"));
+        assert_eq!(
+            (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+            ("ClusterRole", "rdev-worker-exec")
+        );
+        let subjects = rb.subjects.expect("subjects");
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            ("ServiceAccount", "rdev-worker", Some(NAMESPACE))
+        );
+    }
+}
+
+#[test]
+fn secret_template_holds_placeholders_only_and_is_not_applied() {
+    let path = repo().join("deploy/k8s/secret.example.yaml");
+    let docs = yaml_docs(&read(&path));
+    assert_eq!(docs.len(), 1);
+    let secret: Secret = typed(&docs[0]);
+    assert_eq!(secret.metadata.name.as_deref(), Some("rdev-secrets"));
+    let data = secret.string_data.expect("stringData");
+    assert_eq!(
+        data.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        ["AMQP_URL", "DATABASE_URL"].into()
+    );
+    for (k, v) in data {
+        assert!(v.contains("CHANGE_ME"), "{k} is a placeholder");
+    }
+    let k = yaml_docs(&read(&repo().join("deploy/k8s/kustomization.yaml")));
+    let resources = k[0]["resources"].as_array().expect("resources");
+    assert!(
+        !resources.iter().any(|r| r == "secret.example.yaml"),
+        "re-applying the base must not overwrite the real Secret"
+    );
+}
+
+/// Stage names of a Dockerfile (`FROM … AS name`).
+fn stages(dockerfile: &str) -> BTreeSet<String> {
+    dockerfile
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.as_slice() {
+                [from, _, as_, name]
+                    if from.eq_ignore_ascii_case("FROM") && as_.eq_ignore_ascii_case("AS") =>
+                {
+                    Some((*name).to_owned())
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn dockerfile_builds_every_binary_into_non_root_images() {
+    let text = read(&repo().join("deploy/Dockerfile"));
+    let stages = stages(&text);
+    for stage in [
+        "builder",
+        "runtime",
+        "api",
+        "worker",
+        "dispatcher",
+        "cli",
+        "all",
+    ] {
+        assert!(stages.contains(stage), "stage {stage}");
+    }
+    // Each package built exists in the workspace, and each binary copied is built.
+    for (package, dir, binary) in [
+        ("rdev-api", "api", "rdev-api"),
+        ("rdev-worker", "worker", "rdev-worker"),
+        ("rdev-dispatcher", "dispatcher", "rdev-dispatcher"),
+        ("rdev-cli", "cli", "rdev"),
+    ] {
+        assert!(
+            text.contains(&format!("-p {package}")),
+            "{package} is built"
+        );
+        let manifest = read(&repo().join(dir).join("Cargo.toml"));
+        assert!(
+            manifest.contains(&format!("name = \"{package}\"")),
+            "{dir} is {package}"
+        );
+        assert!(
+            text.contains(&format!("target/release/{binary}")),
+            "{binary} is copied"
+        );
+    }
+    assert!(text.contains("--locked"), "builds from Cargo.lock");
+    let users: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("USER "))
+        .collect();
+    assert!(!users.is_empty(), "a USER instruction");
+    for u in users {
+        let uid = u.split(':').next().unwrap_or(u).trim();
+        assert!(uid != "0" && uid != "root", "non-root user, got {u}");
+    }
+    let ignore = read(&repo().join(".dockerignore"));
+    assert!(
+        ignore
+            .lines()
+            .any(|l| l.trim().trim_end_matches('/') == "target")
+    );
+}
+
+#[test]
+fn compose_file_runs_postgres_rabbitmq_and_the_three_services() {
+    let docs = yaml_docs(&read(&repo().join("deploy/compose/docker-compose.yml")));
+    assert_eq!(docs.len(), 1);
+    let services = docs[0]["services"].as_object().expect("services");
+    assert_eq!(
+        services.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        ["api", "dispatcher", "postgres", "rabbitmq", "worker"].into()
+    );
+    let dockerfile_stages = stages(&read(&repo().join("deploy/Dockerfile")));
+    for (name, port) in [("api", 8080), ("worker", 9091), ("dispatcher", 9092)] {
+        let s = &services[name];
+        assert_eq!(s["build"]["dockerfile"], "deploy/Dockerfile", "{name}");
+        let target = s["build"]["target"].as_str().expect("target");
+        assert!(dockerfile_stages.contains(target), "{name}: stage {target}");
+        let env = &s["environment"];
+        assert_eq!(env["RDEV_LISTEN"], format!("0.0.0.0:{port}"), "{name}");
+        for var in ["DATABASE_URL", "AMQP_URL"] {
+            let url = env[var].as_str().unwrap_or_else(|| panic!("{name}: {var}"));
+            assert!(
+                url.contains("@postgres:") || url.contains("@rabbitmq:"),
+                "{name}: {var}"
+            );
+        }
+        for dep in ["postgres", "rabbitmq"] {
+            assert_eq!(
+                s["depends_on"][dep]["condition"], "service_healthy",
+                "{name} waits for {dep}"
+            );
+        }
+    }
+    for infra in ["postgres", "rabbitmq"] {
+        assert!(
+            services[infra]["healthcheck"].is_object(),
+            "{infra} healthcheck"
+        );
+    }
+}

@@ -1,0 +1,838 @@
+//! The `kubernetes` executor against a fake Kubernetes API server on a
+//! loopback port: pod lists over HTTP, and exec upgraded to a websocket that
+//! speaks the real `v4.channel.k8s.io` / `v5.channel.k8s.io` framing (binary
+//! frames whose first byte is the channel: 0 stdin, 1 stdout, 2 stderr,
+//! 3 status JSON, 255 close on v5). The fake runs the requested command
+//! locally, so output, exit codes and kills are real. Like a real container
+//! runtime, it does not kill the process when the client closes the session.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes as AxumBytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use rdev_shared::breaker::{BreakerConfig, BreakerState};
+use rdev_shared::domain::{
+    CommandSpec, ExecutorConfig, KubernetesExecutor as KubeProject, OutputStream,
+};
+use rdev_worker::executor::{Executor, Job, KubeSettings, KubernetesExecutor, Outcome};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "dev";
+const SELECTOR: &str = "app=web";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// Lists work, exec answers 403.
+    ExecForbidden,
+    /// Lists answer 403.
+    ListForbidden,
+    /// Everything answers 500.
+    Broken,
+}
+
+#[derive(Clone, Debug)]
+struct ExecRecord {
+    pod: String,
+    container: Option<String>,
+    command: Vec<String>,
+}
+
+struct FakeState {
+    /// Selector → pods.
+    pods: Mutex<HashMap<String, Vec<Value>>>,
+    mode: Mutex<Mode>,
+    protocol: &'static str,
+    lists: AtomicUsize,
+    execs: Mutex<Vec<ExecRecord>>,
+    active_sessions: AtomicUsize,
+}
+
+struct Fake {
+    addr: SocketAddr,
+    state: Arc<FakeState>,
+}
+
+impl Fake {
+    async fn start(protocol: &'static str) -> Self {
+        let state = Arc::new(FakeState {
+            pods: Mutex::new(HashMap::from([(
+                SELECTOR.to_owned(),
+                vec![pod("web-1", true), pod("web-0", true), pod("web-2", false)],
+            )])),
+            mode: Mutex::new(Mode::Normal),
+            protocol,
+            lists: AtomicUsize::new(0),
+            execs: Mutex::new(Vec::new()),
+            active_sessions: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route("/api/v1/namespaces/{ns}/pods/{name}/exec", get(exec))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake API");
+        let addr = listener.local_addr().expect("fake address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().expect("mode") = mode;
+    }
+
+    fn set_pods(&self, selector: &str, pods: Vec<Value>) {
+        self.state
+            .pods
+            .lock()
+            .expect("pods")
+            .insert(selector.to_owned(), pods);
+    }
+
+    /// Exec sessions of commands (not of the stop script).
+    fn command_execs(&self) -> Vec<ExecRecord> {
+        self.state
+            .execs
+            .lock()
+            .expect("execs")
+            .iter()
+            .filter(|e| !e.command.iter().any(|c| c.contains("kill -TERM")))
+            .cloned()
+            .collect()
+    }
+
+    fn stop_execs(&self) -> usize {
+        let all = self.state.execs.lock().expect("execs").len();
+        all - self.command_execs().len()
+    }
+
+    async fn wait_sessions_closed(&self) -> bool {
+        for _ in 0..100 {
+            if self.state.active_sessions.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    fn executor(&self, settings: KubeSettings) -> KubernetesExecutor {
+        KubernetesExecutor::with_client(client_for(self.addr), settings)
+    }
+}
+
+fn client_for(addr: SocketAddr) -> kube::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let url = format!("http://{addr}").parse().expect("url");
+    kube::Client::try_from(kube::Config::new(url)).expect("kube client")
+}
+
+fn pod(name: &str, ready: bool) -> Value {
+    json!({
+        "metadata": { "name": name, "namespace": NS, "labels": { "app": "web" } },
+        "spec": { "containers": [ { "name": "app" }, { "name": "sidecar" } ] },
+        "status": {
+            "phase": if ready { "Running" } else { "Pending" },
+            "conditions": [ { "type": "Ready", "status": if ready { "True" } else { "False" } } ]
+        }
+    })
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code
+    });
+    (
+        StatusCode::from_u16(code).expect("status code"),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn query_pairs(raw: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+                    out.push(u8::from_str_radix(hex, 16).expect("hex digit"));
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).expect("utf-8 query")
+    }
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn list_pods(
+    State(st): State<Arc<FakeState>>,
+    Path(ns): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    st.lists.fetch_add(1, Ordering::SeqCst);
+    let mode = *st.mode.lock().expect("mode");
+    match mode {
+        Mode::Broken => return status_body(500, "InternalError", "etcd is sad"),
+        Mode::ListForbidden => {
+            return status_body(
+                403,
+                "Forbidden",
+                &format!(
+                    "pods is forbidden: User \"system:serviceaccount:rdev:rdev-worker\" cannot list resource \"pods\" in the namespace \"{ns}\""
+                ),
+            );
+        }
+        _ => {}
+    }
+    let selector = query_pairs(q.as_deref().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "labelSelector")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let items = st
+        .pods
+        .lock()
+        .expect("pods")
+        .get(&selector)
+        .cloned()
+        .unwrap_or_default();
+    let body = json!({
+        "apiVersion": "v1", "kind": "PodList",
+        "metadata": { "resourceVersion": "1" },
+        "items": items
+    });
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+async fn exec(
+    State(st): State<Arc<FakeState>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let mode = *st.mode.lock().expect("mode");
+    match mode {
+        Mode::Broken => return status_body(500, "InternalError", "etcd is sad"),
+        Mode::ExecForbidden => {
+            return status_body(
+                403,
+                "Forbidden",
+                &format!(
+                    "pods \"{name}\" is forbidden: User \"system:serviceaccount:rdev:rdev-worker\" cannot create resource \"pods/exec\" in the namespace \"{ns}\""
+                ),
+            );
+        }
+        _ => {}
+    }
+    let exists = st
+        .pods
+        .lock()
+        .expect("pods")
+        .values()
+        .flatten()
+        .any(|p| p["metadata"]["name"] == name.as_str());
+    if !exists {
+        return status_body(404, "NotFound", &format!("pods \"{name}\" not found"));
+    }
+    let pairs = query_pairs(q.as_deref().unwrap_or(""));
+    let command: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let flag = |name: &str| pairs.iter().any(|(k, v)| k == name && v == "true");
+    let container = pairs
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone());
+    let stdin = flag("stdin");
+    assert!(
+        flag("stdout") || flag("stderr"),
+        "at least one output stream"
+    );
+    assert!(!flag("tty"), "no tty");
+    st.execs.lock().expect("execs").push(ExecRecord {
+        pod: name,
+        container,
+        command: command.clone(),
+    });
+    let v5 = st.protocol.starts_with("v5");
+    let state = st.clone();
+    ws.protocols([st.protocol])
+        .on_upgrade(move |socket| session(socket, command, stdin, v5, state))
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(channel);
+    v.extend_from_slice(data);
+    Message::Binary(AxumBytes::from(v))
+}
+
+/// One exec session: runs `argv` locally and relays it over the channels.
+async fn session(
+    mut socket: WebSocket,
+    argv: Vec<String>,
+    stdin: bool,
+    v5: bool,
+    st: Arc<FakeState>,
+) {
+    st.active_sessions.fetch_add(1, Ordering::SeqCst);
+    struct Active(Arc<FakeState>);
+    impl Drop for Active {
+        fn drop(&mut self) {
+            self.0.active_sessions.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _active = Active(st);
+
+    let spawned = argv.split_first().map(|(program, args)| {
+        Command::new(program)
+            .args(args)
+            .stdin(if stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    });
+    let mut child = match spawned {
+        Some(Ok(c)) => c,
+        _ => {
+            let status = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                "message": "OCI runtime exec failed: executable file not found"});
+            let _ = socket.send(frame(3, status.to_string().as_bytes())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    // Like the API server: an empty frame on each output channel first.
+    let _ = socket.send(frame(1, b"")).await;
+    let _ = socket.send(frame(2, b"")).await;
+
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let mut child_stdin = child.stdin.take();
+    let (mut out_open, mut err_open) = (true, true);
+    let (mut obuf, mut ebuf) = (vec![0u8; 16384], vec![0u8; 16384]);
+    loop {
+        tokio::select! {
+            r = out.read(&mut obuf), if out_open => match r {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => if socket.send(frame(1, &obuf[..n])).await.is_err() { return; },
+            },
+            r = err.read(&mut ebuf), if err_open => match r {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => if socket.send(frame(2, &ebuf[..n])).await.is_err() { return; },
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                    if b[0] == 0 {
+                        if let Some(w) = child_stdin.as_mut() {
+                            let _ = w.write_all(&b[1..]).await;
+                        }
+                    } else if v5 && b[0] == 255 && b.get(1) == Some(&0) {
+                        child_stdin = None;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    // The client went away. A real runtime leaves the process
+                    // running; so does the fake (the executor must kill it).
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+            status = child.wait(), if !out_open && !err_open => {
+                let code = match status {
+                    Ok(s) => s.code().unwrap_or_else(|| {
+                        use std::os::unix::process::ExitStatusExt;
+                        128 + s.signal().unwrap_or(0)
+                    }),
+                    Err(_) => 1,
+                };
+                let body = if code == 0 {
+                    json!({"metadata": {}, "status": "Success"})
+                } else {
+                    json!({"metadata": {}, "status": "Failure",
+                        "message": format!("command terminated with non-zero exit code: exit status {code}"),
+                        "reason": "NonZeroExitCode",
+                        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+                };
+                let _ = socket.send(frame(3, body.to_string().as_bytes())).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+fn settings() -> KubeSettings {
+    KubeSettings {
+        pod_cache_ttl: Duration::from_secs(60),
+        api_timeout: Duration::from_secs(5),
+        kill_grace: Duration::from_secs(1),
+        breaker: BreakerConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(60),
+        },
+    }
+}
+
+fn project() -> KubeProject {
+    KubeProject {
+        namespace: NS.into(),
+        selector: SELECTOR.into(),
+        container: Some("app".into()),
+        workdir: None,
+    }
+}
+
+fn job(spec: CommandSpec) -> Job {
+    Job {
+        spec,
+        env: BTreeMap::new(),
+        stdin: None,
+        executor: ExecutorConfig::Kubernetes(project()),
+        project: "web".into(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+fn sh(line: &str) -> Job {
+    job(CommandSpec::Shell(line.into()))
+}
+
+#[derive(Debug)]
+struct Ran {
+    outcome: Outcome,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    max_piece: usize,
+}
+
+async fn run_with(exec: &KubernetesExecutor, job: Job, cancel: CancellationToken) -> Ran {
+    let (tx, mut rx) = mpsc::channel::<(OutputStream, Bytes)>(4);
+    let collect = async move {
+        let (mut stdout, mut stderr, mut max_piece) = (Vec::new(), Vec::new(), 0);
+        while let Some((stream, data)) = rx.recv().await {
+            max_piece = max_piece.max(data.len());
+            match stream {
+                OutputStream::Stdout => stdout.extend_from_slice(&data),
+                OutputStream::Stderr => stderr.extend_from_slice(&data),
+            }
+        }
+        (stdout, stderr, max_piece)
+    };
+    let run = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(exec.run(job, tx, cancel), collect)
+    });
+    let (outcome, (stdout, stderr, max_piece)) = run.await.expect("the executor returns");
+    Ran {
+        outcome,
+        stdout,
+        stderr,
+        max_piece,
+    }
+}
+
+async fn run(exec: &KubernetesExecutor, job: Job) -> Ran {
+    run_with(exec, job, CancellationToken::new()).await
+}
+
+fn failed_to_start(ran: &Ran) -> &str {
+    match &ran.outcome {
+        Outcome::FailedToStart(e) => e,
+        other => panic!("expected FailedToStart, got {other:?}"),
+    }
+}
+
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn wait_gone(pid: i32) -> bool {
+    for _ in 0..60 {
+        if process_gone(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn pids(stdout: &[u8]) -> Vec<i32> {
+    String::from_utf8_lossy(stdout)
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_stderr_env_and_workdir_arrive() {
+    for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
+        let fake = Fake::start(protocol).await;
+        let exec = fake.executor(settings());
+        let dir =
+            std::env::temp_dir().join(format!("rdev kube 'wd' {:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("workdir");
+        let mut j = sh("printf '%s|%s' \"$GREETING\" \"$(pwd)\"; printf 'to err' >&2");
+        j.env = BTreeMap::from([("GREETING".into(), "it's $HOME `x` \"q\"".into())]);
+        j.executor = ExecutorConfig::Kubernetes(KubeProject {
+            workdir: Some(dir.display().to_string()),
+            ..project()
+        });
+        let ran = run(&exec, j).await;
+        assert_eq!(ran.outcome, Outcome::Exited(0), "{protocol}: {ran:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ran.stdout),
+            format!("it's $HOME `x` \"q\"|{}", dir.display()),
+            "{protocol}"
+        );
+        assert_eq!(ran.stderr, b"to err", "{protocol}");
+        let execs = fake.command_execs();
+        assert_eq!(execs.len(), 1);
+        assert_eq!(execs[0].pod, "web-0", "first ready pod by name");
+        assert_eq!(execs[0].container.as_deref(), Some("app"));
+        assert_eq!(execs[0].command[..2], ["/bin/sh", "-c"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_zero_exit_is_reported_with_its_code() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    assert_eq!(run(&exec, sh("exit 3")).await.outcome, Outcome::Exited(3));
+    let argv = job(CommandSpec::Argv(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo $0 >&2; exit 4".into(),
+        "a b".into(),
+    ]));
+    let ran = run(&exec, argv).await;
+    assert_eq!(ran.outcome, Outcome::Exited(4));
+    assert_eq!(ran.stderr, b"a b\n", "argv words stay words");
+    let missing = run(
+        &exec,
+        job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
+    )
+    .await;
+    assert_eq!(
+        missing.outcome,
+        Outcome::Exited(127),
+        "the shell's not-found code"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_is_delivered_and_ends() {
+    for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
+        let fake = Fake::start(protocol).await;
+        let exec = fake.executor(settings());
+        let mut j = sh("cat; echo done");
+        j.stdin = Some(b"hello\nworld\n".to_vec());
+        let ran = run(&exec, j).await;
+        assert_eq!(ran.outcome, Outcome::Exited(0), "{protocol}");
+        assert_eq!(ran.stdout, b"hello\nworld\ndone\n", "{protocol}");
+        let ran = run(&exec, sh("cat; echo eof")).await;
+        assert_eq!(ran.stdout, b"eof\n", "{protocol}: no stdin reads /dev/null");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_output_arrives_in_bounded_pieces() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    let ran = run(
+        &exec,
+        sh("head -c 3000000 /dev/zero; head -c 1000 /dev/zero >&2"),
+    )
+    .await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.stdout.len(), 3_000_000);
+    assert_eq!(ran.stderr.len(), 1000);
+    assert!(ran.max_piece <= 64 * 1024, "{}", ran.max_piece);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_closes_the_session_and_kills_the_remote_group() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    // The ignored SIGTERM is inherited: only the SIGKILL after the grace ends them.
+    let mut j = sh("trap '' TERM; sleep 30 & printf '%s ' $!; sleep 30 & printf '%s ' $!; wait");
+    j.timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let ran = run(&exec, j).await;
+    assert_eq!(ran.outcome, Outcome::TimedOut);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let pids = pids(&ran.stdout);
+    assert_eq!(pids.len(), 2, "{ran:?}");
+    for pid in pids {
+        assert!(
+            wait_gone(pid).await,
+            "remote process {pid} survived the timeout"
+        );
+    }
+    assert_eq!(fake.stop_execs(), 1, "one stop exec");
+    assert!(fake.wait_sessions_closed().await, "exec sessions closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_closes_the_session_and_kills_the_remote_group() {
+    let fake = Fake::start("v5.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        trigger.cancel();
+    });
+    let started = Instant::now();
+    let ran = run_with(&exec, sh("sleep 30 & echo $!; sleep 30"), cancel).await;
+    assert_eq!(ran.outcome, Outcome::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for pid in pids(&ran.stdout) {
+        assert!(
+            wait_gone(pid).await,
+            "remote process {pid} survived the cancel"
+        );
+    }
+    assert!(fake.wait_sessions_closed().await, "exec sessions closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_unready_pods_are_clear_errors() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    let mut none = sh("true");
+    none.executor = ExecutorConfig::Kubernetes(KubeProject {
+        selector: "app=nothing".into(),
+        ..project()
+    });
+    assert_eq!(
+        failed_to_start(&run(&exec, none).await),
+        "no pod matches selector app=nothing in namespace dev"
+    );
+
+    fake.set_pods(
+        "app=sleepy",
+        vec![pod("sleepy-0", false), pod("sleepy-1", false)],
+    );
+    let mut unready = sh("true");
+    unready.executor = ExecutorConfig::Kubernetes(KubeProject {
+        selector: "app=sleepy".into(),
+        ..project()
+    });
+    assert_eq!(
+        failed_to_start(&run(&exec, unready).await),
+        "no ready pod matches selector app=sleepy in namespace dev (2 found, none Running and Ready)"
+    );
+
+    let mut wrong_container = sh("true");
+    wrong_container.executor = ExecutorConfig::Kubernetes(KubeProject {
+        container: Some("db".into()),
+        ..project()
+    });
+    assert_eq!(
+        failed_to_start(&run(&exec, wrong_container).await),
+        "no ready pod matching selector app=web in namespace dev has a container named db"
+    );
+    assert!(fake.command_execs().is_empty(), "nothing was exec'd");
+    assert_eq!(
+        exec.breaker_state(),
+        BreakerState::Closed,
+        "answers are not API failures"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_is_a_clear_error() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    fake.set_mode(Mode::ExecForbidden);
+    let exec = fake.executor(settings());
+    let err = run(&exec, sh("true")).await;
+    assert_eq!(
+        failed_to_start(&err),
+        "worker's service account may not exec into pods in namespace dev (add a RoleBinding to the rdev-worker role there)"
+    );
+    fake.set_mode(Mode::ListForbidden);
+    let exec = fake.executor(settings());
+    let err = run(&exec, sh("true")).await;
+    assert!(
+        failed_to_start(&err)
+            .starts_with("worker's service account may not list pods in namespace dev"),
+        "{err:?}"
+    );
+    assert_eq!(exec.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_when_the_api_fails_repeatedly() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    fake.set_mode(Mode::Broken);
+    let exec = fake.executor(settings());
+    let metrics = rdev_shared::metrics::Metrics::new("test");
+    let gauge = metrics
+        .circuit_breaker_state
+        .with_label_values(&["kubernetes"]);
+    exec.set_state_gauge(gauge.clone());
+    for _ in 0..3 {
+        let ran = run(&exec, sh("true")).await;
+        assert!(
+            failed_to_start(&ran)
+                .starts_with("kubernetes API refused to list pods (500): etcd is sad"),
+            "{ran:?}"
+        );
+    }
+    assert_eq!(exec.breaker_state(), BreakerState::Open);
+    assert_eq!(
+        gauge.get(),
+        1,
+        "circuit_breaker_state{{target=\"kubernetes\"}} shows open"
+    );
+    let ran = run(&exec, sh("true")).await;
+    assert!(
+        failed_to_start(&ran).starts_with("kubernetes API circuit open; retry in"),
+        "{ran:?}"
+    );
+    assert_eq!(
+        fake.state.lists.load(Ordering::SeqCst),
+        3,
+        "an open circuit makes no call"
+    );
+
+    // Connection refused counts the same way.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let exec = KubernetesExecutor::with_client(client_for(addr), settings());
+    for _ in 0..3 {
+        let ran = run(&exec, sh("true")).await;
+        assert!(
+            failed_to_start(&ran).starts_with("kubernetes API unreachable"),
+            "{ran:?}"
+        );
+    }
+    let ran = run(&exec, sh("true")).await;
+    assert!(
+        failed_to_start(&ran).starts_with("kubernetes API circuit open"),
+        "{ran:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_busy_ready_pod_is_chosen_and_the_pod_list_is_cached() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    let (a, b) = tokio::join!(run(&exec, sh("sleep 1")), run(&exec, sh("sleep 1")));
+    assert_eq!(
+        (a.outcome, b.outcome),
+        (Outcome::Exited(0), Outcome::Exited(0))
+    );
+    let mut pods: Vec<String> = fake.command_execs().into_iter().map(|e| e.pod).collect();
+    pods.sort();
+    assert_eq!(
+        pods,
+        ["web-0", "web-1"],
+        "one each; never the unready web-2"
+    );
+    run(&exec, sh("true")).await;
+    assert_eq!(
+        fake.command_execs()[2].pod,
+        "web-0",
+        "idle again: first by name"
+    );
+    assert_eq!(
+        fake.state.lists.load(Ordering::SeqCst),
+        1,
+        "pod list served from cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gone_since_the_cached_list_is_replaced() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let exec = fake.executor(settings());
+    assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
+    // web-0 and web-1 are replaced by web-3 while the list is still cached.
+    fake.set_pods(SELECTOR, vec![pod("web-3", true)]);
+    let ran = run(&exec, sh("echo hi")).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0), "{ran:?}");
+    assert_eq!(ran.stdout, b"hi\n");
+    let pods: Vec<String> = fake.command_execs().into_iter().map(|e| e.pod).collect();
+    assert_eq!(
+        pods,
+        ["web-0", "web-3"],
+        "the 404 on web-0 made it list again"
+    );
+    assert_eq!(fake.state.lists.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_container_the_default_or_first_one_is_used() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    let mut annotated = pod("db-0", true);
+    annotated["metadata"]["annotations"] =
+        json!({ "kubectl.kubernetes.io/default-container": "sidecar" });
+    fake.set_pods("app=db", vec![annotated]);
+    let exec = fake.executor(settings());
+    for (selector, expected) in [(SELECTOR, "app"), ("app=db", "sidecar")] {
+        let mut j = sh("true");
+        j.executor = ExecutorConfig::Kubernetes(KubeProject {
+            selector: selector.into(),
+            container: None,
+            ..project()
+        });
+        assert_eq!(run(&exec, j).await.outcome, Outcome::Exited(0));
+        let last = fake.command_execs().pop().expect("an exec");
+        assert_eq!(last.container.as_deref(), Some(expected), "{selector}");
+    }
+}
