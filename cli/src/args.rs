@@ -1,5 +1,6 @@
 //! The command line, as clap sees it. Parsing only: no I/O here.
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const LONG_ABOUT: &str = "\
@@ -98,7 +99,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    // `rdev bench` will live here (a later issue).
+    /// Measure a live deployment: enqueue rate, end-to-end latency, SSE fan-out, webhooks
+    Bench(BenchArgs),
 }
 
 /// `rdev run`.
@@ -363,6 +365,108 @@ pub struct AuditArgs {
     pub page: PageArgs,
 }
 
+/// `rdev bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seed of the workload's randomness (the priorities of enqueued commands)
+    #[arg(long, default_value_t = 1, global = true)]
+    pub seed: u64,
+    /// Project to run in (created, with the local executor, when missing)
+    #[arg(long, short, default_value = "bench", global = true)]
+    pub project: String,
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: BenchCmd,
+}
+
+/// `rdev bench` scenarios.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// POST commands from N concurrent clients for a while: requests/s, latency, errors
+    Enqueue(EnqueueArgs),
+    /// N commands from enqueue to terminal status: throughput, queue-to-start, enqueue-to-finish
+    E2e(E2eArgs),
+    /// W watchers of one command writing B bytes at R bytes/s: completeness, lag, API RSS
+    Sse(SseArgs),
+    /// An embedded webhook receiver and N commands: deliveries/s, event-to-delivery latency
+    Webhooks(WebhooksArgs),
+}
+
+/// `rdev bench enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Concurrent clients, each sending its next request when the last is answered
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|v| v as usize))]
+    pub concurrency: usize,
+    /// How long to send, e.g. 10s
+    #[arg(long, default_value = "10s", value_parser = crate::bench::parse_duration)]
+    pub duration: std::time::Duration,
+    /// The command line enqueued
+    #[arg(long, default_value = "true")]
+    pub command: String,
+}
+
+/// `rdev bench e2e`.
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// Commands per round (1 = one command at a time on an idle system, polled by id)
+    #[arg(short, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    pub n: usize,
+    /// Rounds
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|v| v as usize))]
+    pub repeat: usize,
+    /// Pause between rounds, so each starts on an idle system
+    #[arg(long, default_value = "100ms", value_parser = crate::bench::parse_duration)]
+    pub pause: std::time::Duration,
+    /// Concurrent enqueue requests
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]
+    pub concurrency: usize,
+    /// The command line run
+    #[arg(long, default_value = "true")]
+    pub command: String,
+}
+
+/// `rdev bench sse`.
+#[derive(Debug, Args)]
+pub struct SseArgs {
+    /// Concurrent watchers of the one command
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|v| v as usize))]
+    pub watchers: usize,
+    /// Bytes the command writes (rounded up to whole lines), e.g. 10M
+    #[arg(long, default_value = "1M", value_parser = crate::bench::parse_bytes)]
+    pub bytes: u64,
+    /// Bytes per second it writes them at, e.g. 10M
+    #[arg(long, default_value = "1M", value_parser = crate::bench::parse_bytes)]
+    pub rate: u64,
+    /// Length of each timestamped line, in bytes
+    #[arg(long, default_value_t = 1024)]
+    pub line_bytes: usize,
+    /// How long the command waits before writing [default: 2 s + 2 ms per watcher]
+    #[arg(long, value_parser = crate::bench::parse_duration)]
+    pub start_delay: Option<std::time::Duration>,
+    /// The API's Prometheus page [default: URL/metrics]
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+}
+
+/// `rdev bench webhooks`.
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    /// Commands to run
+    #[arg(short, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    pub n: usize,
+    /// Event types subscribed to (each command yields one of each)
+    #[arg(
+        long = "event",
+        value_delimiter = ',',
+        default_value = "command.succeeded"
+    )]
+    pub events: Vec<String>,
+    /// Concurrent enqueue requests
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]
+    pub concurrency: usize,
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -399,6 +503,21 @@ mod tests {
         assert_eq!(r.cmd, ["ls", "-la", "--json"]);
         assert_eq!(r.env, [("A".to_owned(), "1=2".to_owned())]);
         assert!(!cli.global.json);
+    }
+
+    #[test]
+    fn bench_options_go_before_or_after_the_scenario() {
+        for argv in [
+            ["rdev", "bench", "--seed", "7", "e2e", "-n", "5"],
+            ["rdev", "bench", "e2e", "-n", "5", "--seed", "7"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Bench(b) = cli.command else {
+                panic!("not bench")
+            };
+            assert_eq!(b.seed, 7);
+            assert!(matches!(b.scenario, BenchCmd::E2e(E2eArgs { n: 5, .. })));
+        }
     }
 
     #[test]

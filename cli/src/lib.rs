@@ -3,9 +3,10 @@
 //! Layers, lowest first: `config` and `client` (HTTP + problem+json errors),
 //! `output` and `spinner` (presentation), `events` (following a command's
 //! SSE stream across reconnects), then `commands` (one module per group of
-//! subcommands). `args` is the clap definition; [`main`] ties them together.
+//! subcommands) and `bench` (load generators). `args` is the clap definition; [`main`] ties them together.
 
 pub mod args;
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod config;
@@ -77,6 +78,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Keys(c) => commands::admin::keys(&client, &style, c).await,
         Command::Webhooks(c) => commands::admin::webhooks(&client, &style, c).await,
         Command::Audit(a) => commands::admin::audit(&client, &style, a).await,
+        Command::Bench(a) => bench::bench(&client, &style, a).await,
         Command::Completions { .. } => Ok(0),
     };
     match result {

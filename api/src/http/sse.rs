@@ -45,7 +45,9 @@ const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
 
-fn output_event(seq: i64, stream: &str, data: &[u8]) -> Event {
+/// The SSE `output` event of one chunk (`id: seq`, JSON data with the bytes
+/// as lossy UTF-8). Public for the benchmarks in `api/benches/sse.rs`.
+pub fn output_event(seq: i64, stream: &str, data: &[u8]) -> Event {
     let body = json!({ "seq": seq, "stream": stream, "data": String::from_utf8_lossy(data) });
     Event::default()
         .id(seq.to_string())

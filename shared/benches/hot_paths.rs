@@ -1,0 +1,58 @@
+//! Hot paths of every API request: key hashing and comparison (each
+//! authenticated request hashes the presented key) and the rate-limit
+//! decision. Run: `cargo bench -p rdev-shared --bench hot_paths`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rdev_shared::domain::RateLimit;
+use rdev_shared::ratelimit::{Observation, decide};
+use rdev_shared::secret::{constant_time_eq, generate_key, hash_key, looks_like_key};
+
+fn keys(c: &mut Criterion) {
+    let key = generate_key();
+    c.bench_function("secret/generate_key", |b| b.iter(generate_key));
+    c.bench_function("secret/hash_key", |b| {
+        b.iter(|| hash_key(black_box(&key.secret)))
+    });
+    c.bench_function("secret/looks_like_key+hash+constant_time_eq", |b| {
+        b.iter(|| {
+            let token = black_box(key.secret.as_str());
+            looks_like_key(token) && constant_time_eq(&hash_key(token), &key.hash)
+        })
+    });
+}
+
+fn rate_limit(c: &mut Criterion) {
+    let limit = RateLimit {
+        requests: 600,
+        window_s: 60,
+    };
+    let admitted = Observation {
+        admitted: true,
+        current: 120,
+        previous: 480,
+        elapsed_s: 12.5,
+    };
+    let refused = Observation {
+        admitted: false,
+        ..admitted
+    };
+    c.bench_function("ratelimit/decide_admitted", |b| {
+        b.iter(|| decide(black_box(limit), black_box(admitted)))
+    });
+    c.bench_function("ratelimit/decide_refused", |b| {
+        b.iter(|| decide(black_box(limit), black_box(refused)))
+    });
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+}
+
+criterion_group! { name = benches; config = config(); targets = keys, rate_limit }
+criterion_main!(benches);
