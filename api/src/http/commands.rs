@@ -192,19 +192,17 @@ pub async fn create(
     audit::append(
         &tx,
         &AuditEntry {
-            actor_key_id: Some(auth.key.id),
-            actor: &auth.key.name,
-            ip: auth.ip,
-            action: "command.create",
-            target_type: "command",
-            target_id: Some(cmd.id.to_string()),
-            project_id: Some(project.id),
-            outcome: "success",
             details: json!({
                 "priority": cmd.priority,
                 "timeout_s": cmd.timeout_s,
                 "allowed_by": rule,
             }),
+            ..auth.audit(
+                "command.create",
+                "command",
+                Some(cmd.id.to_string()),
+                Some(project.id),
+            )
         },
     )
     .await?;
@@ -328,15 +326,14 @@ pub async fn cancel(
     auth.require(Scope::CommandsRun)?;
     let cmd = load_visible_command(&st, &auth, &id).await?;
     let audit_entry = |outcome: &'static str, details: serde_json::Value| AuditEntry {
-        actor_key_id: Some(auth.key.id),
-        actor: &auth.key.name,
-        ip: auth.ip,
-        action: "command.cancel",
-        target_type: "command",
-        target_id: Some(cmd.id.to_string()),
-        project_id: Some(cmd.project_id),
         outcome,
         details,
+        ..auth.audit(
+            "command.cancel",
+            "command",
+            Some(cmd.id.to_string()),
+            Some(cmd.project_id),
+        )
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

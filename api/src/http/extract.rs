@@ -35,6 +35,29 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// An audit entry of a successful action by this caller (actor, key and
+    /// client address filled in); set `outcome` or `details` with struct
+    /// update syntax when they differ.
+    pub fn audit<'a>(
+        &'a self,
+        action: &'a str,
+        target_type: &'a str,
+        target_id: Option<String>,
+        project_id: Option<uuid::Uuid>,
+    ) -> rdev_shared::db::audit::AuditEntry<'a> {
+        rdev_shared::db::audit::AuditEntry {
+            actor_key_id: Some(self.key.id),
+            actor: &self.key.name,
+            ip: self.ip,
+            action,
+            target_type,
+            target_id,
+            project_id,
+            outcome: "success",
+            details: serde_json::json!({}),
+        }
+    }
+
     /// Fails with 403 unless the key holds `scope` (and records the denial).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.key.has_scope(scope) {

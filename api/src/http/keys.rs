@@ -119,19 +119,12 @@ async fn audit_key(
     audit::append(
         client,
         &AuditEntry {
-            actor_key_id: Some(auth.key.id),
-            actor: &auth.key.name,
-            ip: auth.ip,
-            action,
-            target_type: "api_key",
-            target_id: Some(key.id.to_string()),
-            project_id: None,
-            outcome: "success",
             details: json!({
                 "name": key.name,
                 "scopes": key.scopes,
                 "projects": key.project_ids,
             }),
+            ..auth.audit(action, "api_key", Some(key.id.to_string()), None)
         },
     )
     .await?;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use rdev_shared::db::audit::{self, AuditEntry};
+use rdev_shared::db::audit;
 use rdev_shared::db::projects::{self, NewProject, ProjectPatch};
 use rdev_shared::domain::{
     ExecutorConfig, FieldError, Project, Scope, validate_env, validate_executor,
@@ -226,17 +226,12 @@ pub async fn create(
     };
     audit::append(
         &tx,
-        &AuditEntry {
-            actor_key_id: Some(auth.key.id),
-            actor: &auth.key.name,
-            ip: auth.ip,
-            action: "project.create",
-            target_type: "project",
-            target_id: Some(project.name.clone()),
-            project_id: Some(project.id),
-            outcome: "success",
-            details: json!({}),
-        },
+        &auth.audit(
+            "project.create",
+            "project",
+            Some(project.name.clone()),
+            Some(project.id),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -348,17 +343,12 @@ pub async fn update(
         .ok_or_else(|| ApiError::NotFound(format!("project `{name}` not found")))?;
     audit::append(
         &tx,
-        &AuditEntry {
-            actor_key_id: Some(auth.key.id),
-            actor: &auth.key.name,
-            ip: auth.ip,
-            action: "project.update",
-            target_type: "project",
-            target_id: Some(name.clone()),
-            project_id: Some(project.id),
-            outcome: "success",
-            details: json!({}),
-        },
+        &auth.audit(
+            "project.update",
+            "project",
+            Some(name.clone()),
+            Some(project.id),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -383,17 +373,7 @@ pub async fn delete(
     }
     audit::append(
         &tx,
-        &AuditEntry {
-            actor_key_id: Some(auth.key.id),
-            actor: &auth.key.name,
-            ip: auth.ip,
-            action: "project.delete",
-            target_type: "project",
-            target_id: Some(name),
-            project_id: Some(project.id),
-            outcome: "success",
-            details: json!({}),
-        },
+        &auth.audit("project.delete", "project", Some(name), Some(project.id)),
     )
     .await?;
     tx.commit().await?;

@@ -207,15 +207,8 @@ fn entry<'a>(
     details: serde_json::Value,
 ) -> AuditEntry<'a> {
     AuditEntry {
-        actor_key_id: Some(auth.key.id),
-        actor: &auth.key.name,
-        ip: auth.ip,
-        action,
-        target_type: "webhook",
-        target_id: Some(w.id.to_string()),
-        project_id: w.project_id,
-        outcome: "success",
         details,
+        ..auth.audit(action, "webhook", Some(w.id.to_string()), w.project_id)
     }
 }
 
