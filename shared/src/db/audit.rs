@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 
-use super::DbError;
+use super::{DbError, prepared};
 
 /// One audit entry to append.
 #[derive(Clone, Debug)]
@@ -34,10 +34,11 @@ pub async fn append(
     client: &impl deadpool_postgres::GenericClient,
     e: &AuditEntry<'_>,
 ) -> Result<(), DbError> {
+    const SQL: &str = "INSERT INTO audit_log (actor_key_id, actor, ip, action, target_type, \
+        target_id, project_id, outcome, details) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)";
     client
         .execute(
-            "INSERT INTO audit_log (actor_key_id, actor, ip, action, target_type, target_id, \
-             project_id, outcome, details) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+            &prepared(client, SQL).await?,
             &[
                 &e.actor_key_id,
                 &e.actor,

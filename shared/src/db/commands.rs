@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{DbError, from_json, parse_col, to_json};
+use super::{DbError, from_json, parse_col, prepared, to_json};
 use crate::domain::{Command, CommandSpec, CommandStatus, ExecutorConfig};
 
 /// A command to insert.
@@ -137,7 +137,7 @@ pub async fn insert(
     );
     let row = client
         .query_opt(
-            &sql,
+            &prepared(client, &sql).await?,
             &[
                 &c.id,
                 &c.project_id,
@@ -182,7 +182,7 @@ pub async fn get(
         "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id WHERE c.id = $1"
     );
     client
-        .query_opt(&sql, &[&id])
+        .query_opt(&prepared(client, &sql).await?, &[&id])
         .await?
         .as_ref()
         .map(from_row)
@@ -295,7 +295,8 @@ async fn claim_if(
          p.deleted_at IS NOT NULL AS project_deleted \
          FROM c JOIN projects p ON p.id = c.project_id"
     );
-    let Some(row) = client.query_opt(&sql, &[&id, &worker_id]).await? else {
+    let stmt = prepared(client, &sql).await?;
+    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id]).await? else {
         return Ok(None);
     };
     Ok(Some(Claimed {
@@ -325,7 +326,7 @@ pub async fn finish(
     );
     let row = client
         .query_opt(
-            &sql,
+            &prepared(client, &sql).await?,
             &[
                 &id,
                 &worker_id,
@@ -348,13 +349,11 @@ pub async fn heartbeat(
     worker_id: &str,
     ids: &[Uuid],
 ) -> Result<Vec<Uuid>, DbError> {
+    const SQL: &str = "UPDATE commands SET heartbeat_at = now() \
+        WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' \
+        RETURNING id, cancel_requested_at IS NOT NULL AS cancel";
     let rows = client
-        .query(
-            "UPDATE commands SET heartbeat_at = now() \
-             WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' \
-             RETURNING id, cancel_requested_at IS NOT NULL AS cancel",
-            &[&ids, &worker_id],
-        )
+        .query(&prepared(client, SQL).await?, &[&ids, &worker_id])
         .await?;
     let mut cancel = Vec::new();
     for row in rows {
@@ -377,7 +376,7 @@ pub async fn cancel_queued(
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
     client
-        .query_opt(&sql, &[&id])
+        .query_opt(&prepared(client, &sql).await?, &[&id])
         .await?
         .as_ref()
         .map(from_row)
@@ -395,7 +394,7 @@ pub async fn request_cancel(
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
     client
-        .query_opt(&sql, &[&id])
+        .query_opt(&prepared(client, &sql).await?, &[&id])
         .await?
         .as_ref()
         .map(from_row)

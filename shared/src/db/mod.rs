@@ -118,6 +118,19 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The prepared statement for `sql` on this connection, prepared on first use
+/// and then taken from deadpool's per-connection cache. A statement given as
+/// text costs two round trips (parse/describe, then bind/execute) and a
+/// parse and plan in PostgreSQL on every call; a cached one costs one round
+/// trip. Use it for statements on hot paths whose text comes from a fixed
+/// set (the cache holds one entry per distinct text per connection).
+pub(crate) async fn prepared(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, DbError> {
+    Ok(client.prepare_cached(sql).await?)
+}
+
 /// Decodes a text column into an enum through `FromStr`.
 pub(crate) fn parse_col<T: FromStr>(value: &str, what: &str) -> Result<T, DbError>
 where

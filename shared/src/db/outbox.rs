@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Row;
 
-use super::{DbError, from_json, to_json};
+use super::{DbError, from_json, prepared, to_json};
 
 /// A message to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,10 +52,11 @@ pub async fn insert(
     client: &impl deadpool_postgres::GenericClient,
     m: &OutboxMessage,
 ) -> Result<i64, DbError> {
+    const SQL: &str = "INSERT INTO outbox (exchange, routing_key, payload, headers, priority) \
+        VALUES ($1,$2,$3,$4,$5) RETURNING id";
     let row = client
         .query_one(
-            "INSERT INTO outbox (exchange, routing_key, payload, headers, priority) \
-             VALUES ($1,$2,$3,$4,$5) RETURNING id",
+            &prepared(client, SQL).await?,
             &[
                 &m.exchange,
                 &m.routing_key,
@@ -76,11 +77,10 @@ pub async fn mark_published(
     if ids.is_empty() {
         return Ok(());
     }
+    const SQL: &str =
+        "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL";
     client
-        .execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
-            &[&ids],
-        )
+        .execute(&prepared(client, SQL).await?, &[&ids])
         .await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{DbError, parse_col};
+use super::{DbError, parse_col, prepared};
 use crate::domain::OutputStream;
 
 /// Largest chunk stored in one row (enforced by a CHECK too).
@@ -41,11 +41,11 @@ pub async fn append(
     let seqs: Vec<i64> = chunks.iter().map(|c| c.seq).collect();
     let streams: Vec<&str> = chunks.iter().map(|c| c.stream.as_str()).collect();
     let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
+    const SQL: &str = "INSERT INTO command_output (command_id, seq, stream, data) \
+        SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bytea[]) ON CONFLICT DO NOTHING";
     client
         .execute(
-            "INSERT INTO command_output (command_id, seq, stream, data) \
-             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bytea[]) \
-             ON CONFLICT DO NOTHING",
+            &prepared(client, SQL).await?,
             &[&command_id, &seqs, &streams, &data],
         )
         .await?;
