@@ -89,7 +89,10 @@ pub async fn start(
         cfg.sse_max_per_key,
         metrics.sse_connections_active.clone(),
     );
+    // Ends when the server's state is dropped.
+    let (marker, _marking) = rdev_shared::relay::PublishedMarker::spawn(pool.clone());
     let state = AppState {
+        marker,
         metrics,
         sse,
         pool,

@@ -22,6 +22,7 @@ pub async fn run(
     lost_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (marker, _marking) = relay::PublishedMarker::spawn(pool.clone());
     let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,7 +30,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = reap_once(&pool, &publisher, lost_after).await {
+        if let Err(e) = reap_once(&pool, &marker, &publisher, lost_after).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
     }
@@ -39,6 +40,7 @@ pub async fn run(
 /// publishes the events and ends their live output streams.
 pub async fn reap_once(
     pool: &Pool,
+    marker: &relay::PublishedMarker,
     publisher: &Publisher,
     lost_after: Duration,
 ) -> Result<usize, DbError> {
@@ -63,7 +65,7 @@ pub async fn reap_once(
     for cmd in &reaped {
         tracing::warn!(command = %cmd.id, worker = ?cmd.worker_id, "command failed: worker_lost");
     }
-    relay::publish_now(pool, publisher, &rows).await;
+    relay::publish_now(marker, publisher, &rows).await;
     for cmd in &reaped {
         let _ = publisher.publish_output(cmd.id, &OutputEvent::End).await;
     }

@@ -36,6 +36,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use rdev_shared::metrics::Metrics;
+use rdev_shared::relay::PublishedMarker;
 use rdev_shared::telemetry;
 
 use crate::config::Config;
@@ -56,6 +57,8 @@ pub struct Worker {
     worker_id: String,
     pool: Pool,
     publisher: Arc<Publisher>,
+    /// Marks published outbox rows in batches.
+    marker: PublishedMarker,
     topology: Topology,
     executors: Executors,
     /// Running commands and the token that stops each one.
@@ -73,7 +76,9 @@ impl Worker {
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         publisher.set_metrics(metrics.clone());
         executors.set_metrics(&metrics);
+        let (marker, _marking) = PublishedMarker::spawn(pool.clone());
         Self {
+            marker,
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
             worker_id,
@@ -536,17 +541,9 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Stored
 /// Publishes an event stored in the outbox and marks it published; on any
 /// failure it stays in the outbox and the dispatcher's relay publishes it.
 async fn announce(w: &Worker, event: StoredEvent) {
-    if let Err(e) = w.publisher.publish_confirmed(&event.message).await {
-        tracing::warn!(error = %e, "event left in the outbox for the relay");
-        return;
-    }
-    let marked = match w.pool.get().await {
-        Ok(client) => outbox::mark_published(&client, &[event.outbox_id]).await,
-        Err(e) => Err(e.into()),
-    };
-    if let Err(e) = marked {
-        // The relay will publish it again: consumers deduplicate by event id.
-        tracing::warn!(error = %e, "cannot mark the event published");
+    match w.publisher.publish_confirmed(&event.message).await {
+        Ok(()) => w.marker.mark(event.outbox_id),
+        Err(e) => tracing::warn!(error = %e, "event left in the outbox for the relay"),
     }
 }
 

@@ -176,9 +176,30 @@ pub async fn create(
     // The worker continues this request's trace.
     rdev_shared::telemetry::inject_current(&mut message.headers);
 
+    let audit_entry = AuditEntry {
+        details: json!({
+            "priority": new.priority,
+            "timeout_s": new.timeout_s,
+            "allowed_by": rule,
+        }),
+        ..auth.audit(
+            "command.create",
+            "command",
+            Some(new.id.to_string()),
+            Some(project.id),
+        )
+    };
+
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(cmd) = commands::insert(&tx, &new).await? else {
+    // The three inserts are pipelined: sent together, one round trip. When
+    // the command turns out to be a replay, the rollback undoes the others.
+    let (inserted, audited, outboxed) = tokio::join!(
+        commands::insert(&tx, &new),
+        audit::append(&tx, &audit_entry),
+        outbox::insert(&tx, &message),
+    );
+    let Some(cmd) = inserted? else {
         // Same key, same Idempotency-Key: answer with the original command.
         tx.rollback().await?;
         let key = idem.unwrap_or_default();
@@ -189,24 +210,8 @@ pub async fn create(
             })?;
         return Ok(command_response(StatusCode::ACCEPTED, &original, true));
     };
-    audit::append(
-        &tx,
-        &AuditEntry {
-            details: json!({
-                "priority": cmd.priority,
-                "timeout_s": cmd.timeout_s,
-                "allowed_by": rule,
-            }),
-            ..auth.audit(
-                "command.create",
-                "command",
-                Some(cmd.id.to_string()),
-                Some(project.id),
-            )
-        },
-    )
-    .await?;
-    let outbox_id = outbox::insert(&tx, &message).await?;
+    audited?;
+    let outbox_id = outboxed?;
     tx.commit().await?;
 
     drop(client);
@@ -214,7 +219,7 @@ pub async fn create(
     // down the row stays and the relay publishes it; the claim guard keeps a
     // double publish from running the command twice.
     relay::publish_now(
-        &st.pool,
+        &st.marker,
         &st.publisher,
         &[outbox::Pending {
             id: outbox_id,
@@ -349,7 +354,7 @@ pub async fn cancel(
         tx.commit().await?;
         drop(client);
         relay::publish_now(
-            &st.pool,
+            &st.marker,
             &st.publisher,
             &[outbox::Pending {
                 id: outbox_id,

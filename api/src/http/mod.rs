@@ -37,6 +37,8 @@ pub struct AppState {
     pub pool: Pool,
     /// Publishes commands (with confirms).
     pub publisher: Arc<Publisher>,
+    /// Marks published outbox rows in batches.
+    pub marker: rdev_shared::relay::PublishedMarker,
     /// Relays live output.
     pub hub: Arc<OutputHub>,
     /// Cached key lookups.
