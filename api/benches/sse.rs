@@ -1,12 +1,12 @@
-//! SSE event encoding: the API's per-chunk, per-watcher work. Every watcher
-//! of a command encodes each chunk itself, so at 1,000 watchers this runs
-//! 1,000 times per chunk. Run: `cargo bench -p rdev-api --bench sse`.
+//! SSE event encoding: the API's per-chunk work. The hub encodes each live
+//! chunk once per instance, whatever the number of watchers (it used to run
+//! once per watcher). Run: `cargo bench -p rdev-api --bench sse`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rdev_api::http::sse::output_event;
+use rdev_api::frames::output as output_event;
 
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("sse/output_event");

@@ -3,7 +3,7 @@
 //! watches that command, and fanned out to the watchers in memory.
 //!
 //! Memory is bounded by construction: each watcher has a fixed-size channel
-//! of shared (`Arc`) messages; when it is full the message is dropped for
+//! of shared (`Arc`) messages, each encoded as SSE once for all of them; when it is full the message is dropped for
 //! that watcher and the watcher catches up from PostgreSQL instead. The hub
 //! never buffers on a slow client's behalf.
 
@@ -21,12 +21,14 @@ use rdev_shared::mq::{self, MqError, OutputEvent, Topology};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::frames::LiveEvent;
+
 /// Messages a watcher may have waiting before it is considered lagging.
 pub const WATCHER_BUFFER: usize = 8;
 
 struct Watcher {
     id: u64,
-    tx: mpsc::Sender<Arc<OutputEvent>>,
+    tx: mpsc::Sender<Arc<LiveEvent>>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -54,13 +56,13 @@ pub struct Subscription {
     hub: Arc<OutputHub>,
     command_id: Uuid,
     id: u64,
-    rx: mpsc::Receiver<Arc<OutputEvent>>,
+    rx: mpsc::Receiver<Arc<LiveEvent>>,
     lagged: Arc<AtomicBool>,
 }
 
 impl Subscription {
     /// The next live message; `None` if the hub dropped this watcher.
-    pub async fn recv(&mut self) -> Option<Arc<OutputEvent>> {
+    pub async fn recv(&mut self) -> Option<Arc<LiveEvent>> {
         self.rx.recv().await
     }
 
@@ -222,7 +224,8 @@ impl OutputHub {
         else {
             return;
         };
-        let event = Arc::new(event);
+        // Shared by every watcher, SSE frame included (encoded once).
+        let event = Arc::new(LiveEvent::new(event));
         let st = lock(&self.state);
         if let Some(list) = st.watchers.get(&id) {
             for w in list {

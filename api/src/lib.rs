@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod control;
+pub mod frames;
 pub mod http;
 pub mod hub;
 pub mod keycache;

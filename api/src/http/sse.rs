@@ -12,20 +12,22 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::Stream;
 use rdev_shared::db::{Pool, commands, output};
 use rdev_shared::domain::{Command, Scope};
 use rdev_shared::mq::OutputEvent;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
 use super::commands::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
+use crate::frames;
 use crate::limits::{Refusal, SseSlot};
 
 /// Chunks read from PostgreSQL per page: at most 2 × 64 KiB held per
@@ -45,28 +47,6 @@ const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
 
-/// The SSE `output` event of one chunk (`id: seq`, JSON data with the bytes
-/// as lossy UTF-8). Public for the benchmarks in `api/benches/sse.rs`.
-pub fn output_event(seq: i64, stream: &str, data: &[u8]) -> Event {
-    let body = json!({ "seq": seq, "stream": stream, "data": String::from_utf8_lossy(data) });
-    Event::default()
-        .id(seq.to_string())
-        .event("output")
-        .data(body.to_string())
-}
-
-fn command_event(kind: &str, cmd: &Command) -> Event {
-    Event::default()
-        .event(kind)
-        .data(serde_json::to_string(cmd).unwrap_or_default())
-}
-
-fn gap_event(from_seq: i64, to_seq: i64) -> Event {
-    Event::default()
-        .event("gap")
-        .data(json!({ "from_seq": from_seq, "to_seq": to_seq }).to_string())
-}
-
 fn last_event_id(headers: &HeaderMap) -> ApiResult<i64> {
     match headers.get("last-event-id") {
         None => Ok(0),
@@ -83,7 +63,7 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<i64> {
 
 /// Reads the next page of stored chunks after `*last` and turns it into
 /// events, advancing `*last`. Returns the events and whether the page was full.
-async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Event>, bool), String> {
+async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Bytes>, bool), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let page = output::read(&client, id, *last, None, CATCH_UP_PAGE)
         .await
@@ -92,9 +72,9 @@ async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Event>,
     let mut events = Vec::with_capacity(page.len() + 1);
     for c in page {
         if c.seq > *last + 1 {
-            events.push(gap_event(*last + 1, c.seq - 1));
+            events.push(frames::gap(*last + 1, c.seq - 1));
         }
-        events.push(output_event(c.seq, c.stream.as_str(), &c.data));
+        events.push(frames::output(c.seq, c.stream.as_str(), &c.data));
         *last = c.seq;
     }
     Ok((events, full))
@@ -112,7 +92,7 @@ pub async fn events(
     auth: Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+) -> ApiResult<Response> {
     auth.require(Scope::CommandsRead)?;
     let after = last_event_id(&headers)?;
     let cmd = load_visible_command(&st, &auth, &id).await?;
@@ -126,9 +106,23 @@ pub async fn events(
             retry_after_s: 5,
         },
     })?;
-    let keepalive = st.cfg.sse_keepalive;
     let stream = event_stream(st, cmd, after, slot);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Proxies that buffer responses (nginx) would hold the stream back.
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 fn event_stream(
@@ -136,7 +130,7 @@ fn event_stream(
     cmd: Command,
     after: i64,
     slot: SseSlot,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {
     async_stream::stream! {
         // Held for the life of the stream: dropping the stream (client gone,
         // server shutting down, end) releases it.
@@ -151,8 +145,12 @@ fn event_stream(
         let mut last = after;
         let mut max_seen = after;
         let mut status = cmd.status;
-        yield Ok(command_event("status", &cmd).retry(CLIENT_RETRY));
+        yield Ok(frames::command("status", &cmd, Some(CLIENT_RETRY)));
 
+        // Comment lines while nothing else is written.
+        let mut keepalive = tokio::time::interval(st.cfg.sse_keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.tick().await;
         let mut poll = tokio::time::interval(st.cfg.sse_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
@@ -190,32 +188,29 @@ fn event_stream(
             if finished {
                 // Every chunk is stored before a command turns terminal.
                 if let Some(c) = Box::pin(reload(&pool, id)).await {
-                    yield Ok(command_event("end", &c));
+                    yield Ok(frames::command("end", &c, None));
                 }
                 break;
             }
             let behind = last < max_seen;
             tokio::select! {
                 () = &mut expires => {
-                    yield Ok(Event::default()
-                        .event("reconnect")
-                        .data(r#"{"reason":"maximum connection lifetime reached"}"#)
-                        .retry(SHUTDOWN_RETRY));
+                    yield Ok(frames::reconnect("maximum connection lifetime reached", SHUTDOWN_RETRY));
                     break;
                 }
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                     // Resume elsewhere: the client reconnects with Last-Event-ID.
-                    yield Ok(Event::default()
-                        .event("reconnect")
-                        .data(r#"{"reason":"server shutting down"}"#)
-                        .retry(SHUTDOWN_RETRY));
+                    yield Ok(frames::reconnect("server shutting down", SHUTDOWN_RETRY));
                     break;
                 }
-                msg = sub.recv() => match msg.as_deref() {
-                    Some(OutputEvent::Chunk { seq, stream, data }) => {
+                msg = sub.recv() => match msg.as_deref().map(|m| (&m.event, m)) {
+                    Some((OutputEvent::Chunk { seq, .. }, live)) => {
                         max_seen = max_seen.max(*seq);
                         if *seq == last + 1 && !behind {
-                            yield Ok(output_event(*seq, stream.as_str(), data));
+                            // Encoded once for every watcher on this instance.
+                            if let Some(frame) = live.frame() {
+                                yield Ok(frame);
+                            }
                             last = *seq;
                         } else if *seq > last + 1 {
                             // Missed something: PostgreSQL has it (or it was cut).
@@ -223,16 +218,16 @@ fn event_stream(
                             sub.take_lagged();
                         }
                     }
-                    Some(OutputEvent::Status) => {
+                    Some((OutputEvent::Status, _)) => {
                         if let Some(c) = Box::pin(reload(&pool, id)).await
                             && c.status != status
                         {
                             status = c.status;
                             finished = c.status.is_terminal();
-                            yield Ok(command_event("status", &c));
+                            yield Ok(frames::command("status", &c, None));
                         }
                     }
-                    Some(OutputEvent::End) => finished = true,
+                    Some((OutputEvent::End, _)) => finished = true,
                     None => {
                         // Hub dropped us; rely on polling.
                         tokio::time::sleep(st.cfg.sse_poll).await;
@@ -247,12 +242,13 @@ fn event_stream(
                         None => settling = false,
                     }
                 }
+                _ = keepalive.tick() => yield Ok(frames::KEEPALIVE),
                 _ = poll.tick() => {
                     need_catch_up = sub.take_lagged() || last < max_seen;
                     if let Some(c) = Box::pin(reload(&pool, id)).await {
                         if c.status != status {
                             status = c.status;
-                            yield Ok(command_event("status", &c));
+                            yield Ok(frames::command("status", &c, None));
                         }
                         if c.status.is_terminal() {
                             finished = true;
