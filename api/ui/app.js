@@ -510,7 +510,7 @@
       clear(status).append(badge(c.status));
       status.dataset.status = c.status;
       const fact = (k, v) => h('div', null, h('span', { class: 'k' }, k), h('span', null, v));
-      clear(facts).append(
+      append(clear(facts), [
         fact('Exit code', c.exit_code === null || c.exit_code === undefined ? '–' : String(c.exit_code)),
         fact('Duration', duration(commandDuration(c))),
         fact('Priority', String(c.priority)),
@@ -520,7 +520,7 @@
         fact('Finished', when(c.finished_at)),
         fact('Worker', c.worker_id || '–'),
         fact('Output', `${c.output_bytes} bytes${c.truncated ? ' (truncated)' : ''}`),
-        c.error ? fact('Error', c.error) : null);
+        c.error ? fact('Error', c.error) : null]);
       if (can('commands:run')) cancel.disabled = TERMINAL.has(c.status);
     }
 
@@ -553,7 +553,11 @@
       onOutput: (stream, text) => term.write(stream, text),
       onGap: (from, to) => term.marker(`[rdev: output truncated; chunks ${from}-${to} were not kept]\n`),
       onState: (text, cls) => { streamState.textContent = text; streamState.className = `stream-state ${cls || ''}`; },
+      onConnected: (n) => { streamState.dataset.connections = String(n); },
       onProblem: (e) => showProblem(errors, e),
+      // A User Timing mark for profiling (and the browser tests): the whole
+      // output is on the page.
+      onEnd: () => term.whenIdle(() => performance.mark('rdev:output-complete')),
     });
   }
 
@@ -571,6 +575,7 @@
     let lastGap = 0; // highest to_seq of a gap shown
     let retry = 2000; // server-suggested reconnection delay (`retry:` field)
     let failures = 0;
+    let connections = 0;
     while (!signal.aborted) {
       let ended = false;
       let fatal = null;
@@ -586,6 +591,8 @@
           else on.onProblem(err);
         } else {
           failures = 0;
+          connections += 1;
+          on.onConnected(connections);
           on.onProblem(null);
           on.onState(last > 0 ? 'live (resumed)' : 'live', 'live');
           const parser = new SseParser((ev) => {
@@ -630,7 +637,11 @@
         if (signal.aborted || e.name === 'AbortError') return;
         // A dropped connection: fall through and reconnect.
       }
-      if (ended) { on.onState('ended', 'ended'); return; }
+      if (ended) {
+        on.onState('ended', 'ended');
+        on.onEnd();
+        return;
+      }
       if (fatal) { on.onProblem(fatal); on.onState('stopped', ''); return; }
       failures += 1;
       // The server's retry hint, growing on repeated failures (max 30 s).
@@ -698,9 +709,9 @@
 
   /**
    * The output pane. Writes are queued and appended once per animation
-   * frame as one DocumentFragment (a few spans per chunk, not per line), so
-   * a 10,000-line replay costs a handful of layouts. Each frame spends at
-   * most ~8 ms building; the rest waits for the next frame, keeping the page
+   * frame as one DocumentFragment (one span per colour run, not per line),
+   * so a 10,000-line replay costs a handful of layouts. Each frame spends
+   * about 8 ms building; the rest waits for the next frame, keeping the page
    * responsive while a large output arrives.
    *
    * Each frame's text goes into a new block (`span.blk`, display: block)
@@ -723,6 +734,7 @@
       this.following = true;
       this.lines = 0;
       this.open = null; // the last block, while its last line has no newline yet
+      this.maxRuns = 256; // runs appended per frame; adapted to the measured cost
       this.sgr = { stdout: new Sgr(), stderr: new Sgr() };
       pre.dataset.lines = '0';
       pre.addEventListener('scroll', () => {
@@ -741,12 +753,12 @@
 
     write(stream, text) {
       if (!text) return;
-      this.queue.push({ stream: stream === 'stderr' ? 'stderr' : 'stdout', text, marker: false });
+      this.queue.push({ stream: stream === 'stderr' ? 'stderr' : 'stdout', text, marker: false, runs: null });
       this.schedule();
     }
 
     marker(text) {
-      this.queue.push({ stream: 'stdout', text, marker: true });
+      this.queue.push({ stream: 'stdout', text, marker: true, runs: null });
       this.schedule();
     }
 
@@ -781,26 +793,54 @@
         block.append(run(cls, text));
         if (!text.endsWith('\n')) open = block;
       };
-      let n = 0;
-      while (n < this.queue.length && (n === 0 || performance.now() - start < 8)) {
-        const { stream, text, marker } = this.queue[n];
-        n += 1;
-        if (marker) {
-          emit('marker', text);
-        } else {
-          const base = stream === 'stderr' ? 'err' : '';
-          for (const [cls, part] of this.sgr[stream].split(text)) {
-            emit(base && cls ? `${base} ${cls}` : base || cls, part);
-          }
+      // Within the frame's budget (at most `maxRuns` runs, ~8 ms of script),
+      // in slices: a 64 KiB chunk of coloured lines is thousands of runs and
+      // may take several frames.
+      let emitted = 0;
+      while (this.queue.length && emitted < this.maxRuns && (emitted === 0 || performance.now() - start < 8)) {
+        const item = this.queue[0];
+        if (!item.runs) {
+          const base = item.stream === 'stderr' ? 'err' : '';
+          item.runs = item.marker
+            ? [['marker', item.text]]
+            : this.sgr[item.stream].split(item.text).map(([cls, part]) => [base && cls ? `${base} ${cls}` : base || cls, part]);
+          item.pos = 0;
         }
-        this.lines += countNewlines(text);
+        const end = Math.min(item.runs.length, item.pos + Math.min(256, this.maxRuns - emitted));
+        for (; item.pos < end; item.pos += 1) {
+          const [cls, part] = item.runs[item.pos];
+          emit(cls, part);
+          this.lines += countNewlines(part);
+          emitted += 1;
+        }
+        if (item.pos === item.runs.length) this.queue.shift();
       }
-      this.queue.splice(0, n);
       if (block) this.pre.append(frag);
       this.open = open;
       this.pre.dataset.lines = String(this.lines);
-      if (this.following) this.pre.scrollTop = this.pre.scrollHeight;
+      if (this.following) {
+        // Reading scrollHeight lays the new block out now, so `cost` below
+        // includes style and layout, not just building the nodes.
+        this.pre.scrollTop = this.pre.scrollHeight;
+        const cost = performance.now() - start;
+        // Aim at ~12 ms a frame on this machine: fewer runs next frame when
+        // this one was slow, more when it was quick.
+        if (emitted >= 64) this.maxRuns = Math.min(8192, Math.max(64, Math.round((emitted * 12) / Math.max(cost, 1))));
+      }
       if (this.queue.length) this.schedule();
+      else this.idle();
+    }
+
+    /** Calls `fn` once everything written so far is on the page. */
+    whenIdle(fn) {
+      this.waiting = (this.waiting || []).concat(fn);
+      if (!this.scheduled) this.idle();
+    }
+
+    idle() {
+      const fns = this.waiting || [];
+      this.waiting = [];
+      for (const fn of fns) fn();
     }
   }
 

@@ -82,9 +82,18 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/ui", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
         .route("/ui/", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
-        .route("/ui/app.js", get(|h: HeaderMap| async move { serve(&SCRIPT, &h) }))
-        .route("/ui/app.css", get(|h: HeaderMap| async move { serve(&STYLE, &h) }))
-        .route("/ui/icon.svg", get(|h: HeaderMap| async move { serve(&ICON, &h) }))
+        .route(
+            "/ui/app.js",
+            get(|h: HeaderMap| async move { serve(&SCRIPT, &h) }),
+        )
+        .route(
+            "/ui/app.css",
+            get(|h: HeaderMap| async move { serve(&STYLE, &h) }),
+        )
+        .route(
+            "/ui/icon.svg",
+            get(|h: HeaderMap| async move { serve(&ICON, &h) }),
+        )
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -177,8 +186,15 @@ mod tests {
         ] {
             let r = get(path, None).await;
             assert_eq!(r.status(), StatusCode::OK, "{path}");
-            assert!(header_of(&r, header::CONTENT_TYPE).starts_with(ty), "{path}");
-            assert_eq!(header_of(&r, header::CONTENT_SECURITY_POLICY), CSP, "{path}");
+            assert!(
+                header_of(&r, header::CONTENT_TYPE).starts_with(ty),
+                "{path}"
+            );
+            assert_eq!(
+                header_of(&r, header::CONTENT_SECURITY_POLICY),
+                CSP,
+                "{path}"
+            );
             assert_eq!(header_of(&r, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
             assert_eq!(header_of(&r, header::REFERRER_POLICY), "no-referrer");
             assert_eq!(header_of(&r, header::CACHE_CONTROL), "no-cache");
@@ -201,7 +217,10 @@ mod tests {
     fn the_page_has_no_inline_script_or_style() {
         let html = std::str::from_utf8(INDEX.body).expect("utf-8");
         assert!(html.contains(r#"<script src="/ui/app.js""#), "{html}");
-        assert!(!html.contains("<script>") && !html.contains("<style"), "{html}");
+        assert!(
+            !html.contains("<script>") && !html.contains("<style"),
+            "{html}"
+        );
         assert!(!html.contains(" style="), "{html}");
         // No event-handler attributes (`onclick=` and the like).
         for (i, _) in html.match_indices(" on") {
