@@ -16,7 +16,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 /// The policy of every `/ui` answer. `img-src data:` is for the icons the
 /// style sheet embeds; `connect-src 'self'` lets the page call this API.
@@ -80,21 +80,16 @@ static ICON: Asset = asset!("icon.svg", "image/svg+xml");
 /// The console's routes; merged into the application router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/ui", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
-        .route("/ui/", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
-        .route(
-            "/ui/app.js",
-            get(|h: HeaderMap| async move { serve(&SCRIPT, &h) }),
-        )
-        .route(
-            "/ui/app.css",
-            get(|h: HeaderMap| async move { serve(&STYLE, &h) }),
-        )
-        .route(
-            "/ui/icon.svg",
-            get(|h: HeaderMap| async move { serve(&ICON, &h) }),
-        )
+        .route("/ui", file(&INDEX))
+        .route("/ui/", file(&INDEX))
+        .route("/ui/app.js", file(&SCRIPT))
+        .route("/ui/app.css", file(&STYLE))
+        .route("/ui/icon.svg", file(&ICON))
         .layer(middleware::from_fn(security_headers))
+}
+
+fn file<S: Clone + Send + Sync + 'static>(asset: &'static Asset) -> MethodRouter<S> {
+    get(move |h: HeaderMap| async move { serve(asset, &h) })
 }
 
 /// Answers a file, or `304` when the client's copy is current. `no-cache`:
@@ -168,7 +163,7 @@ mod tests {
             .expect("infallible")
     }
 
-    fn header_of<'a>(r: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header_of(r: &Response, name: header::HeaderName) -> &str {
         r.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())

@@ -37,10 +37,14 @@ impl Drop for Driver {
         // chromedriver and the Chromium it starts share the process group
         // made for chromedriver: kill them all.
         if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let group = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+            // Until the group's last process is gone (and reaped).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while nix::sys::signal::killpg(group, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
