@@ -221,30 +221,53 @@
 
   /**
    * A cursor-paginated list (docs/API.md, Pagination): `load(cursor)` answers
-   * {items, next_cursor}; rows are appended; "Load more" fetches the next page.
+   * {items, next_cursor}; "Load more" appends the next page. `reload()`
+   * fetches the first page again and keeps the row elements whose item did
+   * not change (`sig`), so a periodic refresh neither flickers nor replaces
+   * a button under the pointer.
    */
-  function pagedTable({ head, row, load, empty, signal }) {
+  function pagedTable({ head, row, load, empty, signal, key, sig }) {
     const tbody = h('tbody');
     const more = h('button', { type: 'button', class: 'more', hidden: true }, 'Load more');
     const errors = h('div');
     const none = h('div', { class: 'empty', hidden: true }, empty || 'Nothing here yet.');
+    const signature = sig || ((item) => JSON.stringify(item));
     let cursor = null;
     let seen = 0;
+    let pages = 0;
+    let generation = 0; // a reload makes answers to earlier requests stale
+    function build(item) {
+      const tr = row(item);
+      tr.dataset.key = key(item);
+      tr.dataset.sig = signature(item);
+      return tr;
+    }
     async function page(reset) {
-      if (reset) { cursor = null; seen = 0; }
+      const gen = reset ? ++generation : generation;
       more.disabled = true;
       try {
-        const r = await load(cursor, signal);
-        if (reset) clear(tbody);
-        for (const item of r.items) tbody.append(row(item));
+        const r = await load(reset ? null : cursor, signal);
+        if (gen !== generation) return null;
+        if (reset) {
+          const old = new Map([...tbody.children].map((tr) => [tr.dataset.key, tr]));
+          tbody.replaceChildren(...r.items.map((item) => {
+            const prev = old.get(key(item));
+            return prev && prev.dataset.sig === signature(item) ? prev : build(item);
+          }));
+          seen = 0;
+          pages = 0;
+        } else {
+          for (const item of r.items) tbody.append(build(item));
+        }
         seen += r.items.length;
+        pages += 1;
         cursor = r.next_cursor;
         more.hidden = !cursor;
         none.hidden = seen > 0;
         showProblem(errors, null);
         return r.items;
       } catch (e) {
-        if (e.name !== 'AbortError') showProblem(errors, e);
+        if (e.name !== 'AbortError' && gen === generation) showProblem(errors, e);
         return null;
       } finally {
         more.disabled = false;
@@ -254,7 +277,12 @@
     const el = h('div', null, errors,
       h('table', null, h('thead', null, h('tr', null, head.map((t) => h('th', null, t)))), tbody),
       none, more);
-    return { el, reload: () => page(true), tbody };
+    return {
+      el,
+      reload: () => page(true),
+      /** Whether the reader paged past the first page (then don't refresh it away). */
+      pagedOn: () => pages > 1,
+    };
   }
 
   // -------------------------------------------------------------- router --
@@ -368,6 +396,7 @@
       empty: 'No projects yet.',
       signal,
       load: (cursor) => api('GET', `/v1/projects${query({ limit: PAGE, cursor })}`, { signal }),
+      key: (p) => p.name,
       row: (p) => h('tr', { 'data-project': p.name },
         h('td', null, h('a', { href: `#/projects/${enc(p.name)}` }, p.name)),
         h('td', null, p.description || ''),
@@ -444,6 +473,9 @@
       empty: 'No commands match.',
       signal,
       load: (cursor) => api('GET', `/v1/commands${query({ project: name, status: status.value, limit: PAGE, cursor })}`, { signal }),
+      key: (c) => c.id,
+      // A running command's duration changes every second.
+      sig: (c) => JSON.stringify(c) + (TERMINAL.has(c.status) ? '' : Math.floor(Date.now() / 1000)),
       row: commandRow,
     });
     status.addEventListener('change', () => {
@@ -470,7 +502,7 @@
       while (!signal.aborted) {
         const active = (items || []).some((c) => !TERMINAL.has(c.status));
         await sleep(active ? 2000 : 10000, signal);
-        if (signal.aborted || document.hidden) continue;
+        if (signal.aborted || document.hidden || list.pagedOn()) continue;
         items = await list.reload();
       }
     })();
@@ -963,6 +995,7 @@
       empty: 'No webhook endpoints.',
       signal,
       load: (cursor) => api('GET', `/v1/webhooks${query({ limit: PAGE, cursor })}`, { signal }),
+      key: (w) => w.id,
       row: (w) => h('tr', { 'data-webhook': w.id },
         h('td', { class: 'mono' }, h('a', { href: `#/webhooks/${enc(w.id)}` }, w.url)),
         h('td', null, w.events.join(', ')),
@@ -1013,6 +1046,7 @@
       empty: 'No deliveries.',
       signal,
       load: (cursor) => api('GET', `/v1/webhooks/${enc(id)}/deliveries${query({ status: status.value, limit: PAGE, cursor })}`, { signal }),
+      key: (d) => d.id,
       row: (d) => deliveryRow(d, id, errors, () => wakeUp()),
     });
     status.addEventListener('change', () => { setParams({ status: status.value }); list.reload(); });
@@ -1051,6 +1085,7 @@
         await Promise.race([sleep(burst > 0 || pending ? 1000 : 15000, signal), woken]);
         if (signal.aborted) return;
         if (burst > 0) burst -= 1;
+        if (document.hidden || list.pagedOn()) continue;
         items = await list.reload();
       }
     })();
@@ -1112,6 +1147,7 @@
       empty: 'No entries match.',
       signal,
       load: (cursor) => api('GET', `/v1/audit${query({ ...filters(), limit: PAGE, cursor })}`, { signal }),
+      key: (e) => String(e.id),
       row: (e) => h('tr', { class: 'audit-entry' },
         timeCell(e.at),
         h('td', { title: e.actor_key_id || '' }, e.actor || '–'),

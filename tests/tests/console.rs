@@ -239,6 +239,19 @@ async fn run_form_streams_output_live_in_order() {
     open(&b, "#/projects/demo", &format!("tr[data-command='{id}']")).await;
     let row = b.text(&format!("tr[data-command='{id}']")).await;
     assert!(row.contains("succeeded") && row.contains(" s"), "{row}");
+    // The status filter asks the API, and is kept in the URL.
+    let filter = b.find("#filter-status").await;
+    filter.select_by_value("failed").await.expect("select");
+    b.wait_js(
+        "an empty filtered list",
+        "return !document.querySelector('tr[data-command]') && !document.querySelector('.empty').hidden;",
+        vec![],
+    )
+    .await;
+    filter.select_by_value("succeeded").await.expect("select");
+    b.wait_for(&format!("tr[data-command='{id}']")).await;
+    let url = b.client.current_url().await.expect("url");
+    assert_eq!(url.fragment(), Some("/projects/demo?status=succeeded"));
     b.close().await;
 }
 
@@ -381,6 +394,8 @@ async fn webhook_deliveries_are_listed_and_redelivered() {
         .await,
         json!(2)
     );
+    let shot = b.screenshot("console-webhook.png").await;
+    println!("screenshot of the deliveries page: {}", shot.display());
     b.close().await;
 }
 
@@ -423,6 +438,11 @@ async fn a_read_only_key_sees_disabled_buttons_that_say_why() {
     open(&b, "#/projects/demo", &format!("tr[data-command='{id}']")).await;
     let why = disabled("#run-submit").await;
     assert!(why.contains("commands:run"), "{why}");
+    let shot = b.screenshot("console-read-only.png").await;
+    println!(
+        "screenshot of a project page with a read-only key: {}",
+        shot.display()
+    );
 
     open(&b, &format!("#/commands/{id}"), "#output").await;
     wait_page_status(&b, "queued").await;
