@@ -533,18 +533,24 @@
     const out = h('pre', { class: 'output', id: 'output', tabindex: '0', 'aria-live': 'off' });
     const follow = h('button', { type: 'button', class: 'follow', id: 'follow', hidden: true }, '↓ Follow output');
     let cmd = null;
+    let cancelling = false; // asked; the stream reports when it took effect
+    let took = null; // the Duration fact, updated every second while running
 
     function show(c) {
+      // Terminal states are final: a late answer (e.g. to Cancel) showing
+      // the command still running must not undo what the stream reported.
+      if (cmd && TERMINAL.has(cmd.status) && !TERMINAL.has(c.status)) return;
       cmd = c;
       clear(crumbs).append(h('a', { href: '#/projects' }, 'Projects'), ' / ',
         h('a', { href: `#/projects/${enc(c.project)}` }, c.project), ' / ', c.id);
-      clear(title).append(commandText(c));
+      if (title.textContent !== commandText(c)) clear(title).append(commandText(c));
       clear(status).append(badge(c.status));
       status.dataset.status = c.status;
       const fact = (k, v) => h('div', null, h('span', { class: 'k' }, k), h('span', null, v));
+      took = h('span', null, duration(commandDuration(c)));
       append(clear(facts), [
         fact('Exit code', c.exit_code === null || c.exit_code === undefined ? '–' : String(c.exit_code)),
-        fact('Duration', duration(commandDuration(c))),
+        h('div', null, h('span', { class: 'k' }, 'Duration'), took),
         fact('Priority', String(c.priority)),
         fact('Timeout', `${c.timeout_s} s`),
         fact('Created', when(c.created_at)),
@@ -553,18 +559,20 @@
         fact('Worker', c.worker_id || '–'),
         fact('Output', `${c.output_bytes} bytes${c.truncated ? ' (truncated)' : ''}`),
         c.error ? fact('Error', c.error) : null]);
-      if (can('commands:run')) cancel.disabled = TERMINAL.has(c.status);
+      if (can('commands:run')) cancel.disabled = TERMINAL.has(c.status) || cancelling;
+      if (cancelling && !TERMINAL.has(c.status)) cancel.textContent = 'Cancelling…';
+      else cancel.textContent = 'Cancel';
     }
 
     cancel.addEventListener('click', async () => {
       cancel.disabled = true;
+      cancelling = true;
       try {
-        const c = await api('POST', `/v1/commands/${enc(id)}/cancel`, { signal });
-        show(c);
-        if (!TERMINAL.has(c.status)) cancel.disabled = true; // requested; the stream reports the end
+        show(await api('POST', `/v1/commands/${enc(id)}/cancel`, { signal }));
       } catch (e) {
+        cancelling = false;
         if (e.name !== 'AbortError') showProblem(errors, e);
-        if (cmd && !TERMINAL.has(cmd.status)) cancel.disabled = false;
+        if (cmd) show(cmd);
       }
     });
 
@@ -577,7 +585,7 @@
     (async () => {
       while (!signal.aborted) {
         await sleep(1000, signal);
-        if (cmd && cmd.started_at && !cmd.finished_at) show(cmd);
+        if (cmd && cmd.started_at && !cmd.finished_at && took) took.textContent = duration(commandDuration(cmd));
       }
     })();
     followEvents(id, signal, {
