@@ -1,4 +1,5 @@
-//! `/v1/api-keys`: create, list, get, revoke, rotate (scope `keys:manage`).
+//! `/v1/api-keys`: create, list, get, revoke, rotate (scope `keys:manage`);
+//! and `/v1/whoami`, the calling key itself (any key).
 //!
 //! No key can hand out more than it holds: a new key's scopes must be
 //! granted by the caller's (`admin` grants all), and a project-restricted
@@ -344,4 +345,13 @@ pub async fn rotate(
     control::announce_key_change(&st.keys, &st.publisher, key.id).await;
     let v = view(&client, key, Some(generated.secret)).await?;
     Ok(axum::Json(v).into_response())
+}
+
+/// `GET /v1/whoami`: the key making the request (never its secret). Any
+/// valid key may read itself, whatever its scopes, so a client (the web
+/// console) can tell what it is allowed to do before trying.
+#[utoipa::path(get, path = "/v1/whoami", tag = "api-keys", security(("bearer" = [])), responses((status = 200, description = "The calling key: its scopes, projects and limits (any valid key)", body = KeyView)))]
+pub async fn whoami(State(st): State<AppState>, auth: Auth) -> ApiResult<impl IntoResponse> {
+    let client = st.pool.get().await?;
+    Ok(axum::Json(view(&client, auth.key, None).await?))
 }

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod projects;
 pub mod ratelimit;
 pub mod sse;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
         .route("/api-keys/{id}/rotate", post(keys::rotate))
+        .route("/whoami", get(keys::whoami))
         .route("/audit", get(audit::list))
         .route("/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
@@ -100,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/debug/pprof/heap", get(debug::heap))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(openapi::docs())
+        .merge(ui::router())
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

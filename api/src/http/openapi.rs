@@ -212,6 +212,7 @@ pub struct Readiness {
         keys::get,
         keys::revoke,
         keys::rotate,
+        keys::whoami,
         audit::list,
         webhooks::create,
         webhooks::list,

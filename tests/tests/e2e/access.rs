@@ -98,7 +98,7 @@ struct Route {
 }
 
 /// Every route of the API with its scope (DESIGN.md §5; `none` = no key
-/// needed). Add new routes here.
+/// needed, `any key` = any valid key). Add new routes here.
 fn routes() -> Vec<Route> {
     use Target::*;
     let r = |method: Method,
@@ -265,6 +265,7 @@ fn routes() -> Vec<Route> {
             200,
             200,
         ),
+        r(Method::GET, "/v1/whoami", "any key", None, Shared, 200, 200),
         r(
             Method::GET,
             "/v1/audit",
@@ -343,7 +344,11 @@ async fn every_route_answers_every_scope_as_designed() {
             }
             let expected = if *is_restricted {
                 route.restricted
-            } else if scope == "admin" || route.scope == "none" || scope == route.scope {
+            } else if scope == "admin"
+                || route.scope == "none"
+                || route.scope == "any key"
+                || scope == route.scope
+            {
                 route.ok
             } else {
                 403
@@ -1198,4 +1203,65 @@ async fn an_instance_that_cannot_hear_key_changes_trusts_its_cache_for_a_second_
         .await;
     assert_eq!(r.status, 204);
     refused_within(&app, &b, &secret, Duration::from_millis(1500)).await;
+}
+
+#[tokio::test]
+async fn whoami_answers_the_calling_key_whatever_its_scopes() {
+    let app = spawn_app_with(no_worker()).await;
+    app.create_project("alpha", json!({})).await;
+    let (id, secret) = app
+        .create_key(json!({
+            "name": "reader",
+            "scopes": ["commands:read", "audit:read"],
+            "projects": ["alpha"],
+        }))
+        .await;
+    let r = call(
+        &app,
+        &app.base,
+        Method::GET,
+        "/v1/whoami",
+        &secret,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let me = r.json();
+    assert_eq!(me["id"], id.as_str());
+    assert_eq!(me["name"], "reader");
+    assert_eq!(me["scopes"], json!(["commands:read", "audit:read"]));
+    assert_eq!(me["projects"], json!(["alpha"]));
+    assert!(me.get("secret").is_none(), "never the secret: {me}");
+    assert_eq!(secret[..8], me["prefix"].as_str().expect("prefix")[..]);
+
+    // The admin key sees itself, unrestricted.
+    let admin = app.get("/v1/whoami").await.json();
+    assert_eq!(admin["scopes"], json!(["admin"]));
+    assert_eq!(admin["projects"], Value::Null);
+
+    // No key, or a revoked one: 401.
+    app.request(Method::GET, "/v1/whoami", None, None)
+        .await
+        .assert_problem(401);
+    let revoked = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&app.admin_key.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 204);
+    call(
+        &app,
+        &app.base,
+        Method::GET,
+        "/v1/whoami",
+        &secret,
+        None,
+        None,
+    )
+    .await
+    .assert_problem(401);
 }
