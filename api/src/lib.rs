@@ -8,6 +8,7 @@ pub mod http;
 pub mod hub;
 pub mod keycache;
 pub mod limits;
+pub mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,15 +111,12 @@ pub async fn start(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "rdev-api listening");
     let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        serve::serve(listener, app, async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         })
-        .await
+        .await;
+        Ok::<(), std::io::Error>(())
     });
     Ok(Server { addr, task })
 }
