@@ -99,6 +99,14 @@ impl LiveEvent {
         }
     }
 
+    /// A chunk's `seq` and data length; `None` for other messages.
+    pub fn chunk_seq_len(&self) -> Option<(i64, usize)> {
+        match &self.event {
+            OutputEvent::Chunk { seq, data, .. } => Some((*seq, data.len())),
+            OutputEvent::Status | OutputEvent::End => None,
+        }
+    }
+
     /// The `output` frame of a chunk, encoded once; `None` for other messages.
     pub fn frame(&self) -> Option<Bytes> {
         match &self.event {

@@ -25,6 +25,21 @@ use crate::frames::LiveEvent;
 
 /// Messages a watcher may have waiting before it is considered lagging.
 pub const WATCHER_BUFFER: usize = 8;
+/// Recent live chunks kept per watched command, so that a watcher that fell
+/// behind catches up from memory instead of PostgreSQL: at most this many…
+const RECENT_CHUNKS: usize = 256;
+/// …and this many bytes of chunk data per command…
+const RECENT_BYTES: usize = 4 << 20;
+/// …and this many bytes for all commands of this instance together (their
+/// SSE frames, encoded once when first written, add about as much again).
+const RECENT_BUDGET: usize = 32 << 20;
+
+/// A command's latest live chunks, contiguous in `seq`.
+#[derive(Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<Arc<LiveEvent>>,
+    bytes: usize,
+}
 
 struct Watcher {
     id: u64,
@@ -37,6 +52,52 @@ struct State {
     watchers: HashMap<Uuid, Vec<Watcher>>,
     bound: HashSet<Uuid>,
     next_id: u64,
+    /// Only for watched commands; dropped with their last watcher.
+    recent: HashMap<Uuid, Recent>,
+    /// Chunk bytes held in `recent`, all commands together.
+    recent_bytes: usize,
+}
+
+impl State {
+    /// Keeps `event` among the command's recent chunks, evicting the
+    /// oldest past the limits. A chunk that does not follow the last one
+    /// (a publish was lost) or does not fit the instance's budget empties
+    /// the command's list: it must stay contiguous to be trusted.
+    fn remember(&mut self, command_id: Uuid, event: &Arc<LiveEvent>) {
+        let Some((seq, len)) = event.chunk_seq_len() else {
+            return;
+        };
+        let recent = self.recent.entry(command_id).or_default();
+        let follows = recent
+            .chunks
+            .back()
+            .and_then(|last| last.chunk_seq_len())
+            .is_none_or(|(last, _)| last + 1 == seq);
+        if !follows || self.recent_bytes + len > RECENT_BUDGET {
+            self.recent_bytes -= recent.bytes;
+            *recent = Recent::default();
+            if self.recent_bytes + len > RECENT_BUDGET {
+                return;
+            }
+        }
+        recent.chunks.push_back(event.clone());
+        recent.bytes += len;
+        self.recent_bytes += len;
+        while recent.chunks.len() > RECENT_CHUNKS || recent.bytes > RECENT_BYTES {
+            let Some(old) = recent.chunks.pop_front() else {
+                break;
+            };
+            let freed = old.chunk_seq_len().map_or(0, |(_, n)| n);
+            recent.bytes -= freed;
+            self.recent_bytes -= freed;
+        }
+    }
+
+    fn forget(&mut self, command_id: Uuid) {
+        if let Some(r) = self.recent.remove(&command_id) {
+            self.recent_bytes -= r.bytes;
+        }
+    }
 }
 
 /// The per-instance relay of live output.
@@ -64,6 +125,22 @@ impl Subscription {
     /// The next live message; `None` if the hub dropped this watcher.
     pub async fn recv(&mut self) -> Option<Arc<LiveEvent>> {
         self.rx.recv().await
+    }
+
+    /// The live chunks after `last` that the hub still holds, oldest first,
+    /// at most `max`. `Some(empty)` means none came after `last`; `None`
+    /// means the hub cannot tell (it no longer holds `last + 1`, or holds
+    /// nothing): read PostgreSQL.
+    pub fn recent_after(&self, last: i64, max: usize) -> Option<Vec<Arc<LiveEvent>>> {
+        let st = lock(&self.hub.state);
+        let recent = st.recent.get(&self.command_id)?;
+        let (first, _) = recent.chunks.front()?.chunk_seq_len()?;
+        let (newest, _) = recent.chunks.back()?.chunk_seq_len()?;
+        if newest <= last {
+            return Some(Vec::new());
+        }
+        let skip = usize::try_from(last + 1 - first).ok()?;
+        Some(recent.chunks.iter().skip(skip).take(max).cloned().collect())
     }
 
     /// Whether messages were dropped since the last call (then read
@@ -184,6 +261,7 @@ impl OutputHub {
             list.retain(|w| w.id != id);
             if list.is_empty() {
                 st.watchers.remove(&command_id);
+                st.forget(command_id);
                 true
             } else {
                 false
@@ -226,7 +304,11 @@ impl OutputHub {
         };
         // Shared by every watcher, SSE frame included (encoded once).
         let event = Arc::new(LiveEvent::new(event));
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
+        if !st.watchers.contains_key(&id) {
+            return;
+        }
+        st.remember(id, &event);
         if let Some(list) = st.watchers.get(&id) {
             for w in list {
                 if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(event.clone()) {
@@ -239,6 +321,9 @@ impl OutputHub {
     fn mark_all_lagged(&self) {
         let mut st = lock(&self.state);
         st.bound.clear();
+        // What was published while disconnected is not in them.
+        st.recent.clear();
+        st.recent_bytes = 0;
         for list in st.watchers.values() {
             for w in list {
                 w.lagged.store(true, Ordering::Release);
@@ -327,5 +412,91 @@ impl OutputHub {
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use rdev_shared::config::Secret;
+    use rdev_shared::domain::OutputStream;
+
+    use super::*;
+
+    fn hub() -> Arc<OutputHub> {
+        // Never connected: subscriptions work in memory, binds fail quietly.
+        OutputHub::new(
+            AmqpConfig {
+                amqp_url: Secret::new("amqp://127.0.0.1:1/%2f"),
+                prefix: "unit".into(),
+            },
+            "test",
+        )
+    }
+
+    fn chunk(hub: &OutputHub, id: Uuid, seq: i64, len: usize) {
+        hub.dispatch(
+            &format!("cmd.{id}"),
+            OutputEvent::Chunk {
+                seq,
+                stream: OutputStream::Stdout,
+                data: Bytes::from(vec![b'x'; len]),
+            },
+        );
+    }
+
+    fn seqs(events: &[Arc<LiveEvent>]) -> Vec<i64> {
+        events
+            .iter()
+            .filter_map(|e| e.chunk_seq_len().map(|(s, _)| s))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_finds_the_chunks_it_missed_in_order() {
+        let hub = hub();
+        let id = Uuid::now_v7();
+        let sub = hub.subscribe(id).await;
+        assert!(sub.recent_after(0, 16).is_none(), "nothing held yet");
+        for seq in 1..=20 {
+            chunk(&hub, id, seq, 10);
+        }
+        assert_eq!(seqs(&sub.recent_after(3, 5).unwrap()), vec![4, 5, 6, 7, 8]);
+        assert_eq!(sub.recent_after(20, 5).unwrap().len(), 0, "up to date");
+        // A publish lost between 20 and 22: the list restarts at 22, so the
+        // hub can no longer vouch for 21.
+        chunk(&hub, id, 22, 10);
+        assert!(sub.recent_after(20, 5).is_none());
+        assert_eq!(seqs(&sub.recent_after(21, 5).unwrap()), vec![22]);
+    }
+
+    #[tokio::test]
+    async fn recent_chunks_are_bounded_and_dropped_with_the_last_watcher() {
+        let hub = hub();
+        let id = Uuid::now_v7();
+        let sub = hub.subscribe(id).await;
+        let n = i64::try_from(RECENT_CHUNKS).unwrap() + 10;
+        for seq in 1..=n {
+            chunk(&hub, id, seq, 1);
+        }
+        assert!(sub.recent_after(5, 1).is_none(), "the oldest were evicted");
+        assert_eq!(seqs(&sub.recent_after(10, 1).unwrap()), vec![11]);
+        // Per command by bytes: 1 MiB chunks, at most RECENT_BYTES of them.
+        let big = 1 << 20;
+        for seq in n + 1..=n + 10 {
+            chunk(&hub, id, seq, big);
+        }
+        assert!(lock(&hub.state).recent_bytes <= RECENT_BYTES);
+        drop(sub);
+        let st = lock(&hub.state);
+        assert!(st.recent.is_empty());
+        assert_eq!(st.recent_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn unwatched_commands_are_not_remembered() {
+        let hub = hub();
+        chunk(&hub, Uuid::now_v7(), 1, 10);
+        assert!(lock(&hub.state).recent.is_empty());
     }
 }

@@ -40,6 +40,8 @@ const SETTLE_READS: [Duration; 3] = [
     Duration::from_millis(800),
     Duration::from_secs(2),
 ];
+/// Recent chunks taken from the hub per step when catching up from memory.
+const RECENT_PAGE: usize = 16;
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
 /// Reconnection delay suggested when this instance shuts down.
@@ -156,6 +158,9 @@ fn event_stream(
         poll.tick().await;
         // Replay what is stored (and, for a finished command, everything).
         let mut need_catch_up = true;
+        // Whether the next catch-up must read PostgreSQL (the first replay
+        // and the settle reads), not only the hub's recent chunks.
+        let mut must_read_stored = true;
         // Settle reads: the worker publishes a chunk live before its batch
         // reaches PostgreSQL (within ~50 ms), so a chunk published just
         // before we subscribed may land in PostgreSQL just after our first
@@ -167,14 +172,40 @@ fn event_stream(
         let mut finished = cmd.status.is_terminal();
         loop {
             if need_catch_up || finished {
-                loop {
+                // A watcher that fell behind live output catches up from the
+                // hub's recent chunks (shared, already encoded) while they
+                // reach; PostgreSQL only when they do not.
+                let mut caught_up = false;
+                while !finished && !must_read_stored {
+                    let Some(recent) = sub.recent_after(last, RECENT_PAGE) else {
+                        break;
+                    };
+                    if recent.is_empty() {
+                        caught_up = true;
+                        break;
+                    }
+                    let before = last;
+                    for live in recent {
+                        if let (Some((seq, _)), Some(frame)) = (live.chunk_seq_len(), live.frame())
+                            && seq == last + 1
+                        {
+                            yield Ok(frame);
+                            last = seq;
+                            max_seen = max_seen.max(seq);
+                        }
+                    }
+                    if last == before {
+                        break;
+                    }
+                }
+                while !caught_up {
                     match Box::pin(read_page(&pool, id, &mut last)).await {
                         Ok((events, full)) => {
                             for e in events {
                                 yield Ok(e);
                             }
                             if !full {
-                                break;
+                                caught_up = true;
                             }
                         }
                         Err(e) => {
@@ -184,6 +215,7 @@ fn event_stream(
                     }
                 }
                 need_catch_up = false;
+                must_read_stored = false;
             }
             if finished {
                 // Every chunk is stored before a command turns terminal.
@@ -237,6 +269,7 @@ fn event_stream(
                 _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
                 () = &mut settle_sleep, if settling => {
                     need_catch_up = true;
+                    must_read_stored = true;
                     match settle.next() {
                         Some(after) => settle_sleep.as_mut().reset(tokio::time::Instant::now() + *after),
                         None => settling = false,
