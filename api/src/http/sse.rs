@@ -176,26 +176,28 @@ fn event_stream(
                 // hub's recent chunks (shared, already encoded) while they
                 // reach; PostgreSQL only when they do not.
                 let mut caught_up = false;
-                while !finished && !must_read_stored {
-                    let Some(recent) = sub.recent_after(last, RECENT_PAGE) else {
-                        break;
-                    };
-                    if recent.is_empty() {
-                        caught_up = true;
-                        break;
-                    }
-                    let before = last;
-                    for live in recent {
-                        if let (Some((seq, _)), Some(frame)) = (live.chunk_seq_len(), live.frame())
-                            && seq == last + 1
-                        {
-                            yield Ok(frame);
-                            last = seq;
-                            max_seen = max_seen.max(seq);
+                if !finished && !must_read_stored {
+                    loop {
+                        let Some(recent) = sub.recent_after(last, RECENT_PAGE) else {
+                            break;
+                        };
+                        if recent.is_empty() {
+                            caught_up = true;
+                            break;
                         }
-                    }
-                    if last == before {
-                        break;
+                        let before = last;
+                        for live in recent {
+                            if let (Some((seq, _)), Some(frame)) = (live.chunk_seq_len(), live.frame())
+                                && seq == last + 1
+                            {
+                                yield Ok(frame);
+                                last = seq;
+                                max_seen = max_seen.max(seq);
+                            }
+                        }
+                        if last == before {
+                            break;
+                        }
                     }
                 }
                 while !caught_up {
