@@ -174,15 +174,16 @@ fn event_stream(
             if need_catch_up || finished {
                 // A watcher that fell behind live output catches up from the
                 // hub's recent chunks (shared, already encoded) while they
-                // reach; PostgreSQL only when they do not.
+                // reach; PostgreSQL only when they do not, and once more at
+                // the end (usually an empty page) so nothing stored is missed.
                 let mut caught_up = false;
-                if !finished && !must_read_stored {
+                if !must_read_stored {
                     loop {
                         let Some(recent) = sub.recent_after(last, RECENT_PAGE) else {
                             break;
                         };
                         if recent.is_empty() {
-                            caught_up = true;
+                            caught_up = !finished;
                             break;
                         }
                         let before = last;
