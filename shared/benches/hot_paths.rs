@@ -1,14 +1,16 @@
 //! Hot paths of every API request: key hashing and comparison (each
 //! authenticated request hashes the presented key) and the rate-limit
-//! decision. Run: `cargo bench -p rdev-shared --bench hot_paths`.
+//! decision; and of every webhook attempt: Standard Webhooks signing.
+//! Run: `cargo bench -p rdev-shared --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rdev_shared::domain::RateLimit;
 use rdev_shared::ratelimit::{Observation, decide};
 use rdev_shared::secret::{constant_time_eq, generate_key, hash_key, looks_like_key};
+use rdev_shared::webhook_sign::{generate_secret, sign};
 
 fn keys(c: &mut Criterion) {
     let key = generate_key();
@@ -47,6 +49,28 @@ fn rate_limit(c: &mut Criterion) {
     });
 }
 
+/// HMAC-SHA256 over `id.timestamp.body`, base64, once per delivery attempt
+/// (the secret is decoded from its `whsec_` form each time, as the sender does).
+fn webhook_signing(c: &mut Criterion) {
+    let secret = generate_secret();
+    let mut g = c.benchmark_group("webhook/sign");
+    for size in [512usize, 4096, 65536] {
+        let body = vec![b'{'; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                sign(
+                    black_box(&secret),
+                    "msg_01a21f8ae8d6758e96d852e2f530b135",
+                    1_790_000_000,
+                    black_box(body),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -54,5 +78,5 @@ fn config() -> Criterion {
         .sample_size(50)
 }
 
-criterion_group! { name = benches; config = config(); targets = keys, rate_limit }
+criterion_group! { name = benches; config = config(); targets = keys, rate_limit, webhook_signing }
 criterion_main!(benches);
