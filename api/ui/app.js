@@ -407,24 +407,32 @@
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       if (create.disabled) return;
-      create.disabled = true;
       const body = { name: name.value.trim(), description: description.value, executor: { kind: 'local' } };
       if (workdir.value.trim()) body.executor.workdir = workdir.value.trim();
-      try {
+      await busy(create, result, async () => {
         const p = await api('POST', '/v1/projects', { body, signal });
         clear(result).append(h('div', { class: 'notice' }, 'Created project ', h('a', { href: `#/projects/${enc(p.name)}` }, p.name), '.'));
         form.reset();
         list.reload();
-      } catch (e) {
-        if (e.name !== 'AbortError') showProblem(result, e);
-      } finally {
-        create.disabled = false;
-      }
+      });
     });
     main.append(h('h1', null, 'Projects'),
       h('div', { class: 'panel' }, h('h2', null, 'New project'), form, result),
       list.el);
     list.reload();
+  }
+
+  // Runs an action with its button disabled; an API problem is shown in
+  // `result` (a navigation away aborts it quietly).
+  async function busy(button, result, action) {
+    button.disabled = true;
+    try {
+      await action();
+    } catch (e) {
+      if (e.name !== 'AbortError') showProblem(result, e);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   function executorText(x) {
@@ -453,15 +461,10 @@
       const body = { command: cmd.value };
       if (priority.value !== '') body.priority = Number(priority.value);
       if (timeout.value !== '') body.timeout_s = Number(timeout.value);
-      run.disabled = true;
-      try {
+      await busy(run, runResult, async () => {
         const c = await api('POST', `/v1/projects/${enc(name)}/commands`, { body, signal });
         location.hash = `#/commands/${enc(c.id)}`;
-      } catch (e) {
-        if (e.name !== 'AbortError') showProblem(runResult, e);
-      } finally {
-        run.disabled = false;
-      }
+      });
     });
     // Filters and list.
     const status = h('select', { id: 'filter-status' },
@@ -1019,19 +1022,14 @@
         events: events.value.split(',').map((s) => s.trim()).filter(Boolean),
       };
       if (project.value.trim()) body.project = project.value.trim();
-      create.disabled = true;
-      try {
+      await busy(create, result, async () => {
         const w = await api('POST', '/v1/webhooks', { body, signal });
         clear(result).append(h('div', { class: 'notice', id: 'webhook-secret' },
           'Endpoint added. Its signing secret, shown only now: ', h('code', null, w.secret), ' ',
           h('a', { href: `#/webhooks/${enc(w.id)}` }, 'Deliveries →')));
         form.reset();
         list.reload();
-      } catch (e) {
-        if (e.name !== 'AbortError') showProblem(result, e);
-      } finally {
-        create.disabled = false;
-      }
+      });
     });
     main.append(h('h1', null, 'Webhooks'),
       h('div', { class: 'panel' }, h('h2', null, 'New endpoint'), form, result),
@@ -1059,18 +1057,11 @@
     });
     status.addEventListener('change', () => { setParams({ status: status.value }); list.reload(); });
     refresh.addEventListener('click', () => list.reload());
-    test.addEventListener('click', async () => {
-      test.disabled = true;
-      try {
-        await api('POST', `/v1/webhooks/${enc(id)}/test`, { signal });
-        showProblem(errors, null);
-        wakeUp();
-      } catch (e) {
-        if (e.name !== 'AbortError') showProblem(errors, e);
-      } finally {
-        test.disabled = false;
-      }
-    });
+    test.addEventListener('click', () => busy(test, errors, async () => {
+      await api('POST', `/v1/webhooks/${enc(id)}/test`, { signal });
+      showProblem(errors, null);
+      wakeUp();
+    }));
     main.append(
       h('div', { class: 'crumbs' }, h('a', { href: '#/webhooks' }, 'Webhooks'), ' / ', id),
       h('h1', null, 'Webhook endpoint'), info, errors,
