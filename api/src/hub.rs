@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -129,20 +130,30 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// The live chunks after `last` that the hub still holds, oldest first,
-    /// at most `max`. `Some(empty)` means none came after `last`; `None`
-    /// means the hub cannot tell (it no longer holds `last + 1`, or holds
-    /// nothing): read PostgreSQL.
-    pub fn recent_after(&self, last: i64, max: usize) -> Option<Vec<Arc<LiveEvent>>> {
-        let st = lock(&self.hub.state);
-        let recent = st.recent.get(&self.command_id)?;
-        let (first, _) = recent.chunks.front()?.chunk_seq_len()?;
-        let (newest, _) = recent.chunks.back()?.chunk_seq_len()?;
-        if newest <= last {
-            return Some(Vec::new());
-        }
-        let skip = usize::try_from(last + 1 - first).ok()?;
-        Some(recent.chunks.iter().skip(skip).take(max).cloned().collect())
+    /// The live chunks after `last` that the hub still holds, as `(seq,
+    /// SSE frame)` from `last + 1` on without a hole, at most `max`.
+    /// `Some(empty)` means none came after `last`; `None` means the hub
+    /// cannot tell (it no longer holds `last + 1`, or holds nothing): read
+    /// PostgreSQL.
+    pub fn recent_after(&self, last: i64, max: usize) -> Option<Vec<(i64, Bytes)>> {
+        let chunks: Vec<Arc<LiveEvent>> = {
+            let st = lock(&self.hub.state);
+            let recent = st.recent.get(&self.command_id)?;
+            let (first, _) = recent.chunks.front()?.chunk_seq_len()?;
+            let (newest, _) = recent.chunks.back()?.chunk_seq_len()?;
+            if newest <= last {
+                return Some(Vec::new());
+            }
+            let skip = usize::try_from(last + 1 - first).ok()?;
+            recent.chunks.iter().skip(skip).take(max).cloned().collect()
+        };
+        // Encoded (once, shared) outside the lock every watcher takes.
+        Some(
+            chunks
+                .iter()
+                .filter_map(|c| Some((c.chunk_seq_len()?.0, c.frame()?)))
+                .collect(),
+        )
     }
 
     /// Whether messages were dropped since the last call (then read
@@ -419,7 +430,6 @@ impl OutputHub {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use rdev_shared::config::Secret;
     use rdev_shared::domain::OutputStream;
 
@@ -447,11 +457,8 @@ mod tests {
         );
     }
 
-    fn seqs(events: &[Arc<LiveEvent>]) -> Vec<i64> {
-        events
-            .iter()
-            .filter_map(|e| e.chunk_seq_len().map(|(s, _)| s))
-            .collect()
+    fn seqs(frames: &[(i64, Bytes)]) -> Vec<i64> {
+        frames.iter().map(|(seq, _)| *seq).collect()
     }
 
     #[tokio::test]

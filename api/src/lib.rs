@@ -92,7 +92,7 @@ pub async fn start(
         metrics.sse_connections_active.clone(),
     );
     // Ends when the server's state is dropped.
-    let (marker, _marking) = rdev_shared::relay::PublishedMarker::spawn(pool.clone());
+    let marker = rdev_shared::relay::PublishedMarker::spawn(pool.clone());
     let state = AppState {
         marker,
         metrics,

@@ -22,7 +22,7 @@ pub async fn run(
     lost_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (marker, _marking) = relay::PublishedMarker::spawn(pool.clone());
+    let marker = relay::PublishedMarker::spawn(pool.clone());
     let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::db::{DbError, Pool, outbox};
 use crate::mq::{MqError, Publisher};
@@ -86,9 +85,10 @@ pub struct PublishedMarker {
 impl PublishedMarker {
     /// Starts the marking task; it ends once every clone is dropped and the
     /// ids queued by then are marked. Call inside a Tokio runtime.
-    pub fn spawn(pool: Pool) -> (Self, JoinHandle<()>) {
+    pub fn spawn(pool: Pool) -> Self {
         let (tx, rx) = mpsc::channel(MARK_QUEUE);
-        (Self { tx }, tokio::spawn(mark_loop(pool, rx)))
+        tokio::spawn(mark_loop(pool, rx));
+        Self { tx }
     }
 
     /// Queues a row to be marked; never waits.

@@ -76,7 +76,7 @@ impl Worker {
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         publisher.set_metrics(metrics.clone());
         executors.set_metrics(&metrics);
-        let (marker, _marking) = PublishedMarker::spawn(pool.clone());
+        let marker = PublishedMarker::spawn(pool.clone());
         Self {
             marker,
             topology: Topology::new(cfg.amqp.prefix.clone()),

@@ -178,26 +178,16 @@ fn event_stream(
                 // the end (usually an empty page) so nothing stored is missed.
                 let mut caught_up = false;
                 if !must_read_stored {
-                    loop {
-                        let Some(recent) = sub.recent_after(last, RECENT_PAGE) else {
-                            break;
-                        };
+                    // The hub hands out chunks from `last + 1` on, without a hole.
+                    while let Some(recent) = sub.recent_after(last, RECENT_PAGE) {
                         if recent.is_empty() {
                             caught_up = !finished;
                             break;
                         }
-                        let before = last;
-                        for live in recent {
-                            if let (Some((seq, _)), Some(frame)) = (live.chunk_seq_len(), live.frame())
-                                && seq == last + 1
-                            {
-                                yield Ok(frame);
-                                last = seq;
-                                max_seen = max_seen.max(seq);
-                            }
-                        }
-                        if last == before {
-                            break;
+                        for (seq, frame) in recent {
+                            yield Ok(frame);
+                            last = seq;
+                            max_seen = max_seen.max(seq);
                         }
                     }
                 }

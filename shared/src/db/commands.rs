@@ -117,6 +117,21 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
     })
 }
 
+/// Runs a statement that returns at most one command row (prepared once
+/// per connection).
+async fn query_command(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<Command>, DbError> {
+    client
+        .query_opt(&prepared(client, sql).await?, params)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
 /// Inserts a command. Returns `None` when the idempotency key was already
 /// used by this API key (the caller then fetches the original).
 pub async fn insert(
@@ -135,24 +150,23 @@ pub async fn insert(
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
-    let row = client
-        .query_opt(
-            &prepared(client, &sql).await?,
-            &[
-                &c.id,
-                &c.project_id,
-                &c.api_key_id,
-                &command,
-                &argv,
-                &to_json(&c.env),
-                &c.stdin,
-                &c.priority,
-                &c.timeout_s,
-                &c.idempotency_key,
-            ],
-        )
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    query_command(
+        client,
+        &sql,
+        &[
+            &c.id,
+            &c.project_id,
+            &c.api_key_id,
+            &command,
+            &argv,
+            &to_json(&c.env),
+            &c.stdin,
+            &c.priority,
+            &c.timeout_s,
+            &c.idempotency_key,
+        ],
+    )
+    .await
 }
 
 /// The command an API key created with an idempotency key.
@@ -165,12 +179,7 @@ pub async fn find_by_idempotency_key(
         "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id \
          WHERE c.api_key_id = $1 AND c.idempotency_key = $2"
     );
-    client
-        .query_opt(&sql, &[&api_key_id, &key])
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    query_command(client, &sql, &[&api_key_id, &key]).await
 }
 
 /// A command by id.
@@ -181,12 +190,7 @@ pub async fn get(
     let sql = format!(
         "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id WHERE c.id = $1"
     );
-    client
-        .query_opt(&prepared(client, &sql).await?, &[&id])
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    query_command(client, &sql, &[&id]).await
 }
 
 /// Commands, newest first.
@@ -324,21 +328,20 @@ pub async fn finish(
          WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
-    let row = client
-        .query_opt(
-            &prepared(client, &sql).await?,
-            &[
-                &id,
-                &worker_id,
-                &f.status.as_str(),
-                &f.exit_code,
-                &f.error,
-                &f.output_bytes,
-                &f.truncated,
-            ],
-        )
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    query_command(
+        client,
+        &sql,
+        &[
+            &id,
+            &worker_id,
+            &f.status.as_str(),
+            &f.exit_code,
+            &f.error,
+            &f.output_bytes,
+            &f.truncated,
+        ],
+    )
+    .await
 }
 
 /// Refreshes `heartbeat_at` of commands this worker runs; returns those of
@@ -375,12 +378,7 @@ pub async fn cancel_queued(
          cancel_requested_at = now() WHERE id = $1 AND status = 'queued' RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
-    client
-        .query_opt(&prepared(client, &sql).await?, &[&id])
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    query_command(client, &sql, &[&id]).await
 }
 
 /// Records a cancel request for a running command; `None` when it is not running.
@@ -393,12 +391,7 @@ pub async fn request_cancel(
          WHERE id = $1 AND status = 'running' RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
-    client
-        .query_opt(&prepared(client, &sql).await?, &[&id])
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    query_command(client, &sql, &[&id]).await
 }
 
 /// Marks running commands whose heartbeat is older than `before` as failed
