@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig, parse_duration};
+use rdev_shared::containment::{ExecutorKinds, LimitsConfig};
 use rdev_shared::domain::RateLimit;
 
 /// Settings of `rdev-api serve`.
@@ -60,6 +61,14 @@ pub struct ApiConfig {
     /// Default request budget of a key that sets none, as `N/<duration>`.
     #[arg(long, env = "RDEV_RATE_LIMIT", default_value = "600/60s")]
     pub rate_limit: RateLimit,
+    /// Executor kinds the deployment runs (`local`, `kubernetes`): projects
+    /// of another kind are refused with 422. Set it like the workers' own.
+    #[arg(long, env = "RDEV_EXECUTORS", default_value = "local,kubernetes")]
+    pub executors: ExecutorKinds,
+    /// Defaults and ceilings of command resource limits (projects may not
+    /// exceed the ceilings).
+    #[command(flatten)]
+    pub limits: LimitsConfig,
 }
 
 impl ApiConfig {
@@ -86,6 +95,8 @@ impl ApiConfig {
                 requests: 600,
                 window_s: 60,
             },
+            executors: ExecutorKinds::all(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdev_api::config::ApiConfig;
-use rdev_shared::config::{LogConfig, LogFormat};
 use rdev_shared::db::{keys, projects};
 use rdev_shared::domain::{ExecutorConfig, LocalExecutor, Scope};
 use rdev_shared::secret;
@@ -83,19 +82,13 @@ async fn start_with(opts: Opts) -> System {
     }));
 
     let wcfg = rdev_worker::Config {
-        db: env.db.clone(),
-        amqp: env.amqp.clone(),
-        log: LogConfig {
-            log_format: LogFormat::Text,
-        },
         listen: "127.0.0.1:0".parse().expect("addr"),
         workspace_root: workspace.clone(),
-        concurrency: 4,
         heartbeat_s: 1,
         kill_grace_s: opts.kill_grace_s,
-        worker_id: None,
         drain_s: 2,
-        kube: rdev_worker::config::KubeConfig::disabled(),
+        executors: "local".parse().expect("executors"),
+        ..rdev_worker::Config::local(env.db.clone(), env.amqp.clone())
     };
     let s = stop.clone();
     tasks.push(tokio::spawn(async move {
@@ -129,6 +122,8 @@ async fn start_with(opts: Opts) -> System {
             max_output_bytes: 10 * 1024 * 1024,
             max_concurrency: None,
             allowed_commands: None,
+            network: Default::default(),
+            limits: Default::default(),
         },
     )
     .await

@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::containment::{
+    ExecutorKind, ExecutorKinds, NetworkMode, ResourceLimits, env_name_denied,
+};
+
 /// Lifecycle of a command: `queued → running → succeeded | failed | timed_out |
 /// cancelled`, or `queued → cancelled`. Terminal states are final.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -99,6 +103,119 @@ impl FromStr for CommandStatus {
     }
 }
 
+/// Why a command ended (its `reason`), finer than its status: `failed` can
+/// mean a non-zero exit, a signal, a resource limit, a lost worker, …
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The main process exited (`exit_code` says how).
+    Exited,
+    /// The main process was killed by a signal (`signal` says which).
+    Signaled,
+    /// Killed at its timeout.
+    TimedOut,
+    /// Cancelled on request.
+    Cancelled,
+    /// Killed, or failed, at its memory limit.
+    MemoryLimit,
+    /// Failed at its process limit.
+    PidsLimit,
+    /// Killed at its CPU time limit.
+    CpuLimit,
+    /// Killed at its file size limit.
+    FileSizeLimit,
+    /// Its worker stopped heart-beating.
+    WorkerLost,
+    /// Its worker shut down and the drain period ran out.
+    WorkerShutdown,
+    /// The connection to where it ran (a Kubernetes exec stream) was lost;
+    /// the remote processes were stopped.
+    ExecutorLost,
+    /// It never ran: unknown program, bad workdir, deleted project, …
+    FailedToStart,
+    /// The local sandbox cannot run on its worker.
+    SandboxUnavailable,
+}
+
+impl EndReason {
+    /// Every reason.
+    pub const ALL: [EndReason; 13] = [
+        Self::Exited,
+        Self::Signaled,
+        Self::TimedOut,
+        Self::Cancelled,
+        Self::MemoryLimit,
+        Self::PidsLimit,
+        Self::CpuLimit,
+        Self::FileSizeLimit,
+        Self::WorkerLost,
+        Self::WorkerShutdown,
+        Self::ExecutorLost,
+        Self::FailedToStart,
+        Self::SandboxUnavailable,
+    ];
+
+    /// The name stored in PostgreSQL and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Signaled => "signaled",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+            Self::MemoryLimit => "memory_limit",
+            Self::PidsLimit => "pids_limit",
+            Self::CpuLimit => "cpu_limit",
+            Self::FileSizeLimit => "file_size_limit",
+            Self::WorkerLost => "worker_lost",
+            Self::WorkerShutdown => "worker_shutdown",
+            Self::ExecutorLost => "executor_lost",
+            Self::FailedToStart => "failed_to_start",
+            Self::SandboxUnavailable => "sandbox_unavailable",
+        }
+    }
+
+    /// The reason of a command finished before reasons were recorded,
+    /// inferred from its status, exit code and error text.
+    pub fn infer(
+        status: CommandStatus,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) -> Option<Self> {
+        Some(match status {
+            CommandStatus::Queued | CommandStatus::Running => return None,
+            CommandStatus::Succeeded => Self::Exited,
+            CommandStatus::TimedOut => Self::TimedOut,
+            CommandStatus::Cancelled => Self::Cancelled,
+            CommandStatus::Failed => match (exit_code, error) {
+                (_, Some("worker_lost")) => Self::WorkerLost,
+                (Some(_), Some(e)) if e.starts_with("terminated by signal") => Self::Signaled,
+                (Some(_), _) => Self::Exited,
+                (None, _) => Self::FailedToStart,
+            },
+        })
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EndReason {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownValue {
+                kind: "reason",
+                value: s.to_owned(),
+            })
+    }
+}
+
 /// Which output stream a chunk came from.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,6 +264,10 @@ pub enum Scope {
     /// Create, change and delete projects.
     #[serde(rename = "projects:write")]
     ProjectsWrite,
+    /// Set what contains a project's commands: its executor,
+    /// `allowed_commands`, `limits` and `network`.
+    #[serde(rename = "projects:admin")]
+    ProjectsAdmin,
     /// Run and cancel commands.
     #[serde(rename = "commands:run")]
     CommandsRun,
@@ -166,10 +287,11 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Self::Admin,
         Self::ProjectsRead,
         Self::ProjectsWrite,
+        Self::ProjectsAdmin,
         Self::CommandsRun,
         Self::CommandsRead,
         Self::WebhooksManage,
@@ -183,6 +305,7 @@ impl Scope {
             Self::Admin => "admin",
             Self::ProjectsRead => "projects:read",
             Self::ProjectsWrite => "projects:write",
+            Self::ProjectsAdmin => "projects:admin",
             Self::CommandsRun => "commands:run",
             Self::CommandsRead => "commands:read",
             Self::WebhooksManage => "webhooks:manage",
@@ -374,6 +497,66 @@ pub fn validate_executor(exec: &ExecutorConfig, errors: &mut Vec<FieldError>) {
     }
 }
 
+impl ExecutorConfig {
+    /// The kind of executor.
+    pub fn kind(&self) -> ExecutorKind {
+        match self {
+            Self::Local(_) => ExecutorKind::Local,
+            Self::Kubernetes(_) => ExecutorKind::Kubernetes,
+        }
+    }
+}
+
+/// Checks an executor against the kinds the deployment runs (a field error
+/// naming the allowed ones).
+pub fn validate_executor_kind(
+    exec: &ExecutorConfig,
+    enabled: &ExecutorKinds,
+    errors: &mut Vec<FieldError>,
+) {
+    if !enabled.allows(exec.kind()) {
+        errors.push(FieldError::new(
+            "executor.kind",
+            format!(
+                "`{}` is disabled on this deployment; allowed: {enabled}",
+                exec.kind().as_str()
+            ),
+        ));
+    }
+}
+
+/// Checks a project's resource limits against the server's ceilings.
+pub fn validate_limits(
+    limits: &ResourceLimits,
+    max: &ResourceLimits,
+    errors: &mut Vec<FieldError>,
+) {
+    errors.extend(
+        limits
+            .violations(max)
+            .into_iter()
+            .map(|(field, message)| FieldError::new(field, message)),
+    );
+}
+
+/// Refuses environment variables that change what programs load or run
+/// ([`crate::containment::DENIED_ENV`]); `with_policy` (the project has
+/// `allowed_commands`) also refuses `PATH`.
+pub fn validate_env_denylist(
+    field: &str,
+    env: &BTreeMap<String, String>,
+    with_policy: bool,
+    errors: &mut Vec<FieldError>,
+) {
+    for name in env.keys().filter(|n| env_name_denied(n, with_policy)) {
+        errors.push(FieldError::new(
+            format!("{field}.{name}"),
+            "may not be set: it changes what programs load or run \
+             (docs/API.md, \"Environment variables\")",
+        ));
+    }
+}
+
 /// A project: a named development environment commands run in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Project {
@@ -395,6 +578,10 @@ pub struct Project {
     pub max_concurrency: Option<i32>,
     /// Allowed command patterns; none = any.
     pub allowed_commands: Option<Vec<String>>,
+    /// Network of its local commands.
+    pub network: NetworkMode,
+    /// Resource limits of its commands (absent ones: the server's defaults).
+    pub limits: ResourceLimits,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -433,6 +620,11 @@ pub struct Command {
     pub exit_code: Option<i32>,
     /// Why it failed, when it did not simply exit non-zero.
     pub error: Option<String>,
+    /// Why it ended, once terminal.
+    pub reason: Option<EndReason>,
+    /// The signal that ended it, when `reason` is `signaled` (or a limit
+    /// enforced by a signal).
+    pub signal: Option<i32>,
     /// Wall-clock limit.
     pub timeout_s: i32,
     /// Worker that claimed it.
@@ -655,6 +847,8 @@ struct CommandJson<'a> {
     status: CommandStatus,
     exit_code: Option<i32>,
     error: Option<&'a str>,
+    reason: Option<EndReason>,
+    signal: Option<i32>,
     priority: i16,
     timeout_s: i32,
     output_bytes: i64,
@@ -679,6 +873,8 @@ impl Serialize for Command {
             status: self.status,
             exit_code: self.exit_code,
             error: self.error.as_deref(),
+            reason: self.reason,
+            signal: self.signal,
             priority: self.priority,
             timeout_s: self.timeout_s,
             output_bytes: self.output_bytes,

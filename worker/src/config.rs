@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdev_shared::config::{AmqpConfig, DbConfig, LogConfig};
+use rdev_shared::containment::{ExecutorKind, ExecutorKinds, LimitsConfig};
+
+use crate::sandbox::SandboxConfig;
 
 /// Settings of `rdev-worker`.
 #[derive(clap::Parser, Clone, Debug)]
@@ -59,25 +62,28 @@ pub struct Config {
     /// On shutdown, seconds running commands may take to finish before they are stopped.
     #[arg(long = "drain-s", env = "RDEV_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
+    /// Executor kinds this worker runs: `local`, `kubernetes`, or both
+    /// (comma-separated). Commands of a disabled kind fail with a clear
+    /// error; the API refuses projects of a kind its own setting disables.
+    #[arg(long, env = "RDEV_EXECUTORS", default_value = "local,kubernetes")]
+    pub executors: ExecutorKinds,
+    /// Settings of the local sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxConfig,
+    /// Defaults and ceilings of command resource limits.
+    #[command(flatten)]
+    pub limits: LimitsConfig,
     /// Settings of the `kubernetes` executor.
     #[command(flatten)]
     pub kube: KubeConfig,
 }
 
-/// Settings of the `kubernetes` executor (`RDEV_KUBE_*`).
+/// Settings of the `kubernetes` executor (`RDEV_KUBE_*`). The API client is
+/// only created when the first Kubernetes command arrives (in-cluster
+/// configuration in a pod, the kubeconfig otherwise), so enabling the
+/// executor costs nothing on workers that never see one.
 #[derive(clap::Args, Clone, Debug)]
 pub struct KubeConfig {
-    /// Run projects whose executor is `kubernetes`. The API client is only
-    /// created when the first such command arrives (in-cluster configuration
-    /// in a pod, the kubeconfig otherwise), so leaving this on costs nothing
-    /// on workers that never see one.
-    #[arg(
-        long = "kube-enabled",
-        env = "RDEV_KUBE_ENABLED",
-        default_value_t = true,
-        action = clap::ArgAction::Set
-    )]
-    pub enabled: bool,
     /// Seconds a pod list (per namespace and selector) is reused.
     #[arg(
         long = "kube-pod-cache-ttl-s",
@@ -99,7 +105,6 @@ impl Default for KubeConfig {
     /// The command-line defaults.
     fn default() -> Self {
         Self {
-            enabled: true,
             pod_cache_ttl_s: 5,
             api_timeout_s: 15,
         }
@@ -107,14 +112,6 @@ impl Default for KubeConfig {
 }
 
 impl KubeConfig {
-    /// Disabled: Kubernetes projects fail with a clear error on this worker.
-    pub fn disabled() -> Self {
-        Self {
-            enabled: false,
-            ..Self::default()
-        }
-    }
-
     /// How long a pod list is reused.
     pub fn pod_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.pod_cache_ttl_s)
@@ -127,6 +124,35 @@ impl KubeConfig {
 }
 
 impl Config {
+    /// The documented defaults on the given database and broker, without
+    /// reading the environment (tests and embedders start from this and
+    /// change what they need). A unit test keeps it equal to clap's defaults.
+    pub fn local(db: DbConfig, amqp: AmqpConfig) -> Self {
+        Self {
+            db,
+            amqp,
+            log: LogConfig {
+                log_format: rdev_shared::config::LogFormat::Text,
+            },
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9091)),
+            workspace_root: PathBuf::from("./.rdev/workspaces"),
+            concurrency: 4,
+            heartbeat_s: 5,
+            kill_grace_s: 5,
+            worker_id: None,
+            drain_s: 30,
+            executors: ExecutorKinds::all(),
+            sandbox: SandboxConfig::default(),
+            limits: LimitsConfig::default(),
+            kube: KubeConfig::default(),
+        }
+    }
+
+    /// Whether this worker runs commands of `kind`.
+    pub fn runs(&self, kind: ExecutorKind) -> bool {
+        self.executors.allows(kind)
+    }
+
     /// The configured worker id, or a fresh `<hostname>-<pid>-<4 hex>` one.
     pub fn resolved_worker_id(&self) -> String {
         if let Some(id) = self.worker_id.as_ref().filter(|s| !s.trim().is_empty()) {
@@ -169,22 +195,43 @@ mod tests {
     #[test]
     fn defaults_parse_and_zero_concurrency_is_refused() {
         let cfg = Config::try_parse_from(["rdev-worker"]).expect("defaults parse");
+        let local = Config::local(cfg.db.clone(), cfg.amqp.clone());
+        assert_eq!(
+            format!("{local:?}"),
+            format!("{cfg:?}"),
+            "Config::local matches the command line"
+        );
         assert_eq!(cfg.concurrency, 4);
         assert_eq!(cfg.listen.port(), 9091);
         assert!(Config::try_parse_from(["rdev-worker", "--concurrency", "0"]).is_err());
-        assert!(cfg.kube.enabled, "kubernetes on by default");
+        assert!(cfg.runs(ExecutorKind::Kubernetes) && cfg.runs(ExecutorKind::Local));
         let d = KubeConfig::default();
         assert_eq!(
-            (d.enabled, d.pod_cache_ttl_s, d.api_timeout_s),
+            (d.pod_cache_ttl_s, d.api_timeout_s),
+            (cfg.kube.pod_cache_ttl_s, cfg.kube.api_timeout_s),
+            "Default matches the command line"
+        );
+        assert_eq!(
+            cfg.limits,
+            LimitsConfig::default(),
+            "Default matches the command line"
+        );
+        let s = SandboxConfig::default();
+        assert_eq!(
+            (s.mode, &s.bwrap, &s.hide, s.cgroups),
             (
-                cfg.kube.enabled,
-                cfg.kube.pod_cache_ttl_s,
-                cfg.kube.api_timeout_s
+                cfg.sandbox.mode,
+                &cfg.sandbox.bwrap,
+                &cfg.sandbox.hide,
+                cfg.sandbox.cgroups
             ),
             "Default matches the command line"
         );
-        let off = Config::try_parse_from(["rdev-worker", "--kube-enabled", "false"]).expect("off");
-        assert!(!off.kube.enabled);
+        assert!(cfg.sandbox.ro_paths.0.is_empty());
+        let kube_only = Config::try_parse_from(["rdev-worker", "--executors", "kubernetes"])
+            .expect("kube only");
+        assert!(!kube_only.runs(ExecutorKind::Local));
+        assert!(Config::try_parse_from(["rdev-worker", "--executors", "ssh"]).is_err());
         let id = cfg.resolved_worker_id();
         assert!(id.contains(&std::process::id().to_string()), "{id}");
     }

@@ -1,5 +1,9 @@
 //! `/health` (liveness: always 200) and `/ready` (200 only when PostgreSQL
-//! answers and the command consumer is connected; otherwise 503 naming what failed).
+//! answers and the command consumer is connected; otherwise 503 naming what
+//! failed). `/ready` also says what contains local commands
+//! (`details.local_sandbox`); an unavailable sandbox does not make the
+//! worker unready (it still runs Kubernetes commands and reports why local
+//! ones fail).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +18,8 @@ use rdev_shared::db::{self, Pool};
 use rdev_shared::metrics::Metrics;
 use serde_json::{Value, json};
 
+use crate::sandbox::SandboxStatus;
+
 /// How long the readiness probe waits for PostgreSQL.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -26,6 +32,8 @@ pub struct Readiness {
     pub consumer_connected: Arc<AtomicBool>,
     /// The worker's metrics, rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// What contains local commands (`None`: the local executor is off).
+    pub sandbox: Option<SandboxStatus>,
 }
 
 /// The router of the worker's HTTP endpoints.
@@ -70,6 +78,7 @@ async fn ready(State(s): State<Readiness>) -> (StatusCode, Json<Value>) {
     let body = json!({
         "status": if ok { "ready" } else { "unavailable" },
         "checks": { "postgres": describe(&postgres), "rabbitmq": describe(&rabbitmq) },
+        "details": { "local_sandbox": s.sandbox },
     });
     let code = if ok {
         StatusCode::OK

@@ -2,8 +2,8 @@
 //! PostgreSQL, runs it with an [`executor`], stores and streams its output
 //! ([`output`]), and records how it ended (DESIGN.md §1, §4).
 //!
-//! Layers, bottom up: [`config`], [`error`] → [`retention`] → [`executor`]
-//! → [`output`] → [`runner`] and [`http`] → [`run`].
+//! Layers, bottom up: [`config`], [`error`] → [`retention`], [`sandbox`] →
+//! [`executor`] → [`output`] → [`runner`] and [`http`] → [`run`].
 
 pub mod config;
 pub mod error;
@@ -12,11 +12,13 @@ pub mod http;
 pub mod output;
 pub mod retention;
 pub mod runner;
+pub mod sandbox;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rdev_shared::containment::ExecutorKind;
 use rdev_shared::db;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,7 @@ pub use error::WorkerError;
 use crate::executor::{Executors, KubeSettings, KubernetesExecutor, LocalExecutor};
 use crate::http::Readiness;
 use crate::runner::Worker;
+use crate::sandbox::{Sandbox, SandboxStatus};
 
 /// Runs the worker until `shutdown` resolves, then stops consuming, lets
 /// running commands finish for `drain_s`, stops the rest, and returns.
@@ -73,9 +76,26 @@ pub async fn run_with_addr(
         "rdev-worker starting"
     );
 
+    let local = if cfg.runs(ExecutorKind::Local) {
+        let sandbox = Sandbox::start(
+            &cfg.sandbox,
+            cfg.limits.clone(),
+            &worker_id,
+            &cfg.workspace_root,
+        )
+        .await;
+        log_sandbox(&sandbox.status());
+        Some(LocalExecutor::new(
+            cfg.workspace_root.clone(),
+            cfg.kill_grace(),
+            Arc::new(sandbox),
+        ))
+    } else {
+        None
+    };
     let executors = Executors::new(
-        LocalExecutor::new(cfg.workspace_root.clone(), cfg.kill_grace()),
-        cfg.kube.enabled.then(|| {
+        local,
+        cfg.runs(ExecutorKind::Kubernetes).then(|| {
             KubernetesExecutor::new(KubeSettings {
                 pod_cache_ttl: cfg.kube.pod_cache_ttl(),
                 api_timeout: cfg.kube.api_timeout(),
@@ -97,6 +117,7 @@ pub async fn run_with_addr(
     });
 
     let readiness = Readiness {
+        sandbox: worker.sandbox_status(),
         pool,
         consumer_connected: worker.consumer_connected(),
         metrics: worker.metrics(),
@@ -123,4 +144,24 @@ pub async fn run_with_addr(
     }
     tracing::info!("rdev-worker stopped");
     Ok(())
+}
+
+/// Says at start what contains local commands; loud when nothing does.
+fn log_sandbox(status: &SandboxStatus) {
+    match status.mode {
+        "bwrap" => tracing::info!(
+            user = status.user,
+            limits = status.limits,
+            "local commands run in a bubblewrap sandbox"
+        ),
+        "off" => tracing::warn!(
+            user = status.user,
+            limits = status.limits,
+            "RDEV_LOCAL_SANDBOX=off: local commands run without a sandbox and can read this worker's files and processes; do not run untrusted commands"
+        ),
+        _ => tracing::error!(
+            error = status.error.as_deref().unwrap_or(""),
+            "the local sandbox cannot run here: local commands will fail with `sandbox_unavailable` (install bubblewrap, allow user namespaces, or set RDEV_LOCAL_SANDBOX=off for trusted commands only)"
+        ),
+    }
 }

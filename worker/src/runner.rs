@@ -22,10 +22,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
+use rdev_shared::containment::Limit;
 use rdev_shared::db::commands::{self, ClaimOutcome, Claimed, Finish};
 use rdev_shared::db::outbox::{self, OutboxMessage};
 use rdev_shared::db::{DbError, Pool};
-use rdev_shared::domain::{self, CommandStatus};
+use rdev_shared::domain::{self, CommandStatus, EndReason};
 use rdev_shared::mq::{
     self, ControlMessage, MqError, OutputEvent, Publisher, RunMessage, Topology,
 };
@@ -95,6 +96,11 @@ impl Worker {
     /// The worker's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// What contains local commands (`None` when the local executor is off).
+    pub fn sandbox_status(&self) -> Option<crate::sandbox::SandboxStatus> {
+        self.executors.local().map(|l| l.sandbox().status())
     }
 
     /// Flag telling `/ready` whether the consumer is connected.
@@ -417,13 +423,24 @@ async fn execute(
     let command = claimed.command;
     let mut env = claimed.project_env;
     env.extend(command.env);
+    // The API refuses these; rows stored before it did are filtered here.
+    env.retain(|name, _| {
+        let denied = rdev_shared::containment::env_name_denied(name, false);
+        if denied {
+            tracing::warn!(name, "dropping a denied environment variable");
+        }
+        !denied
+    });
     let job = Job {
+        name: command.id.to_string(),
         spec: command.spec,
         env,
         stdin: claimed.stdin,
         executor: claimed.executor,
         project: command.project,
         timeout: Duration::from_secs(u64::try_from(command.timeout_s).unwrap_or(1).max(1)),
+        network: claimed.network,
+        limits: claimed.limits,
     };
     let (tx, rx) = mpsc::channel(OUTPUT_CHANNEL_CAPACITY);
     let sink = OutputSink::new(
@@ -437,35 +454,90 @@ async fn execute(
 
 /// Maps how a command ended to the facts recorded in PostgreSQL.
 fn finish_of(outcome: &Outcome, out: OutputSummary, timeout_s: i32, stopping: bool) -> Finish {
-    let (status, exit_code, error) = match outcome {
-        Outcome::Exited(0) => (CommandStatus::Succeeded, Some(0), None),
-        Outcome::Exited(code) => (CommandStatus::Failed, Some(*code), None),
+    use EndReason as R;
+    let (status, exit_code, error, reason, signal) = match outcome {
+        Outcome::Exited(0) => (CommandStatus::Succeeded, Some(0), None, R::Exited, None),
+        Outcome::Exited(code) => (CommandStatus::Failed, Some(*code), None, R::Exited, None),
         Outcome::Signaled(sig) => (
             CommandStatus::Failed,
             Some(128 + sig),
             Some(format!("terminated by signal {sig}")),
+            R::Signaled,
+            Some(*sig),
         ),
         Outcome::TimedOut => (
             CommandStatus::TimedOut,
             None,
             Some(format!("timed out after {timeout_s}s")),
+            R::TimedOut,
+            None,
         ),
         // The end of the drain period stops commands too: that is a failure,
         // not the client's cancel.
-        Outcome::Cancelled if stopping => {
-            (CommandStatus::Failed, None, Some(SHUTDOWN_ERROR.into()))
-        }
+        Outcome::Cancelled if stopping => (
+            CommandStatus::Failed,
+            None,
+            Some(SHUTDOWN_ERROR.into()),
+            R::WorkerShutdown,
+            None,
+        ),
         Outcome::Cancelled => (
             CommandStatus::Cancelled,
             None,
             Some("cancelled on request".into()),
+            R::Cancelled,
+            None,
         ),
-        Outcome::FailedToStart(e) => (CommandStatus::Failed, None, Some(e.clone())),
+        Outcome::Limit {
+            limit,
+            exit_code,
+            signal,
+        } => {
+            let (reason, what) = match limit {
+                Limit::Memory => (R::MemoryLimit, "memory"),
+                Limit::Pids => (R::PidsLimit, "process"),
+                Limit::Cpu => (R::CpuLimit, "CPU time"),
+                Limit::FileSize => (R::FileSizeLimit, "file size"),
+                Limit::OpenFiles => (R::Exited, "open files"),
+            };
+            (
+                CommandStatus::Failed,
+                exit_code.or(signal.map(|s| 128 + s)),
+                Some(format!("stopped at its {what} limit")),
+                reason,
+                *signal,
+            )
+        }
+        Outcome::FailedToStart(e) => (
+            CommandStatus::Failed,
+            None,
+            Some(e.clone()),
+            R::FailedToStart,
+            None,
+        ),
+        Outcome::SandboxUnavailable(e) => (
+            CommandStatus::Failed,
+            None,
+            Some(format!(
+                "the local sandbox is unavailable on this worker: {e}"
+            )),
+            R::SandboxUnavailable,
+            None,
+        ),
+        Outcome::ExecutorLost(e) => (
+            CommandStatus::Failed,
+            None,
+            Some(e.clone()),
+            R::ExecutorLost,
+            None,
+        ),
     };
     Finish {
         status,
         exit_code,
         error,
+        reason,
+        signal,
         output_bytes: out.output_bytes,
         truncated: out.truncated,
     }
@@ -692,9 +764,51 @@ mod tests {
         );
         let f = finish_of(&Outcome::FailedToStart("nope".into()), out(), 7, false);
         assert_eq!(
-            (f.status, f.exit_code, f.error.as_deref()),
-            (CommandStatus::Failed, None, Some("nope"))
+            (f.status, f.exit_code, f.error.as_deref(), f.reason),
+            (
+                CommandStatus::Failed,
+                None,
+                Some("nope"),
+                EndReason::FailedToStart
+            )
         );
         assert_eq!(f.output_bytes, 5);
+        let f = finish_of(&Outcome::Signaled(9), out(), 7, false);
+        assert_eq!((f.reason, f.signal), (EndReason::Signaled, Some(9)));
+        let f = finish_of(&Outcome::Cancelled, out(), 7, true);
+        assert_eq!(f.reason, EndReason::WorkerShutdown);
+        let f = finish_of(
+            &Outcome::Limit {
+                limit: Limit::Memory,
+                exit_code: None,
+                signal: Some(9),
+            },
+            out(),
+            7,
+            false,
+        );
+        assert_eq!(
+            (
+                f.status,
+                f.reason,
+                f.exit_code,
+                f.signal,
+                f.error.as_deref()
+            ),
+            (
+                CommandStatus::Failed,
+                EndReason::MemoryLimit,
+                Some(137),
+                Some(9),
+                Some("stopped at its memory limit")
+            )
+        );
+        let f = finish_of(
+            &Outcome::SandboxUnavailable("no bwrap".into()),
+            out(),
+            7,
+            false,
+        );
+        assert_eq!(f.reason, EndReason::SandboxUnavailable);
     }
 }

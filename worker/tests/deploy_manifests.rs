@@ -251,6 +251,16 @@ fn check_base(objs: &[Value]) {
             "{secret} belongs in the Secret"
         );
     }
+    // Commands run in project pods, never in the worker's own pod (and the
+    // API refuses local projects): docs/operations/security.md.
+    assert_eq!(
+        config.get("RDEV_EXECUTORS").map(String::as_str),
+        Some("kubernetes")
+    );
+    let executors: rdev_shared::containment::ExecutorKinds = config["RDEV_EXECUTORS"]
+        .parse()
+        .expect("RDEV_EXECUTORS parses");
+    assert!(!executors.allows(rdev_shared::containment::ExecutorKind::Local));
     let seconds = |k: &str| -> i64 { config[k].parse().expect("a number") };
 
     // Deployments: limits, probes, ports, env, security.
@@ -611,6 +621,16 @@ fn dockerfile_builds_every_binary_into_non_root_images() {
         );
     }
     assert!(text.contains("--locked"), "builds from Cargo.lock");
+    // The worker's sandbox: bubblewrap and the init beside the worker.
+    assert!(
+        text.contains("target/release/rdev-sandbox-init"),
+        "the sandbox init is copied"
+    );
+    assert!(
+        text.contains("rdev-sandbox-init /usr/local/bin/"),
+        "into the worker image"
+    );
+    assert!(text.contains("bubblewrap"), "bubblewrap is installed");
     let users: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("USER "))

@@ -60,6 +60,9 @@ struct FakeState {
     lists: AtomicUsize,
     execs: Mutex<Vec<ExecRecord>>,
     active_sessions: AtomicUsize,
+    /// Command sessions end this long after they start, without a status
+    /// (a lost connection), leaving the process running.
+    drop_after: Mutex<Option<Duration>>,
 }
 
 struct Fake {
@@ -78,6 +81,7 @@ impl Fake {
             protocol,
             lists: AtomicUsize::new(0),
             execs: Mutex::new(Vec::new()),
+            drop_after: Mutex::new(None),
             active_sessions: AtomicUsize::new(0),
         });
         let app = Router::new()
@@ -113,7 +117,7 @@ impl Fake {
             .lock()
             .expect("execs")
             .iter()
-            .filter(|e| !e.command.iter().any(|c| c.contains("kill -TERM")))
+            .filter(|e| !e.command.iter().any(|c| is_stop_script(c)))
             .cloned()
             .collect()
     }
@@ -136,6 +140,11 @@ impl Fake {
     fn executor(&self, settings: KubeSettings) -> KubernetesExecutor {
         KubernetesExecutor::with_client(client_for(self.addr), settings)
     }
+}
+
+/// Whether an exec runs the executor's stop script.
+fn is_stop_script(arg: &str) -> bool {
+    arg.contains("sig TERM")
 }
 
 fn client_for(addr: SocketAddr) -> kube::Client {
@@ -316,7 +325,19 @@ async fn session(
             self.0.active_sessions.fetch_sub(1, Ordering::SeqCst);
         }
     }
+    let drop_after = if argv.iter().any(|a| is_stop_script(a)) {
+        None
+    } else {
+        *st.drop_after.lock().expect("drop_after")
+    };
     let _active = Active(st);
+    let lost = async move {
+        match drop_after {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lost);
 
     let spawned = argv.split_first().map(|(program, args)| {
         Command::new(program)
@@ -351,6 +372,8 @@ async fn session(
     let (mut obuf, mut ebuf) = (vec![0u8; 16384], vec![0u8; 16384]);
     loop {
         tokio::select! {
+            // The connection breaks: no status, the process keeps running.
+            () = &mut lost => return,
             r = out.read(&mut obuf), if out_open => match r {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => if socket.send(frame(1, &obuf[..n])).await.is_err() { return; },
@@ -425,12 +448,15 @@ fn project() -> KubeProject {
 
 fn job(spec: CommandSpec) -> Job {
     Job {
+        name: "cmd".into(),
         spec,
         env: BTreeMap::new(),
         stdin: None,
         executor: ExecutorConfig::Kubernetes(project()),
         project: "web".into(),
         timeout: Duration::from_secs(30),
+        network: rdev_shared::containment::NetworkMode::Host,
+        limits: rdev_shared::containment::ResourceLimits::default(),
     }
 }
 
@@ -644,6 +670,58 @@ async fn cancel_closes_the_session_and_kills_the_remote_group() {
         );
     }
     assert!(fake.wait_sessions_closed().await, "exec sessions closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_stops_the_whole_remote_tree_before_the_end_is_recorded() {
+    let fake = Fake::start("v5.channel.k8s.io").await;
+    *fake.state.drop_after.lock().expect("drop_after") = Some(Duration::from_millis(800));
+    let exec = fake.executor(settings());
+    let marker = format!("3000.{:06}", rand::random::<u32>() % 1_000_000);
+    // One child in the group, one that left it with setsid, one double-forked.
+    let line = format!(
+        "sleep {marker} & setsid sleep {marker} & (sleep {marker} &); echo started; sleep {marker}"
+    );
+    let ran = run(&exec, sh(&line)).await;
+    assert!(
+        matches!(&ran.outcome, Outcome::ExecutorLost(m) if m.contains("was lost")),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(fake.stop_execs(), 1, "the stop script ran");
+    for _ in 0..60 {
+        if marked_processes(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        marked_processes(&marker),
+        Vec::<i32>::new(),
+        "remote processes survived"
+    );
+}
+
+/// Live (not zombie) processes whose command line has `marker`.
+fn marked_processes(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && cmdline.split(|&b| b == 0).any(|a| a == marker.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdev_shared::config::{LogConfig, LogFormat};
 use rdev_shared::db::commands::{self, NewCommand};
 use rdev_shared::db::projects::{self, NewProject};
 use rdev_shared::db::{outbox, output};
@@ -59,11 +58,6 @@ impl RunningWorker {
 
 fn config(env: &TestEnv, root: &Path, drain_s: u64) -> Config {
     Config {
-        db: env.db.clone(),
-        amqp: env.amqp.clone(),
-        log: LogConfig {
-            log_format: LogFormat::Text,
-        },
         listen: "127.0.0.1:0".parse().expect("address"),
         workspace_root: root.join("workspaces"),
         concurrency: 2,
@@ -71,8 +65,8 @@ fn config(env: &TestEnv, root: &Path, drain_s: u64) -> Config {
         kill_grace_s: 1,
         worker_id: Some(format!("test-worker-{:04x}", rand::random::<u16>())),
         drain_s,
-
-        kube: rdev_worker::config::KubeConfig::disabled(),
+        executors: "local".parse().expect("executors"),
+        ..Config::local(env.db.clone(), env.amqp.clone())
     }
 }
 
@@ -105,6 +99,8 @@ async fn insert_project(env: &TestEnv, name: &str, max_output_bytes: i64) -> Uui
         max_output_bytes,
         max_concurrency: None,
         allowed_commands: None,
+        network: Default::default(),
+        limits: Default::default(),
     };
     projects::insert(&client, &p)
         .await
@@ -196,10 +192,11 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 async fn redelivered_message_runs_command_once() {
     let env = TestEnv::new().await;
     let tmp = TempDir::new();
-    let marker = tmp.0.join("runs.txt");
+    // Commands write only in their project's workdir (`app` under the root).
+    let marker = tmp.0.join("workspaces/app/runs.txt");
     let project = insert_project(&env, "app", 1_000_000).await;
-    let line = format!("echo \"$GREETING\"; echo ran >> '{}'", marker.display());
-    let id = insert_command(&env, project, &line, 30).await;
+    let line = "echo \"$GREETING\"; echo ran >> runs.txt";
+    let id = insert_command(&env, project, line, 30).await;
     let publisher = Publisher::new(env.amqp.clone(), "worker-test");
     publish_run(&env, &publisher, id).await;
 

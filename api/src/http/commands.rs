@@ -12,6 +12,7 @@ use rdev_shared::db::commands::{self, ListFilter, NewCommand};
 use rdev_shared::db::{outbox, output, projects};
 use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
+    validate_env_denylist,
 };
 use rdev_shared::mq::{ControlMessage, OutputEvent};
 use rdev_shared::{policy, relay};
@@ -142,6 +143,16 @@ pub async fn create(
     let idem = idempotency_key(&headers)?;
     let (spec, body) = validate(body, st.cfg.max_timeout_s)?;
     let project = load_visible(&st, &auth, &name).await?;
+    let mut errors = Vec::new();
+    validate_env_denylist(
+        "env",
+        &body.env,
+        project.allowed_commands.is_some(),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let rule = match policy::check(project.allowed_commands.as_deref(), &spec) {
         Ok(rule) => rule,
         Err(refusal) => {

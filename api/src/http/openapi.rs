@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use rdev_shared::db::audit::AuditRecord;
-use rdev_shared::domain::{CommandStatus, FieldError};
+use rdev_shared::domain::{CommandStatus, EndReason, FieldError};
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -60,6 +60,11 @@ pub struct CommandDoc {
     status: CommandStatus,
     exit_code: Option<i32>,
     error: Option<String>,
+    /// Why it ended (null until it is terminal).
+    reason: Option<EndReason>,
+    /// The signal that ended it (with `reason` `signaled`, or a limit
+    /// enforced by a signal).
+    signal: Option<i32>,
     priority: i16,
     timeout_s: i32,
     output_bytes: i64,

@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
+use rdev_shared::containment::{NetworkMode, ResourceLimits};
 use rdev_shared::db::audit;
 use rdev_shared::db::projects::{self, NewProject, ProjectPatch};
 use rdev_shared::domain::{
-    ExecutorConfig, FieldError, Project, Scope, validate_env, validate_executor,
-    validate_project_name,
+    ExecutorConfig, FieldError, Project, Scope, validate_env, validate_env_denylist,
+    validate_executor, validate_executor_kind, validate_limits, validate_project_name,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
@@ -36,6 +37,11 @@ pub struct ProjectView {
     max_output_bytes: i64,
     max_concurrency: Option<i32>,
     allowed_commands: Option<Vec<String>>,
+    /// Network of its local commands.
+    network: NetworkMode,
+    /// Resource limits of its commands; an absent one is the server's
+    /// default (`RDEV_COMMAND_LIMITS`).
+    limits: ResourceLimits,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -51,6 +57,8 @@ impl From<Project> for ProjectView {
             max_output_bytes: p.max_output_bytes,
             max_concurrency: p.max_concurrency,
             allowed_commands: p.allowed_commands,
+            network: p.network,
+            limits: p.limits,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -73,6 +81,12 @@ pub struct CreateProject {
     max_output_bytes: Option<i64>,
     max_concurrency: Option<i32>,
     allowed_commands: Option<Vec<String>>,
+    /// `host` (default) or `none`: a network namespace of its own, with
+    /// nothing reachable. Local projects only.
+    network: Option<NetworkMode>,
+    /// Per-command resource limits (each at most the server's ceiling).
+    /// Local projects only.
+    limits: Option<ResourceLimits>,
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
@@ -89,6 +103,9 @@ pub struct UpdateProject {
     max_concurrency: Option<Option<i32>>,
     #[serde(default, deserialize_with = "nullable")]
     allowed_commands: Option<Option<Vec<String>>>,
+    network: Option<NetworkMode>,
+    /// Replaces the whole object (`{}` returns every limit to the default).
+    limits: Option<ResourceLimits>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -107,9 +124,60 @@ struct Fields<'a> {
     max_output_bytes: Option<i64>,
     max_concurrency: Option<i32>,
     allowed_commands: Option<&'a [String]>,
+    network: Option<NetworkMode>,
+    limits: Option<&'a ResourceLimits>,
 }
 
-fn check_common(f: Fields<'_>, max_timeout_s: i32, errors: &mut Vec<FieldError>) {
+impl Fields<'_> {
+    /// Whether the request sets what contains the project's commands
+    /// (executor, policy, limits, network), which takes `projects:admin`.
+    fn touches_containment(&self, is_create: bool) -> bool {
+        let executor = match self.executor {
+            // The default executor (local, workdir = the name) is what a
+            // create without one gets anyway.
+            Some(ExecutorConfig::Local(l)) if is_create => l.workdir.is_some(),
+            Some(_) => true,
+            None => false,
+        };
+        let network = match self.network {
+            Some(NetworkMode::Host) if is_create => false,
+            Some(_) => true,
+            None => false,
+        };
+        let limits = match self.limits {
+            Some(l) if is_create => !l.is_empty(),
+            Some(_) => true,
+            None => false,
+        };
+        executor || network || limits || self.allowed_commands.is_some()
+    }
+}
+
+/// Refuses a key without `projects:admin` when the request `touches` what
+/// contains the project's commands.
+fn require_containment_scope(auth: &Auth, touches: bool) -> ApiResult<()> {
+    if touches && !auth.key.has_scope(Scope::ProjectsAdmin) {
+        return Err(auth.deny(
+            "scope",
+            json!({ "scope": Scope::ProjectsAdmin.as_str() }),
+            "setting a project's executor, allowed_commands, limits or network takes the \
+             `projects:admin` scope"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates the fields a create or update sets. `resulting` is the
+/// project's executor after the change; `has_policy` whether it will have
+/// `allowed_commands` (which also denies `PATH` in `env`).
+fn check_common(
+    f: &Fields<'_>,
+    st: &AppState,
+    resulting: &ExecutorConfig,
+    has_policy: bool,
+    errors: &mut Vec<FieldError>,
+) {
     let Fields {
         description,
         executor,
@@ -118,15 +186,35 @@ fn check_common(f: Fields<'_>, max_timeout_s: i32, errors: &mut Vec<FieldError>)
         max_output_bytes,
         max_concurrency,
         allowed_commands,
-    } = f;
+        network,
+        limits,
+    } = *f;
+    let max_timeout_s = st.cfg.max_timeout_s;
     if description.is_some_and(|d| d.len() > 4096) {
         errors.push(FieldError::new("description", "at most 4096 bytes"));
     }
     if let Some(e) = executor {
         validate_executor(e, errors);
+        validate_executor_kind(e, &st.cfg.executors, errors);
     }
     if let Some(env) = env {
         validate_env("env", env, errors);
+        validate_env_denylist("env", env, has_policy, errors);
+    }
+    if let Some(l) = limits {
+        validate_limits(l, &st.cfg.limits.max, errors);
+    }
+    let local_only =
+        matches!(network, Some(NetworkMode::None)) || limits.is_some_and(|l| !l.is_empty());
+    if local_only && matches!(resulting, ExecutorConfig::Kubernetes(_)) {
+        errors.push(FieldError::new(
+            if matches!(network, Some(NetworkMode::None)) {
+                "network"
+            } else {
+                "limits"
+            },
+            "network and limits apply to local projects; a kubernetes project's pods set their own",
+        ));
     }
     if default_timeout_s.is_some_and(|t| t < 1 || t > max_timeout_s) {
         errors.push(FieldError::new(
@@ -180,23 +268,33 @@ pub async fn create(
             "a project-restricted key cannot create projects".into(),
         ));
     }
+    let fields = Fields {
+        description: Some(&body.description),
+        executor: body.executor.as_ref(),
+        env: Some(&body.env),
+        default_timeout_s: body.default_timeout_s,
+        max_output_bytes: body.max_output_bytes,
+        max_concurrency: body.max_concurrency,
+        allowed_commands: body.allowed_commands.as_deref(),
+        network: body.network,
+        limits: body.limits.as_ref(),
+    };
+    require_containment_scope(&auth, fields.touches_containment(true))?;
     let mut errors = Vec::new();
     if let Err(m) = validate_project_name(&body.name) {
         errors.push(FieldError::new("name", m));
     }
+    let resulting = body.executor.clone().unwrap_or_default();
     check_common(
-        Fields {
-            description: Some(&body.description),
-            executor: body.executor.as_ref(),
-            env: Some(&body.env),
-            default_timeout_s: body.default_timeout_s,
-            max_output_bytes: body.max_output_bytes,
-            max_concurrency: body.max_concurrency,
-            allowed_commands: body.allowed_commands.as_deref(),
-        },
-        st.cfg.max_timeout_s,
+        &fields,
+        &st,
+        &resulting,
+        body.allowed_commands.is_some(),
         &mut errors,
     );
+    if body.executor.is_none() {
+        validate_executor_kind(&resulting, &st.cfg.executors, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -211,6 +309,8 @@ pub async fn create(
         max_output_bytes: body.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
         max_concurrency: body.max_concurrency,
         allowed_commands: body.allowed_commands,
+        network: body.network.unwrap_or_default(),
+        limits: body.limits.unwrap_or_default(),
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
@@ -310,20 +410,27 @@ pub async fn update(
 ) -> ApiResult<impl IntoResponse> {
     auth.require(Scope::ProjectsWrite)?;
     let project = load_visible(&st, &auth, &name).await?;
+    let fields = Fields {
+        description: body.description.as_deref(),
+        executor: body.executor.as_ref(),
+        env: body.env.as_ref(),
+        default_timeout_s: body.default_timeout_s,
+        max_output_bytes: body.max_output_bytes,
+        max_concurrency: body.max_concurrency.flatten(),
+        allowed_commands: body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
+        network: body.network,
+        limits: body.limits.as_ref(),
+    };
+    // Clearing the policy (`"allowed_commands": null`) changes it too.
+    let clears_policy = matches!(body.allowed_commands, Some(None));
+    require_containment_scope(&auth, fields.touches_containment(false) || clears_policy)?;
+    let resulting = body.executor.as_ref().unwrap_or(&project.executor);
+    let has_policy = match &body.allowed_commands {
+        Some(policy) => policy.is_some(),
+        None => project.allowed_commands.is_some(),
+    };
     let mut errors = Vec::new();
-    check_common(
-        Fields {
-            description: body.description.as_deref(),
-            executor: body.executor.as_ref(),
-            env: body.env.as_ref(),
-            default_timeout_s: body.default_timeout_s,
-            max_output_bytes: body.max_output_bytes,
-            max_concurrency: body.max_concurrency.flatten(),
-            allowed_commands: body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
-        },
-        st.cfg.max_timeout_s,
-        &mut errors,
-    );
+    check_common(&fields, &st, resulting, has_policy, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -335,6 +442,8 @@ pub async fn update(
         max_output_bytes: body.max_output_bytes,
         max_concurrency: body.max_concurrency,
         allowed_commands: body.allowed_commands,
+        network: body.network,
+        limits: body.limits,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

@@ -8,7 +8,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{DbError, from_json, parse_col, prepared, to_json};
-use crate::domain::{Command, CommandSpec, CommandStatus, ExecutorConfig};
+use crate::containment::{NetworkMode, ResourceLimits};
+use crate::domain::{Command, CommandSpec, CommandStatus, EndReason, ExecutorConfig};
 
 /// A command to insert.
 #[derive(Clone, Debug)]
@@ -61,6 +62,10 @@ pub struct Claimed {
     pub project_env: BTreeMap<String, String>,
     /// Stored-output cap.
     pub max_output_bytes: i64,
+    /// The project's network mode.
+    pub network: NetworkMode,
+    /// The project's resource limits (absent ones: the server's defaults).
+    pub limits: ResourceLimits,
     /// Whether the project was deleted after the command was queued.
     pub project_deleted: bool,
 }
@@ -74,6 +79,10 @@ pub struct Finish {
     pub exit_code: Option<i32>,
     /// Error text, when relevant.
     pub error: Option<String>,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
     /// Bytes produced.
     pub output_bytes: i64,
     /// Whether stored output was cut.
@@ -82,7 +91,7 @@ pub struct Finish {
 
 /// Columns of a command joined with its project's name; the command table is `c`.
 const COLS: &str = "c.id, c.project_id, c.api_key_id, c.command, c.argv, c.env, c.priority, \
-                    c.status, c.exit_code, c.error, c.timeout_s, c.worker_id, c.attempt, \
+                    c.status, c.exit_code, c.error, c.reason, c.signal, c.timeout_s, c.worker_id, c.attempt, \
                     c.output_bytes, c.truncated, c.created_at, c.started_at, c.finished_at, \
                     p.name AS project";
 
@@ -94,7 +103,13 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
         (None, Some(a)) => CommandSpec::Argv(a),
         _ => return Err(DbError::Corrupt("commands: command xor argv".into())),
     };
-    let status: String = row.try_get("status")?;
+    let status: CommandStatus = parse_col(row.try_get::<_, &str>("status")?, "commands.status")?;
+    let exit_code: Option<i32> = row.try_get("exit_code")?;
+    let error: Option<String> = row.try_get("error")?;
+    let reason = match row.try_get::<_, Option<&str>>("reason")? {
+        Some(r) => Some(parse_col(r, "commands.reason")?),
+        None => EndReason::infer(status, exit_code, error.as_deref()),
+    };
     Ok(Command {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
@@ -103,9 +118,11 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
         spec,
         env: from_json(row.try_get("env")?, "commands.env")?,
         priority: row.try_get("priority")?,
-        status: parse_col(&status, "commands.status")?,
-        exit_code: row.try_get("exit_code")?,
-        error: row.try_get("error")?,
+        status,
+        exit_code,
+        error,
+        reason,
+        signal: row.try_get("signal")?,
         timeout_s: row.try_get("timeout_s")?,
         worker_id: row.try_get("worker_id")?,
         attempt: row.try_get("attempt")?,
@@ -284,6 +301,11 @@ pub async fn claim(
 }
 
 /// The claim statement, with an extra condition on the project `p`.
+///
+/// `started_at` and `finished_at` are the moments of the statements
+/// (`clock_timestamp()`), not of their transactions' start (`now()`): a
+/// claim may wait for the project's advisory lock while another command
+/// finishes, and the recorded spans must then not overlap.
 async fn claim_if(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
@@ -291,12 +313,12 @@ async fn claim_if(
     project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
-        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, started_at = now(), \
-         heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
+        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, \
+         started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
          AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
          SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
-         p.deleted_at IS NOT NULL AS project_deleted \
+         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted \
          FROM c JOIN projects p ON p.id = c.project_id"
     );
     let stmt = prepared(client, &sql).await?;
@@ -309,6 +331,8 @@ async fn claim_if(
         executor: from_json(row.try_get("executor")?, "projects.executor")?,
         project_env: from_json(row.try_get("project_env")?, "projects.env")?,
         max_output_bytes: row.try_get("max_output_bytes")?,
+        network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
+        limits: from_json(row.try_get("limits")?, "projects.limits")?,
         project_deleted: row.try_get("project_deleted")?,
     }))
 }
@@ -324,7 +348,8 @@ pub async fn finish(
 ) -> Result<Option<Command>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
-         output_bytes = $6, truncated = $7, finished_at = now() \
+         output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
+         finished_at = clock_timestamp() \
          WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
@@ -339,6 +364,8 @@ pub async fn finish(
             &f.error,
             &f.output_bytes,
             &f.truncated,
+            &f.reason.as_str(),
+            &f.signal,
         ],
     )
     .await
@@ -374,8 +401,8 @@ pub async fn cancel_queued(
     id: Uuid,
 ) -> Result<Option<Command>, DbError> {
     let sql = format!(
-        "WITH c AS (UPDATE commands SET status = 'cancelled', finished_at = now(), \
-         cancel_requested_at = now() WHERE id = $1 AND status = 'queued' RETURNING *) \
+        "WITH c AS (UPDATE commands SET status = 'cancelled', reason = 'cancelled', \
+         finished_at = now(), cancel_requested_at = now() WHERE id = $1 AND status = 'queued' RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
     query_command(client, &sql, &[&id]).await
@@ -403,7 +430,7 @@ pub async fn reap_lost(
 ) -> Result<Vec<Command>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'failed', error = 'worker_lost', \
-         finished_at = now() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
+         reason = 'worker_lost', finished_at = now() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
          AND heartbeat_at < $1 ORDER BY heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"

@@ -6,7 +6,8 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, from_json, to_json};
+use super::{DbError, from_json, parse_col, to_json};
+use crate::containment::{NetworkMode, ResourceLimits};
 use crate::domain::{ExecutorConfig, Project};
 
 /// Fields of a new project.
@@ -28,6 +29,10 @@ pub struct NewProject {
     pub max_concurrency: Option<i32>,
     /// Allowed command patterns.
     pub allowed_commands: Option<Vec<String>>,
+    /// Network of its local commands.
+    pub network: NetworkMode,
+    /// Resource limits of its commands.
+    pub limits: ResourceLimits,
 }
 
 /// A partial update; `None` leaves a field as it is, `Some(None)` clears a nullable one.
@@ -47,10 +52,14 @@ pub struct ProjectPatch {
     pub max_concurrency: Option<Option<i32>>,
     /// New command patterns.
     pub allowed_commands: Option<Option<Vec<String>>>,
+    /// New network mode.
+    pub network: Option<NetworkMode>,
+    /// New limits (replace the object).
+    pub limits: Option<ResourceLimits>,
 }
 
 const COLUMNS: &str = "id, name, description, executor, env, default_timeout_s, max_output_bytes, \
-                       max_concurrency, allowed_commands, created_at, updated_at";
+                       max_concurrency, allowed_commands, network, limits, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Project, DbError> {
     Ok(Project {
@@ -63,6 +72,8 @@ fn from_row(row: &Row) -> Result<Project, DbError> {
         max_output_bytes: row.try_get("max_output_bytes")?,
         max_concurrency: row.try_get("max_concurrency")?,
         allowed_commands: row.try_get("allowed_commands")?,
+        network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
+        limits: from_json(row.try_get("limits")?, "projects.limits")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -75,8 +86,8 @@ pub async fn insert(
 ) -> Result<Project, DbError> {
     let sql = format!(
         "INSERT INTO projects (id, name, description, executor, env, default_timeout_s, \
-         max_output_bytes, max_concurrency, allowed_commands) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING {COLUMNS}"
+         max_output_bytes, max_concurrency, allowed_commands, network, limits) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING {COLUMNS}"
     );
     let row = client
         .query_one(
@@ -91,6 +102,8 @@ pub async fn insert(
                 &p.max_output_bytes,
                 &p.max_concurrency,
                 &p.allowed_commands,
+                &p.network.as_str(),
+                &to_json(&p.limits),
             ],
         )
         .await?;
@@ -175,6 +188,12 @@ pub async fn update(
     }
     if let Some(v) = &patch.allowed_commands {
         push("allowed_commands", Box::new(v.clone()));
+    }
+    if let Some(v) = patch.network {
+        push("network", Box::new(v.as_str()));
+    }
+    if let Some(v) = &patch.limits {
+        push("limits", Box::new(to_json(v)));
     }
     let sql = format!(
         "UPDATE projects SET {} WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Options, first_line_pid, spawn_app_with, wait_gone};
+use crate::support::{Options, first_line, sleep_marker, spawn_app_with, wait_no_marked};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -55,13 +55,8 @@ async fn a_cancelled_queued_command_never_runs() {
     })
     .await;
     app.create_project("p", json!({})).await;
-    let marker = app.workspace.join("ran");
-    let c = app
-        .run(
-            "p",
-            json!({"command": "touch \"$M\"", "env": {"M": marker.to_string_lossy()}}),
-        )
-        .await;
+    let marker = app.workspace.join("p/ran");
+    let c = app.run("p", json!({"command": "touch ran"})).await;
     let id = c["id"].as_str().expect("id").to_owned();
     let r = app
         .post(&format!("/v1/commands/{id}/cancel"), json!({}))
@@ -104,21 +99,26 @@ async fn a_cancelled_queued_command_never_runs() {
 }
 
 #[tokio::test]
-async fn cancelling_a_running_command_stops_its_process_group() {
+async fn cancelling_a_running_command_stops_every_process_it_started() {
     let app = spawn_app_with(Options::default()).await;
     app.create_project("p", json!({})).await;
+    let m = sleep_marker();
     let c = app
-        .run("p", json!({"command": "sleep 300 & echo $!; wait"}))
+        .run(
+            "p",
+            json!({"command": format!("sleep {m} & setsid sleep {m} & echo started; wait")}),
+        )
         .await;
     let id = c["id"].as_str().expect("id").to_owned();
-    let pid = first_line_pid(&app, &id).await;
+    assert_eq!(first_line(&app, &id).await, "started");
     let r = app
         .post(&format!("/v1/commands/{id}/cancel"), json!({}))
         .await;
     assert_eq!(r.status, 202);
     let c = app.wait_terminal(&id, WAIT).await;
     assert_eq!(c["status"], "cancelled", "{c}");
-    wait_gone(pid).await;
+    assert_eq!(c["reason"], "cancelled", "{c}");
+    wait_no_marked(&m).await;
     // A finished command cannot be cancelled.
     app.post(&format!("/v1/commands/{id}/cancel"), json!({}))
         .await
@@ -129,11 +129,15 @@ async fn cancelling_a_running_command_stops_its_process_group() {
 async fn a_missed_cancel_broadcast_is_honoured_through_the_heartbeat() {
     let app = spawn_app_with(Options::default()).await;
     app.create_project("p", json!({})).await;
+    let m = sleep_marker();
     let c = app
-        .run("p", json!({"command": "sleep 300 & echo $!; wait"}))
+        .run(
+            "p",
+            json!({"command": format!("sleep {m} & echo started; wait")}),
+        )
         .await;
     let id = c["id"].as_str().expect("id").to_owned();
-    let pid = first_line_pid(&app, &id).await;
+    assert_eq!(first_line(&app, &id).await, "started");
     // Record the request without broadcasting it, as if the message was lost.
     let client = app.env.pool.get().await.expect("db");
     let uuid: uuid::Uuid = id.parse().expect("uuid");
@@ -146,7 +150,7 @@ async fn a_missed_cancel_broadcast_is_honoured_through_the_heartbeat() {
         .expect("q");
     let c = app.wait_terminal(&id, WAIT).await;
     assert_eq!(c["status"], "cancelled", "{c}");
-    wait_gone(pid).await;
+    wait_no_marked(&m).await;
 }
 
 #[tokio::test]
@@ -235,7 +239,7 @@ async fn worker_process_entry() {
 }
 
 #[tokio::test]
-async fn a_killed_worker_is_reaped_and_its_command_never_runs_twice() {
+async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice() {
     let lost_after_s = 2;
     let mut app = spawn_app_with(Options {
         worker: false,
@@ -261,12 +265,16 @@ async fn a_killed_worker_is_reaped_and_its_command_never_runs_twice() {
         .spawn()
         .expect("worker process");
 
-    let marker = app.workspace.join("runs");
+    let marker = app.workspace.join("p/runs");
+    let m = sleep_marker();
     let c = app
-        .run("p", json!({"command": "echo $$; echo run >> \"$M\"; sleep 300", "env": {"M": marker.to_string_lossy()}}))
+        .run(
+            "p",
+            json!({"command": format!("echo started; echo run >> runs; setsid sleep {m} & sleep {m}")}),
+        )
         .await;
     let id = c["id"].as_str().expect("id").to_owned();
-    let shell_pid = first_line_pid(&app, &id).await;
+    assert_eq!(first_line(&app, &id).await, "started");
     let killed_at = tokio::time::Instant::now();
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
@@ -298,12 +306,9 @@ async fn a_killed_worker_is_reaped_and_its_command_never_runs_twice() {
     assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "run\n");
     let c = app.get(&format!("/v1/commands/{id}")).await.json();
     assert_eq!(c["status"], "failed");
-    // The orphaned command outlived its worker (it has its own process
-    // group); clean it up.
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(shell_pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    assert_eq!(c["reason"], "worker_lost", "{c}");
+    // Its sandbox died with the worker: nothing of the command is left.
+    wait_no_marked(&m).await;
 }
 
 #[tokio::test]

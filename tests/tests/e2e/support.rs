@@ -34,6 +34,10 @@ pub struct Options {
     pub trusted_proxies: &'static str,
     /// `RDEV_RATE_LIMIT` of the API.
     pub rate_limit: &'static str,
+    /// `RDEV_EXECUTORS` of the API.
+    pub executors: &'static str,
+    /// `RDEV_COMMAND_LIMITS_MAX` of the API and the worker.
+    pub limits_max: &'static str,
 }
 
 impl Default for Options {
@@ -53,6 +57,8 @@ impl Default for Options {
             trusted_proxies: "",
             // Generous: tests poll; rate-limit tests set per-key limits.
             rate_limit: "1000000/60s",
+            executors: "local,kubernetes",
+            limits_max: rdev_shared::containment::MAX_LIMITS,
         }
     }
 }
@@ -108,6 +114,11 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         cache_ttl: Duration::from_secs(30),
         trusted_proxies: opts.trusted_proxies.parse().expect("trusted proxies"),
         rate_limit: opts.rate_limit.parse().expect("rate limit"),
+        executors: opts.executors.parse().expect("executors"),
+        limits: rdev_shared::containment::LimitsConfig {
+            max: opts.limits_max.parse().expect("limits max"),
+            ..Default::default()
+        },
     };
     let server = rdev_api::start(cfg.clone(), stop.clone().cancelled_owned())
         .await
@@ -122,6 +133,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     if opts.worker {
         let mut wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
         wcfg.concurrency = opts.concurrency;
+        wcfg.limits.max = opts.limits_max.parse().expect("limits max");
         let s = stop.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
@@ -182,20 +194,13 @@ pub fn worker_config(
     kill_grace_s: u64,
 ) -> rdev_worker::Config {
     rdev_worker::Config {
-        db: env.db.clone(),
-        amqp: env.amqp.clone(),
-        log: rdev_shared::config::LogConfig {
-            log_format: rdev_shared::config::LogFormat::Text,
-        },
         listen: "127.0.0.1:0".parse().expect("addr"),
         workspace_root: workspace.to_path_buf(),
-        concurrency: 4,
         heartbeat_s: 1,
         kill_grace_s,
-        worker_id: None,
         drain_s: 2,
-
-        kube: rdev_worker::config::KubeConfig::disabled(),
+        executors: "local".parse().expect("executors"),
+        ..rdev_worker::Config::local(env.db.clone(), env.amqp.clone())
     }
 }
 
@@ -534,31 +539,61 @@ pub fn process_gone(pid: i32) -> bool {
     }
 }
 
-/// Waits up to 5 s for a process to be gone; panics otherwise.
-pub async fn wait_gone(pid: i32) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !process_gone(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "process {pid} still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The first line of a command's output parsed as a pid.
-pub async fn first_line_pid(app: &TestApp, id: &str) -> i32 {
+/// Waits until a command has printed its first line, and returns it.
+pub async fn first_line(app: &TestApp, id: &str) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let out = app.output(id, None).await;
         let text = String::from_utf8_lossy(&out);
-        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
-            return pid;
+        if let Some(line) = text
+            .split_inclusive('\n')
+            .next()
+            .filter(|l| l.ends_with('\n'))
+        {
+            return line.trim_end().to_owned();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no pid printed by {id}"
+            "nothing printed by {id}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `sleep` duration unique to one test (`300.123456`): commands run in a
+/// PID namespace of their own, so the pids they print mean nothing on the
+/// host, but a process whose command line has this marker can be found.
+pub fn sleep_marker() -> String {
+    format!("300.{:06}", uuid::Uuid::now_v7().as_u128() % 1_000_000)
+}
+
+/// Host pids of live (not zombie) processes with `marker` as an argument.
+pub fn marked_processes(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !process_gone(pid) && cmdline.split(|&b| b == 0).any(|a| a == marker.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits (up to 5 s) until no process carries `marker`.
+pub async fn wait_no_marked(marker: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = marked_processes(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processes with `{marker}` still run: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -21,9 +21,14 @@
 //! 3. **Output** is read in pieces of at most 64 KiB into the same bounded
 //!    channel as local commands; the exit code comes from the status channel
 //!    (`NonZeroExitCode` with an `ExitCode` cause).
-//! 4. **Timeout and cancel**: a second exec into the same container runs
-//!    [`kill_script`]: SIGTERM to the recorded process group, SIGKILL after
-//!    the grace period. Then the first session is closed.
+//! 4. **Timeout, cancel and a lost stream**: a second exec into the same
+//!    container runs [`kill_script`]: SIGTERM to the recorded process group
+//!    and to every process carrying the run's `RDEV_RUN_ID` (so `setsid`
+//!    and double-forked children are found too), SIGKILL after the grace
+//!    period. Then the first session is closed. A stream that ends without
+//!    an exit status (the connection to the API server was lost) is
+//!    treated the same way before the command is recorded as
+//!    `executor_lost`: no command keeps running unrecorded.
 //!
 //! Every call to the API goes through a circuit breaker, so a dead API server
 //! fails commands at once ("kubernetes API circuit open") instead of tying up
@@ -475,7 +480,16 @@ impl KubernetesExecutor {
         let (outcome, clean_end) = tokio::select! {
             st = &mut status => {
                 let clean = st.is_some();
-                (outcome_of(st), clean)
+                if !clean {
+                    // The stream ended without a status: the remote process
+                    // may still run. Stop it before the end is recorded.
+                    self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
+                    (Outcome::ExecutorLost(format!(
+                        "the exec stream to pod {pod} was lost (no exit status); the remote command was stopped"
+                    )), false)
+                } else {
+                    (outcome_of(st), true)
+                }
             }
             () = tokio::time::sleep(job.timeout) => {
                 self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
@@ -769,8 +783,10 @@ fn pidfile(run_id: &str) -> String {
 /// Everything from the job is single-quoted; nothing is interpolated.
 pub fn wrapper_script(job: &Job, project: &KubeProject, run_id: &str) -> Result<String, KubeError> {
     let has_nul = |s: &str| s.contains('\0');
+    // RDEV_RUN_ID marks every process of the run (inherited through
+    // `setsid` and double forks) for the stop script's sweep.
     let mut body = format!(
-        "f={}\n{{ echo $$ > \"$f\"; }} 2>/dev/null || f=\n",
+        "f={}\n{{ echo $$ > \"$f\"; }} 2>/dev/null || f=\nexport {RUN_ID_VAR}={run_id}\n",
         pidfile(run_id)
     );
     for (k, v) in &job.env {
@@ -825,8 +841,14 @@ pub fn wrapper_script(job: &Job, project: &KubeProject, run_id: &str) -> Result<
     ))
 }
 
+/// Variable the wrapper exports to every process of a run.
+pub const RUN_ID_VAR: &str = "RDEV_RUN_ID";
+
 /// The script that stops run `run_id`: SIGTERM to its process group (or its
-/// pid, if it could not lead a group), SIGKILL once `grace` has passed.
+/// pid, if it could not lead a group) and to every process whose
+/// environment carries `RDEV_RUN_ID=<run_id>` (children that left the group
+/// with `setsid` or a double fork; needs `tr` and `grep`, else only the
+/// group is stopped), SIGKILL to what is left once `grace` has passed.
 /// Exits 0 when there is nothing to stop.
 pub fn kill_script(run_id: &str, grace: Duration) -> String {
     let grace_s = grace.as_secs().max(1);
@@ -834,12 +856,16 @@ pub fn kill_script(run_id: &str, grace: Duration) -> String {
         "f={pidfile}\n\
          i=0\n\
          while [ ! -s \"$f\" ] && [ $i -lt {PIDFILE_WAIT_S} ]; do sleep 1; i=$((i+1)); done\n\
-         {{ read -r p < \"$f\"; }} 2>/dev/null || exit 0\n\
-         case $p in ''|*[!0-9]*) exit 0;; esac\n\
-         kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null\n\
+         p=\n\
+         {{ read -r p < \"$f\"; }} 2>/dev/null\n\
+         case $p in *[!0-9]*) p=;; esac\n\
+         marked() {{ for d in /proc/[0-9]*; do tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx '{RUN_ID_VAR}={run_id}' && echo \"${{d#/proc/}}\"; done; }}\n\
+         sig() {{ [ -n \"$p\" ] && {{ kill -$1 -$p 2>/dev/null || kill -$1 $p 2>/dev/null; }}; for q in $(marked); do [ \"$q\" = \"$$\" ] || kill -$1 $q 2>/dev/null; done; }}\n\
+         alive() {{ [ -n \"$p\" ] && {{ kill -0 -$p || kill -0 $p; }} 2>/dev/null && return 0; [ -n \"$(marked)\" ]; }}\n\
+         sig TERM\n\
          i=0\n\
-         while [ $i -lt {grace_s} ] && {{ kill -0 -$p || kill -0 $p; }} 2>/dev/null; do sleep 1; i=$((i+1)); done\n\
-         kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null\n\
+         while [ $i -lt {grace_s} ] && alive; do sleep 1; i=$((i+1)); done\n\
+         sig KILL\n\
          rm -f \"$f\"\n\
          exit 0\n",
         pidfile = pidfile(run_id)
@@ -895,12 +921,15 @@ mod tests {
     #[test]
     fn env_names_are_checked_again() {
         let job = Job {
+            name: "c".into(),
             spec: CommandSpec::Shell("true".into()),
             env: [("BAD NAME".to_owned(), "x".to_owned())].into(),
             stdin: None,
             executor: ExecutorConfig::default(),
             project: "p".into(),
             timeout: Duration::from_secs(1),
+            network: rdev_shared::containment::NetworkMode::Host,
+            limits: rdev_shared::containment::ResourceLimits::default(),
         };
         let project = KubeProject {
             namespace: "ns".into(),

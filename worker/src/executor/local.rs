@@ -1,47 +1,58 @@
-//! The `local` executor: a child process of the worker, in its own process
-//! group, in a directory confined under the workspace root, with an
-//! environment built from scratch (the worker's own variables, such as
-//! `DATABASE_URL`, never reach a command).
+//! The `local` executor: the command runs on the worker's host, contained
+//! by the [`crate::sandbox`] (a bubblewrap sandbox per command, its own
+//! cgroup or rlimits, an unprivileged user), in a directory confined under
+//! the workspace root, with an environment built from scratch (the worker's
+//! own variables, such as `DATABASE_URL`, never reach a command).
+//!
+//! A command ends when its main process exits; every process it started is
+//! killed then (the sandbox's PID namespace ends with its init), and on
+//! timeout or cancel (SIGTERM to all of them, SIGKILL after the grace
+//! period).
 
-use std::os::unix::process::ExitStatusExt;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream, validate_workdir};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::{Executor, Job, Outcome, OutputTx, RunFuture, spawn_reader};
+use crate::sandbox::{Finished, Launch, LaunchError, PATH, Sandbox};
 
-/// `PATH` of every command: the system directories, nothing from the worker.
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How long to wait for the output pipes to close after the process group
-/// was killed. Only a process that left the group (`setsid`) and kept the
-/// pipes open can make it matter; then its output is abandoned.
+/// How long to wait for the output pipes to close after every process of
+/// the command was killed. Only a process that escaped the kill (possible
+/// without the sandbox and without cgroups) can make it matter; then its
+/// output is abandoned.
 const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Error text when a workdir resolves outside the workspace root.
 pub const ESCAPE_ERROR: &str = "workdir escapes the workspace root";
 
-/// Runs commands as child processes under a workspace root.
+/// Runs commands on this host under a workspace root.
 #[derive(Clone, Debug)]
 pub struct LocalExecutor {
     root: PathBuf,
     kill_grace: Duration,
+    sandbox: Arc<Sandbox>,
 }
 
 impl LocalExecutor {
-    /// An executor confined to `root`; `kill_grace` separates SIGTERM from SIGKILL.
-    pub fn new(root: impl Into<PathBuf>, kill_grace: Duration) -> Self {
+    /// An executor confined to `root`; `kill_grace` separates SIGTERM from
+    /// SIGKILL; `sandbox` contains every command.
+    pub fn new(root: impl Into<PathBuf>, kill_grace: Duration, sandbox: Arc<Sandbox>) -> Self {
         Self {
             root: root.into(),
             kill_grace,
+            sandbox,
         }
+    }
+
+    /// The sandbox commands run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     async fn execute(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> Outcome {
@@ -55,24 +66,28 @@ impl LocalExecutor {
             Ok(dir) => dir,
             Err(e) => return Outcome::FailedToStart(e),
         };
-        let mut cmd = match build_command(&job, &workdir) {
-            Ok(cmd) => cmd,
-            Err(e) => return Outcome::FailedToStart(e),
+        if let Err(e) = self.sandbox.own_workdir(&workdir) {
+            return Outcome::FailedToStart(e);
+        }
+        if matches!(&job.spec, CommandSpec::Argv(a) if a.first().is_none_or(String::is_empty)) {
+            return Outcome::FailedToStart("empty argv".into());
+        }
+        let launch = Launch {
+            name: job.name.clone(),
+            argv: argv(&job.spec),
+            env: environment(&job.env, &self.sandbox.home(&workdir)),
+            workdir: &workdir,
+            network: job.network,
+            limits: job.limits.effective(self.sandbox.limits_config()),
+            stdin: job.stdin.is_some(),
         };
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => return Outcome::FailedToStart(format!("cannot start the command: {e}")),
-        };
-        // `process_group(0)` made the child the leader of a group with its own pid.
-        let Some(pgid) = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw)
-        else {
-            return Outcome::FailedToStart("the command exited before it was tracked".into());
+        let mut proc = match self.sandbox.spawn(launch) {
+            Ok(p) => p,
+            Err(LaunchError::Unavailable(e)) => return Outcome::SandboxUnavailable(e),
+            Err(LaunchError::Failed(e)) => return Outcome::FailedToStart(e),
         };
 
-        let stdin_task = match (job.stdin, child.stdin.take()) {
+        let stdin_task = match (job.stdin, proc.stdin.take()) {
             (Some(data), Some(mut pipe)) => Some(tokio::spawn(async move {
                 // A command that does not read its input makes this fail with EPIPE: fine.
                 let _ = pipe.write_all(&data).await;
@@ -81,39 +96,35 @@ impl LocalExecutor {
             _ => None,
         };
         let mut readers = Vec::with_capacity(2);
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = proc.stdout.take() {
             readers.push(spawn_reader(out, OutputStream::Stdout, output.clone()));
         }
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = proc.stderr.take() {
             readers.push(spawn_reader(err, OutputStream::Stderr, output.clone()));
         }
         drop(output);
 
-        let outcome = tokio::select! {
-            status = child.wait() => match status {
-                Ok(status) => from_status(status),
-                Err(e) => Outcome::FailedToStart(format!("cannot wait for the command: {e}")),
-            },
+        let stopped = tokio::select! {
+            _ = proc.wait() => None,
             () = tokio::time::sleep(job.timeout) => {
-                self.terminate(&mut child, pgid).await;
-                Outcome::TimedOut
+                proc.terminate(self.kill_grace).await;
+                Some(Outcome::TimedOut)
             }
             () = cancel.cancelled() => {
-                self.terminate(&mut child, pgid).await;
-                Outcome::Cancelled
+                proc.terminate(self.kill_grace).await;
+                Some(Outcome::Cancelled)
             }
         };
-        // Processes left in the group would hold the pipes open and keep the
-        // readers from ever seeing EOF. ESRCH (none left) is the usual answer.
-        let _ = killpg(pgid, Signal::SIGKILL);
+        // Processes left behind would hold the pipes open and keep the
+        // readers from ever seeing EOF.
+        proc.kill_rest();
+        let finished = proc.finish().await;
         let drain = futures::future::join_all(readers.iter_mut());
         if tokio::time::timeout(PIPE_DRAIN_TIMEOUT, drain)
             .await
             .is_err()
         {
-            tracing::warn!(
-                "output pipes still open after the process group was killed; abandoning them"
-            );
+            tracing::warn!("output pipes still open after the command was killed; abandoning them");
             for r in &readers {
                 r.abort();
             }
@@ -121,18 +132,26 @@ impl LocalExecutor {
         if let Some(t) = stdin_task {
             t.abort();
         }
-        outcome
+        stopped.unwrap_or_else(|| finished.into())
     }
+}
 
-    /// SIGTERM to the whole group, SIGKILL after the grace period.
-    async fn terminate(&self, child: &mut Child, pgid: Pid) {
-        let _ = killpg(pgid, Signal::SIGTERM);
-        if tokio::time::timeout(self.kill_grace, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            let _ = child.wait().await;
+impl From<Finished> for Outcome {
+    fn from(finished: Finished) -> Self {
+        match finished {
+            Finished::Exited(code) => Outcome::Exited(code),
+            Finished::Signaled(sig) => Outcome::Signaled(sig),
+            Finished::Limit {
+                limit,
+                exit_code,
+                signal,
+            } => Outcome::Limit {
+                limit,
+                exit_code,
+                signal,
+            },
+            Finished::ExecFailed(e) => Outcome::FailedToStart(e),
+            Finished::SandboxFailed(e) => Outcome::SandboxUnavailable(e),
         }
     }
 }
@@ -143,46 +162,23 @@ impl Executor for LocalExecutor {
     }
 }
 
-fn from_status(status: ExitStatus) -> Outcome {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => Outcome::Exited(code),
-        (None, Some(sig)) => Outcome::Signaled(sig),
-        (None, None) => Outcome::Exited(-1),
+/// The program and arguments: a shell line runs with `/bin/sh -c`.
+fn argv(spec: &CommandSpec) -> Vec<OsString> {
+    match spec {
+        CommandSpec::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.into()],
+        CommandSpec::Argv(argv) => argv.iter().map(OsString::from).collect(),
     }
 }
 
-fn build_command(job: &Job, workdir: &Path) -> Result<Command, String> {
-    let mut cmd = match &job.spec {
-        CommandSpec::Shell(line) => {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c").arg(line);
-            c
-        }
-        CommandSpec::Argv(argv) => {
-            let Some((program, args)) = argv.split_first() else {
-                return Err("empty argv".into());
-            };
-            let mut c = Command::new(program);
-            c.args(args);
-            c
-        }
-    };
-    cmd.env_clear()
-        .env("PATH", PATH)
-        .env("HOME", workdir)
-        .env("LANG", "C.UTF-8")
-        .envs(&job.env)
-        .current_dir(workdir)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(if job.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    Ok(cmd)
+/// A fixed base (`PATH`, `HOME`, `LANG`), then the job's variables.
+fn environment(env: &BTreeMap<String, String>, home: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::from([
+        ("PATH".to_owned(), PATH.to_owned()),
+        ("HOME".to_owned(), home.to_owned()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+    ]);
+    out.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 /// Creates `root/rel` and returns its canonical path, refusing any path that
@@ -230,11 +226,13 @@ mod tests {
     use std::time::Instant;
 
     use bytes::Bytes;
+    use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
     use rdev_shared::db::output::MAX_CHUNK_BYTES;
     use rdev_shared::domain::LocalExecutor as LocalSettings;
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::sandbox::{SandboxConfig, SandboxMode};
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -256,12 +254,15 @@ mod tests {
 
     fn job(spec: CommandSpec) -> Job {
         Job {
+            name: format!("test-{:016x}", rand::random::<u64>()),
             spec,
             env: BTreeMap::new(),
             stdin: None,
             executor: ExecutorConfig::Local(LocalSettings::default()),
             project: "proj".into(),
             timeout: Duration::from_secs(30),
+            network: NetworkMode::Host,
+            limits: ResourceLimits::default(),
         }
     }
 
@@ -274,6 +275,12 @@ mod tests {
         stdout: Vec<u8>,
         stderr: Vec<u8>,
         max_piece: usize,
+    }
+
+    impl Ran {
+        fn out(&self) -> String {
+            String::from_utf8_lossy(&self.stdout).into_owned()
+        }
     }
 
     async fn run_with(
@@ -308,15 +315,67 @@ mod tests {
         run_with(exec, job, 16, CancellationToken::new()).await
     }
 
-    fn executor(root: &TempDir) -> LocalExecutor {
-        LocalExecutor::new(root.0.join("ws"), Duration::from_millis(500))
+    async fn executor_with(root: &TempDir, cfg: SandboxConfig) -> LocalExecutor {
+        let ws = root.0.join("ws");
+        let worker = format!("test-{:08x}", rand::random::<u32>());
+        let sandbox = Sandbox::start(&cfg, LimitsConfig::default(), &worker, &ws).await;
+        LocalExecutor::new(ws, Duration::from_millis(500), Arc::new(sandbox))
+    }
+
+    /// The default, sandboxed executor; the sandbox must work on test machines.
+    async fn executor(root: &TempDir) -> LocalExecutor {
+        let exec = executor_with(root, SandboxConfig::default()).await;
+        let status = exec.sandbox().status();
+        assert_eq!(
+            status.mode, "bwrap",
+            "the sandbox must work here: {status:?}"
+        );
+        exec
+    }
+
+    /// A `sleep` whose command line is unique, so the host's process list
+    /// tells whether it survived.
+    fn marker() -> String {
+        format!("1000.{:06}", rand::random::<u32>() % 1_000_000)
+    }
+
+    /// Host pids of `sleep <marker>` processes, zombies excluded.
+    fn survivors(marker: &str) -> Vec<i32> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .map(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            if !zombie && cmdline.split(|&b| b == 0).any(|a| a == marker.as_bytes()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    async fn gone(marker: &str) -> bool {
+        for _ in 0..40 {
+            if survivors(marker).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     #[tokio::test]
     async fn stdout_and_stderr_arrive_exactly() {
         let tmp = TempDir::new();
         let ran = run(
-            &executor(&tmp),
+            &executor(&tmp).await,
             sh("printf 'out\\0put'; printf 'err' >&2; printf ' more'"),
         )
         .await;
@@ -328,9 +387,13 @@ mod tests {
     #[tokio::test]
     async fn exit_codes_and_signals_are_reported() {
         let tmp = TempDir::new();
-        let exec = executor(&tmp);
+        let exec = executor(&tmp).await;
         assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
         assert_eq!(run(&exec, sh("exit 3")).await.outcome, Outcome::Exited(3));
+        assert_eq!(
+            run(&exec, sh("exit 137")).await.outcome,
+            Outcome::Exited(137)
+        );
         assert_eq!(
             run(&exec, sh("kill -9 $$")).await.outcome,
             Outcome::Signaled(9)
@@ -346,114 +409,97 @@ mod tests {
     #[tokio::test]
     async fn missing_program_fails_to_start() {
         let tmp = TempDir::new();
+        let exec = executor(&tmp).await;
         let ran = run(
-            &executor(&tmp),
+            &exec,
             job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
         )
         .await;
         assert!(
-            matches!(ran.outcome, Outcome::FailedToStart(_)),
+            matches!(&ran.outcome, Outcome::FailedToStart(m) if m.contains("no-such-program-rdev")),
             "{:?}",
             ran.outcome
         );
-        let ran = run(&executor(&tmp), job(CommandSpec::Argv(vec![]))).await;
-        assert!(
-            matches!(ran.outcome, Outcome::FailedToStart(_)),
-            "{:?}",
-            ran.outcome
-        );
-    }
-
-    fn process_gone(pid: i32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            // Field 3, after the parenthesised name, is the state; Z = zombie.
-            Ok(stat) => stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        }
-    }
-
-    async fn wait_gone(pid: i32) -> bool {
-        for _ in 0..40 {
-            if process_gone(pid) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        let ran = run(&exec, job(CommandSpec::Argv(vec![]))).await;
+        assert_eq!(ran.outcome, Outcome::FailedToStart("empty argv".into()));
     }
 
     #[tokio::test]
-    async fn timeout_kills_the_whole_process_group() {
+    async fn timeout_kills_every_process_of_the_command() {
         let tmp = TempDir::new();
-        let mut j = sh("sleep 1000 & echo $! ; sleep 1000");
+        let m = marker();
+        let mut j = sh(&format!("sleep {m} & setsid sleep {m} & sleep {m}"));
         j.timeout = Duration::from_secs(1);
         let started = Instant::now();
-        let ran = run(&executor(&tmp), j).await;
+        let ran = run(&executor(&tmp).await, j).await;
         assert_eq!(ran.outcome, Outcome::TimedOut);
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "took {:?}",
             started.elapsed()
         );
-        let pid: i32 = String::from_utf8_lossy(&ran.stdout)
-            .trim()
-            .parse()
-            .expect("background pid");
         assert!(
-            wait_gone(pid).await,
-            "background process {pid} survived the timeout"
+            gone(&m).await,
+            "processes survived the timeout: {:?}",
+            survivors(&m)
         );
     }
 
     #[tokio::test]
     async fn term_is_followed_by_kill_after_the_grace_period() {
         let tmp = TempDir::new();
+        let m = marker();
         // The ignored SIGTERM is inherited by `sleep`: only SIGKILL ends them.
-        let mut j = sh("trap '' TERM; sleep 1000 & echo $!; sleep 1000");
+        let mut j = sh(&format!("trap '' TERM; sleep {m} & sleep {m}"));
         j.timeout = Duration::from_millis(300);
         let started = Instant::now();
-        let ran = run(&executor(&tmp), j).await;
+        let ran = run(&executor(&tmp).await, j).await;
         assert_eq!(ran.outcome, Outcome::TimedOut);
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(750) && took < Duration::from_secs(5),
             "took {took:?}"
         );
-        let pid: i32 = String::from_utf8_lossy(&ran.stdout)
-            .trim()
-            .parse()
-            .expect("background pid");
-        assert!(
-            wait_gone(pid).await,
-            "background process {pid} survived SIGKILL"
-        );
+        assert!(gone(&m).await, "survived SIGKILL: {:?}", survivors(&m));
     }
 
     #[tokio::test]
     async fn cancel_stops_the_command() {
         let tmp = TempDir::new();
-        let exec = executor(&tmp);
+        let exec = executor(&tmp).await;
         let cancel = CancellationToken::new();
         let trigger = cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             trigger.cancel();
         });
-        let ran = run_with(&exec, sh("sleep 1000"), 16, cancel).await;
+        let m = marker();
+        let ran = run_with(
+            &exec,
+            sh(&format!("setsid sleep {m} & sleep {m}")),
+            16,
+            cancel,
+        )
+        .await;
         assert_eq!(ran.outcome, Outcome::Cancelled);
+        assert!(gone(&m).await, "survived the cancel: {:?}", survivors(&m));
     }
 
     #[tokio::test]
-    async fn exited_command_does_not_wait_for_background_children() {
+    async fn background_processes_end_with_the_main_process() {
         let tmp = TempDir::new();
+        let m = marker();
         let started = Instant::now();
-        let ran = run(&executor(&tmp), sh("sleep 1000 & echo started")).await;
+        let line = format!("sleep {m} & setsid sleep {m} & (sleep {m} &) ; echo started");
+        let ran = run(&executor(&tmp).await, sh(&line)).await;
         assert_eq!(ran.outcome, Outcome::Exited(0));
         assert_eq!(ran.stdout, b"started\n");
         assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            gone(&m).await,
+            "background processes survived: {:?}",
+            survivors(&m)
+        );
     }
 
     #[tokio::test]
@@ -464,9 +510,9 @@ mod tests {
             ("FOO".into(), "bar".into()),
             ("PROJECT_VAR".into(), "x y".into()),
         ]);
-        let ran = run(&executor(&tmp), j).await;
+        let ran = run(&executor(&tmp).await, j).await;
         assert_eq!(ran.outcome, Outcome::Exited(0));
-        let text = String::from_utf8(ran.stdout).expect("utf-8 env");
+        let text = ran.out();
         let vars: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let allowed: BTreeSet<&str> = [
             "PATH",
@@ -490,29 +536,20 @@ mod tests {
         assert_eq!(vars.get("LANG"), Some(&"C.UTF-8"));
         assert_eq!(vars.get("FOO"), Some(&"bar"));
         assert_eq!(vars.get("PROJECT_VAR"), Some(&"x y"));
-        let home = vars.get("HOME").expect("HOME is set");
-        assert!(home.ends_with("/ws/proj"), "{home}");
-        for (name, _) in std::env::vars() {
-            if !allowed.contains(name.as_str()) {
-                assert!(
-                    !vars.contains_key(name.as_str()),
-                    "worker variable {name} leaked"
-                );
-            }
-        }
+        assert_eq!(vars.get("HOME"), Some(&"/workspace"));
     }
 
     #[tokio::test]
     async fn command_runs_in_its_workdir() {
         let tmp = TempDir::new();
-        let mut j = sh("pwd");
+        let mut j = sh("pwd; touch made-here");
         j.executor = ExecutorConfig::Local(LocalSettings {
             workdir: Some("a/b".into()),
         });
-        let ran = run(&executor(&tmp), j).await;
+        let ran = run(&executor(&tmp).await, j).await;
         assert_eq!(ran.outcome, Outcome::Exited(0));
-        let pwd = String::from_utf8_lossy(&ran.stdout);
-        assert!(pwd.trim_end().ends_with("/ws/a/b"), "{pwd}");
+        assert_eq!(ran.out(), "/workspace\n");
+        assert!(tmp.0.join("ws/a/b/made-here").exists());
     }
 
     #[tokio::test]
@@ -522,7 +559,7 @@ mod tests {
         std::fs::create_dir_all(&outside).expect("outside dir");
         std::fs::create_dir_all(tmp.0.join("ws")).expect("root");
         std::os::unix::fs::symlink(&outside, tmp.0.join("ws/evil")).expect("symlink");
-        let exec = executor(&tmp);
+        let exec = executor(&tmp).await;
         for dir in ["evil", "evil/sub"] {
             let mut j = sh("touch pwned");
             j.executor = ExecutorConfig::Local(LocalSettings {
@@ -553,13 +590,14 @@ mod tests {
     #[tokio::test]
     async fn stdin_is_delivered_and_closed() {
         let tmp = TempDir::new();
+        let exec = executor(&tmp).await;
         let mut j = sh("cat; echo done");
         j.stdin = Some(b"hello\nworld\n".to_vec());
-        let ran = run(&executor(&tmp), j).await;
+        let ran = run(&exec, j).await;
         assert_eq!(ran.outcome, Outcome::Exited(0));
         assert_eq!(ran.stdout, b"hello\nworld\ndone\n");
         // Without stdin the command reads /dev/null and does not hang.
-        let ran = run(&executor(&tmp), sh("cat; echo eof")).await;
+        let ran = run(&exec, sh("cat; echo eof")).await;
         assert_eq!(ran.stdout, b"eof\n");
     }
 
@@ -570,10 +608,196 @@ mod tests {
         let j = sh(&format!(
             "head -c {five_mb} /dev/zero; head -c 1000 /dev/zero >&2"
         ));
-        let ran = run_with(&executor(&tmp), j, 1, CancellationToken::new()).await;
+        let ran = run_with(&executor(&tmp).await, j, 1, CancellationToken::new()).await;
         assert_eq!(ran.outcome, Outcome::Exited(0));
         assert_eq!(ran.stdout.len(), five_mb);
         assert_eq!(ran.stderr.len(), 1000);
         assert!(ran.max_piece <= MAX_CHUNK_BYTES);
+    }
+
+    #[tokio::test]
+    async fn the_command_sees_nothing_of_the_worker_or_the_host() {
+        let tmp = TempDir::new();
+        std::fs::create_dir_all(tmp.0.join("ws/other-project")).expect("other workdir");
+        std::fs::write(tmp.0.join("ws/other-project/secret"), "x").expect("secret");
+        let exec = executor(&tmp).await;
+        let script = "\
+            id -u; \
+            ls /proc | grep -c '^[0-9]'; \
+            ls /; \
+            ls /root /home 2>/dev/null && echo SAW-HOME; \
+            cat /proc/1/environ 2>/dev/null && echo SAW-INIT-ENV; \
+            touch /etc/x /usr/x /x 2>/dev/null && echo WROTE-SYSTEM; \
+            ls /tmp | wc -l; touch /tmp/ok && echo tmp-ok; \
+            cat /etc/shadow 2>/dev/null && echo SAW-SHADOW; \
+            ls ../other-project /workspace/../other-project 2>/dev/null && echo SAW-OTHER; \
+            echo done";
+        let ran = run(&exec, sh(script)).await;
+        assert_eq!(
+            ran.outcome,
+            Outcome::Exited(0),
+            "{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        let out = ran.out();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_ne!(lines[0], "0", "runs as root");
+        let pids: usize = lines[1].parse().expect("pid count");
+        assert!(pids <= 6, "sees {pids} processes");
+        for word in [
+            "SAW-HOME",
+            "SAW-INIT-ENV",
+            "WROTE-SYSTEM",
+            "SAW-SHADOW",
+            "SAW-OTHER",
+            "root",
+            "home",
+            "srv",
+        ] {
+            assert!(!lines.contains(&word), "{word} in:\n{out}");
+        }
+        assert!(out.contains("\n0\ntmp-ok\n"), "private empty /tmp:\n{out}");
+        assert!(out.ends_with("done\n"));
+    }
+
+    #[tokio::test]
+    async fn network_none_reaches_nothing() {
+        let tmp = TempDir::new();
+        let exec = executor(&tmp).await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        let probe = format!(
+            "bash -c 'echo > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo connected || echo refused"
+        );
+        let ran = run(&exec, sh(&probe)).await;
+        assert_eq!(ran.out(), "connected\n", "host network by default");
+        let mut j = sh(&probe);
+        j.network = NetworkMode::None;
+        let ran = run(&exec, j).await;
+        assert_eq!(ran.out(), "refused\n", "network none");
+    }
+
+    #[tokio::test]
+    async fn limits_end_commands_with_a_reason() {
+        let tmp = TempDir::new();
+        let exec = executor(&tmp).await;
+        let limits = exec.sandbox().status().limits;
+        let cgroups = limits.starts_with("cgroup");
+
+        let mut hog = sh("x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived");
+        hog.limits.memory_bytes = Some(64 << 20);
+        let ran = run(&exec, hog).await;
+        if cgroups {
+            assert!(
+                matches!(
+                    ran.outcome,
+                    Outcome::Limit {
+                        limit: Limit::Memory,
+                        ..
+                    }
+                ),
+                "{:?}",
+                ran.outcome
+            );
+        } else {
+            assert!(
+                !matches!(ran.outcome, Outcome::Exited(0)),
+                "{:?}",
+                ran.outcome
+            );
+        }
+
+        let mut bomb =
+            sh("i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done; echo survived");
+        bomb.limits.pids = Some(32);
+        bomb.timeout = Duration::from_secs(20);
+        let ran = run(&exec, bomb).await;
+        assert!(!ran.out().contains("survived"), "{}", ran.out());
+        if cgroups {
+            assert!(
+                matches!(
+                    ran.outcome,
+                    Outcome::Limit {
+                        limit: Limit::Pids,
+                        ..
+                    }
+                ),
+                "{:?}",
+                ran.outcome
+            );
+        }
+
+        let mut spin = sh("while :; do :; done");
+        spin.limits.cpu_s = Some(1);
+        spin.timeout = Duration::from_secs(60);
+        let ran = run(&exec, spin).await;
+        assert!(
+            matches!(
+                ran.outcome,
+                Outcome::Limit {
+                    limit: Limit::Cpu,
+                    ..
+                }
+            ),
+            "{:?}",
+            ran.outcome
+        );
+
+        let mut big = job(CommandSpec::Argv(
+            ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=4"]
+                .map(String::from)
+                .to_vec(),
+        ));
+        big.limits.file_size_bytes = Some(1 << 20);
+        let ran = run(&exec, big).await;
+        assert!(
+            matches!(
+                ran.outcome,
+                Outcome::Limit {
+                    limit: Limit::FileSize,
+                    ..
+                }
+            ),
+            "{:?}",
+            ran.outcome
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_working_sandbox_local_commands_are_refused() {
+        let tmp = TempDir::new();
+        let cfg = SandboxConfig {
+            bwrap: PathBuf::from("/nonexistent/bwrap"),
+            ..SandboxConfig::default()
+        };
+        let exec = executor_with(&tmp, cfg).await;
+        let status = exec.sandbox().status();
+        assert_eq!(status.mode, "unavailable");
+        let ran = run(&exec, sh("echo should-not-run")).await;
+        assert!(
+            matches!(ran.outcome, Outcome::SandboxUnavailable(_)),
+            "{:?}",
+            ran.outcome
+        );
+        assert!(ran.stdout.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sandbox_off_runs_plain_processes_still_unprivileged() {
+        let tmp = TempDir::new();
+        let cfg = SandboxConfig {
+            mode: SandboxMode::Off,
+            ..SandboxConfig::default()
+        };
+        let exec = executor_with(&tmp, cfg).await;
+        assert_eq!(exec.sandbox().status().mode, "off");
+        let m = marker();
+        let ran = run(&exec, sh(&format!("id -u; pwd; sleep {m} & echo bg"))).await;
+        assert_eq!(ran.outcome, Outcome::Exited(0));
+        let out = ran.out();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_ne!(lines[0], "0", "never root");
+        assert!(lines[1].ends_with("/ws/proj"), "{out}");
+        assert!(gone(&m).await, "the process group is killed at the end");
     }
 }

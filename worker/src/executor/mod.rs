@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rdev_shared::containment::{ExecutorKind, ExecutorKinds, Limit, NetworkMode, ResourceLimits};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream};
 use rdev_shared::metrics::Metrics;
@@ -32,6 +33,8 @@ pub type OutputTx = mpsc::Sender<(OutputStream, Bytes)>;
 /// Everything an executor needs to run one command.
 #[derive(Clone, Debug)]
 pub struct Job {
+    /// Names the command in the host's bookkeeping (its id).
+    pub name: String,
     /// What to run.
     pub spec: CommandSpec,
     /// Environment: the project's, overridden by the command's.
@@ -44,6 +47,11 @@ pub struct Job {
     pub project: String,
     /// Wall-clock limit.
     pub timeout: Duration,
+    /// The project's network mode (local commands).
+    pub network: NetworkMode,
+    /// The project's resource limits (local commands; absent ones take the
+    /// server's defaults).
+    pub limits: ResourceLimits,
 }
 
 /// How a command ended.
@@ -57,8 +65,22 @@ pub enum Outcome {
     TimedOut,
     /// Killed because its cancel signal fired.
     Cancelled,
+    /// Failed, or was killed, at a resource limit.
+    Limit {
+        /// Which limit.
+        limit: Limit,
+        /// Its exit code, if it exited.
+        exit_code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
     /// It never ran.
     FailedToStart(String),
+    /// The local sandbox cannot run on this worker.
+    SandboxUnavailable(String),
+    /// The connection to where it ran was lost; the remote processes were
+    /// stopped.
+    ExecutorLost(String),
 }
 
 /// Boxed future returned by [`Executor::run`], so the trait stays object-safe.
@@ -72,22 +94,45 @@ pub trait Executor: Send + Sync {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_>;
 }
 
-/// Error of a Kubernetes project on a worker started with the executor off.
-pub const KUBE_DISABLED: &str =
-    "the kubernetes executor is disabled on this worker (RDEV_KUBE_ENABLED=false)";
-
 /// Chooses the executor a project asks for.
 #[derive(Debug)]
 pub struct Executors {
-    local: LocalExecutor,
+    /// `None` when this worker does not run local projects.
+    local: Option<LocalExecutor>,
     /// `None` when this worker does not run Kubernetes projects.
     kubernetes: Option<KubernetesExecutor>,
+    /// What `RDEV_EXECUTORS` enabled, for error messages.
+    enabled: ExecutorKinds,
 }
 
 impl Executors {
-    /// The executors of this build; `kubernetes` is `None` when disabled.
-    pub fn new(local: LocalExecutor, kubernetes: Option<KubernetesExecutor>) -> Self {
-        Self { local, kubernetes }
+    /// The executors of this worker; `None` for a disabled kind.
+    pub fn new(local: Option<LocalExecutor>, kubernetes: Option<KubernetesExecutor>) -> Self {
+        let kinds: Vec<ExecutorKind> = [
+            local.as_ref().map(|_| ExecutorKind::Local),
+            kubernetes.as_ref().map(|_| ExecutorKind::Kubernetes),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Self {
+            local,
+            kubernetes,
+            enabled: ExecutorKinds::only(&kinds),
+        }
+    }
+
+    /// The local executor, when enabled.
+    pub fn local(&self) -> Option<&LocalExecutor> {
+        self.local.as_ref()
+    }
+
+    fn disabled(&self, kind: ExecutorKind) -> Outcome {
+        Outcome::FailedToStart(format!(
+            "the {} executor is disabled on this worker (RDEV_EXECUTORS={})",
+            kind.as_str(),
+            self.enabled
+        ))
     }
 
     /// Reports executor state in `metrics` (the Kubernetes API breaker as
@@ -105,11 +150,12 @@ impl Executors {
 
 impl Executor for Executors {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
-        match (&job.executor, &self.kubernetes) {
-            (ExecutorConfig::Local(_), _) => self.local.run(job, output, cancel),
-            (ExecutorConfig::Kubernetes(_), Some(kube)) => kube.run(job, output, cancel),
-            (ExecutorConfig::Kubernetes(_), None) => {
-                Box::pin(async { Outcome::FailedToStart(KUBE_DISABLED.into()) })
+        match (&job.executor, &self.local, &self.kubernetes) {
+            (ExecutorConfig::Local(_), Some(local), _) => local.run(job, output, cancel),
+            (ExecutorConfig::Kubernetes(_), _, Some(kube)) => kube.run(job, output, cancel),
+            (executor, _, _) => {
+                let outcome = self.disabled(executor.kind());
+                Box::pin(async move { outcome })
             }
         }
     }
@@ -156,9 +202,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn kubernetes_projects_fail_clearly_when_the_executor_is_off() {
-        let executors = Executors::new(LocalExecutor::new("/nonexistent", Duration::ZERO), None);
+    async fn disabled_executors_fail_clearly() {
+        let executors = Executors::new(None, None);
         let job = Job {
+            name: "c".into(),
             spec: CommandSpec::Shell("true".into()),
             env: BTreeMap::new(),
             stdin: None,
@@ -170,9 +217,28 @@ mod tests {
             }),
             project: "p".into(),
             timeout: Duration::from_secs(1),
+            network: NetworkMode::Host,
+            limits: ResourceLimits::default(),
         };
         let (tx, _rx) = mpsc::channel(1);
-        let outcome = executors.run(job, tx, CancellationToken::new()).await;
-        assert_eq!(outcome, Outcome::FailedToStart(KUBE_DISABLED.into()));
+        let outcome = executors
+            .run(job.clone(), tx, CancellationToken::new())
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::FailedToStart(
+                "the kubernetes executor is disabled on this worker (RDEV_EXECUTORS=)".into()
+            )
+        );
+        let local = Job {
+            executor: ExecutorConfig::default(),
+            ..job
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let outcome = executors.run(local, tx, CancellationToken::new()).await;
+        assert!(
+            matches!(&outcome, Outcome::FailedToStart(m) if m.starts_with("the local executor is disabled")),
+            "{outcome:?}"
+        );
     }
 }

@@ -1,0 +1,188 @@
+//! `rdev-sandbox-init`: process 1 of a command's sandbox.
+//!
+//! The worker starts every local command as
+//! `bwrap … --as-pid-1 -- rdev-sandbox-init STATUS_FD STDERR_FD -- PROGRAM ARGS…`.
+//! bubblewrap's own init reports only an exit code (a signal becomes
+//! `128 + n`, indistinguishable from `exit 137`) and waits for every process
+//! of the sandbox before it ends. This one:
+//!
+//! - runs the command as its only direct child, in a session and process
+//!   group of its own, with `STDERR_FD` as its standard error (bubblewrap's
+//!   own diagnostics stay on the init's standard error, which the worker
+//!   reads separately);
+//! - reaps every orphan of the sandbox;
+//! - when the command's main process ends, writes one line to `STATUS_FD`
+//!   (`exited N`, `signaled N`) and exits: the kernel then kills every
+//!   process left in the PID namespace, so nothing a command started
+//!   (`setsid`, double forks) outlives it;
+//! - forwards signals: `SIGTERM` to every process of the sandbox (the
+//!   worker's timeout and cancel), other forwarded signals to the command's
+//!   process group;
+//! - writes `exec-failed ERRNO` when the program cannot be started.
+//!
+//! It makes itself non-dumpable, so the command (same user) cannot open its
+//! `/proc/1/fd` to write a status line of its own or read its environment.
+//! It uses nothing but the C library: it has to run in any sandbox.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::process::exit;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction, sigprocmask,
+};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, dup2_stderr, execvp, fork, setsid};
+
+/// Signals the init handles; everything else keeps its default.
+const HANDLED: [Signal; 9] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+];
+
+/// Exit code when the init itself is misused.
+const USAGE: i32 = 125;
+
+extern "C" fn ignore(_: nix::libc::c_int) {}
+
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parse_fd = |i: usize| -> RawFd {
+        args.get(i)
+            .and_then(|a| a.to_str())
+            .and_then(|a| a.parse().ok())
+            .filter(|fd: &RawFd| *fd > 2)
+            .unwrap_or_else(|| usage())
+    };
+    let status_fd = parse_fd(1);
+    let stderr_fd = parse_fd(2);
+    if args.get(3).map(|a| a.as_bytes()) != Some(b"--") || args.len() < 5 {
+        usage();
+    }
+    let argv: Vec<CString> = args[4..]
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| usage()))
+        .collect();
+
+    // Nothing of ours is inherited by the command: the status and stderr fds
+    // are closed on exec (stderr is dup'ed onto 2 first).
+    for fd in [status_fd, stderr_fd] {
+        if fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
+            usage();
+        }
+    }
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes this process's flags.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+
+    // Block the handled signals and wait for them synchronously. A real
+    // handler (not SIG_DFL) is needed as well: the kernel drops signals with
+    // default disposition that are sent to a PID namespace's init.
+    let mut set = SigSet::empty();
+    for s in HANDLED {
+        set.add(s);
+    }
+    let mut previous = SigSet::empty();
+    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous)).is_err() {
+        usage();
+    }
+    let noop = SigAction::new(
+        SigHandler::Handler(ignore),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in HANDLED {
+        // SAFETY: the handler does nothing; no state is shared with it.
+        let _ = unsafe { sigaction(s, &noop) };
+    }
+
+    // SAFETY: this process is single-threaded; the child only calls
+    // async-signal-safe functions before exec.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => run_command(&argv, stderr_fd, status_fd, &previous),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            report(status_fd, &format!("exec-failed {}", e as i32));
+            exit(USAGE);
+        }
+    };
+
+    loop {
+        let Ok(signal) = set.wait() else { continue };
+        match signal {
+            Signal::SIGCHLD => reap(child, status_fd),
+            // The worker's timeout or cancel: everything in the sandbox.
+            Signal::SIGTERM => {
+                let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+            }
+            // Interactive signals go to the command's process group.
+            other => {
+                let _ = kill(Pid::from_raw(-child.as_raw()), other);
+            }
+        }
+    }
+}
+
+/// In the forked child: become the leader of a new session (a fresh process
+/// group, no controlling terminal), restore signals, exec the program.
+fn run_command(argv: &[CString], stderr_fd: RawFd, status_fd: RawFd, mask: &SigSet) -> ! {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for s in HANDLED {
+        // SAFETY: restoring the default disposition.
+        let _ = unsafe { sigaction(s, &default) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
+    let _ = setsid();
+    if dup2_stderr(borrow(stderr_fd)).is_err() {
+        report(status_fd, &format!("exec-failed {}", Errno::last() as i32));
+        // SAFETY: _exit is async-signal-safe and skips atexit handlers.
+        unsafe { nix::libc::_exit(127) };
+    }
+    let err = execvp(&argv[0], argv).unwrap_err();
+    report(status_fd, &format!("exec-failed {}", err as i32));
+    // SAFETY: as above.
+    unsafe { nix::libc::_exit(127) }
+}
+
+/// Reaps every child that ended; when the command's main process is among
+/// them, reports how it ended and exits (ending the PID namespace).
+fn reap(main: Pid, status_fd: RawFd) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => {
+                report(status_fd, &format!("exited {code}"));
+                exit(code);
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => {
+                report(status_fd, &format!("signaled {}", signal as i32));
+                exit(128 + signal as i32);
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn report(fd: RawFd, line: &str) {
+    let line = format!("{line}\n");
+    let _ = nix::unistd::write(borrow(fd), line.as_bytes());
+}
+
+fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: the fds were handed to this process and stay open for its life.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: rdev-sandbox-init STATUS_FD STDERR_FD -- PROGRAM [ARGS...]");
+    exit(USAGE)
+}

@@ -1,0 +1,315 @@
+//! The bubblewrap command line of one sandbox (pure: paths in, arguments
+//! out). The options go to bwrap through a memfd (`--args`), so a command's
+//! environment never shows in the host's process list; the command itself
+//! must follow on the real command line (bwrap reads only options from
+//! `--args`).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use rdev_shared::containment::NetworkMode;
+
+/// Where the project workdir appears inside the sandbox (and `HOME`).
+pub const WORKSPACE: &str = "/workspace";
+/// Where the init binary appears inside the sandbox.
+pub const INIT_PATH: &str = "/.rdev/init";
+/// Host name inside the sandbox.
+pub const HOSTNAME: &str = "rdev-sandbox";
+
+/// System directories shown read-only (or as the host's symlinks, on
+/// merged-/usr systems).
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Everything a sandbox is made of.
+#[derive(Debug)]
+pub struct Layout<'a> {
+    /// The init binary on the host.
+    pub init: &'a Path,
+    /// The project workdir on the host.
+    pub workdir: &'a Path,
+    /// Network mode.
+    pub network: NetworkMode,
+    /// Size of each private tmpfs (`/tmp`, `/dev/shm`).
+    pub tmpfs_bytes: u64,
+    /// Extra read-only host paths.
+    pub ro_paths: &'a [PathBuf],
+    /// Host paths to hide (under the read-only `/etc` and the extra paths).
+    pub hide: &'a [PathBuf],
+    /// The command's complete environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Descriptor the init writes its status line to.
+    pub status_fd: RawFd,
+    /// Descriptor that becomes the command's standard error.
+    pub stderr_fd: RawFd,
+    /// Descriptor bwrap writes its JSON status to (the init's host pid).
+    pub json_fd: RawFd,
+    /// The program and its arguments.
+    pub argv: &'a [OsString],
+}
+
+/// How a host path looks, for choosing the bwrap operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Absent.
+    Missing,
+    /// A symlink (shown as the same symlink).
+    Symlink,
+    /// A directory.
+    Dir,
+    /// Anything else.
+    File,
+}
+
+/// Looks at a host path without following a final symlink.
+pub fn kind_of(path: &Path) -> Kind {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Kind::Missing,
+        Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
+        Ok(m) if m.is_dir() => Kind::Dir,
+        Ok(_) => Kind::File,
+    }
+}
+
+/// bwrap's options and, apart, the command (`--` onwards).
+#[derive(Debug)]
+pub struct CommandLine {
+    /// Options, for `--args`.
+    pub options: Vec<OsString>,
+    /// `--`, the init and its arguments, `--`, the program and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// The arguments after `bwrap` (`kind` looks at host paths; tests pass
+/// their own).
+pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
+    let mut a = Args::default();
+    // Namespaces. The user namespace is what lets an unprivileged bwrap make
+    // the others; nested ones are refused inside.
+    a.push([
+        "--unshare-user",
+        "--disable-userns",
+        "--unshare-pid",
+        "--unshare-ipc",
+    ]);
+    a.push([
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        HOSTNAME,
+    ]);
+    if l.network == NetworkMode::None {
+        a.push(["--unshare-net"]);
+    }
+    // The process: a new session (no controlling terminal, so no TIOCSTI
+    // into the worker's), killed with bwrap, our init as PID 1.
+    a.push(["--die-with-parent", "--new-session", "--as-pid-1"]);
+    a.push(["--clearenv"]);
+    for (k, v) in l.env {
+        a.push(["--setenv"]);
+        a.push([k.as_str(), v.as_str()]);
+    }
+    // The filesystem: a fresh (read-only) tmpfs root with the system
+    // directories, /etc minus secrets, and the workdir.
+    for dir in SYSTEM_DIRS {
+        let p = Path::new(dir);
+        match kind(p) {
+            Kind::Symlink => {
+                if let Ok(target) = std::fs::read_link(p) {
+                    a.push(["--symlink"]);
+                    a.push_os([target.into_os_string(), OsString::from(dir)]);
+                }
+            }
+            Kind::Dir => a.push(["--ro-bind", dir, dir]),
+            Kind::Missing | Kind::File => {}
+        }
+    }
+    a.push(["--ro-bind", "/etc", "/etc"]);
+    for p in l.ro_paths {
+        a.push(["--ro-bind-try"]);
+        a.push_os([p.as_os_str().to_owned(), p.as_os_str().to_owned()]);
+    }
+    for p in l.hide {
+        match kind(p) {
+            Kind::Dir => {
+                a.push(["--tmpfs"]);
+                a.push_os([p.as_os_str().to_owned()]);
+            }
+            Kind::File | Kind::Symlink => {
+                a.push(["--ro-bind", "/dev/null"]);
+                a.push_os([p.as_os_str().to_owned()]);
+            }
+            Kind::Missing => {}
+        }
+    }
+    let size = l.tmpfs_bytes.to_string();
+    a.push(["--proc", "/proc", "--dev", "/dev"]);
+    a.push(["--size", size.as_str(), "--tmpfs", "/dev/shm"]);
+    a.push(["--size", size.as_str(), "--tmpfs", "/tmp"]);
+    a.push(["--ro-bind"]);
+    a.push_os([l.init.as_os_str().to_owned(), OsString::from(INIT_PATH)]);
+    a.push(["--bind"]);
+    a.push_os([l.workdir.as_os_str().to_owned(), OsString::from(WORKSPACE)]);
+    a.push([
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        WORKSPACE,
+    ]);
+    let json = l.json_fd.to_string();
+    a.push(["--json-status-fd", json.as_str()]);
+    let mut c = Args::default();
+    let (status, stderr) = (l.status_fd.to_string(), l.stderr_fd.to_string());
+    c.push(["--", INIT_PATH, status.as_str(), stderr.as_str(), "--"]);
+    c.push_os(l.argv.iter().cloned());
+    CommandLine {
+        options: a.0,
+        command: c.0,
+    }
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, items: [&str; N]) {
+        self.0.extend(items.iter().map(OsString::from));
+    }
+
+    fn push_os(&mut self, items: impl IntoIterator<Item = OsString>) {
+        self.0.extend(items);
+    }
+}
+
+/// `--args` takes NUL-separated arguments.
+pub fn encode(args: &[OsString]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn window(args: &[String], needle: &[&str]) -> bool {
+        args.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn the_layout_becomes_bwrap_arguments() {
+        let env = BTreeMap::from([("HOME".to_owned(), WORKSPACE.to_owned())]);
+        let argv = [
+            OsString::from("sh"),
+            OsString::from("-c"),
+            OsString::from("echo hi"),
+        ];
+        let hide = [
+            PathBuf::from("/etc/shadow"),
+            PathBuf::from("/etc/ssh"),
+            PathBuf::from("/etc/gone"),
+        ];
+        let layout = Layout {
+            init: Path::new("/tmp/x/init"),
+            workdir: Path::new("/srv/ws/app"),
+            network: NetworkMode::None,
+            tmpfs_bytes: 1024,
+            ro_paths: &[PathBuf::from("/opt/tools")],
+            hide: &hide,
+            env: &env,
+            status_fd: 7,
+            stderr_fd: 8,
+            json_fd: 9,
+            argv: &argv,
+        };
+        let kind = |p: &Path| match p.to_str() {
+            Some("/bin" | "/lib") => Kind::Symlink,
+            Some("/usr" | "/etc/ssh") => Kind::Dir,
+            Some("/etc/shadow") => Kind::File,
+            _ => Kind::Missing,
+        };
+        let line = arguments(&layout, kind);
+        let args = strings(&line.options);
+        assert!(window(&args, &["--unshare-net"]));
+        assert!(window(&args, &["--ro-bind", "/usr", "/usr"]));
+        assert!(
+            !args.iter().any(|a| a == "/lib64"),
+            "missing dirs are skipped"
+        );
+        assert!(window(&args, &["--ro-bind", "/dev/null", "/etc/shadow"]));
+        assert!(window(&args, &["--tmpfs", "/etc/ssh"]));
+        assert!(!args.iter().any(|a| a == "/etc/gone"));
+        assert!(window(
+            &args,
+            &["--ro-bind-try", "/opt/tools", "/opt/tools"]
+        ));
+        assert!(window(&args, &["--setenv", "HOME", WORKSPACE]));
+        assert!(window(&args, &["--bind", "/srv/ws/app", WORKSPACE]));
+        assert!(window(&args, &["--size", "1024", "--tmpfs", "/tmp"]));
+        assert!(window(&args, &["--json-status-fd", "9"]));
+        assert_eq!(
+            strings(&line.command),
+            ["--", INIT_PATH, "7", "8", "--", "sh", "-c", "echo hi"]
+        );
+        assert!(
+            !args.iter().any(|a| a == "--"),
+            "no command among the options"
+        );
+        // The root becomes read-only after every mount point exists.
+        let ro = args
+            .iter()
+            .position(|a| a == "--remount-ro")
+            .expect("remount");
+        let bind = args.iter().position(|a| a == "--bind").expect("bind");
+        assert!(ro > bind);
+        let clear = args
+            .iter()
+            .position(|a| a == "--clearenv")
+            .expect("clearenv");
+        let set = args.iter().position(|a| a == "--setenv").expect("setenv");
+        assert!(clear < set, "--clearenv before --setenv");
+    }
+
+    #[test]
+    fn host_network_is_kept_by_default() {
+        let env = BTreeMap::new();
+        let layout = Layout {
+            init: Path::new("/i"),
+            workdir: Path::new("/w"),
+            network: NetworkMode::Host,
+            tmpfs_bytes: 1,
+            ro_paths: &[],
+            hide: &[],
+            env: &env,
+            status_fd: 3,
+            stderr_fd: 4,
+            json_fd: 5,
+            argv: &[OsString::from("true")],
+        };
+        let args = strings(&arguments(&layout, |_| Kind::Missing).options);
+        assert!(!args.iter().any(|a| a == "--unshare-net"));
+    }
+
+    #[test]
+    fn encoded_arguments_are_nul_separated() {
+        assert_eq!(
+            encode(&[OsString::from("a"), OsString::from("b c")]),
+            b"a\0b c\0"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The sandbox's process 1, `rdev-sandbox-init` (its own binary in this
+//! crate, `src/bin/rdev-sandbox-init.rs`): finding it, giving the sandbox
+//! user a copy it can read, and reading its status line.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// File name of the init binary.
+pub const INIT_NAME: &str = "rdev-sandbox-init";
+
+/// The init binary as the sandbox sees it: a private copy in a directory
+/// of its own (readable by the sandbox user even when the worker's
+/// installation directory is not), removed on drop.
+#[derive(Debug)]
+pub struct InstalledInit {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl InstalledInit {
+    /// Copies `source` into a fresh directory under the system's temporary
+    /// directory (mode 0755, the file 0555).
+    pub fn install(source: &Path) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("rdev-sandbox-{:016x}", rand::random::<u64>()));
+        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let installed = Self {
+            path: dir.join(INIT_NAME),
+            dir,
+        };
+        fs::set_permissions(&installed.dir, fs::Permissions::from_mode(0o755))
+            .and_then(|()| fs::copy(source, &installed.path).map(drop))
+            .and_then(|()| fs::set_permissions(&installed.path, fs::Permissions::from_mode(0o555)))
+            .map_err(|e| {
+                format!(
+                    "cannot install {} into {}: {e}",
+                    source.display(),
+                    installed.dir.display()
+                )
+            })?;
+        Ok(installed)
+    }
+
+    /// Where the copy is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for InstalledInit {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Finds the init binary: `configured`, else beside this executable, else
+/// in its parent directory (test binaries live in `target/<profile>/deps`,
+/// the crate's binaries in `target/<profile>`).
+pub fn locate(configured: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("RDEV_SANDBOX_INIT: {} is not a file", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    [dir.join(INIT_NAME), dir.join("..").join(INIT_NAME)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "{INIT_NAME} not found beside {} (install it with the worker, or set RDEV_SANDBOX_INIT)",
+                exe.display()
+            )
+        })
+}
+
+/// What the init reported about the command's main process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+    /// The program could not be executed (errno).
+    ExecFailed(i32),
+    /// No status line: the sandbox never ran the command (or its init was
+    /// killed).
+    Nothing,
+}
+
+/// Reads the init's status lines: an `exec-failed` line wins (the child
+/// also exits 127 after it), else the last `exited`/`signaled` line.
+pub fn parse_report(text: &str) -> Report {
+    let mut report = Report::Nothing;
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        let (Some(kind), Some(Ok(n))) = (parts.next(), parts.next().map(str::parse::<i32>)) else {
+            continue;
+        };
+        match kind {
+            "exec-failed" => return Report::ExecFailed(n),
+            "exited" => report = Report::Exited(n),
+            "signaled" => report = Report::Signaled(n),
+            _ => {}
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_report("exited 3\n"), Report::Exited(3));
+        assert_eq!(parse_report("signaled 9\n"), Report::Signaled(9));
+        assert_eq!(
+            parse_report("exec-failed 2\nexited 127\n"),
+            Report::ExecFailed(2)
+        );
+        assert_eq!(parse_report(""), Report::Nothing);
+        assert_eq!(parse_report("garbage\nexited x\n"), Report::Nothing);
+    }
+}
