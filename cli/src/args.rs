@@ -26,8 +26,10 @@ Exit codes:
   1    an API or connection error (for `rdev run`: the command failed
        without an exit code)
   2    usage error (bad flags, missing configuration)
-  N    `rdev run`: the command's own exit code when it failed
+  N    `rdev run`: the command's own exit code when it failed (128+n
+       when signal n, or a limit enforced by one, ended it)
   124  `rdev run`: the command timed out
+  125  `rdev run`: the worker's sandbox could not run the command
   130  `rdev run`: the command was cancelled, or a second Ctrl-C left it running
 
 Output goes to stdout as tables for people; --json prints JSON for scripts.

@@ -20,6 +20,8 @@ const COMMAND_FIELDS: &[&str] = &[
     "argv",
     "status",
     "exit_code",
+    "reason",
+    "signal",
     "error",
     "priority",
     "timeout_s",
@@ -129,12 +131,15 @@ pub async fn ls(client: &Client, style: &Style, args: &LsArgs) -> Result<i32, Cl
     }
     let answer = client.get("/v1/commands", &q).await?;
     print_list(style, &answer, |items| {
-        let mut t = Table::new(&["ID", "PROJECT", "STATUS", "EXIT", "CREATED", "COMMAND"]);
+        let mut t = Table::new(&[
+            "ID", "PROJECT", "STATUS", "REASON", "EXIT", "CREATED", "COMMAND",
+        ]);
         for c in items {
             t.row(vec![
                 field(c, "id"),
                 field(c, "project"),
                 field(c, "status"),
+                field(c, "reason"),
                 field(c, "exit_code"),
                 field(c, "created_at"),
                 ellipsize(&command_line(c), 50),

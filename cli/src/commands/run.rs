@@ -12,6 +12,9 @@ use crate::spinner::Spinner;
 pub const EXIT_TIMED_OUT: i32 = 124;
 /// Exit code for a cancelled command, or after a second Ctrl-C (as shells: 128 + SIGINT).
 pub const EXIT_CANCELLED: i32 = 130;
+/// Exit code when the worker could not contain the command (as `docker run`
+/// answers 125 when the container could not be run).
+pub const EXIT_SANDBOX_UNAVAILABLE: i32 = 125;
 
 /// The JSON body of `POST /v1/projects/{name}/commands`: one argument is a
 /// shell command line, several are an argv.
@@ -44,6 +47,9 @@ pub fn exit_code(cmd: &Value) -> i32 {
         Some("succeeded") => 0,
         Some("timed_out") => EXIT_TIMED_OUT,
         Some("cancelled") => EXIT_CANCELLED,
+        _ if cmd.get("reason").and_then(Value::as_str) == Some("sandbox_unavailable") => {
+            EXIT_SANDBOX_UNAVAILABLE
+        }
         _ => cmd
             .get("exit_code")
             .and_then(Value::as_i64)
@@ -51,6 +57,37 @@ pub fn exit_code(cmd: &Value) -> i32 {
             .filter(|c| *c != 0)
             .unwrap_or(1),
     }
+}
+
+/// How a command that did not succeed ended, for stderr:
+/// `failed (memory_limit, signal 9): stopped at its memory limit`.
+pub fn end_note(cmd: &Value) -> Option<String> {
+    let status = cmd.get("status").and_then(Value::as_str)?;
+    if status == "succeeded" {
+        return None;
+    }
+    let mut why = Vec::new();
+    if let Some(reason) = cmd.get("reason").and_then(Value::as_str)
+        && reason != status
+    {
+        why.push(reason.to_owned());
+    }
+    if let Some(code) = cmd.get("exit_code").and_then(Value::as_i64)
+        && cmd.get("reason").and_then(Value::as_str) == Some("exited")
+    {
+        why.push(format!("exit code {code}"));
+    }
+    if let Some(signal) = cmd.get("signal").and_then(Value::as_i64) {
+        why.push(format!("signal {signal}"));
+    }
+    let mut line = status.to_owned();
+    if !why.is_empty() {
+        line.push_str(&format!(" ({})", why.join(", ")));
+    }
+    if let Some(err) = cmd.get("error").and_then(Value::as_str) {
+        line.push_str(&format!(": {err}"));
+    }
+    Some(line)
 }
 
 /// Attempts of the enqueue request when the answer is lost on the way.
@@ -163,11 +200,8 @@ pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, 
     if style.json {
         print_json(&end);
     }
-    if let Some(err) = end.get("error").and_then(Value::as_str) {
-        note(&format!(
-            "command {id} {}: {err}",
-            crate::output::field(&end, "status")
-        ));
+    if let Some(line) = end_note(&end) {
+        note(&format!("command {id} {line}"));
     }
     Ok(exit_code(&end))
 }
@@ -262,5 +296,38 @@ mod tests {
             124
         );
         assert_eq!(exit_code(&json!({"status": "cancelled"})), 130);
+        assert_eq!(
+            exit_code(&json!({"status": "failed", "reason": "sandbox_unavailable"})),
+            125
+        );
+        assert_eq!(
+            exit_code(&json!({"status": "failed", "reason": "memory_limit", "exit_code": 137})),
+            137
+        );
+    }
+
+    #[test]
+    fn the_end_note_names_the_reason() {
+        assert_eq!(
+            end_note(&json!({"status": "succeeded", "reason": "exited"})),
+            None
+        );
+        assert_eq!(
+            end_note(&json!({"status": "failed", "reason": "exited", "exit_code": 3})).as_deref(),
+            Some("failed (exited, exit code 3)")
+        );
+        assert_eq!(
+            end_note(
+                &json!({"status": "failed", "reason": "memory_limit", "exit_code": 137,
+                "signal": 9, "error": "stopped at its memory limit"})
+            )
+            .as_deref(),
+            Some("failed (memory_limit, signal 9): stopped at its memory limit")
+        );
+        assert_eq!(
+            end_note(&json!({"status": "timed_out", "reason": "timed_out", "error": "timed out after 1s"}))
+                .as_deref(),
+            Some("timed_out: timed out after 1s")
+        );
     }
 }
