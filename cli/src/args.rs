@@ -103,6 +103,16 @@ pub enum Command {
     },
     /// Measure a live deployment: enqueue rate, end-to-end latency, SSE fan-out, webhooks
     Bench(BenchArgs),
+    /// Serve the Model Context Protocol on stdin/stdout, for coding agents
+    Mcp(McpArgs),
+}
+
+/// `rdev mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Project the tools use when a call names none [default: the profile's `project`]
+    #[arg(long, short, env = "RDEV_PROJECT")]
+    pub project: Option<String>,
 }
 
 /// `rdev run`.

@@ -33,6 +33,8 @@ pub struct Settings {
     pub url: String,
     /// Bearer key, when one is configured.
     pub api_key: Option<ApiKey>,
+    /// The profile's default project (`rdev mcp`).
+    pub project: Option<String>,
 }
 
 /// `config.toml`.
@@ -54,6 +56,8 @@ pub struct Profile {
     pub url: Option<String>,
     /// API key.
     pub api_key: Option<String>,
+    /// Default project of `rdev mcp`.
+    pub project: Option<String>,
 }
 
 /// Configuration that cannot be used; a usage error.
@@ -148,6 +152,7 @@ pub fn resolve(
     Ok(Settings {
         url: url.trim_end_matches('/').to_owned(),
         api_key,
+        project: chosen.project,
     })
 }
 

@@ -44,12 +44,47 @@ struct Gap {
     to_seq: i64,
 }
 
-/// Writes output events to this process's stdout/stderr and follows one
-/// command's stream.
+/// What a follower hands its sink, in `seq` order, each once.
+pub enum Piece<'a> {
+    /// A chunk of output (`stream` is `stdout` or `stderr`).
+    Output {
+        /// The chunk's number.
+        seq: i64,
+        /// `stdout` or `stderr`.
+        stream: &'a str,
+        /// The chunk, as UTF-8 (invalid bytes replaced by the server).
+        data: &'a str,
+    },
+    /// Chunks `from_seq..=to_seq` were not kept (output truncation).
+    Gap {
+        /// First chunk missing.
+        from_seq: i64,
+        /// Last chunk missing.
+        to_seq: i64,
+    },
+}
+
+/// Where a follower puts what it reads.
+pub type Sink = Box<dyn FnMut(Piece<'_>) + Send>;
+
+/// The terminal sink of `rdev run` / `rdev logs -f`: chunks to our
+/// stdout/stderr, gaps as a note on stderr.
+fn terminal(piece: Piece<'_>) {
+    match piece {
+        Piece::Output { stream, data, .. } => write_stream(stream, data.as_bytes()),
+        Piece::Gap { from_seq, to_seq } => note(&format!(
+            "output truncated: chunks {from_seq}-{to_seq} were not kept"
+        )),
+    }
+}
+
+/// Follows one command's stream, handing each chunk to its sink (by default
+/// this process's stdout/stderr).
 pub struct Follower {
     client: Client,
     id: String,
     last_seq: i64,
+    sink: Sink,
     /// Progress notes (reconnecting) only on a terminal.
     chatty: bool,
     /// Stopped once the command leaves the queue or writes output.
@@ -57,12 +92,19 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Starts after chunk `seq` instead of from the first.
+    pub fn after(mut self, seq: i64) -> Self {
+        self.last_seq = seq;
+        self
+    }
+
     /// A follower starting from the first chunk.
     pub fn new(client: Client, id: String) -> Self {
         Self {
             client,
             id,
             last_seq: 0,
+            sink: Box::new(terminal),
             chatty: std::io::stderr().is_terminal(),
             spinner: Spinner::default(),
         }
@@ -72,6 +114,19 @@ impl Follower {
     pub fn with_spinner(mut self, spinner: Spinner) -> Self {
         self.spinner = spinner;
         self
+    }
+
+    /// Hands chunks to `sink` instead of writing them to stdout/stderr,
+    /// and prints no notes (`rdev mcp`, whose stdout is the protocol).
+    pub fn with_sink(mut self, sink: Sink) -> Self {
+        self.sink = sink;
+        self.chatty = false;
+        self
+    }
+
+    /// The last chunk handed to the sink (or skipped as truncated).
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
     }
 
     /// Streams until the `end` event and returns the final command object.
@@ -168,7 +223,11 @@ impl Follower {
                         continue; // already written before a reconnect
                     }
                     self.spinner.stop();
-                    write_stream(&o.stream, o.data.as_bytes());
+                    (self.sink)(Piece::Output {
+                        seq: o.seq,
+                        stream: &o.stream,
+                        data: &o.data,
+                    });
                     self.last_seq = o.seq;
                     *delivered = true;
                 }
@@ -176,10 +235,10 @@ impl Follower {
                     if let Ok(g) = serde_json::from_str::<Gap>(&ev.data)
                         && g.to_seq > self.last_seq
                     {
-                        note(&format!(
-                            "output truncated: chunks {}-{} were not kept",
-                            g.from_seq, g.to_seq
-                        ));
+                        (self.sink)(Piece::Gap {
+                            from_seq: g.from_seq,
+                            to_seq: g.to_seq,
+                        });
                         self.last_seq = g.to_seq;
                         *delivered = true;
                     }

@@ -3,7 +3,7 @@
 //! Layers, lowest first: `config` and `client` (HTTP + problem+json errors),
 //! `output` and `spinner` (presentation), `events` (following a command's
 //! SSE stream across reconnects), then `commands` (one module per group of
-//! subcommands) and `bench` (load generators). `args` is the clap definition; [`main`] ties them together.
+//! subcommands), `bench` (load generators) and `mcp` (the MCP server). `args` is the clap definition; [`main`] ties them together.
 
 pub mod args;
 pub mod bench;
@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod mcp;
 pub mod output;
 pub mod spinner;
 
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let profile_project = settings.project.clone();
     let client = match Client::new(settings) {
         Ok(c) => c,
         Err(e) => {
@@ -79,6 +81,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Webhooks(c) => commands::admin::webhooks(&client, &style, c).await,
         Command::Audit(a) => commands::admin::audit(&client, &style, a).await,
         Command::Bench(a) => bench::bench(&client, &style, a).await,
+        Command::Mcp(a) => Ok(mcp::serve(client.clone(), profile_project, a).await),
         Command::Completions { .. } => Ok(0),
     };
     match result {

@@ -1,0 +1,525 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+import httpx
+
+from . import _requests as r
+from ._base import (
+    CREATE_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    STREAM_TIMEOUT,
+    BaseClient,
+    problem_from,
+    read_answer,
+    retry_create,
+    transport_error,
+    with_idempotency_key,
+)
+from ._errors import APIConnectionError, APIError
+from ._models import (
+    ApiKey,
+    AuditEntry,
+    Command,
+    CommandResult,
+    Delivery,
+    EndEvent,
+    Event,
+    OutputEvent,
+    Page,
+    Project,
+    TestDelivery,
+    Webhook,
+)
+from ._requests import UNSET, CommandLine
+from ._sse import Follow, SSEParser
+
+
+class Client(BaseClient):
+    """A client of the rdev API.
+
+    ``url`` and ``api_key`` default to ``RDEV_URL`` / ``RDEV_API_KEY``.
+    Resources: :attr:`projects`, :attr:`commands`, :attr:`webhooks`,
+    :attr:`api_keys`, :attr:`audit`. Use it as a context manager, or call
+    :meth:`close`."""
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        *,
+        timeout: Union[float, httpx.Timeout] = DEFAULT_TIMEOUT,
+        give_up_after: float = 120.0,
+        http_client: Optional[httpx.Client] = None,
+    ) -> None:
+        super().__init__(url, api_key, give_up_after)
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self.projects = Projects(self)
+        self.commands = Commands(self)
+        self.webhooks = Webhooks(self)
+        self.api_keys = ApiKeys(self)
+        self.audit = Audit(self)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def whoami(self) -> ApiKey:
+        """The calling key (its scopes and projects; never its secret)."""
+        return self._send(r.whoami())
+
+    def _send(self, req: r.Req) -> Any:
+        try:
+            resp = self._http.request(
+                req.method,
+                self._url(req.path),
+                params=req.params or None,
+                json=req.json,
+                headers=self._headers_for(req),
+            )
+        except httpx.HTTPError as e:
+            raise transport_error(req, e) from e
+        return read_answer(req, resp)
+
+
+class Projects:
+    """``/v1/projects``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        name: str,
+        *,
+        description: Optional[str] = None,
+        executor: Optional[Mapping[str, Any]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        default_timeout_s: Optional[int] = None,
+        max_output_bytes: Optional[int] = None,
+        max_concurrency: Optional[int] = None,
+        allowed_commands: Optional[Sequence[str]] = None,
+        **extra: Any,
+    ) -> Project:
+        """Creates a project. ``executor`` defaults to the server's
+        (``{"kind": "local"}``); ``extra`` passes fields this client does not
+        name yet."""
+        fields = dict(
+            description=description,
+            executor=executor,
+            env=env,
+            default_timeout_s=default_timeout_s,
+            max_output_bytes=max_output_bytes,
+            max_concurrency=max_concurrency,
+            allowed_commands=allowed_commands,
+        )
+        return self._c._send(r.project_create(name, fields, extra))
+
+    def list(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[Project]:
+        return self._c._send(r.project_list(limit, cursor))
+
+    def get(self, name: str) -> Project:
+        return self._c._send(r.project_get(name))
+
+    def update(
+        self,
+        name: str,
+        *,
+        description: Any = UNSET,
+        executor: Any = UNSET,
+        env: Any = UNSET,
+        default_timeout_s: Any = UNSET,
+        max_output_bytes: Any = UNSET,
+        max_concurrency: Any = UNSET,
+        allowed_commands: Any = UNSET,
+        **extra: Any,
+    ) -> Project:
+        """Changes the fields given; ``None`` clears ``max_concurrency`` /
+        ``allowed_commands``."""
+        fields = dict(
+            description=description,
+            executor=executor,
+            env=env,
+            default_timeout_s=default_timeout_s,
+            max_output_bytes=max_output_bytes,
+            max_concurrency=max_concurrency,
+            allowed_commands=allowed_commands,
+        )
+        return self._c._send(r.project_update(name, fields, extra))
+
+    def delete(self, name: str) -> None:
+        self._c._send(r.project_delete(name))
+
+
+class Commands:
+    """Commands: run, start and follow, inspect, cancel."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def start(
+        self,
+        project: str,
+        command: CommandLine,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        priority: Optional[int] = None,
+        timeout_s: Optional[int] = None,
+        stdin: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        **extra: Any,
+    ) -> "RunningCommand":
+        """Enqueues a command and returns at once. ``command`` is a shell
+        command line (``str``) or an argv (a list, run without a shell).
+
+        Every attempt carries the same ``Idempotency-Key`` (yours, or one
+        made up), so when an answer is lost (a broken connection, 429,
+        502-504) the request is retried without ever running the command
+        twice."""
+        req = with_idempotency_key(
+            r.command_create(
+                project,
+                command,
+                env=env,
+                priority=priority,
+                timeout_s=timeout_s,
+                stdin=stdin,
+                idempotency_key=idempotency_key,
+                extra=extra,
+            )
+        )
+        delay = 0.5
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                return RunningCommand(self, self._c._send(req))
+            except (APIConnectionError, APIError) as e:
+                if attempt == CREATE_ATTEMPTS or not retry_create(e):
+                    raise
+                time.sleep(max(delay, getattr(e, "retry_after", None) or 0.0))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def run(
+        self,
+        project: str,
+        command: CommandLine,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        priority: Optional[int] = None,
+        timeout_s: Optional[int] = None,
+        stdin: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        on_output: Optional[Callable[[OutputEvent], None]] = None,
+        **extra: Any,
+    ) -> CommandResult:
+        """Runs a command to its end and returns its result: ``exit_code``,
+        ``status``, ``reason``, ``stdout``, ``stderr``. A non-zero exit is a
+        result, not an exception. ``on_output`` sees each chunk live."""
+        started = self.start(
+            project,
+            command,
+            env=env,
+            priority=priority,
+            timeout_s=timeout_s,
+            stdin=stdin,
+            idempotency_key=idempotency_key,
+            **extra,
+        )
+        return started.result(on_output=on_output)
+
+    def get(self, id: str) -> Command:
+        return self._c._send(r.command_get(id))
+
+    def list(
+        self,
+        *,
+        project: Optional[str] = None,
+        status: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> Page[Command]:
+        """Commands, newest first."""
+        return self._c._send(r.command_list(project, status, limit, cursor))
+
+    def output(self, id: str, *, stream: Optional[str] = None) -> bytes:
+        """The stored output, raw bytes (``stream``: ``"stdout"``/``"stderr"``;
+        both interleaved when ``None``)."""
+        return self._c._send(r.command_output(id, stream))
+
+    def cancel(self, id: str) -> Command:
+        """Asks to cancel; a queued command is cancelled at once, a running
+        one shortly after (follow it to see the end). 409 when it had ended."""
+        return self._c._send(r.command_cancel(id))
+
+    def events(self, id: str, *, after_seq: int = 0) -> "EventStream":
+        """The command's live events (output chunks after ``after_seq``,
+        gaps, status changes, and a final :class:`EndEvent`), resuming
+        across dropped connections."""
+        return EventStream(self._c, id, after_seq)
+
+    def wait(self, id: str, *, on_output: Optional[Callable[[OutputEvent], None]] = None) -> Command:
+        """Follows the command until it ends; returns the final command."""
+        final: Optional[Command] = None
+        for ev in self.events(id):
+            if isinstance(ev, OutputEvent) and on_output is not None:
+                on_output(ev)
+            elif isinstance(ev, EndEvent):
+                final = ev.command
+        # Iterated to its natural end (the stream stops right after `end`),
+        # so the connection is closed here, not by the garbage collector.
+        if final is None:
+            raise APIConnectionError("the event stream ended without an end event")
+        return final
+
+    def result(
+        self, id: str, *, on_output: Optional[Callable[[OutputEvent], None]] = None
+    ) -> CommandResult:
+        """Waits for the end, then reads the stored stdout and stderr (whole
+        bytes, so characters split between chunks decode correctly)."""
+        final = self.wait(id, on_output=on_output)
+        out = self.output(id, stream="stdout").decode("utf-8", "replace")
+        err = self.output(id, stream="stderr").decode("utf-8", "replace")
+        return CommandResult(final, out, err)
+
+
+class RunningCommand:
+    """A command that was started: follow, wait for or cancel it."""
+
+    def __init__(self, commands: Commands, command: Command) -> None:
+        self._commands = commands
+        #: The command as the API answered the enqueue (usually ``queued``).
+        self.command = command
+
+    @property
+    def id(self) -> str:
+        return self.command.id
+
+    def __repr__(self) -> str:
+        return f"RunningCommand({self.id!r})"
+
+    def events(self, *, after_seq: int = 0) -> "EventStream":
+        return self._commands.events(self.id, after_seq=after_seq)
+
+    def output(self) -> Iterator[OutputEvent]:
+        """Only the output chunks, live, in order, each once."""
+        for ev in self.events():
+            if isinstance(ev, OutputEvent):
+                yield ev
+
+    def wait(self, *, on_output: Optional[Callable[[OutputEvent], None]] = None) -> Command:
+        return self._commands.wait(self.id, on_output=on_output)
+
+    def result(self, *, on_output: Optional[Callable[[OutputEvent], None]] = None) -> CommandResult:
+        return self._commands.result(self.id, on_output=on_output)
+
+    def cancel(self) -> Command:
+        return self._commands.cancel(self.id)
+
+
+class EventStream:
+    """Iterates a command's events until its end. After a dropped connection
+    it reconnects (backing off 0.2 s to 5 s) with ``Last-Event-ID`` and skips
+    any chunk at or below the last ``seq`` handed out: no chunk is lost or
+    repeated. Gives up (``APIConnectionError``) after ``give_up_after``
+    seconds without a byte from the API. ``reconnects`` counts reconnects."""
+
+    def __init__(self, client: Client, id: str, after_seq: int) -> None:
+        self.id = id
+        self._c = client
+        self._follow = Follow(after_seq, client.give_up_after)
+        self._gen = self._run()
+        #: The final command, once the end event was read.
+        self.final: Optional[Command] = None
+
+    @property
+    def reconnects(self) -> int:
+        return self._follow.reconnects
+
+    @property
+    def last_seq(self) -> int:
+        return self._follow.last_seq
+
+    def __iter__(self) -> "EventStream":
+        return self
+
+    def __next__(self) -> Event:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Closes the connection (when you stop before the end)."""
+        self._gen.close()
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _run(self) -> Iterator[Event]:
+        f = self._follow
+        url = self._c._url(r.command_events_path(self.id))
+        while True:
+            retry_after: Optional[float] = None
+            try:
+                headers = {**self._c._headers, **f.headers()}
+                with self._c._http.stream("GET", url, headers=headers, timeout=STREAM_TIMEOUT) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        err = problem_from(resp)
+                        if not err.retryable:
+                            raise err
+                        reason = str(err)
+                        retry_after = getattr(err, "retry_after", None)
+                    else:
+                        f.opened()
+                        parser = SSEParser()
+                        for chunk in resp.iter_bytes():
+                            f.touch()
+                            for raw in parser.feed(chunk):
+                                ev = f.on_event(raw)
+                                if ev is None:
+                                    continue
+                                if isinstance(ev, EndEvent):
+                                    self.final = ev.command
+                                yield ev
+                                if f.done:
+                                    return
+                        reason = "the stream ended early"
+            except httpx.HTTPError as e:
+                reason = f"{type(e).__name__}: {e}"
+            time.sleep(f.next_delay(reason, retry_after))
+
+
+class Webhooks:
+    """``/v1/webhooks``: endpoints, deliveries, redelivery."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        url: str,
+        events: Sequence[str],
+        *,
+        project: Optional[str] = None,
+        secret: Optional[str] = None,
+        **extra: Any,
+    ) -> Webhook:
+        """Creates an endpoint; the answer's ``secret`` (``whsec_…``) is shown
+        only here: keep it to verify deliveries."""
+        return self._c._send(r.webhook_create(url, events, project, secret, extra))
+
+    def list(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[Webhook]:
+        return self._c._send(r.webhook_list(limit, cursor))
+
+    def get(self, id: str) -> Webhook:
+        return self._c._send(r.webhook_get(id))
+
+    def update(
+        self,
+        id: str,
+        *,
+        url: Any = UNSET,
+        events: Any = UNSET,
+        project: Any = UNSET,
+        enabled: Any = UNSET,
+        **extra: Any,
+    ) -> Webhook:
+        """Changes the fields given; ``project=None`` removes the filter."""
+        fields = dict(url=url, events=events, project=project, enabled=enabled)
+        return self._c._send(r.webhook_update(id, fields, extra))
+
+    def delete(self, id: str) -> None:
+        self._c._send(r.webhook_delete(id))
+
+    def test(self, id: str) -> TestDelivery:
+        """Sends a ``webhook.test`` event to this endpoint."""
+        return self._c._send(r.webhook_test(id))
+
+    def deliveries(
+        self,
+        id: str,
+        *,
+        status: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> Page[Delivery]:
+        """Deliveries with their attempts, newest first."""
+        return self._c._send(r.webhook_deliveries(id, status, limit, cursor))
+
+    def redeliver(self, id: str, delivery_id: str) -> Delivery:
+        """One new attempt now."""
+        return self._c._send(r.webhook_redeliver(id, delivery_id))
+
+    def recover(self, id: str, since: Union[datetime, str]) -> int:
+        """Puts failed/dead deliveries created since ``since`` back to
+        pending; returns how many."""
+        return self._c._send(r.webhook_recover(id, since))
+
+
+class ApiKeys:
+    """``/v1/api-keys``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        name: str,
+        scopes: Sequence[str],
+        *,
+        projects: Optional[Sequence[str]] = None,
+        allowed_ips: Optional[Sequence[str]] = None,
+        rate_limit: Optional[Mapping[str, int]] = None,
+        expires_at: Optional[Union[datetime, str]] = None,
+        **extra: Any,
+    ) -> ApiKey:
+        """Creates a key; its ``secret`` is shown only in this answer."""
+        fields = dict(projects=projects, allowed_ips=allowed_ips, rate_limit=rate_limit, expires_at=expires_at)
+        return self._c._send(r.key_create(name, scopes, fields, extra))
+
+    def list(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[ApiKey]:
+        return self._c._send(r.key_list(limit, cursor))
+
+    def get(self, id: str) -> ApiKey:
+        return self._c._send(r.key_get(id))
+
+    def revoke(self, id: str) -> None:
+        self._c._send(r.key_revoke(id))
+
+    def rotate(self, id: str) -> ApiKey:
+        """A new secret for the same key; the old one stops working."""
+        return self._c._send(r.key_rotate(id))
+
+
+class Audit:
+    """``/v1/audit``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(
+        self,
+        *,
+        actor: Optional[str] = None,
+        action: Optional[str] = None,
+        project: Optional[str] = None,
+        since: Optional[Union[datetime, str]] = None,
+        until: Optional[Union[datetime, str]] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> Page[AuditEntry]:
+        """Audit entries, newest first."""
+        filters = dict(
+            actor=actor, action=action, project=project, since=since, until=until, limit=limit, cursor=cursor
+        )
+        return self._c._send(r.audit_list(filters))
