@@ -136,7 +136,10 @@ fn main() {
 /// group, no controlling terminal), restore signals, exec the program.
 fn run_command(argv: &[CString], stderr_fd: RawFd, status_fd: RawFd, mask: &SigSet) -> ! {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for s in HANDLED {
+    // SIGPIPE too: the Rust runtime ignores it in this process, and an
+    // ignored signal stays ignored across exec (`yes | head` would then
+    // print "Broken pipe" instead of ending quietly).
+    for s in HANDLED.into_iter().chain([Signal::SIGPIPE]) {
         // SAFETY: restoring the default disposition.
         let _ = unsafe { sigaction(s, &default) };
     }
