@@ -314,9 +314,15 @@ impl Scope {
         }
     }
 
-    /// Whether holding `held` grants `self`.
+    /// Whether holding `held` grants `self`: `admin` grants every scope,
+    /// `projects:admin` also grants `projects:write` and `projects:read`.
     pub fn granted_by(self, held: &[Scope]) -> bool {
-        held.iter().any(|&s| s == Scope::Admin || s == self)
+        held.iter().any(|&s| {
+            s == Scope::Admin
+                || s == self
+                || (s == Scope::ProjectsAdmin
+                    && matches!(self, Scope::ProjectsWrite | Scope::ProjectsRead))
+        })
     }
 }
 
@@ -808,6 +814,9 @@ mod tests {
         }
         assert!(Scope::CommandsRead.granted_by(&[Scope::CommandsRead]));
         assert!(!Scope::CommandsRun.granted_by(&[Scope::CommandsRead]));
+        assert!(Scope::ProjectsWrite.granted_by(&[Scope::ProjectsAdmin]));
+        assert!(Scope::ProjectsRead.granted_by(&[Scope::ProjectsAdmin]));
+        assert!(!Scope::ProjectsAdmin.granted_by(&[Scope::ProjectsWrite]));
     }
 
     #[test]

@@ -128,35 +128,74 @@ struct Fields<'a> {
     limits: Option<&'a ResourceLimits>,
 }
 
-impl Fields<'_> {
-    /// Whether the request sets what contains the project's commands
-    /// (executor, policy, limits, network), which takes `projects:admin`.
-    fn touches_containment(&self, is_create: bool) -> bool {
-        let executor = match self.executor {
-            // The default executor (local, workdir = the name) is what a
-            // create without one gets anyway.
-            Some(ExecutorConfig::Local(l)) if is_create => l.workdir.is_some(),
-            Some(_) => true,
-            None => false,
-        };
-        let network = match self.network {
-            Some(NetworkMode::Host) if is_create => false,
-            Some(_) => true,
-            None => false,
-        };
-        let limits = match self.limits {
-            Some(l) if is_create => !l.is_empty(),
-            Some(_) => true,
-            None => false,
-        };
-        executor || network || limits || self.allowed_commands.is_some()
+/// What contains a project's commands: set only with `projects:admin`.
+#[derive(PartialEq)]
+struct Containment<'a> {
+    executor: ExecutorConfig,
+    allowed_commands: Option<&'a [String]>,
+    network: NetworkMode,
+    limits: ResourceLimits,
+}
+
+impl<'a> Containment<'a> {
+    /// A new project's, when the request sets none of it.
+    fn default_for() -> Self {
+        Self {
+            executor: ExecutorConfig::default(),
+            allowed_commands: None,
+            network: NetworkMode::Host,
+            limits: ResourceLimits::default(),
+        }
+    }
+
+    fn of(p: &'a Project) -> Self {
+        Self {
+            executor: p.executor.clone(),
+            allowed_commands: p.allowed_commands.as_deref(),
+            network: p.network,
+            limits: p.limits,
+        }
+    }
+
+    /// `self` with what a request sets applied.
+    fn with(
+        &self,
+        executor: Option<&ExecutorConfig>,
+        allowed_commands: Option<Option<&'a [String]>>,
+        network: Option<NetworkMode>,
+        limits: Option<&ResourceLimits>,
+    ) -> Self {
+        Self {
+            executor: executor.cloned().unwrap_or_else(|| self.executor.clone()),
+            allowed_commands: allowed_commands.unwrap_or(self.allowed_commands),
+            network: network.unwrap_or(self.network),
+            limits: limits.copied().unwrap_or(self.limits),
+        }
+    }
+
+    /// The same settings spelled one way: a local workdir equal to the
+    /// project's name is the default workdir.
+    fn normalized(mut self, name: &str) -> Self {
+        if let ExecutorConfig::Local(l) = &mut self.executor
+            && l.workdir.as_deref() == Some(name)
+        {
+            l.workdir = None;
+        }
+        self
     }
 }
 
-/// Refuses a key without `projects:admin` when the request `touches` what
-/// contains the project's commands.
-fn require_containment_scope(auth: &Auth, touches: bool) -> ApiResult<()> {
-    if touches && !auth.key.has_scope(Scope::ProjectsAdmin) {
+/// Refuses a key without `projects:admin` when a request changes what
+/// contains a project's commands (from `before` to `after`).
+fn require_containment_scope(
+    auth: &Auth,
+    name: &str,
+    before: Containment<'_>,
+    after: Containment<'_>,
+) -> ApiResult<()> {
+    if before.normalized(name) != after.normalized(name)
+        && !auth.key.has_scope(Scope::ProjectsAdmin)
+    {
         return Err(auth.deny(
             "scope",
             json!({ "scope": Scope::ProjectsAdmin.as_str() }),
@@ -279,7 +318,13 @@ pub async fn create(
         network: body.network,
         limits: body.limits.as_ref(),
     };
-    require_containment_scope(&auth, fields.touches_containment(true))?;
+    let requested = Containment::default_for().with(
+        body.executor.as_ref(),
+        Some(body.allowed_commands.as_deref()),
+        body.network,
+        body.limits.as_ref(),
+    );
+    require_containment_scope(&auth, &body.name, Containment::default_for(), requested)?;
     let mut errors = Vec::new();
     if let Err(m) = validate_project_name(&body.name) {
         errors.push(FieldError::new("name", m));
@@ -421,9 +466,13 @@ pub async fn update(
         network: body.network,
         limits: body.limits.as_ref(),
     };
-    // Clearing the policy (`"allowed_commands": null`) changes it too.
-    let clears_policy = matches!(body.allowed_commands, Some(None));
-    require_containment_scope(&auth, fields.touches_containment(false) || clears_policy)?;
+    let requested = Containment::of(&project).with(
+        body.executor.as_ref(),
+        body.allowed_commands.as_ref().map(|a| a.as_deref()),
+        body.network,
+        body.limits.as_ref(),
+    );
+    require_containment_scope(&auth, &project.name, Containment::of(&project), requested)?;
     let resulting = body.executor.as_ref().unwrap_or(&project.executor);
     let has_policy = match &body.allowed_commands {
         Some(policy) => policy.is_some(),

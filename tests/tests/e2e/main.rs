@@ -4,6 +4,7 @@
 mod access;
 mod api_errors;
 mod commands;
+mod containment;
 mod fleet;
 mod observability;
 mod openapi;
