@@ -71,10 +71,16 @@ impl Cgroups {
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let mounts = parse_mountinfo(&mountinfo);
         let name = format!("rdev-{}", sanitize(worker_id));
-        let v1 = |controller: &str| -> Option<PathBuf> {
-            let dir = own_dir(&mounts, &membership, Some(controller))?;
-            let base = dir.join(&name);
-            usable(&base).ok().map(|()| base)
+        let mut v1_errors = Vec::new();
+        let mut v1 = |controller: &str| -> Option<PathBuf> {
+            let base = own_dir(&mounts, &membership, Some(controller))?.join(&name);
+            match usable(&base) {
+                Ok(()) => Some(base),
+                Err(e) => {
+                    v1_errors.push(format!("v1 {controller}: {e}"));
+                    None
+                }
+            }
         };
         let (memory, pids) = (v1("memory"), v1("pids"));
         if memory.is_some() || pids.is_some() {
@@ -83,9 +89,13 @@ impl Cgroups {
             });
         }
         let Some(dir) = own_dir(&mounts, &membership, None) else {
-            return Err("no cgroup v2 or v1 memory/pids hierarchy is mounted".into());
+            v1_errors.push("no cgroup v2 hierarchy is mounted".into());
+            return Err(v1_errors.join("; "));
         };
-        let parent = delegate_v2(&dir)?;
+        let parent = delegate_v2(&dir).map_err(|e| {
+            v1_errors.push(format!("v2: {e}"));
+            v1_errors.join("; ")
+        })?;
         Ok(Self {
             kind: Kind::V2 { parent },
         })
