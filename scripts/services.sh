@@ -4,6 +4,8 @@
 #
 #   PostgreSQL  127.0.0.1:5432, user `postgres` without password (trust auth)
 #   RabbitMQ    127.0.0.1:5672, default guest/guest user
+#   bubblewrap  `bwrap`, the sandbox of every local command (the worker
+#               refuses local commands without it unless RDEV_LOCAL_SANDBOX=off)
 #
 # Idempotent: when both already run and answer, it only checks and exits.
 # Needs root, or sudo, to install or start anything; it calls sudo only when
@@ -83,12 +85,13 @@ missing=()
 command -v psql >/dev/null 2>&1 || missing+=(psql)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(pg_ctlcluster)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v bwrap >/dev/null 2>&1 || missing+=(bwrap)
 if ((${#missing[@]})); then
-    ((CAN_ROOT)) || die "missing ${missing[*]}; run as root or install sudo (or install postgresql and rabbitmq-server yourself)"
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get: install PostgreSQL and RabbitMQ by hand"
-    log "installing postgresql and rabbitmq-server (missing: ${missing[*]})"
+    ((CAN_ROOT)) || die "missing ${missing[*]}; run as root or install sudo (or install postgresql, rabbitmq-server and bubblewrap yourself)"
+    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get: install PostgreSQL, RabbitMQ and bubblewrap by hand"
+    log "installing postgresql, rabbitmq-server and bubblewrap (missing: ${missing[*]})"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql rabbitmq-server >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql rabbitmq-server bubblewrap >&2
 fi
 
 # --- PostgreSQL ---------------------------------------------------------------
