@@ -515,11 +515,18 @@
     return h('tr', { 'data-command': c.id },
       h('td', { class: 'cmd mono', title: commandText(c) }, h('a', { href: `#/commands/${enc(c.id)}` }, commandText(c) || '(argv)')),
       h('td', null, badge(c.status)),
-      h('td', { class: 'num' }, c.exit_code === null || c.exit_code === undefined ? '–' : String(c.exit_code)),
+      h('td', { class: 'num', title: reasonText(c) }, c.exit_code === null || c.exit_code === undefined ? '–' : String(c.exit_code)),
       h('td', { class: 'num' }, duration(commandDuration(c))),
       h('td', { class: 'num' }, String(c.priority)),
       timeCell(c.created_at),
       h('td', { class: 'mono hint' }, c.id.slice(0, 8)));
+  }
+
+  // Why a command ended, for people: `memory_limit` → "memory limit".
+  function reasonText(c) {
+    if (!c.reason) return '–';
+    const words = c.reason.replace(/_/g, ' ');
+    return c.signal === null || c.signal === undefined ? words : `${words} (signal ${c.signal})`;
   }
 
   // ------------------------------------------------------------ command --
@@ -553,6 +560,7 @@
       took = h('span', null, duration(commandDuration(c)));
       append(clear(facts), [
         fact('Exit code', c.exit_code === null || c.exit_code === undefined ? '–' : String(c.exit_code)),
+        fact('Reason', reasonText(c)),
         h('div', null, h('span', { class: 'k' }, 'Duration'), took),
         fact('Priority', String(c.priority)),
         fact('Timeout', `${c.timeout_s} s`),

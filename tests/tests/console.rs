@@ -276,6 +276,13 @@ async fn cancel_button_stops_a_running_command() {
     b.click("#cancel").await;
     wait_page_status(&b, "cancelled").await;
     println!("cancelled on the page after {:?}", started.elapsed());
+    // Why it ended is on the page too.
+    b.wait_js(
+        "the reason among the facts",
+        "return [...document.querySelectorAll('.facts div')].some((d) => d.textContent === 'Reasoncancelled');",
+        vec![],
+    )
+    .await;
     let c = app.get(&format!("/v1/commands/{id}")).await.json();
     assert_eq!(c["status"], "cancelled");
     assert!(
