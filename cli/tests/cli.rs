@@ -272,7 +272,15 @@ async fn run_exits_with_the_commands_exit_code() {
         .await;
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert_eq!(out.stdout, b"out\n");
-    assert_eq!(out.stderr, b"err\n");
+    // The command's stderr, then rdev's note of why it ended.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (own, note) = stderr.split_once('\n').expect("two lines");
+    assert_eq!(own, "err", "{}", show(&out));
+    assert!(
+        note.starts_with("rdev: command ") && note.ends_with(" failed (exited, exit code 3)\n"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,20 +210,19 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
     };
     let mut client = d.pool.get().await?;
     let tx = client.transaction().await?;
-    let recorded = repo::record_attempt(
-        &tx,
-        &AttemptRecord {
-            delivery_id: c.id,
-            lease_token: c.lease_token,
-            at: o.at,
-            status_code: o.status.map(i32::from),
-            duration_ms: i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX),
-            error: o.error.clone(),
-            response_excerpt: o.excerpt.clone(),
-            next,
-        },
-    )
-    .await?;
+    let record = AttemptRecord {
+        delivery_id: c.id,
+        lease_token: c.lease_token,
+        at: o.at,
+        status_code: o.status.map(i32::from),
+        duration_ms: i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX),
+        error: o.error.clone(),
+        response_excerpt: o.excerpt.clone(),
+        next,
+    };
+    // Endpoint, then delivery: the order in which the API locks them.
+    repo::lock_endpoint(&tx, c.webhook_id).await?;
+    let recorded = repo::record_attempt(&tx, &record).await?;
     if !recorded {
         tracing::warn!(delivery = %c.id, "lost the claim before recording; the attempt is not counted");
         return Ok(());

@@ -484,8 +484,26 @@ pub struct AttemptRecord {
     pub next: Next,
 }
 
+/// Locks an endpoint's row for the rest of the transaction. A dispatcher
+/// recording an attempt takes it before the delivery's row, the order in
+/// which the API's update, disable and delete take them (endpoint, then its
+/// pending deliveries): the other order deadlocks, and PostgreSQL then
+/// aborts one side (an unrecorded attempt, or a 500).
+pub async fn lock_endpoint(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "SELECT 1 FROM webhooks WHERE id = $1 FOR NO KEY UPDATE",
+            &[&webhook_id],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Records an attempt and the delivery's new state; call inside a
-/// transaction. Returns false (and writes nothing) when the claim was lost
+/// transaction, after [`lock_endpoint`]. Returns false (and writes nothing) when the claim was lost
 /// (the lease ran out and another dispatcher took the delivery).
 pub async fn record_attempt(
     client: &impl deadpool_postgres::GenericClient,
