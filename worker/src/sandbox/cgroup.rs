@@ -239,12 +239,13 @@ impl CommandCgroup {
         }
     }
 
-    /// Kills what is left and removes the cgroup directories, waiting
-    /// briefly for the kernel to finish reaping.
+    /// Kills what is left and removes the cgroup directories, retrying
+    /// (1 ms, doubling) while the kernel finishes reaping its processes.
     pub async fn remove(self) {
         self.kill_all();
         for dir in &self.dirs {
             let deadline = tokio::time::Instant::now() + REMOVE_WAIT;
+            let mut pause = Duration::from_millis(1);
             loop {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
@@ -257,7 +258,8 @@ impl CommandCgroup {
                         for pid in pids_in(dir) {
                             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(100));
                     }
                 }
             }

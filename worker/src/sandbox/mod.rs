@@ -703,7 +703,9 @@ impl Spawned {
             task.abort();
         }
         if let Some(cg) = self.cgroup.take() {
-            cg.remove().await;
+            // Its processes are dead or being killed; the kernel releases
+            // the cgroup a moment later. Nobody waits for that.
+            tokio::spawn(cg.remove());
         }
         let (code, signal) = match report {
             Some(Report::Exited(c)) => (Some(c), None),
