@@ -14,6 +14,8 @@ mod access;
 mod database;
 #[path = "security/input.rs"]
 mod input;
+#[path = "security/queries.rs"]
+mod queries;
 #[path = "security/secrets.rs"]
 mod secrets;
 #[path = "security/tls.rs"]

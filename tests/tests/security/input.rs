@@ -252,7 +252,7 @@ async fn deliveries_pages_are_capped_in_bytes() {
 }
 
 #[tokio::test]
-async fn a_key_for_a_thousand_projects_is_made_in_one_lookup() {
+async fn a_key_can_name_a_thousand_projects_and_a_missing_one_is_named_by_index() {
     let app = spawn_app_with(no_worker()).await;
     let client = app.env.pool.get().await.expect("db");
     client
