@@ -349,5 +349,10 @@ async fn metrics_are_served_only_on_the_operations_listener() {
     assert!(String::from_utf8_lossy(&ops.body).contains("http_requests_total"));
     // Probes keep working on the public port.
     assert_eq!(app.send(app.http.get(app.url("/health"))).await.status, 200);
-    assert_eq!(app.send(app.http.get(app.url("/ready"))).await.status, 200);
+    // (`/ready` answers 503 until the API's broker links are up.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.send(app.http.get(app.url("/ready"))).await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
