@@ -144,7 +144,10 @@ pub async fn events(
         secret_hash: auth.secret_hash,
         expires_at: auth.key.expires_at,
     };
-    let stream = event_stream(st, cmd, after, slot, watch);
+    // Before the answer leaves: a key change announced while the client
+    // reads the headers is not missed.
+    let key_changes = st.keys.subscribe_changes();
+    let stream = event_stream(st, cmd, after, slot, watch, key_changes);
     Ok((
         [
             (
@@ -169,6 +172,7 @@ fn event_stream(
     after: i64,
     slot: SseSlot,
     watch: KeyWatch,
+    mut key_changes: tokio::sync::broadcast::Receiver<Uuid>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {
     async_stream::stream! {
         // Held for the life of the stream: dropping the stream (client gone,
@@ -176,9 +180,7 @@ fn event_stream(
         let _slot = slot;
         // Key changes heard on this instance (every instance hears every
         // announcement on the control exchange): a revoked or rotated key's
-        // streams end at once. Subscribed before anything else, so a change
-        // made while the stream starts is not missed.
-        let mut key_changes = st.keys.subscribe_changes();
+        // streams end at once (`key_changes` was subscribed in the handler).
         let mut changes_open = true;
         // The stream ends at its maximum lifetime, or when its key expires
         // if that comes first.
