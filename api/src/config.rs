@@ -20,6 +20,11 @@ pub struct ApiConfig {
     /// Address to listen on.
     #[arg(long, env = "RDEV_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the operations listener: `/metrics` (and `/health`,
+    /// `/ready` again), kept off the public port like the worker's and the
+    /// dispatcher's.
+    #[arg(long, env = "RDEV_OPS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub ops_listen: SocketAddr,
     /// Apply pending migrations (under an advisory lock) before serving: `1` or `0`.
     #[arg(long, env = "RDEV_MIGRATE", default_value = "1", value_parser = parse_flag)]
     pub migrate: bool,
@@ -40,6 +45,10 @@ pub struct ApiConfig {
     /// addresses (development and tests only): `1` or `0`.
     #[arg(long, env = "RDEV_WEBHOOK_ALLOW_PRIVATE", default_value = "0", value_parser = parse_flag)]
     pub webhook_allow_private: bool,
+    /// After `POST /v1/webhooks/{id}/rotate-secret`, how long the previous
+    /// secret keeps signing beside the new one.
+    #[arg(long, env = "RDEV_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_secret_overlap: Duration,
     /// Open SSE connections allowed on this instance.
     #[arg(long, env = "RDEV_SSE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub sse_max_connections: usize,
@@ -69,6 +78,22 @@ pub struct ApiConfig {
     /// exceed the ceilings).
     #[command(flatten)]
     pub limits: LimitsConfig,
+    /// A request body must arrive whole within this long after the request
+    /// starts (a client trickling a body is answered 408).
+    #[arg(long, env = "RDEV_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections served by this instance; one more is answered
+    /// 503 and closed. Keep above `RDEV_SSE_MAX_CONNECTIONS`.
+    #[arg(long, env = "RDEV_MAX_CONNECTIONS", default_value_t = 15_000)]
+    pub max_connections: usize,
+    /// Concurrent `/output` downloads per API key on this instance.
+    #[arg(long, env = "RDEV_OUTPUT_MAX_PER_KEY", default_value_t = 8)]
+    pub output_max_per_key: usize,
+    /// Failed authentications (unknown keys) allowed per client address, as
+    /// `N/<duration>`; past it the address gets 429 for unknown keys before
+    /// any database query.
+    #[arg(long, env = "RDEV_AUTH_FAILURE_LIMIT", default_value = "30/60s")]
+    pub auth_failure_limit: RateLimit,
 }
 
 impl ApiConfig {
@@ -80,12 +105,14 @@ impl ApiConfig {
             db,
             amqp,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             migrate: true,
             max_body_bytes: 1024 * 1024,
             max_timeout_s: 86_400,
             sse_keepalive: Duration::from_secs(15),
             sse_poll: Duration::from_secs(2),
             webhook_allow_private: false,
+            webhook_secret_overlap: Duration::from_secs(86_400),
             sse_max_connections: 10_000,
             sse_max_per_key: 100,
             sse_max_lifetime: Duration::from_secs(3600),
@@ -97,6 +124,13 @@ impl ApiConfig {
             },
             executors: ExecutorKinds::all(),
             limits: LimitsConfig::default(),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 15_000,
+            output_max_per_key: 8,
+            auth_failure_limit: RateLimit {
+                requests: 30,
+                window_s: 60,
+            },
         }
     }
 }
@@ -126,6 +160,9 @@ pub struct GlobalConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub crypto: rdev_shared::crypto::CryptoConfig,
 }
 
 pub use rdev_shared::config::parse_flag;

@@ -37,7 +37,7 @@ async fn announce(publisher: &Publisher, message: &ControlMessage) {
 
 /// Evicts cached keys locally, then tells every other instance.
 pub async fn announce_key_change(cache: &KeyCache, publisher: &Publisher, key_id: Uuid) {
-    cache.invalidate_all();
+    cache.key_changed(key_id);
     announce(publisher, &ControlMessage::KeyChanged { key_id }).await;
 }
 
@@ -68,7 +68,9 @@ pub async fn listen(
         keys.set_listening(on);
         projects.set_listening(on);
         if on {
-            keys.invalidate_all();
+            // Changes may have been missed while away: every open stream
+            // re-checks its key.
+            keys.key_changed(Uuid::nil());
             projects.invalidate_all();
         }
     };
@@ -90,7 +92,7 @@ pub async fn listen(
                             Some(Ok(d)) => match serde_json::from_slice::<ControlMessage>(&d.data) {
                                 Ok(ControlMessage::KeyChanged { key_id }) => {
                                     tracing::debug!(key = %key_id, "key changed: cache emptied");
-                                    keys.invalidate_all();
+                                    keys.key_changed(key_id);
                                 }
                                 Ok(ControlMessage::ProjectChanged { name }) => {
                                     projects.invalidate(&name).await;

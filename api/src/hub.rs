@@ -441,6 +441,7 @@ mod tests {
             AmqpConfig {
                 amqp_url: Secret::new("amqp://127.0.0.1:1/%2f"),
                 prefix: "unit".into(),
+                ca_file: None,
             },
             "test",
         )

@@ -8,6 +8,7 @@ pub mod http;
 pub mod hub;
 pub mod keycache;
 pub mod limits;
+pub mod policies;
 pub mod serve;
 
 use std::future::Future;
@@ -39,6 +40,8 @@ pub enum ServeError {
 pub struct Server {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// The operations listener's address (`/metrics`).
+    pub ops_addr: SocketAddr,
     /// Completes when the server has stopped.
     pub task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
 }
@@ -50,7 +53,7 @@ pub async fn start(
 ) -> Result<Server, ServeError> {
     let pool = db::pool(&cfg.db)?;
     if cfg.migrate {
-        let applied = db::migrate(&pool).await?;
+        let applied = db::migrate_as_owner(&cfg.db, &pool).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
         }
@@ -64,10 +67,14 @@ pub async fn start(
     };
     tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
     let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
-    let keys = KeyCache::new(
+    // Key lookups that reach PostgreSQL get a quarter of the pool (at least
+    // one connection): unknown tokens can never starve authenticated work.
+    let keys = KeyCache::with_limits(
         cfg.cache_ttl,
         metrics.cache_hits_total.with_label_values(&["api_keys"]),
         metrics.cache_misses_total.with_label_values(&["api_keys"]),
+        cfg.auth_failure_limit,
+        (cfg.db.pool_size / 4).max(1),
     );
     let projects = Arc::new(control::ProjectCache::new(
         10_000,
@@ -91,32 +98,58 @@ pub async fn start(
         cfg.sse_max_per_key,
         metrics.sse_connections_active.clone(),
     );
+    // `/output` downloads: capped per key (the total is bounded by the
+    // connection cap). Counted apart from the metrics registry.
+    let downloads = limits::SseLimiter::new(
+        cfg.max_connections,
+        cfg.output_max_per_key,
+        prometheus::IntGauge::new("output_downloads_active", "open /output downloads")
+            .unwrap_or_else(|_| metrics.sse_connections_active.clone()),
+    );
+    let max_connections = cfg.max_connections;
     // Ends when the server's state is dropped.
     let marker = rdev_shared::relay::PublishedMarker::spawn(pool.clone());
     let state = AppState {
         marker,
         metrics,
         sse,
+        downloads,
         pool,
         publisher,
         hub,
         keys,
         projects,
+        policies: policies::PolicyCache::new(),
         topology: Topology::new(cfg.amqp.prefix.clone()),
         cfg: Arc::new(cfg.clone()),
         shutdown: stop_rx.clone(),
     };
+    let ops = http::ops_router(state.clone());
     let app = http::router(state);
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "rdev-api listening");
+    let ops_listener = TcpListener::bind(cfg.ops_listen).await?;
+    let ops_addr = ops_listener.local_addr()?;
+    tracing::info!(%addr, %ops_addr, "rdev-api listening");
+    tokio::spawn(async move {
+        let served = axum::serve(ops_listener, ops)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the operations listener stopped");
+        }
+    });
     let task = tokio::spawn(async move {
-        serve::serve(listener, app, async move {
+        serve::serve(listener, app, max_connections, async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         })
         .await;
         Ok::<(), std::io::Error>(())
     });
-    Ok(Server { addr, task })
+    Ok(Server {
+        addr,
+        ops_addr,
+        task,
+    })
 }

@@ -65,20 +65,78 @@ enum KeysCmd {
         #[arg(long)]
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Rewrite every secret at rest under the first key of
+    /// `RDEV_ENCRYPTION_KEYS` (after adding a new key; see
+    /// docs/operations/security.md). Idempotent, safe while serving.
+    Reencrypt {
+        #[command(flatten)]
+        db: DbConfig,
+    },
+    /// Print a new random encryption key entry (`ID:base64`) for
+    /// `RDEV_ENCRYPTION_KEYS`.
+    GenerateEncryptionKey {
+        /// The key's id (1-32 of [A-Za-z0-9_-]), e.g. the date.
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = telemetry::init(&cli.global.log, "rdev-api");
-    match cli
+    let command = cli
         .command
-        .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())))
-    {
+        .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())));
+    match cli.global.crypto.ring() {
+        Ok(ring) => {
+            rdev_shared::crypto::install(ring);
+        }
+        // Refuses to serve without a key unless RDEV_ALLOW_UNENCRYPTED=1
+        // (`migrate` and `keys create` touch no secret and go on).
+        Err(e)
+            if matches!(
+                command,
+                Cmd::Serve(_) | Cmd::Keys(KeysCmd::Reencrypt { .. })
+            ) =>
+        {
+            return Err(e).context("the encryption key ring");
+        }
+        Err(_) => {}
+    }
+    match command {
         Cmd::Serve(cfg) => serve(*cfg).await,
+        Cmd::Keys(KeysCmd::GenerateEncryptionKey { id }) => {
+            let entry = rdev_shared::crypto::KeyRing::generate_entry(&id);
+            rdev_shared::crypto::KeyRing::parse(&entry).context("--id")?;
+            println!("{entry}");
+            Ok(())
+        }
+        Cmd::Keys(KeysCmd::Reencrypt { db: db_cfg }) => {
+            let ring = rdev_shared::crypto::ring();
+            if ring.is_empty() {
+                anyhow::bail!("RDEV_ENCRYPTION_KEYS is empty: nothing to encrypt with");
+            }
+            let pool = db::pool(&db_cfg)?;
+            let client = pool.get().await.context("connecting to PostgreSQL")?;
+            let r = db::reencrypt::run(&client, &ring)
+                .await
+                .context("re-encrypting")?;
+            println!(
+                "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} webhook secrets",
+                ring.current_id().unwrap_or_default(),
+                r.project_env,
+                r.command_env,
+                r.command_stdin,
+                r.webhook_secret
+            );
+            Ok(())
+        }
         Cmd::Migrate(db_cfg) => {
             let pool = db::pool(&db_cfg)?;
-            let applied = db::migrate(&pool).await.context("migrating")?;
+            let applied = db::migrate_as_owner(&db_cfg, &pool)
+                .await
+                .context("migrating")?;
             println!(
                 "applied {} migration(s){}",
                 applied.len(),
@@ -108,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 allowed_ips: (!nets.is_empty()).then_some(nets),
                 rate_limit,
                 expires_at,
+                created_by: None,
             };
             create_key(db_cfg, name, scopes, projects, limits).await
         }
@@ -159,7 +218,9 @@ async fn create_key(
         anyhow::bail!("--name must be 1-200 characters");
     }
     let pool = db::pool(&db_cfg)?;
-    db::migrate(&pool).await.context("migrating")?;
+    db::migrate_as_owner(&db_cfg, &pool)
+        .await
+        .context("migrating")?;
     let client = pool.get().await.context("connecting to PostgreSQL")?;
     let project_ids = if projects.is_empty() {
         None

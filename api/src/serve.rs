@@ -27,15 +27,33 @@ use tower::ServiceExt;
 /// A client that sends nothing for this long after connecting (or between
 /// requests' headers) is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refused connection (over the cap) may take to receive its 503.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The answer to a connection over `RDEV_MAX_CONNECTIONS`: written without
+/// reading the request, then the connection is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\n\
+content-length: 163\r\n\r\n\
+{\"type\":\"urn:rdev:problem:unavailable\",\"title\":\"Service Unavailable\",\"status\":503,\
+\"detail\":\"this instance serves its maximum number of connections; retry shortly\"}";
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits for open connections to finish (SSE streams end on
-/// their own: they watch the same shutdown signal).
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+/// their own: they watch the same shutdown signal). At most
+/// `max_connections` connections are served at once; one more is answered
+/// 503 and closed at once (an idle client cannot hold the accept loop).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -52,6 +70,18 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+                    let _ = stream.write_all(OVER_CAPACITY).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            });
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
@@ -67,6 +97,8 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
         // No upgrades: rdev has no WebSocket or CONNECT routes.
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
+            // Held for the connection's life.
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -74,4 +106,21 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_refusal_is_a_complete_problem_answer() {
+        let text = std::str::from_utf8(super::OVER_CAPACITY).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("content-length");
+        assert_eq!(body.len(), len);
+        let p: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(p["status"], 503);
+    }
 }

@@ -13,7 +13,7 @@ use rdev_shared::db::{keys, projects};
 use rdev_shared::domain::{ExecutorConfig, LocalExecutor, Scope};
 use rdev_shared::secret;
 use rdev_shared::test_support::TestEnv;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,7 @@ async fn start_with(opts: Opts) -> System {
     let server = rdev_api::start(
         ApiConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
+            ops_listen: "127.0.0.1:0".parse().expect("addr"),
             migrate: false,
             sse_poll: Duration::from_millis(500),
             sse_max_lifetime: opts.sse_max_lifetime,
@@ -544,7 +545,7 @@ async fn json_output_parses_and_tables_are_for_people() {
         ])
         .await;
     assert_eq!(created["name"], "web");
-    assert_eq!(created["env"]["A"], "1");
+    assert_eq!(created["env_names"], json!(["A"]));
     let list = sys.json(&["projects", "ls"]).await;
     let names: Vec<&str> = list["items"]
         .as_array()

@@ -79,6 +79,17 @@ where
         self.cache.invalidate(key).await;
     }
 
+    /// The cached value if there is a trustworthy one; never loads.
+    pub async fn get_cached(&self, key: &K) -> Option<Arc<V>> {
+        let e = self.cache.get(key).await?;
+        if self.listening.load(Ordering::Acquire) || e.loaded.elapsed() < BACKSTOP {
+            self.hits.inc();
+            Some(e.value)
+        } else {
+            None
+        }
+    }
+
     /// The cached value, or the one `load` finds (stored unless an
     /// invalidation happened meanwhile). `Ok(None)` from `load` is not cached.
     pub async fn get_or_load<E, F, Fut>(&self, key: &K, load: F) -> Result<Option<Arc<V>>, E>

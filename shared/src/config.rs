@@ -51,6 +51,11 @@ pub struct DbConfig {
         hide_default_value = false
     )]
     pub database_url: Secret,
+    /// PostgreSQL URL of the role that owns the schema, used only to apply
+    /// migrations (default: `DATABASE_URL`). Lets the services run as a
+    /// role with DML rights only (see docs/operations/security.md).
+    #[arg(long = "migrate-database-url", env = "RDEV_MIGRATE_DATABASE_URL")]
+    pub migrate_database_url: Option<Secret>,
     /// Maximum connections in this process's pool.
     #[arg(long = "db-pool-size", env = "RDEV_DB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -69,6 +74,10 @@ pub struct AmqpConfig {
     /// Prefix of every exchange and queue name, so tenants and tests can share a broker.
     #[arg(long = "amqp-prefix", env = "RDEV_AMQP_PREFIX", default_value = "rdev", value_parser = parse_prefix)]
     pub prefix: String,
+    /// PEM file of the CA(s) that sign the broker's certificate, for an
+    /// `amqps://` URL whose server is not signed by a public CA.
+    #[arg(long = "amqp-ca-file", env = "RDEV_AMQP_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {

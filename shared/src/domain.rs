@@ -727,6 +727,8 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The key that made it (none: made from the command line).
+    pub created_by: Option<Uuid>,
 }
 
 impl ApiKey {

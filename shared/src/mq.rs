@@ -227,16 +227,36 @@ pub async fn subscribe_control(
 }
 
 /// Opens a connection named `name` (shown in the broker's management UI).
+/// An `amqps://` URL connects over TLS (rustls): the broker's certificate
+/// must chain to a public root, or to a CA of `RDEV_AMQP_CA_FILE`, and name
+/// the URL's host.
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, MqError> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-    tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(cfg.amqp_url.expose(), props),
-    )
-    .await
-    .map_err(|_| MqError::Timeout("connecting"))?
-    .map_err(MqError::from)
+    let connecting = async {
+        match &cfg.ca_file {
+            None => Connection::connect(cfg.amqp_url.expose(), props).await,
+            Some(path) => {
+                let pem = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(lapin::Error::from)?;
+                Connection::connect_with_config(
+                    cfg.amqp_url.expose(),
+                    props,
+                    lapin::tcp::OwnedTLSConfig {
+                        identity: None,
+                        cert_chain: Some(pem),
+                    },
+                    lapin::runtime::default_runtime()?,
+                )
+                .await
+            }
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| MqError::Timeout("connecting"))?
+        .map_err(MqError::from)
 }
 
 /// Declares every exchange and durable queue and their bindings. Idempotent;

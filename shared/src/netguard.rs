@@ -47,6 +47,7 @@ fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
         || a == 0 // "this network"
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast 192.88.99.0/24 (RFC 7526)
         || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18.0.0/15
         || a >= 240 // reserved 240.0.0.0/4
 }
@@ -65,6 +66,16 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
     // NAT64 well-known prefix 64:ff9b::/96 translates to the embedded IPv4.
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6].iter().all(|&s| s == 0) {
         return is_forbidden_v4(embedded_v4(seg));
+    }
+    // Local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215): translated by the
+    // operator's own NAT64, to whatever IPv4 it maps, private ones included.
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 0x0001 {
+        return true;
+    }
+    // Teredo 2001::/32 (RFC 4380) tunnels to an obfuscated IPv4 address
+    // through a relay: never a legitimate webhook destination.
+    if seg[0] == 0x2001 && seg[1] == 0x0000 {
+        return true;
     }
     // 6to4 2002::/16 embeds an IPv4 address in bits 16..48.
     if seg[0] == 0x2002 {
@@ -155,6 +166,37 @@ pub async fn resolve_allowed(
     filter_allowed(addrs, allow_private, &target.host)
 }
 
+/// Resolves a target and requires every address to be allowed: what the API
+/// checks when a webhook is created or its URL changed, so a name that
+/// resolves to a public and an internal address is refused outright (the
+/// dispatcher's connect-time filter would otherwise still pick the public
+/// one, but a later answer may order them differently).
+pub async fn resolve_all_public(target: &Target) -> Result<Vec<SocketAddr>, Refusal> {
+    let addrs: Vec<SocketAddr> = match target.ip {
+        Some(ip) => vec![SocketAddr::new(ip, target.port)],
+        None => tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((target.host.as_str(), target.port)),
+        )
+        .await
+        .map_err(|_| Refusal::Unresolvable(target.host.clone()))?
+        .map_err(|_| Refusal::Unresolvable(target.host.clone()))?
+        .collect(),
+    };
+    require_all_public(addrs, &target.host)
+}
+
+/// Every address must be allowed; an error naming the first refused one.
+pub fn require_all_public(addrs: Vec<SocketAddr>, host: &str) -> Result<Vec<SocketAddr>, Refusal> {
+    if addrs.is_empty() {
+        return Err(Refusal::Unresolvable(host.to_owned()));
+    }
+    match addrs.iter().find(|a| is_forbidden(a.ip())) {
+        Some(bad) => Err(Refusal::Forbidden(bad.ip())),
+        None => Ok(addrs),
+    }
+}
+
 /// Keeps the allowed addresses; an error naming a refused one when none is left.
 pub fn filter_allowed(
     addrs: Vec<SocketAddr>,
@@ -216,6 +258,11 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::10.0.0.1",
             "2002:7f00:1::",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1::101:101",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "192.88.99.1",
         ] {
             assert!(is_forbidden(ip(s)), "{s} must be forbidden");
         }
@@ -270,6 +317,21 @@ mod tests {
             filter_allowed(vec![SocketAddr::new(ip("127.0.0.1"), 80)], false, "h"),
             Err(Refusal::Forbidden(ip("127.0.0.1")))
         );
+    }
+
+    #[test]
+    fn at_create_time_every_address_must_be_public() {
+        let mixed = vec![
+            SocketAddr::new(ip("1.1.1.1"), 80),
+            SocketAddr::new(ip("10.0.0.1"), 80),
+        ];
+        assert_eq!(
+            require_all_public(mixed, "h"),
+            Err(Refusal::Forbidden(ip("10.0.0.1")))
+        );
+        let public = vec![SocketAddr::new(ip("1.1.1.1"), 80)];
+        assert_eq!(require_all_public(public.clone(), "h"), Ok(public));
+        assert!(require_all_public(Vec::new(), "h").is_err());
     }
 
     #[tokio::test]

@@ -85,51 +85,77 @@ pub fn validate(patterns: &[String], errors: &mut Vec<FieldError>) {
 pub struct Refusal(pub String);
 
 /// Checks a command against a project's patterns; `Ok` names the rule that
-/// allowed it (`None` when the project has no policy).
+/// allowed it (`None` when the project has no policy). Compiles the
+/// patterns on every call: hot paths keep a [`Policy`] instead.
 pub fn check(patterns: Option<&[String]>, spec: &CommandSpec) -> Result<Option<String>, Refusal> {
-    let Some(patterns) = patterns else {
-        return Ok(None);
-    };
-    let mut invalid = 0;
-    for p in patterns {
-        let Ok(rule) = compile(p) else {
-            // Stored before validation existed: never allows anything.
-            invalid += 1;
-            continue;
-        };
-        let ok = match (&rule, spec) {
-            (Rule::Argv0(name), CommandSpec::Argv(argv)) => argv.first() == Some(name),
-            (Rule::Argv0(name), CommandSpec::Shell(line)) => {
-                !line.contains(SHELL_META) && line.split_whitespace().next() == Some(name)
+    match patterns {
+        None => Ok(None),
+        Some(p) => Policy::compile(p).check(spec),
+    }
+}
+
+/// A project's patterns, compiled once (regexes are not rebuilt for every
+/// command enqueued; the API caches one per project version).
+#[derive(Debug)]
+pub struct Policy {
+    /// Each pattern with its compiled rule (`None`: stored before
+    /// validation existed and invalid; it never allows anything).
+    rules: Vec<(String, Option<Rule>)>,
+}
+
+impl Policy {
+    /// Compiles every pattern.
+    pub fn compile(patterns: &[String]) -> Self {
+        Self {
+            rules: patterns
+                .iter()
+                .map(|p| (p.clone(), compile(p).ok()))
+                .collect(),
+        }
+    }
+
+    /// Checks a command; `Ok` names the rule that allowed it.
+    pub fn check(&self, spec: &CommandSpec) -> Result<Option<String>, Refusal> {
+        let mut invalid = 0;
+        for (p, rule) in &self.rules {
+            let Some(rule) = rule else {
+                invalid += 1;
+                continue;
+            };
+            let ok = match (rule, spec) {
+                (Rule::Argv0(name), CommandSpec::Argv(argv)) => argv.first() == Some(name),
+                (Rule::Argv0(name), CommandSpec::Shell(line)) => {
+                    !line.contains(SHELL_META) && line.split_whitespace().next() == Some(name)
+                }
+                (Rule::Regex(re), CommandSpec::Shell(line)) => re.is_match(line),
+                (Rule::Regex(_), CommandSpec::Argv(_)) => false,
+            };
+            if ok {
+                return Ok(Some(p.clone()));
             }
-            (Rule::Regex(re), CommandSpec::Shell(line)) => re.is_match(line),
-            (Rule::Regex(_), CommandSpec::Argv(_)) => false,
+        }
+        let what = match spec {
+            CommandSpec::Argv(_) => "argv commands are allowed only by `argv0:` rules",
+            CommandSpec::Shell(_) => {
+                "shell commands are allowed by `re:` rules, or by `argv0:` rules when \
+                 they contain no shell metacharacters"
+            }
         };
-        if ok {
-            return Ok(Some(p.clone()));
+        let mut msg = if self.rules.is_empty() {
+            "the project's allowed_commands is empty: no command may run".to_owned()
+        } else {
+            format!(
+                "no rule of the project's allowed_commands matched ({} rules checked; {what})",
+                self.rules.len()
+            )
+        };
+        if invalid > 0 {
+            msg.push_str(&format!(
+                "; {invalid} stored rules are invalid and were ignored"
+            ));
         }
+        Err(Refusal(msg))
     }
-    let what = match spec {
-        CommandSpec::Argv(_) => "argv commands are allowed only by `argv0:` rules",
-        CommandSpec::Shell(_) => {
-            "shell commands are allowed by `re:` rules, or by `argv0:` rules when \
-             they contain no shell metacharacters"
-        }
-    };
-    let mut msg = if patterns.is_empty() {
-        "the project's allowed_commands is empty: no command may run".to_owned()
-    } else {
-        format!(
-            "no rule of the project's allowed_commands matched ({} rules checked; {what})",
-            patterns.len()
-        )
-    };
-    if invalid > 0 {
-        msg.push_str(&format!(
-            "; {invalid} stored rules are invalid and were ignored"
-        ));
-    }
-    Err(Refusal(msg))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ fn amqp_url() -> String {
 }
 
 /// Replaces the database name (the path) of a PostgreSQL URL.
-fn with_db(url: &str, db: &str) -> String {
+pub fn with_db(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
@@ -73,6 +73,7 @@ impl TestEnv {
             .expect("create test database");
         let db = DbConfig {
             database_url: Secret::new(with_db(&admin_url, &db_name)),
+            migrate_database_url: None,
             pool_size: 8,
         };
         let pool = db::pool(&db).expect("test pool");
@@ -82,6 +83,7 @@ impl TestEnv {
             amqp: AmqpConfig {
                 amqp_url: Secret::new(amqp_url()),
                 prefix: prefix.clone(),
+                ca_file: None,
             },
             topology: Topology::new(prefix),
             db,

@@ -102,6 +102,8 @@ pub struct Webhook {
     pub disabled_reason: Option<String>,
     /// Start of the current run of failures.
     pub failing_since: Option<DateTime<Utc>>,
+    /// Until when the secret before the last rotation still signs too.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.

@@ -96,7 +96,18 @@ async fn escape_suite(app: &TestApp, ops: &str, secrets: &[String]) {
         .next()
         .expect("database name")
         .to_owned();
-    let mut needles = vec![db_name, "DATABASE_URL=".to_owned(), "AMQP_URL=".to_owned()];
+    // So is the key ring that seals secrets at rest (its key part).
+    let ring_key = support::TEST_ENCRYPTION_KEYS
+        .split_once(':')
+        .map(|(_, k)| k.to_owned())
+        .expect("id:key");
+    let mut needles = vec![
+        db_name,
+        ring_key,
+        "DATABASE_URL=".to_owned(),
+        "AMQP_URL=".to_owned(),
+        "RDEV_ENCRYPTION_KEYS=".to_owned(),
+    ];
     needles.extend(secrets.iter().cloned());
 
     app.create_project("victim", json!({})).await;
@@ -409,6 +420,7 @@ impl UnprivilegedWorker {
             .env("RDEV_WORKSPACE_ROOT", &app.workspace)
             .env("RDEV_LISTEN", format!("127.0.0.1:{port}"))
             .env("RDEV_EXECUTORS", "local")
+            .env("RDEV_ENCRYPTION_KEYS", support::TEST_ENCRYPTION_KEYS)
             .env("RDEV_HEARTBEAT_S", "1")
             .env("RDEV_KILL_GRACE_S", "1")
             .env("RUST_LOG", "warn")

@@ -82,6 +82,7 @@ fn spawn_role(env: &TestEnv, role: &str, workspace: &std::path::Path) -> tokio::
         .env("AMQP_URL", env.amqp.amqp_url.expose())
         .env("RDEV_AMQP_PREFIX", &env.amqp.prefix)
         .env("RDEV_LISTEN", "127.0.0.1:0")
+        .env("RDEV_OPS_LISTEN", "127.0.0.1:0")
         .env("RDEV_MIGRATE", "0")
         .env("RDEV_WORKSPACE_ROOT", workspace)
         .env("RDEV_SSE_MAX_PER_KEY", "10000")

@@ -1,12 +1,29 @@
 //! `rdev-worker`: parse the configuration, set up logging, run until SIGTERM or SIGINT.
 
 use clap::Parser;
+use rdev_shared::crypto::{self, CryptoConfig};
 use rdev_worker::Config;
+
+/// The worker's settings and the key ring it opens command env/stdin with.
+#[derive(Parser)]
+#[command(
+    name = "rdev-worker",
+    version,
+    about = "Runs rdev commands taken from RabbitMQ"
+)]
+struct Cli {
+    #[command(flatten)]
+    cfg: Config,
+    #[command(flatten)]
+    crypto: CryptoConfig,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::parse();
+    let Cli { cfg, crypto: keys } = Cli::parse();
     let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-worker");
+    // Refuses to start without a key unless RDEV_ALLOW_UNENCRYPTED=1.
+    crypto::install(keys.ring()?);
     rdev_worker::run(cfg, shutdown_signal()).await?;
     Ok(())
 }

@@ -245,7 +245,12 @@ fn check_base(objs: &[Value]) {
         config.get("RDEV_LOG_FORMAT").map(String::as_str),
         Some("json")
     );
-    for secret in ["DATABASE_URL", "AMQP_URL"] {
+    for secret in [
+        "DATABASE_URL",
+        "AMQP_URL",
+        "RDEV_ENCRYPTION_KEYS",
+        "RDEV_MIGRATE_DATABASE_URL",
+    ] {
         assert!(
             !config.contains_key(secret),
             "{secret} belongs in the Secret"
@@ -506,10 +511,7 @@ fn check_base(objs: &[Value]) {
             )
         })
         .collect();
-    assert_eq!(
-        endpoints,
-        [("http", "/metrics"), ("metrics", "/metrics")].into()
-    );
+    assert_eq!(endpoints, [("metrics", "/metrics")].into());
 }
 
 #[test]
@@ -547,16 +549,31 @@ fn project_access_binds_the_worker_role_in_one_namespace() {
 fn secret_template_holds_placeholders_only_and_is_not_applied() {
     let path = repo().join("deploy/k8s/secret.example.yaml");
     let docs = yaml_docs(&read(&path));
-    assert_eq!(docs.len(), 1);
-    let secret: Secret = typed(&docs[0]);
-    assert_eq!(secret.metadata.name.as_deref(), Some("rdev-secrets"));
-    let data = secret.string_data.expect("stringData");
-    assert_eq!(
-        data.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-        ["AMQP_URL", "DATABASE_URL"].into()
-    );
-    for (k, v) in data {
-        assert!(v.contains("CHANGE_ME"), "{k} is a placeholder");
+    assert_eq!(docs.len(), 2);
+    // Every service's secrets; and the schema owner's URL, for the API only
+    // (it applies migrations).
+    for (doc, name, keys) in [
+        (
+            &docs[0],
+            "rdev-secrets",
+            ["AMQP_URL", "DATABASE_URL", "RDEV_ENCRYPTION_KEYS"].as_slice(),
+        ),
+        (
+            &docs[1],
+            "rdev-migrate-secrets",
+            ["RDEV_MIGRATE_DATABASE_URL"].as_slice(),
+        ),
+    ] {
+        let secret: Secret = typed(doc);
+        assert_eq!(secret.metadata.name.as_deref(), Some(name));
+        let data = secret.string_data.expect("stringData");
+        assert_eq!(
+            data.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+            keys.iter().copied().collect()
+        );
+        for (k, v) in data {
+            assert!(v.contains("CHANGE_ME"), "{k} is a placeholder");
+        }
     }
     let k = yaml_docs(&read(&repo().join("deploy/k8s/kustomization.yaml")));
     let resources = k[0]["resources"].as_array().expect("resources");

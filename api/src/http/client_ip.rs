@@ -3,6 +3,10 @@
 //! right, skipping trusted proxies, and the first address that is not one
 //! is the client. Entries left of it were written by the client itself and
 //! are never believed, so an untrusted peer cannot spoof its address.
+//!
+//! The header is read as bytes, entry by entry: a client can put any byte
+//! in the part it writes, and one non-ASCII byte there must not make the
+//! whole header unreadable (the client would then be taken for the proxy).
 
 use std::net::IpAddr;
 
@@ -20,19 +24,21 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
     if !trusted(client, proxies) {
         return client;
     }
-    // Several X-Forwarded-For headers form one list, in order.
-    let hops: Vec<&str> = headers
+    // Several X-Forwarded-For headers form one list, in order. Bounded:
+    // the header block itself is (hyper's 64 KiB limit).
+    let hops: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .collect();
     for hop in hops.iter().rev() {
         // Some proxies append the port (`1.2.3.4:5678`, `[2001:db8::1]:443`).
-        let parsed = hop
-            .parse::<IpAddr>()
-            .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|s| s.ip()));
+        let parsed = std::str::from_utf8(hop).map_err(|_| ()).and_then(|hop| {
+            hop.parse::<IpAddr>()
+                .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+                .map_err(|_| ())
+        });
         match parsed {
             Ok(ip) => {
                 client = canonical_ip(ip);
@@ -60,6 +66,17 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_non_ascii_byte_spoils_only_its_own_entry() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut m = HeaderMap::new();
+        m.insert(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff1.2.3.4, 203.0.113.9").expect("obs-text"),
+        );
+        assert_eq!(resolve(ip("10.0.0.1"), &m, &proxies), ip("203.0.113.9"));
     }
 
     #[test]

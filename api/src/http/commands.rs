@@ -15,7 +15,7 @@ use rdev_shared::domain::{
     validate_env_denylist,
 };
 use rdev_shared::mq::{ControlMessage, OutputEvent};
-use rdev_shared::{policy, relay};
+use rdev_shared::relay;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -28,8 +28,10 @@ use super::projects::load_visible;
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 const MAX_ARGS: usize = 4096;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-/// Chunks read from PostgreSQL per page when streaming stored output.
-const OUTPUT_PAGE: i64 = 64;
+/// Chunks read from PostgreSQL per page when streaming stored output: at
+/// most 4 × 64 KiB held per download, and the next page is read only when
+/// the client has taken the previous one (the body is pulled, not pushed).
+const OUTPUT_PAGE: i64 = 4;
 
 /// Body of `POST /v1/projects/{name}/commands`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -153,7 +155,11 @@ pub async fn create(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let rule = match policy::check(project.allowed_commands.as_deref(), &spec) {
+    let allowed = match st.policies.get(&project).await {
+        None => Ok(None),
+        Some(policy) => policy.check(&spec),
+    };
+    let rule = match allowed {
         Ok(rule) => rule,
         Err(refusal) => {
             auth.record_denial(
@@ -439,8 +445,21 @@ pub async fn output(
         })
         .transpose()?;
     let cmd = load_visible_command(&st, &auth, &id).await?;
+    let slot = st.downloads.admit(auth.key.id).map_err(|r| {
+        let n = match r {
+            crate::limits::Refusal::Instance(n) | crate::limits::Refusal::Key(n) => n,
+        };
+        ApiError::TooManyRequests {
+            detail: format!(
+                "this API key has its maximum of {n} concurrent output downloads; retry when one ends"
+            ),
+            retry_after_s: 1,
+        }
+    })?;
     let pool = st.pool.clone();
     let body = async_stream::try_stream! {
+        // Held until the download ends or the client goes away.
+        let _slot = slot;
         let mut last = 0i64;
         loop {
             let client = pool.get().await.map_err(std::io::Error::other)?;

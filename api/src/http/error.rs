@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive in time (`RDEV_BODY_READ_TIMEOUT`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -77,6 +80,11 @@ impl ApiError {
                 "Validation Failed",
             ),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad Request"),
+            ApiError::RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request Timeout",
+            ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -189,6 +197,11 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if super::body::is_timeout(&r) || r.body_text().contains("was not received within") {
+            return ApiError::RequestTimeout(
+                "the request body was not received in time; send it whole, promptly".into(),
+            );
+        }
         match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(

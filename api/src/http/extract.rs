@@ -19,7 +19,7 @@ use super::AppState;
 use super::client_ip;
 use super::error::ApiError;
 use super::ratelimit::RateSlot;
-use crate::keycache::DenialBudget;
+use crate::keycache::{DenialBudget, Lookup};
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]
@@ -30,6 +30,9 @@ pub struct Auth {
     pub ip: Option<IpAddr>,
     /// `METHOD /path` of the request, for denial records.
     pub route: String,
+    /// SHA-256 of the secret presented (an event stream ends when the key's
+    /// stored hash no longer matches it: rotated).
+    pub secret_hash: [u8; 32],
     pool: Pool,
     denials: Arc<DenialBudget>,
 }
@@ -177,18 +180,33 @@ impl FromRequestParts<AppState> for Auth {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
         let hash = secret::hash_key(token);
-        let Some(entry) = state.keys.lookup(&state.pool, &hash).await? else {
-            return Err(ApiError::Unauthorized("invalid API key".into()));
+        let ip = peer_ip(parts)
+            .map(|peer| client_ip::resolve(peer, &parts.headers, &state.cfg.trusted_proxies.0));
+        let entry = match state.keys.authenticate(&state.pool, &hash, ip).await? {
+            Lookup::Found(entry) => entry,
+            Lookup::Unknown => return Err(ApiError::Unauthorized("invalid API key".into())),
+            Lookup::Throttled { retry_after_s } => {
+                return Err(ApiError::TooManyRequests {
+                    detail: format!(
+                        "too many failed authentications from this address; retry in {retry_after_s} s"
+                    ),
+                    retry_after_s,
+                });
+            }
+            Lookup::Busy => {
+                return Err(ApiError::Unavailable(
+                    "too many key lookups in flight; retry shortly".into(),
+                ));
+            }
         };
         if !secret::constant_time_eq(&entry.stored_hash, &hash) {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
-        let ip = peer_ip(parts)
-            .map(|peer| client_ip::resolve(peer, &parts.headers, &state.cfg.trusted_proxies.0));
         let auth = Auth {
             key: entry.key.clone(),
             ip,
             route: format!("{} {}", parts.method, parts.uri.path()),
+            secret_hash: hash,
             pool: state.pool.clone(),
             denials: entry.denials.clone(),
         };

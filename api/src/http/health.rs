@@ -32,8 +32,8 @@ pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String)))]
+/// Prometheus text exposition, on the operations listener only
+/// (`RDEV_OPS_LISTEN`), not an operation of the public API.
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     (
         [(

@@ -1,12 +1,15 @@
 //! `/v1/api-keys`: create, list, get, revoke, rotate (scope `keys:manage`);
 //! and `/v1/whoami`, the calling key itself (any key).
 //!
-//! No key can hand out more than it holds: a new key's scopes must be
-//! granted by the caller's (`admin` grants all), and a project-restricted
-//! caller can only make keys restricted to a subset of its projects. The
-//! same rule decides which existing keys a caller sees and manages: those
-//! it could have created (others are 404), so rotating cannot be used to
-//! obtain a more powerful secret.
+//! No key can hand out more than it holds, on any axis: a new key's scopes
+//! must be granted by the caller's (`admin` grants all), a project-restricted
+//! caller can only make keys restricted to a subset of its projects, and the
+//! caller's own IP allowlist, expiry and rate limit bound the new key's
+//! (absent ones are inherited; wider ones are refused). The same rule
+//! decides which existing keys a caller sees: those it could have created
+//! (others are 404). Rotating and revoking reach only the keys the caller
+//! created (and itself); an `admin` key reaches all. The creator is recorded
+//! (`created_by`).
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::keys::{self, KeyLimits, NewKey, Visibility};
-use rdev_shared::db::projects;
 use rdev_shared::domain::{ApiKey, FieldError, RateLimit, Scope};
 use rdev_shared::{secret, validate};
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,9 @@ pub struct KeyView {
     revoked_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    /// The key that created this one; `null` when it was made from the
+    /// command line (`rdev-api keys create`).
+    created_by: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
@@ -87,6 +92,7 @@ async fn views(
             revoked_at: k.revoked_at,
             last_used_at: k.last_used_at,
             created_at: k.created_at,
+            created_by: k.created_by,
             secret,
         })
         .collect())
@@ -173,10 +179,16 @@ pub async fn create(
     let project_ids = match &body.projects {
         None => None,
         Some(names) => {
+            // One query for all of them, however many (up to 1,000).
+            let found = keys::project_ids_by_name(&client, names).await?;
             let mut ids = Vec::with_capacity(names.len());
             for (i, n) in names.iter().enumerate() {
-                match projects::get_by_name(&client, n).await? {
-                    Some(p) if auth.sees_project(p.id) => ids.push(p.id),
+                match found.get(n) {
+                    Some(&id) if auth.sees_project(id) => {
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
                     _ => errors.push(FieldError::new(
                         format!("projects[{i}]"),
                         format!("no project named `{n}`"),
@@ -207,6 +219,21 @@ pub async fn create(
             "a project-restricted key can only create keys restricted to its projects".into(),
         ));
     }
+    let limits = match within_creator(
+        &auth.key,
+        st.cfg.rate_limit,
+        KeyLimits {
+            allowed_ips,
+            rate_limit: body.rate_limit,
+            expires_at: body.expires_at,
+            created_by: Some(auth.key.id),
+        },
+    ) {
+        Ok(l) => l,
+        Err((axis, detail)) => {
+            return Err(auth.deny("escalation", json!({ "axis": axis }), detail));
+        }
+    };
     let generated = secret::generate_key();
     let tx = client.transaction().await?;
     let key = keys::insert_with(
@@ -218,11 +245,7 @@ pub async fn create(
             scopes,
             project_ids,
         },
-        &KeyLimits {
-            allowed_ips,
-            rate_limit: body.rate_limit,
-            expires_at: body.expires_at,
-        },
+        &limits,
     )
     .await?;
     audit_key(&tx, &auth, "api_key.create", &key).await?;
@@ -234,6 +257,80 @@ pub async fn create(
         resp.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(resp)
+}
+
+/// Bounds a new key's limits by its creator's: an absent limit is
+/// inherited, a given one must be within the creator's. The creator's rate
+/// limit is its own, or the server default (`default_rate`) unless it is an
+/// `admin` key without one. `Err((axis, detail))` names what would widen.
+pub fn within_creator(
+    creator: &ApiKey,
+    default_rate: RateLimit,
+    mut new: KeyLimits,
+) -> Result<KeyLimits, (&'static str, String)> {
+    match (&new.allowed_ips, &creator.allowed_ips) {
+        (None, theirs) => new.allowed_ips.clone_from(theirs),
+        (Some(_), None) => {}
+        (Some(mine), Some(theirs)) => {
+            if let Some(n) = mine.iter().find(|n| !theirs.iter().any(|t| t.contains(*n))) {
+                return Err((
+                    "allowed_ips",
+                    format!("cannot allow {n}, which is outside this key's own allowed_ips"),
+                ));
+            }
+        }
+    }
+    match (new.expires_at, creator.expires_at) {
+        (None, theirs) => new.expires_at = theirs,
+        (Some(mine), Some(theirs)) if mine > theirs => {
+            return Err((
+                "expires_at",
+                format!(
+                    "cannot outlive this key, which expires at {}",
+                    theirs.to_rfc3339()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let ceiling = match creator.rate_limit {
+        Some(own) => Some(own),
+        None if creator.has_scope(Scope::Admin) => None,
+        None => Some(default_rate),
+    };
+    match (new.rate_limit, ceiling) {
+        (None, _) => new.rate_limit = creator.rate_limit,
+        (Some(mine), Some(max)) => {
+            let burst_ok = mine.requests <= max.requests;
+            let rate_ok = i64::from(mine.requests) * i64::from(max.window_s)
+                <= i64::from(max.requests) * i64::from(mine.window_s);
+            if !(burst_ok && rate_ok) {
+                return Err((
+                    "rate_limit",
+                    format!(
+                        "cannot allow more than this key's own budget of {} requests per {} s",
+                        max.requests, max.window_s
+                    ),
+                ));
+            }
+        }
+        (Some(_), None) => {}
+    }
+    Ok(new)
+}
+
+/// Whether `caller` may rotate or revoke `target`: keys it created, itself,
+/// or any key for an `admin`.
+fn may_manage(caller: &ApiKey, target: &ApiKey) -> bool {
+    caller.has_scope(Scope::Admin) || target.id == caller.id || target.created_by == Some(caller.id)
+}
+
+fn not_creator(auth: &Auth, target: &ApiKey) -> ApiError {
+    auth.deny(
+        "not_creator",
+        json!({ "key_id": target.id }),
+        "this API key can rotate or revoke only the keys it created".into(),
+    )
 }
 
 /// Query of `GET /v1/api-keys`.
@@ -310,6 +407,9 @@ pub async fn revoke(
     auth.require(Scope::KeysManage)?;
     let mut client = st.pool.get().await?;
     let key = load_visible(&client, &auth, &id).await?;
+    if !may_manage(&auth.key, &key) {
+        return Err(not_creator(&auth, &key));
+    }
     let tx = client.transaction().await?;
     let key = keys::revoke(&tx, key.id)
         .await?
@@ -332,6 +432,9 @@ pub async fn rotate(
     auth.require(Scope::KeysManage)?;
     let mut client = st.pool.get().await?;
     let key = load_visible(&client, &auth, &id).await?;
+    if !may_manage(&auth.key, &key) {
+        return Err(not_creator(&auth, &key));
+    }
     if key.revoked_at.is_some() {
         return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
     }

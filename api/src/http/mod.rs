@@ -1,6 +1,7 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
 pub mod audit;
+pub mod body;
 pub mod client_ip;
 pub mod commands;
 pub mod debug;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Cached project lookups by name.
     pub projects: Arc<crate::control::ProjectCache>,
+    /// Compiled `allowed_commands` per project version.
+    pub policies: Arc<crate::policies::PolicyCache>,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.
@@ -54,6 +57,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Admission of SSE connections.
     pub sse: Arc<SseLimiter>,
+    /// Admission of `/output` downloads (per key).
+    pub downloads: Arc<SseLimiter>,
     /// Turns `true` when the server shuts down: SSE streams then close with
     /// a `retry:` hint so clients reconnect to another instance.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -88,6 +93,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/webhooks/{id}/test", post(webhooks::test))
+        .route(
+            "/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
         .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route(
             "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
@@ -98,7 +107,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .route("/debug/pprof/heap", get(debug::heap))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(openapi::docs())
@@ -109,9 +117,25 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            body::deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             record_request,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .with_state(state)
+}
+
+/// The operations listener (`RDEV_OPS_LISTEN`): Prometheus `/metrics`, and
+/// `/health` and `/ready` for probes that prefer it. Not on the public port:
+/// metrics tell an outsider about load, keys in use and failures.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .fallback(not_found)
         .with_state(state)
 }
 

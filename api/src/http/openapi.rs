@@ -198,7 +198,6 @@ pub struct Readiness {
     paths(
         health::health,
         health::ready,
-        health::metrics,
         debug::heap,
         openapi_json,
         projects::create,
@@ -225,6 +224,7 @@ pub struct Readiness {
         webhooks::update,
         webhooks::delete,
         webhooks::test,
+        webhooks::rotate_secret,
         webhooks::deliveries,
         webhooks::redeliver,
         webhooks::recover,
@@ -232,7 +232,7 @@ pub struct Readiness {
     components(schemas(Problem, OutputEventData, GapEventData)),
     modifiers(&ProblemResponses),
     tags(
-        (name = "system", description = "Health, readiness, metrics, profiling, this document"),
+        (name = "system", description = "Health, readiness, profiling, this document (metrics are on the operations listener, `RDEV_OPS_LISTEN`)"),
         (name = "projects"),
         (name = "commands"),
         (name = "api-keys"),
@@ -290,7 +290,7 @@ impl Modify for ProblemResponses {
 fn add_problems(op: &mut Operation) {
     let authed = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let mut codes = vec![
-        "400", "404", "405", "413", "415", "422", "429", "500", "503",
+        "400", "404", "405", "408", "413", "415", "422", "429", "500", "503",
     ];
     if authed {
         codes.extend(["401", "403", "409"]);
@@ -323,14 +323,50 @@ pub async fn openapi_json() -> impl IntoResponse {
     )
 }
 
+/// The policy of every `/docs` answer: Swagger UI's own files only (its
+/// script and style files are vendored into the binary), `fetch` only to
+/// this origin (`/openapi.json`, and "Try it out" against this API), no
+/// framing (clickjacking), no `<base>`, no form posts elsewhere. Swagger UI
+/// (React) sets element styles at run time, hence `'unsafe-inline'` for
+/// styles only; scripts stay file-only.
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// The Swagger UI at `/docs`, reading `/openapi.json`; its assets are
-/// compiled into the binary, nothing is loaded from elsewhere.
+/// compiled into the binary, nothing is loaded from elsewhere. Every answer
+/// carries [`DOCS_CSP`], `X-Frame-Options: DENY`, `nosniff` and
+/// `no-referrer`.
 pub fn docs<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
-    utoipa_swagger_ui::SwaggerUi::new("/docs")
+    let ui: axum::Router<S> = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .config(
             utoipa_swagger_ui::Config::from("/openapi.json")
                 // No validator badge: it would load from an outside service.
                 .validator_url("none"),
         )
-        .into()
+        .into();
+    ui.layer(axum::middleware::from_fn(docs_headers))
+}
+
+async fn docs_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOCS_CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }

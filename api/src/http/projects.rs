@@ -25,14 +25,18 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const MAX_MAX_OUTPUT_BYTES: i64 = 1024 * 1024 * 1024;
 const DEFAULT_TIMEOUT_S: i32 = 3600;
 
-/// A project as the API shows it.
+/// A project as the API shows it. `env` is write-only (values may be
+/// secrets, like GitHub Actions secrets): answers list the names in
+/// `env_names`, never the values.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
     name: String,
     description: String,
     #[schema(value_type = crate::http::openapi::ExecutorConfigDoc)]
     executor: ExecutorConfig,
-    env: BTreeMap<String, String>,
+    /// Names of the project's environment variables, sorted; the values are
+    /// never shown.
+    env_names: Vec<String>,
     default_timeout_s: i32,
     max_output_bytes: i64,
     max_concurrency: Option<i32>,
@@ -52,7 +56,7 @@ impl From<Project> for ProjectView {
             name: p.name,
             description: p.description,
             executor: p.executor,
-            env: p.env,
+            env_names: p.env.into_keys().collect(),
             default_timeout_s: p.default_timeout_s,
             max_output_bytes: p.max_output_bytes,
             max_concurrency: p.max_concurrency,

@@ -49,6 +49,11 @@ const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
 
+/// Largest `Last-Event-ID` accepted: 2^53 - 1 (the largest integer every
+/// JSON client holds exactly). A chunk `seq` never comes near it, and the
+/// stream's `seq + 1` arithmetic can then never overflow.
+pub const MAX_LAST_EVENT_ID: i64 = (1 << 53) - 1;
+
 fn last_event_id(headers: &HeaderMap) -> ApiResult<i64> {
     match headers.get("last-event-id") {
         None => Ok(0),
@@ -56,9 +61,11 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<i64> {
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|n| *n >= 0)
+            .filter(|n| (0..=MAX_LAST_EVENT_ID).contains(n))
             .ok_or_else(|| {
-                ApiError::BadRequest("Last-Event-ID must be a chunk sequence number".into())
+                ApiError::BadRequest(format!(
+                    "Last-Event-ID must be a chunk sequence number (0-{MAX_LAST_EVENT_ID})"
+                ))
             }),
     }
 }
@@ -80,6 +87,30 @@ async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Bytes>,
         *last = c.seq;
     }
     Ok((events, full))
+}
+
+/// The key an event stream was opened with, re-checked when it changes.
+struct KeyWatch {
+    id: Uuid,
+    secret_hash: [u8; 32],
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Whether the key still authenticates the stream: present, not revoked,
+/// not expired, and its secret not rotated. A failed read keeps the stream
+/// (the next change or the lifetime ends it).
+async fn key_still_valid(pool: &Pool, watch: &KeyWatch) -> bool {
+    let Ok(client) = pool.get().await else {
+        return true;
+    };
+    match rdev_shared::db::keys::find_by_id(&client, watch.id).await {
+        Ok(Some((key, stored))) => {
+            key.is_active(chrono::Utc::now())
+                && rdev_shared::secret::constant_time_eq(&stored, &watch.secret_hash)
+        }
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
@@ -108,7 +139,15 @@ pub async fn events(
             retry_after_s: 5,
         },
     })?;
-    let stream = event_stream(st, cmd, after, slot);
+    let watch = KeyWatch {
+        id: auth.key.id,
+        secret_hash: auth.secret_hash,
+        expires_at: auth.key.expires_at,
+    };
+    // Before the answer leaves: a key change announced while the client
+    // reads the headers is not missed.
+    let key_changes = st.keys.subscribe_changes();
+    let stream = event_stream(st, cmd, after, slot, watch, key_changes);
     Ok((
         [
             (
@@ -132,12 +171,27 @@ fn event_stream(
     cmd: Command,
     after: i64,
     slot: SseSlot,
+    watch: KeyWatch,
+    mut key_changes: tokio::sync::broadcast::Receiver<Uuid>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {
     async_stream::stream! {
         // Held for the life of the stream: dropping the stream (client gone,
         // server shutting down, end) releases it.
         let _slot = slot;
-        let expires = tokio::time::sleep(st.cfg.sse_max_lifetime);
+        // Key changes heard on this instance (every instance hears every
+        // announcement on the control exchange): a revoked or rotated key's
+        // streams end at once (`key_changes` was subscribed in the handler).
+        let mut changes_open = true;
+        // The stream ends at its maximum lifetime, or when its key expires
+        // if that comes first.
+        let until_expiry = watch
+            .expires_at
+            .map(|e| (e - chrono::Utc::now()).to_std().unwrap_or_default());
+        let (limit, limit_reason) = match until_expiry {
+            Some(left) if left < st.cfg.sse_max_lifetime => (left, "the API key expired"),
+            _ => (st.cfg.sse_max_lifetime, "maximum connection lifetime reached"),
+        };
+        let expires = tokio::time::sleep(limit);
         tokio::pin!(expires);
         let pool = st.pool.clone();
         let id = cmd.id;
@@ -220,8 +274,25 @@ fn event_stream(
             let behind = last < max_seen;
             tokio::select! {
                 () = &mut expires => {
-                    yield Ok(frames::reconnect("maximum connection lifetime reached", SHUTDOWN_RETRY));
+                    yield Ok(frames::reconnect(limit_reason, SHUTDOWN_RETRY));
                     break;
+                }
+                change = key_changes.recv(), if changes_open => {
+                    let recheck = match change {
+                        Ok(id) => id == watch.id || id.is_nil(),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            changes_open = false;
+                            false
+                        }
+                    };
+                    if recheck && !Box::pin(key_still_valid(&pool, &watch)).await {
+                        yield Ok(frames::reconnect(
+                            "the API key was revoked, rotated or has expired",
+                            CLIENT_RETRY,
+                        ));
+                        break;
+                    }
                 }
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                     // Resume elsewhere: the client reconnects with Last-Event-ID.

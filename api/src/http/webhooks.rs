@@ -25,6 +25,11 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
 
 const MAX_EVENTS: usize = 16;
+/// Largest deliveries page, in bytes of JSON: every attempt carries up to
+/// 20 KB of response excerpt, so 200 deliveries could otherwise make a page
+/// of tens of megabytes. A page stops before the delivery that would cross
+/// it (it always holds at least one) and `next_cursor` continues after it.
+pub const MAX_DELIVERIES_PAGE_BYTES: usize = 1024 * 1024;
 
 /// An endpoint as the API shows it (never its secret, except on create).
 #[derive(Serialize, utoipa::ToSchema)]
@@ -36,6 +41,9 @@ pub struct WebhookView {
     enabled: bool,
     disabled_reason: Option<String>,
     failing_since: Option<DateTime<Utc>>,
+    /// After a secret rotation: until when the previous secret still signs
+    /// too (a second `v1,` signature); `null` otherwise.
+    previous_secret_expires_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +60,7 @@ impl From<Webhook> for WebhookView {
             enabled: w.enabled,
             disabled_reason: w.disabled_reason,
             failing_since: w.failing_since,
+            previous_secret_expires_at: w.previous_secret_expires_at,
             created_at: w.created_at,
             updated_at: w.updated_at,
             secret: None,
@@ -124,7 +133,7 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// Checks a URL's shape and, unless private destinations are allowed, that
-/// it resolves only to public addresses.
+/// every address it resolves to is public.
 async fn check_url(url: &str, allow_private: bool, errors: &mut Vec<FieldError>) {
     let target = match netguard::parse_url(url) {
         Ok(t) => t,
@@ -133,7 +142,7 @@ async fn check_url(url: &str, allow_private: bool, errors: &mut Vec<FieldError>)
     if allow_private {
         return;
     }
-    if let Err(e) = netguard::resolve_allowed(&target, false).await {
+    if let Err(e) = netguard::resolve_all_public(&target).await {
         errors.push(FieldError::new("url", e.to_string()));
     }
 }
@@ -423,6 +432,45 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/webhooks/{id}/rotate-secret`: a new signing secret, shown
+/// only in this answer. Deliveries are signed with both the new and the
+/// previous secret (two `v1,` entries in `webhook-signature`) for
+/// `RDEV_WEBHOOK_SECRET_OVERLAP` (default 24 h), then with the new one only.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), responses((status = 200, description = "The endpoint with its new `secret` (shown only here); `previous_secret_expires_at` says until when the old one still signs", body = WebhookView)))]
+pub async fn rotate_secret(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::WebhooksManage)?;
+    let w = load_visible(&st, &auth, id).await?;
+    let secret = webhook_sign::generate_secret();
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let rotated = repo::rotate_secret(
+        &tx,
+        w.id,
+        &rdev_shared::config::Secret::new(secret.clone()),
+        st.cfg.webhook_secret_overlap,
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("webhook `{id}` not found")))?;
+    audit::append(
+        &tx,
+        &entry(
+            &auth,
+            "webhook.rotate_secret",
+            &rotated,
+            json!({ "previous_secret_expires_at": rotated.previous_secret_expires_at }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    let mut view = WebhookView::from(rotated);
+    view.secret = Some(secret);
+    Ok(axum::Json(view))
+}
+
 /// `POST /v1/webhooks/{id}/test`: enqueues a `webhook.test` event for this
 /// endpoint only.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", security(("bearer" = [])), params(("id" = String, Path, description = "Webhook id (uuid)")), responses((status = 202, description = "A `webhook.test` event is queued for this endpoint", body = crate::http::openapi::TestDelivery)))]
@@ -500,7 +548,33 @@ pub async fn deliveries(
     let before = uuid_cursor(q.cursor.as_deref())?;
     let client = st.pool.get().await?;
     let items = repo::list_deliveries(&client, w.id, status, before, limit).await?;
-    Ok(page(items, limit, |d| d.id, DeliveryView::from))
+    drop(client);
+    let full = items.len() as i64 == limit;
+    let mut out: Vec<serde_json::Value> = Vec::with_capacity(items.len());
+    let mut bytes = 0usize;
+    let mut last = None;
+    let mut cut = false;
+    for d in items {
+        let id = d.id;
+        let v = serde_json::to_value(DeliveryView::from(d))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let size = serde_json::to_vec(&v).map_or(0, |b| b.len()) + 1;
+        if !out.is_empty() && bytes + size > MAX_DELIVERIES_PAGE_BYTES {
+            cut = true;
+            break;
+        }
+        bytes += size;
+        out.push(v);
+        last = Some(id);
+    }
+    let next_cursor = if full || cut {
+        last.map(|id| cursor::encode(&id.to_string()))
+    } else {
+        None
+    };
+    Ok(axum::Json(
+        json!({ "items": out, "next_cursor": next_cursor }),
+    ))
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`: a new

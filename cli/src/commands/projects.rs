@@ -11,7 +11,7 @@ const PROJECT_FIELDS: &[&str] = &[
     "name",
     "description",
     "executor",
-    "env",
+    "env_names",
     "default_timeout_s",
     "max_output_bytes",
     "max_concurrency",

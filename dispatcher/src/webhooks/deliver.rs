@@ -165,6 +165,7 @@ async fn deliver(d: Arc<Delivering>, c: Claimed, _permit: OwnedSemaphorePermit) 
         &Message {
             url: &c.url,
             secret: c.secret.expose(),
+            previous_secret: c.previous_secret.as_ref().map(|s| s.expose()),
             id: &event_id,
             body: &c.payload,
         },

@@ -87,6 +87,10 @@ pub struct Message<'a> {
     pub url: &'a str,
     /// `whsec_` secret.
     pub secret: &'a str,
+    /// The secret before a rotation, while it still signs too: the
+    /// signature header then carries both `v1,` entries (Standard Webhooks
+    /// allows several), so receivers verify with either.
+    pub previous_secret: Option<&'a str>,
     /// `webhook-id`.
     pub id: &'a str,
     /// Body.
@@ -145,10 +149,16 @@ pub async fn send(client: &reqwest::Client, m: &Message<'_>, allow_private: bool
         Err(e) => return failed(format!("refused: {e}")),
     }
     let timestamp = at.timestamp();
-    let signature = match webhook_sign::sign(m.secret, m.id, timestamp, m.body) {
+    let mut signature = match webhook_sign::sign(m.secret, m.id, timestamp, m.body) {
         Ok(s) => s,
         Err(e) => return failed(format!("cannot sign: {e}")),
     };
+    if let Some(previous) = m.previous_secret
+        && let Ok(old) = webhook_sign::sign(previous, m.id, timestamp, m.body)
+    {
+        signature.push(' ');
+        signature.push_str(&old);
+    }
     let request = client
         .post(m.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -218,6 +228,7 @@ mod tests {
         let m = Message {
             url: "http://169.254.169.254/latest/meta-data",
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            previous_secret: None,
             id: "e",
             body: b"{}",
         };
@@ -235,6 +246,7 @@ mod tests {
         let m = Message {
             url: "http://localhost:9/",
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            previous_secret: None,
             id: "e",
             body: b"{}",
         };

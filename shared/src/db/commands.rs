@@ -89,6 +89,11 @@ pub struct Finish {
     pub truncated: bool,
 }
 
+/// The sealed columns (see [`crate::crypto`]).
+pub const ENV_FIELD: &str = "commands.env";
+/// The sealed stdin column.
+pub const STDIN_FIELD: &str = "commands.stdin";
+
 /// Columns of a command joined with its project's name; the command table is `c`.
 const COLS: &str = "c.id, c.project_id, c.api_key_id, c.command, c.argv, c.env, c.priority, \
                     c.status, c.exit_code, c.error, c.reason, c.signal, c.timeout_s, c.worker_id, c.attempt, \
@@ -116,7 +121,10 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
         project: row.try_get("project")?,
         api_key_id: row.try_get("api_key_id")?,
         spec,
-        env: from_json(row.try_get("env")?, "commands.env")?,
+        env: from_json(
+            crate::crypto::ring().open_json(row.try_get("env")?, ENV_FIELD)?,
+            ENV_FIELD,
+        )?,
         priority: row.try_get("priority")?,
         status,
         exit_code,
@@ -159,6 +167,9 @@ pub async fn insert(
         CommandSpec::Shell(s) => (Some(s.as_str()), None),
         CommandSpec::Argv(a) => (None, Some(a.clone())),
     };
+    let ring = crate::crypto::ring();
+    let env = ring.seal_json(&to_json(&c.env), ENV_FIELD);
+    let stdin = c.stdin.as_deref().map(|s| ring.seal(s, STDIN_FIELD));
     let sql = format!(
         "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, stdin, \
          priority, status, timeout_s, idempotency_key) \
@@ -176,8 +187,8 @@ pub async fn insert(
             &c.api_key_id,
             &command,
             &argv,
-            &to_json(&c.env),
-            &c.stdin,
+            &env,
+            &stdin,
             &c.priority,
             &c.timeout_s,
             &c.idempotency_key,
@@ -325,11 +336,16 @@ async fn claim_if(
     let Some(row) = client.query_opt(&stmt, &[&id, &worker_id]).await? else {
         return Ok(None);
     };
+    let ring = crate::crypto::ring();
+    let stdin: Option<Vec<u8>> = row.try_get("stdin")?;
     Ok(Some(Claimed {
         command: from_row(&row)?,
-        stdin: row.try_get("stdin")?,
+        stdin: stdin.map(|s| ring.open(&s, STDIN_FIELD)).transpose()?,
         executor: from_json(row.try_get("executor")?, "projects.executor")?,
-        project_env: from_json(row.try_get("project_env")?, "projects.env")?,
+        project_env: from_json(
+            ring.open_json(row.try_get("project_env")?, super::projects::ENV_FIELD)?,
+            super::projects::ENV_FIELD,
+        )?,
         max_output_bytes: row.try_get("max_output_bytes")?,
         network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
         limits: from_json(row.try_get("limits")?, "projects.limits")?,

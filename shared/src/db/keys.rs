@@ -36,10 +36,13 @@ pub struct KeyLimits {
     pub rate_limit: Option<RateLimit>,
     /// Expiry.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The key that makes this one (none: made from the command line).
+    pub created_by: Option<Uuid>,
 }
 
 const COLUMNS: &str = "id, name, prefix, scopes, project_ids, allowed_ips::text[] AS allowed_ips, \
-     rate_limit_requests, rate_limit_window_s, expires_at, revoked_at, last_used_at, created_at";
+     rate_limit_requests, rate_limit_window_s, expires_at, revoked_at, last_used_at, created_at, \
+     created_by";
 
 fn from_row(row: &Row) -> Result<ApiKey, DbError> {
     let scopes: Vec<String> = row.try_get("scopes")?;
@@ -70,6 +73,7 @@ fn from_row(row: &Row) -> Result<ApiKey, DbError> {
         revoked_at: row.try_get("revoked_at")?,
         last_used_at: row.try_get("last_used_at")?,
         created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
     })
 }
 
@@ -97,8 +101,8 @@ pub async fn insert_with(
         .map(|v| v.iter().map(|n| n.trunc().to_string()).collect());
     let sql = format!(
         "INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, project_ids, allowed_ips, \
-         rate_limit_requests, rate_limit_window_s, expires_at) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7::text[]::cidr[],$8,$9,$10) RETURNING {COLUMNS}"
+         rate_limit_requests, rate_limit_window_s, expires_at, created_by) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7::text[]::cidr[],$8,$9,$10,$11) RETURNING {COLUMNS}"
     );
     let row = client
         .query_one(
@@ -114,6 +118,7 @@ pub async fn insert_with(
                 &limits.rate_limit.map(|r| r.requests),
                 &limits.rate_limit.map(|r| r.window_s),
                 &limits.expires_at,
+                &limits.created_by,
             ],
         )
         .await?;
@@ -128,6 +133,19 @@ pub async fn find_by_hash(
 ) -> Result<Option<(ApiKey, Vec<u8>)>, DbError> {
     let sql = format!("SELECT {COLUMNS}, secret_hash FROM api_keys WHERE secret_hash = $1");
     match client.query_opt(&sql, &[&&hash[..]]).await? {
+        Some(row) => Ok(Some((from_row(&row)?, row.try_get("secret_hash")?))),
+        None => Ok(None),
+    }
+}
+
+/// A key by id with its stored hash (an open event stream re-checking the
+/// key it was opened with).
+pub async fn find_by_id(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<(ApiKey, Vec<u8>)>, DbError> {
+    let sql = format!("SELECT {COLUMNS}, secret_hash FROM api_keys WHERE id = $1");
+    match client.query_opt(&sql, &[&id]).await? {
         Some(row) => Ok(Some((from_row(&row)?, row.try_get("secret_hash")?))),
         None => Ok(None),
     }
@@ -216,6 +234,23 @@ pub async fn rotate(
         .as_ref()
         .map(from_row)
         .transpose()
+}
+
+/// Ids of the live projects with these names, in one query (a key may
+/// name up to 1,000 projects).
+pub async fn project_ids_by_name(
+    client: &impl deadpool_postgres::GenericClient,
+    names: &[String],
+) -> Result<std::collections::HashMap<String, Uuid>, DbError> {
+    let rows = client
+        .query(
+            "SELECT name, id FROM projects WHERE name = ANY($1) AND deleted_at IS NULL",
+            &[&names],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("id")?)))
+        .collect()
 }
 
 /// Names of the projects with these ids (deleted ones included), in no

@@ -8,6 +8,8 @@ pub mod outbox;
 pub mod output;
 pub mod projects;
 pub mod rate_limits;
+pub mod reencrypt;
+pub mod tls;
 pub mod webhooks;
 
 use std::str::FromStr;
@@ -45,6 +47,12 @@ pub enum DbError {
     Corrupt(String),
 }
 
+impl From<crate::crypto::CryptoError> for DbError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        DbError::Corrupt(e.to_string())
+    }
+}
+
 impl DbError {
     /// The SQLSTATE of a failed query, if any.
     pub fn code(&self) -> Option<&SqlState> {
@@ -62,19 +70,22 @@ impl DbError {
 
 /// Builds the connection pool. Connections are opened lazily.
 pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
-    let mut pg = tokio_postgres::Config::from_str(cfg.database_url.expose())
-        .map_err(|e| DbError::Config(e.to_string()))?;
+    // `sslmode=verify-full&sslrootcert=…` are read here (see `tls`).
+    let (url, tls_settings) = tls::split(cfg.database_url.expose())?;
+    let mut pg =
+        tokio_postgres::Config::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+    pg.ssl_mode(tls_settings.postgres_mode());
     pg.connect_timeout(Duration::from_secs(5));
     if pg.get_application_name().is_none() {
         pg.application_name("rdev");
     }
-    let mgr = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let mc = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match tls::connector(&tls_settings)? {
+        Some(tls) => Manager::from_config(pg, tls, mc),
+        None => Manager::from_config(pg, NoTls, mc),
+    };
     Pool::builder(mgr)
         .max_size(cfg.pool_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -109,6 +120,25 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
         .iter()
         .map(|m| m.to_string())
         .collect())
+}
+
+/// Applies pending migrations as the schema owner: through
+/// `RDEV_MIGRATE_DATABASE_URL` when it is set (a one-connection pool for the
+/// run), else through `runtime` (the pool of `DATABASE_URL`).
+pub async fn migrate_as_owner(cfg: &DbConfig, runtime: &Pool) -> Result<Vec<String>, DbError> {
+    match &cfg.migrate_database_url {
+        Some(url) => {
+            let owner = pool(&DbConfig {
+                database_url: url.clone(),
+                migrate_database_url: None,
+                pool_size: 1,
+            })?;
+            let applied = migrate(&owner).await;
+            owner.close();
+            applied
+        }
+        None => migrate(runtime).await,
+    }
 }
 
 /// Answers whether the database responds, for `/ready`.

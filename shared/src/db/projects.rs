@@ -58,6 +58,9 @@ pub struct ProjectPatch {
     pub limits: Option<ResourceLimits>,
 }
 
+/// The sealed column (see [`crate::crypto`]).
+pub const ENV_FIELD: &str = "projects.env";
+
 const COLUMNS: &str = "id, name, description, executor, env, default_timeout_s, max_output_bytes, \
                        max_concurrency, allowed_commands, network, limits, created_at, updated_at";
 
@@ -67,7 +70,10 @@ fn from_row(row: &Row) -> Result<Project, DbError> {
         name: row.try_get("name")?,
         description: row.try_get("description")?,
         executor: from_json(row.try_get("executor")?, "projects.executor")?,
-        env: from_json(row.try_get("env")?, "projects.env")?,
+        env: from_json(
+            crate::crypto::ring().open_json(row.try_get("env")?, ENV_FIELD)?,
+            ENV_FIELD,
+        )?,
         default_timeout_s: row.try_get("default_timeout_s")?,
         max_output_bytes: row.try_get("max_output_bytes")?,
         max_concurrency: row.try_get("max_concurrency")?,
@@ -97,7 +103,7 @@ pub async fn insert(
                 &p.name,
                 &p.description,
                 &to_json(&p.executor),
-                &to_json(&p.env),
+                &crate::crypto::ring().seal_json(&to_json(&p.env), ENV_FIELD),
                 &p.default_timeout_s,
                 &p.max_output_bytes,
                 &p.max_concurrency,
@@ -175,7 +181,10 @@ pub async fn update(
         push("executor", Box::new(to_json(v)));
     }
     if let Some(v) = &patch.env {
-        push("env", Box::new(to_json(v)));
+        push(
+            "env",
+            Box::new(crate::crypto::ring().seal_json(&to_json(v), ENV_FIELD)),
+        );
     }
     if let Some(v) = patch.default_timeout_s {
         push("default_timeout_s", Box::new(v));

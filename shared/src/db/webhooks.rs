@@ -50,8 +50,15 @@ pub struct WebhookPatch {
     pub enabled: Option<bool>,
 }
 
+/// The sealed column (see [`crate::crypto`]).
+pub const SECRET_FIELD: &str = "webhooks.secret";
+/// The sealed column of the secret before the last rotation.
+pub const PREVIOUS_SECRET_FIELD: &str = "webhooks.previous_secret";
+
 const WEBHOOK_COLUMNS: &str = "w.id, w.url, w.secret, w.events, w.project_id, p.name AS project, \
-     w.enabled, w.disabled_reason, w.failing_since, w.created_at, w.updated_at";
+     w.enabled, w.disabled_reason, w.failing_since, w.created_at, w.updated_at, \
+     CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_expires_at END \
+     AS previous_secret_expires_at";
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -61,13 +68,16 @@ fn webhook_from_row(row: &Row) -> Result<Webhook, DbError> {
     Ok(Webhook {
         id: row.try_get("id")?,
         url: row.try_get("url")?,
-        secret: Secret::new(row.try_get::<_, String>("secret")?),
+        secret: Secret::new(
+            crate::crypto::ring().open_str(&row.try_get::<_, String>("secret")?, SECRET_FIELD)?,
+        ),
         events: row.try_get("events")?,
         project_id: row.try_get("project_id")?,
         project: row.try_get("project")?,
         enabled: row.try_get("enabled")?,
         disabled_reason: row.try_get("disabled_reason")?,
         failing_since: row.try_get("failing_since")?,
+        previous_secret_expires_at: row.try_get("previous_secret_expires_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -82,7 +92,13 @@ pub async fn insert(
     client
         .execute(
             "INSERT INTO webhooks (id, url, secret, events, project_id) VALUES ($1,$2,$3,$4,$5)",
-            &[&id, &w.url, &w.secret.expose(), &w.events, &w.project_id],
+            &[
+                &id,
+                &w.url,
+                &crate::crypto::ring().seal_str(w.secret.expose(), SECRET_FIELD),
+                &w.events,
+                &w.project_id,
+            ],
         )
         .await?;
     get(client, id)
@@ -176,6 +192,49 @@ pub async fn update(
     if patch.enabled == Some(false) {
         stop_pending(client, id).await?;
     }
+    get(client, id).await
+}
+
+/// Replaces a live endpoint's secret; the current one keeps signing beside
+/// it for `overlap` (zero: it stops at once). `None` when there is none.
+pub async fn rotate_secret(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    new_secret: &Secret,
+    overlap: Duration,
+) -> Result<Option<Webhook>, DbError> {
+    let ring = crate::crypto::ring();
+    let Some(row) = client
+        .query_opt(
+            "SELECT secret FROM webhooks WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let current = ring.open_str(&row.try_get::<_, String>(0)?, SECRET_FIELD)?;
+    let (previous, until) = if overlap.is_zero() {
+        (None, None)
+    } else {
+        (
+            Some(ring.seal_str(&current, PREVIOUS_SECRET_FIELD)),
+            Some(secs(overlap)),
+        )
+    };
+    client
+        .execute(
+            "UPDATE webhooks SET secret = $2, previous_secret = $3, \
+             previous_secret_expires_at = now() + make_interval(secs => $4), updated_at = now() \
+             WHERE id = $1",
+            &[
+                &id,
+                &ring.seal_str(new_secret.expose(), SECRET_FIELD),
+                &previous,
+                &until,
+            ],
+        )
+        .await?;
     get(client, id).await
 }
 
@@ -369,6 +428,8 @@ pub struct Claimed {
     pub url: String,
     /// Endpoint secret.
     pub secret: Secret,
+    /// The secret before the last rotation, while it still signs too.
+    pub previous_secret: Option<Secret>,
     /// Event id.
     pub event_id: Uuid,
     /// Event type.
@@ -406,11 +467,14 @@ pub async fn claim_due(
                    AND ww.enabled AND ww.deleted_at IS NULL \
                  ORDER BY dd.next_attempt_at LIMIT $1 \
                  FOR UPDATE OF dd SKIP LOCKED) \
-             RETURNING d.id, d.webhook_id, w.url, w.secret, d.event_id, d.event_type, d.payload, \
+             RETURNING d.id, d.webhook_id, w.url, w.secret, \
+                 CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END \
+                 AS previous_secret, d.event_id, d.event_type, d.payload, \
                  d.attempts, d.retry_base, d.single_attempt, d.trace_headers",
             &[&limit, &secs(lease), &token],
         )
         .await?;
+    let ring = crate::crypto::ring();
     rows.iter()
         .map(|r| {
             Ok(Claimed {
@@ -418,7 +482,13 @@ pub async fn claim_due(
                 lease_token: token,
                 webhook_id: r.try_get("webhook_id")?,
                 url: r.try_get("url")?,
-                secret: Secret::new(r.try_get::<_, String>("secret")?),
+                secret: Secret::new(
+                    ring.open_str(&r.try_get::<_, String>("secret")?, SECRET_FIELD)?,
+                ),
+                previous_secret: r
+                    .try_get::<_, Option<String>>("previous_secret")?
+                    .map(|s| ring.open_str(&s, PREVIOUS_SECRET_FIELD).map(Secret::new))
+                    .transpose()?,
                 event_id: r.try_get("event_id")?,
                 event_type: r.try_get("event_type")?,
                 payload: r.try_get("payload")?,

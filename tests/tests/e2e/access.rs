@@ -334,11 +334,25 @@ async fn every_route_answers_every_scope_as_designed() {
                     path = path.replace("{fresh}", &fresh);
                 }
                 Target::FreshKey => {
-                    let (id, _) = app
-                        .create_key(
-                            json!({ "name": "target", "scopes": ["keys:manage"], "projects": ["beta"] }),
+                    // Rotate and revoke reach only keys the caller made: a
+                    // caller that may make keys makes its own target.
+                    let body = json!({ "name": "target", "scopes": ["keys:manage"], "projects": ["beta"] });
+                    let id = if scope == "keys:manage" || *is_restricted {
+                        let r = call(
+                            &app,
+                            &app.base,
+                            Method::POST,
+                            "/v1/api-keys",
+                            key,
+                            Some(body),
+                            None,
                         )
                         .await;
+                        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+                        r.json()["id"].as_str().expect("id").to_owned()
+                    } else {
+                        app.create_key(body).await.0
+                    };
                     path = path.replace("{key}", &id);
                 }
             }

@@ -232,6 +232,10 @@ async fn worker_process_entry() {
         return;
     }
     use clap::Parser;
+    // The same key ring as the test's own services (rdev-worker's main
+    // installs it from RDEV_ENCRYPTION_KEYS).
+    let keys = std::env::var("RDEV_ENCRYPTION_KEYS").unwrap_or_default();
+    rdev_shared::crypto::install(rdev_shared::crypto::KeyRing::parse(&keys).expect("key ring"));
     let cfg = rdev_worker::Config::parse_from(["rdev-worker"]);
     rdev_worker::run(cfg, std::future::pending())
         .await
@@ -253,6 +257,7 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
     let mut child = tokio::process::Command::new(exe)
         .args(["--exact", "fleet::worker_process_entry", "--nocapture"])
         .env("RDEV_E2E_WORKER_PROCESS", "1")
+        .env("RDEV_ENCRYPTION_KEYS", crate::support::TEST_ENCRYPTION_KEYS)
         .env("DATABASE_URL", app.env.db.database_url.expose())
         .env("AMQP_URL", app.env.amqp.amqp_url.expose())
         .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)

@@ -56,7 +56,7 @@ async fn every_binary_exports_its_metrics() {
         "process_resident_memory_bytes",
         "sse_connections_active",
     ];
-    let api = scrape(&app, &app.base).await;
+    let api = scrape(&app, &app.api_ops).await;
     let worker = scrape(&app, app.worker_ops.as_deref().expect("worker")).await;
     let dispatcher = scrape(&app, app.dispatcher_ops.as_deref().expect("dispatcher")).await;
     for (who, text) in [
@@ -128,7 +128,7 @@ async fn the_sse_gauge_returns_to_zero_after_connections_are_reset() {
         conns.push(raw_sse(&app, &id).await);
     }
     assert_eq!(
-        gauge(&scrape(&app, &app.base).await, "sse_connections_active"),
+        gauge(&scrape(&app, &app.api_ops).await, "sse_connections_active"),
         5.0
     );
     // Abort with a TCP reset (SO_LINGER 0), not a clean close.
@@ -140,7 +140,7 @@ async fn the_sse_gauge_returns_to_zero_after_connections_are_reset() {
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let g = gauge(&scrape(&app, &app.base).await, "sse_connections_active");
+        let g = gauge(&scrape(&app, &app.api_ops).await, "sse_connections_active");
         if g == 0.0 {
             break;
         }
@@ -247,6 +247,7 @@ async fn secrets_never_reach_the_logs() {
         .env("AMQP_URL", app.env.amqp.amqp_url.expose())
         .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)
         .env("RDEV_LISTEN", "127.0.0.1:0")
+        .env("RDEV_OPS_LISTEN", "127.0.0.1:0")
         .env("RDEV_MIGRATE", "0")
         .env("RDEV_LOG_FORMAT", "json")
         .env(

@@ -146,7 +146,7 @@ async fn openapi_document_lists_every_route() {
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     for (method, path) in &listed {
         let op = &doc["paths"][path][method.to_lowercase()];
-        let public = ["/health", "/ready", "/metrics", "/openapi.json"].contains(&path.as_str());
+        let public = ["/health", "/ready", "/openapi.json"].contains(&path.as_str());
         if !public {
             assert_eq!(
                 op["security"][0]["bearer"],

@@ -38,6 +38,8 @@ pub struct Options {
     pub executors: &'static str,
     /// `RDEV_COMMAND_LIMITS_MAX` of the API and the worker.
     pub limits_max: &'static str,
+    /// Changes more settings of the API (after the ones above).
+    pub api: Option<fn(&mut ApiConfig)>,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             rate_limit: "1000000/60s",
             executors: "local,kubernetes",
             limits_max: rdev_shared::containment::MAX_LIMITS,
+            api: None,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct TestApp {
     /// Base URL of the in-process dispatcher's ops endpoints.
     pub dispatcher_ops: Option<String>,
     pub base: String,
+    /// Base URL of the API's operations listener (`/metrics`).
+    pub api_ops: String,
     pub http: reqwest::Client,
     pub admin_key: String,
     pub workspace: PathBuf,
@@ -83,8 +88,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
 
+/// The key ring every in-process service of the tests seals secrets with
+/// (`RDEV_ENCRYPTION_KEYS` of a subprocess started by a test).
+pub const TEST_ENCRYPTION_KEYS: &str = "test1:dGVzdC1vbmx5LWtleS1mb3ItcmRldi10ZXN0cy0zMmI=";
+
 pub async fn spawn_app_with(opts: Options) -> TestApp {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    rdev_shared::crypto::install(
+        rdev_shared::crypto::KeyRing::parse(TEST_ENCRYPTION_KEYS).expect("test key ring"),
+    );
     let env = TestEnv::new().await;
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -95,13 +107,12 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     if let Some(url) = &opts.api_amqp_url {
         api_amqp = AmqpConfig {
             amqp_url: Secret::new(url.clone()),
-            prefix: env.amqp.prefix.clone(),
+            ..env.amqp.clone()
         };
     }
-    let cfg = ApiConfig {
-        db: env.db.clone(),
-        amqp: api_amqp,
+    let mut cfg = ApiConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        ops_listen: "127.0.0.1:0".parse().expect("addr"),
         migrate: false,
         max_body_bytes: opts.max_body_bytes,
         max_timeout_s: 86_400,
@@ -119,11 +130,18 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             max: opts.limits_max.parse().expect("limits max"),
             ..Default::default()
         },
+        // Tests hammer the API from one address with made-up keys.
+        auth_failure_limit: "1000000/60s".parse().expect("auth failure limit"),
+        ..ApiConfig::local(env.db.clone(), api_amqp)
     };
+    if let Some(tweak) = opts.api {
+        tweak(&mut cfg);
+    }
     let server = rdev_api::start(cfg.clone(), stop.clone().cancelled_owned())
         .await
         .expect("start api");
     let addr: SocketAddr = server.addr;
+    let api_ops = format!("http://{}", server.ops_addr);
     tasks.push(tokio::spawn(async move {
         let _ = server.task.await;
     }));
@@ -175,6 +193,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         worker_ops,
         dispatcher_ops,
         base: format!("http://{addr}"),
+        api_ops,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
