@@ -18,7 +18,6 @@ import rdev
 LEFT_OUT = {
     ("GET", "/health"): "liveness probe for load balancers and orchestrators",
     ("GET", "/ready"): "readiness probe for load balancers and orchestrators",
-    ("GET", "/metrics"): "Prometheus scrape endpoint",
     ("GET", "/debug/pprof/heap"): "heap profile for operators (pprof tooling)",
     ("GET", "/openapi.json"): "the API description itself; generators read it directly",
 }
@@ -66,6 +65,7 @@ def test_every_operation_is_reachable_or_deliberately_left_out(url: str, api_key
         c.webhooks.deliveries(hook.id)
         c.webhooks.redeliver(hook.id, test.delivery_id)
         c.webhooks.recover(hook.id, datetime(2026, 1, 1, tzinfo=timezone.utc))
+        assert c.webhooks.rotate_secret(hook.id).secret
         c.webhooks.delete(hook.id)
         # Keys, whoami, audit.
         key = c.api_keys.create(f"{project}-key", ["commands:read"])

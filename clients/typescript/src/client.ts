@@ -508,6 +508,15 @@ export class Webhooks {
     await this.client.request("DELETE", `/v1/webhooks/${seg(id)}`, { read: "none" });
   }
 
+  /**
+   * Gives the endpoint a new signing secret (in `secret`, shown only here);
+   * deliveries are signed with both the old and the new one for the
+   * server's overlap period.
+   */
+  rotateSecret(id: string): Promise<Webhook> {
+    return this.client.request("POST", `/v1/webhooks/${seg(id)}/rotate-secret`);
+  }
+
   /** Sends a `webhook.test` event to this endpoint. */
   test(id: string): Promise<TestDelivery> {
     return this.client.request("POST", `/v1/webhooks/${seg(id)}/test`);

@@ -13,7 +13,6 @@ import { live, project } from "./helpers.mjs";
 const LEFT_OUT = {
   "GET /health": "liveness probe for load balancers and orchestrators",
   "GET /ready": "readiness probe for load balancers and orchestrators",
-  "GET /metrics": "Prometheus scrape endpoint",
   "GET /debug/pprof/heap": "heap profile for operators (pprof tooling)",
   "GET /openapi.json": "the API description itself; generators read it directly",
 };
@@ -63,6 +62,7 @@ test("every operation is reachable or deliberately left out", async () => {
   await c.webhooks.deliveries(hook.id);
   await c.webhooks.redeliver(hook.id, t.delivery_id);
   await c.webhooks.recover(hook.id, new Date("2026-01-01T00:00:00Z"));
+  assert.ok((await c.webhooks.rotateSecret(hook.id)).secret);
   await c.webhooks.delete(hook.id);
   // Keys, whoami, audit.
   const key = await c.apiKeys.create(`${p}-key`, ["commands:read"]);

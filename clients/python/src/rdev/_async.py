@@ -443,6 +443,12 @@ class Webhooks:
     async def delete(self, id: str) -> None:
         await self._c._send(r.webhook_delete(id))
 
+    async def rotate_secret(self, id: str) -> Webhook:
+        """Gives the endpoint a new signing secret (in ``secret``, shown only
+        here); deliveries are signed with both the old and the new one for the
+        server's overlap period."""
+        return await self._c._send(r.webhook_rotate_secret(id))
+
     async def test(self, id: str) -> TestDelivery:
         """Sends a ``webhook.test`` event to this endpoint."""
         return await self._c._send(r.webhook_test(id))

@@ -179,6 +179,10 @@ def webhook_delete(id: str) -> Req:
     return Req("DELETE", f"/v1/webhooks/{seg(id)}", no_body)
 
 
+def webhook_rotate_secret(id: str) -> Req:
+    return Req("POST", f"/v1/webhooks/{seg(id)}/rotate-secret", Webhook.from_json)
+
+
 def webhook_test(id: str) -> Req:
     return Req("POST", f"/v1/webhooks/{seg(id)}/test", TestDelivery.from_json)
 

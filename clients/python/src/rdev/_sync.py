@@ -441,6 +441,12 @@ class Webhooks:
     def delete(self, id: str) -> None:
         self._c._send(r.webhook_delete(id))
 
+    def rotate_secret(self, id: str) -> Webhook:
+        """Gives the endpoint a new signing secret (in ``secret``, shown only
+        here); deliveries are signed with both the old and the new one for the
+        server's overlap period."""
+        return self._c._send(r.webhook_rotate_secret(id))
+
     def test(self, id: str) -> TestDelivery:
         """Sends a ``webhook.test`` event to this endpoint."""
         return self._c._send(r.webhook_test(id))
