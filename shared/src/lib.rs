@@ -2,7 +2,7 @@
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
 //! [`config`], [`secret`] and [`crypto`] → [`containment`] → [`domain`], [`policy`], [`ratelimit`],
-//! [`webhook`], [`webhook_sign`] and [`netguard`] → [`db`] and [`mq`] (adapters) →
+//! [`webhook`], [`webhook_sign`], [`netguard`] and [`redact`] → [`db`] and [`mq`] (adapters) →
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;
@@ -17,6 +17,7 @@ pub mod mq;
 pub mod netguard;
 pub mod policy;
 pub mod ratelimit;
+pub mod redact;
 pub mod relay;
 pub mod secret;
 pub mod telemetry;
