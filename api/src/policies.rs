@@ -64,6 +64,7 @@ mod tests {
             allowed_commands: rules,
             network: Default::default(),
             limits: Default::default(),
+            allowed_secrets: None,
             created_at: updated_at,
             updated_at,
         }

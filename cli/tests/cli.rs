@@ -125,6 +125,7 @@ async fn start_with(opts: Opts) -> System {
             allowed_commands: None,
             network: Default::default(),
             limits: Default::default(),
+            allowed_secrets: None,
         },
     )
     .await

@@ -283,11 +283,14 @@ pub enum Scope {
     /// Read the audit log.
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// Set, list and delete a project's secrets (never read their values).
+    #[serde(rename = "secrets:manage")]
+    SecretsManage,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Self::Admin,
         Self::ProjectsRead,
         Self::ProjectsWrite,
@@ -297,6 +300,7 @@ impl Scope {
         Self::WebhooksManage,
         Self::KeysManage,
         Self::AuditRead,
+        Self::SecretsManage,
     ];
 
     /// The scope's name as stored and shown.
@@ -311,6 +315,7 @@ impl Scope {
             Self::WebhooksManage => "webhooks:manage",
             Self::KeysManage => "keys:manage",
             Self::AuditRead => "audit:read",
+            Self::SecretsManage => "secrets:manage",
         }
     }
 
@@ -443,6 +448,60 @@ pub fn validate_env_name(name: &str) -> Result<(), String> {
     } else {
         Err("must match ^[A-Za-z_][A-Za-z0-9_]*$".into())
     }
+}
+
+/// Secrets a project may hold (and names an `allowed_secrets` list may have).
+pub const MAX_SECRETS_PER_PROJECT: usize = 256;
+/// Secrets one command may name (`secrets` and `secret_files` together).
+pub const MAX_SECRETS_PER_COMMAND: usize = 64;
+/// Longest secret value, in bytes.
+pub const MAX_SECRET_VALUE: usize = 32 * 1024;
+
+/// Checks a secret's name: it is also the environment variable a command
+/// sees, so an environment variable name that no command or project may
+/// set (`LD_PRELOAD`, `PATH`, …; see [`crate::containment::env_name_denied`]).
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    validate_env_name(name)?;
+    if crate::containment::env_name_denied(name, true) {
+        return Err(format!("`{name}` is a reserved environment variable"));
+    }
+    Ok(())
+}
+
+/// Checks a secret's value: [`crate::redact::MIN_VALUE`] to
+/// [`MAX_SECRET_VALUE`] bytes without NUL (a shorter value would make
+/// redaction hide ordinary output).
+pub fn validate_secret_value(value: &str) -> Result<(), String> {
+    let min = crate::redact::MIN_VALUE;
+    if value.len() < min {
+        return Err(format!(
+            "must be at least {min} bytes: a shorter value would be redacted from ordinary output"
+        ));
+    }
+    if value.len() > MAX_SECRET_VALUE || value.contains('\0') {
+        return Err(format!(
+            "must be at most {MAX_SECRET_VALUE} bytes without NUL"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks where a secret file goes: a relative path under the secrets
+/// directory, 1-255 bytes, no empty, `.` or `..` component.
+pub fn validate_secret_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > 255 {
+        return Err("must be 1-255 characters".into());
+    }
+    if path.starts_with('/') || path.contains('\0') || path.contains('\\') {
+        return Err("must be a relative path".into());
+    }
+    if path
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err("must not contain empty, `.` or `..` components".into());
+    }
+    Ok(())
 }
 
 /// Validates an environment map; `field` is the JSON name of the map.
@@ -588,6 +647,8 @@ pub struct Project {
     pub network: NetworkMode,
     /// Resource limits of its commands (absent ones: the server's defaults).
     pub limits: ResourceLimits,
+    /// Secrets its commands may name; none = any of its secrets.
+    pub allowed_secrets: Option<Vec<String>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.

@@ -1,8 +1,8 @@
 //! `rdev-shared`: what two or more rdev binaries need.
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
-//! [`config`], [`secret`] and [`crypto`] → [`containment`] → [`domain`], [`policy`], [`ratelimit`],
-//! [`webhook`], [`webhook_sign`], [`netguard`] and [`redact`] → [`db`] and [`mq`] (adapters) →
+//! [`config`], [`secret`], [`crypto`] and [`redact`] → [`containment`] → [`domain`], [`policy`], [`ratelimit`],
+//! [`webhook`], [`webhook_sign`] and [`netguard`] → [`db`] and [`mq`] (adapters) →
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;

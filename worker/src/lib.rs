@@ -2,8 +2,10 @@
 //! PostgreSQL, runs it with an [`executor`], stores and streams its output
 //! ([`output`]), and records how it ended (DESIGN.md §1, §4).
 //!
-//! Layers, bottom up: [`config`], [`error`] → [`retention`], [`sandbox`] →
-//! [`executor`] → [`output`] → [`runner`] and [`http`] → [`run`].
+//! Layers, bottom up: [`config`], [`error`] → [`retention`], [`secrets`]
+//! (its types; `secrets::resolve` is used by the runner only) →
+//! [`sandbox`] → [`executor`] → [`output`] → [`runner`] and [`http`] →
+//! [`run`].
 
 pub mod config;
 pub mod error;
@@ -13,6 +15,7 @@ pub mod output;
 pub mod retention;
 pub mod runner;
 pub mod sandbox;
+pub mod secrets;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,6 +1,14 @@
-//! The output sink of one command: numbers the pieces, publishes each one
-//! live on the output exchange, and stores the head and tail (see
-//! [`crate::retention`]) in PostgreSQL in batches.
+//! The output sink of one command: redacts the command's secret values,
+//! numbers the pieces, publishes each one live on the output exchange, and
+//! stores the head and tail (see [`crate::retention`]) in PostgreSQL in
+//! batches.
+//!
+//! Redaction happens here, first, and nowhere else: every consumer (stored
+//! output, SSE, the attach WebSocket, `/output`, webhooks, the console)
+//! reads what this sink published or stored, so none of them ever sees a
+//! secret value. One [`Redactor`] per stream; it holds back at most the
+//! longest form of a value minus one byte, and what it holds is flushed
+//! when the output ends.
 //!
 //! Memory per command is bounded: the current batch (≤ [`FLUSH_BYTES`] plus
 //! one piece) and the tail's `(seq, len)` list. When the sink is slow, the
@@ -10,10 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdev_shared::db::output::{self, Chunk};
+use rdev_shared::db::output::{self, Chunk, MAX_CHUNK_BYTES};
 use rdev_shared::db::{DbError, Pool};
 use rdev_shared::domain::OutputStream;
 use rdev_shared::mq::{OutputEvent, Publisher};
+use rdev_shared::redact::{Redaction, Redactor};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
@@ -50,6 +59,8 @@ pub struct OutputSink {
     output_bytes: u64,
     lost: bool,
     publish_failed: bool,
+    /// Per stream (stdout, stderr); `None` when there is nothing to redact.
+    redactors: Option<[Redactor; 2]>,
 }
 
 impl OutputSink {
@@ -72,6 +83,53 @@ impl OutputSink {
             output_bytes: 0,
             lost: false,
             publish_failed: false,
+            redactors: None,
+        }
+    }
+
+    /// Redacts `redaction`'s values from everything this sink publishes
+    /// and stores.
+    pub fn with_redaction(mut self, redaction: Arc<Redaction>) -> Self {
+        self.redactors = (!redaction.is_empty()).then(|| {
+            [
+                Redactor::new(redaction.clone()),
+                Redactor::new(redaction),
+            ]
+        });
+        self
+    }
+
+    /// Redacts a piece and hands on what may be emitted now, in pieces of
+    /// at most [`MAX_CHUNK_BYTES`] (a replacement can make it longer).
+    async fn take(&mut self, stream: OutputStream, data: Bytes) {
+        let data = match &mut self.redactors {
+            None => data,
+            Some(r) => Bytes::from(r[stream_index(stream)].push(&data)),
+        };
+        self.push_split(stream, data).await;
+    }
+
+    /// The end of the output: what the redactors held back.
+    async fn finish_redaction(&mut self) {
+        let Some(r) = &mut self.redactors else {
+            return;
+        };
+        let rest = [
+            (OutputStream::Stdout, Bytes::from(r[0].finish())),
+            (OutputStream::Stderr, Bytes::from(r[1].finish())),
+        ];
+        for (stream, data) in rest {
+            self.push_split(stream, data).await;
+        }
+    }
+
+    async fn push_split(&mut self, stream: OutputStream, mut data: Bytes) {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(MAX_CHUNK_BYTES));
+            self.push(stream, piece).await;
+            if self.batch_bytes >= FLUSH_BYTES || self.batch.len() >= FLUSH_CHUNKS {
+                self.flush().await;
+            }
         }
     }
 
@@ -82,17 +140,13 @@ impl OutputSink {
         loop {
             tokio::select! {
                 piece = rx.recv() => match piece {
-                    Some((stream, data)) => {
-                        self.push(stream, data).await;
-                        if self.batch_bytes >= FLUSH_BYTES || self.batch.len() >= FLUSH_CHUNKS {
-                            self.flush().await;
-                        }
-                    }
+                    Some((stream, data)) => self.take(stream, data).await,
                     None => break,
                 },
                 _ = tick.tick() => self.flush().await,
             }
         }
+        self.finish_redaction().await;
         self.flush().await;
         OutputSummary {
             output_bytes: i64::try_from(self.output_bytes).unwrap_or(i64::MAX),
@@ -177,5 +231,12 @@ impl OutputSink {
         self.batch.clear();
         self.batch_bytes = 0;
         self.evicted.clear();
+    }
+}
+
+fn stream_index(stream: OutputStream) -> usize {
+    match stream {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
     }
 }

@@ -420,6 +420,27 @@ async fn execute(
     claimed: Claimed,
     cancel: CancellationToken,
 ) -> (Outcome, OutputSummary) {
+    let no_output = OutputSummary {
+        output_bytes: 0,
+        truncated: false,
+    };
+    // Read now, not at enqueue: a rotation applies to every command that
+    // starts after it. A command that cannot have its secrets never runs.
+    let secrets = match retry_db("secrets", || {
+        crate::secrets::resolve(&w.pool, &w.worker_id, &claimed.command, &claimed.secrets)
+    })
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(refused)) => return (Outcome::FailedToStart(refused.0), no_output),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the command's secrets");
+            return (
+                Outcome::FailedToStart("cannot read the command's secrets".into()),
+                no_output,
+            );
+        }
+    };
     let command = claimed.command;
     let mut env = claimed.project_env;
     env.extend(command.env);
@@ -441,6 +462,7 @@ async fn execute(
         timeout: Duration::from_secs(u64::try_from(command.timeout_s).unwrap_or(1).max(1)),
         network: claimed.network,
         limits: claimed.limits,
+        secrets: secrets.job,
     };
     let (tx, rx) = mpsc::channel(OUTPUT_CHANNEL_CAPACITY);
     let sink = OutputSink::new(
@@ -448,7 +470,8 @@ async fn execute(
         claimed.max_output_bytes,
         w.pool.clone(),
         w.publisher.clone(),
-    );
+    )
+    .with_redaction(secrets.redaction);
     tokio::join!(w.executors.run(job, tx, cancel), sink.consume(rx))
 }
 

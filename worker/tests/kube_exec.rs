@@ -457,6 +457,7 @@ fn job(spec: CommandSpec) -> Job {
         timeout: Duration::from_secs(30),
         network: rdev_shared::containment::NetworkMode::Host,
         limits: rdev_shared::containment::ResourceLimits::default(),
+        secrets: Default::default(),
     }
 }
 

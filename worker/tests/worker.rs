@@ -101,6 +101,7 @@ async fn insert_project(env: &TestEnv, name: &str, max_output_bytes: i64) -> Uui
         allowed_commands: None,
         network: Default::default(),
         limits: Default::default(),
+        allowed_secrets: None,
     };
     projects::insert(&client, &p)
         .await

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::commands::{self, ListFilter, NewCommand};
-use rdev_shared::db::{outbox, output, projects};
+use rdev_shared::db::{outbox, output, projects, secrets};
 use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
     validate_env_denylist,
@@ -48,6 +48,17 @@ pub struct CreateCommand {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stdin: Option<String>,
+    /// Project secrets given as environment variables of the same name.
+    /// Their values (and common encodings of them) are redacted from the
+    /// output. Local projects only.
+    #[serde(default)]
+    secrets: Vec<String>,
+    /// Project secrets given as read-only files: secret name → path
+    /// relative to `/run/secrets` (a private in-memory filesystem of the
+    /// command, gone when it ends; `RDEV_SECRETS_DIR` names it). Local
+    /// projects with the sandbox only.
+    #[serde(default)]
+    secret_files: BTreeMap<String, String>,
 }
 
 fn validate(
@@ -155,6 +166,15 @@ pub async fn create(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    super::secrets::check_request(
+        &st,
+        &auth,
+        &project,
+        &body.secrets,
+        &body.secret_files,
+        &body.env,
+    )
+    .await?;
     let allowed = match st.policies.get(&project).await {
         None => Ok(None),
         Some(policy) => policy.check(&spec),
@@ -198,6 +218,8 @@ pub async fn create(
             "priority": new.priority,
             "timeout_s": new.timeout_s,
             "allowed_by": rule,
+            "secrets": body.secrets,
+            "secret_files": body.secret_files.keys().collect::<Vec<_>>(),
         }),
         ..auth.audit(
             "command.create",
@@ -229,6 +251,9 @@ pub async fn create(
     };
     audited?;
     let outbox_id = outboxed?;
+    if !body.secrets.is_empty() || !body.secret_files.is_empty() {
+        secrets::attach(&tx, cmd.id, &body.secrets, &body.secret_files).await?;
+    }
     tx.commit().await?;
 
     drop(client);

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod openapi;
 pub mod projects;
 pub mod ratelimit;
+pub mod secrets;
 pub mod sse;
 pub mod ui;
 pub mod webhooks;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use rdev_shared::db::Pool;
 use rdev_shared::mq::{Publisher, Topology};
 use tower_http::trace::TraceLayer;
@@ -75,6 +76,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(projects::delete),
         )
         .route("/projects/{name}/commands", post(commands::create))
+        .route("/projects/{name}/secrets", get(secrets::list))
+        .route(
+            "/projects/{name}/secrets/{secret}",
+            put(secrets::set).get(secrets::get).delete(secrets::delete),
+        )
         .route("/commands", get(commands::list))
         .route("/commands/{id}", get(commands::get))
         .route("/commands/{id}/output", get(commands::output))

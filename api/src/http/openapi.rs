@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::keys::KeyView;
 use super::projects::ProjectView;
 use super::webhooks::{DeliveryView, WebhookView};
-use super::{audit, commands, debug, health, keys, projects, sse, webhooks};
+use super::{audit, commands, debug, health, keys, projects, secrets, sse, webhooks};
 
 /// An error answer (RFC 9457), sent as `application/problem+json`.
 #[derive(Serialize, ToSchema)]
@@ -124,6 +124,11 @@ macro_rules! page {
 }
 page!(ProjectPage, ProjectView, "A page of projects.");
 page!(CommandPage, CommandDoc, "A page of commands, newest first.");
+page!(
+    SecretPage,
+    rdev_shared::db::secrets::SecretMeta,
+    "A page of a project's secrets, by name (never their values)."
+);
 page!(KeyPage, KeyView, "A page of API keys.");
 page!(
     AuditPage,
@@ -205,6 +210,10 @@ pub struct Readiness {
         projects::get,
         projects::update,
         projects::delete,
+        secrets::set,
+        secrets::list,
+        secrets::get,
+        secrets::delete,
         commands::create,
         commands::list,
         commands::get,
@@ -234,6 +243,7 @@ pub struct Readiness {
     tags(
         (name = "system", description = "Health, readiness, profiling, this document (metrics are on the operations listener, `RDEV_OPS_LISTEN`)"),
         (name = "projects"),
+        (name = "secrets", description = "A project's secrets: write-only values given to the commands that name them, redacted from their output"),
         (name = "commands"),
         (name = "api-keys"),
         (name = "audit"),

@@ -46,6 +46,8 @@ pub struct ProjectView {
     /// Resource limits of its commands; an absent one is the server's
     /// default (`RDEV_COMMAND_LIMITS`).
     limits: ResourceLimits,
+    /// Secrets its commands may name; `null` = any of its secrets.
+    allowed_secrets: Option<Vec<String>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -63,6 +65,7 @@ impl From<Project> for ProjectView {
             allowed_commands: p.allowed_commands,
             network: p.network,
             limits: p.limits,
+            allowed_secrets: p.allowed_secrets,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -91,6 +94,9 @@ pub struct CreateProject {
     /// Per-command resource limits (each at most the server's ceiling).
     /// Local projects only.
     limits: Option<ResourceLimits>,
+    /// Secrets its commands may name (`secrets`, `secret_files`); absent or
+    /// `null` = any of the project's secrets.
+    allowed_secrets: Option<Vec<String>>,
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
@@ -110,6 +116,9 @@ pub struct UpdateProject {
     network: Option<NetworkMode>,
     /// Replaces the whole object (`{}` returns every limit to the default).
     limits: Option<ResourceLimits>,
+    /// `null` lets commands name any of the project's secrets.
+    #[serde(default, deserialize_with = "nullable")]
+    allowed_secrets: Option<Option<Vec<String>>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -130,6 +139,7 @@ struct Fields<'a> {
     allowed_commands: Option<&'a [String]>,
     network: Option<NetworkMode>,
     limits: Option<&'a ResourceLimits>,
+    allowed_secrets: Option<&'a [String]>,
 }
 
 /// What contains a project's commands: set only with `projects:admin`.
@@ -139,6 +149,7 @@ struct Containment<'a> {
     allowed_commands: Option<&'a [String]>,
     network: NetworkMode,
     limits: ResourceLimits,
+    allowed_secrets: Option<&'a [String]>,
 }
 
 impl<'a> Containment<'a> {
@@ -149,6 +160,7 @@ impl<'a> Containment<'a> {
             allowed_commands: None,
             network: NetworkMode::Host,
             limits: ResourceLimits::default(),
+            allowed_secrets: None,
         }
     }
 
@@ -158,6 +170,7 @@ impl<'a> Containment<'a> {
             allowed_commands: p.allowed_commands.as_deref(),
             network: p.network,
             limits: p.limits,
+            allowed_secrets: p.allowed_secrets.as_deref(),
         }
     }
 
@@ -168,12 +181,14 @@ impl<'a> Containment<'a> {
         allowed_commands: Option<Option<&'a [String]>>,
         network: Option<NetworkMode>,
         limits: Option<&ResourceLimits>,
+        allowed_secrets: Option<Option<&'a [String]>>,
     ) -> Self {
         Self {
             executor: executor.cloned().unwrap_or_else(|| self.executor.clone()),
             allowed_commands: allowed_commands.unwrap_or(self.allowed_commands),
             network: network.unwrap_or(self.network),
             limits: limits.copied().unwrap_or(self.limits),
+            allowed_secrets: allowed_secrets.unwrap_or(self.allowed_secrets),
         }
     }
 
@@ -203,8 +218,8 @@ fn require_containment_scope(
         return Err(auth.deny(
             "scope",
             json!({ "scope": Scope::ProjectsAdmin.as_str() }),
-            "setting a project's executor, allowed_commands, limits or network takes the \
-             `projects:admin` scope"
+            "setting a project's executor, allowed_commands, allowed_secrets, limits or network \
+             takes the `projects:admin` scope"
                 .into(),
         ));
     }
@@ -231,6 +246,7 @@ fn check_common(
         allowed_commands,
         network,
         limits,
+        allowed_secrets,
     } = *f;
     let max_timeout_s = st.cfg.max_timeout_s;
     if description.is_some_and(|d| d.len() > 4096) {
@@ -277,6 +293,22 @@ fn check_common(
     if let Some(list) = allowed_commands {
         rdev_shared::policy::validate(list, errors);
     }
+    if let Some(names) = allowed_secrets {
+        if names.len() > rdev_shared::domain::MAX_SECRETS_PER_PROJECT {
+            errors.push(FieldError::new(
+                "allowed_secrets",
+                format!(
+                    "at most {} names",
+                    rdev_shared::domain::MAX_SECRETS_PER_PROJECT
+                ),
+            ));
+        }
+        for (i, n) in names.iter().enumerate() {
+            if let Err(m) = rdev_shared::domain::validate_secret_name(n) {
+                errors.push(FieldError::new(format!("allowed_secrets[{i}]"), m));
+            }
+        }
+    }
 }
 
 /// Loads a live project the key may see; 404 otherwise.
@@ -321,12 +353,14 @@ pub async fn create(
         allowed_commands: body.allowed_commands.as_deref(),
         network: body.network,
         limits: body.limits.as_ref(),
+        allowed_secrets: body.allowed_secrets.as_deref(),
     };
     let requested = Containment::default_for().with(
         body.executor.as_ref(),
         Some(body.allowed_commands.as_deref()),
         body.network,
         body.limits.as_ref(),
+        Some(body.allowed_secrets.as_deref()),
     );
     require_containment_scope(&auth, &body.name, Containment::default_for(), requested)?;
     let mut errors = Vec::new();
@@ -360,6 +394,7 @@ pub async fn create(
         allowed_commands: body.allowed_commands,
         network: body.network.unwrap_or_default(),
         limits: body.limits.unwrap_or_default(),
+        allowed_secrets: body.allowed_secrets,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
@@ -469,12 +504,14 @@ pub async fn update(
         allowed_commands: body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
         network: body.network,
         limits: body.limits.as_ref(),
+        allowed_secrets: body.allowed_secrets.as_ref().and_then(|a| a.as_deref()),
     };
     let requested = Containment::of(&project).with(
         body.executor.as_ref(),
         body.allowed_commands.as_ref().map(|a| a.as_deref()),
         body.network,
         body.limits.as_ref(),
+        body.allowed_secrets.as_ref().map(|a| a.as_deref()),
     );
     require_containment_scope(&auth, &project.name, Containment::of(&project), requested)?;
     let resulting = body.executor.as_ref().unwrap_or(&project.executor);
@@ -497,6 +534,7 @@ pub async fn update(
         allowed_commands: body.allowed_commands,
         network: body.network,
         limits: body.limits,
+        allowed_secrets: body.allowed_secrets,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

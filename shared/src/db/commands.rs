@@ -68,6 +68,8 @@ pub struct Claimed {
     pub limits: ResourceLimits,
     /// Whether the project was deleted after the command was queued.
     pub project_deleted: bool,
+    /// The secrets it asked for, and the project's policy now.
+    pub secrets: super::secrets::Requested,
 }
 
 /// The terminal facts a worker records.
@@ -329,7 +331,8 @@ async fn claim_if(
          AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
          SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
-         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted \
+         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted, \
+         c.secrets, c.secret_files, p.allowed_secrets \
          FROM c JOIN projects p ON p.id = c.project_id"
     );
     let stmt = prepared(client, &sql).await?;
@@ -350,6 +353,11 @@ async fn claim_if(
         network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
         limits: from_json(row.try_get("limits")?, "projects.limits")?,
         project_deleted: row.try_get("project_deleted")?,
+        secrets: super::secrets::Requested {
+            env: row.try_get("secrets")?,
+            files: from_json(row.try_get("secret_files")?, "commands.secret_files")?,
+            allowed: row.try_get("allowed_secrets")?,
+        },
     }))
 }
 

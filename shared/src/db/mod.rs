@@ -9,6 +9,7 @@ pub mod output;
 pub mod projects;
 pub mod rate_limits;
 pub mod reencrypt;
+pub mod secrets;
 pub mod tls;
 pub mod webhooks;
 

@@ -33,6 +33,8 @@ pub struct NewProject {
     pub network: NetworkMode,
     /// Resource limits of its commands.
     pub limits: ResourceLimits,
+    /// Secrets its commands may name (`None` = any).
+    pub allowed_secrets: Option<Vec<String>>,
 }
 
 /// A partial update; `None` leaves a field as it is, `Some(None)` clears a nullable one.
@@ -56,13 +58,16 @@ pub struct ProjectPatch {
     pub network: Option<NetworkMode>,
     /// New limits (replace the object).
     pub limits: Option<ResourceLimits>,
+    /// New secret policy.
+    pub allowed_secrets: Option<Option<Vec<String>>>,
 }
 
 /// The sealed column (see [`crate::crypto`]).
 pub const ENV_FIELD: &str = "projects.env";
 
 const COLUMNS: &str = "id, name, description, executor, env, default_timeout_s, max_output_bytes, \
-                       max_concurrency, allowed_commands, network, limits, created_at, updated_at";
+                       max_concurrency, allowed_commands, network, limits, allowed_secrets, \
+                       created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Project, DbError> {
     Ok(Project {
@@ -80,6 +85,7 @@ fn from_row(row: &Row) -> Result<Project, DbError> {
         allowed_commands: row.try_get("allowed_commands")?,
         network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
         limits: from_json(row.try_get("limits")?, "projects.limits")?,
+        allowed_secrets: row.try_get("allowed_secrets")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -92,8 +98,8 @@ pub async fn insert(
 ) -> Result<Project, DbError> {
     let sql = format!(
         "INSERT INTO projects (id, name, description, executor, env, default_timeout_s, \
-         max_output_bytes, max_concurrency, allowed_commands, network, limits) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING {COLUMNS}"
+         max_output_bytes, max_concurrency, allowed_commands, network, limits, allowed_secrets) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) RETURNING {COLUMNS}"
     );
     let row = client
         .query_one(
@@ -110,6 +116,7 @@ pub async fn insert(
                 &p.allowed_commands,
                 &p.network.as_str(),
                 &to_json(&p.limits),
+                &p.allowed_secrets,
             ],
         )
         .await?;
@@ -203,6 +210,9 @@ pub async fn update(
     }
     if let Some(v) = &patch.limits {
         push("limits", Box::new(to_json(v)));
+    }
+    if let Some(v) = &patch.allowed_secrets {
+        push("allowed_secrets", Box::new(v.clone()));
     }
     let sql = format!(
         "UPDATE projects SET {} WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}",

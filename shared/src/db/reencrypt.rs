@@ -24,6 +24,8 @@ pub struct Report {
     pub command_stdin: u64,
     /// `webhooks.secret` and `webhooks.previous_secret` values rewritten.
     pub webhook_secret: u64,
+    /// `project_secrets.value` values rewritten.
+    pub project_secret: u64,
 }
 
 fn sealed_json(ring: &KeyRing, v: &serde_json::Value) -> bool {
@@ -108,6 +110,7 @@ pub async fn run(
             super::webhooks::PREVIOUS_SECRET_FIELD,
         )
         .await?;
+    report.project_secret = super::secrets::reencrypt(client, ring).await?;
     Ok(report)
 }
 

@@ -921,6 +921,7 @@ mod tests {
     #[test]
     fn env_names_are_checked_again() {
         let job = Job {
+            secrets: Default::default(),
             name: "c".into(),
             spec: CommandSpec::Shell("true".into()),
             env: [("BAD NAME".to_owned(), "x".to_owned())].into(),

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Executor, Job, Outcome, OutputTx, RunFuture, spawn_reader};
 use crate::sandbox::{Finished, Launch, LaunchError, PATH, Sandbox};
+use crate::secrets::{SECRETS_DIR, SECRETS_DIR_VAR};
 
 /// How long to wait for the output pipes to close after every process of
 /// the command was killed. Only a process that escaped the kill (possible
@@ -72,10 +73,18 @@ impl LocalExecutor {
         if matches!(&job.spec, CommandSpec::Argv(a) if a.first().is_none_or(String::is_empty)) {
             return Outcome::FailedToStart("empty argv".into());
         }
+        let mut env = environment(&job.env, &self.sandbox.home(&workdir));
+        for (name, value) in &job.secrets.env {
+            env.insert(name.clone(), value.expose().to_owned());
+        }
+        if !job.secrets.files.is_empty() {
+            env.insert(SECRETS_DIR_VAR.to_owned(), SECRETS_DIR.to_owned());
+        }
         let launch = Launch {
             name: job.name.clone(),
             argv: argv(&job.spec),
-            env: environment(&job.env, &self.sandbox.home(&workdir)),
+            env,
+            secret_files: &job.secrets.files,
             workdir: &workdir,
             network: job.network,
             limits: job.limits.effective(self.sandbox.limits_config()),
@@ -263,6 +272,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             network: NetworkMode::Host,
             limits: ResourceLimits::default(),
+            secrets: Default::default(),
         }
     }
 

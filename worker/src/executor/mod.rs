@@ -20,8 +20,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::secrets::JobSecrets;
+
 pub use kubernetes::{KubeSettings, KubernetesExecutor};
 pub use local::LocalExecutor;
+
+/// Why a Kubernetes command with secrets does not start.
+pub const KUBE_SECRETS_ERROR: &str = "secrets are not available to kubernetes projects: exec \
+    would carry them in the request URL and the pod's process list";
 
 /// Capacity of the output channel between an executor and its sink.
 pub const OUTPUT_CHANNEL_CAPACITY: usize = 16;
@@ -52,6 +58,8 @@ pub struct Job {
     /// The project's resource limits (local commands; absent ones take the
     /// server's defaults).
     pub limits: ResourceLimits,
+    /// Secrets it named (environment variables and files).
+    pub secrets: JobSecrets,
 }
 
 /// How a command ended.
@@ -152,6 +160,11 @@ impl Executor for Executors {
     fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
         match (&job.executor, &self.local, &self.kubernetes) {
             (ExecutorConfig::Local(_), Some(local), _) => local.run(job, output, cancel),
+            // The API refuses these; a project changed to Kubernetes after
+            // the command was queued ends here.
+            (ExecutorConfig::Kubernetes(_), _, Some(_)) if !job.secrets.is_empty() => {
+                Box::pin(async move { Outcome::FailedToStart(KUBE_SECRETS_ERROR.into()) })
+            }
             (ExecutorConfig::Kubernetes(_), _, Some(kube)) => kube.run(job, output, cancel),
             (executor, _, _) => {
                 let outcome = self.disabled(executor.kind());
@@ -219,6 +232,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             network: NetworkMode::Host,
             limits: ResourceLimits::default(),
+            secrets: JobSecrets::default(),
         };
         let (tx, _rx) = mpsc::channel(1);
         let outcome = executors

@@ -17,6 +17,10 @@ pub const WORKSPACE: &str = "/workspace";
 pub const INIT_PATH: &str = "/.rdev/init";
 /// Host name inside the sandbox.
 pub const HOSTNAME: &str = "rdev-sandbox";
+/// The private tmpfs of secret files (see [`crate::secrets::SECRETS_DIR`]).
+pub const SECRETS_DIR: &str = crate::secrets::SECRETS_DIR;
+/// Size of that tmpfs: secret values are at most 32 KiB, 64 of them.
+const SECRETS_TMPFS_BYTES: &str = "4194304";
 
 /// System directories shown read-only (or as the host's symlinks, on
 /// merged-/usr systems).
@@ -49,6 +53,9 @@ pub struct Layout<'a> {
     pub json_fd: RawFd,
     /// The program and its arguments.
     pub argv: &'a [OsString],
+    /// Secret files: path under [`SECRETS_DIR`] and the descriptor holding
+    /// the contents.
+    pub secret_files: &'a [(&'a str, RawFd)],
 }
 
 /// How a host path looks, for choosing the bwrap operation.
@@ -153,6 +160,9 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
     a.push_os([l.init.as_os_str().to_owned(), OsString::from(INIT_PATH)]);
     a.push(["--bind"]);
     a.push_os([l.workdir.as_os_str().to_owned(), OsString::from(WORKSPACE)]);
+    if !l.secret_files.is_empty() {
+        secret_files(&mut a, l.secret_files);
+    }
     a.push([
         "--remount-ro",
         "/dev",
@@ -171,6 +181,38 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
         options: a.0,
         command: c.0,
     }
+}
+
+/// A tmpfs of the sandbox's own (nothing of it exists on the host; it ends
+/// with the sandbox's mount namespace), owned by the command's user, with
+/// each file copied in from its descriptor, readable by that user only,
+/// then made read-only.
+fn secret_files(a: &mut Args, files: &[(&str, RawFd)]) {
+    a.push([
+        "--perms",
+        "0700",
+        "--size",
+        SECRETS_TMPFS_BYTES,
+        "--tmpfs",
+        SECRETS_DIR,
+    ]);
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, _) in files {
+        let parts: Vec<&str> = path.split('/').collect();
+        for depth in 1..parts.len() {
+            dirs.insert(parts[..depth].join("/"));
+        }
+    }
+    // BTreeSet order puts a parent before its children.
+    for dir in dirs {
+        let dest = format!("{SECRETS_DIR}/{dir}");
+        a.push(["--perms", "0700", "--dir", dest.as_str()]);
+    }
+    for (path, fd) in files {
+        let (fd, dest) = (fd.to_string(), format!("{SECRETS_DIR}/{path}"));
+        a.push(["--perms", "0400", "--file", fd.as_str(), dest.as_str()]);
+    }
+    a.push(["--remount-ro", SECRETS_DIR]);
 }
 
 #[derive(Default)]
@@ -236,6 +278,7 @@ mod tests {
             stderr_fd: 8,
             json_fd: 9,
             argv: &argv,
+            secret_files: &[],
         };
         let kind = |p: &Path| match p.to_str() {
             Some("/bin" | "/lib") => Kind::Symlink,
@@ -300,9 +343,61 @@ mod tests {
             stderr_fd: 4,
             json_fd: 5,
             argv: &[OsString::from("true")],
+            secret_files: &[],
         };
         let args = strings(&arguments(&layout, |_| Kind::Missing).options);
         assert!(!args.iter().any(|a| a == "--unshare-net"));
+        assert!(!args.iter().any(|a| a == SECRETS_DIR));
+    }
+
+    #[test]
+    fn secret_files_go_to_a_private_read_only_tmpfs() {
+        let env = BTreeMap::new();
+        let files = [("npm/.npmrc", 11), ("npm/sub/key", 12), ("token", 13)];
+        let layout = Layout {
+            init: Path::new("/i"),
+            workdir: Path::new("/w"),
+            network: NetworkMode::Host,
+            tmpfs_bytes: 1,
+            ro_paths: &[],
+            hide: &[],
+            env: &env,
+            status_fd: 3,
+            stderr_fd: 4,
+            json_fd: 5,
+            argv: &[OsString::from("true")],
+            secret_files: &files,
+        };
+        let args = strings(&arguments(&layout, |_| Kind::Missing).options);
+        assert!(window(
+            &args,
+            &["--perms", "0700", "--size", "4194304", "--tmpfs", SECRETS_DIR]
+        ));
+        let npm = args
+            .iter()
+            .position(|a| a == "/run/secrets/npm")
+            .expect("npm dir");
+        let sub = args
+            .iter()
+            .position(|a| a == "/run/secrets/npm/sub")
+            .expect("sub dir");
+        assert!(npm < sub, "parents first");
+        assert!(window(&args, &["--perms", "0700", "--dir", "/run/secrets/npm"]));
+        assert!(window(
+            &args,
+            &["--perms", "0400", "--file", "11", "/run/secrets/npm/.npmrc"]
+        ));
+        assert!(window(
+            &args,
+            &["--perms", "0400", "--file", "13", "/run/secrets/token"]
+        ));
+        let ro = args
+            .iter()
+            .position(|a| a == "--remount-ro")
+            .expect("remount");
+        assert_eq!(args[ro + 1], SECRETS_DIR, "read-only once filled");
+        let file = args.iter().rposition(|a| a == "--file").expect("file");
+        assert!(ro > file);
     }
 
     #[test]

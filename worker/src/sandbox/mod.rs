@@ -203,6 +203,9 @@ pub struct Launch<'a> {
     pub argv: Vec<OsString>,
     /// Its complete environment.
     pub env: BTreeMap<String, String>,
+    /// Secret files, in a private tmpfs at [`crate::secrets::SECRETS_DIR`]
+    /// (sandbox only).
+    pub secret_files: &'a [crate::secrets::SecretFile],
     /// The workdir on the host.
     pub workdir: &'a Path,
     /// Network mode.
@@ -367,6 +370,12 @@ impl Sandbox {
             Isolation::Bwrap(init) => Some(init.path()),
             Isolation::Off => None,
         };
+        if init.is_none() && !l.secret_files.is_empty() {
+            return Err(LaunchError::Failed(
+                "secret_files need the local sandbox (this worker runs RDEV_LOCAL_SANDBOX=off)"
+                    .into(),
+            ));
+        }
         let cgroup = match &self.cgroups {
             Some(c) => Some(c.create(&l.name, &l.limits).map_err(|e| {
                 LaunchError::Failed(format!("cannot create the command's cgroup: {e}"))
@@ -423,7 +432,25 @@ impl Sandbox {
             .memory_bytes
             .and_then(|b| u64::try_from(b).ok())
             .unwrap_or(DEFAULT_TMPFS_BYTES);
+        // Each secret file's contents go to bwrap through a memfd (never a
+        // file on disk); bwrap copies it into the sandbox's private tmpfs.
+        let mut secret_fds = Vec::with_capacity(l.secret_files.len());
+        for f in l.secret_files {
+            let mut fd = memfd("rdev-secret")
+                .map_err(|e| failed("cannot pass a secret file", &e))?;
+            fd.write_all(f.value.expose().as_bytes())
+                .and_then(|()| fd.rewind())
+                .map_err(|e| failed("cannot pass a secret file", &e))?;
+            secret_fds.push(fd);
+        }
+        let secret_files: Vec<(&str, std::os::fd::RawFd)> = l
+            .secret_files
+            .iter()
+            .zip(&secret_fds)
+            .map(|(f, fd)| (f.path.as_str(), fd.as_raw_fd()))
+            .collect();
         let layout = bwrap::Layout {
+            secret_files: &secret_files,
             init,
             workdir: l.workdir,
             network: l.network,
@@ -450,6 +477,7 @@ impl Sandbox {
             err_w.as_raw_fd(),
             json_w.as_raw_fd(),
         ];
+        setup.keep.extend(secret_fds.iter().map(AsRawFd::as_raw_fd));
         let mut cmd = Command::new(&self.bwrap);
         cmd.arg("--args")
             .arg(memfd.as_raw_fd().to_string())
@@ -469,7 +497,7 @@ impl Sandbox {
             LaunchError::Unavailable(format!("cannot run {}: {e}", self.bwrap.display()))
         })?;
         // The child has its copies; ours must close so the readers see EOF.
-        drop((memfd, status_w, err_w, json_w));
+        drop((memfd, status_w, err_w, json_w, secret_fds));
         let init_pid = Arc::new(AtomicI32::new(0));
         Ok(Spawned {
             stdin: child.stdin.take(),
@@ -501,6 +529,7 @@ impl Sandbox {
                 name: format!("probe-{:08x}", rand::random::<u32>()),
                 argv: vec![OsString::from("true")],
                 env: BTreeMap::from([("PATH".to_owned(), PATH.to_owned())]),
+                secret_files: &[],
                 workdir: &dir,
                 network: NetworkMode::None,
                 limits: ResourceLimits::default().effective(&self.limits),

@@ -1,0 +1,287 @@
+//! `/v1/projects/{name}/secrets`: set (a new version), list, read the
+//! metadata of, and delete a project's secrets. Values go in and never come
+//! out: no answer, log line or audit entry carries one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use rdev_shared::db::audit;
+use rdev_shared::db::secrets::{self, SecretMeta};
+use rdev_shared::domain::{
+    FieldError, MAX_SECRETS_PER_PROJECT, Scope, validate_secret_name, validate_secret_value,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
+use super::projects::load_visible;
+
+/// Body of `PUT /v1/projects/{name}/secrets/{secret}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSecret {
+    /// The value: 6 bytes to 32 KiB, no NUL. Write-only: never returned.
+    #[schema(min_length = 6, max_length = 32768)]
+    value: String,
+}
+
+/// Query of `GET /v1/projects/{name}/secrets`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn checked_name(secret: &str) -> ApiResult<()> {
+    validate_secret_name(secret).map_err(|m| ApiError::Validation(vec![FieldError::new("name", m)]))
+}
+
+/// `PUT /v1/projects/{name}/secrets/{secret}`: sets the value; every set is
+/// a new version. Commands that start afterwards get the new value.
+#[utoipa::path(put, path = "/v1/projects/{name}/secrets/{secret}", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("secret" = String, Path, description = "Secret name (an environment variable name)")), request_body = SetSecret, responses((status = 200, description = "A new version of an existing secret (scope `secrets:manage`)", body = SecretMeta), (status = 201, description = "Created (scope `secrets:manage`)", body = SecretMeta)))]
+pub async fn set(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((name, secret)): Path<(String, String)>,
+    Json(body): Json<SetSecret>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::SecretsManage)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let mut errors = Vec::new();
+    if let Err(m) = validate_secret_name(&secret) {
+        errors.push(FieldError::new("name", m));
+    }
+    if let Err(m) = validate_secret_value(&body.value) {
+        errors.push(FieldError::new("value", m));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    // Serializes sets of one project, so the count below holds.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 19))",
+        &[&project.id.to_string()],
+    )
+    .await?;
+    if secrets::get(&tx, project.id, &secret).await?.is_none()
+        && secrets::count(&tx, project.id).await? >= MAX_SECRETS_PER_PROJECT as i64
+    {
+        return Err(ApiError::Conflict(format!(
+            "project `{name}` already holds {MAX_SECRETS_PER_PROJECT} secrets"
+        )));
+    }
+    let (meta, created) = secrets::set(
+        &tx,
+        project.id,
+        &secret,
+        &body.value,
+        Some(auth.key.id),
+        &auth.key.name,
+    )
+    .await?;
+    let mut entry = auth.audit(
+        "secret.set",
+        "secret",
+        Some(secret.clone()),
+        Some(project.id),
+    );
+    entry.details = json!({ "name": secret, "version": meta.version, "created": created });
+    audit::append(&tx, &entry).await?;
+    tx.commit().await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(meta)))
+}
+
+/// `GET /v1/projects/{name}/secrets`: names, versions, who set them and
+/// when; never values.
+#[utoipa::path(get, path = "/v1/projects/{name}/secrets", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ListQuery), responses((status = 200, description = "A page of secrets, by name (scope `secrets:manage`)", body = crate::http::openapi::SecretPage)))]
+pub async fn list(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::SecretsManage)?;
+    let limit = page_limit(q.limit)?;
+    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let client = st.pool.get().await?;
+    let items = secrets::list(&client, project.id, after.as_deref(), limit).await?;
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|s| cursor::encode(&s.name))
+    } else {
+        None
+    };
+    Ok(axum::Json(
+        json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
+/// `GET /v1/projects/{name}/secrets/{secret}`: one secret's metadata.
+#[utoipa::path(get, path = "/v1/projects/{name}/secrets/{secret}", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("secret" = String, Path, description = "Secret name")), responses((status = 200, description = "The secret's metadata, never its value (scope `secrets:manage`)", body = SecretMeta)))]
+pub async fn get(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((name, secret)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::SecretsManage)?;
+    checked_name(&secret)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let client = st.pool.get().await?;
+    secrets::get(&client, project.id, &secret)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(format!("secret `{secret}` not found in `{name}`")))
+}
+
+/// `DELETE /v1/projects/{name}/secrets/{secret}`: erases the value. Queued
+/// commands that name it fail when they start.
+#[utoipa::path(delete, path = "/v1/projects/{name}/secrets/{secret}", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("secret" = String, Path, description = "Secret name")), responses((status = 204, description = "Deleted (scope `secrets:manage`)")))]
+pub async fn delete(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((name, secret)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::SecretsManage)?;
+    checked_name(&secret)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let mut client = st.pool.get().await?;
+    let tx = client.transaction().await?;
+    let meta = secrets::delete(&tx, project.id, &secret)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("secret `{secret}` not found in `{name}`")))?;
+    let mut entry = auth.audit(
+        "secret.delete",
+        "secret",
+        Some(secret.clone()),
+        Some(project.id),
+    );
+    entry.details = json!({ "name": secret, "version": meta.version });
+    audit::append(&tx, &entry).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the `secrets` and `secret_files` of a new command: well-formed,
+/// not clashing with its `env`, allowed by the project's `allowed_secrets`
+/// (403, audited) and set in the project (422). The Kubernetes executor
+/// refuses both (422): `exec` carries the command line in the request URL
+/// and the pod's process list, where a value would be visible.
+pub async fn check_request(
+    st: &AppState,
+    auth: &Auth,
+    project: &rdev_shared::domain::Project,
+    env_secrets: &[String],
+    files: &std::collections::BTreeMap<String, String>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> ApiResult<()> {
+    use rdev_shared::domain::{ExecutorConfig, MAX_SECRETS_PER_COMMAND, validate_secret_path};
+    if env_secrets.is_empty() && files.is_empty() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    if env_secrets.len() + files.len() > MAX_SECRETS_PER_COMMAND {
+        errors.push(FieldError::new(
+            "secrets",
+            format!("at most {MAX_SECRETS_PER_COMMAND} secrets and secret files together"),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, n) in env_secrets.iter().enumerate() {
+        if let Err(m) = validate_secret_name(n) {
+            errors.push(FieldError::new(format!("secrets[{i}]"), m));
+        } else if !seen.insert(n.as_str()) {
+            errors.push(FieldError::new(format!("secrets[{i}]"), "named twice"));
+        } else if env.contains_key(n) {
+            errors.push(FieldError::new(
+                format!("secrets[{i}]"),
+                format!("`{n}` is also set in `env`"),
+            ));
+        }
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for (n, path) in files {
+        if let Err(m) = validate_secret_name(n) {
+            errors.push(FieldError::new(format!("secret_files.{n}"), m));
+        }
+        if let Err(m) = validate_secret_path(path) {
+            errors.push(FieldError::new(format!("secret_files.{n}"), m));
+        } else if !paths.insert(path.as_str()) {
+            errors.push(FieldError::new(
+                format!("secret_files.{n}"),
+                "path used twice",
+            ));
+        }
+    }
+    if let ExecutorConfig::Kubernetes(_) = project.executor {
+        errors.push(FieldError::new(
+            if env_secrets.is_empty() {
+                "secret_files"
+            } else {
+                "secrets"
+            },
+            "secrets are not available to kubernetes projects: exec would carry them in the \
+             request URL and the pod's process list; use the cluster's own Secrets",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut names: Vec<String> = env_secrets.iter().chain(files.keys()).cloned().collect();
+    names.sort();
+    names.dedup();
+    if let Some(allowed) = &project.allowed_secrets {
+        let refused: Vec<&String> = names.iter().filter(|n| !allowed.contains(n)).collect();
+        if !refused.is_empty() {
+            auth.record_denial(
+                "command.create",
+                "project",
+                Some(project.name.clone()),
+                Some(project.id),
+                "secret_policy",
+                json!({ "secrets": refused }),
+            );
+            return Err(ApiError::Forbidden(format!(
+                "project `{}` does not allow its commands the secret(s) {}",
+                project.name,
+                refused
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let client = st.pool.get().await?;
+    let existing = secrets::existing(&client, project.id, &names).await?;
+    let missing: Vec<FieldError> = names
+        .iter()
+        .filter(|n| !existing.contains(n))
+        .map(|n| {
+            let field = if files.contains_key(n) {
+                format!("secret_files.{n}")
+            } else {
+                "secrets".to_owned()
+            };
+            FieldError::new(field, format!("no secret `{n}` in project `{}`", project.name))
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(missing))
+    }
+}
