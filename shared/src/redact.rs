@@ -12,7 +12,8 @@
 //! - its base64 (standard and URL-safe alphabets, with and without padding,
 //!   and the part that stays the same at each of the three byte alignments,
 //!   so the value is found inside a longer encoded text such as
-//!   `base64("user:" + value)`);
+//!   `base64("user:" + value)`; a long value's encoding also line by line
+//!   as `base64` (76 columns) and PEM (64) wrap it);
 //! - its URL encoding (upper- and lower-case hex, and form encoding with
 //!   `+` for a space);
 //! - its escaped form inside a JSON string (as `serde_json` writes it, and
@@ -155,6 +156,14 @@ fn forms(value: &[u8]) -> Vec<Vec<u8>> {
     }
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
         out.push(engine.encode(value).into_bytes());
+    }
+    // `base64` wraps at 76 columns, PEM and `openssl base64` at 64: the
+    // lines of a long value's encoding.
+    let encoded = STANDARD.encode(value).into_bytes();
+    for width in [76, 64] {
+        if encoded.len() > width {
+            out.extend(encoded.chunks(width).map(<[u8]>::to_vec));
+        }
     }
     for align in 0..3 {
         if let Some(f) = base64_fragment(value, align) {
@@ -449,6 +458,25 @@ mod tests {
                     let fragment = 8 * TOKEN.len() / 6 - 2;
                     assert!(left.len() + fragment <= enc.len(), "{enc} left {left}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn wrapped_base64_of_a_long_value_is_found_line_by_line() {
+        let value = "a long secret value, longer than one line of base64 output: 0123456789 abcdefghij";
+        let r = redaction(&[("LONG", value)]);
+        let enc = STANDARD.encode(value);
+        for width in [76, 64] {
+            let wrapped: Vec<String> = enc
+                .as_bytes()
+                .chunks(width)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            let text = wrapped.join("\n") + "\n";
+            let out = r.redact_all(text.as_bytes());
+            for line in &wrapped {
+                assert!(!contains(&out, line.as_bytes()), "{line} in {out:?}");
             }
         }
     }

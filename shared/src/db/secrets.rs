@@ -101,7 +101,9 @@ fn meta(row: &Row) -> Result<SecretMeta, DbError> {
 }
 
 /// Sets a secret's value (a new version); returns its metadata and whether
-/// it was created (no live secret of that name before).
+/// it was created (no live secret of that name before). `before` reads the
+/// statement's snapshot, i.e. the row as it was (a `FOR UPDATE` there would
+/// see the row this statement updates, and nothing).
 pub async fn set(
     client: &impl deadpool_postgres::GenericClient,
     project_id: Uuid,
@@ -113,7 +115,7 @@ pub async fn set(
     let sealed = crate::crypto::ring().seal_str(value, VALUE_FIELD);
     let sql = format!(
         "WITH before AS (SELECT deleted_at IS NULL AS live FROM project_secrets \
-         WHERE project_id = $1 AND name = $2 FOR UPDATE) \
+         WHERE project_id = $1 AND name = $2) \
          INSERT INTO project_secrets AS s (project_id, name, version, value, set_by_key_id, set_by) \
          VALUES ($1, $2, 1, $3, $4, $5) \
          ON CONFLICT (project_id, name) DO UPDATE SET version = s.version + 1, \

@@ -9,6 +9,7 @@ mod fleet;
 mod observability;
 mod openapi;
 mod projects;
+mod secrets;
 mod sse;
 mod support;
 mod webhooks;

@@ -74,6 +74,15 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
         )
         .await;
     let id = c["id"].as_str().expect("id").to_owned();
+    let s = app
+        .request(
+            reqwest::Method::PUT,
+            "/v1/projects/p/secrets/PSECRET",
+            Some(&app.admin_key.clone()),
+            Some(json!({"value": "project-secret-4"})),
+        )
+        .await;
+    assert_eq!(s.status, 201, "{}", String::from_utf8_lossy(&s.body));
     let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     // The worker opened them: the command saw the plaintext.
@@ -88,12 +97,12 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
     let row = client
         .query_one(
             "SELECT (SELECT env::text FROM projects), c.env::text, convert_from(c.stdin, 'UTF8'), \
-             (SELECT secret FROM webhooks) FROM commands c",
+             (SELECT secret FROM webhooks), (SELECT value FROM project_secrets) FROM commands c",
             &[],
         )
         .await
         .expect("row");
-    for i in 0..4 {
+    for i in 0..5 {
         let v: String = row.get(i);
         assert!(!v.contains("secret"), "column {i} holds plaintext: {v}");
         assert!(
@@ -118,9 +127,10 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
             report.project_env,
             report.command_env,
             report.command_stdin,
-            report.webhook_secret
+            report.webhook_secret,
+            report.project_secret
         ),
-        (1, 1, 1, 1)
+        (1, 1, 1, 1, 1)
     );
     let again = rdev_shared::db::reencrypt::run(&client, &ring)
         .await
@@ -132,6 +142,16 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
         .expect("row")
         .get(0);
     assert!(secret.starts_with("enc:v1:test2:"), "{secret}");
+    let value: String = client
+        .query_one("SELECT value FROM project_secrets", &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(
+        ring.open_str(&value, rdev_shared::db::secrets::VALUE_FIELD)
+            .expect("opens"),
+        "project-secret-4"
+    );
     assert_eq!(
         ring.open_str(&secret, rdev_shared::db::webhooks::SECRET_FIELD)
             .expect("opens"),
