@@ -464,7 +464,8 @@ mod tests {
 
     #[test]
     fn wrapped_base64_of_a_long_value_is_found_line_by_line() {
-        let value = "a long secret value, longer than one line of base64 output: 0123456789 abcdefghij";
+        let value =
+            "a long secret value, longer than one line of base64 output: 0123456789 abcdefghij";
         let r = redaction(&[("LONG", value)]);
         let enc = STANDARD.encode(value);
         for width in [76, 64] {
@@ -509,7 +510,11 @@ mod tests {
             input.extend_from_slice(&form);
             input.extend_from_slice(b">>");
             let expected = r.redact_all(&input);
-            assert!(!contains(&expected, &form), "{}", String::from_utf8_lossy(&form));
+            assert!(
+                !contains(&expected, &form),
+                "{}",
+                String::from_utf8_lossy(&form)
+            );
             for i in 0..=input.len() {
                 assert_eq!(stream(&r, &input, &[i]), expected, "split at {i}");
             }
@@ -585,7 +590,11 @@ mod tests {
                 .map(|_| (next() % (input.len() as u64 + 1)) as usize)
                 .collect();
             splits.sort_unstable();
-            assert_eq!(stream(&r, &input, &splits), expected, "{input:?} {splits:?}");
+            assert_eq!(
+                stream(&r, &input, &splits),
+                expected,
+                "{input:?} {splits:?}"
+            );
             for (_, v) in values {
                 assert!(!contains(&expected, v.as_bytes()));
             }

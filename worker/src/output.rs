@@ -90,12 +90,8 @@ impl OutputSink {
     /// Redacts `redaction`'s values from everything this sink publishes
     /// and stores.
     pub fn with_redaction(mut self, redaction: Arc<Redaction>) -> Self {
-        self.redactors = (!redaction.is_empty()).then(|| {
-            [
-                Redactor::new(redaction.clone()),
-                Redactor::new(redaction),
-            ]
-        });
+        self.redactors = (!redaction.is_empty())
+            .then(|| [Redactor::new(redaction.clone()), Redactor::new(redaction)]);
         self
     }
 

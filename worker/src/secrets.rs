@@ -218,7 +218,10 @@ mod tests {
         let (s, used) = decide(
             &req,
             &names,
-            vec![resolved("KEY", 3, "-----key-----"), resolved("TOKEN", 1, "tok-123456")],
+            vec![
+                resolved("KEY", 3, "-----key-----"),
+                resolved("TOKEN", 1, "tok-123456"),
+            ],
         )
         .expect("allowed");
         assert_eq!(s.job.env.len(), 1);
@@ -245,8 +248,8 @@ mod tests {
             allowed: None,
             ..req
         };
-        let err = decide(&req, &names, vec![resolved("A_TOKEN", 1, "aaaaaaaa")])
-            .expect_err("missing");
+        let err =
+            decide(&req, &names, vec![resolved("A_TOKEN", 1, "aaaaaaaa")]).expect_err("missing");
         assert!(err.0.contains("B_TOKEN") && err.0.contains("not set"));
     }
 }

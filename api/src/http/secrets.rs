@@ -276,7 +276,10 @@ pub async fn check_request(
             } else {
                 "secrets".to_owned()
             };
-            FieldError::new(field, format!("no secret `{n}` in project `{}`", project.name))
+            FieldError::new(
+                field,
+                format!("no secret `{n}` in project `{}`", project.name),
+            )
         })
         .collect();
     if missing.is_empty() {

@@ -75,12 +75,7 @@ impl Requested {
 
     /// Every name asked for, once, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .env
-            .iter()
-            .chain(self.files.keys())
-            .cloned()
-            .collect();
+        let mut names: Vec<String> = self.env.iter().chain(self.files.keys()).cloned().collect();
         names.sort();
         names.dedup();
         names

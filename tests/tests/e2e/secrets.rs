@@ -258,7 +258,9 @@ async fn a_command_cannot_read_a_secret_it_did_not_name() {
     assert!(!out.contains("TOKEN="), "{out}");
     assert!(!out.contains("RDEV_SECRETS_DIR"), "{out}");
     assert!(!out.contains("***TOKEN***"), "{out}");
-    let r = app.post(&format!("/v1/commands/{holder}/cancel"), json!({})).await;
+    let r = app
+        .post(&format!("/v1/commands/{holder}/cancel"), json!({}))
+        .await;
     assert_eq!(r.status, 202);
     app.wait_terminal(&holder, WAIT).await;
 }

@@ -371,7 +371,14 @@ mod tests {
         let args = strings(&arguments(&layout, |_| Kind::Missing).options);
         assert!(window(
             &args,
-            &["--perms", "0700", "--size", "4194304", "--tmpfs", SECRETS_DIR]
+            &[
+                "--perms",
+                "0700",
+                "--size",
+                "4194304",
+                "--tmpfs",
+                SECRETS_DIR
+            ]
         ));
         let npm = args
             .iter()
@@ -382,7 +389,10 @@ mod tests {
             .position(|a| a == "/run/secrets/npm/sub")
             .expect("sub dir");
         assert!(npm < sub, "parents first");
-        assert!(window(&args, &["--perms", "0700", "--dir", "/run/secrets/npm"]));
+        assert!(window(
+            &args,
+            &["--perms", "0700", "--dir", "/run/secrets/npm"]
+        ));
         assert!(window(
             &args,
             &["--perms", "0400", "--file", "11", "/run/secrets/npm/.npmrc"]

@@ -436,8 +436,8 @@ impl Sandbox {
         // file on disk); bwrap copies it into the sandbox's private tmpfs.
         let mut secret_fds = Vec::with_capacity(l.secret_files.len());
         for f in l.secret_files {
-            let mut fd = memfd("rdev-secret")
-                .map_err(|e| failed("cannot pass a secret file", &e))?;
+            let mut fd =
+                memfd("rdev-secret").map_err(|e| failed("cannot pass a secret file", &e))?;
             fd.write_all(f.value.expose().as_bytes())
                 .and_then(|()| fd.rewind())
                 .map_err(|e| failed("cannot pass a secret file", &e))?;
