@@ -75,6 +75,11 @@ def test_every_operation_is_reachable_or_deliberately_left_out(url: str, api_key
         c.api_keys.revoke(key.id)
         c.whoami()
         c.audit.list(project=project, limit=5)
+        # Secrets.
+        c.secrets.set(name, "COV_TOKEN", "coverage-value")
+        c.secrets.list(name)
+        c.secrets.get(name, "COV_TOKEN")
+        c.secrets.delete(name, "COV_TOKEN")
         c.projects.delete(name)
 
     documented = operations(url)
@@ -95,7 +100,7 @@ def public_methods(obj: object) -> set[str]:
     return {n for n, _ in inspect.getmembers(obj, callable) if not n.startswith("_")}
 
 
-@pytest.mark.parametrize("resource", ["projects", "commands", "webhooks", "api_keys", "audit"])
+@pytest.mark.parametrize("resource", ["projects", "commands", "webhooks", "api_keys", "audit", "secrets"])
 def test_async_client_has_the_sync_clients_surface(resource: str) -> None:
     sync = getattr(rdev.Client("http://x", "k"), resource)
     asyn = getattr(rdev.AsyncClient("http://x", "k"), resource)

@@ -1,6 +1,6 @@
 /**
  * The client: `new Client(url, apiKey)` with `projects`, `commands`,
- * `webhooks`, `apiKeys` and `audit`. Runs on `fetch` (Node ≥ 18 and
+ * `webhooks`, `apiKeys`, `audit` and `secrets`. Runs on `fetch` (Node ≥ 18 and
  * browsers); no dependencies.
  */
 
@@ -16,6 +16,7 @@ import type {
   OutputEvent,
   Page,
   Project,
+  Secret,
   TestDelivery,
   Webhook,
 } from "./types.js";
@@ -109,6 +110,7 @@ export class Client {
   readonly webhooks: Webhooks;
   readonly apiKeys: ApiKeys;
   readonly audit: Audit;
+  readonly secrets: Secrets;
   /** @internal */
   readonly giveUpAfterMs: number;
   #apiKey: string | undefined;
@@ -126,6 +128,7 @@ export class Client {
     this.webhooks = new Webhooks(this);
     this.apiKeys = new ApiKeys(this);
     this.audit = new Audit(this);
+    this.secrets = new Secrets(this);
   }
 
   /** The calling key (its scopes and projects; never its secret). */
@@ -572,6 +575,33 @@ export class ApiKeys {
   /** A new secret for the same key; the old one stops working. */
   rotate(id: string): Promise<ApiKey> {
     return this.client.request("POST", `/v1/api-keys/${seg(id)}/rotate`);
+  }
+}
+
+/**
+ * `/v1/projects/{name}/secrets`: write-only values given to the commands that
+ * name them (`secrets`, `secret_files` of a command) and redacted from their
+ * output.
+ */
+export class Secrets {
+  constructor(readonly client: Client) {}
+
+  /** Sets a secret (a new version); the value is never returned. */
+  set(project: string, name: string, value: string): Promise<Secret> {
+    return this.client.request("PUT", `/v1/projects/${seg(project)}/secrets/${seg(name)}`, { body: { value } });
+  }
+
+  /** Names, versions, who set them and when. */
+  list(project: string, opts: PageOptions = {}): Promise<Page<Secret>> {
+    return this.client.request("GET", `/v1/projects/${seg(project)}/secrets`, { query: { ...opts } });
+  }
+
+  get(project: string, name: string): Promise<Secret> {
+    return this.client.request("GET", `/v1/projects/${seg(project)}/secrets/${seg(name)}`);
+  }
+
+  async delete(project: string, name: string): Promise<void> {
+    await this.client.request("DELETE", `/v1/projects/${seg(project)}/secrets/${seg(name)}`, { read: "none" });
   }
 }
 

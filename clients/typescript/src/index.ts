@@ -19,6 +19,7 @@ export {
   EventStream,
   Projects,
   RunningCommand,
+  Secrets,
   VERSION,
   Webhooks,
 } from "./client.js";

@@ -145,6 +145,17 @@ export interface AuditEntry {
 }
 
 /** One page of a list; pass `next_cursor` as `cursor` for the next (null on the last). */
+/** A project secret as listed: never its value. */
+export interface Secret {
+  name: string;
+  version: number;
+  set_by: string;
+  set_by_key_id?: string | null;
+  set_at: string;
+  created_at: string;
+  [field: string]: unknown;
+}
+
 export interface Page<T> {
   items: T[];
   next_cursor: string | null;

@@ -72,6 +72,11 @@ test("every operation is reachable or deliberately left out", async () => {
   await c.apiKeys.revoke(key.id);
   await c.whoami();
   await c.audit.list({ project: p, limit: 5 });
+  // Secrets.
+  await c.secrets.set(name, "COV_TOKEN", "coverage-value");
+  await c.secrets.list(name);
+  await c.secrets.get(name, "COV_TOKEN");
+  await c.secrets.delete(name, "COV_TOKEN");
   await c.projects.delete(name);
 
   const left = Object.keys(LEFT_OUT);

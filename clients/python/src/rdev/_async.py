@@ -32,6 +32,7 @@ from ._models import (
     OutputEvent,
     Page,
     Project,
+    Secret,
     TestDelivery,
     Webhook,
 )
@@ -44,7 +45,7 @@ class AsyncClient(BaseClient):
 
     ``url`` and ``api_key`` default to ``RDEV_URL`` / ``RDEV_API_KEY``.
     Resources: :attr:`projects`, :attr:`commands`, :attr:`webhooks`,
-    :attr:`api_keys`, :attr:`audit`. Use it as an async context manager, or
+    :attr:`api_keys`, :attr:`audit`, :attr:`secrets`. Use it as an async context manager, or
     await :meth:`aclose`."""
 
     def __init__(
@@ -63,6 +64,7 @@ class AsyncClient(BaseClient):
         self.webhooks = Webhooks(self)
         self.api_keys = ApiKeys(self)
         self.audit = Audit(self)
+        self.secrets = Secrets(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -507,6 +509,29 @@ class ApiKeys:
     async def rotate(self, id: str) -> ApiKey:
         """A new secret for the same key; the old one stops working."""
         return await self._c._send(r.key_rotate(id))
+
+
+class Secrets:
+    """``/v1/projects/{name}/secrets``: write-only values given to the
+    commands that name them (``secrets=[...]``, ``secret_files={...}`` of
+    ``commands.start``/``run``) and redacted from their output."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def set(self, project: str, name: str, value: str) -> Secret:
+        """Sets a secret (a new version); the value is never returned."""
+        return await self._c._send(r.secret_set(project, name, value))
+
+    async def list(self, project: str, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[Secret]:
+        """Names, versions, who set them and when."""
+        return await self._c._send(r.secret_list(project, limit, cursor))
+
+    async def get(self, project: str, name: str) -> Secret:
+        return await self._c._send(r.secret_get(project, name))
+
+    async def delete(self, project: str, name: str) -> None:
+        await self._c._send(r.secret_delete(project, name))
 
 
 class Audit:

@@ -235,6 +235,19 @@ class ApiKey(_Model):
 
 
 @dataclass(frozen=True)
+class Secret(_Model):
+    """A project secret as listed: never its value."""
+
+    name: str
+    version: int
+    set_by: str = ""
+    set_by_key_id: Optional[str] = None
+    set_at: Optional[datetime] = None
+    created_at: Optional[datetime] = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class AuditEntry(_Model):
     """One audit log entry."""
 

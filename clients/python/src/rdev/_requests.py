@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
-from ._models import ApiKey, AuditEntry, Command, Delivery, Page, Project, TestDelivery, Webhook
+from ._models import ApiKey, AuditEntry, Command, Delivery, Page, Project, Secret, TestDelivery, Webhook
 
 #: A shell command line (``str``, run by ``/bin/sh -c``) or an argv (a
 #: sequence of strings, run without a shell).
@@ -235,6 +235,27 @@ def key_rotate(id: str) -> Req:
 
 def whoami() -> Req:
     return Req("GET", "/v1/whoami", ApiKey.from_json)
+
+
+# Secrets
+
+
+def secret_set(project: str, name: str, value: str) -> Req:
+    return Req("PUT", f"/v1/projects/{seg(project)}/secrets/{seg(name)}", Secret.from_json, json={"value": value})
+
+
+def secret_list(project: str, limit: Optional[int], cursor: Optional[str]) -> Req:
+    return Req(
+        "GET", f"/v1/projects/{seg(project)}/secrets", _page(Secret), params=_query(limit=limit, cursor=cursor)
+    )
+
+
+def secret_get(project: str, name: str) -> Req:
+    return Req("GET", f"/v1/projects/{seg(project)}/secrets/{seg(name)}", Secret.from_json)
+
+
+def secret_delete(project: str, name: str) -> Req:
+    return Req("DELETE", f"/v1/projects/{seg(project)}/secrets/{seg(name)}", no_body)
 
 
 def audit_list(filters: Mapping[str, Any]) -> Req:

@@ -32,6 +32,7 @@ from ._models import (
     OutputEvent,
     Page,
     Project,
+    Secret,
     TestDelivery,
     Webhook,
 )
@@ -44,7 +45,7 @@ class Client(BaseClient):
 
     ``url`` and ``api_key`` default to ``RDEV_URL`` / ``RDEV_API_KEY``.
     Resources: :attr:`projects`, :attr:`commands`, :attr:`webhooks`,
-    :attr:`api_keys`, :attr:`audit`. Use it as a context manager, or call
+    :attr:`api_keys`, :attr:`audit`, :attr:`secrets`. Use it as a context manager, or call
     :meth:`close`."""
 
     def __init__(
@@ -63,6 +64,7 @@ class Client(BaseClient):
         self.webhooks = Webhooks(self)
         self.api_keys = ApiKeys(self)
         self.audit = Audit(self)
+        self.secrets = Secrets(self)
 
     def close(self) -> None:
         self._http.close()
@@ -505,6 +507,29 @@ class ApiKeys:
     def rotate(self, id: str) -> ApiKey:
         """A new secret for the same key; the old one stops working."""
         return self._c._send(r.key_rotate(id))
+
+
+class Secrets:
+    """``/v1/projects/{name}/secrets``: write-only values given to the
+    commands that name them (``secrets=[...]``, ``secret_files={...}`` of
+    ``commands.start``/``run``) and redacted from their output."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def set(self, project: str, name: str, value: str) -> Secret:
+        """Sets a secret (a new version); the value is never returned."""
+        return self._c._send(r.secret_set(project, name, value))
+
+    def list(self, project: str, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[Secret]:
+        """Names, versions, who set them and when."""
+        return self._c._send(r.secret_list(project, limit, cursor))
+
+    def get(self, project: str, name: str) -> Secret:
+        return self._c._send(r.secret_get(project, name))
+
+    def delete(self, project: str, name: str) -> None:
+        self._c._send(r.secret_delete(project, name))
 
 
 class Audit:
