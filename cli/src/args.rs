@@ -93,6 +93,9 @@ pub enum Command {
     /// Manage webhooks
     #[command(subcommand)]
     Webhooks(WebhooksCmd),
+    /// Manage a project's secrets (values are write-only)
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Read the audit log
     Audit(AuditArgs),
     /// Print a shell completion script
@@ -136,6 +139,12 @@ pub struct RunArgs {
     /// Retrying with the same key returns the original command
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// Give the project secret NAME as the environment variable NAME (repeatable)
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// Give the project secret NAME as the file /run/secrets/PATH (repeatable)
+    #[arg(long = "secret-file", value_name = "NAME=PATH", value_parser = parse_key_value)]
+    pub secret_files: Vec<(String, String)>,
     /// The command: one argument is run by the shell, several are run as argv
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -263,6 +272,41 @@ pub struct ProjectCreateArgs {
     pub allowed_commands: Vec<String>,
 }
 
+/// `rdev secrets …`.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Set a secret (a new version) from standard input or a file; never from
+    /// the command line, where shells and process lists would keep it
+    Set {
+        /// Project
+        #[arg(short, long)]
+        project: String,
+        /// Secret name (also the environment variable commands see)
+        name: String,
+        /// Read the value from this file, byte for byte (default: standard
+        /// input, without one trailing newline)
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<std::path::PathBuf>,
+    },
+    /// List a project's secrets: names, versions, who set them and when
+    Ls {
+        /// Project
+        #[arg(short, long)]
+        project: String,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Delete a secret
+    Rm {
+        /// Project
+        #[arg(short, long)]
+        project: String,
+        /// Secret name
+        name: String,
+    },
+}
+
 /// `rdev keys …`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCmd {
@@ -289,7 +333,8 @@ pub struct KeyCreateArgs {
     #[arg(long)]
     pub name: String,
     /// Scope (repeatable or comma-separated): admin, projects:read, projects:write,
-    /// commands:run, commands:read, keys:manage, webhooks:manage, audit:read
+    /// commands:run, commands:read, keys:manage, webhooks:manage, audit:read,
+    /// secrets:manage
     #[arg(long = "scope", required = true, value_delimiter = ',')]
     pub scopes: Vec<String>,
     /// Restrict the key to this project (repeatable; none = all projects)

@@ -48,6 +48,9 @@ pub enum ClientError {
         /// Field errors of a validation failure.
         errors: Vec<FieldError>,
     },
+    /// Local input the command could not use (a file, standard input).
+    #[error("{0}")]
+    Usage(String),
     /// The connection broke or the answer was unreadable.
     #[error("request to {url} failed: {reason}")]
     Transport {
@@ -176,6 +179,12 @@ impl Client {
     /// `POST path` with a JSON body → JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.send_json(self.request(Method::POST, path).json(body))
+            .await
+    }
+
+    /// `PUT path` with a JSON body → JSON.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send_json(self.request(Method::PUT, path).json(body))
             .await
     }
 

@@ -18,7 +18,7 @@ pub mod spinner;
 use clap::{CommandFactory, Parser};
 
 use args::{Cli, Command};
-use client::Client;
+use client::{Client, ClientError};
 use output::Style;
 
 /// Exit code of usage errors (bad flags, unusable configuration), as clap's.
@@ -79,6 +79,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Projects(c) => commands::projects::projects(&client, &style, c).await,
         Command::Keys(c) => commands::admin::keys(&client, &style, c).await,
         Command::Webhooks(c) => commands::admin::webhooks(&client, &style, c).await,
+        Command::Secrets(c) => commands::secrets::secrets(&client, &style, c).await,
         Command::Audit(a) => commands::admin::audit(&client, &style, a).await,
         Command::Bench(a) => bench::bench(&client, &style, a).await,
         Command::Mcp(a) => Ok(mcp::serve(client.clone(), profile_project, a).await),
@@ -86,6 +87,10 @@ pub async fn run(cli: Cli) -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(e @ ClientError::Usage(_)) => {
+            output::note(&e.to_string());
+            EXIT_USAGE
+        }
         Err(e) => {
             output::note(&e.to_string());
             EXIT_API

@@ -857,3 +857,56 @@ async fn following_truncated_output_notes_the_gap() {
         show(&follow)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_set_from_stdin_listed_used_redacted_and_removed() {
+    let sys = start().await;
+    let value = "cli-secret-value-42";
+    let mut set = sys.rdev(&["secrets", "set", "-p", PROJECT, "CLI_TOKEN"]);
+    set.stdin(Stdio::piped());
+    let mut child = set.spawn().expect("spawn rdev");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(format!("{value}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("in time")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(!show(&out).contains(value), "{}", show(&out));
+
+    let list = sys.json(&["secrets", "ls", "-p", PROJECT]).await;
+    assert_eq!(list["items"][0]["name"], "CLI_TOKEN", "{list}");
+    assert_eq!(list["items"][0]["version"], 1, "{list}");
+
+    // The command sees the value (its length proves the newline was cut);
+    // the output shows the name.
+    let out = sys
+        .output(&[
+            "run",
+            "-p",
+            PROJECT,
+            "--secret",
+            "CLI_TOKEN",
+            "--",
+            r#"echo "$CLI_TOKEN ${#CLI_TOKEN}""#,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("***CLI_TOKEN*** {}\n", value.len())
+    );
+
+    let out = sys
+        .output(&["secrets", "rm", "-p", PROJECT, "CLI_TOKEN"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let list = sys.json(&["secrets", "ls", "-p", PROJECT]).await;
+    assert_eq!(list["items"], serde_json::json!([]), "{list}");
+}

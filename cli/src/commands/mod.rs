@@ -4,6 +4,7 @@ pub mod admin;
 pub mod inspect;
 pub mod projects;
 pub mod run;
+pub mod secrets;
 
 use crate::args::PageArgs;
 

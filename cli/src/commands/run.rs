@@ -38,6 +38,17 @@ pub fn request_body(args: &RunArgs) -> Value {
             .collect();
         body.insert("env".into(), Value::Object(env));
     }
+    if !args.secrets.is_empty() {
+        body.insert("secrets".into(), json!(args.secrets));
+    }
+    if !args.secret_files.is_empty() {
+        let files: Map<String, Value> = args
+            .secret_files
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        body.insert("secret_files".into(), Value::Object(files));
+    }
     Value::Object(body)
 }
 
