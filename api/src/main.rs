@@ -123,12 +123,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("re-encrypting")?;
             println!(
-                "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} webhook secrets",
+                "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} webhook secrets, {} project secrets",
                 ring.current_id().unwrap_or_default(),
                 r.project_env,
                 r.command_env,
                 r.command_stdin,
-                r.webhook_secret
+                r.webhook_secret,
+                r.project_secret
             );
             Ok(())
         }
