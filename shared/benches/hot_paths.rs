@@ -1,6 +1,7 @@
 //! Hot paths of every API request: key hashing and comparison (each
 //! authenticated request hashes the presented key) and the rate-limit
-//! decision; and of every webhook attempt: Standard Webhooks signing.
+//! decision; of every webhook attempt: Standard Webhooks signing; and of
+//! every output chunk of a command given secrets: redaction.
 //! Run: `cargo bench -p rdev-shared --bench hot_paths`.
 
 use std::hint::black_box;
@@ -71,6 +72,35 @@ fn webhook_signing(c: &mut Criterion) {
     g.finish();
 }
 
+/// The redactor over 64 KiB output chunks (the reader's piece size) of
+/// ordinary text, for a command given two secrets (one multi-line), and
+/// the worst case for holding back: text made of one value's first byte.
+fn redaction(c: &mut Criterion) {
+    use rdev_shared::redact::{Redaction, Redactor};
+    use std::sync::Arc;
+    let key = "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeK\n-----END KEY-----";
+    let r = Arc::new(Redaction::new([
+        ("NPM_TOKEN", "npm_a1B2c3D4e5F6g7H8i9J0".as_bytes()),
+        ("KEY", key.as_bytes()),
+    ]));
+    let text: Vec<u8> = b"compiling crate foo v1.2.3 (/workspace/foo)\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(65536)
+        .collect();
+    let dashes = vec![b'-'; 65536];
+    let mut g = c.benchmark_group("redact/chunk");
+    g.throughput(Throughput::Bytes(65536));
+    for (name, chunk) in [("text", &text), ("prefix_bytes", &dashes)] {
+        g.bench_with_input(BenchmarkId::from_parameter(name), chunk, |b, chunk| {
+            let mut red = Redactor::new(r.clone());
+            b.iter(|| red.push(black_box(chunk)))
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -78,5 +108,5 @@ fn config() -> Criterion {
         .sample_size(50)
 }
 
-criterion_group! { name = benches; config = config(); targets = keys, rate_limit, webhook_signing }
+criterion_group! { name = benches; config = config(); targets = keys, rate_limit, webhook_signing, redaction }
 criterion_main!(benches);
