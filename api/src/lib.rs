@@ -10,6 +10,7 @@ pub mod keycache;
 pub mod limits;
 pub mod policies;
 pub mod serve;
+pub mod workspace;
 
 use std::future::Future;
 use std::net::SocketAddr;
