@@ -94,6 +94,18 @@ pub struct ApiConfig {
     /// any database query.
     #[arg(long, env = "RDEV_AUTH_FAILURE_LIMIT", default_value = "30/60s")]
     pub auth_failure_limit: RateLimit,
+    /// The workers' workspace root, mounted here too (the same volume):
+    /// the files API of local projects serves it. Unset: `/files` answers
+    /// 503.
+    #[arg(long, env = "RDEV_WORKSPACE_ROOT")]
+    pub workspace_root: Option<std::path::PathBuf>,
+    /// Largest file one upload may write, in bytes.
+    #[arg(long, env = "RDEV_FILES_MAX_BYTES", default_value_t = 4 << 30)]
+    pub files_max_bytes: u64,
+    /// An upload or download that moves no byte for this long is ended
+    /// (uploads have no whole-body deadline, only this one).
+    #[arg(long, env = "RDEV_FILES_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub files_idle_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -131,6 +143,9 @@ impl ApiConfig {
                 requests: 30,
                 window_s: 60,
             },
+            workspace_root: None,
+            files_max_bytes: 4 << 30,
+            files_idle_timeout: Duration::from_secs(30),
         }
     }
 }

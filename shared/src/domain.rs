@@ -286,11 +286,17 @@ pub enum Scope {
     /// Set, list and delete a project's secrets (never read their values).
     #[serde(rename = "secrets:manage")]
     SecretsManage,
+    /// Read, list and download a project's files.
+    #[serde(rename = "files:read")]
+    FilesRead,
+    /// Upload and delete a project's files.
+    #[serde(rename = "files:write")]
+    FilesWrite,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 12] = [
         Self::Admin,
         Self::ProjectsRead,
         Self::ProjectsWrite,
@@ -301,6 +307,8 @@ impl Scope {
         Self::KeysManage,
         Self::AuditRead,
         Self::SecretsManage,
+        Self::FilesRead,
+        Self::FilesWrite,
     ];
 
     /// The scope's name as stored and shown.
@@ -316,6 +324,8 @@ impl Scope {
             Self::KeysManage => "keys:manage",
             Self::AuditRead => "audit:read",
             Self::SecretsManage => "secrets:manage",
+            Self::FilesRead => "files:read",
+            Self::FilesWrite => "files:write",
         }
     }
 

@@ -3,6 +3,9 @@
 //! forever. The whole body must arrive within `RDEV_BODY_READ_TIMEOUT` of
 //! the request's start; after that the body yields [`BodyTimeout`], which
 //! the JSON extractor answers with 408 (problem+json).
+//!
+//! File uploads (`PUT /v1/projects/{name}/files/…`) may be gigabytes: they
+//! get an idle deadline instead (`RDEV_FILES_IDLE_TIMEOUT` without a byte).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,6 +29,8 @@ struct DeadlineBody {
     inner: Body,
     sleep: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
+    /// Restart the deadline at every frame.
+    idle: bool,
 }
 
 impl hyper::body::Body for DeadlineBody {
@@ -37,6 +42,10 @@ impl hyper::body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if self.idle {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.sleep.as_mut().reset(next);
+            }
             return Poll::Ready(frame);
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
@@ -56,15 +65,29 @@ impl hyper::body::Body for DeadlineBody {
 
 /// Middleware: gives every request body the configured deadline.
 pub async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = st.cfg.body_read_timeout;
+    let idle = is_upload(&req);
+    let limit = if idle {
+        st.cfg.files_idle_timeout
+    } else {
+        st.cfg.body_read_timeout
+    };
     let req = req.map(|inner| {
         Body::new(DeadlineBody {
             inner,
             sleep: Box::pin(tokio::time::sleep(limit)),
             limit,
+            idle,
         })
     });
     next.run(req).await
+}
+
+/// `PUT /v1/projects/{name}/files/…`.
+fn is_upload(req: &Request) -> bool {
+    let path = req.uri().path();
+    req.method() == axum::http::Method::PUT
+        && path.starts_with("/v1/projects/")
+        && path.split('/').nth(4) == Some("files")
 }
 
 /// Whether an error (or one of its causes) is a [`BodyTimeout`].

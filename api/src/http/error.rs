@@ -54,6 +54,9 @@ pub enum ApiError {
         /// Seconds until a retry may succeed.
         retry_after_s: u64,
     },
+    /// A `Range` outside a file of this many bytes.
+    #[error("the range is outside the file ({0} bytes)")]
+    RangeNotSatisfiable(u64),
     /// A dependency is down.
     #[error("{0}")]
     Unavailable(String),
@@ -104,6 +107,11 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",
                 "Too Many Requests",
+            ),
+            ApiError::RangeNotSatisfiable(_) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "Range Not Satisfiable",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -163,6 +171,11 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let ApiError::RangeNotSatisfiable(size) = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod debug;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod health;
 pub mod keys;
 pub mod openapi;
@@ -76,6 +77,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(projects::delete),
         )
         .route("/projects/{name}/commands", post(commands::create))
+        .route("/projects/{name}/files", get(files::list_root))
+        .route(
+            "/projects/{name}/files/{*path}",
+            get(files::get).put(files::put).delete(files::delete),
+        )
         .route("/projects/{name}/secrets", get(secrets::list))
         .route(
             "/projects/{name}/secrets/{secret}",

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::keys::KeyView;
 use super::projects::ProjectView;
 use super::webhooks::{DeliveryView, WebhookView};
-use super::{audit, commands, debug, health, keys, projects, secrets, sse, webhooks};
+use super::{audit, commands, debug, files, health, keys, projects, secrets, sse, webhooks};
 
 /// An error answer (RFC 9457), sent as `application/problem+json`.
 #[derive(Serialize, ToSchema)]
@@ -125,6 +125,11 @@ macro_rules! page {
 page!(ProjectPage, ProjectView, "A page of projects.");
 page!(CommandPage, CommandDoc, "A page of commands, newest first.");
 page!(
+    FilePage,
+    crate::workspace::Entry,
+    "A page of a directory's entries, by name."
+);
+page!(
     SecretPage,
     rdev_shared::db::secrets::SecretMeta,
     "A page of a project's secrets, by name (never their values)."
@@ -210,6 +215,10 @@ pub struct Readiness {
         projects::get,
         projects::update,
         projects::delete,
+        files::get,
+        files::list_root,
+        files::put,
+        files::delete,
         secrets::set,
         secrets::list,
         secrets::get,
@@ -243,6 +252,7 @@ pub struct Readiness {
     tags(
         (name = "system", description = "Health, readiness, profiling, this document (metrics are on the operations listener, `RDEV_OPS_LISTEN`)"),
         (name = "projects"),
+        (name = "files", description = "A local project's files: upload, download (with `Range`), stat, delete, list"),
         (name = "secrets", description = "A project's secrets: write-only values given to the commands that name them, redacted from their output"),
         (name = "commands"),
         (name = "api-keys"),

@@ -5,6 +5,7 @@ mod access;
 mod api_errors;
 mod commands;
 mod containment;
+mod files;
 mod fleet;
 mod observability;
 mod openapi;

@@ -47,6 +47,8 @@ fn routes_in(src: &str, prefix: &str, out: &mut BTreeSet<(String, String)>) {
             for (i, _) in methods.match_indices(&format!("{m}(")) {
                 let before = methods[..i].chars().last().unwrap_or(' ');
                 if !before.is_alphanumeric() && before != '_' && before != ':' {
+                    // A wildcard `{*path}` is the parameter `{path}` in OpenAPI.
+                    let path = path.replace("{*", "{");
                     out.insert((m.to_uppercase(), format!("{prefix}{path}")));
                     found = true;
                 }

@@ -132,6 +132,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         },
         // Tests hammer the API from one address with made-up keys.
         auth_failure_limit: "1000000/60s".parse().expect("auth failure limit"),
+        // The files API serves the worker's workspace (one volume).
+        workspace_root: Some(workspace.clone()),
         ..ApiConfig::local(env.db.clone(), api_amqp)
     };
     if let Some(tweak) = opts.api {

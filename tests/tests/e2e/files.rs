@@ -1,0 +1,269 @@
+//! The files API of local projects: byte-exact round trips (binary, empty,
+//! names with spaces and UTF-8), ranges, listings, deletes, scopes,
+//! confinement (`..`, absolute paths, symlinks and FIFOs planted by a
+//! command). The large transfer with bounded memory is `tests/files_memory.rs`
+//! (its own binary: it measures the process's memory, which tests running
+//! beside it would disturb).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{Resp, TestApp, spawn_app};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn put(app: &TestApp, key: &str, path: &str, body: Vec<u8>) -> Resp {
+    app.send(
+        app.http
+            .put(app.url(&format!("/v1/projects/app/files/{path}")))
+            .bearer_auth(key)
+            .body(body),
+    )
+    .await
+}
+
+async fn get(app: &TestApp, path: &str, range: Option<&str>) -> Resp {
+    let mut req = app
+        .http
+        .get(app.url(&format!("/v1/projects/app/files/{path}")))
+        .bearer_auth(&app.admin_key);
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    app.send(req).await
+}
+
+async fn sh(app: &TestApp, line: &str) -> String {
+    let c = app.run("app", json!({ "command": line })).await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    let done = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    String::from_utf8_lossy(&app.output(&id, None).await).into_owned()
+}
+
+fn enc(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            seg.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn files_round_trip_byte_exact_with_ranges_listings_and_deletes() {
+    let app = spawn_app().await;
+    app.create_project("app", json!({})).await;
+    let admin = app.admin_key.clone();
+    let binary: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let odd = "dir with space/ünï cödé ✓.txt";
+    for (path, body) in [
+        ("bin/data.bin", binary.clone()),
+        ("empty", Vec::new()),
+        (odd, b"hello\n".to_vec()),
+    ] {
+        let r = put(&app, &admin, &enc(path), body.clone()).await;
+        assert_eq!(r.status, 201, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["size"], body.len(), "{path}");
+        let g = get(&app, &enc(path), None).await;
+        assert_eq!(g.status, 200, "{path}");
+        assert_eq!(g.body.as_ref(), body.as_slice(), "{path}");
+        assert_eq!(g.header("content-length"), Some(body.len().to_string()));
+    }
+    // HEAD: the size, no body.
+    let h = app
+        .send(
+            app.http
+                .head(app.url("/v1/projects/app/files/bin/data.bin"))
+                .bearer_auth(&admin),
+        )
+        .await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-length").as_deref(), Some("70000"));
+    assert!(h.body.is_empty());
+    // Ranges.
+    let r = get(&app, "bin/data.bin", Some("bytes=100-199")).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.as_ref(), &binary[100..200]);
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 100-199/70000")
+    );
+    let r = get(&app, "bin/data.bin", Some("bytes=-10")).await;
+    assert_eq!(r.body.as_ref(), &binary[69_990..]);
+    let r = get(&app, "bin/data.bin", Some("bytes=70000-")).await;
+    r.assert_problem(416);
+    assert_eq!(r.header("content-range").as_deref(), Some("bytes */70000"));
+
+    // Commands see uploads, and their files can be downloaded: one volume.
+    let out = sh(&app, "wc -c < bin/data.bin; echo made > out.log").await;
+    assert_eq!(out.trim(), "70000");
+    assert_eq!(get(&app, "out.log", None).await.body.as_ref(), b"made\n");
+
+    // Listings, paginated by name.
+    let root = app.get("/v1/projects/app/files?list").await.json();
+    let names: Vec<&str> = root["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["bin", "dir with space", "empty", "out.log"], "{root}");
+    let page = app.get("/v1/projects/app/files?list&limit=2").await.json();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let next = page["next_cursor"].as_str().expect("cursor").to_owned();
+    let page2 = app
+        .get(&format!("/v1/projects/app/files?list&limit=2&cursor={next}"))
+        .await
+        .json();
+    assert_eq!(page2["items"][0]["name"], "empty", "{page2}");
+    let bin = app.get("/v1/projects/app/files/bin?list").await.json();
+    assert_eq!(bin["items"][0]["name"], "data.bin");
+    assert_eq!(bin["items"][0]["type"], "file");
+    assert_eq!(bin["items"][0]["size"], 70000);
+    assert!(bin["items"][0]["mtime"].is_string());
+
+    // Deletes: a file, then its now empty directory; a full one is 409.
+    let del = |path: &'static str| {
+        let app = &app;
+        async move {
+            app.request(
+                Method::DELETE,
+                &format!("/v1/projects/app/files/{path}"),
+                Some(&app.admin_key.clone()),
+                None,
+            )
+            .await
+        }
+    };
+    del("bin").await.assert_problem(409);
+    assert_eq!(del("bin/data.bin").await.status, 204);
+    assert_eq!(del("bin").await.status, 204);
+    get(&app, "bin/data.bin", None).await.assert_problem(404);
+
+    // Scopes: files:read reads, only files:write writes.
+    let (_, reader) = app
+        .create_key(json!({"name": "reader", "scopes": ["files:read"]}))
+        .await;
+    put(&app, &reader, "x", b"x".to_vec())
+        .await
+        .assert_problem(403);
+    let r = app
+        .request(
+            Method::GET,
+            "/v1/projects/app/files/out.log",
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Audit of writes.
+    let audit = app.get("/v1/audit?action=file.write").await.json();
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(3), "{audit}");
+}
+
+#[tokio::test]
+async fn paths_leaving_the_project_are_refused_without_writing_anything() {
+    let app = spawn_app().await;
+    app.create_project("app", json!({})).await;
+    let outside = std::env::temp_dir().join(format!("rdev-outside-{}", rand_suffix()));
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("secret.txt"), b"outside").expect("write");
+    // A command plants symlinks to outside and a FIFO.
+    sh(
+        &app,
+        &format!(
+            "ln -s {o} out; ln -s {o}/secret.txt leak; ln -s .. up; mkfifo fifo; echo ok",
+            o = outside.display()
+        ),
+    )
+    .await;
+    let admin = app.admin_key.clone();
+    for path in ["out/secret.txt", "leak", "up/app/leak", "fifo"] {
+        let r = get(&app, path, None).await;
+        assert_eq!(r.status, 422, "{path}: {}", String::from_utf8_lossy(&r.body));
+    }
+    for path in ["out/new.txt", "leak", "up/x"] {
+        let r = put(&app, &admin, path, b"evil".to_vec()).await;
+        assert!(
+            r.status == 422 || r.status == 409,
+            "{path}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // `..` and absolute paths, however spelled in the URL.
+    // (`%2F` keeps the client from normalizing the dots away; the server
+    // decodes the path and sees `..` or a leading `/`.)
+    for path in [
+        "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "a%2F%2e%2e%2F%2e%2e%2Fx",
+        "%2Fetc%2Fpasswd",
+    ] {
+        let r = get(&app, path, None).await;
+        assert_eq!(r.status, 422, "{path}: {}", String::from_utf8_lossy(&r.body));
+        let r = put(&app, &admin, path, b"evil".to_vec()).await;
+        assert_eq!(r.status, 422, "{path}");
+    }
+    assert_eq!(
+        std::fs::read(outside.join("secret.txt")).expect("read"),
+        b"outside"
+    );
+    let left: Vec<_> = std::fs::read_dir(&outside)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    // The symlink itself can be listed and deleted (not its target).
+    let list = app.get("/v1/projects/app/files?list").await.json();
+    assert!(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|e| e["name"] == "leak" && e["type"] == "symlink"),
+        "{list}"
+    );
+    let r = app
+        .request(
+            Method::DELETE,
+            "/v1/projects/app/files/leak",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert!(outside.join("secret.txt").exists());
+    let _ = std::fs::remove_dir_all(&outside);
+    // Kubernetes projects are refused with a reason.
+    app.create_project(
+        "pods",
+        json!({"executor": {"kind": "kubernetes", "namespace": "ns", "selector": "app=x"}}),
+    )
+    .await;
+    let p = app
+        .get("/v1/projects/pods/files/x")
+        .await
+        .assert_problem(422);
+    assert!(p.to_string().contains("kubernetes"), "{p}");
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
