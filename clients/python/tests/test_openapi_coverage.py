@@ -32,7 +32,9 @@ def operations(url: str) -> set[tuple[str, str]]:
 
 def template_of(path: str, templates: set[str]) -> str:
     for t in templates:
-        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(t)) + "$"
+        # `{path}` (a file path) may hold slashes; other parameters may not.
+        escaped = re.escape(t).replace(re.escape("{path}"), ".+")
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", escaped) + "$"
         if re.match(pattern, path):
             return t
     raise AssertionError(f"the SDK called {path}, which the API does not document")
@@ -80,6 +82,12 @@ def test_every_operation_is_reachable_or_deliberately_left_out(url: str, api_key
         c.secrets.list(name)
         c.secrets.get(name, "COV_TOKEN")
         c.secrets.delete(name, "COV_TOKEN")
+        # Files.
+        c.files.upload(name, "cov/file.txt", b"covered")
+        assert c.files.download(name, "cov/file.txt", range="bytes=0-2") == b"cov"
+        c.files.list(name)
+        c.files.list(name, "cov")
+        c.files.delete(name, "cov/file.txt")
         c.projects.delete(name)
 
     documented = operations(url)
@@ -100,7 +108,7 @@ def public_methods(obj: object) -> set[str]:
     return {n for n, _ in inspect.getmembers(obj, callable) if not n.startswith("_")}
 
 
-@pytest.mark.parametrize("resource", ["projects", "commands", "webhooks", "api_keys", "audit", "secrets"])
+@pytest.mark.parametrize("resource", ["projects", "commands", "webhooks", "api_keys", "audit", "secrets", "files"])
 def test_async_client_has_the_sync_clients_surface(resource: str) -> None:
     sync = getattr(rdev.Client("http://x", "k"), resource)
     asyn = getattr(rdev.AsyncClient("http://x", "k"), resource)

@@ -70,6 +70,8 @@ interface Req {
   body?: unknown;
   headers?: Record<string, string>;
   read?: "json" | "bytes" | "none";
+  /** A raw body (`application/octet-stream`) instead of JSON. */
+  raw?: Uint8Array;
 }
 
 function env(name: string): string | undefined {
@@ -111,6 +113,7 @@ export class Client {
   readonly apiKeys: ApiKeys;
   readonly audit: Audit;
   readonly secrets: Secrets;
+  readonly files: Files;
   /** @internal */
   readonly giveUpAfterMs: number;
   #apiKey: string | undefined;
@@ -129,6 +132,7 @@ export class Client {
     this.apiKeys = new ApiKeys(this);
     this.audit = new Audit(this);
     this.secrets = new Secrets(this);
+    this.files = new Files(this);
   }
 
   /** The calling key (its scopes and projects; never its secret). */
@@ -174,8 +178,11 @@ export class Client {
   /** @internal */
   async request<T>(method: string, path: string, req: Req = {}): Promise<T> {
     const headers = this.headers(req.headers);
-    let body: string | undefined;
-    if (req.body !== undefined) {
+    let body: BodyInit | undefined;
+    if (req.raw !== undefined) {
+      headers["content-type"] = "application/octet-stream";
+      body = req.raw as unknown as BodyInit;
+    } else if (req.body !== undefined) {
       headers["content-type"] = "application/json";
       body = JSON.stringify(req.body);
     }
@@ -575,6 +582,40 @@ export class ApiKeys {
   /** A new secret for the same key; the old one stops working. */
   rotate(id: string): Promise<ApiKey> {
     return this.client.request("POST", `/v1/api-keys/${seg(id)}/rotate`);
+  }
+}
+
+function filePath(project: string, path: string): string {
+  const inner = path
+    .split("/")
+    .filter((p) => p !== "")
+    .map(seg)
+    .join("/");
+  return `/v1/projects/${seg(project)}/files${inner ? `/${inner}` : ""}`;
+}
+
+/** `/v1/projects/{name}/files`: a local project's files. */
+export class Files {
+  constructor(readonly client: Client) {}
+
+  /** Writes `data` to `path` (parents created); the file's entry. */
+  upload(project: string, path: string, data: Uint8Array): Promise<Record<string, unknown>> {
+    return this.client.request("PUT", filePath(project, path), { raw: data });
+  }
+
+  /** The file's bytes (`range`: an HTTP `bytes=` range). */
+  download(project: string, path: string, opts: { range?: string } = {}): Promise<Uint8Array> {
+    const headers: Record<string, string> = opts.range ? { range: opts.range } : {};
+    return this.client.request("GET", filePath(project, path), { headers, read: "bytes" });
+  }
+
+  /** A page of a directory's entries (`items`, `next_cursor`). */
+  list(project: string, path = "", opts: PageOptions = {}): Promise<Page<Record<string, unknown>>> {
+    return this.client.request("GET", filePath(project, path), { query: { list: "", ...opts } });
+  }
+
+  async delete(project: string, path: string): Promise<void> {
+    await this.client.request("DELETE", filePath(project, path), { read: "none" });
   }
 }
 

@@ -17,6 +17,7 @@ export {
   Commands,
   DEFAULT_URL,
   EventStream,
+  Files,
   Projects,
   RunningCommand,
   Secrets,

@@ -28,7 +28,7 @@ test("every operation is reachable or deliberately left out", async () => {
   }
   const templates = [...new Set([...documented].map((op) => op.split(" ")[1]))].map((t) => ({
     t,
-    re: new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{[^}]+\}/g, "[^/]+")}$`),
+    re: new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace("{path}", ".+").replace(/\{[^}]+\}/g, "[^/]+")}$`),
   }));
   const reached = new Set();
   const recording = async (input, init) => {
@@ -77,6 +77,13 @@ test("every operation is reachable or deliberately left out", async () => {
   await c.secrets.list(name);
   await c.secrets.get(name, "COV_TOKEN");
   await c.secrets.delete(name, "COV_TOKEN");
+  // Files.
+  await c.files.upload(name, "cov/file.txt", new TextEncoder().encode("covered"));
+  const part = await c.files.download(name, "cov/file.txt", { range: "bytes=0-2" });
+  assert.equal(new TextDecoder().decode(part), "cov");
+  await c.files.list(name);
+  await c.files.list(name, "cov");
+  await c.files.delete(name, "cov/file.txt");
   await c.projects.delete(name);
 
   const left = Object.keys(LEFT_OUT);

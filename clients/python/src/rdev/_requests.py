@@ -32,6 +32,7 @@ class Req:
     params: dict[str, str] = field(default_factory=dict)
     json: Optional[Any] = None
     headers: dict[str, str] = field(default_factory=dict)
+    content: Optional[bytes] = None
 
 
 def seg(s: str) -> str:
@@ -235,6 +236,32 @@ def key_rotate(id: str) -> Req:
 
 def whoami() -> Req:
     return Req("GET", "/v1/whoami", ApiKey.from_json)
+
+
+# Files
+
+
+def _file_path(project: str, path: str) -> str:
+    inner = "/".join(seg(p) for p in path.strip("/").split("/")) if path.strip("/") else ""
+    return f"/v1/projects/{seg(project)}/files" + (f"/{inner}" if inner else "")
+
+
+def file_upload(project: str, path: str, data: bytes) -> Req:
+    return Req("PUT", _file_path(project, path), lambda d: d, content=data)
+
+
+def file_download(project: str, path: str, range: Optional[str]) -> Req:
+    headers = {"Range": range} if range else {}
+    return Req("GET", _file_path(project, path), bytes, headers=headers)
+
+
+def file_list(project: str, path: str, limit: Optional[int], cursor: Optional[str]) -> Req:
+    params = {"list": "", **_query(limit=limit, cursor=cursor)}
+    return Req("GET", _file_path(project, path), lambda d: d, params=params)
+
+
+def file_delete(project: str, path: str) -> Req:
+    return Req("DELETE", _file_path(project, path), no_body)
 
 
 # Secrets

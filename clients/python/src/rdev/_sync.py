@@ -65,6 +65,7 @@ class Client(BaseClient):
         self.api_keys = ApiKeys(self)
         self.audit = Audit(self)
         self.secrets = Secrets(self)
+        self.files = Files(self)
 
     def close(self) -> None:
         self._http.close()
@@ -86,6 +87,7 @@ class Client(BaseClient):
                 self._url(req.path),
                 params=req.params or None,
                 json=req.json,
+                content=req.content,
                 headers=self._headers_for(req),
             )
         except httpx.HTTPError as e:
@@ -507,6 +509,30 @@ class ApiKeys:
     def rotate(self, id: str) -> ApiKey:
         """A new secret for the same key; the old one stops working."""
         return self._c._send(r.key_rotate(id))
+
+
+class Files:
+    """``/v1/projects/{name}/files``: a local project's files."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def upload(self, project: str, path: str, data: bytes) -> dict[str, Any]:
+        """Writes ``data`` to ``path`` (parents created); the file's entry."""
+        return self._c._send(r.file_upload(project, path, data))
+
+    def download(self, project: str, path: str, *, range: Optional[str] = None) -> bytes:
+        """The file's bytes (``range``: an HTTP ``bytes=`` range)."""
+        return self._c._send(r.file_download(project, path, range))
+
+    def list(
+        self, project: str, path: str = "", *, limit: Optional[int] = None, cursor: Optional[str] = None
+    ) -> dict[str, Any]:
+        """A page of a directory's entries (``items``, ``next_cursor``)."""
+        return self._c._send(r.file_list(project, path, limit, cursor))
+
+    def delete(self, project: str, path: str) -> None:
+        self._c._send(r.file_delete(project, path))
 
 
 class Secrets:
