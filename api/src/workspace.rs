@@ -73,7 +73,9 @@ impl From<Errno> for FilesError {
 pub fn validate_path(path: &str) -> Result<&str, FilesError> {
     let p = path.strip_suffix('/').unwrap_or(path);
     if p.is_empty() || p.len() > MAX_PATH {
-        return Err(FilesError::InvalidPath(format!("must be 1-{MAX_PATH} bytes")));
+        return Err(FilesError::InvalidPath(format!(
+            "must be 1-{MAX_PATH} bytes"
+        )));
     }
     if p.starts_with('/') || p.contains('\0') || p.contains('\\') {
         return Err(FilesError::InvalidPath("must be a relative path".into()));
@@ -117,7 +119,11 @@ pub fn ensure_dirs(dir: &OwnedFd, rel: &str) -> Result<OwnedFd, FilesError> {
     let owner = fstat(dir.as_fd())?;
     let mut cur = open_beneath(dir, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
     for part in rel.split('/').filter(|p| !p.is_empty()) {
-        match mkdirat(cur.as_fd(), OsStr::new(part), Mode::from_bits_truncate(0o755)) {
+        match mkdirat(
+            cur.as_fd(),
+            OsStr::new(part),
+            Mode::from_bits_truncate(0o755),
+        ) {
             Ok(()) => {
                 let _ = give_to(&cur, part, &owner);
             }
@@ -330,7 +336,11 @@ pub fn stat(project: &OwnedFd, rel: &str) -> Result<Entry, FilesError> {
     let (parent_rel, name) = split_parent(rel);
     let parent = open_beneath(
         project,
-        if parent_rel.is_empty() { "." } else { parent_rel },
+        if parent_rel.is_empty() {
+            "."
+        } else {
+            parent_rel
+        },
         OFlag::O_DIRECTORY | OFlag::O_RDONLY,
     )?;
     let st = nix::sys::stat::fstatat(
@@ -431,7 +441,17 @@ mod tests {
         for ok in ["a", "a/b.txt", "dir/", "with space/ü.txt", ".hidden"] {
             assert!(validate_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a\\b", "a\0b"] {
+        for bad in [
+            "",
+            "/",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a\\b",
+            "a\0b",
+        ] {
             assert!(validate_path(bad).is_err(), "{bad:?}");
         }
     }
@@ -465,7 +485,10 @@ mod tests {
         f.write_all(b"hello").expect("write");
         assert!(!t.0.join("p/d/e/f.bin").exists(), "not before commit");
         up.commit().expect("commit");
-        assert_eq!(std::fs::read(t.0.join("p/d/e/f.bin")).expect("read"), b"hello");
+        assert_eq!(
+            std::fs::read(t.0.join("p/d/e/f.bin")).expect("read"),
+            b"hello"
+        );
         let (up, _f) = Upload::start(&proj, "dropped").expect("start");
         drop(up);
         assert_eq!(list(&proj, "", None, 10).expect("list").len(), 1);

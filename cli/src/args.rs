@@ -82,8 +82,10 @@ pub enum Command {
     Status(IdArg),
     /// Ask rdev to cancel a command
     Cancel(IdArg),
-    /// List commands, newest first
+    /// List commands, newest first; or, given PROJECT:DIR, a project's files
     Ls(LsArgs),
+    /// Copy files to or from a project: `rdev cp ./dir app:dir`, `rdev cp app:out.log .`
+    Cp(CpArgs),
     /// Manage projects
     #[command(subcommand)]
     Projects(ProjectsCmd),
@@ -193,6 +195,8 @@ pub struct PageArgs {
 /// `rdev ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// PROJECT:DIR lists that directory of the project's files instead
+    pub target: Option<String>,
     /// Only this project's commands
     #[arg(long, short)]
     pub project: Option<String>,
@@ -202,6 +206,15 @@ pub struct LsArgs {
     /// Paging.
     #[command(flatten)]
     pub page: PageArgs,
+}
+
+/// `rdev cp`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: a local file or directory, or PROJECT:path
+    pub src: String,
+    /// Destination: PROJECT:path (a trailing `/` keeps the source's name), or a local path
+    pub dst: String,
 }
 
 /// `rdev projects …`.

@@ -75,7 +75,17 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Logs(a) => commands::inspect::logs(&client, a).await,
         Command::Status(a) => commands::inspect::status(&client, &style, a).await,
         Command::Cancel(a) => commands::inspect::cancel(&client, &style, a).await,
-        Command::Ls(a) => commands::inspect::ls(&client, &style, a).await,
+        Command::Ls(a) => match a.target.as_deref().map(commands::files::remote) {
+            Some(Some((project, path))) => {
+                commands::files::ls(&client, &style, project, path, &a.page).await
+            }
+            Some(None) => Err(ClientError::Usage(
+                "`rdev ls` takes PROJECT:DIR to list files (or no argument to list commands)"
+                    .into(),
+            )),
+            None => commands::inspect::ls(&client, &style, a).await,
+        },
+        Command::Cp(a) => commands::files::cp(&client, a).await,
         Command::Projects(c) => commands::projects::projects(&client, &style, c).await,
         Command::Keys(c) => commands::admin::keys(&client, &style, c).await,
         Command::Webhooks(c) => commands::admin::webhooks(&client, &style, c).await,

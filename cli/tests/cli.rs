@@ -71,6 +71,7 @@ async fn start_with(opts: Opts) -> System {
             sse_poll: Duration::from_millis(500),
             sse_max_lifetime: opts.sse_max_lifetime,
             rate_limit: "1000000/60s".parse().expect("rate limit"),
+            workspace_root: Some(workspace.clone()),
             ..ApiConfig::local(env.db.clone(), env.amqp.clone())
         },
         stop.clone().cancelled_owned(),
@@ -909,4 +910,52 @@ async fn secrets_are_set_from_stdin_listed_used_redacted_and_removed() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let list = sys.json(&["secrets", "ls", "-p", PROJECT]).await;
     assert_eq!(list["items"], serde_json::json!([]), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_copies_trees_both_ways_and_ls_lists_them() {
+    let sys = start().await;
+    let local = sys.workspace.join("local");
+    let src = local.join("src");
+    std::fs::create_dir_all(src.join("sub dir")).expect("dirs");
+    let binary: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("bin.dat"), &binary).expect("write");
+    std::fs::write(src.join("sub dir/ünï.txt"), b"hello\n").expect("write");
+    std::fs::write(src.join("empty"), b"").expect("write");
+    let target = format!("{PROJECT}:up");
+    let out = sys
+        .output(&["cp", src.to_str().expect("utf-8"), &target])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let list = sys.json(&["ls", &target]).await;
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["bin.dat", "empty", "sub dir"], "{list}");
+    let back = local.join("back");
+    let out = sys
+        .output(&["cp", &target, back.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(std::fs::read(back.join("bin.dat")).expect("bin"), binary);
+    assert_eq!(
+        std::fs::read(back.join("sub dir/ünï.txt")).expect("txt"),
+        b"hello\n"
+    );
+    assert_eq!(std::fs::read(back.join("empty")).expect("empty"), b"");
+    // One file into an existing directory keeps its name.
+    let out = sys
+        .output(&[
+            "cp",
+            &format!("{PROJECT}:up/bin.dat"),
+            local.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(std::fs::read(local.join("bin.dat")).expect("bin"), binary);
+    let out = sys.output(&["cp", "a", "b"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
 }

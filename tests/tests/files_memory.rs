@@ -78,7 +78,9 @@ async fn a_large_file_streams_up_and_down_byte_exact_with_bounded_memory() {
     eprintln!(
         "files: after upload RSS +{:.1} MiB (peak +{:.1})",
         rss_bytes().saturating_sub(base) as f64 / 1048576.0,
-        peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(base) as f64 / 1048576.0
+        peak.load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(base) as f64
+            / 1048576.0
     );
     let resp = app
         .http
@@ -108,7 +110,9 @@ async fn a_large_file_streams_up_and_down_byte_exact_with_bounded_memory() {
     }
     assert_eq!(at, size);
     sampler.abort();
-    let growth = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(base);
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(base);
     eprintln!(
         "files: {mb} MiB up in {:.1}s, round trip in {:.1}s; process RSS growth {:.1} MiB",
         up.as_secs_f64(),

@@ -184,10 +184,7 @@ pub async fn get(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(v) = HeaderValue::from_str(&format!(
-            "bytes {start}-{}/{size}",
-            start + len - 1
-        ))
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
     {
         h.insert(header::CONTENT_RANGE, v);
     }
@@ -324,7 +321,13 @@ mod tests {
         assert_eq!(range(&h("bytes=-30"), 10).expect("r"), Some((0, 9)));
         assert_eq!(range(&h("bytes=8-100"), 10).expect("r"), Some((8, 9)));
         assert_eq!(range(&h("bytes=0-1,4-5"), 10).expect("whole"), None);
-        for bad in ["bytes=10-", "bytes=5-4", "bytes=-0", "items=0-1", "bytes=x-1"] {
+        for bad in [
+            "bytes=10-",
+            "bytes=5-4",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=x-1",
+        ] {
             assert!(
                 matches!(range(&h(bad), 10), Err(ApiError::RangeNotSatisfiable(10))),
                 "{bad}"

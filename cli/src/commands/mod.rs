@@ -1,6 +1,7 @@
 //! One module per group of subcommands. Each returns the process exit code.
 
 pub mod admin;
+pub mod files;
 pub mod inspect;
 pub mod projects;
 pub mod run;

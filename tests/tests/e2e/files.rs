@@ -73,7 +73,12 @@ async fn files_round_trip_byte_exact_with_ranges_listings_and_deletes() {
         (odd, b"hello\n".to_vec()),
     ] {
         let r = put(&app, &admin, &enc(path), body.clone()).await;
-        assert_eq!(r.status, 201, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            201,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.json()["size"], body.len(), "{path}");
         let g = get(&app, &enc(path), None).await;
         assert_eq!(g.status, 200, "{path}");
@@ -118,12 +123,18 @@ async fn files_round_trip_byte_exact_with_ranges_listings_and_deletes() {
         .iter()
         .map(|e| e["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["bin", "dir with space", "empty", "out.log"], "{root}");
+    assert_eq!(
+        names,
+        ["bin", "dir with space", "empty", "out.log"],
+        "{root}"
+    );
     let page = app.get("/v1/projects/app/files?list&limit=2").await.json();
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
     let next = page["next_cursor"].as_str().expect("cursor").to_owned();
     let page2 = app
-        .get(&format!("/v1/projects/app/files?list&limit=2&cursor={next}"))
+        .get(&format!(
+            "/v1/projects/app/files?list&limit=2&cursor={next}"
+        ))
         .await
         .json();
     assert_eq!(page2["items"][0]["name"], "empty", "{page2}");
@@ -191,7 +202,12 @@ async fn paths_leaving_the_project_are_refused_without_writing_anything() {
     let admin = app.admin_key.clone();
     for path in ["out/secret.txt", "leak", "up/app/leak", "fifo"] {
         let r = get(&app, path, None).await;
-        assert_eq!(r.status, 422, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            422,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     for path in ["out/new.txt", "leak", "up/x"] {
         let r = put(&app, &admin, path, b"evil".to_vec()).await;
@@ -211,7 +227,12 @@ async fn paths_leaving_the_project_are_refused_without_writing_anything() {
         "%2Fetc%2Fpasswd",
     ] {
         let r = get(&app, path, None).await;
-        assert_eq!(r.status, 422, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            422,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let r = put(&app, &admin, path, b"evil".to_vec()).await;
         assert_eq!(r.status, 422, "{path}");
     }
