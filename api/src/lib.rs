@@ -1,6 +1,7 @@
 //! `rdev-api`: the stateless HTTP edge of rdev. Authenticates, validates,
 //! writes PostgreSQL, publishes commands, and relays live output over SSE.
 
+pub mod archive;
 pub mod config;
 pub mod control;
 pub mod frames;

@@ -85,9 +85,11 @@ pub async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> R
 /// `PUT /v1/projects/{name}/files/…`.
 fn is_upload(req: &Request) -> bool {
     let path = req.uri().path();
-    req.method() == axum::http::Method::PUT
-        && path.starts_with("/v1/projects/")
-        && path.split('/').nth(4) == Some("files")
+    let files = path.starts_with("/v1/projects/") && path.split('/').nth(4) == Some("files");
+    let archive =
+        path.starts_with("/v1/projects/") && path.split('/').nth(4) == Some("files:archive");
+    (req.method() == axum::http::Method::PUT && files)
+        || (req.method() == axum::http::Method::POST && archive)
 }
 
 /// Whether an error (or one of its causes) is a [`BodyTimeout`].

@@ -29,6 +29,8 @@ use crate::workspace::{self, Entry, FilesError};
 
 /// Bytes read from a file per piece of a download.
 const PIECE: usize = 64 * 1024;
+/// `GET …/files/{dir}:archive`: the directory as a tar.gz.
+const ARCHIVE_SUFFIX: &str = ":archive";
 
 /// Query of `GET …/files/{path}`.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -135,6 +137,14 @@ pub async fn get(
     let rel = workspace::validate_path(&path)?.to_owned();
     let project = load_visible(&st, &auth, &name).await?;
     let dir = project_dir(&st, &project).await?;
+    if let Some(d) = rel.strip_suffix(ARCHIVE_SUFFIX) {
+        let d = if d.is_empty() {
+            String::new()
+        } else {
+            workspace::validate_path(d)?.to_owned()
+        };
+        return download_archive(dir, d).await;
+    }
     if q.list.is_some() {
         return listing(dir, rel, q).await;
     }
@@ -217,6 +227,138 @@ async fn listing(dir: OwnedFd, rel: String, q: FileQuery) -> ApiResult<Response>
         None
     };
     Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
+}
+
+/// Query of `POST …/files:archive`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveQuery {
+    /// Directory (relative to the project directory) to extract into;
+    /// default the project directory.
+    path: Option<String>,
+}
+
+/// `GET /v1/projects/{name}/files:archive`: the project directory as a
+/// tar.gz (`…/files/{dir}:archive` for a directory in it).
+#[utoipa::path(get, path = "/v1/projects/{name}/files:archive", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name")), responses((status = 200, description = "A tar.gz of the project directory: directories and regular files (scope `files:read`)", content_type = "application/gzip", body = Vec<u8>)))]
+pub async fn archive_root(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    auth.require(Scope::FilesRead)?;
+    let project = load_visible(&st, &auth, &name).await?;
+    let dir = project_dir(&st, &project).await?;
+    download_archive(dir, String::new()).await
+}
+
+async fn download_archive(dir: OwnedFd, rel: String) -> ApiResult<Response> {
+    // The directory must exist before the 200 goes out.
+    let (d2, r2) = (dir.try_clone().map_err(FilesError::from)?, rel.clone());
+    let entry = blocking(move || workspace::stat(&d2, &r2)).await?;
+    if !rel.is_empty() && entry.kind != workspace::Kind::Dir {
+        return Err(FilesError::WrongType("not a directory".into()).into());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let err_tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::archive::build(&dir, &rel, crate::archive::ChannelWriter::new(tx)) {
+            tracing::warn!(error = %e, "building an archive failed; the download is cut");
+            let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    Ok(resp)
+}
+
+/// `POST /v1/projects/{name}/files:archive`: extracts a tar (or tar.gz) into
+/// the project directory (or `?path=`). The whole archive is checked
+/// before anything is written: `..`, absolute paths, symlinks, hard links
+/// and special files refuse it (`422`).
+#[utoipa::path(post, path = "/v1/projects/{name}/files:archive", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ArchiveQuery), request_body(content = Vec<u8>, content_type = "application/x-tar"), responses((status = 200, description = "Extracted (scope `files:write`)", body = crate::archive::Extracted)))]
+pub async fn upload_archive(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(Scope::FilesWrite)?;
+    let target = match q.path.as_deref() {
+        None | Some("") => String::new(),
+        Some(p) => workspace::validate_path(p)?.to_owned(),
+    };
+    let project = load_visible(&st, &auth, &name).await?;
+    let dir = project_dir(&st, &project).await?;
+    let Some(root) = st.cfg.workspace_root.clone() else {
+        return Err(ApiError::Unavailable("no workspace".into()));
+    };
+    // Staged on the workspace volume, outside every project directory.
+    let staging = root.join(".rdev-staging");
+    tokio::fs::create_dir_all(&staging)
+        .await
+        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    let staged_path = staging.join(format!("{:016x}.tar", rand::random::<u64>()));
+    let _cleanup = RemoveOnDrop(staged_path.clone());
+    let mut staged = tokio::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&staged_path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    let max = st.cfg.files_max_bytes;
+    let mut stream = body.into_data_stream();
+    let mut written: u64 = 0;
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| {
+            if super::body::is_timeout(&e) {
+                ApiError::RequestTimeout(e.to_string())
+            } else {
+                ApiError::BadRequest(format!("reading the body: {e}"))
+            }
+        })?;
+        written += piece.len() as u64;
+        if written > max {
+            return Err(FilesError::TooLarge(max).into());
+        }
+        staged
+            .write_all(&piece)
+            .await
+            .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    }
+    staged
+        .flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    let mut staged = staged.into_std().await;
+    let target2 = target.clone();
+    let done = blocking(move || {
+        crate::archive::check(&mut staged, max)?;
+        crate::archive::extract(&mut staged, &dir, &target2)
+    })
+    .await?;
+    let mut a = auth.audit("file.archive", "file", Some(target), Some(project.id));
+    a.details = json!({ "files": done.files, "dirs": done.dirs, "bytes": done.bytes });
+    let client = st.pool.get().await?;
+    audit::append(&client, &a).await?;
+    Ok(axum::Json(done))
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `PUT /v1/projects/{name}/files/{path}`: writes the body to the file

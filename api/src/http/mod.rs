@@ -79,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/projects/{name}/commands", post(commands::create))
         .route("/projects/{name}/files", get(files::list_root))
         .route(
+            "/projects/{name}/files:archive",
+            get(files::archive_root).post(files::upload_archive),
+        )
+        .route(
             "/projects/{name}/files/{*path}",
             get(files::get).put(files::put).delete(files::delete),
         )

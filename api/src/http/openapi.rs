@@ -219,6 +219,8 @@ pub struct Readiness {
         files::list_root,
         files::put,
         files::delete,
+        files::archive_root,
+        files::upload_archive,
         secrets::set,
         secrets::list,
         secrets::get,

@@ -87,6 +87,10 @@ def test_every_operation_is_reachable_or_deliberately_left_out(url: str, api_key
         assert c.files.download(name, "cov/file.txt", range="bytes=0-2") == b"cov"
         c.files.list(name)
         c.files.list(name, "cov")
+        archive = c.files.download_archive(name, "cov")
+        c.files.download_archive(name)
+        c.files.upload_archive(name, archive, path="copy")
+        assert c.files.download(name, "copy/file.txt") == b"covered"
         c.files.delete(name, "cov/file.txt")
         c.projects.delete(name)
 

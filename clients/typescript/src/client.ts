@@ -617,6 +617,19 @@ export class Files {
   async delete(project: string, path: string): Promise<void> {
     await this.client.request("DELETE", filePath(project, path), { read: "none" });
   }
+
+  /** Extracts a tar (or tar.gz) into the project directory (or `opts.path`). */
+  uploadArchive(project: string, data: Uint8Array, opts: { path?: string } = {}): Promise<Record<string, unknown>> {
+    return this.client.request("POST", `/v1/projects/${seg(project)}/files:archive`, {
+      raw: data,
+      query: { path: opts.path },
+    });
+  }
+
+  /** A directory (default the project directory) as tar.gz bytes. */
+  downloadArchive(project: string, path = ""): Promise<Uint8Array> {
+    return this.client.request("GET", `${filePath(project, path)}:archive`, { read: "bytes" });
+  }
 }
 
 /**

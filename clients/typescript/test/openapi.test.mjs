@@ -83,6 +83,10 @@ test("every operation is reachable or deliberately left out", async () => {
   assert.equal(new TextDecoder().decode(part), "cov");
   await c.files.list(name);
   await c.files.list(name, "cov");
+  const archive = await c.files.downloadArchive(name, "cov");
+  await c.files.downloadArchive(name);
+  await c.files.uploadArchive(name, archive, { path: "copy" });
+  assert.equal(new TextDecoder().decode(await c.files.download(name, "copy/file.txt")), "covered");
   await c.files.delete(name, "cov/file.txt");
   await c.projects.delete(name);
 

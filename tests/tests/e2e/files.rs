@@ -288,3 +288,169 @@ fn rand_suffix() -> String {
             .unwrap_or(0)
     )
 }
+
+/// A tar entry with a raw name (the `tar` builder refuses `..` itself).
+fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    {
+        let gnu = h.as_gnu_mut().expect("gnu");
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+    }
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    if kind == tar::EntryType::Symlink {
+        h.set_link_name("/etc").expect("link");
+    }
+    h.set_cksum();
+    b.append(&h, data).expect("append");
+}
+
+async fn post_archive(app: &TestApp, query: &str, body: Vec<u8>) -> Resp {
+    app.send(
+        app.http
+            .post(app.url(&format!("/v1/projects/app/files:archive{query}")))
+            .bearer_auth(&app.admin_key)
+            .body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn archives_extract_checked_and_download_as_tar_gz() {
+    let app = spawn_app().await;
+    app.create_project("app", json!({})).await;
+    let binary: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).expect("append");
+    };
+    add("./src/main.bin", &binary);
+    add("src/with space ü.txt", b"text\n");
+    add("empty", b"");
+    let tar_bytes = b.into_inner().expect("tar");
+    // Plain tar into a subdirectory, then the same as tar.gz at the root.
+    let r = post_archive(&app, "?path=in", tar_bytes.clone()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["files"], 3);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar_bytes).expect("gz");
+    let r = post_archive(&app, "", gz.finish().expect("gz")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        get(&app, "in/src/main.bin", None).await.body.as_ref(),
+        binary.as_slice()
+    );
+    assert_eq!(
+        get(&app, "src/main.bin", None).await.body.as_ref(),
+        binary.as_slice()
+    );
+    assert_eq!(
+        get(&app, &enc("src/with space ü.txt"), None)
+            .await
+            .body
+            .as_ref(),
+        b"text\n"
+    );
+    // Executable bits survive (the command can run it).
+    let out = sh(&app, "test -x src/main.bin && echo exec").await;
+    assert_eq!(out.trim(), "exec");
+
+    // Escapes and links refuse the whole archive; nothing is written.
+    let before = app.get("/v1/projects/app/files?list").await.body;
+    let regular = tar::EntryType::Regular;
+    let cases: Vec<(Vec<(&str, tar::EntryType)>, &str)> = vec![
+        (
+            vec![("ok-first.txt", regular), ("../evil.txt", regular)],
+            "`..`",
+        ),
+        (
+            vec![("ok-first.txt", regular), ("/tmp/evil.txt", regular)],
+            "relative",
+        ),
+        (
+            vec![("ok-first.txt", regular), ("a/../../evil", regular)],
+            "`..`",
+        ),
+        (
+            vec![("link", tar::EntryType::Symlink), ("link/evil", regular)],
+            "Symlink",
+        ),
+        (
+            vec![("ok-first.txt", regular), ("hard", tar::EntryType::Link)],
+            "Link",
+        ),
+        (
+            vec![("ok-first.txt", regular), ("fifo", tar::EntryType::Fifo)],
+            "Fifo",
+        ),
+    ];
+    for (entries, why) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind) in &entries {
+            let data: &[u8] = if *kind == regular { b"evil" } else { b"" };
+            raw_entry(&mut b, name, *kind, data);
+        }
+        let p = post_archive(&app, "", b.into_inner().expect("tar"))
+            .await
+            .assert_problem(422);
+        assert!(
+            p["detail"].as_str().unwrap_or("").contains(why),
+            "{entries:?}: {p}"
+        );
+        assert_eq!(
+            app.get("/v1/projects/app/files?list").await.body,
+            before,
+            "{entries:?}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/evil.txt").exists());
+    assert!(!app.workspace.join("evil.txt").exists());
+    post_archive(&app, "", b"not a tar at all".repeat(100))
+        .await
+        .assert_problem(422);
+
+    // Download: the tree as tar.gz, byte-exact.
+    let r = app
+        .send(
+            app.http
+                .get(app.url("/v1/projects/app/files/in:archive"))
+                .bearer_auth(&app.admin_key),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/gzip")
+    );
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&r.body[..]));
+    let mut got = std::collections::BTreeMap::new();
+    for e in archive.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let name = e.path().expect("path").display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+        got.insert(name, data);
+    }
+    assert_eq!(got.get("src/main.bin"), Some(&binary), "{:?}", got.keys());
+    assert_eq!(
+        got.get("src/with space ü.txt").map(Vec::as_slice),
+        Some(&b"text\n"[..])
+    );
+    assert_eq!(got.get("empty").map(Vec::len), Some(0));
+    let root = app
+        .send(
+            app.http
+                .get(app.url("/v1/projects/app/files:archive"))
+                .bearer_auth(&app.admin_key),
+        )
+        .await;
+    assert_eq!(root.status, 200);
+    app.get("/v1/projects/app/files/nope:archive")
+        .await
+        .assert_problem(404);
+}

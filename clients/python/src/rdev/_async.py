@@ -536,6 +536,14 @@ class Files:
     async def delete(self, project: str, path: str) -> None:
         await self._c._send(r.file_delete(project, path))
 
+    async def upload_archive(self, project: str, data: bytes, *, path: Optional[str] = None) -> dict[str, Any]:
+        """Extracts a tar (or tar.gz) into the project directory (or ``path``)."""
+        return await self._c._send(r.file_archive_upload(project, data, path))
+
+    async def download_archive(self, project: str, path: str = "") -> bytes:
+        """A directory (default the project directory) as tar.gz bytes."""
+        return await self._c._send(r.file_archive_download(project, path))
+
 
 class Secrets:
     """``/v1/projects/{name}/secrets``: write-only values given to the

@@ -260,6 +260,19 @@ def file_list(project: str, path: str, limit: Optional[int], cursor: Optional[st
     return Req("GET", _file_path(project, path), lambda d: d, params=params)
 
 
+def file_archive_upload(project: str, data: bytes, path: Optional[str]) -> Req:
+    return Req(
+        "POST", f"/v1/projects/{seg(project)}/files:archive", lambda d: d, params=_query(path=path), content=data
+    )
+
+
+def file_archive_download(project: str, path: str) -> Req:
+    inner = path.strip("/")
+    if inner:
+        return Req("GET", _file_path(project, inner) + ":archive", bytes)
+    return Req("GET", f"/v1/projects/{seg(project)}/files:archive", bytes)
+
+
 def file_delete(project: str, path: str) -> Req:
     return Req("DELETE", _file_path(project, path), no_body)
 
