@@ -322,6 +322,25 @@ async fn secrets_never_reach_the_logs() {
         )
         .await;
     assert_eq!(r.status, 202);
+    // A project secret set and named by a command (issue 19).
+    let r = app
+        .send(
+            app.http
+                .put(format!("{base}/v1/projects/p/secrets/DEPLOY_TOKEN"))
+                .bearer_auth(&key)
+                .json(&json!({"value": "project-secret-do-not-log-77"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = app
+        .send(
+            app.http
+                .post(format!("{base}/v1/projects/p/commands"))
+                .bearer_auth(&key)
+                .json(&json!({"command": "true", "secrets": ["DEPLOY_TOKEN"]})),
+        )
+        .await;
+    assert_eq!(r.status, 202);
     child.start_kill().expect("kill");
     let _ = child.wait().await;
     let logs = logs.await.expect("logs");
@@ -330,7 +349,13 @@ async fn secrets_never_reach_the_logs() {
         "the process logged (at trace level): {} bytes",
         logs.len()
     );
-    for secret in [key.as_str(), forged.as_str(), password, "env-secret-9c2"] {
+    for secret in [
+        key.as_str(),
+        forged.as_str(),
+        password,
+        "env-secret-9c2",
+        "project-secret-do-not-log-77",
+    ] {
         let line = logs.lines().find(|l| l.contains(secret));
         assert!(
             line.is_none(),
