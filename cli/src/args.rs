@@ -82,6 +82,9 @@ pub enum Command {
     Status(IdArg),
     /// Ask rdev to cancel a command
     Cancel(IdArg),
+    /// Attach to a running command: its output here, this terminal's input
+    /// there (raw, when this is a terminal and the command has one)
+    Attach(IdArg),
     /// List commands, newest first
     Ls(LsArgs),
     /// Manage projects
@@ -136,6 +139,14 @@ pub struct RunArgs {
     /// Retrying with the same key returns the original command
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// Stream this terminal's standard input to the command (it sees the
+    /// end when yours ends)
+    #[arg(long, short = 'i', conflicts_with = "detach")]
+    pub interactive: bool,
+    /// Give the command a terminal of this one's size: raw keys (Ctrl-C,
+    /// Ctrl-D, arrows) go to it, stdout and stderr merge; use with -i
+    #[arg(long, short = 't', conflicts_with = "detach")]
+    pub tty: bool,
     /// The command: one argument is run by the shell, several are run as argv
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,

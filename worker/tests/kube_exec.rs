@@ -452,6 +452,8 @@ fn job(spec: CommandSpec) -> Job {
         spec,
         env: BTreeMap::new(),
         stdin: None,
+        stdin_pipe: false,
+        tty: None,
         executor: ExecutorConfig::Kubernetes(project()),
         project: "web".into(),
         timeout: Duration::from_secs(30),
@@ -486,7 +488,7 @@ async fn run_with(exec: &KubernetesExecutor, job: Job, cancel: CancellationToken
         (stdout, stderr, max_piece)
     };
     let run = tokio::time::timeout(Duration::from_secs(60), async {
-        tokio::join!(exec.run(job, tx, cancel), collect)
+        tokio::join!(exec.run(job, tx, None, cancel), collect)
     });
     let (outcome, (stdout, stderr, max_piece)) = run.await.expect("the executor returns");
     Ran {

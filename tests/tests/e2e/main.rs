@@ -6,6 +6,7 @@ mod api_errors;
 mod commands;
 mod containment;
 mod fleet;
+mod interactive;
 mod observability;
 mod openapi;
 mod projects;
