@@ -145,9 +145,12 @@ fn main() {
             Signal::SIGPWR => {
                 let _ = kill(Pid::from_raw(-child.as_raw()), Signal::SIGKILL);
             }
-            // Interactive signals go to the command's process group.
+            // Interactive signals go to the command's process group (or,
+            // before the command made its session, to the command itself).
             other => {
-                let _ = kill(Pid::from_raw(-child.as_raw()), other);
+                if kill(Pid::from_raw(-child.as_raw()), other) == Err(Errno::ESRCH) {
+                    let _ = kill(child, other);
+                }
             }
         }
     }

@@ -216,7 +216,7 @@ async fn apply_input(mut input: InputRx, mut writer: Option<InputWriter>, contro
             Input::Resize { size } => {
                 controls.resize(size);
             }
-            Input::Signal { signal } => controls.signal(signal),
+            Input::Signal { signal } => controls.signal(signal).await,
         }
     }
 }

@@ -27,7 +27,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -40,6 +39,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::cgroup::{Cgroups, CommandCgroup};
@@ -65,6 +65,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading the init's report may take after bwrap has exited
 /// (only a leaked descriptor could make it wait).
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client's signal waits for a sandbox still being set up.
+const INIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether local commands run sandboxed.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -490,7 +492,7 @@ impl Sandbox {
         })?;
         // The child has its copies; ours must close so the readers see EOF.
         drop((memfd, status_w, err_w, json_w, slave));
-        let init_pid = Arc::new(AtomicI32::new(0));
+        let init_pid = Arc::new(watch::Sender::new(0));
         let (stdout, stderr) = match &master {
             Some(m) => (Some(boxed(m.clone())), None),
             None => (receiver(out_r).map(boxed), receiver(err_r).map(boxed)),
@@ -638,7 +640,7 @@ fn boxed<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> Output {
 #[derive(Clone, Debug)]
 enum Target {
     /// The sandbox's init (host pid, 0 until bwrap reported it).
-    Init(Arc<AtomicI32>),
+    Init(Arc<watch::Sender<i32>>),
     /// The command's process group (no sandbox).
     Group(Pid),
 }
@@ -684,7 +686,11 @@ impl Controls {
     /// group (like a key press would), else through the sandbox's init to
     /// the command's process group (`TERM`: to every process; `KILL`: the
     /// init's `SIGPWR` request, since it cannot catch SIGKILL itself).
-    pub fn signal(&self, signal: InputSignal) {
+    ///
+    /// A signal sent while the sandbox is still being set up waits (up to
+    /// [`INIT_WAIT`]) until bwrap names the init, so a `TERM` sent right
+    /// after the command was accepted is not lost.
+    pub async fn signal(&self, signal: InputSignal) {
         let Ok(sig) = Signal::try_from(signal.number()) else {
             return;
         };
@@ -697,13 +703,16 @@ impl Controls {
         }
         match &self.target {
             Target::Init(pid) => {
-                let pid = pid.load(Ordering::Acquire);
-                if pid > 0 {
-                    let via_init = if sig == Signal::SIGKILL {
-                        Signal::SIGPWR
-                    } else {
-                        sig
-                    };
+                let via_init = if sig == Signal::SIGKILL {
+                    Signal::SIGPWR
+                } else {
+                    sig
+                };
+                // Nothing is sent when bwrap never got that far, or the
+                // sandbox ended.
+                if let Ok(Some(pid)) =
+                    tokio::time::timeout(INIT_WAIT, init_catching(pid, via_init)).await
+                {
                     let _ = kill(Pid::from_raw(pid), via_init);
                 }
             }
@@ -756,7 +765,7 @@ impl Spawned {
     pub fn kill_rest(&mut self) {
         match &self.target {
             Target::Init(pid) => {
-                let pid = pid.load(Ordering::Acquire);
+                let pid = *pid.borrow();
                 if pid > 0 && matches!(self.child.try_wait(), Ok(None)) {
                     // The init's death ends the PID namespace.
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -775,7 +784,7 @@ impl Spawned {
     fn signal(&mut self, signal: Signal) {
         match &self.target {
             Target::Init(pid) => {
-                let pid = pid.load(Ordering::Acquire);
+                let pid = *pid.borrow();
                 if pid > 0 && matches!(self.child.try_wait(), Ok(None)) {
                     // The init forwards SIGTERM to every process of the sandbox.
                     let _ = kill(Pid::from_raw(pid), signal);
@@ -971,9 +980,34 @@ async fn read_capped(mut r: pipe::Receiver) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The init's host pid once it catches `signal`. The kernel drops a signal
+/// sent to a PID namespace's init that has no handler for it, and bwrap names
+/// the init as soon as it is forked, before it installed its handlers; so
+/// this also waits (polling `SigCgt` in `/proc/PID/status`, a few ms at most)
+/// for the handler. `None` when the init is gone.
+async fn init_catching(pid: &watch::Sender<i32>, signal: Signal) -> Option<i32> {
+    let mut known = pid.subscribe();
+    let pid = *known.wait_for(|p| *p > 0).await.ok()?;
+    let bit = 1_u64 << (signal as i32 - 1);
+    loop {
+        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
+            .await
+            .ok()?;
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & bit != 0 {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Reads bwrap's JSON status until it names the sandbox's init (written as
 /// soon as the init is forked; the pipe stays open until bwrap exits).
-async fn follow_json(mut r: pipe::Receiver, pid: Arc<AtomicI32>) {
+async fn follow_json(mut r: pipe::Receiver, pid: Arc<watch::Sender<i32>>) {
     let mut text = Vec::new();
     let mut buf = [0u8; 512];
     while text.len() < DIAGNOSTICS_MAX {
@@ -982,7 +1016,7 @@ async fn follow_json(mut r: pipe::Receiver, pid: Arc<AtomicI32>) {
             Ok(n) => text.extend_from_slice(&buf[..n]),
         }
         if let Some(n) = child_pid(&String::from_utf8_lossy(&text)) {
-            pid.store(n, Ordering::Release);
+            pid.send_replace(n);
             break;
         }
     }
