@@ -413,6 +413,22 @@ pub enum BenchCmd {
     Sse(SseArgs),
     /// An embedded webhook receiver and N commands: deliveries/s, event-to-delivery latency
     Webhooks(WebhooksArgs),
+    /// Keystroke-to-echo round trips of a remote terminal over the WebSocket and over HTTP+SSE
+    Interactive(InteractiveBenchArgs),
+}
+
+/// `rdev bench interactive`.
+#[derive(Debug, Args)]
+pub struct InteractiveBenchArgs {
+    /// Keystrokes the measuring session types (each after the last echo), per transport
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    pub keys: usize,
+    /// Other interactive sessions typing meanwhile (each needs a worker slot)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000).map(|v| v as usize))]
+    pub background: usize,
+    /// Keys per second each background session types
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
 }
 
 /// `rdev bench enqueue`.

@@ -261,14 +261,17 @@ async fn watch_window_size(tx: tokio::sync::mpsc::Sender<Up>) {
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
 
 /// A byte stream the WebSocket runs over (TCP, or TLS over TCP).
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Opens `…/attach?from_seq=<last>` with the key in `Authorization`.
-async fn connect(client: &Client, id: &str, last: i64) -> Result<Socket, ClientError> {
+pub(crate) async fn connect(client: &Client, id: &str, last: i64) -> Result<Socket, ClientError> {
     let base = client.base_url().trim_end_matches('/');
     let (tls, rest) = if let Some(r) = base.strip_prefix("https://") {
         (true, r)

@@ -472,14 +472,22 @@ impl KubernetesExecutor {
             container: container.as_deref(),
             run_id: &run_id,
         };
+        let mut resize = attached.terminal_size();
+        if let (Some(size), Some(r)) = (job.tty, resize.as_mut()) {
+            // The terminal starts at the size the client asked for (the
+            // runtime's own default is arbitrary).
+            use futures::SinkExt;
+            let _ = r
+                .send(kube::api::TerminalSize {
+                    width: size.cols,
+                    height: size.rows,
+                })
+                .await;
+        }
         let pump = match (input, interactive) {
-            (Some(input), true) => Some(self.apply_input(
-                input,
-                attached.stdin(),
-                attached.terminal_size(),
-                job.tty.is_some(),
-                remote,
-            )),
+            (Some(input), true) => {
+                Some(self.apply_input(input, attached.stdin(), resize, job.tty.is_some(), remote))
+            }
             _ => None,
         };
         // The writer stays open until the session ends: see the module docs.
