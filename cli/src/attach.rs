@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -93,7 +92,7 @@ pub async fn attach(client: &Client, id: &str, mode: Mode) -> Result<Value, Clie
     };
     let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Up>(64);
     if mode != Mode::Watch {
-        tokio::spawn(read_local_input(input_tx.clone()));
+        read_local_input(input_tx.clone());
     }
     match mode {
         Mode::Terminal => drop(tokio::spawn(watch_window_size(input_tx.clone()))),
@@ -214,21 +213,33 @@ impl Up {
 /// Reads local standard input in pieces as they come; end-of-file (of a
 /// pipe: a terminal in raw mode sends Ctrl-D as a byte) closes the remote
 /// one.
-async fn read_local_input(tx: tokio::sync::mpsc::Sender<Up>) {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Up::Eof).await;
-                return;
-            }
-            Ok(n) => {
-                if tx.send(Up::Data(buf[..n].to_vec())).await.is_err() {
-                    return;
+fn read_local_input(tx: tokio::sync::mpsc::Sender<Up>) {
+    // A plain thread, not `tokio::io::stdin()`: that reads on the runtime's
+    // blocking pool, which the runtime waits for at exit, so `rdev` would
+    // hang after the command ended until the next key press. A thread that
+    // is still blocked in read(2) simply ends with the process.
+    let spawned = std::thread::Builder::new()
+        .name("rdev-stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.blocking_send(Up::Eof);
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.blocking_send(Up::Data(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
                 }
             }
-        }
+        });
+    if let Err(e) = spawned {
+        note(&format!("cannot read standard input: {e}"));
     }
 }
 

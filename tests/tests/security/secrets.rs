@@ -140,7 +140,9 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
             report.webhook_secret,
             report.command_input
         ),
-        (1, 1, 1, 1, 1)
+        // Two command env values: the typed command's (empty) env is
+        // sealed too.
+        (1, 2, 1, 1, 1)
     );
     let again = rdev_shared::db::reencrypt::run(&client, &ring)
         .await

@@ -609,7 +609,14 @@ impl KubernetesExecutor {
                         let _ = w.write_all(&[0x04]).await;
                     }
                 }
-                Input::Eof => drop(writer.take()),
+                // The stream sees end-of-file only once its writer shuts
+                // down; kube then closes the stdin channel (v5) or, on
+                // v4, which cannot, the whole session.
+                Input::Eof => {
+                    if let Some(mut w) = writer.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
                 Input::Resize { size } => {
                     if let Some(r) = resize.as_mut() {
                         let _ = r
@@ -978,8 +985,13 @@ pub fn wrapper_script(job: &Job, project: &KubeProject, run_id: &str) -> Result<
         Some(data) if !data.is_empty() => {
             body.push_str(&format!("head -c {} | {command}\n", data.len()));
         }
-        // Interactive: the exec stream's stdin (or terminal) is its own.
-        _ if job.stdin_pipe => body.push_str(&format!("{command}\n")),
+        // Interactive: the exec stream's stdin (or terminal) is its own. A
+        // client's signals go to the whole process group: the wrapper
+        // outlives them (a caught signal is reset to the default in the
+        // command) so it reports the command's own exit status.
+        _ if job.stdin_pipe => {
+            body.push_str(&format!("trap : HUP INT QUIT USR1 USR2\n{command}\n"))
+        }
         _ => body.push_str(&format!("{command} < /dev/null\n")),
     }
     body.push_str("c=$?\n[ -n \"$f\" ] && rm -f \"$f\"\nexit $c\n");
