@@ -1000,6 +1000,8 @@ async fn run_driven(
     job.stdin_pipe = true;
     let (tx, mut rx) = mpsc::channel::<(OutputStream, Bytes)>(4);
     let (input, input_rx) = mpsc::channel::<Input>(16);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by_drive = seen.clone();
     let drive = async move {
         let (mut stdout, mut stderr, mut max_piece) = (Vec::new(), Vec::new(), 0);
         let mut steps = steps.into_iter().peekable();
@@ -1016,6 +1018,7 @@ async fn run_driven(
                 break;
             };
             max_piece = max_piece.max(data.len());
+            seen_by_drive.lock().expect("seen").extend_from_slice(&data);
             match stream {
                 OutputStream::Stdout => stdout.extend_from_slice(&data),
                 OutputStream::Stderr => stderr.extend_from_slice(&data),
@@ -1034,7 +1037,12 @@ async fn run_driven(
             drive
         )
     });
-    let (outcome, (stdout, stderr, max_piece)) = run.await.expect("the executor returns");
+    let Ok((outcome, (stdout, stderr, max_piece))) = run.await else {
+        panic!(
+            "the executor did not return; the output so far: {:?}",
+            String::from_utf8_lossy(&seen.lock().expect("seen"))
+        );
+    };
     Ran {
         outcome,
         stdout,
@@ -1073,26 +1081,30 @@ async fn a_terminal_starts_at_its_size_resizes_and_takes_ctrl_c() {
         let fake = Fake::start(protocol).await;
         fake.set_pods(SELECTOR, vec![pod("web-1", true)]);
         let exec = fake.executor(settings());
-        let mut j = sh("stty size; read l; stty size; read l; echo bye-$l >&2; sleep 300");
+        // The first `stty size` waits for a line: the runtime starts the
+        // process before the client's first resize arrives (as a real one
+        // does). kube sends resizes and stdin on separate channels, so the
+        // shell polls for the new size instead of reading it after a line.
+        let mut j = sh("echo ready; read l; stty size; \
+             while [ \"$(stty size)\" != '30 100' ]; do sleep 0.05; done; echo resized; \
+             read l; echo bye-$l >&2; sleep 300");
         j.tty = Some(TtySize { cols: 90, rows: 20 });
         j.timeout = Duration::from_secs(600);
         let ran = run_driven(
             &exec,
             j,
             vec![
+                ("ready", vec![data("go\r")]),
                 (
                     "20 90",
-                    vec![
-                        Input::Resize {
-                            size: TtySize {
-                                cols: 100,
-                                rows: 30,
-                            },
+                    vec![Input::Resize {
+                        size: TtySize {
+                            cols: 100,
+                            rows: 30,
                         },
-                        data("x\r"),
-                    ],
+                    }],
                 ),
-                ("30 100", vec![data("y\r")]),
+                ("resized", vec![data("y\r")]),
                 (
                     "bye-y",
                     vec![Input::Signal {
