@@ -24,7 +24,9 @@ use uuid::Uuid;
 use super::keys::KeyView;
 use super::projects::ProjectView;
 use super::webhooks::{DeliveryView, WebhookView};
-use super::{audit, commands, debug, files, health, keys, projects, secrets, sse, webhooks};
+use super::{
+    attach, audit, commands, debug, files, health, input, keys, projects, secrets, sse, webhooks,
+};
 
 /// An error answer (RFC 9457), sent as `application/problem+json`.
 #[derive(Serialize, ToSchema)]
@@ -57,6 +59,12 @@ pub struct CommandDoc {
     /// Program and arguments, run without a shell.
     #[serde(skip_serializing_if = "Option::is_none")]
     argv: Option<Vec<String>>,
+    /// Where its standard input comes from: `closed`, `fixed` (the
+    /// `stdin` string given at enqueue, never shown) or `pipe`.
+    #[schema(value_type = String)]
+    stdin: String,
+    /// Its pseudo-terminal, if it has one.
+    tty: Option<rdev_shared::interactive::TtySize>,
     status: CommandStatus,
     exit_code: Option<i32>,
     error: Option<String>,
@@ -231,6 +239,10 @@ pub struct Readiness {
         commands::output,
         commands::cancel,
         sse::events,
+        input::stdin,
+        input::resize,
+        input::signal,
+        attach::attach,
         keys::create,
         keys::list,
         keys::get,

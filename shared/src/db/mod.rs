@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod commands;
+pub mod input;
 pub mod keys;
 pub mod outbox;
 pub mod output;

@@ -7,6 +7,7 @@ mod commands;
 mod containment;
 mod files;
 mod fleet;
+mod interactive;
 mod observability;
 mod openapi;
 mod projects;
