@@ -117,7 +117,7 @@ async fn input_from_two_sources_is_applied_in_seq_order_once() {
 }
 
 /// A WebSocket attached to a command.
-struct Attached {
+pub(crate) struct Attached {
     ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
@@ -126,7 +126,7 @@ struct Attached {
 }
 
 impl Attached {
-    async fn open(app: &TestApp, id: &str, from_seq: i64) -> Self {
+    pub(crate) async fn open(app: &TestApp, id: &str, from_seq: i64) -> Self {
         let url = format!(
             "{}/v1/commands/{id}/attach?from_seq={from_seq}",
             app.base.replacen("http://", "ws://", 1)
@@ -151,14 +151,18 @@ impl Attached {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let bytes: Vec<u8> = self.chunks.iter().flat_map(|(_, d)| d.clone()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// Reads frames until the output contains `want` (or a JSON frame of
     /// type `until`); returns the JSON frames seen.
-    async fn read_until(&mut self, want: Option<&str>, until: Option<&str>) -> Vec<Value> {
+    pub(crate) async fn read_until(
+        &mut self,
+        want: Option<&str>,
+        until: Option<&str>,
+    ) -> Vec<Value> {
         let mut json = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -193,14 +197,14 @@ impl Attached {
         }
     }
 
-    async fn send_json(&mut self, v: Value) {
+    pub(crate) async fn send_json(&mut self, v: Value) {
         self.ws
             .send(Message::Text(v.to_string().into()))
             .await
             .expect("send");
     }
 
-    async fn send_bytes(&mut self, b: &[u8]) {
+    pub(crate) async fn send_bytes(&mut self, b: &[u8]) {
         self.ws
             .send(Message::Binary(b.to_vec().into()))
             .await

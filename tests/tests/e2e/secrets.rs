@@ -487,3 +487,47 @@ async fn the_api_checks_secrets_scope_values_names_policy_and_executor() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["allowed_secrets"], json!(["TOKEN"]));
 }
+
+/// A terminal merges stdout and stderr and turns `\n` into `\r\n`; it also
+/// echoes what is typed. Its output goes through the same redactor: the
+/// attach WebSocket and the stored output show names, never values.
+#[tokio::test]
+async fn a_terminal_and_its_echo_are_redacted_on_the_websocket_and_in_storage() {
+    let app = spawn_app().await;
+    app.create_project("app", json!({})).await;
+    set(&app, "app", "TOKEN", TOKEN).await;
+    set(&app, "app", "SIGNING_KEY", KEY).await;
+    let c = app
+        .run(
+            "app",
+            json!({"command": "sh -i", "tty": {"cols": 80, "rows": 24},
+                   "secrets": ["TOKEN", "SIGNING_KEY"]}),
+        )
+        .await;
+    let id = id_of(&c);
+    let mut a = crate::interactive::Attached::open(&app, &id, 0).await;
+    // Printed by the command, one character per write, and multi-line.
+    a.send_bytes(
+        b"i=1; while [ $i -le ${#TOKEN} ]; do printf '%s' \"$(printf '%s' \"$TOKEN\" | cut -c$i)\"; i=$((i+1)); done; echo\r",
+    )
+    .await;
+    a.send_bytes(b"printf '%s\\n' \"$SIGNING_KEY\"; printf '%s' \"$TOKEN\" | base64\r")
+        .await;
+    // Typed by the user: the terminal echoes it back, in pieces.
+    for piece in TOKEN.as_bytes().chunks(3) {
+        a.send_bytes(piece).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.send_bytes(b"\recho done-$((6*7))\r").await;
+    a.read_until(Some("done-42\r\n"), None).await;
+    a.send_bytes(b"exit\r").await;
+    a.read_until(None, Some("end")).await;
+    let ws = a.text();
+    assert!(ws.contains("***TOKEN***"), "{ws}");
+    assert!(ws.contains("***SIGNING_KEY***"), "{ws}");
+    assert_clean("WebSocket", &ws);
+    app.wait_terminal(&id, WAIT).await;
+    let stored = String::from_utf8_lossy(&app.output(&id, None).await).into_owned();
+    assert_clean("stored terminal output", &stored);
+    assert!(stored.contains("done-42"), "{stored}");
+}
