@@ -283,7 +283,7 @@ async fn download_archive(dir: OwnedFd, rel: String) -> ApiResult<Response> {
 /// the project directory (or `?path=`). The whole archive is checked
 /// before anything is written: `..`, absolute paths, symlinks, hard links
 /// and special files refuse it (`422`).
-#[utoipa::path(post, path = "/v1/projects/{name}/files:archive", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ArchiveQuery), request_body(content = Vec<u8>, content_type = "application/x-tar"), responses((status = 200, description = "Extracted (scope `files:write`)", body = crate::archive::Extracted)))]
+#[utoipa::path(post, path = "/v1/projects/{name}/files:archive", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ArchiveQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar, or a tar.gz (any content type is accepted)"), responses((status = 200, description = "Extracted (scope `files:write`)", body = crate::archive::Extracted)))]
 pub async fn upload_archive(
     State(st): State<AppState>,
     auth: Auth,
