@@ -144,6 +144,60 @@ struct ReadParams {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct WriteFileParams {
+    /// Project (default: the server's default project).
+    #[serde(default)]
+    project: Option<String>,
+    /// Path relative to the project directory, e.g. `src/main.rs`; missing
+    /// directories are created, an existing file is replaced.
+    path: String,
+    /// The file's contents: text, or base64 when `base64` is true.
+    content: String,
+    /// Whether `content` is base64 (for binary files).
+    #[serde(default)]
+    base64: bool,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct ReadFileParams {
+    /// Project (default: the server's default project).
+    #[serde(default)]
+    project: Option<String>,
+    /// Path relative to the project directory.
+    path: String,
+    /// First byte to read (default 0).
+    #[serde(default)]
+    offset: Option<u64>,
+    /// Most bytes to return (default 65536, at most 1048576).
+    #[serde(default)]
+    max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct ListFilesParams {
+    /// Project (default: the server's default project).
+    #[serde(default)]
+    project: Option<String>,
+    /// Directory relative to the project directory (default: the project
+    /// directory itself).
+    #[serde(default)]
+    path: Option<String>,
+    /// next_cursor of the previous answer, for the next page.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `/v1/projects/{project}/files[/{path}]`, each segment escaped.
+fn files_path(project: &str, path: &str) -> String {
+    let inner: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(seg).collect();
+    if inner.is_empty() {
+        format!("/v1/projects/{}/files", seg(project))
+    } else {
+        format!("/v1/projects/{}/files/{}", seg(project), inner.join("/"))
+    }
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct IdParams {
     /// Command id.
     id: String,
@@ -576,6 +630,129 @@ impl RdevMcp {
             Ok(_) => ok(format!("sent; read the reply with read_output id={}", p.id)),
             Err(e) => failed(&e),
         }
+    }
+
+    #[tool(
+        description = "Write a file in a project's directory (no shell escaping: any \
+        content, binary as base64). Missing directories are created; an existing file is \
+        replaced whole, atomically. Local projects only."
+    )]
+    async fn write_file(&self, Parameters(p): Parameters<WriteFileParams>) -> CallToolResult {
+        let project = match self.project(p.project.clone()) {
+            Ok(pr) => pr,
+            Err(e) => return e,
+        };
+        let bytes = if p.base64 {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(p.content.trim()) {
+                Ok(b) => b,
+                Err(e) => {
+                    return CallToolResult::error(vec![Content::text(format!(
+                        "content is not valid base64: {e}"
+                    ))]);
+                }
+            }
+        } else {
+            p.content.into_bytes()
+        };
+        let n = bytes.len();
+        let req = self
+            .client
+            .request(reqwest::Method::PUT, &files_path(&project, &p.path))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        match self.client.send_json(req).await {
+            Ok(_) => ok(format!("wrote {n} bytes to {project}:{}", p.path)),
+            Err(e) => failed(&e),
+        }
+    }
+
+    #[tool(
+        description = "Read a file of a project's directory: up to max_bytes (64 KiB by \
+        default) from offset, as text, or as base64 when it is not UTF-8. Says the file's \
+        size so you can read the rest."
+    )]
+    async fn read_file(&self, Parameters(p): Parameters<ReadFileParams>) -> CallToolResult {
+        let project = match self.project(p.project.clone()) {
+            Ok(pr) => pr,
+            Err(e) => return e,
+        };
+        let offset = p.offset.unwrap_or(0);
+        let max = p.max_bytes.unwrap_or(64 * 1024).clamp(1, 1024 * 1024);
+        let req = self
+            .client
+            .request(reqwest::Method::GET, &files_path(&project, &p.path))
+            .header(
+                reqwest::header::RANGE,
+                format!("bytes={offset}-{}", offset + max - 1),
+            );
+        let resp = match self.client.send(req).await {
+            Ok(r) => r,
+            Err(ClientError::Api { status: 416, .. }) => {
+                return ok(format!(
+                    "{project}:{} has no bytes at offset {offset}",
+                    p.path
+                ));
+            }
+            Err(e) => return failed(&e),
+        };
+        let range = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return failed(&self.client.transport(e)),
+        };
+        let about = match range {
+            Some(r) => format!("{project}:{} ({r})", p.path),
+            None => format!("{project}:{} ({} bytes)", p.path, body.len()),
+        };
+        match std::str::from_utf8(&body) {
+            Ok(text) => ok(format!("{about}\n{text}")),
+            Err(_) => {
+                use base64::Engine;
+                ok(format!(
+                    "{about}, not UTF-8; base64:\n{}",
+                    base64::engine::general_purpose::STANDARD.encode(&body)
+                ))
+            }
+        }
+    }
+
+    #[tool(
+        description = "List a directory of a project (default: the project directory): \
+        name, type (file, dir, symlink, special) and size of each entry."
+    )]
+    async fn list_files(&self, Parameters(p): Parameters<ListFilesParams>) -> CallToolResult {
+        let project = match self.project(p.project.clone()) {
+            Ok(pr) => pr,
+            Err(e) => return e,
+        };
+        let dir = p.path.unwrap_or_default();
+        let mut q = vec![("list", String::new()), ("limit", "200".to_owned())];
+        if let Some(c) = p.cursor {
+            q.push(("cursor", c));
+        }
+        let page = match self.client.get(&files_path(&project, &dir), &q).await {
+            Ok(v) => v,
+            Err(e) => return failed(&e),
+        };
+        let mut s = String::new();
+        for e in page["items"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap_or("?");
+            let kind = e["type"].as_str().unwrap_or("?");
+            let slash = if kind == "dir" { "/" } else { "" };
+            s.push_str(&format!("{name}{slash} {kind} {}\n", e["size"]));
+        }
+        if s.is_empty() {
+            s.push_str("empty directory\n");
+        }
+        if let Some(c) = page["next_cursor"].as_str() {
+            s.push_str(&format!("more: list_files cursor={c}\n"));
+        }
+        ok(s)
     }
 
     #[tool(

@@ -26,6 +26,9 @@ TOOLS = {
     "cancel_command",
     "list_projects",
     "list_commands",
+    "write_file",
+    "read_file",
+    "list_files",
 }
 
 
@@ -189,5 +192,33 @@ def test_projects_are_listed_and_mistakes_are_tool_errors(tmp_path) -> None:
             assert f"{env('RDEV_TEST_PROJECT')} [default] (local)" in text, text
             text, is_error = await call(s, "run_command", project="no-such-project", command="true")
             assert is_error and "404" in text, text
+
+    run(main())
+
+
+def test_files_are_written_read_and_listed_without_shell_escaping(tmp_path) -> None:
+    async def main() -> None:
+        async with session(tmp_path) as s:
+            content = "line with 'quotes' and \"doubles\" and $dollars and `ticks`\nü\n"
+            text, is_error = await call(s, "write_file", path="mcp/notes.txt", content=content)
+            assert not is_error and "wrote" in text, text
+            text, is_error = await call(s, "read_file", path="mcp/notes.txt")
+            assert not is_error and text.endswith(content), text
+            text, _ = await call(s, "read_file", path="mcp/notes.txt", offset=5, max_bytes=4)
+            assert text.endswith("with"), text
+            text, is_error = await call(s, "write_file", path="mcp/bin", content="AAEC/w==", base64=True)
+            assert not is_error, text
+            text, _ = await call(s, "read_file", path="mcp/bin")
+            assert "base64" in text and text.endswith("AAEC/w=="), text
+            text, _ = await call(s, "list_files", path="mcp")
+            assert "notes.txt file" in text and "bin file 4" in text, text
+            text, _ = await call(s, "run_command", command="cat mcp/notes.txt")
+            assert "$dollars" in text, text
+            # (URL normalisation drops the `..` before the request leaves:
+            # an error either way, never the host's file.)
+            text, is_error = await call(s, "read_file", path="../etc/passwd")
+            assert is_error and "root:" not in text, text
+            text, is_error = await call(s, "read_file", path="mcp/../../x%2F..%2Fetc")
+            assert is_error and "root:" not in text, text
 
     run(main())
