@@ -357,8 +357,8 @@ pub struct KeyCreateArgs {
     #[arg(long)]
     pub name: String,
     /// Scope (repeatable or comma-separated): admin, projects:read, projects:write,
-    /// commands:run, commands:read, keys:manage, webhooks:manage, audit:read,
-    /// secrets:manage
+    /// commands:run, commands:input, commands:read, keys:manage, webhooks:manage,
+    /// audit:read, secrets:manage, files:read, files:write
     #[arg(long = "scope", required = true, value_delimiter = ',')]
     pub scopes: Vec<String>,
     /// Restrict the key to this project (repeatable; none = all projects)
