@@ -1151,3 +1151,39 @@ async fn a_signal_without_a_terminal_reaches_the_command() {
     assert!(matches!(ran.outcome, Outcome::Exited(7)), "{ran:?}");
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "ready\ngot-usr1\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_travel_on_stdin_never_in_the_exec_request() {
+    use rdev_worker::secrets::{JobSecrets, SecretValue};
+    let token = "multi\nline 'quoted' $HOME `x` value\n";
+    for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
+        for stdin in [None, Some(b"fixed input".to_vec())] {
+            let fake = Fake::start(protocol).await;
+            let exec = fake.executor(settings());
+            let mut j = sh("printf '[%s][%s]' \"$TOKEN\" \"$OTHER\"; cat");
+            j.stdin = stdin.clone();
+            j.secrets = JobSecrets {
+                env: vec![
+                    ("TOKEN".into(), SecretValue::new(token)),
+                    ("OTHER".into(), SecretValue::new("second-secret")),
+                ],
+                files: Vec::new(),
+            };
+            let ran = run(&exec, j).await;
+            assert_eq!(ran.outcome, Outcome::Exited(0), "{protocol}: {ran:?}");
+            let rest = String::from_utf8_lossy(stdin.as_deref().unwrap_or_default()).into_owned();
+            assert_eq!(
+                String::from_utf8_lossy(&ran.stdout),
+                format!("[{token}][second-secret]{rest}"),
+                "{protocol}"
+            );
+            for e in fake.command_execs() {
+                let line = e.command.join(" ");
+                assert!(
+                    !line.contains("second-secret") && !line.contains("quoted"),
+                    "a value is in the exec request: {line}"
+                );
+            }
+        }
+    }
+}

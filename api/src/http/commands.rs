@@ -54,7 +54,7 @@ pub struct CreateCommand {
     stdin: Option<String>,
     /// Project secrets given as environment variables of the same name.
     /// Their values (and common encodings of them) are redacted from the
-    /// output. Local projects only.
+    /// output. On kubernetes projects: non-interactive commands only.
     #[serde(default)]
     secrets: Vec<String>,
     /// Project secrets given as read-only files: secret name → path
@@ -204,6 +204,7 @@ pub async fn create(
         &body.secrets,
         &body.secret_files,
         &body.env,
+        body.tty.is_some() || body.stdin.as_deref() == Some("pipe"),
     )
     .await?;
     let allowed = match st.policies.get(&project).await {

@@ -177,9 +177,12 @@ pub async fn delete(
 
 /// Checks the `secrets` and `secret_files` of a new command: well-formed,
 /// not clashing with its `env`, allowed by the project's `allowed_secrets`
-/// (403, audited) and set in the project (422). The Kubernetes executor
-/// refuses both (422): `exec` carries the command line in the request URL
-/// and the pod's process list, where a value would be visible.
+/// (403, audited) and set in the project (422). On the Kubernetes executor
+/// values travel on the exec stream's stdin ahead of the command's input,
+/// so only environment secrets of non-interactive commands are possible
+/// there (422 otherwise): a terminal would echo them, a live input stream
+/// would interleave, and a file would need a private tmpfs a pod may not
+/// offer.
 pub async fn check_request(
     st: &AppState,
     auth: &Auth,
@@ -187,6 +190,7 @@ pub async fn check_request(
     env_secrets: &[String],
     files: &std::collections::BTreeMap<String, String>,
     env: &std::collections::BTreeMap<String, String>,
+    interactive: bool,
 ) -> ApiResult<()> {
     use rdev_shared::domain::{ExecutorConfig, MAX_SECRETS_PER_COMMAND, validate_secret_path};
     if env_secrets.is_empty() && files.is_empty() {
@@ -227,15 +231,19 @@ pub async fn check_request(
         }
     }
     if let ExecutorConfig::Kubernetes(_) = project.executor {
-        errors.push(FieldError::new(
-            if env_secrets.is_empty() {
-                "secret_files"
-            } else {
-                "secrets"
-            },
-            "secrets are not available to kubernetes projects: exec would carry them in the \
-             request URL and the pod's process list; use the cluster's own Secrets",
-        ));
+        if !files.is_empty() {
+            errors.push(FieldError::new(
+                "secret_files",
+                "kubernetes projects take secrets as environment variables only (`secrets`)",
+            ));
+        }
+        if !env_secrets.is_empty() && interactive {
+            errors.push(FieldError::new(
+                "secrets",
+                "on kubernetes projects secrets travel ahead of the command's input: not with \
+                 a tty or stdin \"pipe\"",
+            ));
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));

@@ -436,11 +436,24 @@ async fn the_api_checks_secrets_scope_values_names_policy_and_executor() {
     assert!(p["detail"].as_str().unwrap_or("").contains("TOKEN"), "{p}");
     let r = run("strict", json!({"command": "true", "secrets": ["ALLOWED"]})).await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    // Kubernetes: environment secrets of non-interactive commands only
+    // (they travel on the exec's stdin, ahead of the command's input).
     set(&app, "kube", "TOKEN", TOKEN).await;
-    let p = run("kube", json!({"command": "true", "secrets": ["TOKEN"]}))
-        .await
-        .assert_problem(422);
+    let r = run("kube", json!({"command": "true", "secrets": ["TOKEN"]})).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let p = run(
+        "kube",
+        json!({"command": "true", "secret_files": {"TOKEN": "token"}}),
+    )
+    .await
+    .assert_problem(422);
     assert!(p.to_string().contains("kubernetes"), "{p}");
+    for interactive in [
+        json!({"command": "sh", "secrets": ["TOKEN"], "stdin": "pipe"}),
+        json!({"command": "sh", "secrets": ["TOKEN"], "tty": {"cols": 80, "rows": 24}}),
+    ] {
+        run("kube", interactive).await.assert_problem(422);
+    }
     for files in [
         json!({"TOKEN": "../escape"}),
         json!({"TOKEN": "/abs"}),

@@ -446,7 +446,17 @@ impl KubernetesExecutor {
             Ok(c) => c.clone(),
             Err(e) => return Outcome::FailedToStart(e.to_string()),
         };
-        let stdin = job.stdin.filter(|d| !d.is_empty());
+        // Secret values travel on the exec stream's stdin, ahead of the
+        // command's own input: never in the exec request's URL (the API
+        // server's logs) or the pod's process list.
+        let mut first: Vec<u8> = Vec::new();
+        for (_, value) in &job.secrets.env {
+            first.extend_from_slice(value.expose().as_bytes());
+        }
+        if let Some(d) = &job.stdin {
+            first.extend_from_slice(d);
+        }
+        let stdin = (!first.is_empty()).then_some(first);
         let interactive = job.stdin_pipe && input.is_some();
         let started = tokio::select! {
             r = self.start(&client, project, &script, stdin.is_some() || interactive, job.tty.is_some()) => r,
@@ -954,6 +964,15 @@ pub fn wrapper_script(job: &Job, project: &KubeProject, run_id: &str) -> Result<
             return Err(KubeError::Invalid(format!("env {k}: contains NUL")));
         }
         body.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    // Each secret value: exactly its length read from stdin (`dd bs=1`
+    // never reads ahead), the `x` keeps trailing newlines through `$( )`.
+    for (k, v) in &job.secrets.env {
+        validate_env_name(k).map_err(|m| KubeError::Invalid(format!("secret {k}: {m}")))?;
+        body.push_str(&format!(
+            "{k}=$(dd bs=1 count={} 2>/dev/null; echo x); {k}=${{{k}%x}}; export {k}\n",
+            v.expose().len()
+        ));
     }
     if let Some(dir) = &project.workdir {
         if has_nul(dir) {

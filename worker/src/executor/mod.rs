@@ -26,9 +26,12 @@ use crate::secrets::JobSecrets;
 pub use kubernetes::{KubeSettings, KubernetesExecutor};
 pub use local::LocalExecutor;
 
-/// Why a Kubernetes command with secrets does not start.
-pub const KUBE_SECRETS_ERROR: &str = "secrets are not available to kubernetes projects: exec \
-    would carry them in the request URL and the pod's process list";
+/// Why a Kubernetes command with secrets does not start: secret files, or
+/// secrets of an interactive command (their values travel ahead of the
+/// command's input on the exec stream's stdin, which a terminal would echo
+/// and a live input stream would interleave).
+pub const KUBE_SECRETS_ERROR: &str = "kubernetes projects take secrets as environment \
+    variables of non-interactive commands only (no secret_files, no tty or stdin pipe)";
 
 /// Capacity of the output channel between an executor and its sink.
 pub const OUTPUT_CHANNEL_CAPACITY: usize = 16;
@@ -187,7 +190,10 @@ impl Executor for Executors {
             (ExecutorConfig::Local(_), Some(local), _) => local.run(job, output, input, cancel),
             // The API refuses these; a project changed to Kubernetes after
             // the command was queued ends here.
-            (ExecutorConfig::Kubernetes(_), _, Some(_)) if !job.secrets.is_empty() => {
+            (ExecutorConfig::Kubernetes(_), _, Some(_))
+                if !job.secrets.files.is_empty()
+                    || (!job.secrets.env.is_empty() && (job.stdin_pipe || job.tty.is_some())) =>
+            {
                 Box::pin(async move { Outcome::FailedToStart(KUBE_SECRETS_ERROR.into()) })
             }
             (ExecutorConfig::Kubernetes(_), _, Some(kube)) => kube.run(job, output, input, cancel),
