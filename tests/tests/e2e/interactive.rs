@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{Options, TestApp, spawn_app, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -370,5 +370,48 @@ async fn input_needs_its_scope_and_a_read_only_key_only_watches() {
         (c2["reason"].as_str(), c2["signal"].as_i64()),
         (Some("signaled"), Some(15)),
         "{c2}"
+    );
+}
+
+#[tokio::test]
+async fn an_interactive_command_left_alone_ends_idle_and_input_keeps_one_alive() {
+    let app = spawn_app_with(Options {
+        worker_cfg: Some(|w| w.interactive_idle = Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    // Nobody types, nothing is printed, nobody is attached.
+    let alone = app
+        .run(
+            "p",
+            json!({"command": "echo started; cat", "stdin": "pipe"}),
+        )
+        .await;
+    let alone = alone["id"].as_str().expect("id").to_owned();
+    // Another one gets a line every second for longer than the limit.
+    let fed = app
+        .run("p", json!({"command": "cat", "stdin": "pipe"}))
+        .await;
+    let fed = fed["id"].as_str().expect("id").to_owned();
+    for n in 1..=6 {
+        let r = stdin(&app, &fed, format!("line {n}\n").as_bytes(), false).await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let c = app.wait_terminal(&alone, WAIT).await;
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("timed_out"), Some("idle")),
+        "{c}"
+    );
+    assert_eq!(app.output(&alone, None).await, b"started\n");
+    let r = stdin(&app, &fed, b"", true).await;
+    assert_eq!(r.status, 202, "the fed command is still running");
+    let c = app.wait_terminal(&fed, WAIT).await;
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("succeeded"), Some("exited")),
+        "{c}"
     );
 }
