@@ -229,11 +229,11 @@ pub async fn run(
             .into_iter()
             .map(|b| tokio::spawn(typist(client.clone(), b, a.rate, stopped.clone())))
             .collect();
+        let started = Instant::now();
         // Let the typists settle in.
         if !typists.is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let started = Instant::now();
         let (mut ws, last_seq) = over_websocket(client, &id, a.keys).await?;
         let mut http = over_http(client, &id, a.keys, last_seq).await?;
         let elapsed = started.elapsed().as_secs_f64();
