@@ -571,6 +571,8 @@ pub async fn delete(
     if !projects::delete(&tx, project.id).await? {
         return Err(ApiError::NotFound(format!("project `{name}` not found")));
     }
+    // A deleted project's secrets are erased with it, not kept sealed.
+    rdev_shared::db::secrets::delete_all(&tx, project.id).await?;
     audit::append(
         &tx,
         &auth.audit("project.delete", "project", Some(name), Some(project.id)),

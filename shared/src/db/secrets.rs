@@ -178,6 +178,21 @@ pub async fn delete(
         .transpose()
 }
 
+/// Erases every live secret of a project (when the project is deleted);
+/// returns how many.
+pub async fn delete_all(
+    client: &impl deadpool_postgres::GenericClient,
+    project_id: Uuid,
+) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE project_secrets SET value = NULL, deleted_at = clock_timestamp() \
+             WHERE project_id = $1 AND deleted_at IS NULL",
+            &[&project_id],
+        )
+        .await?)
+}
+
 /// Which of `names` are live secrets of the project.
 pub async fn existing(
     client: &impl deadpool_postgres::GenericClient,

@@ -499,6 +499,23 @@ async fn the_api_checks_secrets_scope_values_names_policy_and_executor() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["allowed_secrets"], json!(["TOKEN"]));
+
+    // Deleting a project erases its secrets' values.
+    let r = app
+        .request(Method::DELETE, "/v1/projects/strict", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 204);
+    let client = app.env.pool.get().await.expect("db");
+    let live: i64 = client
+        .query_one(
+            "SELECT count(*) FROM project_secrets s JOIN projects p ON p.id = s.project_id \
+             WHERE p.name = 'strict' AND s.value IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(live, 0);
 }
 
 /// A terminal merges stdout and stderr and turns `\n` into `\r\n`; it also
