@@ -51,8 +51,8 @@ pub struct Redaction {
     matcher: Option<AhoCorasick>,
     /// Per pattern: its bytes and the replacement.
     patterns: Vec<(Vec<u8>, Arc<[u8]>)>,
-    /// Whether some pattern starts with this byte.
-    first: [bool; 256],
+    /// Per first byte, the patterns that start with it.
+    by_first: Vec<Vec<usize>>,
     max_len: usize,
 }
 
@@ -83,9 +83,9 @@ impl Redaction {
                 }
             }
         }
-        let mut first = [false; 256];
-        for (p, _) in &patterns {
-            first[usize::from(p[0])] = true;
+        let mut by_first: Vec<Vec<usize>> = vec![Vec::new(); 256];
+        for (i, (p, _)) in patterns.iter().enumerate() {
+            by_first[usize::from(p[0])].push(i);
         }
         let max_len = patterns.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         let matcher = if patterns.is_empty() {
@@ -99,7 +99,7 @@ impl Redaction {
         Self {
             matcher,
             patterns,
-            first,
+            by_first,
             max_len,
         }
     }
@@ -119,11 +119,13 @@ impl Redaction {
         self.patterns.len()
     }
 
-    /// Whether `tail` is the beginning (strictly shorter) of some form.
+    /// Whether `tail` (not empty) is the beginning (strictly shorter) of
+    /// some form; only the forms starting with its first byte are compared.
     fn is_proper_prefix(&self, tail: &[u8]) -> bool {
-        self.patterns
-            .iter()
-            .any(|(p, _)| p.len() > tail.len() && p.starts_with(tail))
+        self.by_first[usize::from(tail[0])].iter().any(|&i| {
+            let p = &self.patterns[i].0;
+            p.len() > tail.len() && p.starts_with(tail)
+        })
     }
 
     /// Redacts a whole buffer at once (what the stream equals).
@@ -336,7 +338,7 @@ impl Redactor {
         let r = &self.redaction;
         let from = buf.len().saturating_sub(r.max_len.saturating_sub(1));
         (from..buf.len())
-            .find(|&s| r.first[usize::from(buf[s])] && r.is_proper_prefix(&buf[s..]))
+            .find(|&s| r.is_proper_prefix(&buf[s..]))
             .unwrap_or(buf.len())
     }
 }
