@@ -95,7 +95,7 @@ async fn upload(client: &Client, project: &str, src: &Path, dest: &str) -> Resul
         |(mut f, mut buf)| async move {
             match f.read(&mut buf).await {
                 Ok(0) => None,
-                Ok(n) => Some((Ok(bytes_of(&buf[..n])), (f, buf))),
+                Ok(n) => Some((Ok(buf[..n].to_vec()), (f, buf))),
                 Err(e) => Some((Err(e), (f, buf))),
             }
         },
@@ -111,10 +111,6 @@ async fn upload(client: &Client, project: &str, src: &Path, dest: &str) -> Resul
         src.display()
     ));
     Ok(())
-}
-
-fn bytes_of(b: &[u8]) -> Vec<u8> {
-    b.to_vec()
 }
 
 async fn upload_dir(
