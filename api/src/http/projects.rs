@@ -315,6 +315,14 @@ fn check_common(
 /// Lookups go through the instance's project cache (invalidated on every
 /// instance when a project changes).
 pub async fn load_visible(st: &AppState, auth: &Auth, name: &str) -> ApiResult<Project> {
+    // A name no project can have is answered without a query (a NUL in it
+    // would otherwise fail in PostgreSQL: a 500 for bad input).
+    if validate_project_name(name).is_err() {
+        return Err(ApiError::NotFound(format!(
+            "project `{}` not found",
+            name.escape_debug()
+        )));
+    }
     let found = st
         .projects
         .get_or_load(&name.to_owned(), || async {

@@ -417,6 +417,16 @@ async fn the_api_checks_secrets_scope_values_names_policy_and_executor() {
     .await
     .assert_problem(404);
 
+    // A project name no project can have (NUL, upper case) is a 404, not a
+    // database error.
+    for path in [
+        "/v1/projects/%00/secrets",
+        "/v1/projects/%00",
+        "/v1/projects/Bad%00Name/files?list",
+    ] {
+        app.get(path).await.assert_problem(404);
+    }
+
     // Enqueue: unknown secrets, policy, executor, bad paths, clashes.
     let run = |project: &'static str, body: Value| {
         let app = &app;
