@@ -5,6 +5,8 @@ mod access;
 mod api_errors;
 mod commands;
 mod containment;
+mod cutproxy;
+mod faults;
 mod fleet;
 mod observability;
 mod openapi;

@@ -21,6 +21,8 @@ pub struct Options {
     pub dispatcher: bool,
     /// Overrides the API's broker URL (e.g. an unreachable one).
     pub api_amqp_url: Option<String>,
+    /// Overrides the in-process worker's broker URL (e.g. through a proxy).
+    pub worker_amqp_url: Option<String>,
     pub max_body_bytes: usize,
     pub kill_grace_s: u64,
     /// `RDEV_WEBHOOK_ALLOW_PRIVATE` of the API (receivers in tests are on loopback).
@@ -48,6 +50,7 @@ impl Default for Options {
             worker: true,
             dispatcher: false,
             api_amqp_url: None,
+            worker_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
             webhook_allow_private: true,
@@ -151,6 +154,9 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     if opts.worker {
         let mut wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
         wcfg.concurrency = opts.concurrency;
+        if let Some(url) = &opts.worker_amqp_url {
+            wcfg.amqp.amqp_url = Secret::new(url.clone());
+        }
         wcfg.limits.max = opts.limits_max.parse().expect("limits max");
         let s = stop.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();

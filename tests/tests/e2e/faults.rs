@@ -1,0 +1,371 @@
+//! Issue 15: no stuck, lost or doubled work under faults. One test per
+//! finding; each failed on the code before its fix.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::cutproxy::CutProxy;
+use crate::support::{
+    Options, Sse, TestApp, first_line, marked_processes, sleep_marker, spawn_app, spawn_app_with,
+    sse_seqs, wait_no_marked,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn at(c: &Value, k: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(c[k].as_str().expect("time")).expect("rfc3339")
+}
+
+fn rabbit() -> std::net::SocketAddr {
+    "127.0.0.1:5672".parse().expect("addr")
+}
+
+/// Finding 1: a deferred command waits in the delay queue, holding no
+/// worker slot, so a project at its `max_concurrency` with a backlog does
+/// not make other projects' commands wait behind it.
+#[tokio::test]
+async fn a_project_at_its_limit_does_not_starve_other_projects() {
+    let app = spawn_app_with(Options {
+        concurrency: 2,
+        ..Default::default()
+    })
+    .await;
+    app.create_project("a", json!({"max_concurrency": 1})).await;
+    app.create_project("b", json!({})).await;
+    let mut a = Vec::new();
+    for _ in 0..10 {
+        a.push(app.run("a", json!({"command": "sleep 3"})).await["id"].clone());
+    }
+    let first = a[0].as_str().expect("id");
+    app.wait_status(first, "running", WAIT).await;
+    let b = app.run("b", json!({"command": "echo b"})).await;
+    let b = app
+        .wait_terminal(b["id"].as_str().expect("id"), Duration::from_secs(15))
+        .await;
+    assert_eq!(b["status"], "succeeded", "{b}");
+    assert!(
+        at(&b, "finished_at") - at(&b, "created_at") < chrono::Duration::seconds(2),
+        "b waited from {} to {}",
+        b["created_at"],
+        b["finished_at"]
+    );
+    // A's waiting commands sit in the delay queue, not in a worker's slot
+    // (which would sleep and hand the message straight back).
+    let conn = rdev_shared::mq::connect(&app.env.amqp, "test").await.expect("amqp");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                app.env.topology.commands_delay_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("the delay queue exists");
+        if q.message_count() > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing waits in the delay queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B ran while A's first command still ran: it did not queue behind A.
+    let a1 = app.wait_terminal(first, WAIT).await;
+    assert!(
+        at(&b, "finished_at") < at(&a1, "finished_at"),
+        "b ended {} after a's first command {}",
+        b["finished_at"],
+        a1["finished_at"]
+    );
+}
+
+/// Marks a running command failed `worker_lost` the way the reaper does.
+async fn reap_by_hand(app: &TestApp, id: &str) {
+    let id: uuid::Uuid = id.parse().expect("uuid");
+    let client = app.env.pool.get().await.expect("db");
+    let n = client
+        .execute(
+            "UPDATE commands SET status = 'failed', error = 'worker_lost', reason = 'worker_lost', \
+             finished_at = now() WHERE id = $1 AND status = 'running'",
+            &[&id],
+        )
+        .await
+        .expect("reap");
+    assert_eq!(n, 1);
+}
+
+/// Finding 3: a command reaped while its worker still runs it (a
+/// PostgreSQL outage longer than `RDEV_LOST_AFTER_S`, a stuck heartbeat)
+/// is stopped by that worker, and nothing it prints afterwards is stored.
+#[tokio::test]
+async fn a_reaped_command_is_stopped_and_its_later_output_refused() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let m = sleep_marker();
+    let c = app
+        .run(
+            "p",
+            json!({"command": format!("(while :; do echo tick; sleep 0.05; done) & exec sleep {m}")}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id");
+    first_line(&app, id).await;
+    assert!(!marked_processes(&m).is_empty());
+    reap_by_hand(&app, id).await;
+    // The heartbeat (1 s in tests) learns the command is no longer its own.
+    wait_no_marked(&m).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    let client = app.env.pool.get().await.expect("db");
+    let late: i64 = client
+        .query_one(
+            "SELECT count(*) FROM command_output o JOIN commands c ON c.id = o.command_id \
+             WHERE o.command_id = $1 AND o.at > c.finished_at",
+            &[&uuid],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(late, 0, "chunks stored after the terminal status");
+    let c = app.get(&format!("/v1/commands/{id}")).await.json();
+    assert_eq!(
+        (c["status"].as_str(), c["error"].as_str()),
+        (Some("failed"), Some("worker_lost")),
+        "{c}"
+    );
+}
+
+/// Finding 3: statements have a timeout, so a stuck statement (a lock
+/// held forever, a hung server) cannot hold a heartbeat or a request.
+#[cfg(any())]
+#[tokio::test]
+async fn statements_time_out() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let mut db = app.env.db.clone();
+    db.statement_timeout_s = 1;
+    let pool = rdev_shared::db::pool(&db).expect("pool");
+    let client = pool.get().await.expect("db");
+    let started = Instant::now();
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("the statement should time out");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+/// Reads an event stream, recording when each event arrived, until `end`,
+/// `reconnect`, the stream's close or `limit`.
+async fn read_events(app: &TestApp, id: &str, last: Option<i64>, limit: Duration) -> Vec<(Instant, Sse)> {
+    let mut req = app
+        .http
+        .get(app.url(&format!("/v1/commands/{id}/events")))
+        .bearer_auth(&app.admin_key);
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l.to_string());
+    }
+    let resp = req.send().await.expect("sse");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut stream = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(Ok(ev))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        let stop = ev.event == "end" || ev.event == "reconnect";
+        out.push((
+            Instant::now(),
+            Sse {
+                event: ev.event,
+                id: ev.id,
+                data,
+            },
+        ));
+        if stop {
+            break;
+        }
+    }
+    out
+}
+
+/// Finding 5: a finished command's stream never says `end` unless it
+/// replayed every stored chunk; when a catch-up read fails it closes, and
+/// the client resumes with `Last-Event-ID` and gets the rest.
+#[tokio::test]
+async fn a_failed_catch_up_read_never_ends_the_stream() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run("p", json!({"command": "for i in $(seq 1 20); do echo line$i; sleep 0.01; done"}))
+        .await;
+    let id = c["id"].as_str().expect("id");
+    let c = app.wait_terminal(id, WAIT).await;
+    assert_eq!(c["status"], "succeeded");
+    let client = app.env.pool.get().await.expect("db");
+    client
+        .batch_execute("ALTER TABLE command_output RENAME TO command_output_away")
+        .await
+        .expect("rename");
+    let broken: Vec<Sse> = read_events(&app, id, None, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    client
+        .batch_execute("ALTER TABLE command_output_away RENAME TO command_output")
+        .await
+        .expect("rename back");
+    assert!(
+        broken.iter().all(|e| e.event != "end"),
+        "`end` without the output: {broken:?}"
+    );
+    // Resuming gets everything, once, in order, and then `end`.
+    let mut events = broken;
+    let last = sse_seqs(&events).last().copied();
+    events.extend(app.events(id, last, None).await);
+    let seqs = sse_seqs(&events);
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let text: String = events
+        .iter()
+        .filter(|e| e.event == "output")
+        .map(|e| e.data["data"].as_str().unwrap_or_default())
+        .collect();
+    let want: String = (1..=20).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(text, want);
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("end"));
+}
+
+/// Finding 4: while the API's link to RabbitMQ is down, watchers keep
+/// receiving output (read from PostgreSQL on every poll), and get all of
+/// it, in order, once the link is back.
+#[tokio::test]
+async fn sse_keeps_flowing_while_the_api_has_no_broker() {
+    let proxy = CutProxy::start(rabbit()).await;
+    let app = spawn_app_with(Options {
+        api_amqp_url: Some(proxy.amqp_url()),
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "for i in $(seq 1 100); do echo line$i; sleep 0.1; done"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    first_line(&app, &id).await;
+    let reader = {
+        let app_http = app.http.clone();
+        let url = app.url(&format!("/v1/commands/{id}/events"));
+        let key = app.admin_key.clone();
+        tokio::spawn(async move {
+            let resp = app_http.get(url).bearer_auth(key).send().await.expect("sse");
+            let mut stream = resp.bytes_stream().eventsource();
+            let mut out = Vec::new();
+            while let Ok(Some(Ok(ev))) =
+                tokio::time::timeout(Duration::from_secs(60), stream.next()).await
+            {
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                let end = ev.event == "end";
+                out.push((Instant::now(), ev.event, data));
+                if end {
+                    break;
+                }
+            }
+            out
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restored_at = Instant::now();
+    proxy.restore();
+    let events = reader.await.expect("reader");
+    // Output kept arriving during the outage, after the first second of it.
+    let during = events
+        .iter()
+        .filter(|(t, e, _)| {
+            e == "output" && *t > cut_at + Duration::from_secs(2) && *t < restored_at
+        })
+        .count();
+    assert!(during >= 5, "only {during} chunks during the outage");
+    let seqs: Vec<i64> = events
+        .iter()
+        .filter(|(_, e, _)| e == "output")
+        .filter_map(|(_, _, d)| d["seq"].as_i64())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let lines = events
+        .iter()
+        .filter(|(_, e, _)| e == "output")
+        .map(|(_, _, d)| d["data"].as_str().unwrap_or_default().matches('\n').count())
+        .sum::<usize>();
+    assert_eq!(lines, 100);
+    assert_eq!(events.last().map(|(_, e, _)| e.as_str()), Some("end"));
+}
+
+/// Finding 6: after its consumer reconnects, a worker whose slots are held
+/// by commands it still runs takes no more messages than it has free slots,
+/// so idle workers run the rest.
+#[tokio::test]
+async fn a_reconnected_busy_worker_leaves_new_commands_to_idle_workers() {
+    let proxy = CutProxy::start(rabbit()).await;
+    let mut app = spawn_app_with(Options {
+        concurrency: 2,
+        worker_amqp_url: Some(proxy.amqp_url()),
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    // Both of its slots stay held by commands started before the cut.
+    let mut long = Vec::new();
+    for _ in 0..2 {
+        let c = app.run("p", json!({"command": "sleep 12"})).await;
+        long.push(c["id"].as_str().expect("id").to_owned());
+    }
+    for id in &long {
+        app.wait_status(id, "running", WAIT).await;
+    }
+    app.start_worker(2, CancellationToken::new());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    // The busy worker reconnects (its backoff is 0.5 s, then 1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut short = Vec::new();
+    for _ in 0..4 {
+        let c = app.run("p", json!({"command": "echo hi"})).await;
+        short.push(c["id"].as_str().expect("id").to_owned());
+    }
+    let first_long = app.wait_terminal(&long[0], WAIT).await;
+    for id in &short {
+        let c = app.wait_terminal(id, WAIT).await;
+        assert_eq!(c["status"], "succeeded", "{c}");
+        assert!(
+            at(&c, "finished_at") < at(&first_long, "finished_at"),
+            "{id} waited for the busy worker: ended {} after {}",
+            c["finished_at"],
+            first_long["finished_at"]
+        );
+    }
+}
