@@ -329,6 +329,29 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), MqError> {
         )
         .await?;
 
+    // The delay queue: a command over its project's concurrency limit waits
+    // here, holding no worker slot, and is dead-lettered back to the
+    // commands exchange after the TTL (at the back of the queue, behind
+    // other projects' commands).
+    // https://www.rabbitmq.com/docs/ttl https://www.rabbitmq.com/docs/dlx
+    let mut delay = FieldTable::default();
+    delay.insert("x-message-ttl".into(), AMQPValue::LongLongInt(DELAY_TTL_MS));
+    delay.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(t.commands_exchange().as_str().into()),
+    );
+    delay.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(RUN_KEY.into()),
+    );
+    delay.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    channel
+        .queue_declare(t.commands_delay_queue().into(), qopts, delay)
+        .await?;
+
     channel
         .queue_declare(t.webhooks_queue().into(), qopts, FieldTable::default())
         .await?;
