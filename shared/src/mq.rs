@@ -479,18 +479,42 @@ impl OutputEvent {
 }
 
 /// A publisher that connects lazily, reconnects after failures, declares the
-/// topology on every new connection, and uses publisher confirms.
+/// topology on every new connection, and uses publisher confirms for
+/// durable messages.
+///
+/// One connection, two channels: durable messages go through a channel in
+/// confirm mode and every confirm is awaited; transient ones (live output,
+/// control broadcasts) through a channel without confirms. lapin keeps a
+/// dropped, unanswered confirm until `wait_for_confirms()`, so publishing
+/// transient messages on the confirm channel without awaiting them grew the
+/// process by about 650 bytes per message (issue 15).
 ///
 /// While the broker is unreachable, `publish` fails fast (callers keep the
-/// message in the outbox) instead of blocking requests.
+/// message in the outbox) instead of blocking requests: one caller at a time
+/// tries to reconnect, the others wait for it at most [`RECONNECT_WAIT`];
+/// a confirm that times out drops the connection, so the next publishes
+/// fail fast instead of each waiting [`CONFIRM_TIMEOUT`] on a black hole.
 pub struct Publisher {
     cfg: AmqpConfig,
     topology: Topology,
     name: String,
-    channel: RwLock<Option<Channel>>,
+    channel: RwLock<Option<Channels>>,
     reconnect: tokio::sync::Mutex<Reconnect>,
     metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
+
+/// The two channels of the publisher's connection.
+#[derive(Clone)]
+struct Channels {
+    /// Confirm mode: every publish is awaited.
+    confirmed: Channel,
+    /// No confirms: fire and forget.
+    transient: Channel,
+}
+
+/// How long a publish waits for another caller's reconnection attempt before
+/// failing fast.
+const RECONNECT_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct Reconnect {
@@ -547,22 +571,33 @@ impl Publisher {
         &self.topology
     }
 
-    /// Whether the current channel is open.
+    /// Whether the current channels are open.
     pub fn is_connected(&self) -> bool {
         self.current().is_some()
     }
 
-    fn current(&self) -> Option<Channel> {
+    fn current(&self) -> Option<Channels> {
         let guard = self.channel.read().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().filter(|c| c.status().connected()).cloned()
+        guard
+            .as_ref()
+            .filter(|c| c.confirmed.status().connected() && c.transient.status().connected())
+            .cloned()
     }
 
-    /// The open channel, connecting if needed.
+    /// The open confirm-mode channel, connecting if needed.
     pub async fn channel(&self) -> Result<Channel, MqError> {
+        Ok(self.channels().await?.confirmed)
+    }
+
+    async fn channels(&self) -> Result<Channels, MqError> {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let mut rc = self.reconnect.lock().await;
+        // Someone else is (re)connecting, maybe to a black hole: do not
+        // queue every publish behind them.
+        let mut rc = tokio::time::timeout(RECONNECT_WAIT, self.reconnect.lock())
+            .await
+            .map_err(|_| MqError::Unavailable)?;
         if let Some(c) = self.current() {
             return Ok(c);
         }
@@ -573,11 +608,13 @@ impl Publisher {
             return Err(MqError::Unavailable);
         }
         match self.open().await {
-            Ok((conn, chan)) => {
-                rc.conn = Some(conn);
+            Ok((conn, chans)) => {
+                if let Some(old) = rc.conn.replace(conn) {
+                    let _ = old.close(200, "reconnecting".into()).await;
+                }
                 rc.last_failure = None;
-                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chan.clone());
-                Ok(chan)
+                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chans.clone());
+                Ok(chans)
             }
             Err(e) => {
                 rc.last_failure = Some(Instant::now());
@@ -587,13 +624,43 @@ impl Publisher {
         }
     }
 
-    async fn open(&self) -> Result<(Connection, Channel), MqError> {
+    /// Forgets the current channels after a confirm timed out: the broker
+    /// (or the path to it) is stuck, and the next publishes must fail fast
+    /// and reconnect instead of each waiting for a confirm.
+    fn drop_channels(&self) {
+        let old = self
+            .channel
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            tracing::warn!(publisher = %self.name, "publisher confirm timed out; reconnecting");
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    CONFIRM_TIMEOUT,
+                    old.confirmed.close(200, "confirm timed out".into()),
+                )
+                .await;
+            });
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, Channels), MqError> {
         let conn = connect(&self.cfg, &self.name).await?;
-        let chan = conn.create_channel().await?;
-        chan.confirm_select(ConfirmSelectOptions::default()).await?;
-        declare(&chan, &self.topology).await?;
+        let confirmed = conn.create_channel().await?;
+        confirmed
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare(&confirmed, &self.topology).await?;
+        let transient = conn.create_channel().await?;
         tracing::info!(publisher = %self.name, "connected to RabbitMQ");
-        Ok((conn, chan))
+        Ok((
+            conn,
+            Channels {
+                confirmed,
+                transient,
+            },
+        ))
     }
 
     /// Publishes a persistent message and waits for the broker's confirm.
@@ -620,9 +687,13 @@ impl Publisher {
             .await?
             .await
         };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
+        let confirmation = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(c) => c?,
+            Err(_) => {
+                self.drop_channels();
+                return Err(MqError::Timeout("waiting for publisher confirm"));
+            }
+        };
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => {
                 self.count(self.kind_of(&m.exchange));
@@ -636,20 +707,21 @@ impl Publisher {
     /// Broadcasts a control message (transient, not confirmed: every use has
     /// a durable backstop in PostgreSQL).
     pub async fn publish_control(&self, m: &ControlMessage) -> Result<(), MqError> {
-        let chan = self.channel().await?;
+        let chan = self.channels().await?.transient;
         let body = serde_json::to_vec(m).unwrap_or_default();
         let props = BasicProperties::default()
             .with_delivery_mode(1)
             .with_content_type("application/json".into());
-        let _confirm = chan
-            .basic_publish(
-                self.topology.control_exchange().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await?;
+        // No confirm on this channel: the future resolves at once.
+        chan.basic_publish(
+            self.topology.control_exchange().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await?
+        .await?;
         self.count("control");
         Ok(())
     }
@@ -661,22 +733,22 @@ impl Publisher {
         command_id: Uuid,
         event: &OutputEvent,
     ) -> Result<(), MqError> {
-        let chan = self.channel().await?;
+        let chan = self.channels().await?.transient;
         let (body, headers) = event.encode();
         let props = BasicProperties::default()
             .with_delivery_mode(1)
             .with_headers(headers);
-        // The confirm future is dropped on purpose: losing a live chunk only
-        // makes readers fetch it from PostgreSQL.
-        let _confirm = chan
-            .basic_publish(
-                self.topology.output_exchange().into(),
-                Topology::output_key(command_id).into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await?;
+        // No confirm on this channel (the future resolves at once): losing a
+        // live chunk only makes readers fetch it from PostgreSQL.
+        chan.basic_publish(
+            self.topology.output_exchange().into(),
+            Topology::output_key(command_id).into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await?
+        .await?;
         self.count("output");
         Ok(())
     }
