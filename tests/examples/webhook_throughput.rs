@@ -75,6 +75,7 @@ async fn main() {
     let cfg = rdev_dispatcher::config::Config {
         db: rdev_shared::config::DbConfig {
             pool_size: 16,
+            statement_timeout_s: 30,
             ..env.db.clone()
         },
         amqp: env.amqp.clone(),

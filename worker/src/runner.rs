@@ -134,6 +134,21 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Stops a command that is no longer this worker's (its row is terminal
+    /// or claimed by another worker). Its end is then not recorded: the
+    /// conditional `finish` finds it not running.
+    fn disown(&self, id: Uuid) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(token) = running.get(&id)
+            && !token.is_cancelled()
+        {
+            tracing::warn!(command_id = %id, "command is no longer this worker's (reaped as worker_lost?); stopping it");
+            token.cancel();
+        }
+    }
+}
+
 /// Removes a command from the heartbeat set however its task ends.
 struct RunningGuard<'a> {
     worker: &'a Worker,
@@ -445,6 +460,7 @@ async fn execute(
     let (tx, rx) = mpsc::channel(OUTPUT_CHANNEL_CAPACITY);
     let sink = OutputSink::new(
         command.id,
+        w.worker_id.clone(),
         claimed.max_output_bytes,
         w.pool.clone(),
         w.publisher.clone(),
@@ -647,8 +663,15 @@ where
     }
 }
 
+/// Longest a heartbeat may take (a hung connection must not stall it for
+/// good; the pool's statement timeout bounds the server's side).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Refreshes the heartbeat of this worker's running commands every period
-/// until `done` fires, so the reaper leaves them alone.
+/// until `done` fires, so the reaper leaves them alone. A command that is no
+/// longer this worker's (the reaper failed it as `worker_lost` while this
+/// worker was cut off from PostgreSQL, or its clock ran ahead) is stopped:
+/// its status is final and nobody counts its slot.
 pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
     let mut tick = tokio::time::interval(worker.cfg.heartbeat());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -661,15 +684,25 @@ pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
         if ids.is_empty() {
             continue;
         }
-        let result = match worker.pool.get().await {
-            Ok(client) => commands::heartbeat(&client, &worker.worker_id, &ids).await,
-            Err(e) => Err(e.into()),
+        let beat = async {
+            let client = worker.pool.get().await?;
+            commands::heartbeat(&client, &worker.worker_id, &ids).await
+        };
+        let result = match tokio::time::timeout(HEARTBEAT_TIMEOUT, beat).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(running = ids.len(), "heartbeat timed out");
+                continue;
+            }
         };
         match result {
-            // Cancels whose broadcast this worker missed.
-            Ok(cancelled) => {
-                for id in cancelled {
+            Ok(beat) => {
+                // Cancels whose broadcast this worker missed.
+                for id in beat.cancel {
                     worker.cancel(id);
+                }
+                for id in beat.lost {
+                    worker.disown(id);
                 }
             }
             Err(e) => tracing::warn!(error = %e, running = ids.len(), "heartbeat failed"),

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -387,27 +386,45 @@ pub async fn finish(
     .await
 }
 
-/// Refreshes `heartbeat_at` of commands this worker runs; returns those of
-/// them whose cancellation was requested (the backstop for a missed
-/// broadcast).
+/// What a heartbeat learned about the commands a worker runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Still this worker's, with a cancellation requested (the backstop
+    /// for a missed broadcast).
+    pub cancel: Vec<Uuid>,
+    /// No longer this worker's running command (reaped as `worker_lost`
+    /// while the worker was cut off, or finished elsewhere): stop them.
+    pub lost: Vec<Uuid>,
+}
+
+/// Refreshes `heartbeat_at` of commands this worker runs and reports which
+/// of them are to be cancelled and which are no longer its own.
 pub async fn heartbeat(
     client: &impl deadpool_postgres::GenericClient,
     worker_id: &str,
     ids: &[Uuid],
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Heartbeat, DbError> {
     const SQL: &str = "UPDATE commands SET heartbeat_at = now() \
         WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' \
         RETURNING id, cancel_requested_at IS NOT NULL AS cancel";
     let rows = client
         .query(&prepared(client, SQL).await?, &[&ids, &worker_id])
         .await?;
-    let mut cancel = Vec::new();
+    let mut out = Heartbeat::default();
+    let mut owned = std::collections::HashSet::with_capacity(rows.len());
     for row in rows {
+        let id: Uuid = row.try_get("id")?;
         if row.try_get::<_, bool>("cancel")? {
-            cancel.push(row.try_get("id")?);
+            out.cancel.push(id);
         }
+        owned.insert(id);
     }
-    Ok(cancel)
+    out.lost = ids
+        .iter()
+        .copied()
+        .filter(|id| !owned.contains(id))
+        .collect();
+    Ok(out)
 }
 
 /// Cancels a command that is still queued; `None` when it no longer is.
@@ -437,20 +454,24 @@ pub async fn request_cancel(
     query_command(client, &sql, &[&id]).await
 }
 
-/// Marks running commands whose heartbeat is older than `before` as failed
-/// with `worker_lost`; returns them (for their events).
+/// Marks running commands whose heartbeat is older than `lost_after` as
+/// failed with `worker_lost`; returns them (for their events). Both sides
+/// of the comparison are PostgreSQL's clock (`heartbeat_at` is written with
+/// `now()`), so a skewed clock on the reaper's host reaps nothing early.
 pub async fn reap_lost(
     client: &impl deadpool_postgres::GenericClient,
-    before: DateTime<Utc>,
+    lost_after: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<Command>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'failed', error = 'worker_lost', \
-         reason = 'worker_lost', finished_at = now() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
-         AND heartbeat_at < $1 ORDER BY heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         reason = 'worker_lost', finished_at = clock_timestamp() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
+         AND heartbeat_at < now() - make_interval(secs => $1) ORDER BY heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
-    let rows = client.query(&sql, &[&before, &limit]).await?;
+    let rows = client
+        .query(&sql, &[&lost_after.as_secs_f64(), &limit])
+        .await?;
     rows.iter().map(from_row).collect()
 }

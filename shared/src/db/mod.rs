@@ -79,6 +79,21 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
     if pg.get_application_name().is_none() {
         pg.application_name("rdev");
     }
+    if cfg.statement_timeout_s > 0 {
+        // Kept with any `options` the URL already has.
+        let options = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} "),
+            _ => String::new(),
+        };
+        pg.options(format!(
+            "{options}-c statement_timeout={}s",
+            cfg.statement_timeout_s
+        ));
+    }
+    // A connection whose peer vanished (a black-holed server) is noticed
+    // instead of hanging its caller forever.
+    pg.keepalives_idle(Duration::from_secs(30));
+    pg.tcp_user_timeout(Duration::from_secs(30));
     let mc = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -107,9 +122,12 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    // A migration may rewrite a big table: no statement timeout for it.
+    client.batch_execute("SET statement_timeout = 0").await?;
     let result = embedded::migrations::runner()
         .run_async(&mut **client)
         .await;
+    let _ = client.batch_execute("RESET statement_timeout").await;
     // Unlock even when the run failed; the session ending would release it too.
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -132,6 +150,7 @@ pub async fn migrate_as_owner(cfg: &DbConfig, runtime: &Pool) -> Result<Vec<Stri
                 database_url: url.clone(),
                 migrate_database_url: None,
                 pool_size: 1,
+                statement_timeout_s: 0,
             })?;
             let applied = migrate(&owner).await;
             owner.close();
