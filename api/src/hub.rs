@@ -160,12 +160,24 @@ impl Subscription {
     /// PostgreSQL). A lagging watcher's buffered messages are discarded at
     /// once: it re-reads them from PostgreSQL anyway, and holding them would
     /// pin up to [`WATCHER_BUFFER`] chunks per slow client.
+    ///
+    /// While the hub is disconnected from the broker, or this command is not
+    /// bound, it is always true: nothing live arrives, so every poll must
+    /// read PostgreSQL (once was not enough: a watcher then heard nothing
+    /// until the hub reconnected).
     pub fn take_lagged(&mut self) -> bool {
-        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        let lagged = self.lagged.swap(false, Ordering::AcqRel) || !self.is_live();
         if lagged {
             while self.rx.try_recv().is_ok() {}
         }
         lagged
+    }
+}
+
+impl Subscription {
+    /// Whether live messages for this command reach this subscription.
+    fn is_live(&self) -> bool {
+        self.hub.is_connected() && lock(&self.hub.state).bound.contains(&self.command_id)
     }
 }
 
@@ -374,6 +386,13 @@ impl OutputHub {
         for id in watched {
             self.bind(id).await?;
             lock(&self.state).bound.insert(id);
+        }
+        // What was published between a watcher's last read of PostgreSQL
+        // and its re-bind reached nobody: every watcher reads once more.
+        for list in lock(&self.state).watchers.values() {
+            for w in list {
+                w.lagged.store(true, Ordering::Release);
+            }
         }
         Ok((conn, consumer))
     }
