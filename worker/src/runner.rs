@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use rdev_shared::domain::{self, CommandStatus, EndReason};
 use rdev_shared::mq::{
     self, ControlMessage, MqError, OutputEvent, Publisher, RunMessage, Topology,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -186,14 +186,29 @@ impl Drop for RunningGuard<'_> {
 /// command task has acknowledged its message.
 pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(usize::from(worker.cfg.concurrency)));
+    let concurrency = usize::from(worker.cfg.concurrency);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    // Signalled whenever a command task ends and frees its slot.
+    let freed = Arc::new(Notify::new());
     // Old connections stay open until the end: running commands ack on them.
     let mut connections: Vec<Connection> = Vec::new();
     let mut backoff = RECONNECT_MIN;
 
     'session: while !stop.is_cancelled() {
+        // Commands of an earlier session still hold their slots (their
+        // messages went back to the broker with the old channel). The new
+        // channel's prefetch counts only the free slots, or this worker would
+        // hoard messages idle workers could run; it grows as those commands
+        // end. Prefetch 0 means "unlimited", so wait for a free slot first.
+        while permits.available_permits() == 0 {
+            tokio::select! {
+                () = freed.notified() => {}
+                () = stop.cancelled() => break 'session,
+            }
+        }
+        let mut prefetch = permits.available_permits().min(concurrency);
         let opened = tokio::select! {
-            r = open_consumer(&worker) => r,
+            r = open_consumer(&worker, prefetch) => r,
             () = stop.cancelled() => break,
         };
         let (conn, channel, mut consumer) = match opened {
@@ -211,11 +226,27 @@ pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
         backoff = RECONNECT_MIN;
         connections.push(conn);
         worker.consumer_connected.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %worker.topology.commands_queue(), "consuming commands");
+        tracing::info!(queue = %worker.topology.commands_queue(), prefetch, "consuming commands");
+        // Messages of this session not yet acknowledged.
+        let in_session = Arc::new(AtomicUsize::new(0));
 
         loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
+                () = freed.notified(), if prefetch < concurrency => {
+                    // Slots of this session plus the free ones: what this
+                    // channel may hold now.
+                    let wanted = (permits.available_permits()
+                        + in_session.load(Ordering::Acquire))
+                    .min(concurrency);
+                    if wanted > prefetch {
+                        match set_prefetch(&channel, wanted).await {
+                            Ok(()) => prefetch = wanted,
+                            Err(e) => tracing::warn!(error = %e, "cannot raise the prefetch"),
+                        }
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => {
                     stop_consuming(&channel, &consumer).await;
                     break 'session;
@@ -242,7 +273,13 @@ pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
                 }
             };
             let Ok(permit) = permit else { break 'session };
-            tracker.spawn(handle(worker.clone(), delivery, permit));
+            in_session.fetch_add(1, Ordering::AcqRel);
+            let (w, in_session, freed) = (worker.clone(), in_session.clone(), freed.clone());
+            tracker.spawn(async move {
+                handle(w, delivery, permit).await;
+                in_session.fetch_sub(1, Ordering::AcqRel);
+                freed.notify_one();
+            });
         }
         worker.consumer_connected.store(false, Ordering::Relaxed);
         tokio::select! {
@@ -282,7 +319,25 @@ async fn stop_consuming(channel: &Channel, consumer: &Consumer) {
     }
 }
 
-async fn open_consumer(w: &Worker) -> Result<(Connection, Channel, Consumer), MqError> {
+/// Sets the channel's prefetch. Channel-wide (`global`), because RabbitMQ
+/// applies a changed per-consumer prefetch only to consumers started later,
+/// while a channel-wide one takes effect at once; the channel has one
+/// consumer, so both mean the same.
+/// https://www.rabbitmq.com/docs/consumer-prefetch
+async fn set_prefetch(channel: &Channel, prefetch: usize) -> Result<(), MqError> {
+    channel
+        .basic_qos(
+            u16::try_from(prefetch).unwrap_or(u16::MAX),
+            BasicQosOptions { global: true },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn open_consumer(
+    w: &Worker,
+    prefetch: usize,
+) -> Result<(Connection, Channel, Consumer), MqError> {
     let conn = mq::connect(
         &w.cfg.amqp,
         &format!("rdev-worker {} consumer", w.worker_id),
@@ -290,11 +345,8 @@ async fn open_consumer(w: &Worker) -> Result<(Connection, Channel, Consumer), Mq
     .await?;
     let channel = conn.create_channel().await?;
     mq::declare(&channel, &w.topology).await?;
-    // Prefetch = concurrency: the broker never hands us more than we run.
-    // https://www.rabbitmq.com/docs/consumer-prefetch
-    channel
-        .basic_qos(w.cfg.concurrency, BasicQosOptions::default())
-        .await?;
+    // Prefetch = free slots: the broker never hands us more than we run.
+    set_prefetch(&channel, prefetch).await?;
     let consumer = channel
         .basic_consume(
             w.topology.commands_queue().into(),
