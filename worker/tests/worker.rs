@@ -120,6 +120,7 @@ async fn insert_command(env: &TestEnv, project_id: Uuid, line: &str, timeout_s: 
         priority: 5,
         timeout_s,
         idempotency_key: None,
+        idempotency_fingerprint: None,
     };
     commands::insert(&client, &c)
         .await

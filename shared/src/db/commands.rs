@@ -31,6 +31,16 @@ pub struct NewCommand {
     pub timeout_s: i32,
     /// Client-chosen key making the request idempotent per API key.
     pub idempotency_key: Option<String>,
+    /// SHA-256 of the request that used `idempotency_key`
+    /// ([`request_fingerprint`]); a retry must match it.
+    pub idempotency_fingerprint: Option<Vec<u8>>,
+}
+
+/// The fingerprint of a request made with an `Idempotency-Key`: SHA-256 of
+/// its canonical JSON (the caller's choice of fields, keys in a fixed order).
+pub fn request_fingerprint(canonical: &serde_json::Value) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
 /// Filter of [`list`].
@@ -171,8 +181,8 @@ pub async fn insert(
     let stdin = c.stdin.as_deref().map(|s| ring.seal(s, STDIN_FIELD));
     let sql = format!(
         "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, stdin, \
-         priority, status, timeout_s, idempotency_key) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10) \
+         priority, status, timeout_s, idempotency_key, idempotency_fingerprint) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11) \
          ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
@@ -191,22 +201,30 @@ pub async fn insert(
             &c.priority,
             &c.timeout_s,
             &c.idempotency_key,
+            &c.idempotency_fingerprint,
         ],
     )
     .await
 }
 
-/// The command an API key created with an idempotency key.
+/// The command an API key created with an idempotency key, and the
+/// fingerprint of that request (none for rows from before fingerprints).
 pub async fn find_by_idempotency_key(
     client: &impl deadpool_postgres::GenericClient,
     api_key_id: Uuid,
     key: &str,
-) -> Result<Option<Command>, DbError> {
+) -> Result<Option<(Command, Option<Vec<u8>>)>, DbError> {
     let sql = format!(
-        "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id \
+        "SELECT {COLS}, c.idempotency_fingerprint FROM commands c JOIN projects p ON p.id = c.project_id \
          WHERE c.api_key_id = $1 AND c.idempotency_key = $2"
     );
-    query_command(client, &sql, &[&api_key_id, &key]).await
+    let Some(row) = client.query_opt(&sql, &[&api_key_id, &key]).await? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        from_row(&row)?,
+        row.try_get("idempotency_fingerprint")?,
+    )))
 }
 
 /// A command by id.
