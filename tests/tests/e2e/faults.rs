@@ -383,3 +383,22 @@ async fn a_reconnected_busy_worker_leaves_new_commands_to_idle_workers() {
         );
     }
 }
+
+/// Issue 15 (smaller): a multi-byte character that reaches the worker in
+/// two reads is not cut between two chunks, so SSE (text) shows it whole.
+#[tokio::test]
+async fn a_character_split_across_reads_arrives_whole() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "printf 'caf\\303'; sleep 0.3; printf '\\251 \\342\\202'; sleep 0.3; printf '\\254\\n'"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id");
+    let events = app.events(id, None, None).await;
+    let text = crate::support::sse_text(&events, "stdout");
+    assert_eq!(text, "café €\n", "{events:?}");
+    assert_eq!(app.output(id, None).await, "café €\n".as_bytes());
+}
