@@ -402,3 +402,70 @@ async fn a_character_split_across_reads_arrives_whole() {
     assert_eq!(text, "café €\n", "{events:?}");
     assert_eq!(app.output(id, None).await, "café €\n".as_bytes());
 }
+
+/// Issue 15 (smaller): a client that stops reading its event stream loses
+/// it after the write timeout, so it cannot hold its SSE slot (or the
+/// graceful shutdown) forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_stream() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(Options {
+        sse_max_per_key: 1,
+        api: Some(|c| c.write_timeout = Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 30000000; sleep 60"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    first_line(&app, &id).await;
+    // A client that sends its request and then never reads.
+    let addr: std::net::SocketAddr = app
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stalled = socket.connect(addr).await.expect("connect");
+    stalled
+        .write_all(
+            format!(
+                "GET /v1/commands/{id}/events HTTP/1.1\r\nhost: rdev\r\nauthorization: Bearer {}\r\n\r\n",
+                app.admin_key
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+    // Its stream takes the key's only slot; once the server gave up writing
+    // to it, the slot is free again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = app
+            .http
+            .get(app.url(&format!("/v1/commands/{id}/events")))
+            .bearer_auth(&app.admin_key)
+            .send()
+            .await
+            .expect("sse");
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert_eq!(r.status().as_u16(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(stalled);
+    app.post(&format!("/v1/commands/{id}/cancel"), json!({}))
+        .await;
+}
