@@ -37,6 +37,12 @@ pub struct Config {
     /// A running command whose heartbeat is older than this is failed as `worker_lost`.
     #[arg(long = "lost-after-s", env = "RDEV_LOST_AFTER_S", default_value_t = 30)]
     pub lost_after_s: u64,
+    /// A command still `queued` this long after it was accepted (or last
+    /// republished) gets its run message published again (a lost message:
+    /// purged queue, broker disk lost). Keep it above the longest backlog
+    /// you expect; a duplicate is harmless but costs a delivery.
+    #[arg(long, env = "RDEV_REQUEUE_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub requeue_after: Duration,
     /// Audit entries older than this are deleted.
     #[arg(long, env = "RDEV_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
     pub audit_retention: Duration,

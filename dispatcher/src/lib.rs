@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod reaper;
+pub mod requeue;
 pub mod retention;
 pub mod webhooks;
 
@@ -137,6 +138,12 @@ pub async fn start(
         cfg.retention_interval,
         stop_rx.clone(),
     ));
+    let requeue = tokio::spawn(requeue::run(
+        pool.clone(),
+        publisher.clone(),
+        cfg.requeue_after,
+        stop_rx.clone(),
+    ));
     let reaper = tokio::spawn(reaper::run(
         pool.clone(),
         publisher,
@@ -154,7 +161,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(ops, relay, reaper, retention, events, deliveries);
+        let _ = tokio::join!(ops, relay, reaper, requeue, retention, events, deliveries);
     });
     Ok(Dispatcher { addr, task })
 }

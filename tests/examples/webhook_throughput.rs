@@ -86,6 +86,7 @@ async fn main() {
         relay_interval: Duration::from_secs(1),
         relay_min_age: Duration::from_secs(5),
         lost_after_s: 30,
+        requeue_after: Duration::from_secs(600),
         webhook_retry_schedule: parse_schedule("0s,1s,1s").expect("schedule"),
         webhook_timeout_s: 15,
         webhook_allow_private: true,

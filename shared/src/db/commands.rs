@@ -493,3 +493,24 @@ pub async fn reap_lost(
         .await?;
     rows.iter().map(from_row).collect()
 }
+
+/// Commands `queued` for longer than `after` (since their creation or their
+/// last requeue), oldest first, marked requeued now: their run messages are
+/// republished by the caller (in the same transaction, through the outbox).
+/// A message that was not lost after all only finds the command claimed:
+/// the claim guard makes the duplicate harmless.
+pub async fn take_stale_queued(
+    client: &impl deadpool_postgres::GenericClient,
+    after: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, i16)>, DbError> {
+    const SQL: &str = "UPDATE commands SET requeued_at = now() WHERE id IN ( \
+        SELECT id FROM commands WHERE status = 'queued' \
+        AND coalesce(requeued_at, created_at) < now() - make_interval(secs => $1) \
+        ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+        RETURNING id, priority";
+    let rows = client.query(SQL, &[&after.as_secs_f64(), &limit]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("priority")?)))
+        .collect()
+}

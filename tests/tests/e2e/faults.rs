@@ -469,3 +469,40 @@ async fn a_client_that_stops_reading_loses_its_stream() {
     app.post(&format!("/v1/commands/{id}/cancel"), json!({}))
         .await;
 }
+
+/// Issue 15 (smaller): a queued command whose run message was lost (the
+/// queue purged, the broker's disk lost) is republished by the dispatcher's
+/// sweep and runs, once.
+#[tokio::test]
+async fn a_command_whose_message_was_lost_still_runs_once() {
+    let mut app = spawn_app_with(Options {
+        worker: false,
+        dispatcher: true,
+        requeue_after: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run("p", json!({"command": "echo ran >> ran.txt"}))
+        .await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conn = rdev_shared::mq::connect(&app.env.amqp, "test")
+        .await
+        .expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_purge(
+        app.env.topology.commands_queue().as_str().into(),
+        lapin::options::QueuePurgeOptions::default(),
+    )
+    .await
+    .expect("purge");
+    app.start_worker(2, CancellationToken::new());
+    let c = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(c["status"], "succeeded", "{c}");
+    // Republished more than once meanwhile: still ran once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran = std::fs::read_to_string(app.workspace.join("p/ran.txt")).expect("marker");
+    assert_eq!(ran, "ran\n");
+}

@@ -29,6 +29,8 @@ pub struct Options {
     pub webhook_allow_private: bool,
     pub concurrency: u16,
     pub lost_after_s: u64,
+    /// `RDEV_REQUEUE_AFTER` of the dispatcher.
+    pub requeue_after: Duration,
     pub sse_max_connections: usize,
     pub sse_max_per_key: usize,
     pub sse_max_lifetime: Duration,
@@ -56,6 +58,7 @@ impl Default for Options {
             webhook_allow_private: true,
             concurrency: 4,
             lost_after_s: 30,
+            requeue_after: Duration::from_secs(600),
             sse_max_connections: 10_000,
             sse_max_per_key: 100,
             sse_max_lifetime: Duration::from_secs(3600),
@@ -170,6 +173,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     if opts.dispatcher {
         let mut dcfg = dispatcher_config(&env);
         dcfg.lost_after_s = opts.lost_after_s;
+        dcfg.requeue_after = opts.requeue_after;
         let d = rdev_dispatcher::start(dcfg, stop.clone().cancelled_owned())
             .await
             .expect("dispatcher");
@@ -240,6 +244,7 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         relay_interval: Duration::from_millis(100),
         relay_min_age: Duration::ZERO,
         lost_after_s: 30,
+        requeue_after: Duration::from_secs(600),
         audit_retention: Duration::from_secs(90 * 86_400),
         retention_interval: Duration::from_secs(300),
         webhook_retry_schedule: rdev_dispatcher::webhooks::schedule::parse_schedule("0s,1s,1s")
