@@ -490,16 +490,21 @@ impl OutputEvent {
 /// process by about 650 bytes per message (issue 15).
 ///
 /// While the broker is unreachable, `publish` fails fast (callers keep the
-/// message in the outbox) instead of blocking requests: one caller at a time
-/// tries to reconnect, the others wait for it at most [`RECONNECT_WAIT`];
-/// a confirm that times out drops the connection, so the next publishes
-/// fail fast instead of each waiting [`CONFIRM_TIMEOUT`] on a black hole.
+/// message in the outbox) instead of blocking requests: one reconnection
+/// attempt at a time runs in the background and callers wait for it at most
+/// [`RECONNECT_WAIT`]; a confirm that times out drops the connection, so the
+/// next publishes fail fast instead of each waiting [`CONFIRM_TIMEOUT`] on a
+/// black hole.
 pub struct Publisher {
     cfg: AmqpConfig,
     topology: Topology,
     name: String,
     channel: RwLock<Option<Channels>>,
     reconnect: tokio::sync::Mutex<Reconnect>,
+    /// Signalled when a reconnection attempt ends.
+    reconnected: tokio::sync::Notify,
+    /// This publisher, for the background reconnection task.
+    me: std::sync::Weak<Publisher>,
     metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
@@ -512,14 +517,16 @@ struct Channels {
     transient: Channel,
 }
 
-/// How long a publish waits for another caller's reconnection attempt before
-/// failing fast.
-const RECONNECT_WAIT: Duration = Duration::from_millis(250);
+/// How long a publish waits for a reconnection attempt before failing fast
+/// (the attempt goes on in the background).
+const RECONNECT_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Reconnect {
     conn: Option<Connection>,
     last_failure: Option<Instant>,
+    /// An attempt is under way.
+    connecting: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -534,12 +541,14 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher that will connect on first use.
     pub fn new(cfg: AmqpConfig, name: impl Into<String>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             topology: Topology::new(cfg.prefix.clone()),
             cfg,
             name: name.into(),
             channel: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Reconnect::default()),
+            reconnected: tokio::sync::Notify::new(),
+            me: me.clone(),
             metrics: std::sync::OnceLock::new(),
         })
     }
@@ -593,35 +602,62 @@ impl Publisher {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        // Someone else is (re)connecting, maybe to a black hole: do not
-        // queue every publish behind them.
-        let mut rc = tokio::time::timeout(RECONNECT_WAIT, self.reconnect.lock())
-            .await
-            .map_err(|_| MqError::Unavailable)?;
-        if let Some(c) = self.current() {
-            return Ok(c);
+        // The attempt runs in its own task, so a broker that does not answer
+        // (a black hole: up to CONNECT_TIMEOUT) costs each caller at most
+        // RECONNECT_WAIT instead of queueing every publish behind it.
+        let done = self.reconnected.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !self.start_reconnect() {
+            return Err(MqError::Unavailable);
+        }
+        let _ = tokio::time::timeout(RECONNECT_WAIT, done).await;
+        self.current().ok_or(MqError::Unavailable)
+    }
+
+    /// Starts a reconnection attempt in the background unless one is under
+    /// way; false when the last one failed too recently to try again.
+    fn start_reconnect(&self) -> bool {
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        let Ok(mut rc) = self.reconnect.try_lock() else {
+            return true; // under way: wait for it
+        };
+        if rc.connecting {
+            return true;
         }
         if rc
             .last_failure
             .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
         {
-            return Err(MqError::Unavailable);
+            return false;
         }
-        match self.open().await {
-            Ok((conn, chans)) => {
-                if let Some(old) = rc.conn.replace(conn) {
-                    let _ = old.close(200, "reconnecting".into()).await;
+        // Claimed: no other attempt starts until this one ends.
+        rc.connecting = true;
+        drop(rc);
+        tokio::spawn(async move {
+            let mut rc = me.reconnect.lock().await;
+            if me.current().is_none() {
+                match me.open().await {
+                    Ok((conn, chans)) => {
+                        if let Some(old) = rc.conn.replace(conn) {
+                            let _ = old.close(200, "reconnecting".into()).await;
+                        }
+                        rc.last_failure = None;
+                        *me.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chans);
+                    }
+                    Err(e) => {
+                        rc.last_failure = Some(Instant::now());
+                        tracing::warn!(publisher = %me.name, error = %e, "cannot connect to RabbitMQ");
+                    }
                 }
-                rc.last_failure = None;
-                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chans.clone());
-                Ok(chans)
             }
-            Err(e) => {
-                rc.last_failure = Some(Instant::now());
-                tracing::warn!(publisher = %self.name, error = %e, "cannot connect to RabbitMQ");
-                Err(e)
-            }
-        }
+            rc.connecting = false;
+            drop(rc);
+            me.reconnected.notify_waiters();
+        });
+        true
     }
 
     /// Forgets the current channels after a confirm timed out: the broker

@@ -13,6 +13,8 @@ use tokio::task::AbortHandle;
 pub struct CutProxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
+    /// Black hole: connections stay open but no byte moves either way.
+    frozen: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -22,20 +24,23 @@ impl CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let down = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (d, l) = (down.clone(), live.clone());
+        let (d, l, f) = (down.clone(), live.clone(), frozen.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let f = f.clone();
                 let relay = tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let mut inbound = inbound;
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let (ci, co) = inbound.into_split();
+                    let (si, so) = outbound.into_split();
+                    tokio::join!(pump(ci, so, f.clone()), pump(si, co, f));
                 });
                 let mut live = l.lock().expect("lock");
                 live.retain(|h| !h.is_finished());
@@ -45,6 +50,7 @@ impl CutProxy {
         Self {
             addr,
             down,
+            frozen,
             live,
             task,
         }
@@ -63,9 +69,16 @@ impl CutProxy {
         }
     }
 
-    /// Accepts connections again.
+    /// Accepts connections again (and thaws a black hole).
     pub fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Turns the proxy into a black hole: connections stay open (new ones
+    /// are accepted) but no byte moves until [`CutProxy::restore`].
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
     }
 }
 
@@ -74,4 +87,30 @@ impl Drop for CutProxy {
         self.task.abort();
         self.cut();
     }
+}
+
+/// Copies one direction, holding bytes while the proxy is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

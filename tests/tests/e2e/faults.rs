@@ -506,3 +506,35 @@ async fn a_command_whose_message_was_lost_still_runs_once() {
     let ran = std::fs::read_to_string(app.workspace.join("p/ran.txt")).expect("marker");
     assert_eq!(ran, "ran\n");
 }
+
+/// Issue 15 (smaller): a black-holed broker (connections open, nothing
+/// answers) costs an enqueue at most one confirm timeout, once; later
+/// enqueues do not each wait for it, and every command still runs (the
+/// outbox relay publishes them once the broker is back).
+#[tokio::test]
+async fn a_black_holed_broker_does_not_stall_every_enqueue() {
+    let proxy = CutProxy::start(rabbit()).await;
+    let app = spawn_app_with(Options {
+        api_amqp_url: Some(proxy.amqp_url()),
+        dispatcher: true,
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let mut ids = vec![app.run("p", json!({"command": "true"})).await["id"].clone()];
+    proxy.freeze();
+    // The first enqueue waits for its confirm (5 s) and gives up; the
+    // publisher then drops that connection.
+    ids.push(app.run("p", json!({"command": "true"})).await["id"].clone());
+    for _ in 0..4 {
+        let started = Instant::now();
+        ids.push(app.run("p", json!({"command": "true"})).await["id"].clone());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "an enqueue took {took:?}");
+    }
+    proxy.restore();
+    for id in &ids {
+        let c = app.wait_terminal(id.as_str().expect("id"), WAIT).await;
+        assert_eq!(c["status"], "succeeded", "{c}");
+    }
+}
