@@ -31,10 +31,12 @@ pub const WATCHER_BUFFER: usize = 8;
 /// watchers of 10 MB took 85 s and 60 s of PostgreSQL CPU with catch-up
 /// from PostgreSQL, 30 s and 2.5 s with this): at most this many…
 const RECENT_CHUNKS: usize = 4096;
-/// …and this many bytes of chunk data per command…
+/// …and this many bytes per command (chunk data and its encoded SSE frame
+/// together)…
 const RECENT_BYTES: usize = 16 << 20;
-/// …and this many bytes for all commands of this instance together (their
-/// SSE frames, encoded once when first written, add about as much again).
+/// …and this many bytes for all commands of this instance together (data
+/// and frames: a chunk of control characters encodes to six times its size,
+/// so counting only the data would let the frames go far past the budget).
 const RECENT_BUDGET: usize = 48 << 20;
 
 /// A command's latest live chunks, contiguous in `seq`.
@@ -67,9 +69,11 @@ impl State {
     /// (a publish was lost) or does not fit the instance's budget empties
     /// the command's list: it must stay contiguous to be trusted.
     fn remember(&mut self, command_id: Uuid, event: &Arc<LiveEvent>) {
-        let Some((seq, len)) = event.chunk_seq_len() else {
+        let Some((seq, _)) = event.chunk_seq_len() else {
             return;
         };
+        // The budget counts what is held: data and encoded frame.
+        let len = event.held_bytes();
         let recent = self.recent.entry(command_id).or_default();
         let follows = recent
             .chunks
@@ -90,7 +94,7 @@ impl State {
             let Some(old) = recent.chunks.pop_front() else {
                 break;
             };
-            let freed = old.chunk_seq_len().map_or(0, |(_, n)| n);
+            let freed = old.held_bytes();
             recent.bytes -= freed;
             self.recent_bytes -= freed;
         }
@@ -327,8 +331,10 @@ impl OutputHub {
         else {
             return;
         };
-        // Shared by every watcher, SSE frame included (encoded once).
+        // Shared by every watcher, SSE frame included (encoded once, here,
+        // outside the lock, so the recent list's budget counts it).
         let event = Arc::new(LiveEvent::new(event));
+        let _ = event.frame();
         let mut st = lock(&self.state);
         if !st.watchers.contains_key(&id) {
             return;
@@ -521,6 +527,26 @@ mod tests {
         let st = lock(&hub.state);
         assert!(st.recent.is_empty());
         assert_eq!(st.recent_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn the_budget_counts_encoded_frames() {
+        let hub = hub();
+        let id = Uuid::now_v7();
+        let _sub = hub.subscribe(id).await;
+        hub.dispatch(
+            &format!("cmd.{id}"),
+            OutputEvent::Chunk {
+                seq: 1,
+                stream: OutputStream::Stdout,
+                data: Bytes::from(vec![1u8; 64 * 1024]),
+            },
+        );
+        let st = lock(&hub.state);
+        let held = st.recent.get(&id).expect("held").chunks[0].clone();
+        let frame = held.frame().expect("frame").len();
+        assert!(frame > 5 * 64 * 1024, "\\u0001 per byte: {frame}");
+        assert_eq!(st.recent_bytes, 64 * 1024 + frame);
     }
 
     #[tokio::test]
