@@ -64,6 +64,8 @@ mod tests {
             allowed_commands: rules,
             network: Default::default(),
             limits: Default::default(),
+            command_retention_s: None,
+            output_retention_s: None,
             created_at: updated_at,
             updated_at,
         }

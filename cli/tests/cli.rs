@@ -125,6 +125,8 @@ async fn start_with(opts: Opts) -> System {
             allowed_commands: None,
             network: Default::default(),
             limits: Default::default(),
+            command_retention_s: None,
+            output_retention_s: None,
         },
     )
     .await

@@ -46,7 +46,22 @@ pub struct Config {
     /// Audit entries older than this are deleted.
     #[arg(long, env = "RDEV_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
     pub audit_retention: Duration,
-    /// How often retention (audit log, rate-limit counters) runs.
+    /// Published outbox rows older than this are deleted (0: kept).
+    #[arg(long, env = "RDEV_OUTBOX_RETENTION", default_value = "1d", value_parser = parse_duration)]
+    pub outbox_retention: Duration,
+    /// Stored output of commands finished longer ago than this is deleted,
+    /// unless the project sets `output_retention_s` (0: kept).
+    #[arg(long, env = "RDEV_OUTPUT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub output_retention: Duration,
+    /// Commands finished longer ago than this are deleted with their output,
+    /// unless the project sets `command_retention_s` (0: kept).
+    #[arg(long, env = "RDEV_COMMAND_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub command_retention: Duration,
+    /// Settled webhook deliveries (and their attempts) older than this are
+    /// deleted (0: kept).
+    #[arg(long, env = "RDEV_WEBHOOK_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub webhook_retention: Duration,
+    /// How often retention runs.
     #[arg(long, env = "RDEV_RETENTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub retention_interval: Duration,
     /// Delays before each webhook delivery attempt (the first is the delay
@@ -88,6 +103,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long each kind of row is kept.
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            audit: self.audit_retention,
+            outbox: self.outbox_retention,
+            output: self.output_retention,
+            commands: self.command_retention,
+            webhook_deliveries: self.webhook_retention,
+        }
+    }
+
     /// The webhook delivery policy.
     pub fn webhook_settings(&self) -> crate::webhooks::Settings {
         crate::webhooks::Settings {

@@ -134,8 +134,9 @@ pub async fn start(
     ));
     let retention = tokio::spawn(retention::run(
         pool.clone(),
-        cfg.audit_retention,
+        cfg.retention(),
         cfg.retention_interval,
+        metrics.clone(),
         stop_rx.clone(),
     ));
     let requeue = tokio::spawn(requeue::run(

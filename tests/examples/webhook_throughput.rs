@@ -98,6 +98,10 @@ async fn main() {
         webhook_retry_after_max: Duration::from_secs(3600),
         webhook_prefetch: 64,
         audit_retention: Duration::from_secs(90 * 86_400),
+        outbox_retention: Duration::from_secs(86_400),
+        output_retention: Duration::from_secs(30 * 86_400),
+        command_retention: Duration::from_secs(90 * 86_400),
+        webhook_retention: Duration::from_secs(30 * 86_400),
         retention_interval: Duration::from_secs(300),
     };
     let (stop, stopped) = oneshot::channel::<()>();

@@ -101,6 +101,8 @@ async fn insert_project(env: &TestEnv, name: &str, max_output_bytes: i64) -> Uui
         allowed_commands: None,
         network: Default::default(),
         limits: Default::default(),
+        command_retention_s: None,
+        output_retention_s: None,
     };
     projects::insert(&client, &p)
         .await

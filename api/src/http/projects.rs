@@ -20,6 +20,9 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
 
+/// Shortest and longest per-project retention: an hour, and ten years.
+const MIN_RETENTION_S: i64 = 3600;
+const MAX_RETENTION_S: i64 = 10 * 366 * 86_400;
 /// Default cap on stored output per command: 10 MiB.
 pub const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const MAX_MAX_OUTPUT_BYTES: i64 = 1024 * 1024 * 1024;
@@ -46,6 +49,12 @@ pub struct ProjectView {
     /// Resource limits of its commands; an absent one is the server's
     /// default (`RDEV_COMMAND_LIMITS`).
     limits: ResourceLimits,
+    /// Seconds its finished commands are kept (null: the server's
+    /// `RDEV_COMMAND_RETENTION`, 90 days by default).
+    command_retention_s: Option<i64>,
+    /// Seconds their stored output is kept (null: the server's
+    /// `RDEV_OUTPUT_RETENTION`, 30 days by default).
+    output_retention_s: Option<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -63,6 +72,8 @@ impl From<Project> for ProjectView {
             allowed_commands: p.allowed_commands,
             network: p.network,
             limits: p.limits,
+            command_retention_s: p.command_retention_s,
+            output_retention_s: p.output_retention_s,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -91,6 +102,10 @@ pub struct CreateProject {
     /// Per-command resource limits (each at most the server's ceiling).
     /// Local projects only.
     limits: Option<ResourceLimits>,
+    /// Seconds finished commands are kept (default: the server's).
+    command_retention_s: Option<i64>,
+    /// Seconds their stored output is kept (default: the server's).
+    output_retention_s: Option<i64>,
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
@@ -110,6 +125,10 @@ pub struct UpdateProject {
     network: Option<NetworkMode>,
     /// Replaces the whole object (`{}` returns every limit to the default).
     limits: Option<ResourceLimits>,
+    #[serde(default, deserialize_with = "nullable")]
+    command_retention_s: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    output_retention_s: Option<Option<i64>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -130,6 +149,8 @@ struct Fields<'a> {
     allowed_commands: Option<&'a [String]>,
     network: Option<NetworkMode>,
     limits: Option<&'a ResourceLimits>,
+    command_retention_s: Option<i64>,
+    output_retention_s: Option<i64>,
 }
 
 /// What contains a project's commands: set only with `projects:admin`.
@@ -231,7 +252,20 @@ fn check_common(
         allowed_commands,
         network,
         limits,
+        command_retention_s,
+        output_retention_s,
     } = *f;
+    for (field, v) in [
+        ("command_retention_s", command_retention_s),
+        ("output_retention_s", output_retention_s),
+    ] {
+        if v.is_some_and(|s| !(MIN_RETENTION_S..=MAX_RETENTION_S).contains(&s)) {
+            errors.push(FieldError::new(
+                field,
+                format!("must be {MIN_RETENTION_S}-{MAX_RETENTION_S} seconds"),
+            ));
+        }
+    }
     let max_timeout_s = st.cfg.max_timeout_s;
     if description.is_some_and(|d| d.len() > 4096) {
         errors.push(FieldError::new("description", "at most 4096 bytes"));
@@ -321,6 +355,8 @@ pub async fn create(
         allowed_commands: body.allowed_commands.as_deref(),
         network: body.network,
         limits: body.limits.as_ref(),
+        command_retention_s: body.command_retention_s,
+        output_retention_s: body.output_retention_s,
     };
     let requested = Containment::default_for().with(
         body.executor.as_ref(),
@@ -360,6 +396,8 @@ pub async fn create(
         allowed_commands: body.allowed_commands,
         network: body.network.unwrap_or_default(),
         limits: body.limits.unwrap_or_default(),
+        command_retention_s: body.command_retention_s,
+        output_retention_s: body.output_retention_s,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
@@ -469,6 +507,8 @@ pub async fn update(
         allowed_commands: body.allowed_commands.as_ref().and_then(|a| a.as_deref()),
         network: body.network,
         limits: body.limits.as_ref(),
+        command_retention_s: body.command_retention_s.flatten(),
+        output_retention_s: body.output_retention_s.flatten(),
     };
     let requested = Containment::of(&project).with(
         body.executor.as_ref(),
@@ -497,6 +537,8 @@ pub async fn update(
         allowed_commands: body.allowed_commands,
         network: body.network,
         limits: body.limits,
+        command_retention_s: body.command_retention_s,
+        output_retention_s: body.output_retention_s,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

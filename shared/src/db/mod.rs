@@ -3,10 +3,12 @@
 
 pub mod audit;
 pub mod commands;
+pub mod indexes;
 pub mod keys;
 pub mod outbox;
 pub mod output;
 pub mod projects;
+pub mod prune;
 pub mod rate_limits;
 pub mod reencrypt;
 pub mod tls;
@@ -127,17 +129,28 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
     let result = embedded::migrations::runner()
         .run_async(&mut **client)
         .await;
+    let indexes = match &result {
+        Ok(_) => indexes::ensure(&client).await.map(Some),
+        Err(_) => Ok(None),
+    };
     let _ = client.batch_execute("RESET statement_timeout").await;
     // Unlock even when the run failed; the session ending would release it too.
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;
     let report = result?;
-    Ok(report
+    let mut applied: Vec<String> = report
         .applied_migrations()
         .iter()
         .map(|m| m.to_string())
-        .collect())
+        .collect();
+    applied.extend(
+        indexes?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| format!("index {i}")),
+    );
+    Ok(applied)
 }
 
 /// Applies pending migrations as the schema owner: through

@@ -538,3 +538,147 @@ async fn a_black_holed_broker_does_not_stall_every_enqueue() {
         assert_eq!(c["status"], "succeeded", "{c}");
     }
 }
+
+/// Finding 10: retention removes, per kind and in batches, what outlived
+/// it: published outbox rows, stored output, finished commands (a project
+/// may keep its own), settled webhook deliveries; nothing still in use.
+#[tokio::test]
+async fn retention_prunes_each_kind_and_keeps_what_is_in_use() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    // q keeps output longer than the default and commands shorter.
+    app.create_project(
+        "q",
+        json!({"output_retention_s": 100 * 86_400, "command_retention_s": 3600}),
+    )
+    .await;
+    let q = app.get("/v1/projects/q").await.json();
+    assert_eq!(q["output_retention_s"], 100 * 86_400, "{q}");
+    let bad = app
+        .post(
+            "/v1/projects",
+            json!({"name": "r", "output_retention_s": 5}),
+        )
+        .await;
+    bad.assert_problem(422);
+    let mut ids = Vec::new();
+    for project in ["p", "p", "q", "q"] {
+        let c = app.run(project, json!({"command": "echo kept"})).await;
+        let id = c["id"].as_str().expect("id").to_owned();
+        app.wait_terminal(&id, WAIT).await;
+        ids.push(id.parse::<uuid::Uuid>().expect("uuid"));
+    }
+    let client = app.env.pool.get().await.expect("db");
+    let age = |id: uuid::Uuid, days: f64| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "UPDATE commands SET finished_at = now() - make_interval(secs => $2) WHERE id = $1",
+                    &[&id, &(days * 86_400.0)],
+                )
+                .await
+                .expect("age");
+        }
+    };
+    age(ids[0], 40.0).await; // p: output goes (30 d), command stays (90 d)
+    age(ids[1], 100.0).await; // p: command goes
+    age(ids[2], 40.0).await; // q: command goes (1 h); so would its output
+    client
+        .execute(
+            "UPDATE commands SET finished_at = now() - interval '10 minutes' WHERE id = $1",
+            &[&ids[3]],
+        )
+        .await
+        .expect("age"); // q: kept
+    client
+        .batch_execute(
+            "UPDATE outbox SET published_at = now() - interval '2 days' WHERE published_at IS NOT NULL; \
+             INSERT INTO outbox (exchange, routing_key, payload, headers, created_at) \
+             SELECT exchange, routing_key, payload, headers, now() - interval '3 days' FROM outbox LIMIT 1;",
+        )
+        .await
+        .expect("outbox");
+    let hook = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["command.succeeded"]}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", String::from_utf8_lossy(&hook.body));
+    let hook: uuid::Uuid = hook.json()["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    for (status, days) in [
+        ("succeeded", 40),
+        ("dead", 40),
+        ("pending", 40),
+        ("succeeded", 1),
+    ] {
+        client
+            .execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, status, updated_at) \
+                 VALUES ($1, $2, $3, 'command.succeeded', '\\x7b7d', $4, now() - make_interval(days => $5))",
+                &[&uuid::Uuid::now_v7(), &hook, &uuid::Uuid::now_v7(), &status, &days],
+            )
+            .await
+            .expect("delivery");
+    }
+
+    let cfg = crate::support::dispatcher_config(&app.env);
+    let pruned = rdev_dispatcher::retention::run_once(&app.env.pool, &cfg.retention())
+        .await
+        .expect("retention");
+    assert_eq!(pruned.commands, 2, "{pruned:?}");
+    assert_eq!(pruned.webhook_deliveries, 2, "{pruned:?}");
+    assert!(pruned.output >= 1 && pruned.outbox >= 1, "{pruned:?}");
+    let exists = |id: uuid::Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM commands WHERE id = $1), \
+                     (SELECT count(*) FROM command_output WHERE command_id = $1)",
+                    &[&id],
+                )
+                .await
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                .expect("q")
+        }
+    };
+    assert_eq!(
+        exists(ids[0]).await,
+        (1, 0),
+        "p's old command keeps its row"
+    );
+    assert_eq!(exists(ids[1]).await, (0, 0));
+    assert_eq!(exists(ids[2]).await, (0, 0), "q keeps commands 1 h");
+    assert_eq!(exists(ids[3]).await, (1, 1));
+    let unpublished: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(unpublished, 1, "the relay still owes it");
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(pending, 1);
+    // The stored output of a pruned command reads as empty, not as an error.
+    assert!(app.output(&ids[0].to_string(), None).await.is_empty());
+    // A second pass finds nothing more.
+    let again = rdev_dispatcher::retention::run_once(&app.env.pool, &cfg.retention())
+        .await
+        .expect("retention");
+    assert_eq!((again.commands, again.output, again.outbox), (0, 0, 0));
+}

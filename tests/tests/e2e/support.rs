@@ -246,6 +246,10 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         lost_after_s: 30,
         requeue_after: Duration::from_secs(600),
         audit_retention: Duration::from_secs(90 * 86_400),
+        outbox_retention: Duration::from_secs(86_400),
+        output_retention: Duration::from_secs(30 * 86_400),
+        command_retention: Duration::from_secs(90 * 86_400),
+        webhook_retention: Duration::from_secs(30 * 86_400),
         retention_interval: Duration::from_secs(300),
         webhook_retry_schedule: rdev_dispatcher::webhooks::schedule::parse_schedule("0s,1s,1s")
             .expect("schedule"),
