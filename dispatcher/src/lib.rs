@@ -94,6 +94,8 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Dispatcher, DispatcherError> {
     let pool = db::pool(&cfg.db)?;
+    // Not before the schema this version needs is there.
+    db::require_schema(&pool, Duration::from_secs(120)).await?;
     let publisher = Publisher::new(cfg.amqp.clone(), "rdev-dispatcher");
     let metrics = Arc::new(Metrics::new("rdev-dispatcher"));
     publisher.set_metrics(metrics.clone());

@@ -682,3 +682,70 @@ async fn retention_prunes_each_kind_and_keeps_what_is_in_use() {
         .expect("retention");
     assert_eq!((again.commands, again.output, again.outbox), (0, 0, 0));
 }
+
+/// Finding 9: an older binary runs against a newer schema (a rollback, the
+/// old half of a rolling upgrade): migrating finds nothing to do instead of
+/// refusing to start; a worker or dispatcher waits for the schema it needs;
+/// the indexes on big tables are built CONCURRENTLY and valid.
+#[tokio::test]
+async fn an_older_binary_runs_against_a_newer_schema() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let pool = &app.env.pool;
+    let client = pool.get().await.expect("db");
+    let need = rdev_shared::db::schema_version();
+    assert!(need >= 12, "{need}");
+    // A newer binary applied a migration this one does not know.
+    client
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES ($1, 'from_a_newer_binary', '2030-01-01T00:00:00Z', '1')",
+            &[&i32::try_from(need + 1).expect("i32")],
+        )
+        .await
+        .expect("newer");
+    let applied = rdev_shared::db::migrate(pool)
+        .await
+        .expect("older binary migrates");
+    assert!(applied.is_empty(), "{applied:?}");
+    rdev_shared::db::require_schema(pool, Duration::ZERO)
+        .await
+        .expect("a newer schema serves this binary");
+    // A schema older than the binary: it waits, then refuses.
+    client
+        .execute(
+            "DELETE FROM refinery_schema_history WHERE version >= $1",
+            &[&i32::try_from(need).expect("i32")],
+        )
+        .await
+        .expect("older");
+    let err = rdev_shared::db::require_schema(pool, Duration::from_millis(100))
+        .await
+        .expect_err("behind");
+    assert!(
+        matches!(err, rdev_shared::db::DbError::SchemaBehind { .. }),
+        "{err}"
+    );
+    let invalid: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid \
+             WHERE c.relname = ANY($1) AND i.indisvalid",
+            &[&rdev_shared::db::indexes::INDEXES
+                .iter()
+                .map(|(n, _)| (*n).to_owned())
+                .collect::<Vec<_>>()],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        invalid.len(),
+        rdev_shared::db::indexes::INDEXES.len(),
+        "{invalid:?}"
+    );
+}
