@@ -123,11 +123,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("re-encrypting")?;
             println!(
-                "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} webhook secrets",
+                "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} command input, {} webhook secrets",
                 ring.current_id().unwrap_or_default(),
                 r.project_env,
                 r.command_env,
                 r.command_stdin,
+                r.command_input,
                 r.webhook_secret
             );
             Ok(())

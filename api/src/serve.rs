@@ -20,7 +20,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -53,8 +52,14 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    // Connection slots double as the shutdown's wait: when every slot is
+    // back, every connection has finished.
+    let max_connections = max_connections.clamp(
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+    );
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -95,19 +100,34 @@ pub async fn serve(
                 )
             }
         });
-        // No upgrades: rdev has no WebSocket or CONNECT routes.
+        // Upgrades for the attach WebSocket: once upgraded, the socket leaves
+        // this connection (and its slot); attach sessions count against the
+        // SSE watcher limit instead. The write timeout goes with the socket.
         let stream = WriteTimeout::new(stream, write_timeout);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
             // Held for the connection's life.
             let _slot = slot;
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stopping_tx.send(true);
+    let _ = slots.acquire_many(max_connections as u32).await;
 }
 
 /// A socket whose writes fail with `TimedOut` when the peer takes nothing

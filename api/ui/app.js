@@ -112,16 +112,17 @@
   }
 
   /** Calls the API with the session's key; resolves to the JSON body (or null). */
-  async function api(method, path, { body, signal, headers } = {}) {
+  async function api(method, path, { body, raw, signal, headers } = {}) {
     const h = { Accept: 'application/json', ...(headers || {}) };
     if (session.key) h.Authorization = `Bearer ${session.key}`;
-    if (body !== undefined) h['Content-Type'] = 'application/json';
+    if (raw !== undefined) h['Content-Type'] = 'application/octet-stream';
+    else if (body !== undefined) h['Content-Type'] = 'application/json';
     let resp;
     try {
       resp = await fetch(path, {
         method,
         headers: h,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
         signal,
         cache: 'no-store',
         credentials: 'omit',
@@ -573,6 +574,9 @@
       if (can('commands:run')) cancel.disabled = TERMINAL.has(c.status) || cancelling;
       if (cancelling && !TERMINAL.has(c.status)) cancel.textContent = 'Cancelling…';
       else cancel.textContent = 'Cancel';
+      if (c.tty) term.tty = true;
+      if (c.stdin === 'pipe' && !interactive) interactive = new InputPanel(input, out, id, c, errors, signal);
+      if (interactive) interactive.update(c);
     }
 
     cancel.addEventListener('click', async () => {
@@ -587,11 +591,13 @@
       }
     });
 
+    const input = h('div', { class: 'input-panel', id: 'input-panel', hidden: true });
     main.append(crumbs, h('h1', null, 'Command ', status), title, facts,
       h('div', { class: 'actions' }, cancel, streamState), errors,
-      h('div', { class: 'term-wrap' }, out, follow));
+      h('div', { class: 'term-wrap' }, out, follow), input);
 
     const term = new Terminal(out, follow);
+    let interactive = null;
     // The duration of a running command ticks.
     (async () => {
       while (!signal.aborted) {
@@ -610,6 +616,143 @@
       // output is on the page.
       onEnd: () => term.whenIdle(() => performance.mark('rdev:output-complete')),
     });
+  }
+
+  /**
+   * Input for an interactive command (`stdin: "pipe"`, maybe a `tty`): a
+   * line to send (Enter sends it with a newline, `\r` on a terminal), end of
+   * input, Ctrl-C. With a terminal the output pane takes key presses too
+   * (click it, then type: keys, Ctrl-letters, arrows go to the program), and
+   * the terminal's size follows the pane (on load and on window resize).
+   * Input is sent in order: one request at a time, keys typed meanwhile
+   * go together in the next.
+   */
+  class InputPanel {
+    constructor(panel, pane, id, c, errors, signal) {
+      this.id = id;
+      this.errors = errors;
+      this.signal = signal;
+      this.tty = Boolean(c.tty);
+      this.pending = '';
+      this.sending = false;
+      this.size = c.tty ? `${c.tty.cols}x${c.tty.rows}` : null;
+      const allowed = can('commands:input') || can('commands:run');
+      this.line = h('input', { id: 'stdin-line', class: 'mono', placeholder: this.tty ? 'Type a line; Enter sends it (or click the terminal and type)' : 'Type a line; Enter sends it', autocomplete: 'off', spellcheck: 'false' });
+      this.sendButton = needs(h('button', { id: 'stdin-send', type: 'submit' }, 'Send'), 'commands:input');
+      this.eofButton = needs(h('button', { id: 'stdin-eof', type: 'button' }, this.tty ? 'Ctrl-D' : 'End input'), 'commands:input');
+      this.intButton = needs(h('button', { id: 'signal-int', type: 'button' }, 'Ctrl-C'), 'commands:input');
+      if (allowed) [this.sendButton, this.eofButton, this.intButton].forEach((b) => { b.disabled = false; b.title = ''; });
+      this.line.disabled = !allowed;
+      const form = h('form', { class: 'stdin-form', id: 'stdin-form' }, this.line, this.sendButton);
+      form.addEventListener('submit', (e) => {
+        e.preventDefault();
+        this.send(`${this.line.value}${this.tty ? '\r' : '\n'}`);
+        this.line.value = '';
+      });
+      this.eofButton.addEventListener('click', () => (this.tty ? this.send('\x04') : this.post('?eof=true', '')));
+      this.intButton.addEventListener('click', () => this.control('signal', { signal: 'INT' }));
+      append(panel, [form, h('div', { class: 'actions' }, this.eofButton, this.intButton)]);
+      panel.hidden = false;
+      if (this.tty && allowed) {
+        pane.classList.add('tty');
+        pane.addEventListener('keydown', (e) => {
+          const bytes = keyBytes(e);
+          if (bytes === null) return;
+          e.preventDefault();
+          this.send(bytes);
+        });
+        pane.addEventListener('paste', (e) => {
+          e.preventDefault();
+          this.send(e.clipboardData.getData('text'));
+        });
+        this.pane = pane;
+        const fit = () => this.fit();
+        let timer = null;
+        window.addEventListener('resize', () => { clearTimeout(timer); timer = setTimeout(fit, 150); }, { signal });
+        fit();
+      }
+    }
+
+    update(c) {
+      if (TERMINAL.has(c.status)) {
+        [this.line, this.sendButton, this.eofButton, this.intButton].forEach((el) => { el.disabled = true; });
+        if (this.pane) this.pane.classList.remove('tty');
+      }
+    }
+
+    /** Queues bytes for standard input; sent in order. */
+    send(text) {
+      this.pending += text;
+      this.pump();
+    }
+
+    async pump() {
+      if (this.sending || !this.pending) return;
+      this.sending = true;
+      try {
+        while (this.pending) {
+          const text = this.pending;
+          this.pending = '';
+          await this.post('', text);
+        }
+      } finally {
+        this.sending = false;
+      }
+    }
+
+    async post(query, text) {
+      try {
+        await api('POST', `/v1/commands/${enc(this.id)}/stdin${query}`, { raw: new TextEncoder().encode(text), signal: this.signal });
+      } catch (e) {
+        if (e.name !== 'AbortError') showProblem(this.errors, e);
+      }
+    }
+
+    async control(what, body) {
+      try {
+        await api('POST', `/v1/commands/${enc(this.id)}/${what}`, { body, signal: this.signal });
+      } catch (e) {
+        if (e.name !== 'AbortError') showProblem(this.errors, e);
+      }
+    }
+
+    /** Sets the terminal's size to what fits in the pane. */
+    fit() {
+      const probe = h('span', { class: 'probe' }, 'MMMMMMMMMM');
+      this.pane.append(probe);
+      const cw = probe.getBoundingClientRect().width / 10;
+      const lh = probe.getBoundingClientRect().height;
+      probe.remove();
+      if (!cw || !lh) return;
+      const style = getComputedStyle(this.pane);
+      const innerW = this.pane.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      const innerH = this.pane.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+      const cols = Math.max(1, Math.min(1000, Math.floor(innerW / cw)));
+      const rows = Math.max(1, Math.min(1000, Math.floor(innerH / lh)));
+      const size = `${cols}x${rows}`;
+      if (size === this.size) return;
+      this.size = size;
+      this.pane.dataset.size = size;
+      this.control('resize', { cols, rows });
+    }
+  }
+
+  /** The bytes a key press sends to a terminal (null: not ours to take). */
+  function keyBytes(e) {
+    if (e.metaKey || e.isComposing) return null;
+    const special = {
+      Enter: '\r', Backspace: '\x7f', Tab: '\t', Escape: '\x1b',
+      ArrowUp: '\x1b[A', ArrowDown: '\x1b[B', ArrowRight: '\x1b[C', ArrowLeft: '\x1b[D',
+      Home: '\x1b[H', End: '\x1b[F', Delete: '\x1b[3~', PageUp: '\x1b[5~', PageDown: '\x1b[6~',
+    };
+    if (special[e.key] !== undefined) return special[e.key];
+    if (e.ctrlKey && !e.altKey && e.key.length === 1) {
+      const c = e.key.toUpperCase().charCodeAt(0);
+      if (c >= 64 && c <= 95) return String.fromCharCode(c - 64);
+      return null;
+    }
+    if (e.key.length === 1) return e.altKey ? `\x1b${e.key}` : e.key;
+    return null;
   }
 
   /**
@@ -803,6 +946,9 @@
     }
 
     write(stream, text) {
+      // A terminal's line endings (`\r\n`) and carriage returns: the pane
+      // shows lines, not a screen.
+      if (this.tty) text = text.replace(/\r+\n/g, '\n').replace(/\r/g, '').replace(/\x07/g, '');
       if (!text) return;
       this.queue.push({ stream: stream === 'stderr' ? 'stderr' : 'stdout', text, marker: false, runs: null });
       this.schedule();

@@ -82,6 +82,9 @@ pub enum Command {
     Status(IdArg),
     /// Ask rdev to cancel a command
     Cancel(IdArg),
+    /// Attach to a running command: its output here, this terminal's input
+    /// there (raw, when this is a terminal and the command has one)
+    Attach(IdArg),
     /// List commands, newest first
     Ls(LsArgs),
     /// Manage projects
@@ -136,6 +139,14 @@ pub struct RunArgs {
     /// Retrying with the same key returns the original command
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// Stream this terminal's standard input to the command (it sees the
+    /// end when yours ends)
+    #[arg(long, short = 'i', conflicts_with = "detach")]
+    pub interactive: bool,
+    /// Give the command a terminal of this one's size: raw keys (Ctrl-C,
+    /// Ctrl-D, arrows) go to it, stdout and stderr merge; use with -i
+    #[arg(long, short = 't', conflicts_with = "detach")]
+    pub tty: bool,
     /// The command: one argument is run by the shell, several are run as argv
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -402,6 +413,22 @@ pub enum BenchCmd {
     Sse(SseArgs),
     /// An embedded webhook receiver and N commands: deliveries/s, event-to-delivery latency
     Webhooks(WebhooksArgs),
+    /// Keystroke-to-echo round trips of a remote terminal over the WebSocket and over HTTP+SSE
+    Interactive(InteractiveBenchArgs),
+}
+
+/// `rdev bench interactive`.
+#[derive(Debug, Args)]
+pub struct InteractiveBenchArgs {
+    /// Keystrokes the measuring session types (each after the last echo), per transport
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    pub keys: usize,
+    /// Other interactive sessions typing meanwhile (each needs a worker slot)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000).map(|v| v as usize))]
+    pub background: usize,
+    /// Keys per second each background session types
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
 }
 
 /// `rdev bench enqueue`.

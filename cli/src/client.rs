@@ -56,6 +56,9 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// Something on this side failed (the terminal, a bad URL).
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {
@@ -127,6 +130,11 @@ impl Client {
     /// The API's base URL.
     pub fn base_url(&self) -> &str {
         &self.settings.url
+    }
+
+    /// The API key, if one is configured.
+    pub fn api_key(&self) -> Option<&str> {
+        self.settings.api_key.as_ref().map(|k| k.expose())
     }
 
     /// A request to `path` (starting with `/`) with the bearer key.
@@ -238,12 +246,25 @@ async fn problem(resp: Response) -> ClientError {
     let status = resp.status();
     let path = resp.url().path().to_owned();
     let body = resp.bytes().await.unwrap_or_default();
-    let p: Problem = serde_json::from_slice(&body).unwrap_or_default();
+    ClientError::from_problem(status.as_u16(), &path, &body)
+}
+
+impl ClientError {
+    /// The error for an answer `status` with `body` (problem+json, or any
+    /// text) to a request for `path`.
+    pub fn from_problem(status: u16, path: &str, body: &[u8]) -> ClientError {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        problem_of(status, path, body)
+    }
+}
+
+fn problem_of(status: StatusCode, path: &str, body: &[u8]) -> ClientError {
+    let p: Problem = serde_json::from_slice(body).unwrap_or_default();
     let title = p
         .title
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
     let detail = p.detail.unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(body);
         text.chars().take(500).collect::<String>().trim().to_owned()
     });
     // The router's fallback: the server predates this endpoint.

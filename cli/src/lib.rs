@@ -6,6 +6,7 @@
 //! subcommands), `bench` (load generators) and `mcp` (the MCP server). `args` is the clap definition; [`main`] ties them together.
 
 pub mod args;
+pub mod attach;
 pub mod bench;
 pub mod client;
 pub mod commands;
@@ -75,6 +76,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Logs(a) => commands::inspect::logs(&client, a).await,
         Command::Status(a) => commands::inspect::status(&client, &style, a).await,
         Command::Cancel(a) => commands::inspect::cancel(&client, &style, a).await,
+        Command::Attach(a) => commands::run::attach(&client, &style, a).await,
         Command::Ls(a) => commands::inspect::ls(&client, &style, a).await,
         Command::Projects(c) => commands::projects::projects(&client, &style, c).await,
         Command::Keys(c) => commands::admin::keys(&client, &style, c).await,

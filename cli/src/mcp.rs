@@ -102,6 +102,29 @@ struct RunParams {
     /// (default 4000, at most 32000).
     #[serde(default)]
     tail_bytes: Option<usize>,
+    /// start_command only: keep the command's standard input open, to
+    /// answer prompts or drive a REPL with send_input (default false: its
+    /// input is closed, so nothing ever waits for it).
+    #[serde(default)]
+    interactive: bool,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct InputParams {
+    /// Id of a command started with interactive=true.
+    id: String,
+    /// Text to write to its standard input. End a line with "\n", as if
+    /// Enter was pressed.
+    #[serde(default)]
+    text: Option<String>,
+    /// Close its standard input after the text (the end of input: `cat`,
+    /// `wc` and read loops finish).
+    #[serde(default)]
+    eof: bool,
+    /// Instead of text: send a signal, one of INT (like Ctrl-C), TERM, HUP,
+    /// QUIT, KILL, USR1, USR2.
+    #[serde(default)]
+    signal: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -287,6 +310,9 @@ impl RdevMcp {
         }
         if let Some(env) = &p.env {
             body.insert("env".into(), json!(env));
+        }
+        if p.interactive {
+            body.insert("stdin".into(), json!("pipe"));
         }
         let path = format!("/v1/projects/{}/commands", seg(&project));
         let req = self
@@ -514,6 +540,42 @@ impl RdevMcp {
             }
         }
         ok(s)
+    }
+
+    #[tool(
+        description = "Write to the standard input of a running command started with \
+        start_command interactive=true (answer a prompt, drive a REPL such as `python3 -i`), \
+        close it (eof=true), or send it a signal (signal=INT is Ctrl-C). Input arrives in the \
+        order sent. Then read the reply with read_output. Fails once the command has ended."
+    )]
+    async fn send_input(&self, Parameters(p): Parameters<InputParams>) -> CallToolResult {
+        let id = seg(&p.id);
+        let sent = if let Some(signal) = &p.signal {
+            let path = format!("/v1/commands/{id}/signal");
+            self.client.post(&path, &json!({ "signal": signal })).await
+        } else {
+            let path = format!("/v1/commands/{id}/stdin");
+            let req = self
+                .client
+                .request(reqwest::Method::POST, &path)
+                .query(&[("eof", p.eof)])
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(p.text.clone().unwrap_or_default());
+            self.client.send_json(req).await
+        };
+        match sent {
+            Ok(_) if p.signal.is_some() => ok(format!(
+                "sent {} to {}",
+                p.signal.as_deref().unwrap_or_default(),
+                p.id
+            )),
+            Ok(_) if p.eof => ok(format!(
+                "sent; the standard input of {} is now closed",
+                p.id
+            )),
+            Ok(_) => ok(format!("sent; read the reply with read_output id={}", p.id)),
+            Err(e) => failed(&e),
+        }
     }
 
     #[tool(

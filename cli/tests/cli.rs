@@ -858,3 +858,153 @@ async fn following_truncated_output_notes_the_gap() {
         show(&follow)
     );
 }
+
+/// The local side of `rdev run -it`: a real pseudo-terminal whose slave is
+/// `rdev`'s controlling terminal; the test types on the master and reads
+/// what `rdev` writes.
+struct LocalTerminal {
+    master: std::fs::File,
+    /// A copy of the slave, to read its settings (raw or not) from outside.
+    slave: std::os::fd::OwnedFd,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl LocalTerminal {
+    fn open(cols: u16, rows: u16) -> Self {
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pair = nix::pty::openpty(Some(&ws), None).expect("openpty");
+        let master = std::fs::File::from(pair.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut reader, sink) = (master.try_clone().expect("clone"), seen.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            // EIO once the last slave descriptor closes.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                sink.lock().expect("seen").extend_from_slice(&buf[..n]);
+            }
+        });
+        Self {
+            master,
+            slave: pair.slave,
+            seen,
+        }
+    }
+
+    /// `rdev ARGS` with this terminal as stdin, stdout, stderr and
+    /// controlling terminal.
+    fn spawn(&self, sys: &System, args: &[&str]) -> tokio::process::Child {
+        let mut cmd = sys.rdev(args);
+        let fd = || Stdio::from(self.slave.try_clone().expect("slave"));
+        cmd.stdin(fd())
+            .stdout(fd())
+            .stderr(fd())
+            .env("TERM", "xterm");
+        // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn rdev")
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(keys).expect("type");
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().expect("seen")).into_owned()
+    }
+
+    async fn wait_for(&self, want: &str) {
+        for _ in 0..600 {
+            if self.text().contains(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{want:?} never showed on the terminal:\n{}", self.text());
+    }
+
+    fn raw(&self) -> bool {
+        let t = nix::sys::termios::tcgetattr(&self.slave).expect("tcgetattr");
+        !t.local_flags
+            .intersects(nix::sys::termios::LocalFlags::ICANON | nix::sys::termios::LocalFlags::ECHO)
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = nix::libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+        let r = unsafe { nix::libc::ioctl(self.master.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0, "TIOCSWINSZ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_it_drives_a_remote_terminal_in_raw_mode_and_restores_the_local_one() {
+    let sys = start().await;
+    let mut term = LocalTerminal::open(101, 33);
+    assert!(!term.raw(), "a fresh terminal is cooked");
+    let mut rdev = term.spawn(&sys, &["run", "-it", "-p", PROJECT, "--", "sh"]);
+
+    // The remote terminal has the local one's size; keys go through raw.
+    term.type_keys(b"stty size\r");
+    term.wait_for("33 101").await;
+    assert!(term.raw(), "rdev put the local terminal in raw mode");
+    // A window change reaches the remote terminal.
+    term.resize(120, 40);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    term.type_keys(b"stty size\r");
+    term.wait_for("40 120").await;
+    // Ctrl-C is a key for the remote foreground program, not for rdev.
+    term.type_keys(b"sleep 60; echo not-$((6*7))\r");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    term.type_keys(&[0x03]);
+    term.type_keys(b"echo alive-$((40+2))\r");
+    term.wait_for("alive-42").await;
+    assert!(!term.text().contains("not-42"), "{}", term.text());
+    term.type_keys(b"exit 3\r");
+
+    let status = tokio::time::timeout(Duration::from_secs(60), rdev.wait())
+        .await
+        .expect("rdev ends with the remote shell")
+        .expect("status");
+    assert_eq!(status.code(), Some(3), "{}", term.text());
+    assert!(!term.raw(), "the local terminal was restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_i_streams_stdin_and_closes_it() {
+    let sys = start().await;
+    let mut cmd = sys.rdev(&["run", "-i", "-p", PROJECT, "--", "wc", "-c"]);
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    use tokio::io::AsyncWriteExt;
+    stdin.write_all(&[b'x'; 100_000]).await.expect("write");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("rdev ends")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
+}

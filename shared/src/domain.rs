@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::containment::{
     ExecutorKind, ExecutorKinds, NetworkMode, ResourceLimits, env_name_denied,
 };
+use crate::interactive::{StdinMode, TtySize};
 
 /// Lifecycle of a command: `queued → running → succeeded | failed | timed_out |
 /// cancelled`, or `queued → cancelled`. Terminal states are final.
@@ -136,11 +137,14 @@ pub enum EndReason {
     FailedToStart,
     /// The local sandbox cannot run on its worker.
     SandboxUnavailable,
+    /// An interactive command with no input, output or attached client
+    /// for `RDEV_INTERACTIVE_IDLE`.
+    Idle,
 }
 
 impl EndReason {
     /// Every reason.
-    pub const ALL: [EndReason; 13] = [
+    pub const ALL: [EndReason; 14] = [
         Self::Exited,
         Self::Signaled,
         Self::TimedOut,
@@ -154,6 +158,7 @@ impl EndReason {
         Self::ExecutorLost,
         Self::FailedToStart,
         Self::SandboxUnavailable,
+        Self::Idle,
     ];
 
     /// The name stored in PostgreSQL and shown in JSON.
@@ -172,6 +177,7 @@ impl EndReason {
             Self::ExecutorLost => "executor_lost",
             Self::FailedToStart => "failed_to_start",
             Self::SandboxUnavailable => "sandbox_unavailable",
+            Self::Idle => "idle",
         }
     }
 
@@ -271,6 +277,10 @@ pub enum Scope {
     /// Run and cancel commands.
     #[serde(rename = "commands:run")]
     CommandsRun,
+    /// Send input, terminal sizes and signals to running commands, and
+    /// attach to them.
+    #[serde(rename = "commands:input")]
+    CommandsInput,
     /// Read commands and their output.
     #[serde(rename = "commands:read")]
     CommandsRead,
@@ -287,12 +297,13 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Self::Admin,
         Self::ProjectsRead,
         Self::ProjectsWrite,
         Self::ProjectsAdmin,
         Self::CommandsRun,
+        Self::CommandsInput,
         Self::CommandsRead,
         Self::WebhooksManage,
         Self::KeysManage,
@@ -307,6 +318,7 @@ impl Scope {
             Self::ProjectsWrite => "projects:write",
             Self::ProjectsAdmin => "projects:admin",
             Self::CommandsRun => "commands:run",
+            Self::CommandsInput => "commands:input",
             Self::CommandsRead => "commands:read",
             Self::WebhooksManage => "webhooks:manage",
             Self::KeysManage => "keys:manage",
@@ -315,13 +327,15 @@ impl Scope {
     }
 
     /// Whether holding `held` grants `self`: `admin` grants every scope,
-    /// `projects:admin` also grants `projects:write` and `projects:read`.
+    /// `projects:admin` also grants `projects:write` and `projects:read`,
+    /// `commands:run` also grants `commands:input`.
     pub fn granted_by(self, held: &[Scope]) -> bool {
         held.iter().any(|&s| {
             s == Scope::Admin
                 || s == self
                 || (s == Scope::ProjectsAdmin
                     && matches!(self, Scope::ProjectsWrite | Scope::ProjectsRead))
+                || (s == Scope::CommandsRun && self == Scope::CommandsInput)
         })
     }
 }
@@ -624,6 +638,10 @@ pub struct Command {
     pub spec: CommandSpec,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Where its standard input comes from.
+    pub stdin: StdinMode,
+    /// Its pseudo-terminal, if it has one.
+    pub tty: Option<TtySize>,
     /// 0 (lowest) – 9 (highest).
     pub priority: i16,
     /// Lifecycle state.
@@ -861,6 +879,8 @@ struct CommandJson<'a> {
     command: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     argv: Option<&'a [String]>,
+    stdin: StdinMode,
+    tty: Option<TtySize>,
     status: CommandStatus,
     exit_code: Option<i32>,
     error: Option<&'a str>,
@@ -887,6 +907,8 @@ impl Serialize for Command {
             project: &self.project,
             command,
             argv,
+            stdin: self.stdin,
+            tty: self.tty,
             status: self.status,
             exit_code: self.exit_code,
             error: self.error.as_deref(),

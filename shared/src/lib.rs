@@ -1,7 +1,7 @@
 //! `rdev-shared`: what two or more rdev binaries need.
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
-//! [`config`], [`secret`] and [`crypto`] → [`containment`] → [`domain`], [`policy`], [`ratelimit`],
+//! [`config`], [`secret`] and [`crypto`] → [`containment`], [`interactive`] → [`domain`], [`policy`], [`ratelimit`],
 //! [`webhook`], [`webhook_sign`] and [`netguard`] → [`db`] and [`mq`] (adapters) →
 //! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
@@ -12,6 +12,7 @@ pub mod containment;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod interactive;
 pub mod metrics;
 pub mod mq;
 pub mod netguard;

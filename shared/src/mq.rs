@@ -108,6 +108,12 @@ impl Topology {
         format!("{}.control", self.prefix)
     }
 
+    /// Direct exchange carrying interactive input to the worker that runs
+    /// the command, routing key = the worker's id.
+    pub fn input_exchange(&self) -> String {
+        format!("{}.input", self.prefix)
+    }
+
     /// Topic exchange carrying live output, routing key `cmd.<id>`.
     pub fn output_exchange(&self) -> String {
         format!("{}.output", self.prefix)
@@ -226,6 +232,49 @@ pub async fn subscribe_control(
     Ok((conn, consumer))
 }
 
+/// Opens a connection, declares the topology and an exclusive, auto-delete
+/// queue bound to the input exchange under `worker_id`, and consumes it (no
+/// acks: the input events are in PostgreSQL, and the worker reads them
+/// there whenever it sees a gap in their `seq`).
+pub async fn subscribe_input(
+    cfg: &AmqpConfig,
+    name: &str,
+    worker_id: &str,
+) -> Result<(Connection, lapin::Consumer), MqError> {
+    let t = Topology::new(cfg.prefix.clone());
+    let conn = connect(cfg, name).await?;
+    let ch = conn.create_channel().await?;
+    declare(&ch, &t).await?;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = ch
+        .queue_declare("".into(), opts, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        t.input_exchange().into(),
+        worker_id.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, consumer))
+}
+
 /// Opens a connection named `name` (shown in the broker's management UI).
 /// An `amqps://` URL connects over TLS (rustls): the broker's certificate
 /// must chain to a public root, or to a CA of `RDEV_AMQP_CA_FILE`, and name
@@ -299,6 +348,14 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), MqError> {
         .exchange_declare(
             t.output_exchange().into(),
             ExchangeKind::Topic,
+            transient,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            t.input_exchange().into(),
+            ExchangeKind::Direct,
             transient,
             FieldTable::default(),
         )
@@ -759,6 +816,37 @@ impl Publisher {
         .await?
         .await?;
         self.count("control");
+        Ok(())
+    }
+
+    /// Sends an input message to the worker `worker_id` (transient) and
+    /// waits for the broker to take it. A worker that is gone drops it; the
+    /// event is in PostgreSQL.
+    pub async fn publish_input(
+        &self,
+        worker_id: &str,
+        m: &crate::interactive::InputMessage,
+    ) -> Result<(), MqError> {
+        let chan = self.channel().await?;
+        let body = serde_json::to_vec(m).unwrap_or_default();
+        let props = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type("application/json".into());
+        let confirm = async {
+            chan.basic_publish(
+                self.topology.input_exchange().into(),
+                worker_id.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?
+            .await
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
+        self.count("input");
         Ok(())
     }
 

@@ -679,3 +679,98 @@ async fn check_lines(b: &Browser) {
         "output check failed: {v}"
     );
 }
+
+/// Waits until the output pane shows `text`.
+async fn wait_output(b: &Browser, text: &str) {
+    b.wait_js(
+        &format!("{text:?} in the output"),
+        "return document.getElementById('output').textContent.includes(arguments[0]);",
+        vec![json!(text)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_interactive_command_takes_lines_keys_and_ctrl_c_and_its_terminal_fits_the_pane() {
+    let app = spawn_app_with(with_worker()).await;
+    app.create_project("demo", json!({})).await;
+    let b = signed_in(&app, &app.admin_key).await;
+
+    // A pipe: lines from the input field, then the end of input.
+    let id = app
+        .run(
+            "demo",
+            json!({"command": "while read l; do echo \"got $l\"; done; echo bye", "stdin": "pipe"}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    open(&b, &format!("#/commands/{id}"), "#stdin-line").await;
+    b.fill("#stdin-line", "hello world").await;
+    b.click("#stdin-send").await;
+    wait_output(&b, "got hello world\n").await;
+    b.fill("#stdin-line", "again").await;
+    b.click("#stdin-send").await;
+    wait_output(&b, "got again\n").await;
+    b.click("#stdin-eof").await;
+    wait_page_status(&b, "succeeded").await;
+    assert_eq!(
+        app.output(&id, None).await,
+        b"got hello world\ngot again\nbye\n"
+    );
+
+    // A terminal: its size follows the pane, keys typed on the pane go to
+    // it, Ctrl-C interrupts the foreground program.
+    let id = app
+        .run(
+            "demo",
+            json!({"command": "sh -i", "tty": {"cols": 20, "rows": 5}}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    open(&b, &format!("#/commands/{id}"), "#stdin-line").await;
+    let size = b
+        .wait_js(
+            "the pane's terminal size",
+            "return document.getElementById('output').dataset.size;",
+            vec![],
+        )
+        .await;
+    let (cols, rows) = size
+        .as_str()
+        .and_then(|s| s.split_once('x'))
+        .expect("COLSxROWS");
+    assert_ne!((cols, rows), ("20", "5"), "resized to the pane");
+    let pane = b.find("#output").await;
+    pane.click().await.expect("focus the terminal");
+    // U+E007 is WebDriver's Enter key.
+    pane.send_keys("stty size\u{E007}").await.expect("type");
+    wait_output(&b, &format!("{rows} {cols}\n")).await;
+    pane.send_keys("sleep 30; echo not-$((6*7))\u{E007}")
+        .await
+        .expect("type");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.click("#signal-int").await;
+    pane.click().await.expect("focus the terminal");
+    pane.send_keys("echo alive-$((40+2))\u{E007}")
+        .await
+        .expect("type");
+    wait_output(&b, "alive-42\n").await;
+    assert!(!b.text("#output").await.contains("not-42"));
+    pane.send_keys("exit 3\u{E007}").await.expect("type");
+    wait_page_status(&b, "failed").await;
+    let c = app.get(&format!("/v1/commands/{id}")).await.json();
+    assert_eq!(c["exit_code"], 3, "{c}");
+    // The panel lives within the console's unchanged CSP.
+    let messages = b.console_messages().await;
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.contains("Content Security Policy")),
+        "{messages:#?}"
+    );
+    b.close().await;
+}

@@ -62,6 +62,10 @@ pub struct Config {
     /// On shutdown, seconds running commands may take to finish before they are stopped.
     #[arg(long = "drain-s", env = "RDEV_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
+    /// An interactive command (`stdin: "pipe"` or a `tty`) with no input,
+    /// no output and no attached client for this long ends (reason `idle`).
+    #[arg(long, env = "RDEV_INTERACTIVE_IDLE", default_value = "30m", value_parser = rdev_shared::config::parse_duration)]
+    pub interactive_idle: Duration,
     /// Executor kinds this worker runs: `local`, `kubernetes`, or both
     /// (comma-separated). Commands of a disabled kind fail with a clear
     /// error; the API refuses projects of a kind its own setting disables.
@@ -141,6 +145,7 @@ impl Config {
             kill_grace_s: 5,
             worker_id: None,
             drain_s: 30,
+            interactive_idle: Duration::from_secs(30 * 60),
             executors: ExecutorKinds::all(),
             sandbox: SandboxConfig::default(),
             limits: LimitsConfig::default(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod interactive;
 pub mod output;
 pub mod retention;
 pub mod runner;
@@ -108,6 +109,8 @@ pub async fn run_with_addr(
             })
         }),
     );
+    let worker_amqp = cfg.amqp.clone();
+    let worker_id_for_input = worker_id.clone();
     let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), executors));
 
     // `stop`: stop taking commands. `done`: every command has ended.
@@ -135,12 +138,19 @@ pub async fn run_with_addr(
     });
     let heartbeat = tokio::spawn(runner::heartbeat(worker.clone(), done.clone()));
     let control = tokio::spawn(runner::control(worker.clone(), done.clone()));
+    let input = tokio::spawn(interactive::follow_input(
+        worker_amqp,
+        worker_id_for_input,
+        worker.input_router(),
+        done.clone(),
+    ));
 
     runner::consume(worker, stop).await;
 
     done.cancel();
     let _ = heartbeat.await;
     let _ = control.await;
+    let _ = input.await;
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint failed"),
         Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),

@@ -42,7 +42,9 @@ use rdev_shared::telemetry;
 
 use crate::config::Config;
 use crate::executor::{Executor, Executors, Job, OUTPUT_CHANNEL_CAPACITY, Outcome};
+use crate::interactive::{Activity, INPUT_CHANNEL_CAPACITY, IdleLimit};
 use crate::output::{OutputSink, OutputSummary};
+use rdev_shared::interactive::StdinMode;
 
 /// First and largest pause between reconnection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -64,6 +66,8 @@ pub struct Worker {
     executors: Executors,
     /// Running commands and the token that stops each one.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// The pumps of running interactive commands.
+    inputs: Arc<crate::interactive::Router>,
     /// Fires when the drain period is over: running commands are stopped.
     stop_commands: CancellationToken,
     consumer_connected: Arc<AtomicBool>,
@@ -87,6 +91,7 @@ impl Worker {
             publisher,
             executors,
             running: Mutex::new(HashMap::new()),
+            inputs: Arc::default(),
             stop_commands: CancellationToken::new(),
             consumer_connected: Arc::new(AtomicBool::new(false)),
             metrics,
@@ -101,6 +106,11 @@ impl Worker {
     /// What contains local commands (`None` when the local executor is off).
     pub fn sandbox_status(&self) -> Option<crate::sandbox::SandboxStatus> {
         self.executors.local().map(|l| l.sandbox().status())
+    }
+
+    /// Where input messages for running commands go.
+    pub fn input_router(&self) -> Arc<crate::interactive::Router> {
+        self.inputs.clone()
     }
 
     /// Flag telling `/ready` whether the consumer is connected.
@@ -488,6 +498,7 @@ async fn execute(
     cancel: CancellationToken,
 ) -> (Outcome, OutputSummary) {
     let command = claimed.command;
+    let interactive = command.stdin == StdinMode::Pipe || command.tty.is_some();
     let mut env = claimed.project_env;
     env.extend(command.env);
     // The API refuses these; rows stored before it did are filtered here.
@@ -503,6 +514,8 @@ async fn execute(
         spec: command.spec,
         env,
         stdin: claimed.stdin,
+        stdin_pipe: command.stdin == StdinMode::Pipe,
+        tty: command.tty,
         executor: claimed.executor,
         project: command.project,
         timeout: Duration::from_secs(u64::try_from(command.timeout_s).unwrap_or(1).max(1)),
@@ -517,7 +530,53 @@ async fn execute(
         w.pool.clone(),
         w.publisher.clone(),
     );
-    tokio::join!(w.executors.run(job, tx, cancel), sink.consume(rx))
+    if !interactive {
+        return tokio::join!(w.executors.run(job, tx, None, cancel), sink.consume(rx));
+    }
+
+    // Interactive: a pump feeds input in order; output and input both count
+    // as activity for the idle limit.
+    let activity = Activity::new();
+    let (registration, notices) = w.inputs.register(command.id);
+    let (input_tx, input_rx) = mpsc::channel(INPUT_CHANNEL_CAPACITY);
+    let idle = IdleLimit {
+        after: w.cfg.interactive_idle,
+        stop: cancel.clone(),
+        fired: Arc::new(AtomicBool::new(false)),
+    };
+    let pump = tokio::spawn(crate::interactive::pump(
+        w.pool.clone(),
+        command.id,
+        notices,
+        input_tx,
+        activity.clone(),
+        idle.clone(),
+    ));
+    let (watched_tx, mut watched_rx) = mpsc::channel(OUTPUT_CHANNEL_CAPACITY);
+    let watch = async move {
+        while let Some(chunk) = watched_rx.recv().await {
+            activity.touch();
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let ((outcome, summary), ()) = tokio::join!(
+        async {
+            tokio::join!(
+                w.executors.run(job, watched_tx, Some(input_rx), cancel),
+                sink.consume(rx)
+            )
+        },
+        watch
+    );
+    pump.abort();
+    drop(registration);
+    let outcome = match outcome {
+        Outcome::Cancelled if idle.fired.load(Ordering::Acquire) => Outcome::Idle(idle.after),
+        other => other,
+    };
+    (outcome, summary)
 }
 
 /// Maps how a command ended to the facts recorded in PostgreSQL.
@@ -597,6 +656,16 @@ fn finish_of(outcome: &Outcome, out: OutputSummary, timeout_s: i32, stopping: bo
             None,
             Some(e.clone()),
             R::ExecutorLost,
+            None,
+        ),
+        Outcome::Idle(after) => (
+            CommandStatus::TimedOut,
+            None,
+            Some(format!(
+                "idle for {}s: no input, no output and no attached client",
+                after.as_secs()
+            )),
+            R::Idle,
             None,
         ),
     };

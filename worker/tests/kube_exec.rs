@@ -24,7 +24,9 @@ use rdev_shared::breaker::{BreakerConfig, BreakerState};
 use rdev_shared::domain::{
     CommandSpec, ExecutorConfig, KubernetesExecutor as KubeProject, OutputStream,
 };
+use rdev_shared::interactive::{Input, InputSignal, TtySize};
 use rdev_worker::executor::{Executor, Job, KubeSettings, KubernetesExecutor, Outcome};
+use rdev_worker::sandbox::pty::{self, PtyMaster};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -63,6 +65,8 @@ struct FakeState {
     /// Command sessions end this long after they start, without a status
     /// (a lost connection), leaving the process running.
     drop_after: Mutex<Option<Duration>>,
+    /// Terminal sizes received on the resize channel, in order.
+    resizes: Mutex<Vec<(u16, u16)>>,
 }
 
 struct Fake {
@@ -82,6 +86,7 @@ impl Fake {
             lists: AtomicUsize::new(0),
             execs: Mutex::new(Vec::new()),
             drop_after: Mutex::new(None),
+            resizes: Mutex::new(Vec::new()),
             active_sessions: AtomicUsize::new(0),
         });
         let app = Router::new()
@@ -292,7 +297,11 @@ async fn exec(
         flag("stdout") || flag("stderr"),
         "at least one output stream"
     );
-    assert!(!flag("tty"), "no tty");
+    let tty = flag("tty");
+    assert!(
+        !(tty && flag("stderr")),
+        "the API server refuses stderr with a tty"
+    );
     st.execs.lock().expect("execs").push(ExecRecord {
         pod: name,
         container,
@@ -301,7 +310,7 @@ async fn exec(
     let v5 = st.protocol.starts_with("v5");
     let state = st.clone();
     ws.protocols([st.protocol])
-        .on_upgrade(move |socket| session(socket, command, stdin, v5, state))
+        .on_upgrade(move |socket| session(socket, command, stdin, tty, v5, state))
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -311,11 +320,46 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(AxumBytes::from(v))
 }
 
+/// How the fake's process is wired: pipes, or one pseudo-terminal for
+/// stdin, stdout and stderr (`tty=true`: one output channel, resizes on
+/// channel 4).
+enum Wiring {
+    Pipes(Option<tokio::process::ChildStdin>),
+    Tty(PtyMaster),
+}
+
+/// Spawns `argv` on a new terminal (80x24, like a runtime before the
+/// client's first resize), as its session's controlling terminal.
+fn spawn_on_tty(
+    program: &str,
+    args: &[String],
+) -> std::io::Result<(tokio::process::Child, PtyMaster)> {
+    let (master, slave) = pty::open(TtySize { cols: 80, rows: 24 })?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok((cmd.spawn()?, master))
+}
+
 /// One exec session: runs `argv` locally and relays it over the channels.
 async fn session(
     mut socket: WebSocket,
     argv: Vec<String>,
     stdin: bool,
+    tty: bool,
     v5: bool,
     st: Arc<FakeState>,
 ) {
@@ -331,6 +375,8 @@ async fn session(
     } else {
         *st.drop_after.lock().expect("drop_after")
     };
+    let st_resizes = st.clone();
+    let st_resizes = &st_resizes.resizes;
     let _active = Active(st);
     let lost = async move {
         match drop_after {
@@ -341,6 +387,9 @@ async fn session(
     tokio::pin!(lost);
 
     let spawned = argv.split_first().map(|(program, args)| {
+        if tty {
+            return spawn_on_tty(program, args).map(|(c, m)| (c, Some(m)));
+        }
         Command::new(program)
             .args(args)
             .stdin(if stdin {
@@ -351,8 +400,9 @@ async fn session(
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
+            .map(|c| (c, None))
     });
-    let mut child = match spawned {
+    let (mut child, master) = match spawned {
         Some(Ok(c)) => c,
         _ => {
             let status = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
@@ -364,12 +414,24 @@ async fn session(
     };
     // Like the API server: an empty frame on each output channel first.
     let _ = socket.send(frame(1, b"")).await;
-    let _ = socket.send(frame(2, b"")).await;
+    if !tty {
+        let _ = socket.send(frame(2, b"")).await;
+    }
 
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let mut child_stdin = child.stdin.take();
-    let (mut out_open, mut err_open) = (true, true);
+    type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+    let (mut out, mut err, mut wiring): (Reader, Reader, Wiring) = match master {
+        Some(m) => (
+            Box::new(m.clone()),
+            Box::new(tokio::io::empty()),
+            Wiring::Tty(m),
+        ),
+        None => (
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+            Wiring::Pipes(child.stdin.take()),
+        ),
+    };
+    let (mut out_open, mut err_open) = (true, !tty);
     let (mut obuf, mut ebuf) = (vec![0u8; 16384], vec![0u8; 16384]);
     loop {
         tokio::select! {
@@ -384,15 +446,22 @@ async fn session(
                 Ok(n) => if socket.send(frame(2, &ebuf[..n])).await.is_err() { return; },
             },
             msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(b))) if !b.is_empty() => {
-                    if b[0] == 0 {
-                        if let Some(w) = child_stdin.as_mut() {
-                            let _ = w.write_all(&b[1..]).await;
-                        }
-                    } else if v5 && b[0] == 255 && b.get(1) == Some(&0) {
-                        child_stdin = None;
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match (b[0], &mut wiring) {
+                    (0, Wiring::Pipes(Some(w))) => {
+                        let _ = w.write_all(&b[1..]).await;
                     }
-                }
+                    (0, Wiring::Tty(m)) => {
+                        let _ = m.write_all(&b[1..]).await;
+                    }
+                    (4, Wiring::Tty(m)) => {
+                        let size: Value = serde_json::from_slice(&b[1..]).expect("resize JSON");
+                        let dim = |k: &str| u16::try_from(size[k].as_u64().expect(k)).expect(k);
+                        st_resizes.lock().expect("resizes").push((dim("Width"), dim("Height")));
+                        m.resize(TtySize { cols: dim("Width"), rows: dim("Height") }).expect("resize");
+                    }
+                    (255, Wiring::Pipes(w)) if v5 && b.get(1) == Some(&0) => *w = None,
+                    _ => {}
+                },
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     // The client went away. A real runtime leaves the process
                     // running; so does the fake (the executor must kill it).
@@ -453,6 +522,8 @@ fn job(spec: CommandSpec) -> Job {
         spec,
         env: BTreeMap::new(),
         stdin: None,
+        stdin_pipe: false,
+        tty: None,
         executor: ExecutorConfig::Kubernetes(project()),
         project: "web".into(),
         timeout: Duration::from_secs(30),
@@ -487,7 +558,7 @@ async fn run_with(exec: &KubernetesExecutor, job: Job, cancel: CancellationToken
         (stdout, stderr, max_piece)
     };
     let run = tokio::time::timeout(Duration::from_secs(60), async {
-        tokio::join!(exec.run(job, tx, cancel), collect)
+        tokio::join!(exec.run(job, tx, None, cancel), collect)
     });
     let (outcome, (stdout, stderr, max_piece)) = run.await.expect("the executor returns");
     Ran {
@@ -718,7 +789,7 @@ async fn a_run_whose_worker_died_is_stopped_by_its_watchdog() {
     let (tx, mut rx) = mpsc::channel::<(OutputStream, Bytes)>(4);
     let worker = {
         let exec = exec.clone();
-        tokio::spawn(async move { exec.run(job, tx, CancellationToken::new()).await })
+        tokio::spawn(async move { exec.run(job, tx, None, CancellationToken::new()).await })
     };
     // The command runs; then its worker vanishes without stopping it.
     let first = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
@@ -948,4 +1019,169 @@ async fn without_a_container_the_default_or_first_one_is_used() {
         let last = fake.command_execs().pop().expect("an exec");
         assert_eq!(last.container.as_deref(), Some(expected), "{selector}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Interactive commands: input, terminals, signals.
+
+/// Runs `job` as an interactive command: each step waits until stdout holds
+/// its text, then sends its input events (in order, as the worker's pump
+/// would).
+async fn run_driven(
+    exec: &KubernetesExecutor,
+    mut job: Job,
+    steps: Vec<(&str, Vec<Input>)>,
+) -> Ran {
+    job.stdin_pipe = true;
+    let (tx, mut rx) = mpsc::channel::<(OutputStream, Bytes)>(4);
+    let (input, input_rx) = mpsc::channel::<Input>(16);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by_drive = seen.clone();
+    let drive = async move {
+        let (mut stdout, mut stderr, mut max_piece) = (Vec::new(), Vec::new(), 0);
+        let mut steps = steps.into_iter().peekable();
+        loop {
+            while let Some((want, _)) = steps.peek()
+                && String::from_utf8_lossy(&stdout).contains(want)
+            {
+                let (_, events) = steps.next().expect("peeked");
+                for e in events {
+                    input.send(e).await.expect("the executor takes input");
+                }
+            }
+            let Some((stream, data)) = rx.recv().await else {
+                break;
+            };
+            max_piece = max_piece.max(data.len());
+            seen_by_drive.lock().expect("seen").extend_from_slice(&data);
+            match stream {
+                OutputStream::Stdout => stdout.extend_from_slice(&data),
+                OutputStream::Stderr => stderr.extend_from_slice(&data),
+            }
+        }
+        assert!(
+            steps.next().is_none(),
+            "output ended before every step ran: {}",
+            String::from_utf8_lossy(&stdout)
+        );
+        (stdout, stderr, max_piece)
+    };
+    let run = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            exec.run(job, tx, Some(input_rx), CancellationToken::new()),
+            drive
+        )
+    });
+    let Ok((outcome, (stdout, stderr, max_piece))) = run.await else {
+        panic!(
+            "the executor did not return; the output so far: {:?}",
+            String::from_utf8_lossy(&seen.lock().expect("seen"))
+        );
+    };
+    Ran {
+        outcome,
+        stdout,
+        stderr,
+        max_piece,
+    }
+}
+
+fn data(s: &str) -> Input {
+    Input::Data {
+        data: s.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn piped_input_arrives_in_order_and_eof_closes_it_on_v5() {
+    let fake = Fake::start("v5.channel.k8s.io").await;
+    fake.set_pods(SELECTOR, vec![pod("web-1", true)]);
+    let exec = fake.executor(settings());
+    let ran = run_driven(
+        &exec,
+        sh("while read l; do echo got-$l; done; echo done"),
+        vec![
+            ("", vec![data("a\n")]),
+            ("got-a\n", vec![data("b\n"), Input::Eof]),
+        ],
+    )
+    .await;
+    assert!(matches!(ran.outcome, Outcome::Exited(0)), "{ran:?}");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "got-a\ngot-b\ndone\n");
+}
+
+#[tokio::test]
+async fn a_terminal_starts_at_its_size_resizes_and_takes_ctrl_c() {
+    for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
+        let fake = Fake::start(protocol).await;
+        fake.set_pods(SELECTOR, vec![pod("web-1", true)]);
+        let exec = fake.executor(settings());
+        // The first `stty size` waits for a line: the runtime starts the
+        // process before the client's first resize arrives (as a real one
+        // does). kube sends resizes and stdin on separate channels, so the
+        // shell polls for the new size instead of reading it after a line.
+        let mut j = sh("echo ready; read l; stty size; \
+             while [ \"$(stty size)\" != '30 100' ]; do sleep 0.05; done; echo resized; \
+             read l; echo bye-$l >&2; sleep 300");
+        j.tty = Some(TtySize { cols: 90, rows: 20 });
+        j.timeout = Duration::from_secs(600);
+        let ran = run_driven(
+            &exec,
+            j,
+            vec![
+                ("ready", vec![data("go\r")]),
+                (
+                    "20 90",
+                    vec![Input::Resize {
+                        size: TtySize {
+                            cols: 100,
+                            rows: 30,
+                        },
+                    }],
+                ),
+                ("resized", vec![data("y\r")]),
+                (
+                    "bye-y",
+                    vec![Input::Signal {
+                        signal: InputSignal::Int,
+                    }],
+                ),
+            ],
+        )
+        .await;
+        let text = String::from_utf8_lossy(&ran.stdout);
+        // One stream: stderr arrives on the terminal, with its line endings.
+        assert!(text.contains("bye-y\r\n"), "{protocol}: {text}");
+        assert!(ran.stderr.is_empty(), "{protocol}: {ran:?}");
+        // Ctrl-C ended the sleep (and the shell) long before the timeout.
+        assert!(
+            matches!(ran.outcome, Outcome::Exited(130)),
+            "{protocol}: {ran:?}"
+        );
+        assert_eq!(
+            *fake.state.resizes.lock().expect("resizes"),
+            vec![(90, 20), (100, 30)],
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_signal_without_a_terminal_reaches_the_command() {
+    let fake = Fake::start("v4.channel.k8s.io").await;
+    fake.set_pods(SELECTOR, vec![pod("web-1", true)]);
+    let exec = fake.executor(settings());
+    let ran = run_driven(
+        &exec,
+        sh("trap 'echo got-usr1; exit 7' USR1; echo ready; while :; do sleep 0.1; done"),
+        vec![(
+            "ready\n",
+            vec![Input::Signal {
+                signal: InputSignal::Usr1,
+            }],
+        )],
+    )
+    .await;
+    assert!(matches!(ran.outcome, Outcome::Exited(7)), "{ran:?}");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "ready\ngot-usr1\n");
 }

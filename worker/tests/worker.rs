@@ -119,6 +119,8 @@ async fn insert_command(env: &TestEnv, project_id: Uuid, line: &str, timeout_s: 
         spec: CommandSpec::Shell(line.into()),
         env: BTreeMap::new(),
         stdin: None,
+        stdin_pipe: false,
+        tty: None,
         priority: 5,
         timeout_s,
         idempotency_key: None,

@@ -14,6 +14,7 @@ use rdev_shared::domain::{
     Command, CommandSpec, CommandStatus, FieldError, OutputStream, Scope, validate_env,
     validate_env_denylist,
 };
+use rdev_shared::interactive::TtySize;
 use rdev_shared::mq::{ControlMessage, OutputEvent};
 use rdev_shared::relay;
 use serde::Deserialize;
@@ -47,7 +48,23 @@ pub struct CreateCommand {
     timeout_s: Option<i32>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// `"closed"` (the default: `/dev/null`), `"pipe"` (fed while it runs
+    /// through `POST /v1/commands/{id}/stdin` or `…/attach`), or any other
+    /// string: fixed input, then end-of-file.
     stdin: Option<String>,
+    /// A pseudo-terminal of this size: stdout and stderr merge into it (as
+    /// in any terminal); `stdin` defaults to `"pipe"`.
+    tty: Option<TtySize>,
+}
+
+/// How a command's standard input is fed, from the `stdin` field.
+fn stdin_of(stdin: Option<String>, tty: bool) -> (bool, Option<Vec<u8>>) {
+    match stdin.as_deref() {
+        None if tty => (true, None),
+        None | Some("closed") => (false, None),
+        Some("pipe") => (true, None),
+        Some(_) => (false, stdin.map(String::into_bytes)),
+    }
 }
 
 fn validate(
@@ -99,6 +116,20 @@ fn validate(
         ));
     }
     validate_env("env", &body.env, &mut errors);
+    if let Some(Err(m)) = body.tty.map(|t| t.validate()) {
+        errors.push(FieldError::new("tty", m));
+    }
+    if body.tty.is_some()
+        && body
+            .stdin
+            .as_deref()
+            .is_some_and(|s| !matches!(s, "pipe" | "closed"))
+    {
+        errors.push(FieldError::new(
+            "stdin",
+            "a command with a tty takes `pipe` or `closed`, not fixed input",
+        ));
+    }
     match spec {
         Some(spec) if errors.is_empty() => Ok((spec, body)),
         _ => Err(ApiError::Validation(errors)),
@@ -189,17 +220,21 @@ pub async fn create(
             "argv": argv,
             "env": body.env,
             "stdin": body.stdin,
+            "tty": body.tty.map(|t| [t.cols, t.rows]),
             "priority": body.priority,
             "timeout_s": body.timeout_s,
         }))
     });
+    let (stdin_pipe, stdin) = stdin_of(body.stdin, body.tty.is_some());
     let new = NewCommand {
         id: Uuid::now_v7(),
         project_id: project.id,
         api_key_id: Some(auth.key.id),
         spec,
         env: body.env,
-        stdin: body.stdin.map(String::into_bytes),
+        stdin,
+        stdin_pipe,
+        tty: body.tty,
         priority: body.priority.unwrap_or(5),
         timeout_s: body.timeout_s.unwrap_or(project.default_timeout_s),
         idempotency_key: idem.clone(),

@@ -130,10 +130,16 @@ struct Problem<'a> {
     errors: Option<&'a [FieldError]>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, slug, title) = self.parts();
-        let detail = match &self {
+impl ApiError {
+    /// The status and the `detail` a problem+json answer would carry (an
+    /// internal error is logged here and described opaquely), for answers
+    /// that are not HTTP responses (WebSocket frames).
+    pub fn status_and_detail(&self) -> (u16, String) {
+        (self.parts().0.as_u16(), self.detail())
+    }
+
+    fn detail(&self) -> String {
+        match self {
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 "the server failed to handle the request; it has been logged".to_owned()
@@ -144,7 +150,14 @@ impl IntoResponse for ApiError {
                 .collect::<Vec<_>>()
                 .join("; "),
             other => other.to_string(),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let detail = self.detail();
         let errors = match &self {
             ApiError::Validation(errs) => Some(errs.as_slice()),
             _ => None,

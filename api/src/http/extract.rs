@@ -139,10 +139,26 @@ impl Auth {
     }
 }
 
+/// Subprotocol prefix that carries the key of a WebSocket opened by a
+/// browser, which cannot set `Authorization` (`GET …/attach`).
+pub const WS_BEARER_PREFIX: &str = "rdev.bearer.";
+
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::Unauthorized("missing `Authorization: Bearer <key>` header".into())
-    })?;
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        // A browser's WebSocket: `Sec-WebSocket-Protocol: rdev.v1, rdev.bearer.<key>`.
+        return parts
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .find_map(|p| p.strip_prefix(WS_BEARER_PREFIX))
+            })
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing `Authorization: Bearer <key>` header".into())
+            });
+    };
     let value = value
         .to_str()
         .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;

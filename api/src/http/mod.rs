@@ -1,5 +1,6 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
+pub mod attach;
 pub mod audit;
 pub mod body;
 pub mod client_ip;
@@ -8,6 +9,7 @@ pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod input;
 pub mod keys;
 pub mod openapi;
 pub mod projects;
@@ -80,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route("/commands/{id}/output", get(commands::output))
         .route("/commands/{id}/cancel", post(commands::cancel))
         .route("/commands/{id}/events", get(sse::events))
+        .route("/commands/{id}/stdin", post(input::stdin))
+        .route("/commands/{id}/resize", post(input::resize))
+        .route("/commands/{id}/signal", post(input::signal))
+        .route("/commands/{id}/attach", get(attach::attach))
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
         .route("/api-keys/{id}/rotate", post(keys::rotate))

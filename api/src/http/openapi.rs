@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::keys::KeyView;
 use super::projects::ProjectView;
 use super::webhooks::{DeliveryView, WebhookView};
-use super::{audit, commands, debug, health, keys, projects, sse, webhooks};
+use super::{attach, audit, commands, debug, health, input, keys, projects, sse, webhooks};
 
 /// An error answer (RFC 9457), sent as `application/problem+json`.
 #[derive(Serialize, ToSchema)]
@@ -57,6 +57,12 @@ pub struct CommandDoc {
     /// Program and arguments, run without a shell.
     #[serde(skip_serializing_if = "Option::is_none")]
     argv: Option<Vec<String>>,
+    /// Where its standard input comes from: `closed`, `fixed` (the
+    /// `stdin` string given at enqueue, never shown) or `pipe`.
+    #[schema(value_type = String)]
+    stdin: String,
+    /// Its pseudo-terminal, if it has one.
+    tty: Option<rdev_shared::interactive::TtySize>,
     status: CommandStatus,
     exit_code: Option<i32>,
     error: Option<String>,
@@ -211,6 +217,10 @@ pub struct Readiness {
         commands::output,
         commands::cancel,
         sse::events,
+        input::stdin,
+        input::resize,
+        input::signal,
+        attach::attach,
         keys::create,
         keys::list,
         keys::get,

@@ -92,16 +92,27 @@ async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Bytes>,
 }
 
 /// The key an event stream was opened with, re-checked when it changes.
-struct KeyWatch {
-    id: Uuid,
+pub(crate) struct KeyWatch {
+    pub(crate) id: Uuid,
     secret_hash: [u8; 32],
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl KeyWatch {
+    /// The key `auth` authenticated with.
+    pub(crate) fn of(auth: &Auth) -> Self {
+        Self {
+            id: auth.key.id,
+            secret_hash: auth.secret_hash,
+            expires_at: auth.key.expires_at,
+        }
+    }
 }
 
 /// Whether the key still authenticates the stream: present, not revoked,
 /// not expired, and its secret not rotated. A failed read keeps the stream
 /// (the next change or the lifetime ends it).
-async fn key_still_valid(pool: &Pool, watch: &KeyWatch) -> bool {
+pub(crate) async fn key_still_valid(pool: &Pool, watch: &KeyWatch) -> bool {
     let Ok(client) = pool.get().await else {
         return true;
     };
@@ -141,11 +152,7 @@ pub async fn events(
             retry_after_s: 5,
         },
     })?;
-    let watch = KeyWatch {
-        id: auth.key.id,
-        secret_hash: auth.secret_hash,
-        expires_at: auth.key.expires_at,
-    };
+    let watch = KeyWatch::of(&auth);
     // Before the answer leaves: a key change announced while the client
     // reads the headers is not missed.
     let key_changes = st.keys.subscribe_changes();

@@ -10,6 +10,7 @@
 
 pub mod e2e;
 pub mod enqueue;
+pub mod interactive;
 pub mod sse;
 pub mod stats;
 pub mod webhooks;
@@ -31,6 +32,7 @@ pub async fn bench(client: &Client, style: &Style, a: &BenchArgs) -> Result<i32,
         BenchCmd::Enqueue(s) => enqueue::run(client, &a.project, rng, s).await?,
         BenchCmd::E2e(s) => e2e::run(client, &a.project, rng, s).await?,
         BenchCmd::Sse(s) => sse::run(client, &a.project, s).await?,
+        BenchCmd::Interactive(s) => interactive::run(client, &a.project, s).await?,
         BenchCmd::Webhooks(s) => webhooks::run(client, &a.project, rng, s).await?,
     };
     let ok = report.ok;

@@ -38,6 +38,17 @@ pub fn request_body(args: &RunArgs) -> Value {
             .collect();
         body.insert("env".into(), Value::Object(env));
     }
+    if args.interactive {
+        body.insert("stdin".into(), json!("pipe"));
+    }
+    if args.tty {
+        let (cols, rows) = crate::attach::terminal_size().unwrap_or((80, 24));
+        body.insert("tty".into(), json!({"cols": cols, "rows": rows}));
+        if !args.interactive {
+            // A terminal for its output only: its input is closed.
+            body.insert("stdin".into(), json!("closed"));
+        }
+    }
     Value::Object(body)
 }
 
@@ -163,6 +174,15 @@ pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, 
         }
         return Ok(0);
     }
+    if args.interactive || args.tty {
+        let mode = match (args.interactive, args.tty) {
+            (true, true) => crate::attach::Mode::Terminal,
+            (true, false) => crate::attach::Mode::Pipe,
+            (false, _) => crate::attach::Mode::Watch,
+        };
+        let end = crate::attach::attach(client, &id, mode).await?;
+        return Ok(finish(style, &id, &end));
+    }
 
     let spinner = Spinner::default();
     if cmd.get("status").and_then(Value::as_str) == Some("queued") {
@@ -197,13 +217,47 @@ pub async fn run(client: &Client, style: &Style, args: &RunArgs) -> Result<i32, 
         }
     };
     spinner.stop();
+    Ok(finish(style, &id, &end))
+}
+
+/// Prints how a command ended (JSON with `--json`, a note when it did not
+/// succeed) and returns the exit code.
+fn finish(style: &Style, id: &str, end: &Value) -> i32 {
     if style.json {
-        print_json(&end);
+        print_json(end);
     }
-    if let Some(line) = end_note(&end) {
+    if let Some(line) = end_note(end) {
         note(&format!("command {id} {line}"));
     }
-    Ok(exit_code(&end))
+    exit_code(end)
+}
+
+/// `rdev attach ID`: output here; this terminal's input there when the
+/// command takes input (raw when both sides are terminals).
+pub async fn attach(
+    client: &Client,
+    style: &Style,
+    args: &crate::args::IdArg,
+) -> Result<i32, ClientError> {
+    let cmd = client
+        .get(&format!("/v1/commands/{}", super::seg(&args.id)), &[])
+        .await?;
+    let mode = match (
+        cmd.get("stdin").and_then(Value::as_str),
+        cmd.get("tty").is_some_and(|t| !t.is_null()),
+    ) {
+        // Only a person at a terminal types into a running command: a
+        // script's empty stdin would close the command's input.
+        (Some("pipe"), true) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            crate::attach::Mode::Terminal
+        }
+        (Some("pipe"), false) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            crate::attach::Mode::Pipe
+        }
+        _ => crate::attach::Mode::Watch,
+    };
+    let end = crate::attach::attach(client, &args.id, mode).await?;
+    Ok(finish(style, &args.id, &end))
 }
 
 /// SIGINT notifications.

@@ -18,7 +18,15 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-TOOLS = {"run_command", "start_command", "read_output", "cancel_command", "list_projects", "list_commands"}
+TOOLS = {
+    "run_command",
+    "start_command",
+    "read_output",
+    "send_input",
+    "cancel_command",
+    "list_projects",
+    "list_commands",
+}
 
 
 def env(name: str) -> str:
@@ -137,6 +145,38 @@ def test_start_read_and_cancel_a_long_command(tmp_path) -> None:
             assert cmd_id in text, text
 
             text, is_error = await call(s, "cancel_command", id=cmd_id)
+            assert is_error and "409" in text, text
+
+    run(main())
+
+
+def test_an_interactive_command_is_driven_with_send_input(tmp_path) -> None:
+    async def main() -> None:
+        async with session(tmp_path) as s:
+            text, is_error = await call(
+                s, "start_command", command='while read l; do echo "got $l"; done', interactive=True
+            )
+            assert not is_error, text
+            cmd_id = re.search(r"command ([0-9a-f-]{36})", text).group(1)
+            text, is_error = await call(s, "send_input", id=cmd_id, text="hello\n")
+            assert not is_error and "read_output" in text, text
+            seen, next_seq = "", 0
+            for _ in range(20):
+                text, _ = await call(s, "read_output", id=cmd_id, from_seq=next_seq, wait_s=3)
+                next_seq = int(re.search(r"next_seq: (\d+)", text).group(1))
+                seen += text.split("--- output:\n", 1)[1] if "--- output:\n" in text else ""
+                if "got hello" in seen:
+                    break
+            assert "got hello" in seen, seen
+            text, is_error = await call(s, "send_input", id=cmd_id, eof=True)
+            assert not is_error and "closed" in text, text
+            for _ in range(40):
+                text, _ = await call(s, "list_commands", status="succeeded")
+                if cmd_id in text:
+                    break
+                await asyncio.sleep(0.25)
+            assert cmd_id in text, text
+            text, is_error = await call(s, "send_input", id=cmd_id, text="late\n")
             assert is_error and "409" in text, text
 
     run(main())

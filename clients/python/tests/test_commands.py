@@ -117,3 +117,35 @@ def test_list_and_output(client: rdev.Client, project: str) -> None:
     assert result.stdout == "a\ufffdb"
     page = client.commands.list(project=project, limit=1)
     assert [c.id for c in page.items] == [result.id]
+
+
+def test_a_piped_command_answers_each_line_as_it_is_sent(client: rdev.Client, project: str) -> None:
+    started = client.commands.start(project, 'while read l; do echo "got $l"; done', stdin="pipe")
+    events = started.events()
+    seen = ""
+    for n in (1, 2):
+        client.commands.send_input(started.id, f"line {n}\n")
+        # The answer to line n arrives before line n+1 is sent.
+        for ev in events:
+            if isinstance(ev, rdev.OutputEvent):
+                seen += ev.data
+                if f"got line {n}\n" in seen:
+                    break
+    client.commands.send_input(started.id, b"", eof=True)
+    result = started.result()
+    assert (result.status, result.stdout) == ("succeeded", "got line 1\ngot line 2\n")
+    with pytest.raises(rdev.APIError) as ended:
+        client.commands.send_input(started.id, "late\n")
+    assert ended.value.status == 409
+
+
+def test_async_input_and_signal(url: str, api_key: str, project: str) -> None:
+    async def go() -> rdev.Command:
+        async with rdev.AsyncClient(url, api_key) as c:
+            started = await c.commands.start(project, "sleep 60", stdin="pipe")
+            assert await c.commands.send_input(started.id, "ignored\n") >= 1
+            await c.commands.signal(started.id, "INT")
+            return await c.commands.wait(started.id)
+
+    final = asyncio.run(go())
+    assert (final.reason, final.signal) == ("signaled", 2)

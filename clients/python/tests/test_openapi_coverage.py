@@ -20,6 +20,7 @@ LEFT_OUT = {
     ("GET", "/ready"): "readiness probe for load balancers and orchestrators",
     ("GET", "/debug/pprof/heap"): "heap profile for operators (pprof tooling)",
     ("GET", "/openapi.json"): "the API description itself; generators read it directly",
+    ("GET", "/v1/commands/{id}/attach"): "a WebSocket for terminals; send_input/resize/signal and events() cover it over HTTP",
 }
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -56,6 +57,14 @@ def test_every_operation_is_reachable_or_deliberately_left_out(url: str, api_key
         c.commands.list(project=project)
         slow = c.commands.start(project, "sleep 30")
         slow.cancel()
+        # Input of an interactive command.
+        term = c.commands.start(project, "cat", stdin="pipe", tty={"cols": 80, "rows": 24})
+        c.commands.resize(term.id, 100, 30)
+        c.commands.send_input(term.id, "hi\n")
+        c.commands.signal(term.id, "TERM")
+        piped = c.commands.start(project, "cat", stdin="pipe")
+        c.commands.send_input(piped.id, b"bye\n", eof=True)
+        assert piped.result().stdout == "bye\n"
         # Webhooks (the receiver need not exist: nothing waits for delivery).
         hook = c.webhooks.create("http://127.0.0.1:9/hook", ["command.succeeded"], project=project)
         c.webhooks.list()

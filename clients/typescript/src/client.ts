@@ -43,7 +43,13 @@ export interface StartOptions {
   env?: Record<string, string>;
   priority?: number;
   timeout_s?: number;
+  /**
+   * `"closed"` (the default), `"pipe"` (send it later with
+   * `commands.sendInput`), or any other string: the whole input, fixed.
+   */
   stdin?: string;
+  /** A pseudo-terminal of this size (stdout and stderr then merge; stdin defaults to `"pipe"`). */
+  tty?: { cols: number; rows: number };
   /** Retrying with the same key returns the original command (default: a new key per call). */
   idempotencyKey?: string;
   /** Fields this client does not name yet, sent as they are. */
@@ -67,6 +73,8 @@ type Query = Record<string, string | number | undefined | null>;
 interface Req {
   query?: Query;
   body?: unknown;
+  /** A raw body (`application/octet-stream`) instead of JSON. */
+  bytes?: Uint8Array;
   headers?: Record<string, string>;
   read?: "json" | "bytes" | "none";
 }
@@ -171,8 +179,12 @@ export class Client {
   /** @internal */
   async request<T>(method: string, path: string, req: Req = {}): Promise<T> {
     const headers = this.headers(req.headers);
-    let body: string | undefined;
-    if (req.body !== undefined) {
+    let body: BodyInit | undefined;
+    if (req.bytes !== undefined) {
+      headers["content-type"] = "application/octet-stream";
+      // A copy backed by a plain ArrayBuffer, which every fetch accepts.
+      body = new Uint8Array(req.bytes);
+    } else if (req.body !== undefined) {
       headers["content-type"] = "application/json";
       body = JSON.stringify(req.body);
     }
@@ -239,7 +251,7 @@ export class Commands {
    */
   async start(project: string, command: CommandLine, opts: StartOptions = {}): Promise<RunningCommand> {
     const body: Record<string, unknown> = typeof command === "string" ? { command } : { argv: [...command] };
-    for (const k of ["env", "priority", "timeout_s", "stdin"] as const) {
+    for (const k of ["env", "priority", "timeout_s", "stdin", "tty"] as const) {
       if (opts[k] !== undefined) body[k] = opts[k];
     }
     Object.assign(body, opts.extra);
@@ -287,6 +299,39 @@ export class Commands {
   /** Asks to cancel; 409 (ConflictError) when it had ended. */
   cancel(id: string): Promise<Command> {
     return this.client.request("POST", `/v1/commands/${seg(id)}/cancel`);
+  }
+
+  /**
+   * Sends bytes (a string is UTF-8 encoded) to the standard input or
+   * terminal of a command started with `stdin: "pipe"` or a `tty`; `eof`
+   * closes it after them (on a terminal: Ctrl-D). Applied in order, once.
+   * Resolves to the event's `seq`; 409 (ConflictError) once it has ended.
+   */
+  async sendInput(id: string, data: Uint8Array | string = "", opts: { eof?: boolean } = {}): Promise<number> {
+    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    const query = opts.eof ? { eof: "true" } : undefined;
+    const r = await this.client.request<{ seq: number }>("POST", `/v1/commands/${seg(id)}/stdin`, { bytes, query });
+    return r.seq;
+  }
+
+  /** Sets the terminal size of a command started with a `tty`. */
+  async resize(id: string, cols: number, rows: number): Promise<number> {
+    const r = await this.client.request<{ seq: number }>("POST", `/v1/commands/${seg(id)}/resize`, {
+      body: { cols, rows },
+    });
+    return r.seq;
+  }
+
+  /**
+   * Sends `INT`, `TERM`, `HUP`, `QUIT`, `KILL`, `USR1` or `USR2`: with a tty
+   * to its foreground process group (like a key), else to the command's
+   * process group.
+   */
+  async signal(id: string, signal: "INT" | "TERM" | "HUP" | "QUIT" | "KILL" | "USR1" | "USR2"): Promise<number> {
+    const r = await this.client.request<{ seq: number }>("POST", `/v1/commands/${seg(id)}/signal`, {
+      body: { signal },
+    });
+    return r.seq;
   }
 
   /**

@@ -99,3 +99,33 @@ test("stored output is raw bytes", async () => {
     [r.id],
   );
 });
+
+test("a piped command answers each line as it is sent; input after the end is refused", async () => {
+  const c = client();
+  const p = await project(c);
+  const started = await c.commands.start(p, 'while read l; do echo "got $l"; done', { stdin: "pipe" });
+  let seen = "";
+  const events = started.events()[Symbol.asyncIterator]();
+  for (const n of [1, 2]) {
+    await c.commands.sendInput(started.id, `line ${n}\n`);
+    // The answer to line n arrives before line n+1 is sent.
+    while (!seen.includes(`got line ${n}\n`)) {
+      const { value, done } = await events.next();
+      assert.ok(!done, "the stream ended early");
+      if (value.type === "output") seen += value.data;
+    }
+  }
+  await c.commands.sendInput(started.id, "", { eof: true });
+  const r = await started.result();
+  assert.deepEqual([r.status, r.stdout], ["succeeded", "got line 1\ngot line 2\n"]);
+  await assert.rejects(c.commands.sendInput(started.id, "late\n"), ConflictError);
+});
+
+test("a signal ends a command", async () => {
+  const c = client();
+  const p = await project(c);
+  const started = await c.commands.start(p, "sleep 60", { stdin: "pipe" });
+  await c.commands.signal(started.id, "INT");
+  const final = await started.wait();
+  assert.deepEqual([final.reason, final.signal], ["signaled", 2]);
+});

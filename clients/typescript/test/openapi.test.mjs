@@ -15,6 +15,7 @@ const LEFT_OUT = {
   "GET /ready": "readiness probe for load balancers and orchestrators",
   "GET /debug/pprof/heap": "heap profile for operators (pprof tooling)",
   "GET /openapi.json": "the API description itself; generators read it directly",
+  "GET /v1/commands/{id}/attach": "a WebSocket for terminals; sendInput/resize/signal and events() cover it over HTTP",
 };
 
 const METHODS = ["get", "post", "put", "patch", "delete"];
@@ -53,6 +54,14 @@ test("every operation is reachable or deliberately left out", async () => {
   await c.commands.list({ project: p });
   const slow = await c.commands.start(p, "sleep 30");
   await slow.cancel();
+  // Input of an interactive command.
+  const term = await c.commands.start(p, "cat", { tty: { cols: 80, rows: 24 } });
+  await c.commands.resize(term.id, 100, 30);
+  await c.commands.sendInput(term.id, "hi\n");
+  await c.commands.signal(term.id, "TERM");
+  const piped = await c.commands.start(p, "cat", { stdin: "pipe" });
+  await c.commands.sendInput(piped.id, new TextEncoder().encode("bye\n"), { eof: true });
+  assert.equal((await piped.result()).stdout, "bye\n");
   // Webhooks (the receiver need not exist: nothing waits for delivery).
   const hook = await c.webhooks.create("http://127.0.0.1:9/hook", ["command.succeeded"], { project: p });
   await c.webhooks.list();

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{DbError, from_json, parse_col, prepared, to_json};
 use crate::containment::{NetworkMode, ResourceLimits};
 use crate::domain::{Command, CommandSpec, CommandStatus, EndReason, ExecutorConfig};
+use crate::interactive::{StdinMode, TtySize};
 
 /// A command to insert.
 #[derive(Clone, Debug)]
@@ -25,6 +26,10 @@ pub struct NewCommand {
     pub env: BTreeMap<String, String>,
     /// Bytes fed to standard input.
     pub stdin: Option<Vec<u8>>,
+    /// Standard input is fed while it runs (`"stdin": "pipe"`).
+    pub stdin_pipe: bool,
+    /// A pseudo-terminal of this size.
+    pub tty: Option<TtySize>,
     /// 0–9.
     pub priority: i16,
     /// Wall-clock limit.
@@ -105,6 +110,7 @@ pub const STDIN_FIELD: &str = "commands.stdin";
 
 /// Columns of a command joined with its project's name; the command table is `c`.
 const COLS: &str = "c.id, c.project_id, c.api_key_id, c.command, c.argv, c.env, c.priority, \
+                    c.stdin_pipe, c.stdin IS NOT NULL AS stdin_fixed, c.tty_cols, c.tty_rows, \
                     c.status, c.exit_code, c.error, c.reason, c.signal, c.timeout_s, c.worker_id, c.attempt, \
                     c.output_bytes, c.truncated, c.created_at, c.started_at, c.finished_at, \
                     p.name AS project";
@@ -124,6 +130,12 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
         Some(r) => Some(parse_col(r, "commands.reason")?),
         None => EndReason::infer(status, exit_code, error.as_deref()),
     };
+    let stdin = match (row.try_get("stdin_pipe")?, row.try_get("stdin_fixed")?) {
+        (true, _) => StdinMode::Pipe,
+        (false, true) => StdinMode::Fixed,
+        (false, false) => StdinMode::Closed,
+    };
+    let tty = tty_of(row)?;
     Ok(Command {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
@@ -134,6 +146,8 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
             crate::crypto::ring().open_json(row.try_get("env")?, ENV_FIELD)?,
             ENV_FIELD,
         )?,
+        stdin,
+        tty,
         priority: row.try_get("priority")?,
         status,
         exit_code,
@@ -148,6 +162,19 @@ fn from_row(row: &Row) -> Result<Command, DbError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// The `tty_cols`/`tty_rows` of a row.
+fn tty_of(row: &Row) -> Result<Option<TtySize>, DbError> {
+    let cols: Option<i32> = row.try_get("tty_cols")?;
+    let rows: Option<i32> = row.try_get("tty_rows")?;
+    Ok(match (cols, rows) {
+        (Some(c), Some(r)) => Some(TtySize {
+            cols: u16::try_from(c).map_err(|_| DbError::Corrupt("commands.tty_cols".into()))?,
+            rows: u16::try_from(r).map_err(|_| DbError::Corrupt("commands.tty_rows".into()))?,
+        }),
+        _ => None,
     })
 }
 
@@ -181,8 +208,9 @@ pub async fn insert(
     let stdin = c.stdin.as_deref().map(|s| ring.seal(s, STDIN_FIELD));
     let sql = format!(
         "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, stdin, \
-         priority, status, timeout_s, idempotency_key, idempotency_fingerprint) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11) \
+         priority, status, timeout_s, idempotency_key, stdin_pipe, tty_cols, tty_rows, \
+         idempotency_fingerprint) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11,$12,$13,$14) \
          ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
@@ -201,6 +229,9 @@ pub async fn insert(
             &c.priority,
             &c.timeout_s,
             &c.idempotency_key,
+            &c.stdin_pipe,
+            &c.tty.map(|t| i32::from(t.cols)),
+            &c.tty.map(|t| i32::from(t.rows)),
             &c.idempotency_fingerprint,
         ],
     )

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod commands;
 pub mod indexes;
+pub mod input;
 pub mod keys;
 pub mod outbox;
 pub mod output;

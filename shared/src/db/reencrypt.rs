@@ -24,6 +24,8 @@ pub struct Report {
     pub command_stdin: u64,
     /// `webhooks.secret` and `webhooks.previous_secret` values rewritten.
     pub webhook_secret: u64,
+    /// `command_input.data` values (interactive input) rewritten.
+    pub command_input: u64,
 }
 
 fn sealed_json(ring: &KeyRing, v: &serde_json::Value) -> bool {
@@ -108,7 +110,47 @@ pub async fn run(
             super::webhooks::PREVIOUS_SECRET_FIELD,
         )
         .await?;
+    report.command_input = input_data(client, ring).await?;
     Ok(report)
+}
+
+/// Rewrites `command_input.data` (keyed by command and `seq`).
+async fn input_data(
+    client: &impl deadpool_postgres::GenericClient,
+    ring: &KeyRing,
+) -> Result<u64, DbError> {
+    let field = super::input::DATA_FIELD;
+    let (mut after_id, mut after_seq) = (Uuid::nil(), 0_i64);
+    let mut n = 0;
+    loop {
+        let rows = client
+            .query(
+                "SELECT command_id, seq, data FROM command_input \
+                 WHERE (command_id, seq) > ($1, $2) AND data IS NOT NULL \
+                 ORDER BY command_id, seq LIMIT $3",
+                &[&after_id, &after_seq, &BATCH],
+            )
+            .await?;
+        for r in &rows {
+            let (id, seq): (Uuid, i64) = (r.try_get(0)?, r.try_get(1)?);
+            let stored: Vec<u8> = r.try_get(2)?;
+            (after_id, after_seq) = (id, seq);
+            if ring.is_current(&stored) {
+                continue;
+            }
+            let sealed = ring.seal(&ring.open(&stored, field)?, field);
+            n += client
+                .execute(
+                    "UPDATE command_input SET data = $3 \
+                     WHERE command_id = $1 AND seq = $2 AND data = $4",
+                    &[&id, &seq, &sealed, &stored],
+                )
+                .await?;
+        }
+        if (rows.len() as i64) < BATCH {
+            return Ok(n);
+        }
+    }
 }
 
 /// Rewrites a text column of `webhooks`.

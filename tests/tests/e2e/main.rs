@@ -8,6 +8,7 @@ mod containment;
 mod cutproxy;
 mod faults;
 mod fleet;
+mod interactive;
 mod observability;
 mod openapi;
 mod projects;

@@ -76,6 +76,23 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
     let id = c["id"].as_str().expect("id").to_owned();
     let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
+    // Input typed into an interactive command is sealed too.
+    let typed = app
+        .run("p", json!({"command": "cat", "stdin": "pipe"}))
+        .await;
+    let typed = typed["id"].as_str().expect("id").to_owned();
+    let r = app
+        .send(
+            app.http
+                .post(app.url(&format!("/v1/commands/{typed}/stdin?eof=true")))
+                .bearer_auth(&app.admin_key)
+                .body("typed-secret-5\n"),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let done = app.wait_terminal(&typed, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(app.output(&typed, None).await, b"typed-secret-5\n");
     // The worker opened them: the command saw the plaintext.
     let out = String::from_utf8_lossy(&app.output(&id, None).await).into_owned();
     assert_eq!(
@@ -88,12 +105,14 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
     let row = client
         .query_one(
             "SELECT (SELECT env::text FROM projects), c.env::text, convert_from(c.stdin, 'UTF8'), \
-             (SELECT secret FROM webhooks) FROM commands c",
+             (SELECT secret FROM webhooks), \
+             (SELECT convert_from(data, 'UTF8') FROM command_input WHERE kind = 'data') \
+             FROM commands c WHERE c.stdin IS NOT NULL",
             &[],
         )
         .await
         .expect("row");
-    for i in 0..4 {
+    for i in 0..5 {
         let v: String = row.get(i);
         assert!(!v.contains("secret"), "column {i} holds plaintext: {v}");
         assert!(
@@ -118,9 +137,12 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
             report.project_env,
             report.command_env,
             report.command_stdin,
-            report.webhook_secret
+            report.webhook_secret,
+            report.command_input
         ),
-        (1, 1, 1, 1)
+        // Two command env values: the typed command's (empty) env is
+        // sealed too.
+        (1, 2, 1, 1, 1)
     );
     let again = rdev_shared::db::reencrypt::run(&client, &ring)
         .await

@@ -1,7 +1,7 @@
 //! `rdev-sandbox-init`: process 1 of a command's sandbox.
 //!
 //! The worker starts every local command as
-//! `bwrap … --as-pid-1 -- rdev-sandbox-init STATUS_FD STDERR_FD -- PROGRAM ARGS…`.
+//! `bwrap … --as-pid-1 -- rdev-sandbox-init STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…`.
 //! bubblewrap's own init reports only an exit code (a signal becomes
 //! `128 + n`, indistinguishable from `exit 137`) and waits for every process
 //! of the sandbox before it ends. This one:
@@ -17,7 +17,11 @@
 //!   (`setsid`, double forks) outlives it;
 //! - forwards signals: `SIGTERM` to every process of the sandbox (the
 //!   worker's timeout and cancel), other forwarded signals to the command's
-//!   process group;
+//!   process group, and `SIGPWR` as a request to SIGKILL that group (a
+//!   client's `KILL`: the init itself cannot catch SIGKILL);
+//! - with `--tty FD`, makes that terminal (the slave of a pseudo-terminal
+//!   the worker opened) the command's controlling terminal and its
+//!   standard input, output and error;
 //! - writes `exec-failed ERRNO` when the program cannot be started.
 //!
 //! It makes itself non-dumpable, so the command (same user) cannot open its
@@ -38,7 +42,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, dup2_stderr, execvp, fork, setsid};
 
 /// Signals the init handles; everything else keeps its default.
-const HANDLED: [Signal; 9] = [
+const HANDLED: [Signal; 10] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -48,6 +52,7 @@ const HANDLED: [Signal; 9] = [
     Signal::SIGUSR2,
     Signal::SIGWINCH,
     Signal::SIGCONT,
+    Signal::SIGPWR,
 ];
 
 /// Exit code when the init itself is misused.
@@ -66,17 +71,22 @@ fn main() {
     };
     let status_fd = parse_fd(1);
     let stderr_fd = parse_fd(2);
-    if args.get(3).map(|a| a.as_bytes()) != Some(b"--") || args.len() < 5 {
+    let (tty, rest) = if args.get(3).map(|a| a.as_bytes()) == Some(b"--tty") {
+        (Some(parse_fd(4)), 5)
+    } else {
+        (None, 3)
+    };
+    if args.get(rest).map(|a| a.as_bytes()) != Some(b"--") || args.len() < rest + 2 {
         usage();
     }
-    let argv: Vec<CString> = args[4..]
+    let argv: Vec<CString> = args[rest + 1..]
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| usage()))
         .collect();
 
     // Nothing of ours is inherited by the command: the status and stderr fds
     // are closed on exec (stderr is dup'ed onto 2 first).
-    for fd in [status_fd, stderr_fd] {
+    for fd in [status_fd, stderr_fd].into_iter().chain(tty) {
         if fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
             usage();
         }
@@ -108,8 +118,15 @@ fn main() {
     // SAFETY: this process is single-threaded; the child only calls
     // async-signal-safe functions before exec.
     let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => run_command(&argv, stderr_fd, status_fd, &previous),
-        Ok(ForkResult::Parent { child }) => child,
+        Ok(ForkResult::Child) => run_command(&argv, stderr_fd, status_fd, tty, &previous),
+        Ok(ForkResult::Parent { child }) => {
+            // Only the command holds the terminal: when its last process
+            // ends, the worker reads end-of-file from the other side.
+            if let Some(fd) = tty {
+                let _ = nix::unistd::close(fd);
+            }
+            child
+        }
         Err(e) => {
             report(status_fd, &format!("exec-failed {}", e as i32));
             exit(USAGE);
@@ -124,17 +141,31 @@ fn main() {
             Signal::SIGTERM => {
                 let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
             }
-            // Interactive signals go to the command's process group.
+            // A client's KILL.
+            Signal::SIGPWR => {
+                let _ = kill(Pid::from_raw(-child.as_raw()), Signal::SIGKILL);
+            }
+            // Interactive signals go to the command's process group (or,
+            // before the command made its session, to the command itself).
             other => {
-                let _ = kill(Pid::from_raw(-child.as_raw()), other);
+                if kill(Pid::from_raw(-child.as_raw()), other) == Err(Errno::ESRCH) {
+                    let _ = kill(child, other);
+                }
             }
         }
     }
 }
 
 /// In the forked child: become the leader of a new session (a fresh process
-/// group, no controlling terminal), restore signals, exec the program.
-fn run_command(argv: &[CString], stderr_fd: RawFd, status_fd: RawFd, mask: &SigSet) -> ! {
+/// group; with `tty`, that terminal as its controlling terminal and
+/// standard streams), restore signals, exec the program.
+fn run_command(
+    argv: &[CString],
+    stderr_fd: RawFd,
+    status_fd: RawFd,
+    tty: Option<RawFd>,
+    mask: &SigSet,
+) -> ! {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SIGPIPE too: the Rust runtime ignores it in this process, and an
     // ignored signal stays ignored across exec (`yes | head` would then
@@ -145,7 +176,18 @@ fn run_command(argv: &[CString], stderr_fd: RawFd, status_fd: RawFd, mask: &SigS
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
     let _ = setsid();
-    if dup2_stderr(borrow(stderr_fd)).is_err() {
+    let ready = match tty {
+        // SAFETY: TIOCSCTTY on a terminal fd of this process, a session
+        // leader without a controlling terminal.
+        Some(fd) => {
+            (unsafe { nix::libc::ioctl(fd, nix::libc::TIOCSCTTY, 0) } == 0)
+                && nix::unistd::dup2_stdin(borrow(fd)).is_ok()
+                && nix::unistd::dup2_stdout(borrow(fd)).is_ok()
+                && dup2_stderr(borrow(fd)).is_ok()
+        }
+        None => dup2_stderr(borrow(stderr_fd)).is_ok(),
+    };
+    if !ready {
         report(status_fd, &format!("exec-failed {}", Errno::last() as i32));
         // SAFETY: _exit is async-signal-safe and skips atexit handlers.
         unsafe { nix::libc::_exit(127) };
@@ -186,6 +228,6 @@ fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rdev-sandbox-init STATUS_FD STDERR_FD -- PROGRAM [ARGS...]");
+    eprintln!("usage: rdev-sandbox-init STATUS_FD STDERR_FD [--tty FD] -- PROGRAM [ARGS...]");
     exit(USAGE)
 }

@@ -60,11 +60,12 @@ use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{
     CommandSpec, ExecutorConfig, KubernetesExecutor as KubeProject, OutputStream, validate_env_name,
 };
+use rdev_shared::interactive::{Input, InputSignal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::{Executor, Job, Outcome, OutputTx, RunFuture, spawn_reader};
+use super::{Executor, InputRx, Job, Outcome, OutputTx, RunFuture, spawn_reader};
 
 /// Distinct (namespace, selector) pod lists kept in the cache.
 const POD_CACHE_CAPACITY: u64 = 1024;
@@ -391,6 +392,7 @@ impl KubernetesExecutor {
         project: &KubeProject,
         script: &str,
         with_stdin: bool,
+        tty: bool,
     ) -> Result<(AttachedProcess, Slot), KubeError> {
         let key = (project.namespace.clone(), project.selector.clone());
         let api: Api<Pod> = Api::namespaced(client.clone(), &project.namespace);
@@ -399,10 +401,13 @@ impl KubernetesExecutor {
             let pods = self.candidates(client, project).await?;
             let slot = self.pick(project, &pods)?;
             let pod = slot.key.1.clone();
+            // With a terminal, stderr is merged into it (the API server
+            // refuses a separate stderr then).
             let mut params = AttachParams::default()
                 .stdin(with_stdin)
                 .stdout(true)
-                .stderr(true)
+                .stderr(!tty)
+                .tty(tty)
                 .max_stdin_buf_size(MAX_CHUNK_BYTES)
                 .max_stdout_buf_size(MAX_CHUNK_BYTES)
                 .max_stderr_buf_size(MAX_CHUNK_BYTES);
@@ -425,7 +430,13 @@ impl KubernetesExecutor {
         }
     }
 
-    async fn execute(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> Outcome {
+    async fn execute(
+        &self,
+        job: Job,
+        output: OutputTx,
+        input: Option<InputRx>,
+        cancel: CancellationToken,
+    ) -> Outcome {
         let ExecutorConfig::Kubernetes(project) = &job.executor else {
             return Outcome::FailedToStart("not a kubernetes project".into());
         };
@@ -439,8 +450,9 @@ impl KubernetesExecutor {
             Err(e) => return Outcome::FailedToStart(e.to_string()),
         };
         let stdin = job.stdin.filter(|d| !d.is_empty());
+        let interactive = job.stdin_pipe && input.is_some();
         let started = tokio::select! {
-            r = self.start(&client, project, &script, stdin.is_some()) => r,
+            r = self.start(&client, project, &script, stdin.is_some() || interactive, job.tty.is_some()) => r,
             () = cancel.cancelled() => return Outcome::Cancelled,
         };
         let (mut attached, slot) = match started {
@@ -456,6 +468,31 @@ impl KubernetesExecutor {
             "exec session open"
         );
 
+        let remote = Remote {
+            client: &client,
+            namespace: &project.namespace,
+            pod: &pod,
+            container: container.as_deref(),
+            run_id: &run_id,
+        };
+        let mut resize = attached.terminal_size();
+        if let (Some(size), Some(r)) = (job.tty, resize.as_mut()) {
+            // The terminal starts at the size the client asked for (the
+            // runtime's own default is arbitrary).
+            use futures::SinkExt;
+            let _ = r
+                .send(kube::api::TerminalSize {
+                    width: size.cols,
+                    height: size.rows,
+                })
+                .await;
+        }
+        let pump = match (input, interactive) {
+            (Some(input), true) => {
+                Some(self.apply_input(input, attached.stdin(), resize, job.tty.is_some(), remote))
+            }
+            _ => None,
+        };
         // The writer stays open until the session ends: see the module docs.
         let stdin_task = match (stdin, attached.stdin()) {
             (Some(data), Some(mut writer)) => Some(tokio::spawn(async move {
@@ -480,28 +517,42 @@ impl KubernetesExecutor {
             return Outcome::FailedToStart("exec session has no status channel".into());
         };
         let mut status = std::pin::pin!(status);
-        let (outcome, clean_end) = tokio::select! {
-            st = &mut status => {
-                let clean = st.is_some();
-                if !clean {
-                    // The stream ended without a status: the remote process
-                    // may still run. Stop it before the end is recorded.
-                    self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
-                    (Outcome::ExecutorLost(format!(
-                        "the exec stream to pod {pod} was lost (no exit status); the remote command was stopped"
-                    )), false)
-                } else {
-                    (outcome_of(st), true)
+        let mut pump = std::pin::pin!(async move {
+            match pump {
+                Some(p) => p.await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut pump_done = false;
+        let (outcome, clean_end) = loop {
+            break tokio::select! {
+                // Input ended early (the worker is done with it): keep waiting.
+                () = &mut pump, if !pump_done => {
+                    pump_done = true;
+                    continue;
                 }
-            }
-            () = tokio::time::sleep(job.timeout) => {
-                self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
-                (Outcome::TimedOut, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
-            }
-            () = cancel.cancelled() => {
-                self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
-                (Outcome::Cancelled, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
-            }
+                st = &mut status => {
+                    let clean = st.is_some();
+                    if !clean {
+                        // The stream ended without a status: the remote process
+                        // may still run. Stop it before the end is recorded.
+                        self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
+                        (Outcome::ExecutorLost(format!(
+                            "the exec stream to pod {pod} was lost (no exit status); the remote command was stopped"
+                        )), false)
+                    } else {
+                        (outcome_of(st), true)
+                    }
+                }
+                () = tokio::time::sleep(job.timeout) => {
+                    self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
+                    (Outcome::TimedOut, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
+                }
+                () = cancel.cancelled() => {
+                    self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
+                    (Outcome::Cancelled, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
+                }
+            };
         };
         // After a status, kube's message loop ends by itself and closes the
         // output pipes (the readers then see EOF): let it, rather than
@@ -532,6 +583,78 @@ impl KubernetesExecutor {
         outcome
     }
 
+    /// Applies an interactive command's input in order: bytes to the exec
+    /// stream's stdin, end-of-file (a close of the stdin channel, which
+    /// needs `v5.channel.k8s.io`; on a terminal, Ctrl-D), terminal sizes on
+    /// the resize channel, signals (`INT`/`QUIT` on a terminal as their
+    /// control characters, like a key press; others through a second exec
+    /// to the command's process group and marked processes).
+    async fn apply_input(
+        &self,
+        mut input: InputRx,
+        mut writer: Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>,
+        mut resize: Option<futures::channel::mpsc::Sender<kube::api::TerminalSize>>,
+        tty: bool,
+        remote: Remote<'_>,
+    ) {
+        use futures::SinkExt;
+        while let Some(event) = input.recv().await {
+            match event {
+                Input::Data { data } => {
+                    if let Some(w) = writer.as_mut()
+                        && (w.write_all(&data).await.is_err() || w.flush().await.is_err())
+                    {
+                        writer = None;
+                    }
+                }
+                Input::Eof if tty => {
+                    if let Some(w) = writer.as_mut() {
+                        let _ = w.write_all(&[0x04]).await;
+                    }
+                }
+                // The stream sees end-of-file only once its writer shuts
+                // down; kube then closes the stdin channel (v5) or, on
+                // v4, which cannot, the whole session.
+                Input::Eof => {
+                    if let Some(mut w) = writer.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                Input::Resize { size } => {
+                    if let Some(r) = resize.as_mut() {
+                        let _ = r
+                            .send(kube::api::TerminalSize {
+                                width: size.cols,
+                                height: size.rows,
+                            })
+                            .await;
+                    }
+                }
+                Input::Signal { signal } => {
+                    let key = match signal {
+                        InputSignal::Int if tty => Some(0x03),
+                        InputSignal::Quit if tty => Some(0x1c),
+                        _ => None,
+                    };
+                    match (key, writer.as_mut()) {
+                        (Some(k), Some(w)) => {
+                            let _ = w.write_all(&[k]).await;
+                        }
+                        _ => {
+                            let script = signal_script(remote.run_id, signal.as_str());
+                            if let Err(e) = self
+                                .exec_script(&remote, &script, self.settings.api_timeout)
+                                .await
+                            {
+                                tracing::warn!(run_id = remote.run_id, %signal, error = %e, "could not signal the remote command");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs [`kill_script`] in the pod: SIGTERM to the command's process
     /// group, SIGKILL after the grace period. Bypasses the breaker.
     async fn stop_remote(
@@ -542,21 +665,45 @@ impl KubernetesExecutor {
         container: Option<&str>,
         run_id: &str,
     ) {
-        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let mut params = AttachParams::default()
-            .stdin(false)
-            .stdout(false)
-            .stderr(true);
-        if let Some(c) = container {
-            params = params.container(c);
-        }
+        let remote = Remote {
+            client,
+            namespace,
+            pod,
+            container,
+            run_id,
+        };
         let script = kill_script(run_id, self.settings.kill_grace);
         let budget = self.settings.api_timeout
             + self.settings.kill_grace
             + Duration::from_secs(u64::from(PIDFILE_WAIT_S) + 5);
+        match self.exec_script(&remote, &script, budget).await {
+            Ok(()) => tracing::debug!(pod, run_id, "remote command stopped"),
+            Err(e) => {
+                tracing::warn!(pod, run_id, error = %e, "could not stop the remote command")
+            }
+        }
+    }
+
+    /// Runs a shell script in the command's container (a second exec;
+    /// bypasses the breaker) and waits up to `budget` for it to succeed.
+    async fn exec_script(
+        &self,
+        r: &Remote<'_>,
+        script: &str,
+        budget: Duration,
+    ) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(r.client.clone(), r.namespace);
+        let mut params = AttachParams::default()
+            .stdin(false)
+            .stdout(false)
+            .stderr(true);
+        if let Some(c) = r.container {
+            params = params.container(c);
+        }
+        let pod = r.pod;
         let stop = async {
             let mut attached = api
-                .exec(pod, ["/bin/sh", "-c", script.as_str()], &params)
+                .exec(pod, ["/bin/sh", "-c", script], &params)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut errors = Vec::new();
@@ -577,19 +724,31 @@ impl KubernetesExecutor {
                 )),
             }
         };
-        match tokio::time::timeout(budget, stop).await {
-            Ok(Ok(())) => tracing::debug!(pod, run_id, "remote command stopped"),
-            Ok(Err(e)) => {
-                tracing::warn!(pod, run_id, error = %e, "could not stop the remote command")
-            }
-            Err(_) => tracing::warn!(pod, run_id, "stopping the remote command timed out"),
-        }
+        tokio::time::timeout(budget, stop)
+            .await
+            .map_err(|_| "timed out".to_owned())?
     }
 }
 
+/// Where a command runs, for the scripts that stop or signal it.
+#[derive(Clone, Copy)]
+struct Remote<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    pod: &'a str,
+    container: Option<&'a str>,
+    run_id: &'a str,
+}
+
 impl Executor for KubernetesExecutor {
-    fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
-        Box::pin(self.execute(job, output, cancel))
+    fn run(
+        &self,
+        job: Job,
+        output: OutputTx,
+        input: Option<InputRx>,
+        cancel: CancellationToken,
+    ) -> RunFuture<'_> {
+        Box::pin(self.execute(job, output, input, cancel))
     }
 }
 
@@ -850,6 +1009,13 @@ pub fn wrapper_script(
         Some(data) if !data.is_empty() => {
             body.push_str(&format!("head -c {} | {command}\n", data.len()));
         }
+        // Interactive: the exec stream's stdin (or terminal) is its own. A
+        // client's signals go to the whole process group: the wrapper
+        // outlives them (a caught signal is reset to the default in the
+        // command) so it reports the command's own exit status.
+        _ if job.stdin_pipe => {
+            body.push_str(&format!("trap : HUP INT QUIT USR1 USR2\n{command}\n"))
+        }
         _ => body.push_str(&format!("{command} < /dev/null\n")),
     }
     body.push_str("c=$?\n[ -n \"$f\" ] && rm -f \"$f\"\nexit $c\n");
@@ -868,6 +1034,21 @@ pub fn wrapper_script(
 /// Seconds the watchdog of a run waits beyond its timeout and two grace
 /// periods (the worker's own timeout handling normally comes first).
 const WATCHDOG_MARGIN_S: u64 = 5;
+
+/// The script that sends `signal` (a name such as `TERM`) to run
+/// `run_id`'s process group and every process carrying its `RDEV_RUN_ID`.
+pub fn signal_script(run_id: &str, signal: &str) -> String {
+    format!(
+        "f={pidfile}\n\
+         p=\n\
+         {{ read -r p < \"$f\"; }} 2>/dev/null\n\
+         case $p in *[!0-9]*) p=;; esac\n\
+         [ -n \"$p\" ] && {{ kill -{signal} -$p 2>/dev/null || kill -{signal} $p 2>/dev/null; }}\n\
+         for d in /proc/[0-9]*; do tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx '{RUN_ID_VAR}={run_id}' && kill -{signal} \"${{d#/proc/}}\" 2>/dev/null; done\n\
+         exit 0\n",
+        pidfile = pidfile(run_id)
+    )
+}
 
 /// Variable the wrapper exports to every process of a run.
 pub const RUN_ID_VAR: &str = "RDEV_RUN_ID";
@@ -953,6 +1134,8 @@ mod tests {
             spec: CommandSpec::Shell("true".into()),
             env: [("BAD NAME".to_owned(), "x".to_owned())].into(),
             stdin: None,
+            stdin_pipe: false,
+            tty: None,
             executor: ExecutorConfig::default(),
             project: "p".into(),
             timeout: Duration::from_secs(1),

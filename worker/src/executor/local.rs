@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream, validate_workdir};
+use rdev_shared::interactive::Input;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Executor, Job, Outcome, OutputTx, RunFuture, spawn_reader};
-use crate::sandbox::{Finished, Launch, LaunchError, PATH, Sandbox};
+use super::{Executor, InputRx, Job, Outcome, OutputTx, RunFuture, spawn_reader};
+use crate::sandbox::{Controls, Finished, Launch, LaunchError, PATH, Sandbox};
 
 /// How long to wait for the output pipes to close after every process of
 /// the command was killed. Only a process that escaped the kill (possible
@@ -55,7 +56,13 @@ impl LocalExecutor {
         &self.sandbox
     }
 
-    async fn execute(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> Outcome {
+    async fn execute(
+        &self,
+        job: Job,
+        output: OutputTx,
+        input: Option<InputRx>,
+        cancel: CancellationToken,
+    ) -> Outcome {
         let rel = match &job.executor {
             ExecutorConfig::Local(l) => l.workdir.clone().unwrap_or_else(|| job.project.clone()),
             ExecutorConfig::Kubernetes(_) => {
@@ -79,7 +86,8 @@ impl LocalExecutor {
             workdir: &workdir,
             network: job.network,
             limits: job.limits.effective(self.sandbox.limits_config()),
-            stdin: job.stdin.is_some(),
+            stdin: job.stdin.is_some() || job.stdin_pipe,
+            tty: job.tty,
         };
         let mut proc = match self.sandbox.spawn(launch) {
             Ok(p) => p,
@@ -87,12 +95,20 @@ impl LocalExecutor {
             Err(LaunchError::Failed(e)) => return Outcome::FailedToStart(e),
         };
 
-        let stdin_task = match (job.stdin, proc.stdin.take()) {
-            (Some(data), Some(mut pipe)) => Some(tokio::spawn(async move {
+        let controls = proc.controls();
+        let stdin_task = match (job.stdin, proc.stdin.take(), input) {
+            (Some(data), Some(mut pipe), _) => Some(tokio::spawn(async move {
                 // A command that does not read its input makes this fail with EPIPE: fine.
                 let _ = pipe.write_all(&data).await;
                 let _ = pipe.shutdown().await;
             })),
+            (None, pipe, Some(input)) => {
+                let writer: Option<InputWriter> = match controls.terminal() {
+                    Some(tty) => Some(Box::new(tty)),
+                    None => pipe.map(|p| Box::new(p) as InputWriter),
+                };
+                Some(tokio::spawn(apply_input(input, writer, controls)))
+            }
             _ => None,
         };
         let mut readers = Vec::with_capacity(2);
@@ -157,10 +173,57 @@ impl From<Finished> for Outcome {
 }
 
 impl Executor for LocalExecutor {
-    fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
-        Box::pin(self.execute(job, output, cancel))
+    fn run(
+        &self,
+        job: Job,
+        output: OutputTx,
+        input: Option<InputRx>,
+        cancel: CancellationToken,
+    ) -> RunFuture<'_> {
+        Box::pin(self.execute(job, output, input, cancel))
     }
 }
+
+/// Where input bytes go: the command's stdin pipe, or its terminal.
+type InputWriter = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// Applies an interactive command's input events in order until they end
+/// (the command ended): bytes to its stdin or terminal, end-of-file (closes
+/// the pipe; on a terminal, the end-of-file character Ctrl-D), a new
+/// terminal size, signals.
+async fn apply_input(mut input: InputRx, mut writer: Option<InputWriter>, controls: Controls) {
+    let tty = controls.terminal().is_some();
+    while let Some(event) = input.recv().await {
+        match event {
+            Input::Data { data } => {
+                if let Some(w) = writer.as_mut()
+                    && (w.write_all(&data).await.is_err() || w.flush().await.is_err())
+                {
+                    // The command closed its input (EPIPE): later bytes go nowhere.
+                    writer = None;
+                }
+            }
+            Input::Eof if tty => {
+                if let Some(w) = writer.as_mut() {
+                    let _ = w.write_all(&[EOF_CHAR]).await;
+                }
+            }
+            Input::Eof => {
+                if let Some(mut w) = writer.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            Input::Resize { size } => {
+                controls.resize(size);
+            }
+            Input::Signal { signal } => controls.signal(signal).await,
+        }
+    }
+}
+
+/// The terminal's end-of-file character (VEOF, Ctrl-D) in the default
+/// line discipline.
+const EOF_CHAR: u8 = 0x04;
 
 /// The program and arguments: a shell line runs with `/bin/sh -c`.
 fn argv(spec: &CommandSpec) -> Vec<OsString> {
@@ -258,6 +321,8 @@ mod tests {
             spec,
             env: BTreeMap::new(),
             stdin: None,
+            stdin_pipe: false,
+            tty: None,
             executor: ExecutorConfig::Local(LocalSettings::default()),
             project: "proj".into(),
             timeout: Duration::from_secs(30),
@@ -302,7 +367,7 @@ mod tests {
             (stdout, stderr, max_piece)
         };
         let (outcome, (stdout, stderr, max_piece)) =
-            tokio::join!(exec.run(job, tx, cancel), collect);
+            tokio::join!(exec.run(job, tx, None, cancel), collect);
         Ran {
             outcome,
             stdout,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use rdev_shared::containment::{ExecutorKind, ExecutorKinds, Limit, NetworkMode, ResourceLimits};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, OutputStream};
+use rdev_shared::interactive::{Input, TtySize};
 use rdev_shared::metrics::Metrics;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -30,6 +31,9 @@ pub const OUTPUT_CHANNEL_CAPACITY: usize = 16;
 /// [`rdev_shared::db::output::MAX_CHUNK_BYTES`] bytes.
 pub type OutputTx = mpsc::Sender<(OutputStream, Bytes)>;
 
+/// Input events for an interactive command, already in order.
+pub type InputRx = mpsc::Receiver<Input>;
+
 /// Everything an executor needs to run one command.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -39,8 +43,14 @@ pub struct Job {
     pub spec: CommandSpec,
     /// Environment: the project's, overridden by the command's.
     pub env: BTreeMap<String, String>,
-    /// Bytes for standard input; `None` = `/dev/null`.
+    /// Fixed bytes for standard input; `None` = `/dev/null` (unless
+    /// `stdin_pipe`).
     pub stdin: Option<Vec<u8>>,
+    /// Standard input is fed while it runs (through the `input` of
+    /// [`Executor::run`]).
+    pub stdin_pipe: bool,
+    /// A pseudo-terminal of this size.
+    pub tty: Option<TtySize>,
     /// The project's executor settings.
     pub executor: ExecutorConfig,
     /// The project's name (the default workdir).
@@ -81,6 +91,9 @@ pub enum Outcome {
     /// The connection to where it ran was lost; the remote processes were
     /// stopped.
     ExecutorLost(String),
+    /// An interactive command idle this long was stopped (set by the
+    /// runner, not by executors).
+    Idle(Duration),
 }
 
 /// Boxed future returned by [`Executor::run`], so the trait stays object-safe.
@@ -88,10 +101,16 @@ pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 /// Runs commands somewhere.
 pub trait Executor: Send + Sync {
-    /// Runs `job`, sending its output to `output`, until it ends, times out
-    /// or `cancel` fires. Dropping `output` (returning) tells the sink the
-    /// output is complete.
-    fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_>;
+    /// Runs `job`, sending its output to `output` and applying `input` (for
+    /// interactive jobs), until it ends, times out or `cancel` fires.
+    /// Dropping `output` (returning) tells the sink the output is complete.
+    fn run(
+        &self,
+        job: Job,
+        output: OutputTx,
+        input: Option<InputRx>,
+        cancel: CancellationToken,
+    ) -> RunFuture<'_>;
 }
 
 /// Chooses the executor a project asks for.
@@ -149,10 +168,16 @@ impl Executors {
 }
 
 impl Executor for Executors {
-    fn run(&self, job: Job, output: OutputTx, cancel: CancellationToken) -> RunFuture<'_> {
+    fn run(
+        &self,
+        job: Job,
+        output: OutputTx,
+        input: Option<InputRx>,
+        cancel: CancellationToken,
+    ) -> RunFuture<'_> {
         match (&job.executor, &self.local, &self.kubernetes) {
-            (ExecutorConfig::Local(_), Some(local), _) => local.run(job, output, cancel),
-            (ExecutorConfig::Kubernetes(_), _, Some(kube)) => kube.run(job, output, cancel),
+            (ExecutorConfig::Local(_), Some(local), _) => local.run(job, output, input, cancel),
+            (ExecutorConfig::Kubernetes(_), _, Some(kube)) => kube.run(job, output, input, cancel),
             (executor, _, _) => {
                 let outcome = self.disabled(executor.kind());
                 Box::pin(async move { outcome })
@@ -264,6 +289,8 @@ mod tests {
             spec: CommandSpec::Shell("true".into()),
             env: BTreeMap::new(),
             stdin: None,
+            stdin_pipe: false,
+            tty: None,
             executor: ExecutorConfig::Kubernetes(KubeProject {
                 namespace: "ns".into(),
                 selector: "app=x".into(),
@@ -277,7 +304,7 @@ mod tests {
         };
         let (tx, _rx) = mpsc::channel(1);
         let outcome = executors
-            .run(job.clone(), tx, CancellationToken::new())
+            .run(job.clone(), tx, None, CancellationToken::new())
             .await;
         assert_eq!(
             outcome,
@@ -290,7 +317,9 @@ mod tests {
             ..job
         };
         let (tx, _rx) = mpsc::channel(1);
-        let outcome = executors.run(local, tx, CancellationToken::new()).await;
+        let outcome = executors
+            .run(local, tx, None, CancellationToken::new())
+            .await;
         assert!(
             matches!(&outcome, Outcome::FailedToStart(m) if m.starts_with("the local executor is disabled")),
             "{outcome:?}"

@@ -45,6 +45,9 @@ pub struct Layout<'a> {
     pub status_fd: RawFd,
     /// Descriptor that becomes the command's standard error.
     pub stderr_fd: RawFd,
+    /// The terminal that becomes the command's controlling terminal and
+    /// standard streams, if it has one.
+    pub tty_fd: Option<RawFd>,
     /// Descriptor bwrap writes its JSON status to (the init's host pid).
     pub json_fd: RawFd,
     /// The program and its arguments.
@@ -165,7 +168,12 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
     a.push(["--json-status-fd", json.as_str()]);
     let mut c = Args::default();
     let (status, stderr) = (l.status_fd.to_string(), l.stderr_fd.to_string());
-    c.push(["--", INIT_PATH, status.as_str(), stderr.as_str(), "--"]);
+    c.push(["--", INIT_PATH, status.as_str(), stderr.as_str()]);
+    if let Some(tty) = l.tty_fd {
+        let tty = tty.to_string();
+        c.push(["--tty", tty.as_str()]);
+    }
+    c.push(["--"]);
     c.push_os(l.argv.iter().cloned());
     CommandLine {
         options: a.0,
@@ -234,6 +242,7 @@ mod tests {
             env: &env,
             status_fd: 7,
             stderr_fd: 8,
+            tty_fd: None,
             json_fd: 9,
             argv: &argv,
         };
@@ -298,11 +307,17 @@ mod tests {
             env: &env,
             status_fd: 3,
             stderr_fd: 4,
+            tty_fd: Some(6),
             json_fd: 5,
             argv: &[OsString::from("true")],
         };
-        let args = strings(&arguments(&layout, |_| Kind::Missing).options);
+        let line = arguments(&layout, |_| Kind::Missing);
+        let args = strings(&line.options);
         assert!(!args.iter().any(|a| a == "--unshare-net"));
+        assert_eq!(
+            strings(&line.command),
+            ["--", INIT_PATH, "3", "4", "--tty", "6", "--", "true"]
+        );
     }
 
     #[test]

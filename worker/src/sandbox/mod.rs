@@ -18,6 +18,7 @@ pub mod bwrap;
 pub mod cgroup;
 pub mod init;
 pub mod process;
+pub mod pty;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -26,7 +27,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -34,15 +34,18 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Gid, Pid, Uid, User, pipe2};
 use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
+use rdev_shared::interactive::{InputSignal, TtySize};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::cgroup::{Cgroups, CommandCgroup};
 use self::init::{InstalledInit, Report};
 use self::process::{ChildSetup, RunAs};
+use self::pty::PtyMaster;
 
 /// Paths hidden in every sandbox by default (they exist under the
 /// read-only `/etc`; a missing one is skipped).
@@ -62,6 +65,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading the init's report may take after bwrap has exited
 /// (only a leaked descriptor could make it wait).
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client's signal waits for a sandbox still being set up.
+const INIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether local commands run sandboxed.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +216,10 @@ pub struct Launch<'a> {
     pub limits: ResourceLimits,
     /// Whether standard input is a pipe (else `/dev/null`).
     pub stdin: bool,
+    /// A pseudo-terminal of this size as its controlling terminal and
+    /// standard streams (then `stdin` is ignored: input goes to the
+    /// terminal).
+    pub tty: Option<TtySize>,
 }
 
 /// Why a command could not be started.
@@ -385,10 +394,18 @@ impl Sandbox {
                 self.cgroups.as_ref().is_some_and(Cgroups::limits_pids),
             ),
             run_as: self.run_as.clone(),
+            terminal_session: false,
+        };
+        let terminal = match l.tty {
+            Some(size) => Some(
+                pty::open(size)
+                    .map_err(|e| LaunchError::Failed(format!("cannot open a terminal: {e}")))?,
+            ),
+            None => None,
         };
         let started = match init {
-            Some(init) => self.spawn_bwrap(&l, init, setup),
-            None => spawn_plain(&l, setup),
+            Some(init) => self.spawn_bwrap(&l, init, setup, terminal),
+            None => spawn_plain(&l, setup, terminal),
         };
         match started {
             Ok(mut s) => {
@@ -409,6 +426,7 @@ impl Sandbox {
         l: &Launch<'_>,
         init: &Path,
         mut setup: ChildSetup,
+        terminal: Option<(PtyMaster, OwnedFd)>,
     ) -> Result<Spawned, LaunchError> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
@@ -423,6 +441,8 @@ impl Sandbox {
             .memory_bytes
             .and_then(|b| u64::try_from(b).ok())
             .unwrap_or(DEFAULT_TMPFS_BYTES);
+        let (master, slave) = terminal.unzip();
+        let slave_fd = slave.as_ref().map(AsRawFd::as_raw_fd);
         let layout = bwrap::Layout {
             init,
             workdir: l.workdir,
@@ -432,7 +452,8 @@ impl Sandbox {
             hide: &self.hide,
             env: &l.env,
             status_fd: status_w.as_raw_fd(),
-            stderr_fd: err_w.as_raw_fd(),
+            stderr_fd: slave_fd.unwrap_or(err_w.as_raw_fd()),
+            tty_fd: slave_fd,
             json_fd: json_w.as_raw_fd(),
             argv: &l.argv,
         };
@@ -450,13 +471,14 @@ impl Sandbox {
             err_w.as_raw_fd(),
             json_w.as_raw_fd(),
         ];
+        setup.keep.extend(slave_fd);
         let mut cmd = Command::new(&self.bwrap);
         cmd.arg("--args")
             .arg(memfd.as_raw_fd().to_string())
             .args(&line.command)
             .env_clear()
             .current_dir("/")
-            .stdin(if l.stdin {
+            .stdin(if l.stdin && master.is_none() {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -469,13 +491,18 @@ impl Sandbox {
             LaunchError::Unavailable(format!("cannot run {}: {e}", self.bwrap.display()))
         })?;
         // The child has its copies; ours must close so the readers see EOF.
-        drop((memfd, status_w, err_w, json_w));
-        let init_pid = Arc::new(AtomicI32::new(0));
+        drop((memfd, status_w, err_w, json_w, slave));
+        let init_pid = Arc::new(watch::Sender::new(0));
+        let (stdout, stderr) = match &master {
+            Some(m) => (Some(boxed(m.clone())), None),
+            None => (receiver(out_r).map(boxed), receiver(err_r).map(boxed)),
+        };
         Ok(Spawned {
             stdin: child.stdin.take(),
-            stdout: receiver(out_r).map(boxed),
-            stderr: receiver(err_r).map(boxed),
+            stdout,
+            stderr,
             target: Target::Init(init_pid.clone()),
+            pty: master,
             report: receiver(status_r),
             diagnostics: receiver(diag_r).map(|r| tokio::spawn(read_capped(r))),
             json: receiver(json_r).map(|r| tokio::spawn(follow_json(r, init_pid))),
@@ -505,6 +532,7 @@ impl Sandbox {
                 network: NetworkMode::None,
                 limits: ResourceLimits::default().effective(&self.limits),
                 stdin: false,
+                tty: None,
             };
             let mut spawned = self.spawn(launch).map_err(|e| match e {
                 LaunchError::Unavailable(m) | LaunchError::Failed(m) => m,
@@ -529,7 +557,11 @@ impl Sandbox {
 
 /// Starts a command without bubblewrap (`RDEV_LOCAL_SANDBOX=off`): its own
 /// process group, limits and user still apply.
-fn spawn_plain(l: &Launch<'_>, setup: ChildSetup) -> Result<Spawned, LaunchError> {
+fn spawn_plain(
+    l: &Launch<'_>,
+    mut setup: ChildSetup,
+    terminal: Option<(PtyMaster, OwnedFd)>,
+) -> Result<Spawned, LaunchError> {
     let Some((program, args)) = l.argv.split_first() else {
         return Err(LaunchError::Failed("empty argv".into()));
     };
@@ -538,15 +570,32 @@ fn spawn_plain(l: &Launch<'_>, setup: ChildSetup) -> Result<Spawned, LaunchError
         .env_clear()
         .envs(&l.env)
         .current_dir(l.workdir)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(if l.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .kill_on_drop(true);
+    let master = match terminal {
+        Some((master, slave)) => {
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| LaunchError::Failed(format!("cannot pass the terminal: {e}")))
+            };
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            // Its own session, the terminal as its controlling terminal.
+            setup.terminal_session = true;
+            Some(master)
+        }
+        None => {
+            cmd.process_group(0)
+                .stdin(if l.stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            None
+        }
+    };
     setup.install(&mut cmd);
     let mut child = cmd
         .spawn()
@@ -556,13 +605,21 @@ fn spawn_plain(l: &Launch<'_>, setup: ChildSetup) -> Result<Spawned, LaunchError
             "the command exited before it was tracked".into(),
         ));
     };
-    let stdout = child.stdout.take().map(boxed);
-    let stderr = child.stderr.take().map(boxed);
+    // Our copies of the terminal's slave close with the command.
+    drop(cmd);
+    let (stdout, stderr) = match &master {
+        Some(m) => (Some(boxed(m.clone())), None),
+        None => (
+            child.stdout.take().map(boxed),
+            child.stderr.take().map(boxed),
+        ),
+    };
     Ok(Spawned {
         stdin: child.stdin.take(),
         stdout,
         stderr,
         target: Target::Group(Pid::from_raw(pgid)),
+        pty: master,
         report: None,
         diagnostics: None,
         json: None,
@@ -580,10 +637,10 @@ fn boxed<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> Output {
 }
 
 /// Who to signal to stop a command's whole tree.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Target {
     /// The sandbox's init (host pid, 0 until bwrap reported it).
-    Init(Arc<AtomicI32>),
+    Init(Arc<watch::Sender<i32>>),
     /// The command's process group (no sandbox).
     Group(Pid),
 }
@@ -598,6 +655,7 @@ pub struct Spawned {
     /// Its standard error.
     pub stderr: Option<Output>,
     target: Target,
+    pty: Option<PtyMaster>,
     report: Option<pipe::Receiver>,
     diagnostics: Option<JoinHandle<String>>,
     json: Option<JoinHandle<()>>,
@@ -615,7 +673,75 @@ impl std::fmt::Debug for Spawned {
     }
 }
 
+/// What a client may do to a running command besides writing its input:
+/// signal it, resize its terminal. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Controls {
+    target: Target,
+    pty: Option<PtyMaster>,
+}
+
+impl Controls {
+    /// Sends a client's signal: with a terminal to its foreground process
+    /// group (like a key press would), else through the sandbox's init to
+    /// the command's process group (`TERM`: to every process; `KILL`: the
+    /// init's `SIGPWR` request, since it cannot catch SIGKILL itself).
+    ///
+    /// A signal sent while the sandbox is still being set up waits (up to
+    /// [`INIT_WAIT`]) until bwrap names the init, so a `TERM` sent right
+    /// after the command was accepted is not lost.
+    pub async fn signal(&self, signal: InputSignal) {
+        let Ok(sig) = Signal::try_from(signal.number()) else {
+            return;
+        };
+        if let Some(pty) = &self.pty
+            && let Ok(group) = pty.foreground_group()
+            && group > 0
+        {
+            let _ = killpg(Pid::from_raw(group), sig);
+            return;
+        }
+        match &self.target {
+            Target::Init(pid) => {
+                let via_init = if sig == Signal::SIGKILL {
+                    Signal::SIGPWR
+                } else {
+                    sig
+                };
+                // Nothing is sent when bwrap never got that far, or the
+                // sandbox ended.
+                if let Ok(Some(pid)) =
+                    tokio::time::timeout(INIT_WAIT, init_catching(pid, via_init)).await
+                {
+                    let _ = kill(Pid::from_raw(pid), via_init);
+                }
+            }
+            Target::Group(pgid) => {
+                let _ = killpg(*pgid, sig);
+            }
+        }
+    }
+
+    /// Sets the terminal's size; false without a terminal.
+    pub fn resize(&self, size: TtySize) -> bool {
+        self.pty.as_ref().is_some_and(|p| p.resize(size).is_ok())
+    }
+
+    /// The terminal to write input to, if the command has one.
+    pub fn terminal(&self) -> Option<PtyMaster> {
+        self.pty.clone()
+    }
+}
+
 impl Spawned {
+    /// The handle that signals the command and resizes its terminal.
+    pub fn controls(&self) -> Controls {
+        Controls {
+            target: self.target.clone(),
+            pty: self.pty.clone(),
+        }
+    }
+
     /// Waits for the command's main process (the sandbox) to end.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.child.wait().await
@@ -639,7 +765,7 @@ impl Spawned {
     pub fn kill_rest(&mut self) {
         match &self.target {
             Target::Init(pid) => {
-                let pid = pid.load(Ordering::Acquire);
+                let pid = *pid.borrow();
                 if pid > 0 && matches!(self.child.try_wait(), Ok(None)) {
                     // The init's death ends the PID namespace.
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -658,7 +784,7 @@ impl Spawned {
     fn signal(&mut self, signal: Signal) {
         match &self.target {
             Target::Init(pid) => {
-                let pid = pid.load(Ordering::Acquire);
+                let pid = *pid.borrow();
                 if pid > 0 && matches!(self.child.try_wait(), Ok(None)) {
                     // The init forwards SIGTERM to every process of the sandbox.
                     let _ = kill(Pid::from_raw(pid), signal);
@@ -854,9 +980,34 @@ async fn read_capped(mut r: pipe::Receiver) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The init's host pid once it catches `signal`. The kernel drops a signal
+/// sent to a PID namespace's init that has no handler for it, and bwrap names
+/// the init as soon as it is forked, before it installed its handlers; so
+/// this also waits (polling `SigCgt` in `/proc/PID/status`, a few ms at most)
+/// for the handler. `None` when the init is gone.
+async fn init_catching(pid: &watch::Sender<i32>, signal: Signal) -> Option<i32> {
+    let mut known = pid.subscribe();
+    let pid = *known.wait_for(|p| *p > 0).await.ok()?;
+    let bit = 1_u64 << (signal as i32 - 1);
+    loop {
+        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
+            .await
+            .ok()?;
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & bit != 0 {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Reads bwrap's JSON status until it names the sandbox's init (written as
 /// soon as the init is forked; the pipe stays open until bwrap exits).
-async fn follow_json(mut r: pipe::Receiver, pid: Arc<AtomicI32>) {
+async fn follow_json(mut r: pipe::Receiver, pid: Arc<watch::Sender<i32>>) {
     let mut text = Vec::new();
     let mut buf = [0u8; 512];
     while text.len() < DIAGNOSTICS_MAX {
@@ -865,7 +1016,7 @@ async fn follow_json(mut r: pipe::Receiver, pid: Arc<AtomicI32>) {
             Ok(n) => text.extend_from_slice(&buf[..n]),
         }
         if let Some(n) = child_pid(&String::from_utf8_lossy(&text)) {
-            pid.store(n, Ordering::Release);
+            pid.send_replace(n);
             break;
         }
     }

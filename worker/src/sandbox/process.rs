@@ -34,6 +34,9 @@ pub struct ChildSetup {
     pub rlimits: Vec<(Resource, u64, u64)>,
     /// Drop root to this user.
     pub run_as: Option<RunAs>,
+    /// Start a new session whose controlling terminal is standard input
+    /// (a command with a tty and no sandbox).
+    pub terminal_session: bool,
 }
 
 impl ChildSetup {
@@ -48,6 +51,14 @@ impl ChildSetup {
     }
 
     fn apply(&self) -> io::Result<()> {
+        if self.terminal_session {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            // SAFETY: TIOCSCTTY on standard input (the terminal's slave) of
+            // a session leader without a controlling terminal.
+            if unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         for &fd in &self.keep {
             fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
         }

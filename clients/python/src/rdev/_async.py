@@ -84,6 +84,7 @@ class AsyncClient(BaseClient):
                 self._url(req.path),
                 params=req.params or None,
                 json=req.json,
+                content=req.content,
                 headers=self._headers_for(req),
             )
         except httpx.HTTPError as e:
@@ -259,6 +260,23 @@ class Commands:
         """Asks to cancel; a queued command is cancelled at once, a running
         one shortly after (follow it to see the end). 409 when it had ended."""
         return await self._c._send(r.command_cancel(id))
+
+    async def send_input(self, id: str, data: Union[bytes, str] = b"", *, eof: bool = False) -> int:
+        """Sends bytes to the standard input (or terminal) of a command
+        started with ``stdin="pipe"`` or a ``tty``; ``eof=True`` closes it
+        after them (on a terminal: Ctrl-D). Input is applied in order, once.
+        Returns the event's ``seq``; 409 once the command has ended."""
+        return await self._c._send(r.command_stdin(id, data, eof))
+
+    async def resize(self, id: str, cols: int, rows: int) -> int:
+        """Sets the terminal size of a command started with a ``tty``."""
+        return await self._c._send(r.command_resize(id, cols, rows))
+
+    async def signal(self, id: str, signal: str) -> int:
+        """Sends ``INT``, ``TERM``, ``HUP``, ``QUIT``, ``KILL``, ``USR1`` or
+        ``USR2``: with a tty to its foreground process group (like a key),
+        else to the command's process group."""
+        return await self._c._send(r.command_signal(id, signal))
 
     def events(self, id: str, *, after_seq: int = 0) -> "AsyncEventStream":
         """The command's live events (output chunks after ``after_seq``,

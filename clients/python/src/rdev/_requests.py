@@ -32,6 +32,8 @@ class Req:
     params: dict[str, str] = field(default_factory=dict)
     json: Optional[Any] = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: A raw body (``application/octet-stream``), instead of ``json``.
+    content: Optional[bytes] = None
 
 
 def seg(s: str) -> str:
@@ -142,6 +144,31 @@ def command_output(id: str, stream: Optional[str]) -> Req:
 
 def command_cancel(id: str) -> Req:
     return Req("POST", f"/v1/commands/{seg(id)}/cancel", Command.from_json)
+
+
+def _seq(v: Any) -> int:
+    return int(v["seq"])
+
+
+def command_stdin(id: str, data: Union[bytes, str], eof: bool) -> Req:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    params = {"eof": "true"} if eof else {}
+    return Req(
+        "POST",
+        f"/v1/commands/{seg(id)}/stdin",
+        _seq,
+        params=params,
+        content=raw,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+
+
+def command_resize(id: str, cols: int, rows: int) -> Req:
+    return Req("POST", f"/v1/commands/{seg(id)}/resize", _seq, json={"cols": cols, "rows": rows})
+
+
+def command_signal(id: str, signal: str) -> Req:
+    return Req("POST", f"/v1/commands/{seg(id)}/signal", _seq, json={"signal": signal})
 
 
 def command_events_path(id: str) -> str:
