@@ -654,7 +654,7 @@ async fn main() {
                     Ok(r) if r.status().as_u16() == 202 => {
                         let c: Value = r.json().await.unwrap_or(Value::Null);
                         let id = c["id"].as_str().unwrap_or_default().to_owned();
-                        let watched = (n % 3 == 0).then(|| {
+                        let watched = n.is_multiple_of(3).then(|| {
                             tokio::spawn(watch(
                                 http.clone(),
                                 apis.clone(),
@@ -966,17 +966,16 @@ async fn main() {
         ));
     }
     for s in &mut stack.services {
-        if let Some(mut c) = Stack::signal(s, nix::sys::signal::Signal::SIGTERM) {
-            if tokio::time::timeout(Duration::from_secs(20), c.wait())
+        if let Some(mut c) = Stack::signal(s, nix::sys::signal::Signal::SIGTERM)
+            && tokio::time::timeout(Duration::from_secs(20), c.wait())
                 .await
                 .is_err()
-            {
-                fail(
-                    &failures,
-                    format!("{} did not stop on SIGTERM within 20 s", s.name),
-                );
-                let _ = c.kill().await;
-            }
+        {
+            fail(
+                &failures,
+                format!("{} did not stop on SIGTERM within 20 s", s.name),
+            );
+            let _ = c.kill().await;
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
