@@ -429,7 +429,10 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
 }
 
 async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
-    let claimed = match retry_db("claim", || claim(w, id)).await {
+    // One token for every attempt of this claim: a retry after a commit
+    // whose answer was lost finds the command running under it, and runs it.
+    let token = Uuid::now_v7();
+    let claimed = match retry_db("claim", || claim(w, id, token)).await {
         Ok(Claim::Claimed(c, e)) => (*c, e),
         Ok(Claim::AtLimit) => return defer(w, id, priority).await,
         Ok(Claim::NotQueued) => {
@@ -447,7 +450,9 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     let (_running, cancel) = RunningGuard::new(w, id);
     let began = Instant::now();
     tracing::info!(attempt = claimed.command.attempt, "command started");
-    announce(w, started).await;
+    if let Some(started) = started {
+        announce(w, started).await;
+    }
     publish_live(w, id, &OutputEvent::Status).await;
 
     let timeout_s = claimed.command.timeout_s;
@@ -688,16 +693,22 @@ struct StoredEvent {
 
 /// What a claim attempt found.
 enum Claim {
-    Claimed(Box<Claimed>, StoredEvent),
+    /// Claimed now (with its `command.started` event), or resumed (the
+    /// event was stored by the earlier attempt's commit).
+    Claimed(Box<Claimed>, Option<StoredEvent>),
     NotQueued,
     AtLimit,
 }
 
-async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
+async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
     let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
-    let claimed = match commands::claim(&tx, id, &w.worker_id).await? {
+    let claimed = match commands::claim(&tx, id, &w.worker_id, token).await? {
         ClaimOutcome::Claimed(c) => c,
+        ClaimOutcome::Resumed(c) => {
+            tracing::warn!("the claim had committed but its answer was lost; running the command");
+            return Ok(Claim::Claimed(c, None));
+        }
         ClaimOutcome::NotQueued => return Ok(Claim::NotQueued),
         ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
     };
@@ -709,7 +720,10 @@ async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
     telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
-    Ok(Claim::Claimed(claimed, StoredEvent { outbox_id, message }))
+    Ok(Claim::Claimed(
+        claimed,
+        Some(StoredEvent { outbox_id, message }),
+    ))
 }
 
 /// The project runs as many commands as it may: park the message in the

@@ -301,6 +301,10 @@ pub enum ClaimOutcome {
     NotQueued,
     /// Its project already runs `max_concurrency` commands: try later.
     AtLimit,
+    /// It is already `running` under this claim token: an earlier attempt
+    /// of this same claim committed but its answer was lost. Run it (the
+    /// `command.started` event was stored with that commit).
+    Resumed(Box<Claimed>),
 }
 
 /// Moves a command from `queued` to `running` for `worker_id`. The
@@ -312,9 +316,10 @@ pub async fn claim(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
+    token: Uuid,
 ) -> Result<ClaimOutcome, DbError> {
     // Fast path: projects without a limit claim in one statement.
-    if let Some(c) = claim_if(client, id, worker_id, "p.max_concurrency IS NULL").await? {
+    if let Some(c) = claim_if(client, id, worker_id, token, "p.max_concurrency IS NULL").await? {
         return Ok(ClaimOutcome::Claimed(Box::new(c)));
     }
     let row = client
@@ -325,12 +330,12 @@ pub async fn claim(
         )
         .await?;
     let Some(row) = row else {
-        return Ok(ClaimOutcome::NotQueued);
+        return resume(client, id, worker_id, token).await;
     };
     let project_id: Uuid = row.try_get(0)?;
     let Some(max) = row.try_get::<_, Option<i32>>(1)? else {
         // The limit was removed between the two statements.
-        return Ok(claim_if(client, id, worker_id, "true")
+        return Ok(claim_if(client, id, worker_id, token, "true")
             .await?
             .map_or(ClaimOutcome::NotQueued, |c| {
                 ClaimOutcome::Claimed(Box::new(c))
@@ -352,7 +357,7 @@ pub async fn claim(
     if running >= i64::from(max) {
         return Ok(ClaimOutcome::AtLimit);
     }
-    Ok(claim_if(client, id, worker_id, "true")
+    Ok(claim_if(client, id, worker_id, token, "true")
         .await?
         .map_or(ClaimOutcome::NotQueued, |c| {
             ClaimOutcome::Claimed(Box::new(c))
@@ -369,10 +374,11 @@ async fn claim_if(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
+    token: Uuid,
     project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
-        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, \
+        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, claim_token = $3, \
          started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
          AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
@@ -381,13 +387,38 @@ async fn claim_if(
          FROM c JOIN projects p ON p.id = c.project_id"
     );
     let stmt = prepared(client, &sql).await?;
-    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id]).await? else {
+    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id, &token]).await? else {
         return Ok(None);
     };
+    claimed_of(&row).map(Some)
+}
+
+/// The command `worker_id` already claimed with `token` (its earlier
+/// attempt committed; the answer was lost), else `NotQueued`.
+async fn resume(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    token: Uuid,
+) -> Result<ClaimOutcome, DbError> {
+    let sql = format!(
+        "SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
+         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted \
+         FROM commands c JOIN projects p ON p.id = c.project_id \
+         WHERE c.id = $1 AND c.status = 'running' AND c.worker_id = $2 AND c.claim_token = $3"
+    );
+    match client.query_opt(&sql, &[&id, &worker_id, &token]).await? {
+        Some(row) => Ok(ClaimOutcome::Resumed(Box::new(claimed_of(&row)?))),
+        None => Ok(ClaimOutcome::NotQueued),
+    }
+}
+
+/// A claimed command's row (the command's columns and its project's).
+fn claimed_of(row: &Row) -> Result<Claimed, DbError> {
     let ring = crate::crypto::ring();
     let stdin: Option<Vec<u8>> = row.try_get("stdin")?;
-    Ok(Some(Claimed {
-        command: from_row(&row)?,
+    Ok(Claimed {
+        command: from_row(row)?,
         stdin: stdin.map(|s| ring.open(&s, STDIN_FIELD)).transpose()?,
         executor: from_json(row.try_get("executor")?, "projects.executor")?,
         project_env: from_json(
@@ -398,7 +429,7 @@ async fn claim_if(
         network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
         limits: from_json(row.try_get("limits")?, "projects.limits")?,
         project_deleted: row.try_get("project_deleted")?,
-    }))
+    })
 }
 
 /// Records the end of a running command claimed by `worker_id`. Returns

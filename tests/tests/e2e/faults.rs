@@ -749,3 +749,44 @@ async fn an_older_binary_runs_against_a_newer_schema() {
         "{invalid:?}"
     );
 }
+
+/// Issue 15 (smaller): a claim whose commit succeeded but whose answer was
+/// lost (the connection dropped) is retried by the worker with the same
+/// token, finds the command running under it and runs it, instead of
+/// leaving it `running` with no process until the reaper fails it.
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_resumed_by_its_retry() {
+    use rdev_shared::db::commands::{self, ClaimOutcome};
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let c = app.run("p", json!({"command": "true"})).await;
+    let id: uuid::Uuid = c["id"].as_str().expect("id").parse().expect("uuid");
+    let token = uuid::Uuid::now_v7();
+    let pool = app.env.pool.clone();
+    let claim = |token| {
+        let pool = pool.clone();
+        async move {
+            let mut client = pool.get().await.expect("db");
+            let tx = client.transaction().await.expect("tx");
+            let out = commands::claim(&tx, id, "w1", token).await.expect("claim");
+            tx.commit().await.expect("commit");
+            out
+        }
+    };
+    // The first attempt commits; its answer is "lost".
+    assert!(matches!(claim(token).await, ClaimOutcome::Claimed(_)));
+    // The retry of the same claim takes it up again…
+    match claim(token).await {
+        ClaimOutcome::Resumed(c) => assert_eq!(c.command.id, id),
+        other => panic!("expected Resumed, got {other:?}"),
+    }
+    // …while any other claim (a redelivered message) still skips it.
+    assert!(matches!(
+        claim(uuid::Uuid::now_v7()).await,
+        ClaimOutcome::NotQueued
+    ));
+}
