@@ -684,8 +684,11 @@ async fn main() {
 
     let mut faults: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut round = 0u32;
-    while Instant::now() + Duration::from_secs(12) < run_until {
-        tokio::time::sleep(Duration::from_secs(6)).await;
+    // Every kind of fault at least once even in a short run: one every
+    // 3-6 s, none in the last two periods (let the system settle).
+    let every = Duration::from_secs_f64((seconds as f64 / 8.0).clamp(3.0, 6.0));
+    while Instant::now() + every * 2 < run_until {
+        tokio::time::sleep(every).await;
         round += 1;
         let fault = match round % 7 {
             1 => "worker SIGKILL",
