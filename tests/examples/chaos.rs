@@ -684,19 +684,20 @@ async fn main() {
 
     let mut faults: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut round = 0u32;
-    // Every kind of fault at least once even in a short run: one every
-    // 3-6 s, none in the last two periods (let the system settle).
+    // One fault every 3-6 s (shorter in short runs), none in the last two
+    // periods (let the system settle).
     let every = Duration::from_secs_f64((seconds as f64 / 8.0).clamp(3.0, 6.0));
     while Instant::now() + every * 2 < run_until {
         tokio::time::sleep(every).await;
         round += 1;
+        // The quick ones first, so a short run sees most kinds.
         let fault = match round % 7 {
             1 => "worker SIGKILL",
-            2 => "rabbitmq restart",
-            3 => "worker SIGTERM",
-            4 => "dispatcher SIGKILL",
-            5 => "postgresql restart",
-            6 => "api SIGKILL",
+            2 => "api SIGKILL",
+            3 => "dispatcher SIGKILL",
+            4 => "postgresql restart",
+            5 => "worker SIGTERM",
+            6 => "rabbitmq restart",
             _ => "worker SIGKILL",
         };
         println!(
