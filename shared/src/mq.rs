@@ -197,39 +197,8 @@ pub async fn subscribe_control(
     cfg: &AmqpConfig,
     name: &str,
 ) -> Result<(Connection, lapin::Consumer), MqError> {
-    let t = Topology::new(cfg.prefix.clone());
-    let conn = connect(cfg, name).await?;
-    let ch = conn.create_channel().await?;
-    declare(&ch, &t).await?;
-    let opts = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    // Server-named queue: one per process.
-    let queue = ch
-        .queue_declare("".into(), opts, FieldTable::default())
-        .await?;
-    ch.queue_bind(
-        queue.name().clone(),
-        t.control_exchange().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((conn, consumer))
+    let exchange = Topology::new(cfg.prefix.clone()).control_exchange();
+    subscribe_private(cfg, name, &exchange, "").await
 }
 
 /// Opens a connection, declares the topology and an exclusive, auto-delete
@@ -240,6 +209,18 @@ pub async fn subscribe_input(
     cfg: &AmqpConfig,
     name: &str,
     worker_id: &str,
+) -> Result<(Connection, lapin::Consumer), MqError> {
+    let exchange = Topology::new(cfg.prefix.clone()).input_exchange();
+    subscribe_private(cfg, name, &exchange, worker_id).await
+}
+
+/// A connection consuming, without acks, a server-named exclusive queue of
+/// its own bound to `exchange` under `routing_key`.
+async fn subscribe_private(
+    cfg: &AmqpConfig,
+    name: &str,
+    exchange: &str,
+    routing_key: &str,
 ) -> Result<(Connection, lapin::Consumer), MqError> {
     let t = Topology::new(cfg.prefix.clone());
     let conn = connect(cfg, name).await?;
@@ -255,8 +236,8 @@ pub async fn subscribe_input(
         .await?;
     ch.queue_bind(
         queue.name().clone(),
-        t.input_exchange().into(),
-        worker_id.into(),
+        exchange.into(),
+        routing_key.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

@@ -173,10 +173,19 @@ impl Session {
         let mut need_catch_up = true;
         let stop = loop {
             if need_catch_up || finished {
-                if self.catch_up(&mut tx).await.is_err() {
-                    break Stop::Gone;
+                match self.catch_up(&mut tx).await {
+                    Err(_) => break Stop::Gone,
+                    // `end` only after everything stored was sent: a
+                    // finished command whose output could not be read
+                    // ends the session for a resume instead.
+                    Ok(false) if finished => {
+                        break Stop::Reconnect(
+                            "the stored output could not be read; reconnect with from_seq",
+                        );
+                    }
+                    // Running: the next poll tries again.
+                    Ok(complete) => need_catch_up = !complete,
                 }
-                need_catch_up = false;
             }
             if finished {
                 break Stop::End;
@@ -292,8 +301,9 @@ impl Session {
         }
     }
 
-    /// Sends the stored chunks after `last` (pages of [`CATCH_UP_PAGE`]).
-    async fn catch_up(&mut self, tx: &mut Sink) -> Result<(), axum::Error> {
+    /// Sends the stored chunks after `last` (pages of [`CATCH_UP_PAGE`]);
+    /// false when a read failed before the end of what is stored.
+    async fn catch_up(&mut self, tx: &mut Sink) -> Result<bool, axum::Error> {
         loop {
             let page = match self.st.pool.get().await {
                 Ok(client) => output::read(&client, self.cmd.id, self.last, None, CATCH_UP_PAGE)
@@ -305,7 +315,7 @@ impl Session {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, command = %self.cmd.id, "attach catch-up read failed");
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             let full = page.len() as i64 == CATCH_UP_PAGE;
@@ -322,7 +332,7 @@ impl Session {
                 self.last = c.seq;
             }
             if !full {
-                return Ok(());
+                return Ok(true);
             }
         }
     }

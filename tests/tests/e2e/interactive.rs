@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{Options, TestApp, spawn_app, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -371,4 +371,92 @@ async fn input_needs_its_scope_and_a_read_only_key_only_watches() {
         (Some("signaled"), Some(15)),
         "{c2}"
     );
+}
+
+#[tokio::test]
+async fn an_interactive_command_left_alone_ends_idle_and_input_keeps_one_alive() {
+    let app = spawn_app_with(Options {
+        worker_cfg: Some(|w| w.interactive_idle = Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    // Nobody types, nothing is printed, nobody is attached.
+    let alone = app
+        .run(
+            "p",
+            json!({"command": "echo started; cat", "stdin": "pipe"}),
+        )
+        .await;
+    let alone = alone["id"].as_str().expect("id").to_owned();
+    // Another one gets a line every second for longer than the limit.
+    let fed = app
+        .run("p", json!({"command": "cat", "stdin": "pipe"}))
+        .await;
+    let fed = fed["id"].as_str().expect("id").to_owned();
+    for n in 1..=6 {
+        let r = stdin(&app, &fed, format!("line {n}\n").as_bytes(), false).await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let c = app.wait_terminal(&alone, WAIT).await;
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("timed_out"), Some("idle")),
+        "{c}"
+    );
+    assert_eq!(app.output(&alone, None).await, b"started\n");
+    let r = stdin(&app, &fed, b"", true).await;
+    assert_eq!(r.status, 202, "the fed command is still running");
+    let c = app.wait_terminal(&fed, WAIT).await;
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("succeeded"), Some("exited")),
+        "{c}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_catch_up_read_never_ends_an_attach_session() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app
+        .run(
+            "p",
+            json!({"command": "for i in $(seq 1 20); do echo line$i; sleep 0.01; done"}),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    let c = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(c["status"], "succeeded");
+    // The stored output cannot be read for a moment.
+    let client = app.env.pool.get().await.expect("db");
+    client
+        .batch_execute("ALTER TABLE command_output RENAME TO command_output_away")
+        .await
+        .expect("rename");
+    let mut a = Attached::open(&app, &id, 0).await;
+    let frames = a.read_until(None, Some("reconnect")).await;
+    client
+        .batch_execute("ALTER TABLE command_output_away RENAME TO command_output")
+        .await
+        .expect("rename back");
+    assert!(
+        frames.iter().all(|f| f["type"] != "end"),
+        "`end` without the output: {frames:?}"
+    );
+    // Resuming gets everything, once, in order, then `end`.
+    let last = a.chunks.last().map_or(0, |c| c.0);
+    let mut b = Attached::open(&app, &id, last).await;
+    b.read_until(None, Some("end")).await;
+    let mut all = a.chunks.clone();
+    all.extend(b.chunks.clone());
+    let seqs: Vec<i64> = all.iter().map(|c| c.0).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let text: String = all
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.1).into_owned())
+        .collect();
+    let want: String = (1..=20).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(text, want);
 }

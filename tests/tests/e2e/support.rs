@@ -44,6 +44,8 @@ pub struct Options {
     pub limits_max: &'static str,
     /// Changes more settings of the API (after the ones above).
     pub api: Option<fn(&mut ApiConfig)>,
+    /// Changes more settings of the worker (after the ones above).
+    pub worker_cfg: Option<fn(&mut rdev_worker::Config)>,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             executors: "local,kubernetes",
             limits_max: rdev_shared::containment::MAX_LIMITS,
             api: None,
+            worker_cfg: None,
         }
     }
 }
@@ -161,6 +164,9 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             wcfg.amqp.amqp_url = Secret::new(url.clone());
         }
         wcfg.limits.max = opts.limits_max.parse().expect("limits max");
+        if let Some(tweak) = opts.worker_cfg {
+            tweak(&mut wcfg);
+        }
         let s = stop.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
