@@ -34,11 +34,17 @@ use crate::limits::{Refusal, SseSlot};
 /// connection while catching up.
 const CATCH_UP_PAGE: i64 = 2;
 /// Extra PostgreSQL reads after subscribing, each this long after the last
-/// (see `event_stream`).
-const SETTLE_READS: [Duration; 3] = [
+/// (see `event_stream`): at 0.2, 1, 3, 6, 10 and 16 s, which covers the
+/// worker's retries of a batch (about 16 s, `worker/src/output.rs`), so a
+/// chunk published before the subscription and stored late still arrives
+/// without waiting for more output.
+const SETTLE_READS: [Duration; 6] = [
     Duration::from_millis(200),
     Duration::from_millis(800),
     Duration::from_secs(2),
+    Duration::from_secs(3),
+    Duration::from_secs(4),
+    Duration::from_secs(6),
 ];
 /// Recent chunks taken from the hub per step when catching up from memory.
 const RECENT_PAGE: usize = 16;

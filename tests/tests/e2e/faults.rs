@@ -790,3 +790,55 @@ async fn a_claim_whose_answer_was_lost_is_resumed_by_its_retry() {
         ClaimOutcome::NotQueued
     ));
 }
+
+/// Issue 15 (smaller): a chunk published live before a watcher subscribed,
+/// whose store was held up (the worker retries a batch for up to ~16 s),
+/// still reaches the watcher once stored, without waiting for the next
+/// live chunk: the settle reads cover the worker's retry window.
+#[tokio::test]
+async fn a_chunk_stored_late_reaches_a_new_watcher_without_more_output() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let mut client = app.env.pool.get().await.expect("db");
+    // Stores wait (reads do not) while this lock is held.
+    let tx = client.transaction().await.expect("tx");
+    tx.batch_execute("LOCK TABLE command_output IN EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let c = app
+        .run("p", json!({"command": "echo first; sleep 14; echo second"}))
+        .await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    app.wait_status(&id, "running", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // `first` was published live
+    let subscribed = Instant::now();
+    let reader = {
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url(&format!("/v1/commands/{id}/events")),
+            app.admin_key.clone(),
+        );
+        tokio::spawn(async move {
+            let resp = http.get(url).bearer_auth(key).send().await.expect("sse");
+            let mut events = resp.bytes_stream().eventsource();
+            while let Ok(Some(Ok(ev))) =
+                tokio::time::timeout(Duration::from_secs(60), events.next()).await
+            {
+                if ev.event == "output" {
+                    return Some((Instant::now(), ev.data));
+                }
+            }
+            None
+        })
+    };
+    // The store is held up past the first settle reads (3 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tx.commit().await.expect("unlock");
+    let (at, data) = reader.await.expect("reader").expect("an output event");
+    assert!(data.contains("first"), "{data}");
+    let took = at - subscribed;
+    assert!(
+        took < Duration::from_secs(12),
+        "`first` arrived after {took:?}, with the next output (14 s), not when stored"
+    );
+}
