@@ -541,6 +541,8 @@ pub struct Publisher {
     reconnect: tokio::sync::Mutex<Reconnect>,
     /// Signalled when a reconnection attempt ends.
     reconnected: tokio::sync::Notify,
+    /// Whether a connection was ever made (see [`Publisher::channels`]).
+    ever_connected: std::sync::atomic::AtomicBool,
     /// This publisher, for the background reconnection task.
     me: std::sync::Weak<Publisher>,
     metrics: std::sync::OnceLock<Arc<Metrics>>,
@@ -586,6 +588,7 @@ impl Publisher {
             channel: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Reconnect::default()),
             reconnected: tokio::sync::Notify::new(),
+            ever_connected: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
             metrics: std::sync::OnceLock::new(),
         })
@@ -642,14 +645,26 @@ impl Publisher {
         }
         // The attempt runs in its own task, so a broker that does not answer
         // (a black hole: up to CONNECT_TIMEOUT) costs each caller at most
-        // RECONNECT_WAIT instead of queueing every publish behind it.
+        // RECONNECT_WAIT instead of queueing every publish behind it. The
+        // very first connection is waited for in full: a busy machine may
+        // take longer than RECONNECT_WAIT to open and declare, and failing
+        // there would leave the first commands to the relay. A failed first
+        // attempt sets `last_failure`, so later callers fail fast anyway.
         let done = self.reconnected.notified();
         tokio::pin!(done);
         done.as_mut().enable();
         if !self.start_reconnect() {
             return Err(MqError::Unavailable);
         }
-        let _ = tokio::time::timeout(RECONNECT_WAIT, done).await;
+        let wait = if self
+            .ever_connected
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            RECONNECT_WAIT
+        } else {
+            CONNECT_TIMEOUT + RECONNECT_WAIT
+        };
+        let _ = tokio::time::timeout(wait, done).await;
         self.current().ok_or(MqError::Unavailable)
     }
 
@@ -684,6 +699,8 @@ impl Publisher {
                         }
                         rc.last_failure = None;
                         *me.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chans);
+                        me.ever_connected
+                            .store(true, std::sync::atomic::Ordering::Release);
                     }
                     Err(e) => {
                         rc.last_failure = Some(Instant::now());
