@@ -86,6 +86,11 @@ pub struct ApiConfig {
     /// 503 and closed. Keep above `RDEV_SSE_MAX_CONNECTIONS`.
     #[arg(long, env = "RDEV_MAX_CONNECTIONS", default_value_t = 15_000)]
     pub max_connections: usize,
+    /// A connection whose client takes no bytes for this long while the
+    /// server has some to send is closed (a client that stopped reading an
+    /// event stream would hold its slot, and the graceful shutdown, forever).
+    #[arg(long, env = "RDEV_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// Concurrent `/output` downloads per API key on this instance.
     #[arg(long, env = "RDEV_OUTPUT_MAX_PER_KEY", default_value_t = 8)]
     pub output_max_per_key: usize,
@@ -138,6 +143,7 @@ impl ApiConfig {
             limits: LimitsConfig::default(),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 15_000,
+            write_timeout: Duration::from_secs(30),
             output_max_per_key: 8,
             auth_failure_limit: RateLimit {
                 requests: 30,

@@ -119,6 +119,14 @@ impl LiveEvent {
         }
     }
 
+    /// What holding a chunk costs: its data and its encoded frame (a chunk
+    /// of control characters encodes to six times its size). Encodes the
+    /// frame if it was not yet.
+    pub fn held_bytes(&self) -> usize {
+        let data = self.chunk_seq_len().map_or(0, |(_, n)| n);
+        data + self.frame().map_or(0, |f| f.len())
+    }
+
     /// The `output` frame of a chunk, encoded once; `None` for other messages.
     pub fn frame(&self) -> Option<Bytes> {
         match &self.event {

@@ -31,10 +31,12 @@ pub const WATCHER_BUFFER: usize = 8;
 /// watchers of 10 MB took 85 s and 60 s of PostgreSQL CPU with catch-up
 /// from PostgreSQL, 30 s and 2.5 s with this): at most this many…
 const RECENT_CHUNKS: usize = 4096;
-/// …and this many bytes of chunk data per command…
+/// …and this many bytes per command (chunk data and its encoded SSE frame
+/// together)…
 const RECENT_BYTES: usize = 16 << 20;
-/// …and this many bytes for all commands of this instance together (their
-/// SSE frames, encoded once when first written, add about as much again).
+/// …and this many bytes for all commands of this instance together (data
+/// and frames: a chunk of control characters encodes to six times its size,
+/// so counting only the data would let the frames go far past the budget).
 const RECENT_BUDGET: usize = 48 << 20;
 
 /// A command's latest live chunks, contiguous in `seq`.
@@ -67,9 +69,11 @@ impl State {
     /// (a publish was lost) or does not fit the instance's budget empties
     /// the command's list: it must stay contiguous to be trusted.
     fn remember(&mut self, command_id: Uuid, event: &Arc<LiveEvent>) {
-        let Some((seq, len)) = event.chunk_seq_len() else {
+        let Some((seq, _)) = event.chunk_seq_len() else {
             return;
         };
+        // The budget counts what is held: data and encoded frame.
+        let len = event.held_bytes();
         let recent = self.recent.entry(command_id).or_default();
         let follows = recent
             .chunks
@@ -90,7 +94,7 @@ impl State {
             let Some(old) = recent.chunks.pop_front() else {
                 break;
             };
-            let freed = old.chunk_seq_len().map_or(0, |(_, n)| n);
+            let freed = old.held_bytes();
             recent.bytes -= freed;
             self.recent_bytes -= freed;
         }
@@ -160,12 +164,24 @@ impl Subscription {
     /// PostgreSQL). A lagging watcher's buffered messages are discarded at
     /// once: it re-reads them from PostgreSQL anyway, and holding them would
     /// pin up to [`WATCHER_BUFFER`] chunks per slow client.
+    ///
+    /// While the hub is disconnected from the broker, or this command is not
+    /// bound, it is always true: nothing live arrives, so every poll must
+    /// read PostgreSQL (once was not enough: a watcher then heard nothing
+    /// until the hub reconnected).
     pub fn take_lagged(&mut self) -> bool {
-        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        let lagged = self.lagged.swap(false, Ordering::AcqRel) || !self.is_live();
         if lagged {
             while self.rx.try_recv().is_ok() {}
         }
         lagged
+    }
+}
+
+impl Subscription {
+    /// Whether live messages for this command reach this subscription.
+    fn is_live(&self) -> bool {
+        self.hub.is_connected() && lock(&self.hub.state).bound.contains(&self.command_id)
     }
 }
 
@@ -315,8 +331,10 @@ impl OutputHub {
         else {
             return;
         };
-        // Shared by every watcher, SSE frame included (encoded once).
+        // Shared by every watcher, SSE frame included (encoded once, here,
+        // outside the lock, so the recent list's budget counts it).
         let event = Arc::new(LiveEvent::new(event));
+        let _ = event.frame();
         let mut st = lock(&self.state);
         if !st.watchers.contains_key(&id) {
             return;
@@ -374,6 +392,13 @@ impl OutputHub {
         for id in watched {
             self.bind(id).await?;
             lock(&self.state).bound.insert(id);
+        }
+        // What was published between a watcher's last read of PostgreSQL
+        // and its re-bind reached nobody: every watcher reads once more.
+        for list in lock(&self.state).watchers.values() {
+            for w in list {
+                w.lagged.store(true, Ordering::Release);
+            }
         }
         Ok((conn, consumer))
     }
@@ -502,6 +527,26 @@ mod tests {
         let st = lock(&hub.state);
         assert!(st.recent.is_empty());
         assert_eq!(st.recent_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn the_budget_counts_encoded_frames() {
+        let hub = hub();
+        let id = Uuid::now_v7();
+        let _sub = hub.subscribe(id).await;
+        hub.dispatch(
+            &format!("cmd.{id}"),
+            OutputEvent::Chunk {
+                seq: 1,
+                stream: OutputStream::Stdout,
+                data: Bytes::from(vec![1u8; 64 * 1024]),
+            },
+        );
+        let st = lock(&hub.state);
+        let held = st.recent.get(&id).expect("held").chunks[0].clone();
+        let frame = held.frame().expect("frame").len();
+        assert!(frame > 5 * 64 * 1024, "\\u0001 per byte: {frame}");
+        assert_eq!(st.recent_bytes, 64 * 1024 + frame);
     }
 
     #[tokio::test]

@@ -330,6 +330,7 @@ mod tests {
             database_url: rdev_shared::config::Secret::new("postgres://nobody@127.0.0.1:1/x"),
             migrate_database_url: None,
             pool_size: 1,
+            statement_timeout_s: 30,
         };
         let pool = rdev_shared::db::pool(&cfg).expect("pool");
         let r = cache.authenticate(&pool, &[7; 32], Some(ip)).await;

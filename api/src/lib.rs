@@ -109,6 +109,7 @@ pub async fn start(
             .unwrap_or_else(|_| metrics.sse_connections_active.clone()),
     );
     let max_connections = cfg.max_connections;
+    let write_timeout = cfg.write_timeout;
     // Ends when the server's state is dropped.
     let marker = rdev_shared::relay::PublishedMarker::spawn(pool.clone());
     let state = AppState {
@@ -142,7 +143,7 @@ pub async fn start(
         }
     });
     let task = tokio::spawn(async move {
-        serve::serve(listener, app, max_connections, async move {
+        serve::serve(listener, app, max_connections, write_timeout, async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         })

@@ -65,6 +65,8 @@ mod tests {
             network: Default::default(),
             limits: Default::default(),
             allowed_secrets: None,
+            command_retention_s: None,
+            output_retention_s: None,
             created_at: updated_at,
             updated_at,
         }

@@ -46,6 +46,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     max_connections: usize,
+    write_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -101,7 +102,8 @@ pub async fn serve(
         });
         // Upgrades for the attach WebSocket: once upgraded, the socket leaves
         // this connection (and its slot); attach sessions count against the
-        // SSE watcher limit instead.
+        // SSE watcher limit instead. The write timeout goes with the socket.
+        let stream = WriteTimeout::new(stream, write_timeout);
         let conn = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -126,6 +128,103 @@ pub async fn serve(
     drop(listener);
     let _ = stopping_tx.send(true);
     let _ = slots.acquire_many(max_connections as u32).await;
+}
+
+/// A socket whose writes fail with `TimedOut` when the peer takes nothing
+/// for `limit` while there is something to send. hyper has no write
+/// timeout, and an event stream is only polled when hyper can write: a
+/// client that stops reading would otherwise keep its connection, its SSE
+/// slot and the graceful shutdown waiting forever. The timer exists only
+/// while a write is blocked (no cost for a connection that keeps up).
+struct WriteTimeout {
+    inner: tokio::net::TcpStream,
+    limit: Duration,
+    blocked: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteTimeout {
+    fn new(inner: tokio::net::TcpStream, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            blocked: None,
+        }
+    }
+
+    /// Maps a write's result: clears the timer on progress, arms it on
+    /// `Pending`, and fails once it has fired.
+    fn check<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.blocked = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no bytes within the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteTimeout {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteTimeout {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, polled)
+    }
 }
 
 #[cfg(test)]

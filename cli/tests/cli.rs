@@ -127,6 +127,8 @@ async fn start_with(opts: Opts) -> System {
             network: Default::default(),
             limits: Default::default(),
             allowed_secrets: None,
+            command_retention_s: None,
+            output_retention_s: None,
         },
     )
     .await

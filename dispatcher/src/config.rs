@@ -37,10 +37,31 @@ pub struct Config {
     /// A running command whose heartbeat is older than this is failed as `worker_lost`.
     #[arg(long = "lost-after-s", env = "RDEV_LOST_AFTER_S", default_value_t = 30)]
     pub lost_after_s: u64,
+    /// A command still `queued` this long after it was accepted (or last
+    /// republished) gets its run message published again (a lost message:
+    /// purged queue, broker disk lost). Keep it above the longest backlog
+    /// you expect; a duplicate is harmless but costs a delivery.
+    #[arg(long, env = "RDEV_REQUEUE_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub requeue_after: Duration,
     /// Audit entries older than this are deleted.
     #[arg(long, env = "RDEV_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
     pub audit_retention: Duration,
-    /// How often retention (audit log, rate-limit counters) runs.
+    /// Published outbox rows older than this are deleted (0: kept).
+    #[arg(long, env = "RDEV_OUTBOX_RETENTION", default_value = "1d", value_parser = parse_duration)]
+    pub outbox_retention: Duration,
+    /// Stored output of commands finished longer ago than this is deleted,
+    /// unless the project sets `output_retention_s` (0: kept).
+    #[arg(long, env = "RDEV_OUTPUT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub output_retention: Duration,
+    /// Commands finished longer ago than this are deleted with their output,
+    /// unless the project sets `command_retention_s` (0: kept).
+    #[arg(long, env = "RDEV_COMMAND_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub command_retention: Duration,
+    /// Settled webhook deliveries (and their attempts) older than this are
+    /// deleted (0: kept).
+    #[arg(long, env = "RDEV_WEBHOOK_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub webhook_retention: Duration,
+    /// How often retention runs.
     #[arg(long, env = "RDEV_RETENTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub retention_interval: Duration,
     /// Delays before each webhook delivery attempt (the first is the delay
@@ -82,6 +103,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long each kind of row is kept.
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            audit: self.audit_retention,
+            outbox: self.outbox_retention,
+            output: self.output_retention,
+            commands: self.command_retention,
+            webhook_deliveries: self.webhook_retention,
+        }
+    }
+
     /// The webhook delivery policy.
     pub fn webhook_settings(&self) -> crate::webhooks::Settings {
         crate::webhooks::Settings {

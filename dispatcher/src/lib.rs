@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod reaper;
+pub mod requeue;
 pub mod retention;
 pub mod webhooks;
 
@@ -93,6 +94,8 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Dispatcher, DispatcherError> {
     let pool = db::pool(&cfg.db)?;
+    // Not before the schema this version needs is there.
+    db::require_schema(&pool, Duration::from_secs(120)).await?;
     let publisher = Publisher::new(cfg.amqp.clone(), "rdev-dispatcher");
     let metrics = Arc::new(Metrics::new("rdev-dispatcher"));
     publisher.set_metrics(metrics.clone());
@@ -133,8 +136,15 @@ pub async fn start(
     ));
     let retention = tokio::spawn(retention::run(
         pool.clone(),
-        cfg.audit_retention,
+        cfg.retention(),
         cfg.retention_interval,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    let requeue = tokio::spawn(requeue::run(
+        pool.clone(),
+        publisher.clone(),
+        cfg.requeue_after,
         stop_rx.clone(),
     ));
     let reaper = tokio::spawn(reaper::run(
@@ -154,7 +164,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(ops, relay, reaper, retention, events, deliveries);
+        let _ = tokio::join!(ops, relay, reaper, requeue, retention, events, deliveries);
     });
     Ok(Dispatcher { addr, task })
 }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use rdev_shared::db::{DbError, Pool, commands, outbox};
 use rdev_shared::domain::{CommandStatus, command_event};
 use rdev_shared::mq::{OutputEvent, Publisher};
@@ -44,11 +43,9 @@ pub async fn reap_once(
     publisher: &Publisher,
     lost_after: Duration,
 ) -> Result<usize, DbError> {
-    let before = Utc::now()
-        - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::seconds(30));
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let reaped = commands::reap_lost(&tx, before, REAP_BATCH).await?;
+    let reaped = commands::reap_lost(&tx, lost_after, REAP_BATCH).await?;
     let mut rows = Vec::with_capacity(reaped.len());
     for cmd in &reaped {
         let kind = CommandStatus::Failed

@@ -59,6 +59,16 @@ pub struct DbConfig {
     /// Maximum connections in this process's pool.
     #[arg(long = "db-pool-size", env = "RDEV_DB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
+    /// Longest a statement may run before PostgreSQL cancels it (seconds,
+    /// `statement_timeout` of every pooled connection; 0 = none). Keeps a
+    /// stuck statement (a lock never released) from holding a heartbeat or
+    /// a request. Migrations run without it.
+    #[arg(
+        long = "db-statement-timeout-s",
+        env = "RDEV_DB_STATEMENT_TIMEOUT_S",
+        default_value_t = 30
+    )]
+    pub statement_timeout_s: u64,
 }
 
 /// RabbitMQ settings.

@@ -673,6 +673,12 @@ pub struct Project {
     pub limits: ResourceLimits,
     /// Secrets its commands may name; none = any of its secrets.
     pub allowed_secrets: Option<Vec<String>>,
+    /// Seconds its finished commands are kept; none = the server's default
+    /// (`RDEV_COMMAND_RETENTION`).
+    pub command_retention_s: Option<i64>,
+    /// Seconds its finished commands' output is kept; none = the server's
+    /// default (`RDEV_OUTPUT_RETENTION`).
+    pub output_retention_s: Option<i64>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
     /// Resident memory of this process.
     pub process_resident_memory_bytes: IntGauge,
+    /// Rows deleted by retention, by kind.
+    pub retention_deleted_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +194,11 @@ impl Metrics {
                     "Resident memory size in bytes.",
                 )
                 .expect("valid"),
+            ),
+            retention_deleted_total: counter_vec(
+                "retention_deleted_total",
+                "Rows deleted by retention, by kind.",
+                &["kind"],
             ),
             registry,
         };

@@ -367,6 +367,29 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), MqError> {
         )
         .await?;
 
+    // The delay queue: a command over its project's concurrency limit waits
+    // here, holding no worker slot, and is dead-lettered back to the
+    // commands exchange after the TTL (at the back of the queue, behind
+    // other projects' commands).
+    // https://www.rabbitmq.com/docs/ttl https://www.rabbitmq.com/docs/dlx
+    let mut delay = FieldTable::default();
+    delay.insert("x-message-ttl".into(), AMQPValue::LongLongInt(DELAY_TTL_MS));
+    delay.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(t.commands_exchange().as_str().into()),
+    );
+    delay.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(RUN_KEY.into()),
+    );
+    delay.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    channel
+        .queue_declare(t.commands_delay_queue().into(), qopts, delay)
+        .await?;
+
     channel
         .queue_declare(t.webhooks_queue().into(), qopts, FieldTable::default())
         .await?;
@@ -494,23 +517,56 @@ impl OutputEvent {
 }
 
 /// A publisher that connects lazily, reconnects after failures, declares the
-/// topology on every new connection, and uses publisher confirms.
+/// topology on every new connection, and uses publisher confirms for
+/// durable messages.
+///
+/// One connection, two channels: durable messages go through a channel in
+/// confirm mode and every confirm is awaited; transient ones (live output,
+/// control broadcasts) through a channel without confirms. lapin keeps a
+/// dropped, unanswered confirm until `wait_for_confirms()`, so publishing
+/// transient messages on the confirm channel without awaiting them grew the
+/// process by about 650 bytes per message (issue 15).
 ///
 /// While the broker is unreachable, `publish` fails fast (callers keep the
-/// message in the outbox) instead of blocking requests.
+/// message in the outbox) instead of blocking requests: one reconnection
+/// attempt at a time runs in the background and callers wait for it at most
+/// [`RECONNECT_WAIT`]; a confirm that times out drops the connection, so the
+/// next publishes fail fast instead of each waiting [`CONFIRM_TIMEOUT`] on a
+/// black hole.
 pub struct Publisher {
     cfg: AmqpConfig,
     topology: Topology,
     name: String,
-    channel: RwLock<Option<Channel>>,
+    channel: RwLock<Option<Channels>>,
     reconnect: tokio::sync::Mutex<Reconnect>,
+    /// Signalled when a reconnection attempt ends.
+    reconnected: tokio::sync::Notify,
+    /// Whether a connection was ever made (see [`Publisher::channels`]).
+    ever_connected: std::sync::atomic::AtomicBool,
+    /// This publisher, for the background reconnection task.
+    me: std::sync::Weak<Publisher>,
     metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
+
+/// The two channels of the publisher's connection.
+#[derive(Clone)]
+struct Channels {
+    /// Confirm mode: every publish is awaited.
+    confirmed: Channel,
+    /// No confirms: fire and forget.
+    transient: Channel,
+}
+
+/// How long a publish waits for a reconnection attempt before failing fast
+/// (the attempt goes on in the background).
+const RECONNECT_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Reconnect {
     conn: Option<Connection>,
     last_failure: Option<Instant>,
+    /// An attempt is under way.
+    connecting: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -525,12 +581,15 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher that will connect on first use.
     pub fn new(cfg: AmqpConfig, name: impl Into<String>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             topology: Topology::new(cfg.prefix.clone()),
             cfg,
             name: name.into(),
             channel: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Reconnect::default()),
+            reconnected: tokio::sync::Notify::new(),
+            ever_connected: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
             metrics: std::sync::OnceLock::new(),
         })
     }
@@ -562,53 +621,137 @@ impl Publisher {
         &self.topology
     }
 
-    /// Whether the current channel is open.
+    /// Whether the current channels are open.
     pub fn is_connected(&self) -> bool {
         self.current().is_some()
     }
 
-    fn current(&self) -> Option<Channel> {
+    fn current(&self) -> Option<Channels> {
         let guard = self.channel.read().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().filter(|c| c.status().connected()).cloned()
+        guard
+            .as_ref()
+            .filter(|c| c.confirmed.status().connected() && c.transient.status().connected())
+            .cloned()
     }
 
-    /// The open channel, connecting if needed.
+    /// The open confirm-mode channel, connecting if needed.
     pub async fn channel(&self) -> Result<Channel, MqError> {
+        Ok(self.channels().await?.confirmed)
+    }
+
+    async fn channels(&self) -> Result<Channels, MqError> {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let mut rc = self.reconnect.lock().await;
-        if let Some(c) = self.current() {
-            return Ok(c);
+        // The attempt runs in its own task, so a broker that does not answer
+        // (a black hole: up to CONNECT_TIMEOUT) costs each caller at most
+        // RECONNECT_WAIT instead of queueing every publish behind it. The
+        // very first connection is waited for in full: a busy machine may
+        // take longer than RECONNECT_WAIT to open and declare, and failing
+        // there would leave the first commands to the relay. A failed first
+        // attempt sets `last_failure`, so later callers fail fast anyway.
+        let done = self.reconnected.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !self.start_reconnect() {
+            return Err(MqError::Unavailable);
+        }
+        let wait = if self
+            .ever_connected
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            RECONNECT_WAIT
+        } else {
+            CONNECT_TIMEOUT + RECONNECT_WAIT
+        };
+        let _ = tokio::time::timeout(wait, done).await;
+        self.current().ok_or(MqError::Unavailable)
+    }
+
+    /// Starts a reconnection attempt in the background unless one is under
+    /// way; false when the last one failed too recently to try again.
+    fn start_reconnect(&self) -> bool {
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        let Ok(mut rc) = self.reconnect.try_lock() else {
+            return true; // under way: wait for it
+        };
+        if rc.connecting {
+            return true;
         }
         if rc
             .last_failure
             .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
         {
-            return Err(MqError::Unavailable);
+            return false;
         }
-        match self.open().await {
-            Ok((conn, chan)) => {
-                rc.conn = Some(conn);
-                rc.last_failure = None;
-                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chan.clone());
-                Ok(chan)
+        // Claimed: no other attempt starts until this one ends.
+        rc.connecting = true;
+        drop(rc);
+        tokio::spawn(async move {
+            let mut rc = me.reconnect.lock().await;
+            if me.current().is_none() {
+                match me.open().await {
+                    Ok((conn, chans)) => {
+                        if let Some(old) = rc.conn.replace(conn) {
+                            let _ = old.close(200, "reconnecting".into()).await;
+                        }
+                        rc.last_failure = None;
+                        *me.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(chans);
+                        me.ever_connected
+                            .store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    Err(e) => {
+                        rc.last_failure = Some(Instant::now());
+                        tracing::warn!(publisher = %me.name, error = %e, "cannot connect to RabbitMQ");
+                    }
+                }
             }
-            Err(e) => {
-                rc.last_failure = Some(Instant::now());
-                tracing::warn!(publisher = %self.name, error = %e, "cannot connect to RabbitMQ");
-                Err(e)
-            }
+            rc.connecting = false;
+            drop(rc);
+            me.reconnected.notify_waiters();
+        });
+        true
+    }
+
+    /// Forgets the current channels after a confirm timed out: the broker
+    /// (or the path to it) is stuck, and the next publishes must fail fast
+    /// and reconnect instead of each waiting for a confirm.
+    fn drop_channels(&self) {
+        let old = self
+            .channel
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            tracing::warn!(publisher = %self.name, "publisher confirm timed out; reconnecting");
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    CONFIRM_TIMEOUT,
+                    old.confirmed.close(200, "confirm timed out".into()),
+                )
+                .await;
+            });
         }
     }
 
-    async fn open(&self) -> Result<(Connection, Channel), MqError> {
+    async fn open(&self) -> Result<(Connection, Channels), MqError> {
         let conn = connect(&self.cfg, &self.name).await?;
-        let chan = conn.create_channel().await?;
-        chan.confirm_select(ConfirmSelectOptions::default()).await?;
-        declare(&chan, &self.topology).await?;
+        let confirmed = conn.create_channel().await?;
+        confirmed
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare(&confirmed, &self.topology).await?;
+        let transient = conn.create_channel().await?;
         tracing::info!(publisher = %self.name, "connected to RabbitMQ");
-        Ok((conn, chan))
+        Ok((
+            conn,
+            Channels {
+                confirmed,
+                transient,
+            },
+        ))
     }
 
     /// Publishes a persistent message and waits for the broker's confirm.
@@ -635,9 +778,13 @@ impl Publisher {
             .await?
             .await
         };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| MqError::Timeout("waiting for publisher confirm"))??;
+        let confirmation = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(c) => c?,
+            Err(_) => {
+                self.drop_channels();
+                return Err(MqError::Timeout("waiting for publisher confirm"));
+            }
+        };
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => {
                 self.count(self.kind_of(&m.exchange));
@@ -651,20 +798,21 @@ impl Publisher {
     /// Broadcasts a control message (transient, not confirmed: every use has
     /// a durable backstop in PostgreSQL).
     pub async fn publish_control(&self, m: &ControlMessage) -> Result<(), MqError> {
-        let chan = self.channel().await?;
+        let chan = self.channels().await?.transient;
         let body = serde_json::to_vec(m).unwrap_or_default();
         let props = BasicProperties::default()
             .with_delivery_mode(1)
             .with_content_type("application/json".into());
-        let _confirm = chan
-            .basic_publish(
-                self.topology.control_exchange().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await?;
+        // No confirm on this channel: the future resolves at once.
+        chan.basic_publish(
+            self.topology.control_exchange().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await?
+        .await?;
         self.count("control");
         Ok(())
     }
@@ -707,22 +855,22 @@ impl Publisher {
         command_id: Uuid,
         event: &OutputEvent,
     ) -> Result<(), MqError> {
-        let chan = self.channel().await?;
+        let chan = self.channels().await?.transient;
         let (body, headers) = event.encode();
         let props = BasicProperties::default()
             .with_delivery_mode(1)
             .with_headers(headers);
-        // The confirm future is dropped on purpose: losing a live chunk only
-        // makes readers fetch it from PostgreSQL.
-        let _confirm = chan
-            .basic_publish(
-                self.topology.output_exchange().into(),
-                Topology::output_key(command_id).into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await?;
+        // No confirm on this channel (the future resolves at once): losing a
+        // live chunk only makes readers fetch it from PostgreSQL.
+        chan.basic_publish(
+            self.topology.output_exchange().into(),
+            Topology::output_key(command_id).into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await?
+        .await?;
         self.count("output");
         Ok(())
     }

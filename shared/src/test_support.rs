@@ -75,6 +75,7 @@ impl TestEnv {
             database_url: Secret::new(with_db(&admin_url, &db_name)),
             migrate_database_url: None,
             pool_size: 8,
+            statement_timeout_s: 30,
         };
         let pool = db::pool(&db).expect("test pool");
         db::migrate(&pool).await.expect("migrate test database");

@@ -75,6 +75,7 @@ async fn main() {
     let cfg = rdev_dispatcher::config::Config {
         db: rdev_shared::config::DbConfig {
             pool_size: 16,
+            statement_timeout_s: 30,
             ..env.db.clone()
         },
         amqp: env.amqp.clone(),
@@ -85,6 +86,7 @@ async fn main() {
         relay_interval: Duration::from_secs(1),
         relay_min_age: Duration::from_secs(5),
         lost_after_s: 30,
+        requeue_after: Duration::from_secs(600),
         webhook_retry_schedule: parse_schedule("0s,1s,1s").expect("schedule"),
         webhook_timeout_s: 15,
         webhook_allow_private: true,
@@ -96,6 +98,10 @@ async fn main() {
         webhook_retry_after_max: Duration::from_secs(3600),
         webhook_prefetch: 64,
         audit_retention: Duration::from_secs(90 * 86_400),
+        outbox_retention: Duration::from_secs(86_400),
+        output_retention: Duration::from_secs(30 * 86_400),
+        command_retention: Duration::from_secs(90 * 86_400),
+        webhook_retention: Duration::from_secs(30 * 86_400),
         retention_interval: Duration::from_secs(300),
     };
     let (stop, stopped) = oneshot::channel::<()>();

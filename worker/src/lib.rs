@@ -44,6 +44,9 @@ pub async fn run(
     run_with_addr(cfg, shutdown, None).await
 }
 
+/// How long a worker waits at start for the migrations it needs.
+const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Like [`run`], and sends the address the HTTP endpoints are bound to
 /// (useful with port 0) once it is known.
 pub async fn run_with_addr(
@@ -53,6 +56,7 @@ pub async fn run_with_addr(
 ) -> Result<(), WorkerError> {
     let worker_id = cfg.resolved_worker_id();
     let pool = db::pool(&cfg.db)?;
+    db::require_schema(&pool, SCHEMA_WAIT).await?;
     std::fs::create_dir_all(&cfg.workspace_root).map_err(|source| WorkerError::Workspace {
         path: cfg.workspace_root.display().to_string(),
         source,

@@ -61,12 +61,17 @@ pub struct OutputSink {
     publish_failed: bool,
     /// Per stream (stdout, stderr); `None` when there is nothing to redact.
     redactors: Option<[Redactor; 2]>,
+    worker_id: String,
+    /// The command is no longer this worker's (reaped while it ran): what
+    /// it prints is neither stored nor published; the heartbeat stops it.
+    disowned: bool,
 }
 
 impl OutputSink {
     /// A sink keeping at most `max_output_bytes` stored bytes.
     pub fn new(
         command_id: Uuid,
+        worker_id: String,
         max_output_bytes: i64,
         pool: Pool,
         publisher: Arc<Publisher>,
@@ -83,6 +88,8 @@ impl OutputSink {
             output_bytes: 0,
             lost: false,
             publish_failed: false,
+            worker_id,
+            disowned: false,
             redactors: None,
         }
     }
@@ -152,6 +159,9 @@ impl OutputSink {
 
     async fn push(&mut self, stream: OutputStream, data: Bytes) {
         self.output_bytes += data.len() as u64;
+        if self.disowned {
+            return;
+        }
         let plan = self.retention.admit(data.len());
         for seq in plan.evict {
             // A piece still in the batch is simply never written.
@@ -197,7 +207,17 @@ impl OutputSink {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=FLUSH_ATTEMPTS {
             match self.write().await {
-                Ok(()) => {
+                Ok(true) => {
+                    self.clear();
+                    return;
+                }
+                Ok(false) => {
+                    if !std::mem::replace(&mut self.disowned, true) {
+                        tracing::warn!(
+                            "the command is no longer this worker's (reaped?); its output is refused"
+                        );
+                    }
+                    self.lost = true;
                     self.clear();
                     return;
                 }
@@ -215,12 +235,17 @@ impl OutputSink {
         self.clear();
     }
 
-    async fn write(&self) -> Result<(), DbError> {
+    /// Stores the batch; false when the command is no longer this worker's.
+    async fn write(&self) -> Result<bool, DbError> {
         let client = self.pool.get().await?;
-        // Both statements are idempotent, so a retry after a partial write is safe.
-        output::delete(&client, self.command_id, &self.evicted).await?;
-        output::append(&client, self.command_id, &self.batch).await?;
-        Ok(())
+        output::store(
+            &client,
+            self.command_id,
+            &self.worker_id,
+            &self.batch,
+            &self.evicted,
+        )
+        .await
     }
 
     fn clear(&mut self) {

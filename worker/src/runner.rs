@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use rdev_shared::domain::{self, CommandStatus, EndReason};
 use rdev_shared::mq::{
     self, ControlMessage, MqError, OutputEvent, Publisher, RunMessage, Topology,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -144,6 +144,21 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Stops a command that is no longer this worker's (its row is terminal
+    /// or claimed by another worker). Its end is then not recorded: the
+    /// conditional `finish` finds it not running.
+    fn disown(&self, id: Uuid) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(token) = running.get(&id)
+            && !token.is_cancelled()
+        {
+            tracing::warn!(command_id = %id, "command is no longer this worker's (reaped as worker_lost?); stopping it");
+            token.cancel();
+        }
+    }
+}
+
 /// Removes a command from the heartbeat set however its task ends.
 struct RunningGuard<'a> {
     worker: &'a Worker,
@@ -181,14 +196,29 @@ impl Drop for RunningGuard<'_> {
 /// command task has acknowledged its message.
 pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(usize::from(worker.cfg.concurrency)));
+    let concurrency = usize::from(worker.cfg.concurrency);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    // Signalled whenever a command task ends and frees its slot.
+    let freed = Arc::new(Notify::new());
     // Old connections stay open until the end: running commands ack on them.
     let mut connections: Vec<Connection> = Vec::new();
     let mut backoff = RECONNECT_MIN;
 
     'session: while !stop.is_cancelled() {
+        // Commands of an earlier session still hold their slots (their
+        // messages went back to the broker with the old channel). The new
+        // channel's prefetch counts only the free slots, or this worker would
+        // hoard messages idle workers could run; it grows as those commands
+        // end. Prefetch 0 means "unlimited", so wait for a free slot first.
+        while permits.available_permits() == 0 {
+            tokio::select! {
+                () = freed.notified() => {}
+                () = stop.cancelled() => break 'session,
+            }
+        }
+        let mut prefetch = permits.available_permits().min(concurrency);
         let opened = tokio::select! {
-            r = open_consumer(&worker) => r,
+            r = open_consumer(&worker, prefetch) => r,
             () = stop.cancelled() => break,
         };
         let (conn, channel, mut consumer) = match opened {
@@ -206,11 +236,27 @@ pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
         backoff = RECONNECT_MIN;
         connections.push(conn);
         worker.consumer_connected.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %worker.topology.commands_queue(), "consuming commands");
+        tracing::info!(queue = %worker.topology.commands_queue(), prefetch, "consuming commands");
+        // Messages of this session not yet acknowledged.
+        let in_session = Arc::new(AtomicUsize::new(0));
 
         loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
+                () = freed.notified(), if prefetch < concurrency => {
+                    // Slots of this session plus the free ones: what this
+                    // channel may hold now.
+                    let wanted = (permits.available_permits()
+                        + in_session.load(Ordering::Acquire))
+                    .min(concurrency);
+                    if wanted > prefetch {
+                        match set_prefetch(&channel, wanted).await {
+                            Ok(()) => prefetch = wanted,
+                            Err(e) => tracing::warn!(error = %e, "cannot raise the prefetch"),
+                        }
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => {
                     stop_consuming(&channel, &consumer).await;
                     break 'session;
@@ -237,7 +283,13 @@ pub async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
                 }
             };
             let Ok(permit) = permit else { break 'session };
-            tracker.spawn(handle(worker.clone(), delivery, permit));
+            in_session.fetch_add(1, Ordering::AcqRel);
+            let (w, in_session, freed) = (worker.clone(), in_session.clone(), freed.clone());
+            tracker.spawn(async move {
+                handle(w, delivery, permit).await;
+                in_session.fetch_sub(1, Ordering::AcqRel);
+                freed.notify_one();
+            });
         }
         worker.consumer_connected.store(false, Ordering::Relaxed);
         tokio::select! {
@@ -277,7 +329,25 @@ async fn stop_consuming(channel: &Channel, consumer: &Consumer) {
     }
 }
 
-async fn open_consumer(w: &Worker) -> Result<(Connection, Channel, Consumer), MqError> {
+/// Sets the channel's prefetch. Channel-wide (`global`), because RabbitMQ
+/// applies a changed per-consumer prefetch only to consumers started later,
+/// while a channel-wide one takes effect at once; the channel has one
+/// consumer, so both mean the same.
+/// https://www.rabbitmq.com/docs/consumer-prefetch
+async fn set_prefetch(channel: &Channel, prefetch: usize) -> Result<(), MqError> {
+    channel
+        .basic_qos(
+            u16::try_from(prefetch).unwrap_or(u16::MAX),
+            BasicQosOptions { global: true },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn open_consumer(
+    w: &Worker,
+    prefetch: usize,
+) -> Result<(Connection, Channel, Consumer), MqError> {
     let conn = mq::connect(
         &w.cfg.amqp,
         &format!("rdev-worker {} consumer", w.worker_id),
@@ -285,11 +355,8 @@ async fn open_consumer(w: &Worker) -> Result<(Connection, Channel, Consumer), Mq
     .await?;
     let channel = conn.create_channel().await?;
     mq::declare(&channel, &w.topology).await?;
-    // Prefetch = concurrency: the broker never hands us more than we run.
-    // https://www.rabbitmq.com/docs/consumer-prefetch
-    channel
-        .basic_qos(w.cfg.concurrency, BasicQosOptions::default())
-        .await?;
+    // Prefetch = free slots: the broker never hands us more than we run.
+    set_prefetch(&channel, prefetch).await?;
     let consumer = channel
         .basic_consume(
             w.topology.commands_queue().into(),
@@ -362,7 +429,10 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
 }
 
 async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
-    let claimed = match retry_db("claim", || claim(w, id)).await {
+    // One token for every attempt of this claim: a retry after a commit
+    // whose answer was lost finds the command running under it, and runs it.
+    let token = Uuid::now_v7();
+    let claimed = match retry_db("claim", || claim(w, id, token)).await {
         Ok(Claim::Claimed(c, e)) => (*c, e),
         Ok(Claim::AtLimit) => return defer(w, id, priority).await,
         Ok(Claim::NotQueued) => {
@@ -380,7 +450,9 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     let (_running, cancel) = RunningGuard::new(w, id);
     let began = Instant::now();
     tracing::info!(attempt = claimed.command.attempt, "command started");
-    announce(w, started).await;
+    if let Some(started) = started {
+        announce(w, started).await;
+    }
     publish_live(w, id, &OutputEvent::Status).await;
 
     let timeout_s = claimed.command.timeout_s;
@@ -480,6 +552,7 @@ async fn execute(
     let (tx, rx) = mpsc::channel(OUTPUT_CHANNEL_CAPACITY);
     let sink = OutputSink::new(
         command.id,
+        w.worker_id.clone(),
         claimed.max_output_bytes,
         w.pool.clone(),
         w.publisher.clone(),
@@ -643,16 +716,22 @@ struct StoredEvent {
 
 /// What a claim attempt found.
 enum Claim {
-    Claimed(Box<Claimed>, StoredEvent),
+    /// Claimed now (with its `command.started` event), or resumed (the
+    /// event was stored by the earlier attempt's commit).
+    Claimed(Box<Claimed>, Option<StoredEvent>),
     NotQueued,
     AtLimit,
 }
 
-async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
+async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
     let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
-    let claimed = match commands::claim(&tx, id, &w.worker_id).await? {
+    let claimed = match commands::claim(&tx, id, &w.worker_id, token).await? {
         ClaimOutcome::Claimed(c) => c,
+        ClaimOutcome::Resumed(c) => {
+            tracing::warn!("the claim had committed but its answer was lost; running the command");
+            return Ok(Claim::Claimed(c, None));
+        }
         ClaimOutcome::NotQueued => return Ok(Claim::NotQueued),
         ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
     };
@@ -664,7 +743,10 @@ async fn claim(w: &Worker, id: Uuid) -> Result<Claim, DbError> {
     telemetry::inject_current(&mut message.headers);
     let outbox_id = outbox::insert(&tx, &message).await?;
     tx.commit().await?;
-    Ok(Claim::Claimed(claimed, StoredEvent { outbox_id, message }))
+    Ok(Claim::Claimed(
+        claimed,
+        Some(StoredEvent { outbox_id, message }),
+    ))
 }
 
 /// The project runs as many commands as it may: park the message in the
@@ -739,8 +821,15 @@ where
     }
 }
 
+/// Longest a heartbeat may take (a hung connection must not stall it for
+/// good; the pool's statement timeout bounds the server's side).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Refreshes the heartbeat of this worker's running commands every period
-/// until `done` fires, so the reaper leaves them alone.
+/// until `done` fires, so the reaper leaves them alone. A command that is no
+/// longer this worker's (the reaper failed it as `worker_lost` while this
+/// worker was cut off from PostgreSQL, or its clock ran ahead) is stopped:
+/// its status is final and nobody counts its slot.
 pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
     let mut tick = tokio::time::interval(worker.cfg.heartbeat());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -753,15 +842,25 @@ pub async fn heartbeat(worker: Arc<Worker>, done: CancellationToken) {
         if ids.is_empty() {
             continue;
         }
-        let result = match worker.pool.get().await {
-            Ok(client) => commands::heartbeat(&client, &worker.worker_id, &ids).await,
-            Err(e) => Err(e.into()),
+        let beat = async {
+            let client = worker.pool.get().await?;
+            commands::heartbeat(&client, &worker.worker_id, &ids).await
+        };
+        let result = match tokio::time::timeout(HEARTBEAT_TIMEOUT, beat).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(running = ids.len(), "heartbeat timed out");
+                continue;
+            }
         };
         match result {
-            // Cancels whose broadcast this worker missed.
-            Ok(cancelled) => {
-                for id in cancelled {
+            Ok(beat) => {
+                // Cancels whose broadcast this worker missed.
+                for id in beat.cancel {
                     worker.cancel(id);
+                }
+                for id in beat.lost {
+                    worker.disown(id);
                 }
             }
             Err(e) => tracing::warn!(error = %e, running = ids.len(), "heartbeat failed"),

@@ -149,7 +149,8 @@ impl Fake {
 
 /// Whether an exec runs the executor's stop script.
 fn is_stop_script(arg: &str) -> bool {
-    arg.contains("sig TERM")
+    // The wrapper (`s=…`) carries the stop script too, for its watchdog.
+    arg.contains("sig TERM") && !arg.starts_with("s=")
 }
 
 fn client_for(addr: SocketAddr) -> kube::Client {
@@ -772,6 +773,40 @@ async fn a_lost_stream_stops_the_whole_remote_tree_before_the_end_is_recorded() 
         Vec::<i32>::new(),
         "remote processes survived"
     );
+}
+
+/// Issue 15, finding 7: a worker that dies mid-run (SIGKILL, node lost)
+/// never stops its remote command; the run's watchdog in the pod does, once
+/// the command's timeout and two grace periods (+5 s) have passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_worker_died_is_stopped_by_its_watchdog() {
+    let fake = Fake::start("v5.channel.k8s.io").await;
+    let exec = Arc::new(fake.executor(settings()));
+    let marker = format!("3000.{:06}", rand::random::<u32>() % 1_000_000);
+    let mut job = sh(&format!(
+        "sleep {marker} & setsid sleep {marker} & echo started; sleep {marker}"
+    ));
+    job.timeout = Duration::from_secs(1);
+    let (tx, mut rx) = mpsc::channel::<(OutputStream, Bytes)>(4);
+    let worker = {
+        let exec = exec.clone();
+        tokio::spawn(async move { exec.run(job, tx, None, CancellationToken::new()).await })
+    };
+    // The command runs; then its worker vanishes without stopping it.
+    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    worker.abort();
+    drop(rx);
+    assert!(!marked_processes(&marker).is_empty());
+    let started = Instant::now();
+    while !marked_processes(&marker).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "remote processes outlived their watchdog: {:?}",
+            marked_processes(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Live (not zombie) processes whose command line has `marker`.

@@ -102,6 +102,8 @@ async fn insert_project(env: &TestEnv, name: &str, max_output_bytes: i64) -> Uui
         network: Default::default(),
         limits: Default::default(),
         allowed_secrets: None,
+        command_retention_s: None,
+        output_retention_s: None,
     };
     projects::insert(&client, &p)
         .await
@@ -123,6 +125,7 @@ async fn insert_command(env: &TestEnv, project_id: Uuid, line: &str, timeout_s: 
         priority: 5,
         timeout_s,
         idempotency_key: None,
+        idempotency_fingerprint: None,
     };
     commands::insert(&client, &c)
         .await

@@ -175,7 +175,7 @@ fn command_response(status: StatusCode, cmd: &Command, replayed: bool) -> Respon
 /// its audit row and its outbox message; after commit the message is
 /// published with a confirm. If the broker is down the request still
 /// succeeds and the dispatcher's relay publishes it later.
-#[utoipa::path(post, path = "/v1/projects/{name}/commands", tag = "commands", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first command")), request_body = CreateCommand, responses((status = 202, description = "Queued (scope `commands:run`)", body = crate::http::openapi::CommandDoc, headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` when an earlier command was returned")))))]
+#[utoipa::path(post, path = "/v1/projects/{name}/commands", tag = "commands", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and the same request return the first command; the same key with a different request answers 422")), request_body = CreateCommand, responses((status = 202, description = "Queued (scope `commands:run`)", body = crate::http::openapi::CommandDoc, headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` when an earlier command was returned")))))]
 pub async fn create(
     State(st): State<AppState>,
     auth: Auth,
@@ -228,6 +228,24 @@ pub async fn create(
             )));
         }
     };
+    // What a retry with the same Idempotency-Key must repeat: the request as
+    // sent (not the defaults filled in from the project).
+    let fingerprint = idem.as_ref().map(|_| {
+        let (command, argv) = match &spec {
+            CommandSpec::Shell(c) => (Some(c.as_str()), None),
+            CommandSpec::Argv(a) => (None, Some(a)),
+        };
+        commands::request_fingerprint(&json!({
+            "project": project.id,
+            "command": command,
+            "argv": argv,
+            "env": body.env,
+            "stdin": body.stdin,
+            "tty": body.tty.map(|t| [t.cols, t.rows]),
+            "priority": body.priority,
+            "timeout_s": body.timeout_s,
+        }))
+    });
     let (stdin_pipe, stdin) = stdin_of(body.stdin, body.tty.is_some());
     let new = NewCommand {
         id: Uuid::now_v7(),
@@ -241,6 +259,7 @@ pub async fn create(
         priority: body.priority.unwrap_or(5),
         timeout_s: body.timeout_s.unwrap_or(project.default_timeout_s),
         idempotency_key: idem.clone(),
+        idempotency_fingerprint: fingerprint.clone(),
     };
     let mut message = st
         .topology
@@ -277,11 +296,20 @@ pub async fn create(
         // Same key, same Idempotency-Key: answer with the original command.
         tx.rollback().await?;
         let key = idem.unwrap_or_default();
-        let original = commands::find_by_idempotency_key(&client, auth.key.id, &key)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Conflict("a request with this Idempotency-Key is in progress".into())
-            })?;
+        let (original, original_fingerprint) =
+            commands::find_by_idempotency_key(&client, auth.key.id, &key)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::Conflict("a request with this Idempotency-Key is in progress".into())
+                })?;
+        // Same key, different request: a client bug, not a retry (as Stripe
+        // answers). Rows from before fingerprints are replayed.
+        if original_fingerprint.is_some() && original_fingerprint != fingerprint {
+            return Err(ApiError::field(
+                "Idempotency-Key",
+                "this key was used with a different request; use a new key",
+            ));
+        }
         return Ok(command_response(StatusCode::ACCEPTED, &original, true));
     };
     audited?;

@@ -20,6 +20,9 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
 
+/// Shortest and longest per-project retention: an hour, and ten years.
+const MIN_RETENTION_S: i64 = 3600;
+const MAX_RETENTION_S: i64 = 10 * 366 * 86_400;
 /// Default cap on stored output per command: 10 MiB.
 pub const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const MAX_MAX_OUTPUT_BYTES: i64 = 1024 * 1024 * 1024;
@@ -48,6 +51,12 @@ pub struct ProjectView {
     limits: ResourceLimits,
     /// Secrets its commands may name; `null` = any of its secrets.
     allowed_secrets: Option<Vec<String>>,
+    /// Seconds its finished commands are kept (null: the server's
+    /// `RDEV_COMMAND_RETENTION`, 90 days by default).
+    command_retention_s: Option<i64>,
+    /// Seconds their stored output is kept (null: the server's
+    /// `RDEV_OUTPUT_RETENTION`, 30 days by default).
+    output_retention_s: Option<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -66,6 +75,8 @@ impl From<Project> for ProjectView {
             network: p.network,
             limits: p.limits,
             allowed_secrets: p.allowed_secrets,
+            command_retention_s: p.command_retention_s,
+            output_retention_s: p.output_retention_s,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -97,6 +108,10 @@ pub struct CreateProject {
     /// Secrets its commands may name (`secrets`, `secret_files`); absent or
     /// `null` = any of the project's secrets.
     allowed_secrets: Option<Vec<String>>,
+    /// Seconds finished commands are kept (default: the server's).
+    command_retention_s: Option<i64>,
+    /// Seconds their stored output is kept (default: the server's).
+    output_retention_s: Option<i64>,
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
@@ -119,6 +134,10 @@ pub struct UpdateProject {
     /// `null` lets commands name any of the project's secrets.
     #[serde(default, deserialize_with = "nullable")]
     allowed_secrets: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    command_retention_s: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    output_retention_s: Option<Option<i64>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -140,6 +159,8 @@ struct Fields<'a> {
     network: Option<NetworkMode>,
     limits: Option<&'a ResourceLimits>,
     allowed_secrets: Option<&'a [String]>,
+    command_retention_s: Option<i64>,
+    output_retention_s: Option<i64>,
 }
 
 /// What contains a project's commands: set only with `projects:admin`.
@@ -247,7 +268,20 @@ fn check_common(
         network,
         limits,
         allowed_secrets,
+        command_retention_s,
+        output_retention_s,
     } = *f;
+    for (field, v) in [
+        ("command_retention_s", command_retention_s),
+        ("output_retention_s", output_retention_s),
+    ] {
+        if v.is_some_and(|s| !(MIN_RETENTION_S..=MAX_RETENTION_S).contains(&s)) {
+            errors.push(FieldError::new(
+                field,
+                format!("must be {MIN_RETENTION_S}-{MAX_RETENTION_S} seconds"),
+            ));
+        }
+    }
     let max_timeout_s = st.cfg.max_timeout_s;
     if description.is_some_and(|d| d.len() > 4096) {
         errors.push(FieldError::new("description", "at most 4096 bytes"));
@@ -362,6 +396,8 @@ pub async fn create(
         network: body.network,
         limits: body.limits.as_ref(),
         allowed_secrets: body.allowed_secrets.as_deref(),
+        command_retention_s: body.command_retention_s,
+        output_retention_s: body.output_retention_s,
     };
     let requested = Containment::default_for().with(
         body.executor.as_ref(),
@@ -403,6 +439,8 @@ pub async fn create(
         network: body.network.unwrap_or_default(),
         limits: body.limits.unwrap_or_default(),
         allowed_secrets: body.allowed_secrets,
+        command_retention_s: body.command_retention_s,
+        output_retention_s: body.output_retention_s,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
@@ -513,6 +551,8 @@ pub async fn update(
         network: body.network,
         limits: body.limits.as_ref(),
         allowed_secrets: body.allowed_secrets.as_ref().and_then(|a| a.as_deref()),
+        command_retention_s: body.command_retention_s.flatten(),
+        output_retention_s: body.output_retention_s.flatten(),
     };
     let requested = Containment::of(&project).with(
         body.executor.as_ref(),
@@ -543,6 +583,8 @@ pub async fn update(
         network: body.network,
         limits: body.limits,
         allowed_secrets: body.allowed_secrets,
+        command_retention_s: body.command_retention_s,
+        output_retention_s: body.output_retention_s,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

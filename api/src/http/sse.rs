@@ -34,16 +34,24 @@ use crate::limits::{Refusal, SseSlot};
 /// connection while catching up.
 const CATCH_UP_PAGE: i64 = 2;
 /// Extra PostgreSQL reads after subscribing, each this long after the last
-/// (see `event_stream`).
-const SETTLE_READS: [Duration; 3] = [
+/// (see `event_stream`): at 0.2, 1, 3, 6, 10 and 16 s, which covers the
+/// worker's retries of a batch (about 16 s, `worker/src/output.rs`), so a
+/// chunk published before the subscription and stored late still arrives
+/// without waiting for more output.
+const SETTLE_READS: [Duration; 6] = [
     Duration::from_millis(200),
     Duration::from_millis(800),
     Duration::from_secs(2),
+    Duration::from_secs(3),
+    Duration::from_secs(4),
+    Duration::from_secs(6),
 ];
 /// Recent chunks taken from the hub per step when catching up from memory.
 const RECENT_PAGE: usize = 16;
 /// How soon to look again when PostgreSQL has not yet stored a chunk seen live.
 const BEHIND_RETRY: Duration = Duration::from_millis(100);
+/// How soon to read PostgreSQL again after a catch-up read failed.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested when this instance shuts down.
 const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 /// Reconnection delay suggested to clients.
@@ -231,6 +239,8 @@ fn event_stream(
         tokio::pin!(settle_sleep);
         let mut settling = settle.next().is_some();
         let mut finished = cmd.status.is_terminal();
+        // The last catch-up failed (PostgreSQL unavailable): try again soon.
+        let mut retry_catch_up = false;
         loop {
             if need_catch_up || finished {
                 // A watcher that fell behind live output catches up from the
@@ -270,6 +280,16 @@ fn event_stream(
                 }
                 need_catch_up = false;
                 must_read_stored = false;
+                retry_catch_up = !caught_up;
+                if retry_catch_up && finished {
+                    // Never `end` without every stored chunk: clients trust
+                    // it. Close instead; the client resumes after `last`.
+                    yield Ok(frames::reconnect(
+                        "the stored output could not be read; resume with Last-Event-ID",
+                        CLIENT_RETRY,
+                    ));
+                    break;
+                }
             }
             if finished {
                 // Every chunk is stored before a command turns terminal.
@@ -338,6 +358,10 @@ fn event_stream(
                     }
                 },
                 _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
+                _ = tokio::time::sleep(CATCH_UP_RETRY), if retry_catch_up => {
+                    need_catch_up = true;
+                    must_read_stored = true;
+                }
                 () = &mut settle_sleep, if settling => {
                     need_catch_up = true;
                     must_read_stored = true;
@@ -348,6 +372,8 @@ fn event_stream(
                 }
                 _ = keepalive.tick() => yield Ok(frames::KEEPALIVE),
                 _ = poll.tick() => {
+                    // While the hub has no broker link, every tick reads
+                    // PostgreSQL (`take_lagged` says so).
                     need_catch_up = sub.take_lagged() || last < max_seen;
                     if let Some(c) = Box::pin(reload(&pool, id)).await {
                         if c.status != status {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -37,6 +36,16 @@ pub struct NewCommand {
     pub timeout_s: i32,
     /// Client-chosen key making the request idempotent per API key.
     pub idempotency_key: Option<String>,
+    /// SHA-256 of the request that used `idempotency_key`
+    /// ([`request_fingerprint`]); a retry must match it.
+    pub idempotency_fingerprint: Option<Vec<u8>>,
+}
+
+/// The fingerprint of a request made with an `Idempotency-Key`: SHA-256 of
+/// its canonical JSON (the caller's choice of fields, keys in a fixed order).
+pub fn request_fingerprint(canonical: &serde_json::Value) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
 /// Filter of [`list`].
@@ -201,8 +210,9 @@ pub async fn insert(
     let stdin = c.stdin.as_deref().map(|s| ring.seal(s, STDIN_FIELD));
     let sql = format!(
         "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, stdin, \
-         priority, status, timeout_s, idempotency_key, stdin_pipe, tty_cols, tty_rows) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11,$12,$13) \
+         priority, status, timeout_s, idempotency_key, stdin_pipe, tty_cols, tty_rows, \
+         idempotency_fingerprint) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11,$12,$13,$14) \
          ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
@@ -224,22 +234,30 @@ pub async fn insert(
             &c.stdin_pipe,
             &c.tty.map(|t| i32::from(t.cols)),
             &c.tty.map(|t| i32::from(t.rows)),
+            &c.idempotency_fingerprint,
         ],
     )
     .await
 }
 
-/// The command an API key created with an idempotency key.
+/// The command an API key created with an idempotency key, and the
+/// fingerprint of that request (none for rows from before fingerprints).
 pub async fn find_by_idempotency_key(
     client: &impl deadpool_postgres::GenericClient,
     api_key_id: Uuid,
     key: &str,
-) -> Result<Option<Command>, DbError> {
+) -> Result<Option<(Command, Option<Vec<u8>>)>, DbError> {
     let sql = format!(
-        "SELECT {COLS} FROM commands c JOIN projects p ON p.id = c.project_id \
+        "SELECT {COLS}, c.idempotency_fingerprint FROM commands c JOIN projects p ON p.id = c.project_id \
          WHERE c.api_key_id = $1 AND c.idempotency_key = $2"
     );
-    query_command(client, &sql, &[&api_key_id, &key]).await
+    let Some(row) = client.query_opt(&sql, &[&api_key_id, &key]).await? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        from_row(&row)?,
+        row.try_get("idempotency_fingerprint")?,
+    )))
 }
 
 /// A command by id.
@@ -285,6 +303,10 @@ pub enum ClaimOutcome {
     NotQueued,
     /// Its project already runs `max_concurrency` commands: try later.
     AtLimit,
+    /// It is already `running` under this claim token: an earlier attempt
+    /// of this same claim committed but its answer was lost. Run it (the
+    /// `command.started` event was stored with that commit).
+    Resumed(Box<Claimed>),
 }
 
 /// Moves a command from `queued` to `running` for `worker_id`. The
@@ -296,9 +318,10 @@ pub async fn claim(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
+    token: Uuid,
 ) -> Result<ClaimOutcome, DbError> {
     // Fast path: projects without a limit claim in one statement.
-    if let Some(c) = claim_if(client, id, worker_id, "p.max_concurrency IS NULL").await? {
+    if let Some(c) = claim_if(client, id, worker_id, token, "p.max_concurrency IS NULL").await? {
         return Ok(ClaimOutcome::Claimed(Box::new(c)));
     }
     let row = client
@@ -309,12 +332,12 @@ pub async fn claim(
         )
         .await?;
     let Some(row) = row else {
-        return Ok(ClaimOutcome::NotQueued);
+        return resume(client, id, worker_id, token).await;
     };
     let project_id: Uuid = row.try_get(0)?;
     let Some(max) = row.try_get::<_, Option<i32>>(1)? else {
         // The limit was removed between the two statements.
-        return Ok(claim_if(client, id, worker_id, "true")
+        return Ok(claim_if(client, id, worker_id, token, "true")
             .await?
             .map_or(ClaimOutcome::NotQueued, |c| {
                 ClaimOutcome::Claimed(Box::new(c))
@@ -336,7 +359,7 @@ pub async fn claim(
     if running >= i64::from(max) {
         return Ok(ClaimOutcome::AtLimit);
     }
-    Ok(claim_if(client, id, worker_id, "true")
+    Ok(claim_if(client, id, worker_id, token, "true")
         .await?
         .map_or(ClaimOutcome::NotQueued, |c| {
             ClaimOutcome::Claimed(Box::new(c))
@@ -353,10 +376,11 @@ async fn claim_if(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
+    token: Uuid,
     project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
-        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, \
+        "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, claim_token = $3, \
          started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
          AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
@@ -366,13 +390,38 @@ async fn claim_if(
          FROM c JOIN projects p ON p.id = c.project_id"
     );
     let stmt = prepared(client, &sql).await?;
-    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id]).await? else {
+    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id, &token]).await? else {
         return Ok(None);
     };
+    claimed_of(&row).map(Some)
+}
+
+/// The command `worker_id` already claimed with `token` (its earlier
+/// attempt committed; the answer was lost), else `NotQueued`.
+async fn resume(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    token: Uuid,
+) -> Result<ClaimOutcome, DbError> {
+    let sql = format!(
+        "SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
+         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted \
+         FROM commands c JOIN projects p ON p.id = c.project_id \
+         WHERE c.id = $1 AND c.status = 'running' AND c.worker_id = $2 AND c.claim_token = $3"
+    );
+    match client.query_opt(&sql, &[&id, &worker_id, &token]).await? {
+        Some(row) => Ok(ClaimOutcome::Resumed(Box::new(claimed_of(&row)?))),
+        None => Ok(ClaimOutcome::NotQueued),
+    }
+}
+
+/// A claimed command's row (the command's columns and its project's).
+fn claimed_of(row: &Row) -> Result<Claimed, DbError> {
     let ring = crate::crypto::ring();
     let stdin: Option<Vec<u8>> = row.try_get("stdin")?;
-    Ok(Some(Claimed {
-        command: from_row(&row)?,
+    Ok(Claimed {
+        command: from_row(row)?,
         stdin: stdin.map(|s| ring.open(&s, STDIN_FIELD)).transpose()?,
         executor: from_json(row.try_get("executor")?, "projects.executor")?,
         project_env: from_json(
@@ -388,7 +437,7 @@ async fn claim_if(
             files: from_json(row.try_get("secret_files")?, "commands.secret_files")?,
             allowed: row.try_get("allowed_secrets")?,
         },
-    }))
+    })
 }
 
 /// Records the end of a running command claimed by `worker_id`. Returns
@@ -425,27 +474,45 @@ pub async fn finish(
     .await
 }
 
-/// Refreshes `heartbeat_at` of commands this worker runs; returns those of
-/// them whose cancellation was requested (the backstop for a missed
-/// broadcast).
+/// What a heartbeat learned about the commands a worker runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Still this worker's, with a cancellation requested (the backstop
+    /// for a missed broadcast).
+    pub cancel: Vec<Uuid>,
+    /// No longer this worker's running command (reaped as `worker_lost`
+    /// while the worker was cut off, or finished elsewhere): stop them.
+    pub lost: Vec<Uuid>,
+}
+
+/// Refreshes `heartbeat_at` of commands this worker runs and reports which
+/// of them are to be cancelled and which are no longer its own.
 pub async fn heartbeat(
     client: &impl deadpool_postgres::GenericClient,
     worker_id: &str,
     ids: &[Uuid],
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Heartbeat, DbError> {
     const SQL: &str = "UPDATE commands SET heartbeat_at = now() \
         WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' \
         RETURNING id, cancel_requested_at IS NOT NULL AS cancel";
     let rows = client
         .query(&prepared(client, SQL).await?, &[&ids, &worker_id])
         .await?;
-    let mut cancel = Vec::new();
+    let mut out = Heartbeat::default();
+    let mut owned = std::collections::HashSet::with_capacity(rows.len());
     for row in rows {
+        let id: Uuid = row.try_get("id")?;
         if row.try_get::<_, bool>("cancel")? {
-            cancel.push(row.try_get("id")?);
+            out.cancel.push(id);
         }
+        owned.insert(id);
     }
-    Ok(cancel)
+    out.lost = ids
+        .iter()
+        .copied()
+        .filter(|id| !owned.contains(id))
+        .collect();
+    Ok(out)
 }
 
 /// Cancels a command that is still queued; `None` when it no longer is.
@@ -475,20 +542,45 @@ pub async fn request_cancel(
     query_command(client, &sql, &[&id]).await
 }
 
-/// Marks running commands whose heartbeat is older than `before` as failed
-/// with `worker_lost`; returns them (for their events).
+/// Marks running commands whose heartbeat is older than `lost_after` as
+/// failed with `worker_lost`; returns them (for their events). Both sides
+/// of the comparison are PostgreSQL's clock (`heartbeat_at` is written with
+/// `now()`), so a skewed clock on the reaper's host reaps nothing early.
 pub async fn reap_lost(
     client: &impl deadpool_postgres::GenericClient,
-    before: DateTime<Utc>,
+    lost_after: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<Command>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'failed', error = 'worker_lost', \
-         reason = 'worker_lost', finished_at = now() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
-         AND heartbeat_at < $1 ORDER BY heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         reason = 'worker_lost', finished_at = clock_timestamp() WHERE id IN (SELECT id FROM commands WHERE status = 'running' \
+         AND heartbeat_at < now() - make_interval(secs => $1) ORDER BY heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING *) \
          SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
-    let rows = client.query(&sql, &[&before, &limit]).await?;
+    let rows = client
+        .query(&sql, &[&lost_after.as_secs_f64(), &limit])
+        .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// Commands `queued` for longer than `after` (since their creation or their
+/// last requeue), oldest first, marked requeued now: their run messages are
+/// republished by the caller (in the same transaction, through the outbox).
+/// A message that was not lost after all only finds the command claimed:
+/// the claim guard makes the duplicate harmless.
+pub async fn take_stale_queued(
+    client: &impl deadpool_postgres::GenericClient,
+    after: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, i16)>, DbError> {
+    const SQL: &str = "UPDATE commands SET requeued_at = now() WHERE id IN ( \
+        SELECT id FROM commands WHERE status = 'queued' \
+        AND coalesce(requeued_at, created_at) < now() - make_interval(secs => $1) \
+        ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+        RETURNING id, priority";
+    let rows = client.query(SQL, &[&after.as_secs_f64(), &limit]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("priority")?)))
+        .collect()
 }

@@ -3,11 +3,13 @@
 
 pub mod audit;
 pub mod commands;
+pub mod indexes;
 pub mod input;
 pub mod keys;
 pub mod outbox;
 pub mod output;
 pub mod projects;
+pub mod prune;
 pub mod rate_limits;
 pub mod reencrypt;
 pub mod secrets;
@@ -47,6 +49,15 @@ pub enum DbError {
     /// A stored value does not decode (a bug or a hand-edited row).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The schema is older than this binary needs (its migrations have not
+    /// run yet: `rdev-api migrate`, or an API instance of this version).
+    #[error("database schema is at V{have}, this binary needs V{need}; apply migrations first")]
+    SchemaBehind {
+        /// Newest migration applied.
+        have: i64,
+        /// Newest migration this binary knows.
+        need: i64,
+    },
 }
 
 impl From<crate::crypto::CryptoError> for DbError {
@@ -81,6 +92,21 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
     if pg.get_application_name().is_none() {
         pg.application_name("rdev");
     }
+    if cfg.statement_timeout_s > 0 {
+        // Kept with any `options` the URL already has.
+        let options = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} "),
+            _ => String::new(),
+        };
+        pg.options(format!(
+            "{options}-c statement_timeout={}s",
+            cfg.statement_timeout_s
+        ));
+    }
+    // A connection whose peer vanished (a black-holed server) is noticed
+    // instead of hanging its caller forever.
+    pg.keepalives_idle(Duration::from_secs(30));
+    pg.tcp_user_timeout(Duration::from_secs(30));
     let mc = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -98,6 +124,77 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Config(e.to_string()))
 }
 
+/// The newest migration embedded in this binary: the schema version it
+/// needs. Migrations are expand/contract safe (ARCHITECTURE.md), so a newer
+/// schema serves an older binary too.
+pub fn schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest migration applied to the database (0 when none is).
+pub async fn applied_schema_version(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<i64, DbError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0)::int8 FROM refinery_schema_history",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Waits (up to `wait`) until the database schema is at least the one this
+/// binary needs, so a worker or dispatcher started before the API migrated
+/// does not run against tables it does not know. A database that does not
+/// answer is not held against it (it retries its queries anyway).
+pub async fn require_schema(pool: &Pool, wait: Duration) -> Result<(), DbError> {
+    let need = schema_version();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let have = match pool.get().await {
+            Ok(client) => match applied_schema_version(&client).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the schema version; going on");
+                    return Ok(());
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the schema version; going on");
+                return Ok(());
+            }
+        };
+        if have >= need {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DbError::SchemaBehind { have, need });
+        }
+        tracing::warn!(
+            have,
+            need,
+            "database schema is older than this binary; waiting for migrations"
+        );
+        tokio::time::sleep(Duration::from_secs(2).min(wait)).await;
+    }
+}
+
 /// Key of the advisory lock held while migrating, so several processes
 /// starting at once apply each migration exactly once.
 const MIGRATION_LOCK: i64 = 0x0072_6465_766d_6967; // "rdevmig"
@@ -109,19 +206,48 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    // An older binary against a newer schema (a rollback, or the old half
+    // of a rolling upgrade): migrations only ever expand the schema, so it
+    // runs as it is; refinery would refuse the versions it does not know.
+    let (have, need) = (applied_schema_version(&client).await?, schema_version());
+    if have > need {
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tracing::info!(
+            schema = have,
+            binary = need,
+            "the database schema is newer than this binary; nothing to migrate"
+        );
+        return Ok(Vec::new());
+    }
+    // A migration may rewrite a big table: no statement timeout for it.
+    client.batch_execute("SET statement_timeout = 0").await?;
     let result = embedded::migrations::runner()
         .run_async(&mut **client)
         .await;
+    let indexes = match &result {
+        Ok(_) => indexes::ensure(&client).await.map(Some),
+        Err(_) => Ok(None),
+    };
+    let _ = client.batch_execute("RESET statement_timeout").await;
     // Unlock even when the run failed; the session ending would release it too.
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;
     let report = result?;
-    Ok(report
+    let mut applied: Vec<String> = report
         .applied_migrations()
         .iter()
         .map(|m| m.to_string())
-        .collect())
+        .collect();
+    applied.extend(
+        indexes?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| format!("index {i}")),
+    );
+    Ok(applied)
 }
 
 /// Applies pending migrations as the schema owner: through
@@ -134,6 +260,7 @@ pub async fn migrate_as_owner(cfg: &DbConfig, runtime: &Pool) -> Result<Vec<Stri
                 database_url: url.clone(),
                 migrate_database_url: None,
                 pool_size: 1,
+                statement_timeout_s: 0,
             })?;
             let applied = migrate(&owner).await;
             owner.close();

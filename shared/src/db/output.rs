@@ -29,45 +29,37 @@ fn from_row(row: &Row) -> Result<Chunk, DbError> {
     })
 }
 
-/// Appends chunks in one statement.
-pub async fn append(
+/// Appends chunks and deletes evicted ones (the tail ring of a truncated
+/// output moving on) in one statement, only while the command is
+/// `worker_id`'s running command: output that arrives after its terminal
+/// status (a command reaped while its worker still ran it) is refused.
+/// Returns whether the command is still the worker's; idempotent, so a
+/// retry after a partial failure is safe.
+pub async fn store(
     client: &impl deadpool_postgres::GenericClient,
     command_id: Uuid,
+    worker_id: &str,
     chunks: &[Chunk],
-) -> Result<(), DbError> {
-    if chunks.is_empty() {
-        return Ok(());
-    }
+    evicted: &[i64],
+) -> Result<bool, DbError> {
     let seqs: Vec<i64> = chunks.iter().map(|c| c.seq).collect();
     let streams: Vec<&str> = chunks.iter().map(|c| c.stream.as_str()).collect();
     let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
-    const SQL: &str = "INSERT INTO command_output (command_id, seq, stream, data) \
-        SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bytea[]) ON CONFLICT DO NOTHING";
-    client
-        .execute(
+    const SQL: &str = "WITH owner AS (SELECT 1 FROM commands \
+        WHERE id = $1 AND worker_id = $2 AND status = 'running'), \
+        gone AS (DELETE FROM command_output WHERE command_id = $1 AND seq = ANY($6) \
+        AND EXISTS (SELECT 1 FROM owner)), \
+        ins AS (INSERT INTO command_output (command_id, seq, stream, data) \
+        SELECT $1, u.* FROM unnest($3::bigint[], $4::text[], $5::bytea[]) u \
+        WHERE EXISTS (SELECT 1 FROM owner) ON CONFLICT DO NOTHING) \
+        SELECT EXISTS (SELECT 1 FROM owner)";
+    let row = client
+        .query_one(
             &prepared(client, SQL).await?,
-            &[&command_id, &seqs, &streams, &data],
+            &[&command_id, &worker_id, &seqs, &streams, &data, &evicted],
         )
         .await?;
-    Ok(())
-}
-
-/// Deletes chunks (the tail ring of a truncated output moving on).
-pub async fn delete(
-    client: &impl deadpool_postgres::GenericClient,
-    command_id: Uuid,
-    seqs: &[i64],
-) -> Result<(), DbError> {
-    if seqs.is_empty() {
-        return Ok(());
-    }
-    client
-        .execute(
-            "DELETE FROM command_output WHERE command_id = $1 AND seq = ANY($2)",
-            &[&command_id, &seqs],
-        )
-        .await?;
-    Ok(())
+    Ok(row.try_get(0)?)
 }
 
 /// Up to `limit` chunks with `seq > after`, in order, optionally of one stream.

@@ -35,6 +35,10 @@ pub struct NewProject {
     pub limits: ResourceLimits,
     /// Secrets its commands may name (`None` = any).
     pub allowed_secrets: Option<Vec<String>>,
+    /// Retention of its finished commands (seconds; none: the default).
+    pub command_retention_s: Option<i64>,
+    /// Retention of their output (seconds; none: the default).
+    pub output_retention_s: Option<i64>,
 }
 
 /// A partial update; `None` leaves a field as it is, `Some(None)` clears a nullable one.
@@ -60,6 +64,10 @@ pub struct ProjectPatch {
     pub limits: Option<ResourceLimits>,
     /// New secret policy.
     pub allowed_secrets: Option<Option<Vec<String>>>,
+    /// New command retention.
+    pub command_retention_s: Option<Option<i64>>,
+    /// New output retention.
+    pub output_retention_s: Option<Option<i64>>,
 }
 
 /// The sealed column (see [`crate::crypto`]).
@@ -67,7 +75,7 @@ pub const ENV_FIELD: &str = "projects.env";
 
 const COLUMNS: &str = "id, name, description, executor, env, default_timeout_s, max_output_bytes, \
                        max_concurrency, allowed_commands, network, limits, allowed_secrets, \
-                       created_at, updated_at";
+                       command_retention_s, output_retention_s, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Project, DbError> {
     Ok(Project {
@@ -86,6 +94,8 @@ fn from_row(row: &Row) -> Result<Project, DbError> {
         network: parse_col(row.try_get::<_, &str>("network")?, "projects.network")?,
         limits: from_json(row.try_get("limits")?, "projects.limits")?,
         allowed_secrets: row.try_get("allowed_secrets")?,
+        command_retention_s: row.try_get("command_retention_s")?,
+        output_retention_s: row.try_get("output_retention_s")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -98,8 +108,9 @@ pub async fn insert(
 ) -> Result<Project, DbError> {
     let sql = format!(
         "INSERT INTO projects (id, name, description, executor, env, default_timeout_s, \
-         max_output_bytes, max_concurrency, allowed_commands, network, limits, allowed_secrets) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) RETURNING {COLUMNS}"
+         max_output_bytes, max_concurrency, allowed_commands, network, limits, allowed_secrets, \
+         command_retention_s, output_retention_s) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) RETURNING {COLUMNS}"
     );
     let row = client
         .query_one(
@@ -117,6 +128,8 @@ pub async fn insert(
                 &p.network.as_str(),
                 &to_json(&p.limits),
                 &p.allowed_secrets,
+                &p.command_retention_s,
+                &p.output_retention_s,
             ],
         )
         .await?;
@@ -201,6 +214,12 @@ pub async fn update(
     }
     if let Some(v) = patch.max_concurrency {
         push("max_concurrency", Box::new(v));
+    }
+    if let Some(v) = patch.command_retention_s {
+        push("command_retention_s", Box::new(v));
+    }
+    if let Some(v) = patch.output_retention_s {
+        push("output_retention_s", Box::new(v));
     }
     if let Some(v) = &patch.allowed_commands {
         push("allowed_commands", Box::new(v.clone()));

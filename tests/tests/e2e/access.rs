@@ -1143,11 +1143,11 @@ async fn retention_trims_old_audit_entries_and_stale_counters() {
         )
         .await
         .expect("seed");
-    let (audit, counters) =
-        rdev_dispatcher::retention::run_once(&app.env.pool, Duration::from_secs(90 * 86_400))
-            .await
-            .expect("retention");
-    assert_eq!((audit, counters), (1, 1));
+    let cfg = crate::support::dispatcher_config(&app.env);
+    let pruned = rdev_dispatcher::retention::run_once(&app.env.pool, &cfg.retention())
+        .await
+        .expect("retention");
+    assert_eq!((pruned.audit, pruned.rate_limits), (1, 1));
     let left: Vec<String> = client
         .query("SELECT actor FROM audit_log", &[])
         .await

@@ -185,6 +185,41 @@ async fn the_same_idempotency_key_returns_the_same_command() {
     assert_eq!(n, 1);
 }
 
+/// Issue 15: a reused Idempotency-Key with a different request is a client
+/// bug, answered 422 (as Stripe does), not with the first command.
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_request_is_refused() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let send = |body: serde_json::Value| {
+        app.send(
+            app.http
+                .post(app.url("/v1/projects/p/commands"))
+                .bearer_auth(&app.admin_key)
+                .header("Idempotency-Key", "deploy-43")
+                .json(&body),
+        )
+    };
+    let first = send(json!({"command": "make deploy"})).await;
+    assert_eq!(first.status, 202);
+    for other in [
+        json!({"command": "make deploy-prod"}),
+        json!({"command": "make deploy", "priority": 9}),
+        json!({"command": "make deploy", "env": {"A": "1"}}),
+    ] {
+        let p = send(other).await.assert_problem(422);
+        assert!(p.to_string().contains("Idempotency-Key"), "{p}");
+    }
+    // The same request still replays.
+    let again = send(json!({"command": "make deploy"})).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+}
+
 #[tokio::test]
 async fn a_message_delivered_twice_runs_the_command_once() {
     let app = spawn_app().await;

@@ -5,6 +5,8 @@ mod access;
 mod api_errors;
 mod commands;
 mod containment;
+mod cutproxy;
+mod faults;
 mod files;
 mod fleet;
 mod interactive;

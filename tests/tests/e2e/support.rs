@@ -21,12 +21,16 @@ pub struct Options {
     pub dispatcher: bool,
     /// Overrides the API's broker URL (e.g. an unreachable one).
     pub api_amqp_url: Option<String>,
+    /// Overrides the in-process worker's broker URL (e.g. through a proxy).
+    pub worker_amqp_url: Option<String>,
     pub max_body_bytes: usize,
     pub kill_grace_s: u64,
     /// `RDEV_WEBHOOK_ALLOW_PRIVATE` of the API (receivers in tests are on loopback).
     pub webhook_allow_private: bool,
     pub concurrency: u16,
     pub lost_after_s: u64,
+    /// `RDEV_REQUEUE_AFTER` of the dispatcher.
+    pub requeue_after: Duration,
     pub sse_max_connections: usize,
     pub sse_max_per_key: usize,
     pub sse_max_lifetime: Duration,
@@ -50,11 +54,13 @@ impl Default for Options {
             worker: true,
             dispatcher: false,
             api_amqp_url: None,
+            worker_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             kill_grace_s: 1,
             webhook_allow_private: true,
             concurrency: 4,
             lost_after_s: 30,
+            requeue_after: Duration::from_secs(600),
             sse_max_connections: 10_000,
             sse_max_per_key: 100,
             sse_max_lifetime: Duration::from_secs(3600),
@@ -156,6 +162,9 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     if opts.worker {
         let mut wcfg = worker_config(&env, &workspace, opts.kill_grace_s);
         wcfg.concurrency = opts.concurrency;
+        if let Some(url) = &opts.worker_amqp_url {
+            wcfg.amqp.amqp_url = Secret::new(url.clone());
+        }
         wcfg.limits.max = opts.limits_max.parse().expect("limits max");
         if let Some(tweak) = opts.worker_cfg {
             tweak(&mut wcfg);
@@ -172,6 +181,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     if opts.dispatcher {
         let mut dcfg = dispatcher_config(&env);
         dcfg.lost_after_s = opts.lost_after_s;
+        dcfg.requeue_after = opts.requeue_after;
         let d = rdev_dispatcher::start(dcfg, stop.clone().cancelled_owned())
             .await
             .expect("dispatcher");
@@ -242,7 +252,12 @@ pub fn dispatcher_config(env: &TestEnv) -> rdev_dispatcher::config::Config {
         relay_interval: Duration::from_millis(100),
         relay_min_age: Duration::ZERO,
         lost_after_s: 30,
+        requeue_after: Duration::from_secs(600),
         audit_retention: Duration::from_secs(90 * 86_400),
+        outbox_retention: Duration::from_secs(86_400),
+        output_retention: Duration::from_secs(30 * 86_400),
+        command_retention: Duration::from_secs(90 * 86_400),
+        webhook_retention: Duration::from_secs(30 * 86_400),
         retention_interval: Duration::from_secs(300),
         webhook_retry_schedule: rdev_dispatcher::webhooks::schedule::parse_schedule("0s,1s,1s")
             .expect("schedule"),

@@ -50,6 +50,8 @@ struct RecvState {
     answer: Arc<Mutex<Answer>>,
     /// `Retry-After` sent with every answer, when set.
     retry_after: Arc<Mutex<Option<String>>>,
+    /// How long to wait before answering.
+    delay: Arc<Mutex<Duration>>,
 }
 
 struct Receiver {
@@ -84,6 +86,8 @@ async fn record(
         });
         (hits.len() - 1, per_id)
     };
+    let delay = *st.delay.lock().expect("delay");
+    tokio::time::sleep(delay).await;
     let answer = st.answer.lock().expect("answer").clone();
     let status =
         StatusCode::from_u16(answer(n, per_id)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -100,6 +104,7 @@ impl Receiver {
             hits: Arc::default(),
             answer: Arc::new(Mutex::new(Arc::new(answer))),
             retry_after: Arc::default(),
+            delay: Arc::default(),
         };
         let app = Router::new().fallback(record).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -123,6 +128,10 @@ impl Receiver {
 
     fn answer_with(&self, answer: impl Fn(usize, usize) -> u16 + Send + Sync + 'static) {
         *self.state.answer.lock().expect("answer") = Arc::new(answer);
+    }
+
+    fn answer_after(&self, delay: Duration) {
+        *self.state.delay.lock().expect("delay") = delay;
     }
 
     fn send_retry_after(&self, value: &str) {
@@ -1015,4 +1024,57 @@ async fn a_claim_lost_to_a_crash_is_retried_after_its_lease_and_counted_once() {
     let d = delivery(&app, &id_of(&w), &d).await;
     assert_eq!(d["status"], "succeeded");
     assert_eq!(attempt_codes(&d), vec![Some(200)]);
+}
+
+/// Issue 15, finding 8: an endpoint disabled (by the API) while a
+/// dispatcher records an attempt of one of its deliveries. The API locks
+/// the endpoint, then its pending deliveries; the dispatcher must take them
+/// in the same order, or PostgreSQL finds a deadlock and aborts one side
+/// (an attempt unrecorded, a 410 lost, or a 500).
+#[tokio::test]
+async fn disabling_an_endpoint_while_an_attempt_is_recorded_does_not_deadlock() {
+    let app = spawn_app_with(opts(true)).await;
+    let rx = Receiver::always(410).await;
+    rx.answer_after(Duration::from_millis(800));
+    let w = create_webhook(&app, json!({"url": rx.url, "events": ["*"]})).await;
+    let wid: uuid::Uuid = id_of(&w).parse().expect("uuid");
+    let mut client = app.env.pool.get().await.expect("db");
+    let before = deadlocks(&client).await;
+    send_test(&app, &wid.to_string()).await;
+    rx.wait_hits(1).await;
+    // The API's disable, by hand so it can be held open: the endpoint
+    // first; the receiver then answers and the dispatcher records.
+    let tx = client.transaction().await.expect("tx");
+    tx.execute(
+        "UPDATE webhooks SET enabled = false, disabled_reason = 'by hand', updated_at = now() WHERE id = $1",
+        &[&wid],
+    )
+    .await
+    .expect("lock the endpoint");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Then its pending deliveries (`stop_pending`).
+    tx.execute(
+        "UPDATE webhook_deliveries SET status = 'failed', updated_at = now() \
+         WHERE webhook_id = $1 AND status = 'pending'",
+        &[&wid],
+    )
+    .await
+    .expect("no deadlock on the API's side");
+    tx.commit().await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // pg_stat counters are flushed by backends at the end of transactions
+    // (and at most every second): give them a moment.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = deadlocks(&client).await;
+    assert_eq!(after - before, 0, "PostgreSQL found a deadlock");
+}
+
+async fn deadlocks(c: &rdev_shared::db::Client) -> i64 {
+    c.query_one(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        &[],
+    )
+    .await
+    .expect("stats")
+    .get::<_, i64>(0)
 }

@@ -76,6 +76,7 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
                 database_url: Secret::new(runtime_url.clone()),
                 migrate_database_url: Some(Secret::new(owner_url.clone())),
                 pool_size: 4,
+                statement_timeout_s: 30,
             },
             app.env.amqp.clone(),
         )
@@ -88,6 +89,7 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
         database_url: Secret::new(owner_url.clone()),
         migrate_database_url: None,
         pool_size: 1,
+        statement_timeout_s: 30,
     })
     .expect("owner pool");
     let owner = owner_pool.get().await.expect("owner");

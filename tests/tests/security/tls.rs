@@ -154,6 +154,7 @@ async fn ssl_in_use(url: &str) -> Result<bool, String> {
         database_url: Secret::new(url),
         migrate_database_url: None,
         pool_size: 1,
+        statement_timeout_s: 30,
     })
     .map_err(|e| e.to_string())?;
     let client = pool.get().await.map_err(|e| format!("{e:?}"))?;
@@ -185,6 +186,7 @@ async fn postgres_connections_verify_the_server_against_a_ca_file() {
         database_url: Secret::new(url("localhost", &full)),
         migrate_database_url: None,
         pool_size: 2,
+        statement_timeout_s: 30,
     })
     .expect("pool");
     rdev_shared::db::migrate(&pool)

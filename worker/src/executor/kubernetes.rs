@@ -28,7 +28,10 @@
 //!    period. Then the first session is closed. A stream that ends without
 //!    an exit status (the connection to the API server was lost) is
 //!    treated the same way before the command is recorded as
-//!    `executor_lost`: no command keeps running unrecorded.
+//!    `executor_lost`: no command keeps running unrecorded. A worker that
+//!    dies cannot stop anything, so each run also has a watchdog in the pod
+//!    that runs the same stop script once the command's timeout and two
+//!    grace periods (+5 s) have passed (see [`wrapper_script`]).
 //!
 //! Every call to the API goes through a circuit breaker, so a dead API server
 //! fails commands at once ("kubernetes API circuit open") instead of tying up
@@ -438,7 +441,7 @@ impl KubernetesExecutor {
             return Outcome::FailedToStart("not a kubernetes project".into());
         };
         let run_id = format!("{:016x}", rand::random::<u64>());
-        let script = match wrapper_script(&job, project, &run_id) {
+        let script = match wrapper_script(&job, project, &run_id, self.settings.kill_grace) {
             Ok(s) => s,
             Err(e) => return Outcome::FailedToStart(e.to_string()),
         };
@@ -950,13 +953,34 @@ fn pidfile(run_id: &str) -> String {
 
 /// The script `/bin/sh -c` runs in the pod for `job` (see the module docs).
 /// Everything from the job is single-quoted; nothing is interpolated.
-pub fn wrapper_script(job: &Job, project: &KubeProject, run_id: &str) -> Result<String, KubeError> {
+///
+/// The run also gets a watchdog in the pod, in a session of its own and
+/// started before `RDEV_RUN_ID` is exported (so the stop script spares it):
+/// if the run still goes `timeout + 2 × grace + 5 s` after it started, the
+/// watchdog runs [`kill_script`] itself. That bounds a remote command whose
+/// worker died (SIGKILL, node lost) and so never stopped it; the watchdog
+/// exits within a second of the run's end (it watches the pid file).
+pub fn wrapper_script(
+    job: &Job,
+    project: &KubeProject,
+    run_id: &str,
+    grace: Duration,
+) -> Result<String, KubeError> {
     let has_nul = |s: &str| s.contains('\0');
+    let deadline_s = (job.timeout + grace * 2).as_secs() + WATCHDOG_MARGIN_S;
+    let watchdog = format!(
+        "i=0\nwhile [ $i -lt {deadline_s} ]; do sleep 1; i=$((i+1)); if [ -n \"$f\" ] && [ ! -e \"$f\" ]; then exit 0; fi; done\n{}",
+        kill_script(run_id, grace)
+    );
     // RDEV_RUN_ID marks every process of the run (inherited through
     // `setsid` and double forks) for the stop script's sweep.
     let mut body = format!(
-        "f={}\n{{ echo $$ > \"$f\"; }} 2>/dev/null || f=\nexport {RUN_ID_VAR}={run_id}\n",
-        pidfile(run_id)
+        "f={}\n{{ echo $$ > \"$f\"; }} 2>/dev/null || f=\n\
+         w={}\n\
+         {{ if command -v setsid >/dev/null 2>&1; then f=\"$f\" setsid /bin/sh -c \"$w\"; else f=\"$f\" /bin/sh -c \"$w\"; fi; }} </dev/null >/dev/null 2>&1 &\n\
+         export {RUN_ID_VAR}={run_id}\n",
+        pidfile(run_id),
+        sh_quote(&watchdog)
     );
     for (k, v) in &job.env {
         validate_env_name(k).map_err(|m| KubeError::Invalid(format!("env {k}: {m}")))?;
@@ -1025,6 +1049,10 @@ pub fn wrapper_script(job: &Job, project: &KubeProject, run_id: &str) -> Result<
         sh_quote(&body)
     ))
 }
+
+/// Seconds the watchdog of a run waits beyond its timeout and two grace
+/// periods (the worker's own timeout handling normally comes first).
+const WATCHDOG_MARGIN_S: u64 = 5;
 
 /// The script that sends `signal` (a name such as `TERM`) to run
 /// `run_id`'s process group and every process carrying its `RDEV_RUN_ID`.
@@ -1141,7 +1169,7 @@ mod tests {
             workdir: None,
         };
         assert!(matches!(
-            wrapper_script(&job, &project, "1"),
+            wrapper_script(&job, &project, "1", Duration::from_secs(1)),
             Err(KubeError::Invalid(_))
         ));
     }

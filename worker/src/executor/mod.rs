@@ -209,25 +209,38 @@ impl Executor for Executors {
 /// stalls the read (and so the child, or the exec stream): that is the
 /// memory bound. If the sink is gone, the pipe is still drained so the
 /// producer never blocks on it.
+///
+/// A piece never ends inside a UTF-8 character: the 1–3 bytes of a
+/// character cut by the read are held back and start the next piece (SSE
+/// sends text, and a character split across two events would turn into two
+/// U+FFFD). Bytes that are not UTF-8 pass as they come.
 pub(crate) fn spawn_reader<R>(mut pipe: R, stream: OutputStream, tx: OutputTx) -> JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+        // Bytes of a cut character at the start of `buf`.
+        let mut carry = 0;
         let mut sink_open = true;
         loop {
-            match pipe.read(&mut buf).await {
+            match pipe.read(&mut buf[carry..]).await {
                 Ok(0) => break,
                 Ok(n) => {
-                    if sink_open
+                    let filled = carry + n;
+                    let keep = incomplete_utf8_tail(&buf[..filled]);
+                    let end = filled - keep;
+                    if end > 0
+                        && sink_open
                         && tx
-                            .send((stream, Bytes::copy_from_slice(&buf[..n])))
+                            .send((stream, Bytes::copy_from_slice(&buf[..end])))
                             .await
                             .is_err()
                     {
                         sink_open = false;
                     }
+                    buf.copy_within(end..filled, 0);
+                    carry = keep;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -236,11 +249,53 @@ where
                 }
             }
         }
+        if carry > 0 && sink_open {
+            let _ = tx
+                .send((stream, Bytes::copy_from_slice(&buf[..carry])))
+                .await;
+        }
     })
+}
+
+/// How many bytes at the end of `data` are the start of a UTF-8 character
+/// whose remaining bytes have not arrived (0–3).
+pub(crate) fn incomplete_utf8_tail(data: &[u8]) -> usize {
+    // Look back at most 3 bytes for the lead byte of the last character.
+    for back in 1..=3.min(data.len()) {
+        let b = data[data.len() - back];
+        if b & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: keep looking for the lead
+        }
+        let needed = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return 0, // ASCII or not UTF-8: nothing to hold back
+        };
+        return if back < needed { back } else { 0 };
+    }
+    0
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cut_utf8_character_is_held_back() {
+        use super::incomplete_utf8_tail as tail;
+        assert_eq!(tail(b""), 0);
+        assert_eq!(tail(b"abc"), 0);
+        assert_eq!(tail("é".as_bytes()), 0);
+        assert_eq!(tail(b"a\xc3"), 1);
+        assert_eq!(tail(b"\xc3"), 1);
+        assert_eq!(tail(b"a\xe2\x82"), 2);
+        assert_eq!(tail("a€".as_bytes()), 0);
+        assert_eq!(tail(b"a\xf0\x9f\x98"), 3);
+        assert_eq!(tail("😀".as_bytes()), 0);
+        // Not UTF-8: passed as it comes.
+        assert_eq!(tail(b"a\xff"), 0);
+        assert_eq!(tail(b"a\x80\x80\x80"), 0);
+    }
+
     use rdev_shared::domain::KubernetesExecutor as KubeProject;
 
     use super::*;

@@ -84,9 +84,11 @@ impl Cgroups {
         };
         let (memory, pids) = (v1("memory"), v1("pids"));
         if memory.is_some() || pids.is_some() {
-            return Ok(Self {
+            let found = Self {
                 kind: Kind::V1 { memory, pids },
-            });
+            };
+            found.sweep_leftovers();
+            return Ok(found);
         }
         let Some(dir) = own_dir(&mounts, &membership, None) else {
             v1_errors.push("no cgroup v2 hierarchy is mounted".into());
@@ -96,9 +98,56 @@ impl Cgroups {
             v1_errors.push(format!("v2: {e}"));
             v1_errors.join("; ")
         })?;
-        Ok(Self {
+        let found = Self {
             kind: Kind::V2 { parent },
-        })
+        };
+        found.sweep_leftovers();
+        Ok(found)
+    }
+
+    /// Kills what is left in command cgroups of an earlier process with this
+    /// worker id (SIGKILLed, or crashed) and removes them. A sandbox started
+    /// in the instant its worker was killed can miss `--die-with-parent`
+    /// (bubblewrap sets it after its fork) and run on as an orphan; the
+    /// chaos run found one. Called once at start, before any command runs,
+    /// so every command cgroup under this worker's is a leftover. (With the
+    /// default, per-process worker id there are none to find: a container
+    /// or a systemd unit kills the whole tree of a dead worker anyway.)
+    fn sweep_leftovers(&self) {
+        let bases: Vec<&PathBuf> = match &self.kind {
+            Kind::V1 { memory, pids } => memory.iter().chain(pids.iter()).collect(),
+            Kind::V2 { parent } => vec![parent],
+        };
+        for base in bases {
+            let Ok(entries) = fs::read_dir(base) else {
+                continue;
+            };
+            let me = std::process::id() as i32;
+            // Command cgroups only (named by command id), never one holding
+            // this worker (v2 keeps it in a leaf beside them).
+            let leftovers = entries.flatten().map(|e| e.path()).filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.parse::<uuid::Uuid>().is_ok())
+                    && !pids_in(p).contains(&me)
+            });
+            for dir in leftovers {
+                let mut killed = 0;
+                for _ in 0..50 {
+                    let _ = fs::write(dir.join("cgroup.kill"), "1");
+                    for pid in pids_in(&dir) {
+                        killed += 1;
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    if fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                tracing::warn!(cgroup = %dir.display(), killed, "removed a command cgroup left by an earlier process of this worker");
+            }
+        }
     }
 
     /// What is in use, for logs and `/ready`: `cgroup v1 (memory, pids)`.
@@ -465,6 +514,42 @@ fn sanitize(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 (found by the chaos run): a command's processes left by a
+    /// worker that was SIGKILLed are killed when a worker with its id
+    /// starts again.
+    #[test]
+    fn a_restarted_worker_kills_what_its_predecessor_left() {
+        let id = format!("sweep-{:08x}", rand::random::<u32>());
+        let Ok(first) = Cgroups::detect(&id) else {
+            eprintln!("no usable cgroups here; skipped");
+            return;
+        };
+        let cg = first
+            .create(
+                &uuid::Uuid::now_v7().to_string(),
+                &rdev_shared::containment::ResourceLimits::default(),
+            )
+            .expect("command cgroup");
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("sleep");
+        for dir in &cg.dirs {
+            fs::write(dir.join("cgroup.procs"), orphan.id().to_string()).expect("join");
+        }
+        let dirs = cg.dirs.clone();
+        drop(cg); // the worker died: nobody removes it
+        let _second = Cgroups::detect(&id).expect("detect again");
+        let status = orphan.wait().expect("wait");
+        assert!(!status.success(), "the orphan was killed: {status:?}");
+        for dir in &dirs {
+            assert!(!dir.exists(), "{} removed", dir.display());
+            if let Some(base) = dir.parent() {
+                let _ = fs::remove_dir(base);
+            }
+        }
+    }
 
     const MOUNTINFO: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
