@@ -406,7 +406,8 @@ async fn resume(
 ) -> Result<ClaimOutcome, DbError> {
     let sql = format!(
         "SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
-         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted \
+         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted, \
+         c.secrets, c.secret_files, p.allowed_secrets \
          FROM commands c JOIN projects p ON p.id = c.project_id \
          WHERE c.id = $1 AND c.status = 'running' AND c.worker_id = $2 AND c.claim_token = $3"
     );
