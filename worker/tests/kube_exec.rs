@@ -1123,7 +1123,8 @@ async fn a_terminal_starts_at_its_size_resizes_and_takes_ctrl_c() {
         // shell polls for the new size instead of reading it after a line.
         let mut j = sh("echo ready; read l; stty size; \
              while [ \"$(stty size)\" != '30 100' ]; do sleep 0.05; done; echo resized; \
-             read l; echo bye-$l >&2; sleep 300");
+             trap 'echo got-int; exit 5' INT; read l; echo bye-$l >&2; \
+             while :; do sleep 0.1; done");
         j.tty = Some(TtySize { cols: 90, rows: 20 });
         j.timeout = Duration::from_secs(600);
         let ran = run_driven(
@@ -1154,9 +1155,11 @@ async fn a_terminal_starts_at_its_size_resizes_and_takes_ctrl_c() {
         // One stream: stderr arrives on the terminal, with its line endings.
         assert!(text.contains("bye-y\r\n"), "{protocol}: {text}");
         assert!(ran.stderr.is_empty(), "{protocol}: {ran:?}");
-        // Ctrl-C ended the sleep (and the shell) long before the timeout.
+        // Ctrl-C reached the shell as SIGINT (its trap ran): the terminal
+        // turned the key into a signal for the foreground process group.
+        assert!(text.contains("got-int"), "{protocol}: {text}");
         assert!(
-            matches!(ran.outcome, Outcome::Exited(130)),
+            matches!(ran.outcome, Outcome::Exited(5)),
             "{protocol}: {ran:?}"
         );
         assert_eq!(
