@@ -74,19 +74,72 @@ const fn hex_etag(h: u64) -> [u8; 18] {
 }
 
 static INDEX: Asset = asset!("index.html", "text/html; charset=utf-8");
-static SCRIPT: Asset = asset!("app.js", "text/javascript; charset=utf-8");
+/// The console's ES modules (`app.js` is the entry point; it imports the
+/// others). A module missing here fails `every_imported_module_is_served`.
+static SCRIPTS: [(&str, Asset); 12] = [
+    (
+        "/ui/app.js",
+        asset!("app.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/api.js",
+        asset!("api.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/audit.js",
+        asset!("audit.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/command.js",
+        asset!("command.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/dom.js",
+        asset!("dom.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/events.js",
+        asset!("events.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/format.js",
+        asset!("format.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/nav.js",
+        asset!("nav.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/projects.js",
+        asset!("projects.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/terminal.js",
+        asset!("terminal.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/webhooks.js",
+        asset!("webhooks.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/widgets.js",
+        asset!("widgets.js", "text/javascript; charset=utf-8"),
+    ),
+];
 static STYLE: Asset = asset!("app.css", "text/css; charset=utf-8");
 static ICON: Asset = asset!("icon.svg", "image/svg+xml");
 
 /// The console's routes; merged into the application router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
+    let mut router = Router::new()
         .route("/ui", file(&INDEX))
         .route("/ui/", file(&INDEX))
-        .route("/ui/app.js", file(&SCRIPT))
         .route("/ui/app.css", file(&STYLE))
-        .route("/ui/icon.svg", file(&ICON))
-        .layer(middleware::from_fn(security_headers))
+        .route("/ui/icon.svg", file(&ICON));
+    for (path, asset) in &SCRIPTS {
+        router = router.route(path, file(asset));
+    }
+    router.layer(middleware::from_fn(security_headers))
 }
 
 fn file<S: Clone + Send + Sync + 'static>(asset: &'static Asset) -> MethodRouter<S> {
@@ -177,6 +230,7 @@ mod tests {
             ("/ui", "text/html"),
             ("/ui/", "text/html"),
             ("/ui/app.js", "text/javascript"),
+            ("/ui/terminal.js", "text/javascript"),
             ("/ui/app.css", "text/css"),
             ("/ui/icon.svg", "image/svg+xml"),
         ] {
@@ -209,10 +263,43 @@ mod tests {
         assert_eq!(stale.status(), StatusCode::OK);
     }
 
+    /// Every `import … from './x.js'` of every module names a served file,
+    /// and every served module is imported by some other (none is dead).
+    #[test]
+    fn every_imported_module_is_served() {
+        let served: Vec<&str> = SCRIPTS.iter().map(|(p, _)| *p).collect();
+        let mut imported = vec!["/ui/app.js".to_owned()];
+        for (path, asset) in &SCRIPTS {
+            let text = std::str::from_utf8(asset.body).expect("utf-8");
+            for line in text.lines().filter(|l| l.starts_with("import ")) {
+                let name = line
+                    .split(" from './")
+                    .nth(1)
+                    .and_then(|rest| rest.strip_suffix("';"))
+                    .unwrap_or_else(|| panic!("{path}: unexpected import line {line}"));
+                let module = format!("/ui/{name}");
+                assert!(
+                    served.contains(&module.as_str()),
+                    "{path} imports {module}, not served"
+                );
+                imported.push(module);
+            }
+        }
+        for path in served {
+            assert!(
+                imported.iter().any(|m| m == path),
+                "{path} is served but never imported"
+            );
+        }
+    }
+
     #[test]
     fn the_page_has_no_inline_script_or_style() {
         let html = std::str::from_utf8(INDEX.body).expect("utf-8");
-        assert!(html.contains(r#"<script src="/ui/app.js""#), "{html}");
+        assert!(
+            html.contains(r#"<script type="module" src="/ui/app.js">"#),
+            "{html}"
+        );
         assert!(
             !html.contains("<script>") && !html.contains("<style"),
             "{html}"
