@@ -294,7 +294,7 @@ pub(crate) async fn connect(client: &Client, id: &str, last: i64) -> Result<Sock
     let url = format!(
         "{}://{rest}/v1/commands/{}/attach?from_seq={last}",
         if tls { "wss" } else { "ws" },
-        crate::commands::seg(id)
+        crate::units::seg(id)
     );
     let mut req = url
         .as_str()

@@ -15,6 +15,7 @@ pub mod events;
 pub mod mcp;
 pub mod output;
 pub mod spinner;
+pub mod units;
 
 use clap::{CommandFactory, Parser};
 

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::{Report, enqueue, trivial};
 use crate::args::E2eArgs;
 use crate::client::{Client, ClientError};
-use crate::commands::seg;
+use crate::units::seg;
 
 /// Between looks at a batch's progress.
 const BATCH_POLL: Duration = Duration::from_millis(50);

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::Report;
 use crate::args::EnqueueArgs;
 use crate::client::{Client, ClientError};
-use crate::commands::seg;
+use crate::units::seg;
 
 /// What one client saw.
 #[derive(Default)]

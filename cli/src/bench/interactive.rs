@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{Report, enqueue};
 use crate::args::InteractiveBenchArgs;
 use crate::client::{Client, ClientError};
-use crate::commands::seg;
+use crate::units::seg;
 
 /// The program of every session.
 const ECHO: &str = "stty raw -echo; exec cat";

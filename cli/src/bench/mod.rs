@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 
 use crate::args::{BenchArgs, BenchCmd};
 use crate::client::{Client, ClientError};
-use crate::commands::seg;
 use crate::output::{Style, Table, out, print_json};
+use crate::units::seg;
 
 /// Runs one scenario and prints its report.
 pub async fn bench(client: &Client, style: &Style, a: &BenchArgs) -> Result<i32, ClientError> {
@@ -201,68 +201,9 @@ fn format_value(v: f64) -> String {
     }
 }
 
-/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let err = || format!("expected a duration like 10s, 500ms or 2m, got `{s}`");
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| err())?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(err());
-    }
-    Ok(std::time::Duration::from_secs_f64(v * mult))
-}
-
-/// Parses a byte count or rate with an optional K/M/G suffix (powers of 1024)
-/// and an optional `/s` or `B`: `10M`, `64KiB`, `10MB/s`.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let err = || format!("expected a size like 10M, 64K or 1048576, got `{s}`");
-    let t = s.trim().trim_end_matches("/s");
-    let t = t.trim_end_matches(['B', 'b']).trim_end_matches('i');
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1024u64),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
-        _ => (t, 1),
-    };
-    let v: f64 = num.trim().parse().map_err(|_| err())?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(err());
-    }
-    Ok((v * mult as f64) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_and_sizes_parse() {
-        assert_eq!(
-            parse_duration("10s"),
-            Ok(std::time::Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(std::time::Duration::from_millis(250))
-        );
-        assert_eq!(
-            parse_duration("2m"),
-            Ok(std::time::Duration::from_secs(120))
-        );
-        assert!(parse_duration("x").is_err());
-        assert_eq!(parse_bytes("10M"), Ok(10 * 1024 * 1024));
-        assert_eq!(parse_bytes("64KiB"), Ok(64 * 1024));
-        assert_eq!(parse_bytes("1MB/s"), Ok(1024 * 1024));
-        assert_eq!(parse_bytes("123"), Ok(123));
-    }
 
     #[test]
     fn metrics_are_read_from_prometheus_text() {

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use super::{Report, api_rss, enqueue};
 use crate::args::SseArgs;
 use crate::client::{Client, ClientError};
-use crate::commands::seg;
+use crate::units::seg;
 
 /// Watchers connecting at once.
 const CONNECT_PARALLELISM: usize = 128;

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::{Report, enqueue, trivial};
 use crate::args::WebhooksArgs;
 use crate::client::{Client, ClientError};
-use crate::commands::seg;
+use crate::units::seg;
 
 /// Give up after this long without a new delivery.
 const STALL: Duration = Duration::from_secs(60);

@@ -2,10 +2,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{page_query, seg};
+use super::page_query;
 use crate::args::{AuditArgs, KeyCreateArgs, KeysCmd, WebhookCreateArgs, WebhooksCmd};
 use crate::client::{Client, ClientError};
 use crate::output::{Style, Table, field, note, print_json, print_list, print_object};
+use crate::units::seg;
 
 const KEY_FIELDS: &[&str] = &[
     "id",

@@ -8,10 +8,11 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{page_query, seg};
+use super::page_query;
 use crate::args::{CpArgs, PageArgs};
 use crate::client::{Client, ClientError};
 use crate::output::{Style, Table, field, note, print_list};
+use crate::units::seg;
 
 /// `PROJECT:path` → (project, path); anything else is a local path.
 pub fn remote(s: &str) -> Option<(&str, &str)> {

@@ -6,11 +6,12 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{page_query, seg};
+use super::page_query;
 use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg};
 use crate::client::{Client, ClientError};
 use crate::events::Follower;
 use crate::output::{Style, Table, ellipsize, field, note, print_json, print_list, print_object};
+use crate::units::seg;
 
 /// Fields of a command shown by `rdev status`.
 const COMMAND_FIELDS: &[&str] = &[

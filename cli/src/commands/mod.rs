@@ -20,16 +20,3 @@ pub(crate) fn page_query(page: &PageArgs) -> Vec<(&'static str, String)> {
     }
     q
 }
-
-/// Escapes a value for use as one path segment.
-pub(crate) fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}

@@ -2,10 +2,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{page_query, seg};
+use super::page_query;
 use crate::args::{ExecutorKind, ProjectCreateArgs, ProjectsCmd};
 use crate::client::{Client, ClientError};
 use crate::output::{Style, Table, field, note, print_list, print_object};
+use crate::units::seg;
 
 const PROJECT_FIELDS: &[&str] = &[
     "name",

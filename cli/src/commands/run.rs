@@ -135,7 +135,7 @@ async fn create(client: &Client, args: &RunArgs) -> Result<Value, ClientError> {
         .clone()
         .unwrap_or_else(|| format!("rdev-cli-{}", uuid::Uuid::now_v7()));
     let body = request_body(args);
-    let path = format!("/v1/projects/{}/commands", super::seg(&args.project));
+    let path = format!("/v1/projects/{}/commands", crate::units::seg(&args.project));
     let mut delay = std::time::Duration::from_millis(500);
     let mut attempt = 1;
     loop {
@@ -251,7 +251,10 @@ pub async fn attach(
     args: &crate::args::IdArg,
 ) -> Result<i32, ClientError> {
     let cmd = client
-        .get(&format!("/v1/commands/{}", super::seg(&args.id)), &[])
+        .get(
+            &format!("/v1/commands/{}", crate::units::seg(&args.id)),
+            &[],
+        )
         .await?;
     let mode = match (
         cmd.get("stdin").and_then(Value::as_str),

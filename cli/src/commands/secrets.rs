@@ -6,10 +6,11 @@ use std::io::Read;
 
 use serde_json::json;
 
-use super::{page_query, seg};
+use super::page_query;
 use crate::args::SecretsCmd;
 use crate::client::{Client, ClientError};
 use crate::output::{Style, Table, field, note, print_json, print_list, print_object};
+use crate::units::seg;
 
 const FIELDS: &[&str] = &["name", "version", "set_by", "set_at", "created_at"];
 
