@@ -126,45 +126,12 @@ pub async fn attach(client: &Client, id: &str, mode: Mode) -> Result<Value, Clie
         loop {
             tokio::select! {
                 frame = down.next() => match frame {
-                    Some(Ok(Message::Binary(b))) => {
-                        if b.len() < 9 {
-                            continue;
-                        }
-                        let seq = i64::try_from(u64::from_be_bytes(b[1..9].try_into().unwrap_or([0; 8]))).unwrap_or(0);
-                        if seq <= last {
-                            continue;
-                        }
-                        let data = &b[9..];
-                        let written = if b[0] == 2 {
-                            std::io::stderr().write_all(data).and_then(|()| std::io::stderr().flush())
-                        } else {
-                            std::io::stdout().write_all(data).and_then(|()| std::io::stdout().flush())
-                        };
-                        if written.is_err() {
-                            return Err(ClientError::Local("cannot write the command's output".into()));
-                        }
-                        last = seq;
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-                        match v.get("type").and_then(Value::as_str) {
-                            Some("end") => return Ok(v.get("command").cloned().unwrap_or(Value::Null)),
-                            Some("error") => {
-                                let detail = v.get("detail").and_then(Value::as_str).unwrap_or("");
-                                if v.get("status").and_then(Value::as_i64) == Some(409) {
-                                    // The command ended, or takes no more input.
-                                    input_open = false;
-                                }
-                                note(&format!("input refused: {detail}"));
-                            }
-                            Some("gap") => note(&format!(
-                                "output truncated: chunks {}-{} were not kept",
-                                v["from_seq"], v["to_seq"]
-                            )),
-                            Some("reconnect") => break,
-                            _ => {}
-                        }
-                    }
+                    Some(Ok(Message::Binary(b))) => write_output(&b, &mut last)?,
+                    Some(Ok(Message::Text(t))) => match control(t.as_str(), &mut input_open) {
+                        Control::End(cmd) => return Ok(cmd),
+                        Control::Reconnect => break,
+                        Control::Continue => {}
+                    },
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => {}
                 },
@@ -180,6 +147,61 @@ pub async fn attach(client: &Client, id: &str, mode: Mode) -> Result<Value, Clie
             }
         }
     }
+}
+
+/// Writes an output frame (`[stream][seq u64][bytes]`) not written yet
+/// (its seq above `last`) to stdout or stderr.
+fn write_output(frame: &[u8], last: &mut i64) -> Result<(), ClientError> {
+    let Some((head, data)) = frame.split_at_checked(9) else {
+        return Ok(());
+    };
+    let seq =
+        i64::try_from(u64::from_be_bytes(head[1..9].try_into().unwrap_or([0; 8]))).unwrap_or(0);
+    if seq <= *last {
+        return Ok(());
+    }
+    let written = if head[0] == 2 {
+        let mut err = std::io::stderr();
+        err.write_all(data).and_then(|()| err.flush())
+    } else {
+        let mut out = std::io::stdout();
+        out.write_all(data).and_then(|()| out.flush())
+    };
+    written.map_err(|_| ClientError::Local("cannot write the command's output".into()))?;
+    *last = seq;
+    Ok(())
+}
+
+/// What a JSON control frame from the server asks of the loop.
+enum Control {
+    /// The command ended: its final object.
+    End(Value),
+    /// The server ends this socket: connect again from the last seq.
+    Reconnect,
+    Continue,
+}
+
+/// Reads a control frame; an input refusal with 409 closes `input_open`.
+fn control(text: &str, input_open: &mut bool) -> Control {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    match v.get("type").and_then(Value::as_str) {
+        Some("end") => return Control::End(v.get("command").cloned().unwrap_or(Value::Null)),
+        Some("error") => {
+            let detail = v.get("detail").and_then(Value::as_str).unwrap_or("");
+            if v.get("status").and_then(Value::as_i64) == Some(409) {
+                // The command ended, or takes no more input.
+                *input_open = false;
+            }
+            note(&format!("input refused: {detail}"));
+        }
+        Some("gap") => note(&format!(
+            "output truncated: chunks {}-{} were not kept",
+            v["from_seq"], v["to_seq"]
+        )),
+        Some("reconnect") => return Control::Reconnect,
+        _ => {}
+    }
+    Control::Continue
 }
 
 /// What goes up.

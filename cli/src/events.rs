@@ -171,6 +171,39 @@ impl Follower {
         }
     }
 
+    /// Hands an `output` or `gap` event to the sink unless it was already
+    /// delivered before a reconnect; true when it was new.
+    fn deliver(&mut self, event: &str, data: &str) -> bool {
+        if event == "gap" {
+            let Ok(g) = serde_json::from_str::<Gap>(data) else {
+                return false;
+            };
+            if g.to_seq <= self.last_seq {
+                return false;
+            }
+            (self.sink)(Piece::Gap {
+                from_seq: g.from_seq,
+                to_seq: g.to_seq,
+            });
+            self.last_seq = g.to_seq;
+            return true;
+        }
+        let Ok(o) = serde_json::from_str::<Output>(data) else {
+            return false;
+        };
+        if o.seq <= self.last_seq {
+            return false; // already written before a reconnect
+        }
+        self.spinner.stop();
+        (self.sink)(Piece::Output {
+            seq: o.seq,
+            stream: &o.stream,
+            data: &o.data,
+        });
+        self.last_seq = o.seq;
+        true
+    }
+
     /// One connection: `Ok(Some(end))` when the stream finished, `Ok(None)`
     /// when it was cut short. Sets `delivered` when new output arrived.
     async fn connect_once(
@@ -215,34 +248,7 @@ impl Follower {
                 reason: e.to_string(),
             })?;
             match ev.event.as_str() {
-                "output" => {
-                    let Ok(o) = serde_json::from_str::<Output>(&ev.data) else {
-                        continue;
-                    };
-                    if o.seq <= self.last_seq {
-                        continue; // already written before a reconnect
-                    }
-                    self.spinner.stop();
-                    (self.sink)(Piece::Output {
-                        seq: o.seq,
-                        stream: &o.stream,
-                        data: &o.data,
-                    });
-                    self.last_seq = o.seq;
-                    *delivered = true;
-                }
-                "gap" => {
-                    if let Ok(g) = serde_json::from_str::<Gap>(&ev.data)
-                        && g.to_seq > self.last_seq
-                    {
-                        (self.sink)(Piece::Gap {
-                            from_seq: g.from_seq,
-                            to_seq: g.to_seq,
-                        });
-                        self.last_seq = g.to_seq;
-                        *delivered = true;
-                    }
-                }
+                "output" | "gap" => *delivered |= self.deliver(&ev.event, &ev.data),
                 "status" => {
                     if let Ok(cmd) = serde_json::from_str::<Value>(&ev.data)
                         && cmd.get("status").and_then(Value::as_str) != Some("queued")

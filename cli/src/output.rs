@@ -191,6 +191,16 @@ pub fn print_list(style: &Style, answer: &Value, table: impl FnOnce(&[Value]) ->
     }
 }
 
+/// The answer to an action: the API's JSON answer with `--json`, else a
+/// note for people on stderr (`message`, e.g. "deleted webhook …").
+pub fn print_done(style: &Style, answer: &Value, message: &str) {
+    if style.json {
+        print_json(answer);
+    } else {
+        note(message);
+    }
+}
+
 /// A note for people on stderr, e.g. "cancel requested".
 pub fn note(msg: &str) {
     let _ = writeln!(std::io::stderr(), "rdev: {msg}");

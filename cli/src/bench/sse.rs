@@ -21,6 +21,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use super::{Report, api_rss, enqueue};
 use crate::args::SseArgs;
@@ -170,6 +171,45 @@ async fn watch(
     Ok(c.watch)
 }
 
+/// Samples the API's RSS every `RSS_SAMPLE` until aborted; the peak seen.
+fn sample_rss(client: &Client, url: Option<String>) -> (JoinHandle<()>, Arc<AtomicU64>) {
+    let peak = Arc::new(AtomicU64::new(0));
+    let client = client.clone();
+    let seen = peak.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Some(v) = api_rss(&client, url.as_deref()).await {
+                seen.fetch_max(v, Ordering::Relaxed);
+            }
+            tokio::time::sleep(RSS_SAMPLE).await;
+        }
+    });
+    (task, peak)
+}
+
+/// The watchers' results: the completed watches, how many failed to
+/// connect, and the first failure.
+async fn join_watchers(
+    tasks: Vec<JoinHandle<Result<Watch, ClientError>>>,
+) -> (Vec<Watch>, u64, Option<String>) {
+    let mut watches = Vec::new();
+    let mut errors = 0u64;
+    let mut first = None;
+    for t in tasks {
+        let failure = match t.await {
+            Ok(Ok(w)) => {
+                watches.push(w);
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        errors += 1;
+        first.get_or_insert(failure);
+    }
+    (watches, errors, first)
+}
+
 /// Runs the scenario.
 pub async fn run(client: &Client, project: &str, a: &SseArgs) -> Result<Report, ClientError> {
     let line = a.line_bytes.max(TS_DIGITS + 2);
@@ -197,37 +237,8 @@ pub async fn run(client: &Client, project: &str, a: &SseArgs) -> Result<Report, 
     let tasks: Vec<_> = (0..a.watchers)
         .map(|_| tokio::spawn(watch(client.clone(), id.clone(), line, gate.clone())))
         .collect();
-    // Sample the API's RSS while the watchers run.
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let client = client.clone();
-        let url = a.metrics_url.clone();
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(v) = api_rss(&client, url.as_deref()).await {
-                    peak.fetch_max(v, Ordering::Relaxed);
-                }
-                tokio::time::sleep(RSS_SAMPLE).await;
-            }
-        })
-    };
-    let mut watches = Vec::new();
-    let mut connect_errors = 0u64;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(w)) => watches.push(w),
-            Ok(Err(e)) => {
-                connect_errors += 1;
-                first_error.get_or_insert(e.to_string());
-            }
-            Err(e) => {
-                connect_errors += 1;
-                first_error.get_or_insert(e.to_string());
-            }
-        }
-    }
+    let (sampler, peak) = sample_rss(client, a.metrics_url.clone());
+    let (watches, connect_errors, first_error) = join_watchers(tasks).await;
     let elapsed = started.elapsed().as_secs_f64();
     sampler.abort();
     let rss_peak = Some(peak.load(Ordering::Relaxed));

@@ -116,15 +116,14 @@ pub async fn run(
     result
 }
 
-async fn drive(
+/// Enqueues `a.n` trivial commands, `a.concurrency` at a time; their ids.
+async fn enqueue_all(
     client: &Client,
     project: &str,
     rng: &mut StdRng,
     a: &WebhooksArgs,
-    rx: &mut mpsc::UnboundedReceiver<Received>,
-) -> Result<Report, ClientError> {
+) -> Result<HashSet<String>, ClientError> {
     let bodies: Vec<Value> = (0..a.n).map(|_| trivial(rng, "true")).collect();
-    let start = Instant::now();
     let created: Vec<Result<Value, ClientError>> = futures::stream::iter(bodies)
         .map(|b| async move { enqueue(client, project, &b).await })
         .buffer_unordered(a.concurrency.max(1))
@@ -136,6 +135,19 @@ async fn drive(
             ours.insert(id.to_owned());
         }
     }
+    Ok(ours)
+}
+
+/// Enqueues the commands and takes the deliveries they cause.
+async fn drive(
+    client: &Client,
+    project: &str,
+    rng: &mut StdRng,
+    a: &WebhooksArgs,
+    rx: &mut mpsc::UnboundedReceiver<Received>,
+) -> Result<Report, ClientError> {
+    let start = Instant::now();
+    let ours = enqueue_all(client, project, rng, a).await?;
     let expected = a.n * a.events.len();
     let mut lat = Vec::new();
     let mut seen = HashSet::new();

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use super::page_query;
 use crate::args::{AuditArgs, KeyCreateArgs, KeysCmd, WebhookCreateArgs, WebhooksCmd};
 use crate::client::{Client, ClientError};
-use crate::output::{Style, Table, field, note, print_json, print_list, print_object};
+use crate::output::{Style, Table, field, note, print_done, print_json, print_list, print_object};
 use crate::units::seg;
 
 const KEY_FIELDS: &[&str] = &[
@@ -116,11 +116,7 @@ pub async fn keys(client: &Client, style: &Style, cmd: &KeysCmd) -> Result<i32, 
         }
         KeysCmd::Revoke { id } => {
             let answer = client.delete(&format!("/v1/api-keys/{}", seg(id))).await?;
-            if style.json {
-                print_json(&answer);
-            } else {
-                note(&format!("revoked key {id}"));
-            }
+            print_done(style, &answer, &format!("revoked key {id}"));
         }
         KeysCmd::Rotate { id } => {
             let k = client
@@ -141,20 +137,7 @@ pub async fn webhooks(
     match cmd {
         WebhooksCmd::Ls(page) => {
             let answer = client.get("/v1/webhooks", &page_query(page)).await?;
-            print_list(style, &answer, |items| {
-                let mut t = Table::new(&["ID", "URL", "EVENTS", "PROJECT", "ENABLED", "REASON"]);
-                for w in items {
-                    t.row(vec![
-                        field(w, "id"),
-                        field(w, "url"),
-                        field(w, "events"),
-                        field(w, "project"),
-                        field(w, "enabled"),
-                        field(w, "disabled_reason"),
-                    ]);
-                }
-                t
-            });
+            print_list(style, &answer, webhooks_table);
         }
         WebhooksCmd::Create(a) => {
             let w = client.post("/v1/webhooks", &webhook_body(a)).await?;
@@ -162,11 +145,7 @@ pub async fn webhooks(
         }
         WebhooksCmd::Delete { id } => {
             let answer = client.delete(&format!("/v1/webhooks/{}", seg(id))).await?;
-            if style.json {
-                print_json(&answer);
-            } else {
-                note(&format!("deleted webhook {id}"));
-            }
+            print_done(style, &answer, &format!("deleted webhook {id}"));
         }
         WebhooksCmd::Deliveries { id, page } => {
             let answer = client
@@ -175,40 +154,7 @@ pub async fn webhooks(
                     &page_query(page),
                 )
                 .await?;
-            print_list(style, &answer, |items| {
-                let mut t = Table::new(&[
-                    "ID",
-                    "EVENT",
-                    "TYPE",
-                    "STATUS",
-                    "ATTEMPTS",
-                    "LAST_CODE",
-                    "NEXT_ATTEMPT",
-                ]);
-                for d in items {
-                    let attempts = d
-                        .get("attempts")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    let last_code = match d.get("last_status_code") {
-                        Some(Value::Number(n)) => n.to_string(),
-                        _ => attempts
-                            .last()
-                            .map_or_else(|| "-".to_owned(), |a| field(a, "status_code")),
-                    };
-                    t.row(vec![
-                        field(d, "id"),
-                        field(d, "event_id"),
-                        field(d, "event_type"),
-                        field(d, "status"),
-                        attempts.len().to_string(),
-                        last_code,
-                        field(d, "next_attempt_at"),
-                    ]);
-                }
-                t
-            });
+            print_list(style, &answer, deliveries_table);
         }
         WebhooksCmd::Redeliver { id, delivery_id } => {
             let answer = client
@@ -221,27 +167,78 @@ pub async fn webhooks(
                     &json!({}),
                 )
                 .await?;
-            if style.json {
-                print_json(&answer);
-            } else {
-                note(&format!("redelivery of {delivery_id} scheduled"));
-            }
+            print_done(
+                style,
+                &answer,
+                &format!("redelivery of {delivery_id} scheduled"),
+            );
         }
         WebhooksCmd::Test { id } => {
             let answer = client
                 .post(&format!("/v1/webhooks/{}/test", seg(id)), &json!({}))
                 .await?;
-            if style.json {
-                print_json(&answer);
-            } else {
-                note(&format!(
+            print_done(
+                style,
+                &answer,
+                &format!(
                     "test event {} queued for webhook {id}",
                     field(&answer, "event_id")
-                ));
-            }
+                ),
+            );
         }
     }
     Ok(0)
+}
+
+fn webhooks_table(items: &[Value]) -> Table {
+    let mut t = Table::new(&["ID", "URL", "EVENTS", "PROJECT", "ENABLED", "REASON"]);
+    for w in items {
+        t.row(vec![
+            field(w, "id"),
+            field(w, "url"),
+            field(w, "events"),
+            field(w, "project"),
+            field(w, "enabled"),
+            field(w, "disabled_reason"),
+        ]);
+    }
+    t
+}
+
+/// Deliveries, with the HTTP status of the last attempt.
+fn deliveries_table(items: &[Value]) -> Table {
+    let mut t = Table::new(&[
+        "ID",
+        "EVENT",
+        "TYPE",
+        "STATUS",
+        "ATTEMPTS",
+        "LAST_CODE",
+        "NEXT_ATTEMPT",
+    ]);
+    for d in items {
+        let attempts = d
+            .get("attempts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let last_code = match d.get("last_status_code") {
+            Some(Value::Number(n)) => n.to_string(),
+            _ => attempts
+                .last()
+                .map_or_else(|| "-".to_owned(), |a| field(a, "status_code")),
+        };
+        t.row(vec![
+            field(d, "id"),
+            field(d, "event_id"),
+            field(d, "event_type"),
+            field(d, "status"),
+            attempts.len().to_string(),
+            last_code,
+            field(d, "next_attempt_at"),
+        ]);
+    }
+    t
 }
 
 /// `rdev audit`.

@@ -10,7 +10,9 @@ use super::page_query;
 use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg};
 use crate::client::{Client, ClientError};
 use crate::events::Follower;
-use crate::output::{Style, Table, ellipsize, field, note, print_json, print_list, print_object};
+use crate::output::{
+    Style, Table, ellipsize, field, print_done, print_json, print_list, print_object,
+};
 use crate::units::seg;
 
 /// Fields of a command shown by `rdev status`.
@@ -113,11 +115,7 @@ pub async fn cancel(client: &Client, style: &Style, args: &IdArg) -> Result<i32,
             &json!({}),
         )
         .await?;
-    if style.json {
-        crate::output::print_json(&answer);
-    } else {
-        note(&format!("cancel requested for {}", args.id));
-    }
+    print_done(style, &answer, &format!("cancel requested for {}", args.id));
     Ok(0)
 }
 

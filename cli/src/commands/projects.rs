@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use super::page_query;
 use crate::args::{ExecutorKind, ProjectCreateArgs, ProjectsCmd};
 use crate::client::{Client, ClientError};
-use crate::output::{Style, Table, field, note, print_list, print_object};
+use crate::output::{Style, Table, field, print_done, print_list, print_object};
 use crate::units::seg;
 
 const PROJECT_FIELDS: &[&str] = &[
@@ -103,11 +103,7 @@ pub async fn projects(
             let answer = client
                 .delete(&format!("/v1/projects/{}", seg(name)))
                 .await?;
-            if style.json {
-                crate::output::print_json(&answer);
-            } else {
-                note(&format!("deleted project {name}"));
-            }
+            print_done(style, &answer, &format!("deleted project {name}"));
         }
     }
     Ok(0)

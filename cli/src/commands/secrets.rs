@@ -9,7 +9,7 @@ use serde_json::json;
 use super::page_query;
 use crate::args::SecretsCmd;
 use crate::client::{Client, ClientError};
-use crate::output::{Style, Table, field, note, print_json, print_list, print_object};
+use crate::output::{Style, Table, field, note, print_done, print_list, print_object};
 use crate::units::seg;
 
 const FIELDS: &[&str] = &["name", "version", "set_by", "set_at", "created_at"];
@@ -75,11 +75,11 @@ pub async fn secrets(client: &Client, style: &Style, cmd: &SecretsCmd) -> Result
         SecretsCmd::Rm { project, name } => {
             let path = format!("/v1/projects/{}/secrets/{}", seg(project), seg(name));
             let answer = client.delete(&path).await?;
-            if style.json {
-                print_json(&answer);
-            } else {
-                note(&format!("secret {name} deleted from {project}"));
-            }
+            print_done(
+                style,
+                &answer,
+                &format!("secret {name} deleted from {project}"),
+            );
         }
     }
     Ok(0)
