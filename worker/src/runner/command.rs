@@ -159,25 +159,14 @@ async fn execute(
     claimed: Claimed,
     cancel: CancellationToken,
 ) -> (Outcome, OutputSummary) {
-    let no_output = OutputSummary {
-        output_bytes: 0,
-        truncated: false,
-    };
-    // Read now, not at enqueue: a rotation applies to every command that
-    // starts after it. A command that cannot have its secrets never runs.
-    let secrets = match retry_db("secrets", || {
-        crate::secrets::resolve(&w.pool, &w.worker_id, &claimed.command, &claimed.secrets)
-    })
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(refused)) => return (Outcome::FailedToStart(refused.0), no_output),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the command's secrets");
-            return (
-                Outcome::FailedToStart("cannot read the command's secrets".into()),
-                no_output,
-            );
+    let secrets = match secrets_of(w, &claimed).await {
+        Ok(s) => s,
+        Err(refused) => {
+            let no_output = OutputSummary {
+                output_bytes: 0,
+                truncated: false,
+            };
+            return (refused, no_output);
         }
     };
     let id = claimed.command.id;
@@ -238,6 +227,29 @@ async fn execute(
         other => other,
     };
     (outcome, summary)
+}
+
+/// The command's secrets, read now, not at enqueue: a rotation applies to
+/// every command that starts after it. A command that cannot have its
+/// secrets never runs (the outcome says why).
+async fn secrets_of(
+    w: &Worker,
+    claimed: &Claimed,
+) -> Result<crate::secrets::CommandSecrets, Outcome> {
+    match retry_db("secrets", || {
+        crate::secrets::resolve(&w.pool, &w.worker_id, &claimed.command, &claimed.secrets)
+    })
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(refused)) => Err(Outcome::FailedToStart(refused.0)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the command's secrets");
+            Err(Outcome::FailedToStart(
+                "cannot read the command's secrets".into(),
+            ))
+        }
+    }
 }
 
 /// What the executor runs for a claimed command.
