@@ -5,14 +5,13 @@
 //! ignored.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
+use lapin::message::Delivery;
 use rdev_shared::cache::BoundedCache;
 use rdev_shared::config::AmqpConfig;
-use rdev_shared::db::outbox::OutboxMessage;
 use rdev_shared::domain::Project;
-use rdev_shared::mq::{self, ControlMessage, Publisher};
+use rdev_shared::lifecycle::CancellationToken;
+use rdev_shared::mq::{self, ControlMessage, OutgoingMessage, Publisher};
 use uuid::Uuid;
 
 use crate::keycache::KeyCache;
@@ -23,7 +22,7 @@ pub type ProjectCache = BoundedCache<String, Project>;
 /// Publishes a control message with a confirm. Failure is logged: other
 /// instances then rely on their TTL backstop.
 async fn announce(publisher: &Publisher, message: &ControlMessage) {
-    let msg = OutboxMessage {
+    let msg = OutgoingMessage {
         exchange: publisher.topology().control_exchange(),
         routing_key: String::new(),
         payload: serde_json::to_vec(message).unwrap_or_default(),
@@ -53,7 +52,7 @@ pub async fn announce_project_change(cache: &ProjectCache, publisher: &Publisher
     .await;
 }
 
-/// Listens until `shutdown` resolves, reconnecting with backoff. Each
+/// Listens until `shutdown` is cancelled, reconnecting with backoff. Each
 /// (re)connection empties the caches, since announcements may have been
 /// missed while away.
 pub async fn listen(
@@ -61,7 +60,7 @@ pub async fn listen(
     instance: String,
     keys: Arc<KeyCache>,
     projects: Arc<ProjectCache>,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: CancellationToken,
 ) {
     let name = format!("rdev-api {instance} control");
     let listening = |on: bool| {
@@ -74,50 +73,30 @@ pub async fn listen(
             projects.invalidate_all();
         }
     };
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match mq::subscribe_control(&amqp, &name).await {
-            Ok((conn, mut consumer)) => {
-                listening(true);
-                backoff = Duration::from_millis(200);
-                loop {
-                    tokio::select! {
-                        _ = &mut shutdown => {
-                            listening(false);
-                            let _ = conn.close(200, "shutdown".into()).await;
-                            return;
-                        }
-                        next = consumer.next() => match next {
-                            Some(Ok(d)) => match serde_json::from_slice::<ControlMessage>(&d.data) {
-                                Ok(ControlMessage::KeyChanged { key_id }) => {
-                                    tracing::debug!(key = %key_id, "key changed: cache emptied");
-                                    keys.key_changed(key_id);
-                                }
-                                Ok(ControlMessage::ProjectChanged { name }) => {
-                                    projects.invalidate(&name).await;
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::debug!(error = %e, "malformed control message"),
-                            },
-                            Some(Err(e)) => {
-                                tracing::warn!(error = %e, "control consumer failed");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
+    let handle = |d: Delivery| {
+        let (keys, projects) = (keys.clone(), projects.clone());
+        async move {
+            match serde_json::from_slice::<ControlMessage>(&d.data) {
+                Ok(ControlMessage::KeyChanged { key_id }) => {
+                    tracing::debug!(key = %key_id, "key changed: cache emptied");
+                    keys.key_changed(key_id);
                 }
-                listening(false);
+                Ok(ControlMessage::ProjectChanged { name }) => {
+                    projects.invalidate(&name).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "malformed control message"),
             }
-            Err(e) => tracing::warn!(error = %e, "control listener cannot connect to RabbitMQ"),
         }
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+    };
+    mq::follow(
+        "control (api)",
+        &shutdown,
+        || mq::subscribe_control(&amqp, &name),
+        handle,
+        listening,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -10,14 +10,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use rdev_shared::config::AmqpConfig;
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::{self, MqError, OutputEvent, Topology};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -403,53 +402,31 @@ impl OutputHub {
         Ok((conn, consumer))
     }
 
-    /// Keeps the hub connected until `shutdown` resolves, reconnecting with
-    /// backoff; while disconnected, watchers are marked lagging so they poll
-    /// PostgreSQL.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.connect().await {
-                Ok((conn, mut consumer)) => {
-                    self.connected.store(true, Ordering::Release);
-                    backoff = Duration::from_millis(200);
-                    loop {
-                        tokio::select! {
-                            _ = &mut shutdown => {
-                                self.connected.store(false, Ordering::Release);
-                                let _ = conn.close(200, "shutdown".into()).await;
-                                return;
-                            }
-                            next = consumer.next() => match next {
-                                Some(Ok(d)) => {
-                                    if let Some(ev) = OutputEvent::decode(&d.properties, d.data) {
-                                        self.dispatch(d.routing_key.as_str(), ev);
-                                    }
-                                }
-                                Some(Err(e)) => {
-                                    tracing::warn!(error = %e, "output consumer failed");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                    self.connected.store(false, Ordering::Release);
-                    *self.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
-                    self.mark_all_lagged();
-                }
-                Err(e) => {
-                    *self.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
-                    tracing::warn!(error = %e, "output hub cannot connect to RabbitMQ");
-                }
+    /// Keeps the hub connected until `shutdown` is cancelled, reconnecting
+    /// with backoff; while disconnected, watchers are marked lagging so they
+    /// poll PostgreSQL.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let open = || async {
+            let opened = self.connect().await;
+            if opened.is_err() {
+                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
             }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(backoff) => {}
+            opened
+        };
+        let handle = |d: lapin::message::Delivery| {
+            if let Some(ev) = OutputEvent::decode(&d.properties, d.data) {
+                self.dispatch(d.routing_key.as_str(), ev);
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
+            std::future::ready(())
+        };
+        let connected = |up: bool| {
+            self.connected.store(up, Ordering::Release);
+            if !up {
+                *self.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
+                self.mark_all_lagged();
+            }
+        };
+        mq::follow("live output (api)", &shutdown, open, handle, connected).await;
     }
 }
 

@@ -13,14 +13,12 @@ pub mod policies;
 pub mod serve;
 pub mod workspace;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rdev_shared::db::{self, DbError};
+use rdev_shared::lifecycle::{CancellationToken, Running};
 use rdev_shared::mq::{Publisher, Topology};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::ApiConfig;
 use crate::http::AppState;
@@ -38,21 +36,18 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// A running API server.
-pub struct Server {
-    /// The bound address (useful with port 0).
-    pub addr: SocketAddr,
-    /// The operations listener's address (`/metrics`).
-    pub ops_addr: SocketAddr,
-    /// Completes when the server has stopped.
-    pub task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
-}
+/// Key lookups that reach PostgreSQL get this share of the pool (at least
+/// one connection): unknown tokens can never starve authenticated work.
+const KEY_LOOKUP_POOL_SHARE: usize = 4;
+/// Projects whose lookups are cached at once.
+const PROJECT_CACHE_ENTRIES: u64 = 10_000;
 
-/// Builds the state, binds `cfg.listen`, and serves until `shutdown` resolves.
-pub async fn start(
-    cfg: ApiConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Server, ServeError> {
+/// Builds the state, binds `cfg.listen` and `cfg.ops_listen`, and serves
+/// until `shutdown` is cancelled; `task` then completes once every open
+/// connection has finished.
+pub async fn start(cfg: ApiConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
+    // Stops everything when the caller cancels, or drops the task.
+    let shutdown = shutdown.child_token();
     let pool = db::pool(&cfg.db)?;
     if cfg.migrate {
         let applied = db::migrate_as_owner(&cfg.db, &pool).await?;
@@ -60,40 +55,76 @@ pub async fn start(
             tracing::info!(?applied, "migrations applied");
         }
     }
+    let state = state(cfg.clone(), pool, shutdown.clone()).await;
+    let ops = http::ops_router(state.clone());
+    let app = http::router(state);
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let ops_listener = TcpListener::bind(cfg.ops_listen).await?;
+    let ops_addr = ops_listener.local_addr()?;
+    tracing::info!(%addr, %ops_addr, "rdev-api listening");
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let served = axum::serve(ops_listener, ops)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the operations listener stopped");
+            }
+        }
+    });
+    let (max_connections, write_timeout) = (cfg.max_connections, cfg.write_timeout);
+    let task = tokio::spawn(async move {
+        let _stop_when_dropped = shutdown.clone().drop_guard();
+        serve::serve(listener, app, max_connections, write_timeout, shutdown).await;
+        tracing::info!("rdev-api stopped");
+    });
+    Ok(Running {
+        addr,
+        ops_addr,
+        task,
+    })
+}
+
+/// The shared state of the handlers, with the background tasks it needs
+/// (live output hub, control listener); they stop with `shutdown`.
+async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> AppState {
     let instance = uuid::Uuid::now_v7().simple().to_string();
     let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-api {instance}"));
     let hub = OutputHub::new(cfg.amqp.clone(), &instance);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    tokio::spawn(hub.clone().run(stopped(stop_rx.clone())));
+    tokio::spawn(hub.clone().run(shutdown.clone()));
     let metrics = Arc::new(rdev_shared::metrics::Metrics::new("rdev-api"));
-    // Key lookups that reach PostgreSQL get a quarter of the pool (at least
-    // one connection): unknown tokens can never starve authenticated work.
+    let cache_counters = |name: &str| {
+        (
+            metrics.cache_hits_total.with_label_values(&[name]),
+            metrics.cache_misses_total.with_label_values(&[name]),
+        )
+    };
+    let (hits, misses) = cache_counters("api_keys");
     let keys = KeyCache::with_limits(
         cfg.cache_ttl,
-        metrics.cache_hits_total.with_label_values(&["api_keys"]),
-        metrics.cache_misses_total.with_label_values(&["api_keys"]),
+        hits,
+        misses,
         cfg.auth_failure_limit,
-        (cfg.db.pool_size / 4).max(1),
+        (cfg.db.pool_size / KEY_LOOKUP_POOL_SHARE).max(1),
     );
+    let (hits, misses) = cache_counters("projects");
     let projects = Arc::new(control::ProjectCache::new(
-        10_000,
+        PROJECT_CACHE_ENTRIES,
         cfg.cache_ttl,
-        metrics.cache_hits_total.with_label_values(&["projects"]),
-        metrics.cache_misses_total.with_label_values(&["projects"]),
+        hits,
+        misses,
     ));
     tokio::spawn(control::listen(
         cfg.amqp.clone(),
-        instance.clone(),
+        instance,
         keys.clone(),
         projects.clone(),
-        stopped(stop_rx.clone()),
+        shutdown.clone(),
     ));
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
-
     publisher.set_metrics(metrics.clone());
     let sse = limits::SseLimiter::new(
         cfg.sse_max_connections,
@@ -108,12 +139,9 @@ pub async fn start(
         prometheus::IntGauge::new("output_downloads_active", "open /output downloads")
             .unwrap_or_else(|_| metrics.sse_connections_active.clone()),
     );
-    let max_connections = cfg.max_connections;
-    let write_timeout = cfg.write_timeout;
-    // Ends when the server's state is dropped.
-    let marker = rdev_shared::relay::PublishedMarker::spawn(pool.clone());
-    let state = AppState {
-        marker,
+    AppState {
+        // Ends when the server's state is dropped.
+        marker: rdev_shared::relay::PublishedMarker::spawn(pool.clone()),
         metrics,
         sse,
         downloads,
@@ -124,35 +152,7 @@ pub async fn start(
         projects,
         policies: policies::PolicyCache::new(),
         topology: Topology::new(cfg.amqp.prefix.clone()),
-        cfg: Arc::new(cfg.clone()),
-        shutdown: stop_rx.clone(),
-    };
-    let ops = http::ops_router(state.clone());
-    let app = http::router(state);
-    let listener = TcpListener::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
-    let ops_listener = TcpListener::bind(cfg.ops_listen).await?;
-    let ops_addr = ops_listener.local_addr()?;
-    tracing::info!(%addr, %ops_addr, "rdev-api listening");
-    tokio::spawn(async move {
-        let served = axum::serve(ops_listener, ops)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "the operations listener stopped");
-        }
-    });
-    let task = tokio::spawn(async move {
-        serve::serve(listener, app, max_connections, write_timeout, async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
-        Ok::<(), std::io::Error>(())
-    });
-    Ok(Server {
-        addr,
-        ops_addr,
-        task,
-    })
+        cfg: Arc::new(cfg),
+        shutdown,
+    }
 }

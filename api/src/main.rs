@@ -4,7 +4,7 @@ use rdev_api::config::{ApiConfig, GlobalConfig};
 use rdev_shared::config::DbConfig;
 use rdev_shared::db::{self, keys};
 use rdev_shared::domain::{RateLimit, Scope};
-use rdev_shared::{secret, telemetry, validate};
+use rdev_shared::{lifecycle, secret, telemetry, validate};
 
 /// jemalloc, so `/debug/pprof/heap` can profile the heap.
 #[global_allocator]
@@ -192,15 +192,10 @@ impl ParseDefault for ApiConfig {
 }
 
 async fn serve(cfg: ApiConfig) -> anyhow::Result<()> {
-    let server = rdev_api::start(cfg, shutdown_signal())
+    let running = rdev_api::start(cfg, lifecycle::on_shutdown_signal())
         .await
         .context("starting rdev-api")?;
-    server
-        .task
-        .await
-        .context("server task")?
-        .context("serving")?;
-    tracing::info!("rdev-api stopped");
+    running.task.await.context("server task")?;
     Ok(())
 }
 
@@ -261,23 +256,4 @@ async fn create_key(
     );
     println!("{}", generated.secret);
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown requested");
 }

@@ -20,6 +20,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rdev_shared::lifecycle::CancellationToken;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -37,7 +38,7 @@ content-length: 163\r\n\r\n\
 {\"type\":\"urn:rdev:problem:unavailable\",\"title\":\"Service Unavailable\",\"status\":503,\
 \"detail\":\"this instance serves its maximum number of connections; retry shortly\"}";
 
-/// Serves `app` on `listener` until `shutdown` resolves, then stops
+/// Serves `app` on `listener` until `shutdown` is cancelled, then stops
 /// accepting and waits for open connections to finish (SSE streams end on
 /// their own: they watch the same shutdown signal). At most
 /// `max_connections` connections are served at once; one more is answered
@@ -47,7 +48,7 @@ pub async fn serve(
     app: Router,
     max_connections: usize,
     write_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -59,8 +60,6 @@ pub async fn serve(
         tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
     );
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -73,7 +72,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -107,14 +106,14 @@ pub async fn serve(
         let conn = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let mut stopping = stopping.clone();
+        let stopping = shutdown.clone();
         tokio::spawn(async move {
             // Held for the connection's life.
             let _slot = slot;
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
-                () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                () = stopping.cancelled() => {
                     // Finish the request in flight, then close.
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -126,7 +125,6 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let _ = stopping_tx.send(true);
     let _ = slots.acquire_many(max_connections as u32).await;
 }
 

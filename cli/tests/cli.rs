@@ -74,7 +74,7 @@ async fn start_with(opts: Opts) -> System {
             workspace_root: Some(workspace.clone()),
             ..ApiConfig::local(env.db.clone(), env.amqp.clone())
         },
-        stop.clone().cancelled_owned(),
+        stop.clone(),
     )
     .await
     .expect("start api");
@@ -92,12 +92,10 @@ async fn start_with(opts: Opts) -> System {
         executors: "local".parse().expect("executors"),
         ..rdev_worker::Config::local(env.db.clone(), env.amqp.clone())
     };
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = rdev_worker::run(wcfg, s.cancelled_owned()).await {
-            panic!("worker failed: {e}");
-        }
-    }));
+    let worker = rdev_worker::start(wcfg, stop.clone())
+        .await
+        .expect("start worker");
+    tasks.push(worker.task);
 
     let generated = secret::generate_key();
     let client = env.pool.get().await.expect("db");

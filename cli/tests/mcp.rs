@@ -7,15 +7,11 @@
 //! Needs `scripts/clients.sh` (the venv); `scripts/test` and `.ci/run`
 //! call it. Run alone: `cargo test -p rdev-cli --test mcp -- --nocapture`.
 
-#[path = "../../tests/tests/e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 #[path = "../../tests/tests/clients/tools.rs"]
 mod tools;
 
+use rdev_tests::spawn_app;
 use serde_json::json;
-use support::spawn_app;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_server_serves_the_official_python_client() {

@@ -103,6 +103,42 @@ pub struct Config {
 }
 
 impl Config {
+    /// The documented defaults on the given database and broker, without
+    /// reading the environment (tests and embedders start from this and
+    /// change what they need). A unit test keeps it equal to clap's defaults.
+    pub fn local(db: DbConfig, amqp: AmqpConfig) -> Self {
+        const DAY: u64 = 86_400;
+        const HOUR: u64 = 3600;
+        Self {
+            db,
+            amqp,
+            log: LogConfig {
+                log_format: rdev_shared::config::LogFormat::Text,
+            },
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            relay_interval: Duration::from_secs(1),
+            relay_min_age: Duration::from_secs(5),
+            lost_after_s: 30,
+            requeue_after: Duration::from_secs(600),
+            audit_retention: Duration::from_secs(90 * DAY),
+            outbox_retention: Duration::from_secs(DAY),
+            output_retention: Duration::from_secs(30 * DAY),
+            command_retention: Duration::from_secs(90 * DAY),
+            webhook_retention: Duration::from_secs(30 * DAY),
+            retention_interval: Duration::from_secs(300),
+            webhook_retry_schedule: RetrySchedule::default(),
+            webhook_timeout_s: 15,
+            webhook_allow_private: false,
+            webhook_disable_after: Duration::from_secs(120 * HOUR),
+            webhook_concurrency: 32,
+            webhook_poll: Duration::from_secs(1),
+            webhook_breaker_threshold: 5,
+            webhook_breaker_open: Duration::from_secs(30),
+            webhook_retry_after_max: Duration::from_secs(HOUR),
+            webhook_prefetch: 64,
+        }
+    }
+
     /// How long each kind of row is kept.
     pub fn retention(&self) -> crate::retention::Retention {
         crate::retention::Retention {
@@ -130,5 +166,19 @@ impl Config {
             retry_after_cap: self.webhook_retry_after_max,
             prefetch: self.webhook_prefetch.max(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn local_matches_the_command_line_defaults() {
+        let cfg = Config::try_parse_from(["rdev-dispatcher"]).expect("defaults parse");
+        let local = Config::local(cfg.db.clone(), cfg.amqp.clone());
+        assert_eq!(format!("{local:?}"), format!("{cfg:?}"));
     }
 }

@@ -3,27 +3,20 @@
 //! heart-beating, and retention (audit log, rate-limit counters).
 
 pub mod config;
+pub mod ops;
 pub mod reaper;
 pub mod requeue;
 pub mod retention;
 pub mod webhooks;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use rdev_shared::db::{self, DbError, Pool};
+use rdev_shared::lifecycle::{CancellationToken, Running};
 use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::Publisher;
 use rdev_shared::relay;
-use serde_json::json;
-use tokio::sync::watch;
 
 use crate::config::Config;
 
@@ -44,82 +37,33 @@ pub enum DispatcherError {
     Http(#[from] reqwest::Error),
 }
 
-#[derive(Clone)]
-struct Ops {
-    pool: Pool,
-    publisher: Arc<Publisher>,
-    metrics: Arc<Metrics>,
-}
+/// How long the dispatcher waits at start for the migrations it needs.
+const SCHEMA_WAIT: Duration = Duration::from_secs(120);
 
-async fn render_metrics(State(ops): State<Ops>) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            rdev_shared::metrics::CONTENT_TYPE,
-        )],
-        ops.metrics.render(Some(&ops.pool)),
-    )
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
-async fn ready(State(ops): State<Ops>) -> (StatusCode, Json<serde_json::Value>) {
-    let db = db::ping(&ops.pool).await.is_ok();
-    let mq = ops.publisher.channel().await.is_ok();
-    let code = if db && mq {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let word = |ok| if ok { "ok" } else { "unavailable" };
-    (
-        code,
-        Json(json!({"postgres": word(db), "rabbitmq": word(mq)})),
-    )
-}
-
-/// A running dispatcher.
-pub struct Dispatcher {
-    /// Address of the ops server.
-    pub addr: SocketAddr,
-    /// Completes when every loop has stopped.
-    pub task: tokio::task::JoinHandle<()>,
-}
-
-/// Starts the loops and the ops server; they stop when `shutdown` resolves.
-pub async fn start(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Dispatcher, DispatcherError> {
+/// Binds the operations endpoints and starts the loops; once `shutdown` is
+/// cancelled they stop and `task` completes.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, DispatcherError> {
     let pool = db::pool(&cfg.db)?;
     // Not before the schema this version needs is there.
-    db::require_schema(&pool, Duration::from_secs(120)).await?;
+    db::require_schema(&pool, SCHEMA_WAIT).await?;
     let publisher = Publisher::new(cfg.amqp.clone(), "rdev-dispatcher");
     let metrics = Arc::new(Metrics::new("rdev-dispatcher"));
     publisher.set_metrics(metrics.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    // Stops the loops when the caller cancels, or drops the task.
+    let stop = shutdown.child_token();
 
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(render_metrics))
-        .with_state(Ops {
-            pool: pool.clone(),
-            publisher: publisher.clone(),
-            metrics: metrics.clone(),
-        });
+    let app = ops::router(ops::OpsState {
+        pool: pool.clone(),
+        publisher: publisher.clone(),
+        metrics: metrics.clone(),
+    });
     let ops = tokio::spawn({
-        let stop = stopped(stop_rx.clone());
+        let stop = stop.clone();
         async move {
             if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await
             {
                 tracing::error!(error = %e, "ops server failed");
@@ -132,41 +76,46 @@ pub async fn start(
         metrics.clone(),
         cfg.relay_interval,
         cfg.relay_min_age,
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let retention = tokio::spawn(retention::run(
         pool.clone(),
         cfg.retention(),
         cfg.retention_interval,
         metrics.clone(),
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let requeue = tokio::spawn(requeue::run(
         pool.clone(),
         publisher.clone(),
         cfg.requeue_after,
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let reaper = tokio::spawn(reaper::run(
         pool.clone(),
         publisher,
         Duration::from_secs(cfg.lost_after_s.max(1)),
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let (events, deliveries) = webhooks::spawn(
         pool,
         cfg.amqp.clone(),
         cfg.webhook_settings(),
         metrics,
-        stop_rx,
+        stop.clone(),
     )?;
     tracing::info!(%addr, "rdev-dispatcher running");
     let task = tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+        let _stop_when_dropped = stop.clone().drop_guard();
+        stop.cancelled().await;
         let _ = tokio::join!(ops, relay, reaper, requeue, retention, events, deliveries);
+        tracing::info!("rdev-dispatcher stopped");
     });
-    Ok(Dispatcher { addr, task })
+    Ok(Running {
+        addr,
+        ops_addr: addr,
+        task,
+    })
 }
 
 /// Publishes outbox rows left unpublished, every `interval`, until stopped.
@@ -176,13 +125,13 @@ async fn relay_loop(
     metrics: Arc<Metrics>,
     interval: Duration,
     min_age: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         match pool.get().await {

@@ -2,6 +2,7 @@ use anyhow::Context;
 use clap::Parser;
 use rdev_dispatcher::config::Config;
 use rdev_shared::crypto::{self, CryptoConfig};
+use rdev_shared::lifecycle;
 
 /// The dispatcher's settings and the key ring it opens webhook secrets with.
 #[derive(Parser)]
@@ -25,23 +26,9 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-dispatcher");
     // Refuses to start without a key unless RDEV_ALLOW_UNENCRYPTED=1.
     crypto::install(keys.ring()?);
-    let d = rdev_dispatcher::start(cfg, shutdown_signal())
+    let running = rdev_dispatcher::start(cfg, lifecycle::on_shutdown_signal())
         .await
         .context("starting rdev-dispatcher")?;
-    d.task.await.context("dispatcher task")?;
-    tracing::info!("rdev-dispatcher stopped");
+    running.task.await.context("dispatcher task")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
-    tracing::info!("shutdown requested");
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rdev_shared::db::{DbError, Pool, commands, outbox};
 use rdev_shared::domain::{CommandStatus, command_event};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::{OutputEvent, Publisher};
 use rdev_shared::relay;
-use tokio::sync::watch;
 
 const REAP_BATCH: i64 = 100;
 
@@ -19,14 +19,14 @@ pub async fn run(
     pool: Pool,
     publisher: Arc<Publisher>,
     lost_after: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let marker = relay::PublishedMarker::spawn(pool.clone());
     let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         if let Err(e) = reap_once(&pool, &marker, &publisher, lost_after).await {

@@ -8,25 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdev_shared::db::{DbError, Pool, commands, outbox};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::Publisher;
 use rdev_shared::relay;
-use tokio::sync::watch;
 
 const BATCH: i64 = 500;
 
 /// Republishes stale queued commands every `after / 4` until stopped.
-pub async fn run(
-    pool: Pool,
-    publisher: Arc<Publisher>,
-    after: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(pool: Pool, publisher: Arc<Publisher>, after: Duration, stop: CancellationToken) {
     let marker = relay::PublishedMarker::spawn(pool.clone());
     let mut tick = tokio::time::interval((after / 4).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         match requeue_once(&pool, &marker, &publisher, after).await {
@@ -53,9 +48,10 @@ pub async fn requeue_once(
     let stale = commands::take_stale_queued(&tx, after, BATCH).await?;
     let mut rows = Vec::with_capacity(stale.len());
     for (id, priority) in &stale {
-        let message = publisher
-            .topology()
-            .run_message(*id, u8::try_from(*priority).unwrap_or(5));
+        let message = publisher.topology().run_message(
+            *id,
+            u8::try_from(*priority).unwrap_or(rdev_shared::mq::DEFAULT_PRIORITY),
+        );
         let outbox_id = outbox::insert(&tx, &message).await?;
         rows.push(outbox::Pending {
             id: outbox_id,

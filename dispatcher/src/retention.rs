@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdev_shared::db::{DbError, Pool, audit, prune, rate_limits};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::metrics::Metrics;
-use tokio::sync::watch;
 
 /// Rows (or commands, for output) removed per statement.
 const BATCH: i64 = 5_000;
@@ -142,13 +142,13 @@ pub async fn run(
     keep: Retention,
     interval: Duration,
     metrics: std::sync::Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         match run_once(&pool, &keep).await {

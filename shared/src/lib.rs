@@ -1,9 +1,9 @@
 //! `rdev-shared`: what two or more rdev binaries need.
 //!
 //! Layers, bottom up (a module only uses modules above it in this list):
-//! [`config`], [`secret`], [`crypto`] and [`redact`] → [`containment`], [`interactive`] → [`domain`], [`policy`], [`ratelimit`],
-//! [`webhook`], [`webhook_sign`] and [`netguard`] → [`db`] and [`mq`] (adapters) →
-//! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
+//! [`config`], [`secret`], [`crypto`], [`redact`], [`lifecycle`] and [`readiness`] → [`containment`], [`interactive`] → [`domain`], [`policy`], [`ratelimit`],
+//! [`webhook`], [`webhook_sign`] and [`netguard`] → [`mq`] → [`db`] (adapters; the outbox stores
+//! [`mq::OutgoingMessage`]s) → [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;
 pub mod cache;
@@ -13,11 +13,13 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod interactive;
+pub mod lifecycle;
 pub mod metrics;
 pub mod mq;
 pub mod netguard;
 pub mod policy;
 pub mod ratelimit;
+pub mod readiness;
 pub mod redact;
 pub mod relay;
 pub mod secret;

@@ -15,10 +15,10 @@ use axum::http::StatusCode;
 use rdev_dispatcher::webhooks::schedule::parse_schedule;
 use rdev_shared::config::{LogConfig, LogFormat, Secret};
 use rdev_shared::db::webhooks::{self, NewWebhook};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::Publisher;
 use rdev_shared::test_support::TestEnv;
 use rdev_shared::webhook_sign;
-use tokio::sync::oneshot;
 
 #[tokio::main]
 async fn main() {
@@ -104,13 +104,11 @@ async fn main() {
         webhook_retention: Duration::from_secs(30 * 86_400),
         retention_interval: Duration::from_secs(300),
     };
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let t = Instant::now();
-    let d = rdev_dispatcher::start(cfg, async move {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("dispatcher");
+    let d = rdev_dispatcher::start(cfg, stop.clone())
+        .await
+        .expect("dispatcher");
 
     let count = |sql: &'static str| {
         let pool = env.pool.clone();
@@ -133,7 +131,7 @@ async fn main() {
     }
     let total = t.elapsed();
     let fanned_out = fanned_out.unwrap_or(total);
-    let _ = stop.send(());
+    stop.cancel();
     let _ = d.task.await;
     let attempts = count("SELECT count(*) FROM webhook_attempts").await;
     println!(

@@ -9,17 +9,13 @@
 //! target directory); `scripts/test` and `.ci/run` call it. Run alone:
 //! `scripts/clients.sh && cargo test -p rdev-tests --test clients -- --nocapture`.
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 #[path = "clients/proxy.rs"]
 mod proxy;
 #[path = "clients/tools.rs"]
 mod tools;
 
 use proxy::CuttingProxy;
-use support::{Options, TestApp, spawn_app_with};
+use rdev_tests::{Options, TestApp, spawn_app_with};
 
 /// Output events each proxied stream carries before it is cut.
 const CUT_AFTER: usize = 25;

@@ -5,10 +5,6 @@
 //! Run: `cargo test -p rdev-tests --test console -- --nocapture` (prints the
 //! screenshot path and the 10,000-line timings).
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 #[path = "console/browser.rs"]
 mod browser;
 
@@ -18,8 +14,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::HeaderMap;
 use browser::Browser;
+use rdev_tests::{Options, TestApp, spawn_app_with};
 use serde_json::{Value, json};
-use support::{Options, TestApp, spawn_app_with};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
     img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";

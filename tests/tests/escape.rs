@@ -15,18 +15,16 @@
 //!
 //! Run: `cargo test -p rdev-tests --test escape -- --nocapture`.
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rdev_tests::{
+    Options, TestApp, marked_processes, sleep_marker, spawn_app_with, wait_no_marked,
+};
 use serde_json::{Value, json};
-use support::{Options, TestApp, marked_processes, sleep_marker, spawn_app_with, wait_no_marked};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NOBODY: u32 = 65534;
@@ -97,7 +95,7 @@ async fn escape_suite(app: &TestApp, ops: &str, secrets: &[String]) {
         .expect("database name")
         .to_owned();
     // So is the key ring that seals secrets at rest (its key part).
-    let ring_key = support::TEST_ENCRYPTION_KEYS
+    let ring_key = rdev_tests::TEST_ENCRYPTION_KEYS
         .split_once(':')
         .map(|(_, k)| k.to_owned())
         .expect("id:key");
@@ -315,7 +313,7 @@ async fn nothing_survives_exit_timeout_or_cancel(app: &TestApp) {
         )
         .await;
     let id = started["id"].as_str().expect("id");
-    assert_eq!(support::first_line(app, id).await, "up");
+    assert_eq!(rdev_tests::first_line(app, id).await, "up");
     assert!(!marked_processes(&m).is_empty(), "control: the sleeps run");
     let r = app
         .post(&format!("/v1/commands/{id}/cancel"), json!({}))
@@ -420,7 +418,7 @@ impl UnprivilegedWorker {
             .env("RDEV_WORKSPACE_ROOT", &app.workspace)
             .env("RDEV_LISTEN", format!("127.0.0.1:{port}"))
             .env("RDEV_EXECUTORS", "local")
-            .env("RDEV_ENCRYPTION_KEYS", support::TEST_ENCRYPTION_KEYS)
+            .env("RDEV_ENCRYPTION_KEYS", rdev_tests::TEST_ENCRYPTION_KEYS)
             .env("RDEV_HEARTBEAT_S", "1")
             .env("RDEV_KILL_GRACE_S", "1")
             .env("RUST_LOG", "warn")

@@ -4,16 +4,12 @@
 //!
 //! Size: `RDEV_FILES_TEST_MB` (default 1024).
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use support::spawn_app;
+use rdev_tests::spawn_app;
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

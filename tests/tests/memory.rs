@@ -11,10 +11,6 @@
 //! figure is 2,000 and 200: `RDEV_MEMTEST_IDLE=2000 RDEV_MEMTEST_MB=200 cargo
 //! test -p rdev-tests --test memory -- --nocapture` (see docs/BENCHMARKS.md).
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -61,16 +57,20 @@ async fn service_process_entry() {
             #[command(flatten)]
             cfg: rdev_api::config::ApiConfig,
         }
-        let server = rdev_api::start(Args::parse_from(["rdev-api"]).cfg, std::future::pending())
-            .await
-            .expect("api");
+        let server = rdev_api::start(
+            Args::parse_from(["rdev-api"]).cfg,
+            rdev_shared::lifecycle::CancellationToken::new(),
+        )
+        .await
+        .expect("api");
         println!("LISTENING {}", server.addr);
         let _ = server.task.await;
     } else {
         let cfg = rdev_worker::Config::parse_from(["rdev-worker"]);
-        rdev_worker::run(cfg, std::future::pending())
+        let worker = rdev_worker::start(cfg, rdev_shared::lifecycle::CancellationToken::new())
             .await
             .expect("worker");
+        let _ = worker.task.await;
     }
 }
 

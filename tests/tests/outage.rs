@@ -3,16 +3,12 @@
 //! binaries one after another) and in one test function (run serially);
 //! a guard restarts each service even when an assertion fails.
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rdev_tests::{Options, spawn_app_with};
 use serde_json::json;
-use support::{Options, spawn_app_with};
 
 fn sh(cmd: &str) {
     let status = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");

@@ -4,10 +4,6 @@
 //!
 //! Run: `cargo test -p rdev-tests --test security`.
 
-#[path = "e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 #[path = "security/access.rs"]
 mod access;
 #[path = "security/database.rs"]

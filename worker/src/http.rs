@@ -1,6 +1,7 @@
 //! `/health` (liveness: always 200) and `/ready` (200 only when PostgreSQL
 //! answers and the command consumer is connected; otherwise 503 naming what
-//! failed). `/ready` also says what contains local commands
+//! failed, in the body every rdev service answers: `rdev_shared::readiness`).
+//! `/ready` also says what contains local commands
 //! (`details.local_sandbox`); an unavailable sandbox does not make the
 //! worker unready (it still runs Kubernetes commands and reports why local
 //! ones fail).
@@ -9,14 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::get;
 use rdev_shared::db::{self, Pool};
 use rdev_shared::metrics::Metrics;
-use serde_json::{Value, json};
+use rdev_shared::readiness::{self, Readiness};
+use serde_json::json;
 
 use crate::sandbox::SandboxStatus;
 
@@ -25,7 +25,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What `/ready` looks at.
 #[derive(Clone)]
-pub struct Readiness {
+pub struct OpsState {
     /// The worker's pool.
     pub pool: Pool,
     /// Set while the command consumer is connected.
@@ -37,15 +37,15 @@ pub struct Readiness {
 }
 
 /// The router of the worker's HTTP endpoints.
-pub fn router(state: Readiness) -> Router {
+pub fn router(state: OpsState) -> Router {
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(readiness::health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn metrics(State(s): State<Readiness>) -> impl axum::response::IntoResponse {
+async fn metrics(State(s): State<OpsState>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -55,35 +55,18 @@ async fn metrics(State(s): State<Readiness>) -> impl axum::response::IntoRespons
     )
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-async fn ready(State(s): State<Readiness>) -> (StatusCode, Json<Value>) {
+async fn ready(State(s): State<OpsState>) -> Readiness {
     let postgres = match tokio::time::timeout(PING_TIMEOUT, db::ping(&s.pool)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".to_owned()),
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "readiness: PostgreSQL does not answer");
+            false
+        }
+        Err(_) => {
+            tracing::debug!("readiness: PostgreSQL timed out");
+            false
+        }
     };
-    let rabbitmq = if s.consumer_connected.load(Ordering::Relaxed) {
-        Ok(())
-    } else {
-        Err("consumer not connected".to_owned())
-    };
-    let ok = postgres.is_ok() && rabbitmq.is_ok();
-    let describe = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
-    };
-    let body = json!({
-        "status": if ok { "ready" } else { "unavailable" },
-        "checks": { "postgres": describe(&postgres), "rabbitmq": describe(&rabbitmq) },
-        "details": { "local_sandbox": s.sandbox },
-    });
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body))
+    let rabbitmq = s.consumer_connected.load(Ordering::Relaxed);
+    Readiness::of(postgres, rabbitmq).with_details(json!({ "local_sandbox": s.sandbox }))
 }

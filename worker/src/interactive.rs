@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use rdev_shared::config::AmqpConfig;
 use rdev_shared::db::{Pool, input};
 use rdev_shared::interactive::{Input, InputMessage};
@@ -33,9 +32,6 @@ const POLL: Duration = Duration::from_secs(1);
 const NOTICES: usize = 64;
 /// Input events waiting for the executor.
 pub const INPUT_CHANNEL_CAPACITY: usize = 64;
-/// First and largest pause between reconnections of the input consumer.
-const RECONNECT_MIN: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 /// What the input consumer hands a command's pump.
 #[derive(Debug)]
@@ -238,43 +234,20 @@ pub async fn follow_input(
     router: Arc<Router>,
     done: CancellationToken,
 ) {
-    let mut backoff = RECONNECT_MIN;
     let name = format!("rdev-worker {worker_id} input");
-    while !done.is_cancelled() {
-        let opened = tokio::select! {
-            r = mq::subscribe_input(&amqp, &name, &worker_id) => r,
-            () = done.cancelled() => return,
-        };
-        match opened {
-            Ok((conn, mut consumer)) => {
-                backoff = RECONNECT_MIN;
-                loop {
-                    let next = tokio::select! {
-                        n = consumer.next() => n,
-                        () = done.cancelled() => break,
-                    };
-                    match next {
-                        Some(Ok(d)) => match serde_json::from_slice::<InputMessage>(&d.data) {
-                            Ok(m) => router.route(m),
-                            Err(e) => tracing::debug!(error = %e, "malformed input message"),
-                        },
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "input consumer failed; reconnecting");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let _ = conn.close(200, "bye".into()).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot follow the input exchange")
-            }
+    let handle = |d: lapin::message::Delivery| {
+        match serde_json::from_slice::<InputMessage>(&d.data) {
+            Ok(m) => router.route(m),
+            Err(e) => tracing::debug!(error = %e, "malformed input message"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = done.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
-    }
+        std::future::ready(())
+    };
+    mq::follow(
+        "input",
+        &done,
+        || mq::subscribe_input(&amqp, &name, &worker_id),
+        handle,
+        |_| {},
+    )
+    .await;
 }

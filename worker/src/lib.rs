@@ -2,7 +2,7 @@
 //! PostgreSQL, runs it with an [`executor`], stores and streams its output
 //! ([`output`]), and records how it ended (DESIGN.md §1, §4).
 //!
-//! Layers, bottom up: [`config`], [`error`] → [`retention`], [`secrets`]
+//! Layers, bottom up: [`config`], [`error`] → [`head_tail`], [`secrets`]
 //! (its types; `secrets::resolve` is used by the runner only) →
 //! [`sandbox`] → [`executor`] → [`output`] → [`runner`] and [`http`] →
 //! [`run`].
@@ -10,50 +10,34 @@
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod head_tail;
 pub mod http;
 pub mod interactive;
 pub mod output;
-pub mod retention;
 pub mod runner;
 pub mod sandbox;
 pub mod secrets;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rdev_shared::containment::ExecutorKind;
 use rdev_shared::db;
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use rdev_shared::lifecycle::{CancellationToken, Running};
 
 pub use config::Config;
 pub use error::WorkerError;
 
 use crate::executor::{Executors, KubeSettings, KubernetesExecutor, LocalExecutor};
-use crate::http::Readiness;
 use crate::runner::Worker;
 use crate::sandbox::{Sandbox, SandboxStatus};
-
-/// Runs the worker until `shutdown` resolves, then stops consuming, lets
-/// running commands finish for `drain_s`, stops the rest, and returns.
-pub async fn run(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), WorkerError> {
-    run_with_addr(cfg, shutdown, None).await
-}
 
 /// How long a worker waits at start for the migrations it needs.
 const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Like [`run`], and sends the address the HTTP endpoints are bound to
-/// (useful with port 0) once it is known.
-pub async fn run_with_addr(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    bound: Option<oneshot::Sender<SocketAddr>>,
-) -> Result<(), WorkerError> {
+/// Connects, binds `cfg.listen` (`/health`, `/ready`, `/metrics`) and starts
+/// consuming. Once `shutdown` is cancelled it stops consuming, lets running
+/// commands finish for `drain_s`, stops the rest, and `task` completes.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, WorkerError> {
     let worker_id = cfg.resolved_worker_id();
     let pool = db::pool(&cfg.db)?;
     db::require_schema(&pool, SCHEMA_WAIT).await?;
@@ -61,21 +45,14 @@ pub async fn run_with_addr(
         path: cfg.workspace_root.display().to_string(),
         source,
     })?;
+    let listen_error = |source| WorkerError::Listen {
+        addr: cfg.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| WorkerError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| WorkerError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-    if let Some(tx) = bound {
-        let _ = tx.send(addr);
-    }
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
     tracing::info!(
         %addr,
         worker_id,
@@ -83,12 +60,29 @@ pub async fn run_with_addr(
         workspace_root = %cfg.workspace_root.display(),
         "rdev-worker starting"
     );
+    let executors = executors(&cfg, &worker_id).await;
+    let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), executors));
+    let readiness = http::OpsState {
+        sandbox: worker.sandbox_status(),
+        pool,
+        consumer_connected: worker.consumer_connected(),
+        metrics: worker.metrics(),
+    };
+    let task = tokio::spawn(run(worker, listener, readiness, shutdown));
+    Ok(Running {
+        addr,
+        ops_addr: addr,
+        task,
+    })
+}
 
+/// The executors `cfg.executors` turns on.
+async fn executors(cfg: &Config, worker_id: &str) -> Executors {
     let local = if cfg.runs(ExecutorKind::Local) {
         let sandbox = Sandbox::start(
             &cfg.sandbox,
             cfg.limits.clone(),
-            &worker_id,
+            worker_id,
             &cfg.workspace_root,
         )
         .await;
@@ -101,54 +95,49 @@ pub async fn run_with_addr(
     } else {
         None
     };
-    let executors = Executors::new(
-        local,
-        cfg.runs(ExecutorKind::Kubernetes).then(|| {
-            KubernetesExecutor::new(KubeSettings {
-                pod_cache_ttl: cfg.kube.pod_cache_ttl(),
-                api_timeout: cfg.kube.api_timeout(),
-                kill_grace: cfg.kill_grace(),
-                ..KubeSettings::default()
-            })
-        }),
-    );
-    let worker_amqp = cfg.amqp.clone();
-    let worker_id_for_input = worker_id.clone();
-    let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), executors));
-
-    // `stop`: stop taking commands. `done`: every command has ended.
-    let stop = CancellationToken::new();
-    let done = CancellationToken::new();
-    let stopper = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested");
-        stopper.cancel();
+    let kubernetes = cfg.runs(ExecutorKind::Kubernetes).then(|| {
+        KubernetesExecutor::new(KubeSettings {
+            pod_cache_ttl: cfg.kube.pod_cache_ttl(),
+            api_timeout: cfg.kube.api_timeout(),
+            kill_grace: cfg.kill_grace(),
+            ..KubeSettings::default()
+        })
     });
+    Executors::new(local, kubernetes)
+}
 
-    let readiness = Readiness {
-        sandbox: worker.sandbox_status(),
-        pool,
-        consumer_connected: worker.consumer_connected(),
-        metrics: worker.metrics(),
-    };
-    let http_done = done.clone();
-    let server = tokio::spawn(async move {
-        let app = http::router(readiness);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_done.cancelled_owned())
-            .await
+/// Consumes until `shutdown`, then drains; the HTTP endpoints, heartbeat,
+/// control and input followers run until every command has ended.
+async fn run(
+    worker: Arc<Worker>,
+    listener: tokio::net::TcpListener,
+    readiness: http::OpsState,
+    shutdown: CancellationToken,
+) {
+    // Stops consuming when the caller cancels, or drops the task.
+    let shutdown = shutdown.child_token();
+    let _stop_when_dropped = shutdown.clone().drop_guard();
+    // `done`: every command has ended (or the task was dropped).
+    let done = CancellationToken::new();
+    let _done_when_dropped = done.clone().drop_guard();
+    let server = tokio::spawn({
+        let done = done.clone();
+        async move {
+            axum::serve(listener, http::router(readiness))
+                .with_graceful_shutdown(done.cancelled_owned())
+                .await
+        }
     });
     let heartbeat = tokio::spawn(runner::heartbeat(worker.clone(), done.clone()));
     let control = tokio::spawn(runner::control(worker.clone(), done.clone()));
     let input = tokio::spawn(interactive::follow_input(
-        worker_amqp,
-        worker_id_for_input,
+        worker.amqp().clone(),
+        worker.id().to_owned(),
         worker.input_router(),
         done.clone(),
     ));
 
-    runner::consume(worker, stop).await;
+    runner::consume(worker, shutdown).await;
 
     done.cancel();
     let _ = heartbeat.await;
@@ -160,7 +149,6 @@ pub async fn run_with_addr(
         Ok(Ok(())) => {}
     }
     tracing::info!("rdev-worker stopped");
-    Ok(())
 }
 
 /// Says at start what contains local commands; loud when nothing does.

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use rdev_shared::crypto::{self, CryptoConfig};
+use rdev_shared::lifecycle;
 use rdev_worker::Config;
 
 /// The worker's settings and the key ring it opens command env/stdin with.
@@ -24,22 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-worker");
     // Refuses to start without a key unless RDEV_ALLOW_UNENCRYPTED=1.
     crypto::install(keys.ring()?);
-    rdev_worker::run(cfg, shutdown_signal()).await?;
+    let running = rdev_worker::start(cfg, lifecycle::on_shutdown_signal()).await?;
+    running.task.await?;
     Ok(())
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

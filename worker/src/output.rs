@@ -1,6 +1,6 @@
 //! The output sink of one command: redacts the command's secret values,
 //! numbers the pieces, publishes each one live on the output exchange, and
-//! stores the head and tail (see [`crate::retention`]) in PostgreSQL in
+//! stores the head and tail (see [`crate::head_tail`]) in PostgreSQL in
 //! batches.
 //!
 //! Redaction happens here, first, and nowhere else: every consumer (stored
@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
-use crate::retention::Retention;
+use crate::head_tail::HeadTail;
 
 /// A batch is written once it holds this many bytes…
 pub const FLUSH_BYTES: usize = 256 * 1024;
@@ -52,7 +52,7 @@ pub struct OutputSink {
     command_id: Uuid,
     pool: Pool,
     publisher: Arc<Publisher>,
-    retention: Retention,
+    head_tail: HeadTail,
     batch: Vec<Chunk>,
     batch_bytes: usize,
     evicted: Vec<i64>,
@@ -81,7 +81,7 @@ impl OutputSink {
             command_id,
             pool,
             publisher,
-            retention: Retention::new(cap),
+            head_tail: HeadTail::new(cap),
             batch: Vec::new(),
             batch_bytes: 0,
             evicted: Vec::new(),
@@ -153,7 +153,7 @@ impl OutputSink {
         self.flush().await;
         OutputSummary {
             output_bytes: i64::try_from(self.output_bytes).unwrap_or(i64::MAX),
-            truncated: self.retention.truncated() || self.lost,
+            truncated: self.head_tail.truncated() || self.lost,
         }
     }
 
@@ -162,7 +162,7 @@ impl OutputSink {
         if self.disowned {
             return;
         }
-        let plan = self.retention.admit(data.len());
+        let plan = self.head_tail.admit(data.len());
         for seq in plan.evict {
             // A piece still in the batch is simply never written.
             if let Some(i) = self.batch.iter().position(|c| c.seq == seq) {

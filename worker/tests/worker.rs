@@ -11,11 +11,11 @@ use rdev_shared::db::commands::{self, NewCommand};
 use rdev_shared::db::projects::{self, NewProject};
 use rdev_shared::db::{outbox, output};
 use rdev_shared::domain::{Command, CommandSpec, CommandStatus, ExecutorConfig, OutputStream};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::Publisher;
 use rdev_shared::test_support::TestEnv;
-use rdev_worker::{Config, WorkerError};
+use rdev_worker::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -39,20 +39,17 @@ impl Drop for TempDir {
 
 struct RunningWorker {
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), WorkerError>>,
+    shutdown: CancellationToken,
+    handle: JoinHandle<()>,
 }
 
 impl RunningWorker {
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
             .expect("worker stops within 30 s")
             .expect("worker task does not panic");
-        result.expect("worker returns Ok");
     }
 }
 
@@ -71,20 +68,14 @@ fn config(env: &TestEnv, root: &Path, drain_s: u64) -> Config {
 }
 
 async fn start_worker(cfg: Config) -> RunningWorker {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = oneshot::channel();
-    let handle = tokio::spawn(rdev_worker::run_with_addr(
-        cfg,
-        async move {
-            let _ = stop_rx.await;
-        },
-        Some(addr_tx),
-    ));
-    let addr = addr_rx.await.expect("worker binds its HTTP port");
+    let shutdown = CancellationToken::new();
+    let running = rdev_worker::start(cfg, shutdown.clone())
+        .await
+        .expect("worker starts");
     RunningWorker {
-        addr,
-        shutdown: Some(stop_tx),
-        handle,
+        addr: running.addr,
+        shutdown,
+        handle: running.task,
     }
 }
 

@@ -161,7 +161,7 @@ impl Session {
         }
         let expires = tokio::time::sleep(self.st.cfg.sse_max_lifetime);
         tokio::pin!(expires);
-        let mut shutdown = self.st.shutdown.clone();
+        let shutdown = self.st.shutdown.clone();
         let mut poll = tokio::time::interval(self.st.cfg.sse_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -192,7 +192,7 @@ impl Session {
             }
             tokio::select! {
                 () = &mut expires => break Stop::Reconnect("maximum connection lifetime reached"),
-                () = async { let _ = shutdown.wait_for(|s| *s).await; } => break Stop::Reconnect("server shutting down"),
+                () = shutdown.cancelled() => break Stop::Reconnect("server shutting down"),
                 change = key_changes.recv() => {
                     let recheck = match change {
                         Ok(k) => k == self.watch.id || k.is_nil(),

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
 
@@ -17,19 +16,9 @@ pub async fn health() -> impl IntoResponse {
 /// Readiness: 200 only when PostgreSQL and RabbitMQ answer; 503 naming what failed.
 #[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, description = "PostgreSQL and RabbitMQ answer", body = crate::http::openapi::Readiness), (status = 503, description = "A dependency is down; the body names which", body = crate::http::openapi::Readiness)))]
 pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
-    let db = rdev_shared::db::ping(&st.pool).await;
-    let mq = st.publisher.channel().await;
-    let hub = st.hub.is_connected();
-    let body = json!({
-        "postgres": if db.is_ok() { "ok" } else { "unavailable" },
-        "rabbitmq": if mq.is_ok() && hub { "ok" } else { "unavailable" },
-    });
-    let code = if db.is_ok() && mq.is_ok() && hub {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body))
+    let postgres = rdev_shared::db::ping(&st.pool).await.is_ok();
+    let rabbitmq = st.publisher.channel().await.is_ok() && st.hub.is_connected();
+    rdev_shared::readiness::Readiness::of(postgres, rabbitmq)
 }
 
 /// Prometheus text exposition, on the operations listener only

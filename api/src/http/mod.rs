@@ -63,9 +63,9 @@ pub struct AppState {
     pub sse: Arc<SseLimiter>,
     /// Admission of `/output` downloads (per key).
     pub downloads: Arc<SseLimiter>,
-    /// Turns `true` when the server shuts down: SSE streams then close with
+    /// Cancelled when the server shuts down: SSE streams then close with
     /// a `retry:` hint so clients reconnect to another instance.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub shutdown: rdev_shared::lifecycle::CancellationToken,
 }
 
 /// The whole application, without a socket (tests can `oneshot` it).

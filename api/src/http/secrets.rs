@@ -67,11 +67,7 @@ pub async fn set(
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
     // Serializes sets of one project, so the count below holds.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 19))",
-        &[&project.id.to_string()],
-    )
-    .await?;
+    rdev_shared::db::lock_project(&tx, rdev_shared::db::ProjectLock::Secrets, project.id).await?;
     if secrets::get(&tx, project.id, &secret).await?.is_none()
         && secrets::count(&tx, project.id).await? >= MAX_SECRETS_PER_PROJECT as i64
     {

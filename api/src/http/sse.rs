@@ -212,7 +212,7 @@ fn event_stream(
         let id = cmd.id;
         // Subscribe first: from here on nothing published is missed.
         let mut sub = Box::pin(st.hub.subscribe(id)).await;
-        let mut shutdown = st.shutdown.clone();
+        let shutdown = st.shutdown.clone();
         let mut last = after;
         let mut max_seen = after;
         let mut status = cmd.status;
@@ -321,7 +321,7 @@ fn event_stream(
                         break;
                     }
                 }
-                () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                () = shutdown.cancelled() => {
                     // Resume elsewhere: the client reconnects with Last-Event-ID.
                     yield Ok(frames::reconnect("server shutting down", SHUTDOWN_RETRY));
                     break;

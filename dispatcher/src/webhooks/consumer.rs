@@ -17,14 +17,12 @@ use lapin::{Channel, Connection, Consumer};
 use rdev_shared::config::AmqpConfig;
 use rdev_shared::db::webhooks::{self as repo, FanOut};
 use rdev_shared::db::{DbError, Pool};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::metrics::Metrics;
-use rdev_shared::mq::{self, MqError, Topology};
+use rdev_shared::mq::{self, Backoff, MqError, Topology};
 use serde::Deserialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use uuid::Uuid;
-
-const RECONNECT_MIN: Duration = Duration::from_millis(200);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// The parts of an event the fan-out needs.
 #[derive(Debug, Deserialize)]
@@ -82,32 +80,30 @@ async fn open(c: &Consuming) -> Result<(Connection, Channel, Consumer), MqError>
     Ok((conn, channel, consumer))
 }
 
-/// Consumes until `stop` turns true, reconnecting with backoff.
-pub async fn run(c: Consuming, mut stop: watch::Receiver<bool>) {
-    let mut backoff = RECONNECT_MIN;
-    'session: while !*stop.borrow() {
+/// Consumes until `stop` is cancelled, reconnecting with backoff.
+pub async fn run(c: Consuming, stop: CancellationToken) {
+    let mut backoff = Backoff::new();
+    'session: while !stop.is_cancelled() {
         let opened = tokio::select! {
             r = open(&c) => r,
-            () = super::stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
         };
         let (conn, channel, mut consumer) = match opened {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot consume webhook events");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = super::stopped(&mut stop) => break,
+                tracing::warn!(error = %e, retry_in = ?backoff.current(), "cannot consume webhook events");
+                if !backoff.wait(&stop).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
                 continue;
             }
         };
-        backoff = RECONNECT_MIN;
+        backoff.reset();
         tracing::info!(queue = %c.topology.webhooks_queue(), "consuming webhook events");
         loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
-                () = super::stopped(&mut stop) => {
+                () = stop.cancelled() => {
                     let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
                     let _ = conn.close(200, "dispatcher stopping".into()).await;
                     break 'session;
@@ -145,11 +141,9 @@ pub async fn run(c: Consuming, mut stop: watch::Receiver<bool>) {
             }
         }
         let _ = conn.close(200, "reconnecting".into()).await;
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = super::stopped(&mut stop) => break,
+        if !backoff.wait(&stop).await {
+            break;
         }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 

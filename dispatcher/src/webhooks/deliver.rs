@@ -9,10 +9,11 @@ use std::time::Duration;
 use chrono::Utc;
 use rdev_shared::db::webhooks::{self as repo, AttemptRecord, Claimed, Next};
 use rdev_shared::db::{DbError, Pool};
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::metrics::Metrics;
 use rdev_shared::netguard;
 use rdev_shared::telemetry;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -48,12 +49,12 @@ impl Delivering {
     }
 }
 
-/// Runs until `stop` turns true, then waits for in-flight attempts.
-pub async fn run(d: Arc<Delivering>, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` is cancelled, then waits for in-flight attempts.
+pub async fn run(d: Arc<Delivering>, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(d.settings.concurrency.max(1)));
     let mut inflight = JoinSet::new();
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             break;
         }
         while inflight.try_join_next().is_some() {}
@@ -96,13 +97,13 @@ pub async fn run(d: Arc<Delivering>, mut stop: watch::Receiver<bool>) {
         }
         if saturated {
             tokio::select! {
-                () = super::stopped(&mut stop) => break,
+                () = stop.cancelled() => break,
                 p = permits.clone().acquire_owned() => drop(p),
             }
             continue;
         }
         tokio::select! {
-            () = super::stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             () = d.wake.notified() => {}
             () = tokio::time::sleep(d.settings.poll) => {}
         }

@@ -15,9 +15,10 @@ use std::time::Duration;
 use rdev_shared::breaker::BreakerConfig;
 use rdev_shared::config::AmqpConfig;
 use rdev_shared::db::Pool;
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::Topology;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use self::schedule::RetrySchedule;
@@ -49,13 +50,13 @@ pub struct Settings {
 }
 
 /// Starts the event consumer and the delivery loop; both stop when `stop`
-/// turns true (the delivery loop after its in-flight attempts).
+/// is cancelled (the delivery loop after its in-flight attempts).
 pub fn spawn(
     pool: Pool,
     amqp: AmqpConfig,
     settings: Settings,
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>), reqwest::Error> {
     let wake = Arc::new(Notify::new());
     let client = sender::client(settings.timeout, settings.allow_private)?;
@@ -81,10 +82,4 @@ pub fn spawn(
     });
     let delivery = tokio::spawn(deliver::run(delivering, stop));
     Ok((consumer, delivery))
-}
-
-/// Resolves once `stop` turns true (or its sender is gone). Holds no
-/// borrow of the channel across the await, so callers stay `Send`.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -12,6 +12,18 @@ use rdev_shared::config::parse_duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySchedule(Vec<Duration>);
 
+impl Default for RetrySchedule {
+    /// `0s,5s,5m,30m,2h,5h,10h,10h`: eight attempts over about a day.
+    fn default() -> Self {
+        const HOUR: u64 = 3600;
+        Self(
+            [0, 5, 300, 30 * 60, 2 * HOUR, 5 * HOUR, 10 * HOUR, 10 * HOUR]
+                .map(Duration::from_secs)
+                .to_vec(),
+        )
+    }
+}
+
 impl RetrySchedule {
     /// A schedule from its delays; `None` when empty.
     pub fn new(delays: Vec<Duration>) -> Option<Self> {

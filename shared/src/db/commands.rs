@@ -343,12 +343,7 @@ pub async fn claim(
                 ClaimOutcome::Claimed(Box::new(c))
             }));
     };
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
-            &[&project_id.to_string()],
-        )
-        .await?;
+    super::lock_project(client, super::ProjectLock::Claim, project_id).await?;
     let running: i64 = client
         .query_one(
             "SELECT count(*) FROM commands WHERE project_id = $1 AND status = 'running'",

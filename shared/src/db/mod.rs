@@ -199,6 +199,44 @@ pub async fn require_schema(pool: &Pool, wait: Duration) -> Result<(), DbError> 
 /// starting at once apply each migration exactly once.
 const MIGRATION_LOCK: i64 = 0x0072_6465_766d_6967; // "rdevmig"
 
+/// What a per-project advisory lock serializes. Each kind hashes the
+/// project's id with its own seed, so two kinds never wait for each other.
+#[derive(Clone, Copy, Debug)]
+pub enum ProjectLock {
+    /// Claims of a project with `max_concurrency` ([`commands::claim`]):
+    /// workers racing for the last slot cannot both win.
+    Claim,
+    /// Writes of a project's secrets: the count checked against the
+    /// per-project cap holds until the transaction ends.
+    Secrets,
+}
+
+impl ProjectLock {
+    /// The seed of `hashtextextended(project_id, seed)`.
+    const fn seed(self) -> i64 {
+        match self {
+            Self::Claim => 7,
+            Self::Secrets => 19,
+        }
+    }
+}
+
+/// Takes the transaction-scoped advisory lock `kind` of one project
+/// (released at commit or rollback). Call inside a transaction.
+pub async fn lock_project(
+    client: &impl deadpool_postgres::GenericClient,
+    kind: ProjectLock,
+    project_id: uuid::Uuid,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::text, $2))",
+            &[&project_id.to_string(), &kind.seed()],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Applies pending migrations under a PostgreSQL advisory lock; returns the
 /// names of the migrations applied by this call.
 pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {

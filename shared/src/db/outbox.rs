@@ -2,27 +2,12 @@
 //! state change they announce, published after commit, and re-published by
 //! the relay when the first attempt did not happen.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio_postgres::Row;
 
 use super::{DbError, from_json, prepared, to_json};
-
-/// A message to publish.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxMessage {
-    /// Full exchange name (prefix included).
-    pub exchange: String,
-    /// Routing key.
-    pub routing_key: String,
-    /// Body.
-    pub payload: Vec<u8>,
-    /// String headers (trace context, message type).
-    pub headers: BTreeMap<String, String>,
-    /// AMQP priority 0–9.
-    pub priority: u8,
-}
+use crate::mq::OutgoingMessage;
 
 /// A stored message and its id.
 #[derive(Clone, Debug)]
@@ -30,14 +15,14 @@ pub struct Pending {
     /// Row id.
     pub id: i64,
     /// The message.
-    pub message: OutboxMessage,
+    pub message: OutgoingMessage,
 }
 
 fn from_row(row: &Row) -> Result<Pending, DbError> {
     let priority: i16 = row.try_get("priority")?;
     Ok(Pending {
         id: row.try_get("id")?,
-        message: OutboxMessage {
+        message: OutgoingMessage {
             exchange: row.try_get("exchange")?,
             routing_key: row.try_get("routing_key")?,
             payload: row.try_get("payload")?,
@@ -50,7 +35,7 @@ fn from_row(row: &Row) -> Result<Pending, DbError> {
 /// Adds a message; call inside the transaction of the change it announces.
 pub async fn insert(
     client: &impl deadpool_postgres::GenericClient,
-    m: &OutboxMessage,
+    m: &OutgoingMessage,
 ) -> Result<i64, DbError> {
     const SQL: &str = "INSERT INTO outbox (exchange, routing_key, payload, headers, priority) \
         VALUES ($1,$2,$3,$4,$5) RETURNING id";

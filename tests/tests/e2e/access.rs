@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Options, Resp, TestApp, spawn_app_with};
+use rdev_tests::{Options, Resp, TestApp, spawn_app_with};
 
 fn no_worker() -> Options {
     Options {
@@ -1143,7 +1143,7 @@ async fn retention_trims_old_audit_entries_and_stale_counters() {
         )
         .await
         .expect("seed");
-    let cfg = crate::support::dispatcher_config(&app.env);
+    let cfg = rdev_tests::dispatcher_config(&app.env);
     let pruned = rdev_dispatcher::retention::run_once(&app.env.pool, &cfg.retention())
         .await
         .expect("retention");

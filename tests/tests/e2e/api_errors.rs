@@ -6,10 +6,10 @@ use rdev_shared::secret;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 async fn key_with(
-    app: &crate::support::TestApp,
+    app: &rdev_tests::TestApp,
     scopes: Vec<Scope>,
     project_ids: Option<Vec<uuid::Uuid>>,
 ) -> String {

@@ -8,7 +8,7 @@ use rdev_shared::mq::Publisher;
 use rdev_shared::relay;
 use serde_json::json;
 
-use crate::support::{Options, sleep_marker, spawn_app, spawn_app_with, wait_no_marked};
+use rdev_tests::{Options, sleep_marker, spawn_app, spawn_app_with, wait_no_marked};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -6,11 +6,11 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Options, TestApp, spawn_app, spawn_app_with};
+use rdev_tests::{Options, TestApp, spawn_app, spawn_app_with};
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn patch(app: &TestApp, key: &str, name: &str, body: Value) -> crate::support::Resp {
+async fn patch(app: &TestApp, key: &str, name: &str, body: Value) -> rdev_tests::Resp {
     app.request(
         Method::PATCH,
         &format!("/v1/projects/{name}"),

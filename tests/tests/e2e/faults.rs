@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::cutproxy::CutProxy;
-use crate::support::{
+use rdev_tests::{
     Options, Sse, TestApp, first_line, marked_processes, sleep_marker, spawn_app, spawn_app_with,
     sse_seqs, wait_no_marked,
 };
@@ -398,7 +398,7 @@ async fn a_character_split_across_reads_arrives_whole() {
         .await;
     let id = c["id"].as_str().expect("id");
     let events = app.events(id, None, None).await;
-    let text = crate::support::sse_text(&events, "stdout");
+    let text = rdev_tests::sse_text(&events, "stdout");
     assert_eq!(text, "café €\n", "{events:?}");
     assert_eq!(app.output(id, None).await, "café €\n".as_bytes());
 }
@@ -627,7 +627,7 @@ async fn retention_prunes_each_kind_and_keeps_what_is_in_use() {
             .expect("delivery");
     }
 
-    let cfg = crate::support::dispatcher_config(&app.env);
+    let cfg = rdev_tests::dispatcher_config(&app.env);
     let pruned = rdev_dispatcher::retention::run_once(&app.env.pool, &cfg.retention())
         .await
         .expect("retention");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{Resp, TestApp, spawn_app};
+use rdev_tests::{Resp, TestApp, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(60);
 

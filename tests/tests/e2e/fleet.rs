@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Options, first_line, sleep_marker, spawn_app_with, wait_no_marked};
+use rdev_tests::{Options, first_line, sleep_marker, spawn_app_with, wait_no_marked};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -237,9 +237,10 @@ async fn worker_process_entry() {
     let keys = std::env::var("RDEV_ENCRYPTION_KEYS").unwrap_or_default();
     rdev_shared::crypto::install(rdev_shared::crypto::KeyRing::parse(&keys).expect("key ring"));
     let cfg = rdev_worker::Config::parse_from(["rdev-worker"]);
-    rdev_worker::run(cfg, std::future::pending())
+    let worker = rdev_worker::start(cfg, rdev_shared::lifecycle::CancellationToken::new())
         .await
         .expect("worker");
+    let _ = worker.task.await;
 }
 
 #[tokio::test]
@@ -257,7 +258,7 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
     let mut child = tokio::process::Command::new(exe)
         .args(["--exact", "fleet::worker_process_entry", "--nocapture"])
         .env("RDEV_E2E_WORKER_PROCESS", "1")
-        .env("RDEV_ENCRYPTION_KEYS", crate::support::TEST_ENCRYPTION_KEYS)
+        .env("RDEV_ENCRYPTION_KEYS", rdev_tests::TEST_ENCRYPTION_KEYS)
         .env("DATABASE_URL", app.env.db.database_url.expose())
         .env("AMQP_URL", app.env.amqp.amqp_url.expose())
         .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)

@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{Options, TestApp, spawn_app, spawn_app_with};
+use rdev_tests::{Options, TestApp, spawn_app, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn stdin(app: &TestApp, id: &str, data: &[u8], eof: bool) -> crate::support::Resp {
+async fn stdin(app: &TestApp, id: &str, data: &[u8], eof: bool) -> rdev_tests::Resp {
     let q = if eof { "?eof=true" } else { "" };
     app.send(
         app.http

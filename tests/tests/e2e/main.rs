@@ -15,7 +15,6 @@ mod openapi;
 mod projects;
 mod secrets;
 mod sse;
-mod support;
 mod webhooks;
 
 /// The same allocator and profiling settings as `rdev-api`, so the in-process

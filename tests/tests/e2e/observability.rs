@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::{Options, TestApp, spawn_app_with};
+use rdev_tests::{Options, TestApp, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -193,10 +193,7 @@ async fn an_sse_connection_past_its_lifetime_is_told_to_reconnect() {
         "{events:?}"
     );
     // Resuming continues after what was seen.
-    let mut last = crate::support::sse_seqs(&events)
-        .last()
-        .copied()
-        .unwrap_or(0);
+    let mut last = rdev_tests::sse_seqs(&events).last().copied().unwrap_or(0);
     app.post(&format!("/v1/commands/{id}/cancel"), json!({}))
         .await;
     // The command may take longer than one 1 s lifetime to end on a busy
@@ -204,7 +201,7 @@ async fn an_sse_connection_past_its_lifetime_is_told_to_reconnect() {
     let mut ended = false;
     for _ in 0..20 {
         let rest = app.events(&id, Some(last), None).await;
-        let seqs = crate::support::sse_seqs(&rest);
+        let seqs = rdev_tests::sse_seqs(&rest);
         assert!(seqs.iter().all(|s| *s > last), "{rest:?}");
         last = seqs.last().copied().unwrap_or(last);
         match rest.last().map(|e| e.event.as_str()) {
@@ -236,7 +233,7 @@ async fn api_process_entry() {
     }
     let args = Args::parse_from(["rdev-api"]);
     let _telemetry = rdev_shared::telemetry::init(&args.log, "rdev-api");
-    let server = rdev_api::start(args.cfg, std::future::pending())
+    let server = rdev_api::start(args.cfg, rdev_shared::lifecycle::CancellationToken::new())
         .await
         .expect("api");
     println!("LISTENING {}", server.addr);

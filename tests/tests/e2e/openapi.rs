@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 const ROUTER_SRC: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 #[tokio::test]
 async fn projects_can_be_created_read_updated_and_deleted() {

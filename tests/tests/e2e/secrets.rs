@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use crate::support::{Options, Resp, TestApp, spawn_app, spawn_app_with};
+use rdev_tests::{Options, Resp, TestApp, spawn_app, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{spawn_app, sse_seqs, sse_text};
+use rdev_tests::{spawn_app, sse_seqs, sse_text};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -146,7 +146,7 @@ async fn a_chunk_stored_after_subscribing_without_a_live_message_still_arrives()
     // The window: the worker publishes a chunk live before its batch is in
     // PostgreSQL; a watcher subscribing in between misses the live message
     // and must still find the chunk in PostgreSQL while the command runs on.
-    let app = crate::support::spawn_app_with(crate::support::Options {
+    let app = rdev_tests::spawn_app_with(rdev_tests::Options {
         worker: false,
         ..Default::default()
     })

@@ -11,12 +11,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use rdev_dispatcher::webhooks::schedule::parse_schedule;
+use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::webhook_sign;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-use crate::support::{Options, TestApp, dispatcher_config, spawn_app_with};
+use rdev_tests::{Options, TestApp, dispatcher_config, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -173,21 +173,19 @@ async fn dead_url() -> String {
 
 struct RunningDispatcher {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningDispatcher {
     async fn start(cfg: rdev_dispatcher::config::Config) -> Self {
-        let (tx, rx) = oneshot::channel::<()>();
-        let d = rdev_dispatcher::start(cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        .expect("dispatcher");
+        let stop = CancellationToken::new();
+        let d = rdev_dispatcher::start(cfg, stop.clone())
+            .await
+            .expect("dispatcher");
         Self {
             addr: d.addr,
-            stop: Some(tx),
+            stop,
             task: Some(d.task),
         }
     }
@@ -208,9 +206,7 @@ impl RunningDispatcher {
 
     /// Graceful stop: in-flight attempts finish and are recorded.
     async fn shutdown(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        self.stop.cancel();
         if let Some(t) = self.task.take() {
             tokio::time::timeout(WAIT, t)
                 .await
@@ -222,9 +218,7 @@ impl RunningDispatcher {
 
 impl Drop for RunningDispatcher {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        self.stop.cancel();
         if let Some(t) = self.task.take() {
             t.abort();
         }

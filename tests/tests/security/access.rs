@@ -7,7 +7,7 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Options, TestApp, spawn_app_with};
+use rdev_tests::{Options, TestApp, spawn_app_with};
 
 fn no_worker() -> Options {
     Options {
@@ -22,7 +22,7 @@ async fn with_key(
     path: &str,
     key: &str,
     body: Option<Value>,
-) -> crate::support::Resp {
+) -> rdev_tests::Resp {
     app.request(method, path, Some(key), body).await
 }
 

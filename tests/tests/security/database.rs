@@ -11,7 +11,7 @@ use rdev_shared::test_support::with_db;
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 fn admin_url() -> String {
     std::env::var("RDEV_TEST_DATABASE_URL")
@@ -81,7 +81,7 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
             app.env.amqp.clone(),
         )
     };
-    let server = rdev_api::start(cfg, std::future::pending())
+    let server = rdev_api::start(cfg, rdev_shared::lifecycle::CancellationToken::new())
         .await
         .expect("the API starts as the runtime role");
     let base = format!("http://{}", server.addr);

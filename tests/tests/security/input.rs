@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 fn no_worker() -> Options {
     Options {

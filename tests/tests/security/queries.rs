@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 /// Counters of a [`pg_proxy`].
 #[derive(Default)]
@@ -121,14 +121,14 @@ fn upstream() -> SocketAddr {
 /// An API on the app's database and broker whose every query goes through a
 /// counting proxy; `tweak` changes its settings.
 async fn counted_api(
-    app: &crate::support::TestApp,
+    app: &rdev_tests::TestApp,
     tweak: impl FnOnce(&mut ApiConfig),
 ) -> (String, Arc<Seen>) {
     let (port, seen) = pg_proxy(upstream()).await;
     let mut cfg = app.api_cfg.clone();
     cfg.db.database_url = Secret::new(through(app.env.db.database_url.expose(), port));
     tweak(&mut cfg);
-    let server = rdev_api::start(cfg, std::future::pending())
+    let server = rdev_api::start(cfg, rdev_shared::lifecycle::CancellationToken::new())
         .await
         .expect("api");
     (format!("http://{}", server.addr), seen)

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{Options, spawn_app_with};
+use rdev_tests::{Options, spawn_app_with};
 
 #[tokio::test]
 async fn project_env_values_are_write_only() {
@@ -136,7 +136,7 @@ async fn secrets_are_sealed_at_rest_and_reencrypt_moves_them_to_the_new_key() {
     let ring = KeyRing::parse(&format!(
         "{},{}",
         KeyRing::generate_entry("test2"),
-        crate::support::TEST_ENCRYPTION_KEYS
+        rdev_tests::TEST_ENCRYPTION_KEYS
     ))
     .expect("ring");
     let report = rdev_shared::db::reencrypt::run(&client, &ring)

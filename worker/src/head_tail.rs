@@ -44,7 +44,7 @@ pub struct Plan {
 
 /// Head/tail bookkeeping of one command's stored output.
 #[derive(Debug)]
-pub struct Retention {
+pub struct HeadTail {
     head_cap: u64,
     tail_cap: u64,
     max_tail_pieces: usize,
@@ -55,7 +55,7 @@ pub struct Retention {
     truncated: bool,
 }
 
-impl Retention {
+impl HeadTail {
     /// Bookkeeping for a cap of `max_bytes` stored bytes.
     pub fn new(max_bytes: u64) -> Self {
         Self::with_tail_limit(max_bytes, MAX_TAIL_PIECES)
@@ -175,8 +175,8 @@ mod tests {
 
     /// Replays chunks through a model of the stored rows and checks the
     /// invariants after every step; returns the stored bytes in seq order.
-    fn simulate(max: u64, tail_limit: usize, chunks: &[Vec<u8>]) -> (Vec<u8>, Retention) {
-        let mut r = Retention::with_tail_limit(max, tail_limit);
+    fn simulate(max: u64, tail_limit: usize, chunks: &[Vec<u8>]) -> (Vec<u8>, HeadTail) {
+        let mut r = HeadTail::with_tail_limit(max, tail_limit);
         let mut stored: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
         let mut last_seq = 0;
         let mut produced = 0u64;
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn chunk_crossing_the_head_is_split_there() {
-        let mut r = Retention::new(1000);
+        let mut r = HeadTail::new(1000);
         assert_eq!(
             r.admit(400).pieces,
             vec![Piece {
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn tail_evicts_whole_oldest_pieces() {
-        let mut r = Retention::new(1000);
+        let mut r = HeadTail::new(1000);
         r.admit(500); // head, seq 1
         r.admit(200); // tail, seq 2
         r.admit(200); // tail, seq 3
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn chunk_bigger_than_the_cap_keeps_its_start_and_end() {
-        let mut r = Retention::new(100);
+        let mut r = HeadTail::new(100);
         let plan = r.admit(1000);
         assert_eq!(
             plan.pieces,

@@ -1,0 +1,48 @@
+//! The dispatcher's operations endpoints: `/health`, `/ready` (the body
+//! every rdev service answers, `rdev_shared::readiness`) and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use rdev_shared::db::{self, Pool};
+use rdev_shared::metrics::Metrics;
+use rdev_shared::mq::Publisher;
+use rdev_shared::readiness::{self, Readiness};
+
+/// What the endpoints look at.
+#[derive(Clone)]
+pub struct OpsState {
+    /// The dispatcher's pool.
+    pub pool: Pool,
+    /// Its publisher (the relay's, the reaper's and the requeuer's).
+    pub publisher: Arc<Publisher>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The router of the operations endpoints.
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/health", get(readiness::health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(ops): State<OpsState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            rdev_shared::metrics::CONTENT_TYPE,
+        )],
+        ops.metrics.render(Some(&ops.pool)),
+    )
+}
+
+async fn ready(State(ops): State<OpsState>) -> Readiness {
+    let postgres = db::ping(&ops.pool).await.is_ok();
+    let rabbitmq = ops.publisher.channel().await.is_ok();
+    Readiness::of(postgres, rabbitmq)
+}

@@ -1,0 +1,580 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
+use rdev_shared::db::output::MAX_CHUNK_BYTES;
+use rdev_shared::domain::LocalExecutor as LocalSettings;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::sandbox::{SandboxConfig, SandboxMode};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("rdev-worker-test-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn job(spec: CommandSpec) -> Job {
+    Job {
+        name: format!("test-{:016x}", rand::random::<u64>()),
+        spec,
+        env: BTreeMap::new(),
+        stdin: None,
+        stdin_pipe: false,
+        tty: None,
+        executor: ExecutorConfig::Local(LocalSettings::default()),
+        project: "proj".into(),
+        timeout: Duration::from_secs(30),
+        network: NetworkMode::Host,
+        limits: ResourceLimits::default(),
+        secrets: Default::default(),
+    }
+}
+
+fn sh(line: &str) -> Job {
+    job(CommandSpec::Shell(line.into()))
+}
+
+struct Ran {
+    outcome: Outcome,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    max_piece: usize,
+}
+
+impl Ran {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+async fn run_with(
+    exec: &LocalExecutor,
+    job: Job,
+    capacity: usize,
+    cancel: CancellationToken,
+) -> Ran {
+    let (tx, mut rx) = mpsc::channel::<(OutputStream, Bytes)>(capacity);
+    let collect = async move {
+        let (mut stdout, mut stderr, mut max_piece) = (Vec::new(), Vec::new(), 0);
+        while let Some((stream, data)) = rx.recv().await {
+            max_piece = max_piece.max(data.len());
+            match stream {
+                OutputStream::Stdout => stdout.extend_from_slice(&data),
+                OutputStream::Stderr => stderr.extend_from_slice(&data),
+            }
+        }
+        (stdout, stderr, max_piece)
+    };
+    let (outcome, (stdout, stderr, max_piece)) =
+        tokio::join!(exec.run(job, tx, None, cancel), collect);
+    Ran {
+        outcome,
+        stdout,
+        stderr,
+        max_piece,
+    }
+}
+
+async fn run(exec: &LocalExecutor, job: Job) -> Ran {
+    run_with(exec, job, 16, CancellationToken::new()).await
+}
+
+async fn executor_with(root: &TempDir, cfg: SandboxConfig) -> LocalExecutor {
+    let ws = root.0.join("ws");
+    let worker = format!("test-{:08x}", rand::random::<u32>());
+    let sandbox = Sandbox::start(&cfg, LimitsConfig::default(), &worker, &ws).await;
+    LocalExecutor::new(ws, Duration::from_millis(500), Arc::new(sandbox))
+}
+
+/// The default, sandboxed executor; the sandbox must work on test machines.
+async fn executor(root: &TempDir) -> LocalExecutor {
+    let exec = executor_with(root, SandboxConfig::default()).await;
+    let status = exec.sandbox().status();
+    assert_eq!(
+        status.mode, "bwrap",
+        "the sandbox must work here: {status:?}"
+    );
+    exec
+}
+
+/// A `sleep` whose command line is unique, so the host's process list
+/// tells whether it survived.
+fn marker() -> String {
+    format!("1000.{:06}", rand::random::<u32>() % 1_000_000)
+}
+
+/// Host pids of `sleep <marker>` processes, zombies excluded.
+fn survivors(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && cmdline.split(|&b| b == 0).any(|a| a == marker.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn gone(marker: &str) -> bool {
+    for _ in 0..40 {
+        if survivors(marker).is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_arrive_exactly() {
+    let tmp = TempDir::new();
+    let ran = run(
+        &executor(&tmp).await,
+        sh("printf 'out\\0put'; printf 'err' >&2; printf ' more'"),
+    )
+    .await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.stdout, b"out\0put more");
+    assert_eq!(ran.stderr, b"err");
+}
+
+#[tokio::test]
+async fn exit_codes_and_signals_are_reported() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
+    assert_eq!(run(&exec, sh("exit 3")).await.outcome, Outcome::Exited(3));
+    assert_eq!(
+        run(&exec, sh("exit 137")).await.outcome,
+        Outcome::Exited(137)
+    );
+    assert_eq!(
+        run(&exec, sh("kill -9 $$")).await.outcome,
+        Outcome::Signaled(9)
+    );
+    let argv = job(CommandSpec::Argv(vec![
+        "sh".into(),
+        "-c".into(),
+        "exit 4".into(),
+    ]));
+    assert_eq!(run(&exec, argv).await.outcome, Outcome::Exited(4));
+}
+
+#[tokio::test]
+async fn missing_program_fails_to_start() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let ran = run(
+        &exec,
+        job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
+    )
+    .await;
+    assert!(
+        matches!(&ran.outcome, Outcome::FailedToStart(m) if m.contains("no-such-program-rdev")),
+        "{:?}",
+        ran.outcome
+    );
+    let ran = run(&exec, job(CommandSpec::Argv(vec![]))).await;
+    assert_eq!(ran.outcome, Outcome::FailedToStart("empty argv".into()));
+}
+
+#[tokio::test]
+async fn timeout_kills_every_process_of_the_command() {
+    let tmp = TempDir::new();
+    let m = marker();
+    let mut j = sh(&format!("sleep {m} & setsid sleep {m} & sleep {m}"));
+    j.timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let ran = run(&executor(&tmp).await, j).await;
+    assert_eq!(ran.outcome, Outcome::TimedOut);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        gone(&m).await,
+        "processes survived the timeout: {:?}",
+        survivors(&m)
+    );
+}
+
+#[tokio::test]
+async fn term_is_followed_by_kill_after_the_grace_period() {
+    let tmp = TempDir::new();
+    let m = marker();
+    // The ignored SIGTERM is inherited by `sleep`: only SIGKILL ends them.
+    let mut j = sh(&format!("trap '' TERM; sleep {m} & sleep {m}"));
+    j.timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let ran = run(&executor(&tmp).await, j).await;
+    assert_eq!(ran.outcome, Outcome::TimedOut);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert!(gone(&m).await, "survived SIGKILL: {:?}", survivors(&m));
+}
+
+#[tokio::test]
+async fn cancel_stops_the_command() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        trigger.cancel();
+    });
+    let m = marker();
+    let ran = run_with(
+        &exec,
+        sh(&format!("setsid sleep {m} & sleep {m}")),
+        16,
+        cancel,
+    )
+    .await;
+    assert_eq!(ran.outcome, Outcome::Cancelled);
+    assert!(gone(&m).await, "survived the cancel: {:?}", survivors(&m));
+}
+
+#[tokio::test]
+async fn background_processes_end_with_the_main_process() {
+    let tmp = TempDir::new();
+    let m = marker();
+    let started = Instant::now();
+    let line = format!("sleep {m} & setsid sleep {m} & (sleep {m} &) ; echo started");
+    let ran = run(&executor(&tmp).await, sh(&line)).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.stdout, b"started\n");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        gone(&m).await,
+        "background processes survived: {:?}",
+        survivors(&m)
+    );
+}
+
+#[tokio::test]
+async fn environment_is_built_from_scratch() {
+    let tmp = TempDir::new();
+    let mut j = sh("env");
+    j.env = BTreeMap::from([
+        ("FOO".into(), "bar".into()),
+        ("PROJECT_VAR".into(), "x y".into()),
+    ]);
+    let ran = run(&executor(&tmp).await, j).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    let text = ran.out();
+    let vars: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "PWD",
+        "SHLVL",
+        "_",
+        "OLDPWD",
+        "FOO",
+        "PROJECT_VAR",
+    ]
+    .into();
+    for name in vars.keys() {
+        assert!(
+            allowed.contains(name),
+            "unexpected variable {name} in the command's env"
+        );
+    }
+    assert_eq!(vars.get("PATH"), Some(&PATH));
+    assert_eq!(vars.get("LANG"), Some(&"C.UTF-8"));
+    assert_eq!(vars.get("FOO"), Some(&"bar"));
+    assert_eq!(vars.get("PROJECT_VAR"), Some(&"x y"));
+    assert_eq!(vars.get("HOME"), Some(&"/workspace"));
+}
+
+#[tokio::test]
+async fn command_runs_in_its_workdir() {
+    let tmp = TempDir::new();
+    let mut j = sh("pwd; touch made-here");
+    j.executor = ExecutorConfig::Local(LocalSettings {
+        workdir: Some("a/b".into()),
+    });
+    let ran = run(&executor(&tmp).await, j).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.out(), "/workspace\n");
+    assert!(tmp.0.join("ws/a/b/made-here").exists());
+}
+
+#[tokio::test]
+async fn symlink_out_of_the_workspace_is_refused() {
+    let tmp = TempDir::new();
+    let outside = tmp.0.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside dir");
+    std::fs::create_dir_all(tmp.0.join("ws")).expect("root");
+    std::os::unix::fs::symlink(&outside, tmp.0.join("ws/evil")).expect("symlink");
+    let exec = executor(&tmp).await;
+    for dir in ["evil", "evil/sub"] {
+        let mut j = sh("touch pwned");
+        j.executor = ExecutorConfig::Local(LocalSettings {
+            workdir: Some(dir.into()),
+        });
+        let ran = run(&exec, j).await;
+        assert_eq!(
+            ran.outcome,
+            Outcome::FailedToStart(ESCAPE_ERROR.into()),
+            "{dir}"
+        );
+    }
+    assert!(
+        !outside.join("sub").exists(),
+        "nothing is created through the symlink"
+    );
+    assert!(!outside.join("pwned").exists());
+    let mut j = sh("true");
+    j.executor = ExecutorConfig::Local(LocalSettings {
+        workdir: Some("../x".into()),
+    });
+    assert!(matches!(
+        run(&exec, j).await.outcome,
+        Outcome::FailedToStart(_)
+    ));
+}
+
+#[tokio::test]
+async fn stdin_is_delivered_and_closed() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let mut j = sh("cat; echo done");
+    j.stdin = Some(b"hello\nworld\n".to_vec());
+    let ran = run(&exec, j).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.stdout, b"hello\nworld\ndone\n");
+    // Without stdin the command reads /dev/null and does not hang.
+    let ran = run(&exec, sh("cat; echo eof")).await;
+    assert_eq!(ran.stdout, b"eof\n");
+}
+
+#[tokio::test]
+async fn large_output_flows_through_a_small_channel() {
+    let tmp = TempDir::new();
+    let five_mb = 5 * 1024 * 1024;
+    let j = sh(&format!(
+        "head -c {five_mb} /dev/zero; head -c 1000 /dev/zero >&2"
+    ));
+    let ran = run_with(&executor(&tmp).await, j, 1, CancellationToken::new()).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.stdout.len(), five_mb);
+    assert_eq!(ran.stderr.len(), 1000);
+    assert!(ran.max_piece <= MAX_CHUNK_BYTES);
+}
+
+#[tokio::test]
+async fn the_command_sees_nothing_of_the_worker_or_the_host() {
+    let tmp = TempDir::new();
+    std::fs::create_dir_all(tmp.0.join("ws/other-project")).expect("other workdir");
+    std::fs::write(tmp.0.join("ws/other-project/secret"), "x").expect("secret");
+    let exec = executor(&tmp).await;
+    let script = "\
+        id -u; \
+        ls /proc | grep -c '^[0-9]'; \
+        ls /; \
+        ls /root /home 2>/dev/null && echo SAW-HOME; \
+        cat /proc/1/environ 2>/dev/null && echo SAW-INIT-ENV; \
+        touch /etc/x /usr/x /x 2>/dev/null && echo WROTE-SYSTEM; \
+        ls /tmp | wc -l; touch /tmp/ok && echo tmp-ok; \
+        cat /etc/shadow 2>/dev/null && echo SAW-SHADOW; \
+        ls ../other-project /workspace/../other-project 2>/dev/null && echo SAW-OTHER; \
+        echo done";
+    let ran = run(&exec, sh(script)).await;
+    assert_eq!(
+        ran.outcome,
+        Outcome::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let out = ran.out();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_ne!(lines[0], "0", "runs as root");
+    let pids: usize = lines[1].parse().expect("pid count");
+    assert!(pids <= 6, "sees {pids} processes");
+    for word in [
+        "SAW-HOME",
+        "SAW-INIT-ENV",
+        "WROTE-SYSTEM",
+        "SAW-SHADOW",
+        "SAW-OTHER",
+        "root",
+        "home",
+        "srv",
+    ] {
+        assert!(!lines.contains(&word), "{word} in:\n{out}");
+    }
+    assert!(out.contains("\n0\ntmp-ok\n"), "private empty /tmp:\n{out}");
+    assert!(out.ends_with("done\n"));
+}
+
+#[tokio::test]
+async fn network_none_reaches_nothing() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let probe = format!(
+        "bash -c 'echo > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo connected || echo refused"
+    );
+    let ran = run(&exec, sh(&probe)).await;
+    assert_eq!(ran.out(), "connected\n", "host network by default");
+    let mut j = sh(&probe);
+    j.network = NetworkMode::None;
+    let ran = run(&exec, j).await;
+    assert_eq!(ran.out(), "refused\n", "network none");
+}
+
+#[tokio::test]
+async fn limits_end_commands_with_a_reason() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let limits = exec.sandbox().status().limits;
+    let cgroups = limits.starts_with("cgroup");
+
+    let mut hog = sh("x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived");
+    hog.limits.memory_bytes = Some(64 << 20);
+    let ran = run(&exec, hog).await;
+    if cgroups {
+        assert!(
+            matches!(
+                ran.outcome,
+                Outcome::Limit {
+                    limit: Limit::Memory,
+                    ..
+                }
+            ),
+            "{:?}",
+            ran.outcome
+        );
+    } else {
+        assert!(
+            !matches!(ran.outcome, Outcome::Exited(0)),
+            "{:?}",
+            ran.outcome
+        );
+    }
+
+    let mut bomb = sh("i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done; echo survived");
+    bomb.limits.pids = Some(32);
+    bomb.timeout = Duration::from_secs(20);
+    let ran = run(&exec, bomb).await;
+    assert!(!ran.out().contains("survived"), "{}", ran.out());
+    if cgroups {
+        assert!(
+            matches!(
+                ran.outcome,
+                Outcome::Limit {
+                    limit: Limit::Pids,
+                    ..
+                }
+            ),
+            "{:?}",
+            ran.outcome
+        );
+    }
+
+    let mut spin = sh("while :; do :; done");
+    spin.limits.cpu_s = Some(1);
+    spin.timeout = Duration::from_secs(60);
+    let ran = run(&exec, spin).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            Outcome::Limit {
+                limit: Limit::Cpu,
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+
+    let mut big = job(CommandSpec::Argv(
+        ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=4"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    big.limits.file_size_bytes = Some(1 << 20);
+    let ran = run(&exec, big).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            Outcome::Limit {
+                limit: Limit::FileSize,
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+}
+
+#[tokio::test]
+async fn without_a_working_sandbox_local_commands_are_refused() {
+    let tmp = TempDir::new();
+    let cfg = SandboxConfig {
+        bwrap: PathBuf::from("/nonexistent/bwrap"),
+        ..SandboxConfig::default()
+    };
+    let exec = executor_with(&tmp, cfg).await;
+    let status = exec.sandbox().status();
+    assert_eq!(status.mode, "unavailable");
+    let ran = run(&exec, sh("echo should-not-run")).await;
+    assert!(
+        matches!(ran.outcome, Outcome::SandboxUnavailable(_)),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(ran.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn sandbox_off_runs_plain_processes_still_unprivileged() {
+    let tmp = TempDir::new();
+    let cfg = SandboxConfig {
+        mode: SandboxMode::Off,
+        ..SandboxConfig::default()
+    };
+    let exec = executor_with(&tmp, cfg).await;
+    assert_eq!(exec.sandbox().status().mode, "off");
+    let m = marker();
+    let ran = run(&exec, sh(&format!("id -u; pwd; sleep {m} & echo bg"))).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    let out = ran.out();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_ne!(lines[0], "0", "never root");
+    assert!(lines[1].ends_with("/ws/proj"), "{out}");
+    assert!(gone(&m).await, "the process group is killed at the end");
+}

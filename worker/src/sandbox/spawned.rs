@@ -1,0 +1,294 @@
+//! A started command: its pipes, how to signal its whole tree
+//! ([`Controls`]), and how it ended ([`Spawned::finish`]).
+
+use std::ffi::OsString;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use rdev_shared::containment::Limit;
+use rdev_shared::interactive::{InputSignal, TtySize};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::cgroup::{self, CommandCgroup};
+use super::init::{self, Report};
+use super::pipes::{init_catching, read_capped};
+use super::pty::PtyMaster;
+use super::{Finished, INIT_WAIT, REPORT_TIMEOUT};
+
+/// One of a command's output pipes.
+pub type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+pub(super) fn boxed<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> Output {
+    Box::new(r)
+}
+
+/// Who to signal to stop a command's whole tree.
+#[derive(Clone, Debug)]
+pub(super) enum Target {
+    /// The sandbox's init (host pid, 0 until bwrap reported it).
+    Init(Arc<watch::Sender<i32>>),
+    /// The command's process group (no sandbox).
+    Group(Pid),
+}
+
+/// A started command.
+pub struct Spawned {
+    pub(super) child: Child,
+    /// Its standard input, when piped.
+    pub stdin: Option<ChildStdin>,
+    /// Its standard output.
+    pub stdout: Option<Output>,
+    /// Its standard error.
+    pub stderr: Option<Output>,
+    pub(super) target: Target,
+    pub(super) pty: Option<PtyMaster>,
+    pub(super) report: Option<pipe::Receiver>,
+    pub(super) diagnostics: Option<JoinHandle<String>>,
+    pub(super) json: Option<JoinHandle<()>>,
+    pub(super) cgroup: Option<CommandCgroup>,
+    pub(super) program: OsString,
+}
+
+impl std::fmt::Debug for Spawned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawned")
+            .field("child", &self.child)
+            .field("target", &self.target)
+            .field("program", &self.program)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a client may do to a running command besides writing its input:
+/// signal it, resize its terminal. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Controls {
+    target: Target,
+    pty: Option<PtyMaster>,
+}
+
+impl Controls {
+    /// Sends a client's signal: with a terminal to its foreground process
+    /// group (like a key press would), else through the sandbox's init to
+    /// the command's process group (`TERM`: to every process; `KILL`: the
+    /// init's `SIGPWR` request, since it cannot catch SIGKILL itself).
+    ///
+    /// A signal sent while the sandbox is still being set up waits (up to
+    /// [`INIT_WAIT`]) until bwrap names the init, so a `TERM` sent right
+    /// after the command was accepted is not lost.
+    pub async fn signal(&self, signal: InputSignal) {
+        let Ok(sig) = Signal::try_from(signal.number()) else {
+            return;
+        };
+        if let Some(pty) = &self.pty
+            && let Ok(group) = pty.foreground_group()
+            && group > 0
+        {
+            let _ = killpg(Pid::from_raw(group), sig);
+            return;
+        }
+        match &self.target {
+            Target::Init(pid) => {
+                let via_init = if sig == Signal::SIGKILL {
+                    Signal::SIGPWR
+                } else {
+                    sig
+                };
+                // Nothing is sent when bwrap never got that far, or the
+                // sandbox ended.
+                if let Ok(Some(pid)) =
+                    tokio::time::timeout(INIT_WAIT, init_catching(pid, via_init)).await
+                {
+                    let _ = kill(Pid::from_raw(pid), via_init);
+                }
+            }
+            Target::Group(pgid) => {
+                let _ = killpg(*pgid, sig);
+            }
+        }
+    }
+
+    /// Sets the terminal's size; false without a terminal.
+    pub fn resize(&self, size: TtySize) -> bool {
+        self.pty.as_ref().is_some_and(|p| p.resize(size).is_ok())
+    }
+
+    /// The terminal to write input to, if the command has one.
+    pub fn terminal(&self) -> Option<PtyMaster> {
+        self.pty.clone()
+    }
+}
+
+impl Spawned {
+    /// The handle that signals the command and resizes its terminal.
+    pub fn controls(&self) -> Controls {
+        Controls {
+            target: self.target.clone(),
+            pty: self.pty.clone(),
+        }
+    }
+
+    /// Waits for the command's main process (the sandbox) to end.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Stops the whole tree: SIGTERM to every process, SIGKILL to what is
+    /// left after `grace`. Returns once the main process has ended.
+    pub async fn terminate(&mut self, grace: Duration) {
+        self.signal(Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.kill_rest();
+            let _ = self.child.wait().await;
+        }
+    }
+
+    /// SIGKILLs every process of the command that is left (after its main
+    /// process ended, or as the last step of a stop).
+    pub fn kill_rest(&mut self) {
+        match &self.target {
+            Target::Init(pid) => {
+                let pid = *pid.borrow();
+                if pid > 0 && matches!(self.child.try_wait(), Ok(None)) {
+                    // The init's death ends the PID namespace.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                let _ = self.child.start_kill();
+            }
+            Target::Group(pgid) => {
+                let _ = killpg(*pgid, Signal::SIGKILL);
+            }
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        match &self.target {
+            Target::Init(pid) => {
+                let pid = *pid.borrow();
+                if pid > 0 && matches!(self.child.try_wait(), Ok(None)) {
+                    // The init forwards SIGTERM to every process of the sandbox.
+                    let _ = kill(Pid::from_raw(pid), signal);
+                } else {
+                    // Still being set up: nothing of the command runs yet.
+                    let _ = self.child.start_kill();
+                }
+            }
+            Target::Group(pgid) => {
+                let _ = killpg(*pgid, signal);
+            }
+        }
+    }
+
+    /// After the main process ended (see [`Spawned::wait`]): kills what is
+    /// left, reads how it ended, removes the cgroup.
+    pub async fn finish(mut self) -> Finished {
+        let status = self.child.wait().await;
+        self.kill_rest();
+        let events = self
+            .cgroup
+            .as_ref()
+            .map(CommandCgroup::events)
+            .unwrap_or_default();
+        let report = match self.report.take() {
+            Some(r) => Some(init::parse_report(
+                &tokio::time::timeout(REPORT_TIMEOUT, read_capped(r))
+                    .await
+                    .unwrap_or_default(),
+            )),
+            None => None,
+        };
+        let diagnostics = match self.diagnostics.take() {
+            Some(task) => tokio::time::timeout(REPORT_TIMEOUT, task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        if let Some(task) = self.json.take() {
+            task.abort();
+        }
+        if let Some(cg) = self.cgroup.take() {
+            // Its processes are dead or being killed; the kernel releases
+            // the cgroup a moment later. Nobody waits for that.
+            tokio::spawn(cg.remove());
+        }
+        let (code, signal) = match report {
+            Some(Report::Exited(c)) => (Some(c), None),
+            Some(Report::Signaled(s)) => (None, Some(s)),
+            Some(Report::ExecFailed(errno)) => {
+                return Finished::ExecFailed(format!(
+                    "cannot start `{}`: {}",
+                    self.program.to_string_lossy(),
+                    Errno::from_raw(errno).desc()
+                ));
+            }
+            Some(Report::Nothing) => {
+                if events.oom_kills > 0 {
+                    return Finished::Limit {
+                        limit: Limit::Memory,
+                        exit_code: None,
+                        signal: Some(Signal::SIGKILL as i32),
+                    };
+                }
+                let how = match &status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let detail = diagnostics.trim();
+                return Finished::SandboxFailed(if detail.is_empty() {
+                    format!("the sandbox ended ({how}) before the command ran")
+                } else {
+                    format!("{detail} ({how})")
+                });
+            }
+            None => match &status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (s.code(), s.signal())
+                }
+                Err(e) => {
+                    return Finished::SandboxFailed(format!("cannot wait for the command: {e}"));
+                }
+            },
+        };
+        classify(code, signal, events)
+    }
+}
+
+/// Names the limit a failed command hit, if any.
+pub(super) fn classify(code: Option<i32>, signal: Option<i32>, events: cgroup::Events) -> Finished {
+    if code == Some(0) {
+        return Finished::Exited(0);
+    }
+    let limit = match signal {
+        Some(s) if s == Signal::SIGXCPU as i32 => Some(Limit::Cpu),
+        Some(s) if s == Signal::SIGXFSZ as i32 => Some(Limit::FileSize),
+        _ if events.oom_kills > 0 => Some(Limit::Memory),
+        _ if events.pids_max > 0 => Some(Limit::Pids),
+        _ => None,
+    };
+    match (limit, code, signal) {
+        (Some(limit), exit_code, signal) => Finished::Limit {
+            limit,
+            exit_code,
+            signal,
+        },
+        (None, Some(c), _) => Finished::Exited(c),
+        (None, None, Some(s)) => Finished::Signaled(s),
+        (None, None, None) => Finished::Exited(-1),
+    }
+}
