@@ -1,6 +1,7 @@
 //! `rdev-api`: the stateless HTTP edge of rdev. Authenticates, validates,
 //! writes PostgreSQL, publishes commands, and relays live output over SSE.
 
+pub mod admission;
 pub mod archive;
 pub mod config;
 pub mod control;
@@ -8,7 +9,6 @@ pub mod frames;
 pub mod http;
 pub mod hub;
 pub mod keycache;
-pub mod limits;
 pub mod policies;
 pub mod serve;
 pub mod workspace;
@@ -79,7 +79,7 @@ pub async fn start(
         (cfg.db.pool_size / 4).max(1),
     );
     let projects = Arc::new(control::ProjectCache::new(
-        10_000,
+        control::PROJECT_CACHE_ENTRIES,
         cfg.cache_ttl,
         metrics.cache_hits_total.with_label_values(&["projects"]),
         metrics.cache_misses_total.with_label_values(&["projects"]),
@@ -95,14 +95,14 @@ pub async fn start(
     let _ = publisher.channel().await;
 
     publisher.set_metrics(metrics.clone());
-    let sse = limits::SseLimiter::new(
+    let sse = admission::Admission::new(
         cfg.sse_max_connections,
         cfg.sse_max_per_key,
         metrics.sse_connections_active.clone(),
     );
     // `/output` downloads: capped per key (the total is bounded by the
     // connection cap). Counted apart from the metrics registry.
-    let downloads = limits::SseLimiter::new(
+    let downloads = admission::Admission::new(
         cfg.max_connections,
         cfg.output_max_per_key,
         prometheus::IntGauge::new("output_downloads_active", "open /output downloads")

@@ -53,9 +53,10 @@ pub async fn requeue_once(
     let stale = commands::take_stale_queued(&tx, after, BATCH).await?;
     let mut rows = Vec::with_capacity(stale.len());
     for (id, priority) in &stale {
-        let message = publisher
-            .topology()
-            .run_message(*id, u8::try_from(*priority).unwrap_or(5));
+        let message = publisher.topology().run_message(
+            *id,
+            u8::try_from(*priority).unwrap_or(rdev_shared::domain::DEFAULT_PRIORITY),
+        );
         let outbox_id = outbox::insert(&tx, &message).await?;
         rows.push(outbox::Pending {
             id: outbox_id,

@@ -400,7 +400,10 @@ async fn handle(worker: Arc<Worker>, delivery: Delivery, _permit: OwnedSemaphore
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             telemetry::continue_trace(&span, &pairs);
-            let priority = delivery.properties.priority().unwrap_or(5);
+            let priority = delivery
+                .properties
+                .priority()
+                .unwrap_or(rdev_shared::domain::DEFAULT_PRIORITY);
             process(&worker, msg.command_id, priority)
                 .instrument(span)
                 .await

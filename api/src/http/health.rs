@@ -4,26 +4,61 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
 
 use super::AppState;
 
+/// Answer of `GET /health`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// Answer of `GET /ready`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    postgres: &'static str,
+    /// `ok` or `unavailable`.
+    rabbitmq: &'static str,
+}
+
+fn state(ok: bool) -> &'static str {
+    if ok { "ok" } else { "unavailable" }
+}
+
 /// Liveness: touches no dependency.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, description = "The process is alive", body = crate::http::openapi::Health)))]
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "system",
+    responses(
+        (status = 200, description = "The process is alive", body = Health),
+    ),
+)]
 pub async fn health() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+    Json(Health { status: "ok" })
 }
 
 /// Readiness: 200 only when PostgreSQL and RabbitMQ answer; 503 naming what failed.
-#[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, description = "PostgreSQL and RabbitMQ answer", body = crate::http::openapi::Readiness), (status = 503, description = "A dependency is down; the body names which", body = crate::http::openapi::Readiness)))]
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "system",
+    responses(
+        (status = 200, description = "PostgreSQL and RabbitMQ answer", body = Readiness),
+        (status = 503, description = "A dependency is down; the body names which", body = Readiness),
+    ),
+)]
 pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
     let db = rdev_shared::db::ping(&st.pool).await;
     let mq = st.publisher.channel().await;
     let hub = st.hub.is_connected();
-    let body = json!({
-        "postgres": if db.is_ok() { "ok" } else { "unavailable" },
-        "rabbitmq": if mq.is_ok() && hub { "ok" } else { "unavailable" },
-    });
+    let body = Readiness {
+        postgres: state(db.is_ok()),
+        rabbitmq: state(mq.is_ok() && hub),
+    };
     let code = if db.is_ok() && mq.is_ok() && hub {
         StatusCode::OK
     } else {
