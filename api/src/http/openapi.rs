@@ -8,6 +8,7 @@
 
 use axum::http::header;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -50,6 +51,17 @@ pub fn base() -> utoipa::openapi::OpenApi {
 /// segments written as OpenAPI parameters.
 pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     ProblemResponses.modify(&mut doc);
+    // The executor settings are variants of the `kind`-tagged
+    // `ExecutorConfig`: their schemas are combined with `kind` (`allOf`), so
+    // the `additionalProperties: false` their `deny_unknown_fields` implies
+    // would refuse `kind` itself. The server still refuses unknown fields.
+    if let Some(components) = doc.components.as_mut() {
+        for name in ["LocalSettings", "KubernetesSettings"] {
+            if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(name) {
+                o.additional_properties = None;
+            }
+        }
+    }
     // axum's catch-all `{*path}` is the parameter `{path}` in OpenAPI.
     let paths = std::mem::take(&mut doc.paths.paths);
     doc.paths.paths = paths
