@@ -167,7 +167,7 @@ impl std::str::FromStr for TrustedProxies {
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(|p| {
-                rdev_shared::validate::parse_cidr(p)
+                rdev_shared::domain::validate::parse_cidr(p)
                     .ok_or_else(|| format!("`{p}` is not an IP address or CIDR"))
             })
             .collect::<Result<Vec<_>, _>>()

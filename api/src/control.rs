@@ -16,6 +16,10 @@ use uuid::Uuid;
 
 use crate::keycache::KeyCache;
 
+/// Most projects an instance keeps cached by name (the least recently used
+/// go first); a miss costs one indexed query.
+pub const PROJECT_CACHE_ENTRIES: u64 = 10_000;
+
 /// Cached project lookups by name.
 pub type ProjectCache = BoundedCache<String, Project>;
 

@@ -36,12 +36,26 @@ fn frame(id: Option<i64>, event: &str, data: &str, retry: Option<Duration>) -> B
     Bytes::from(out)
 }
 
-/// The JSON data of an `output` event, borrowing the chunk.
-#[derive(serde::Serialize)]
-struct OutputData<'a> {
+// Borrows the chunk.
+/// Data of an SSE `output` event (its `id:` is `seq`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = OutputEventData)]
+pub struct OutputData<'a> {
+    /// Chunk sequence number; resume with `Last-Event-ID: <seq>`.
     seq: i64,
+    /// `stdout` or `stderr`.
     stream: &'a str,
+    /// The chunk, as UTF-8 (invalid bytes replaced).
+    #[schema(value_type = String)]
     data: std::borrow::Cow<'a, str>,
+}
+
+/// Data of an SSE `gap` event: chunks cut by output truncation.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = GapEventData)]
+pub struct GapData {
+    from_seq: i64,
+    to_seq: i64,
 }
 
 /// The `output` event of one chunk (`id: seq`, JSON data with the bytes as
@@ -73,7 +87,7 @@ pub fn command(kind: &str, cmd: &Command, retry: Option<Duration>) -> Bytes {
 
 /// Chunks `from_seq..=to_seq` were cut by truncation.
 pub fn gap(from_seq: i64, to_seq: i64) -> Bytes {
-    let data = json!({ "from_seq": from_seq, "to_seq": to_seq }).to_string();
+    let data = serde_json::to_string(&GapData { from_seq, to_seq }).unwrap_or_default();
     frame(None, "gap", &data, None)
 }
 

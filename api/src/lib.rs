@@ -1,6 +1,7 @@
 //! `rdev-api`: the stateless HTTP edge of rdev. Authenticates, validates,
 //! writes PostgreSQL, publishes commands, and relays live output over SSE.
 
+pub mod admission;
 pub mod archive;
 pub mod config;
 pub mod control;
@@ -8,7 +9,6 @@ pub mod frames;
 pub mod http;
 pub mod hub;
 pub mod keycache;
-pub mod limits;
 pub mod policies;
 pub mod serve;
 pub mod workspace;
@@ -39,8 +39,6 @@ pub enum ServeError {
 /// Key lookups that reach PostgreSQL get this share of the pool (at least
 /// one connection): unknown tokens can never starve authenticated work.
 const KEY_LOOKUP_POOL_SHARE: usize = 4;
-/// Projects whose lookups are cached at once.
-const PROJECT_CACHE_ENTRIES: u64 = 10_000;
 
 /// Builds the state, binds `cfg.listen` and `cfg.ops_listen`, and serves
 /// until `shutdown` is cancelled; `task` then completes once every open
@@ -111,7 +109,7 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
     );
     let (hits, misses) = cache_counters("projects");
     let projects = Arc::new(control::ProjectCache::new(
-        PROJECT_CACHE_ENTRIES,
+        control::PROJECT_CACHE_ENTRIES,
         cfg.cache_ttl,
         hits,
         misses,
@@ -126,14 +124,14 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
     // Connect early so the first request does not pay for it; failure is fine.
     let _ = publisher.channel().await;
     publisher.set_metrics(metrics.clone());
-    let sse = limits::SseLimiter::new(
+    let sse = admission::Admission::new(
         cfg.sse_max_connections,
         cfg.sse_max_per_key,
         metrics.sse_connections_active.clone(),
     );
     // `/output` downloads: capped per key (the total is bounded by the
     // connection cap). Counted apart from the metrics registry.
-    let downloads = limits::SseLimiter::new(
+    let downloads = admission::Admission::new(
         cfg.max_connections,
         cfg.output_max_per_key,
         prometheus::IntGauge::new("output_downloads_active", "open /output downloads")

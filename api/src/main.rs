@@ -3,8 +3,9 @@ use clap::{Parser, Subcommand};
 use rdev_api::config::{ApiConfig, GlobalConfig};
 use rdev_shared::config::DbConfig;
 use rdev_shared::db::{self, keys};
+use rdev_shared::domain::validate;
 use rdev_shared::domain::{RateLimit, Scope};
-use rdev_shared::{lifecycle, secret, telemetry, validate};
+use rdev_shared::{lifecycle, secret, telemetry};
 
 /// jemalloc, so `/debug/pprof/heap` can profile the heap.
 #[global_allocator]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rdev_api::config::ApiConfig;
 use rdev_shared::db::{keys, projects};
-use rdev_shared::domain::{ExecutorConfig, LocalExecutor, Scope};
+use rdev_shared::domain::{ExecutorConfig, LocalSettings, Scope};
 use rdev_shared::secret;
 use rdev_shared::test_support::TestEnv;
 use serde_json::{Value, json};
@@ -116,7 +116,7 @@ async fn start_with(opts: Opts) -> System {
         &projects::NewProject {
             name: PROJECT.into(),
             description: "CLI tests".into(),
-            executor: ExecutorConfig::Local(LocalExecutor { workdir: None }),
+            executor: ExecutorConfig::Local(LocalSettings { workdir: None }),
             env: Default::default(),
             default_timeout_s: 60,
             max_output_bytes: 10 * 1024 * 1024,

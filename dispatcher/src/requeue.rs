@@ -50,7 +50,7 @@ pub async fn requeue_once(
     for (id, priority) in &stale {
         let message = publisher.topology().run_message(
             *id,
-            u8::try_from(*priority).unwrap_or(rdev_shared::mq::DEFAULT_PRIORITY),
+            u8::try_from(*priority).unwrap_or(rdev_shared::domain::DEFAULT_PRIORITY),
         );
         let outbox_id = outbox::insert(&tx, &message).await?;
         rows.push(outbox::Pending {

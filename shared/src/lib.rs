@@ -24,7 +24,6 @@ pub mod redact;
 pub mod relay;
 pub mod secret;
 pub mod telemetry;
-pub mod validate;
 pub mod webhook;
 pub mod webhook_sign;
 

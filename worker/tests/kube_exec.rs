@@ -22,7 +22,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use rdev_shared::breaker::{BreakerConfig, BreakerState};
 use rdev_shared::domain::{
-    CommandSpec, ExecutorConfig, KubernetesExecutor as KubeProject, OutputStream,
+    CommandSpec, ExecutorConfig, KubernetesSettings as KubeProject, OutputStream,
 };
 use rdev_shared::interactive::{Input, InputSignal, TtySize};
 use rdev_worker::executor::{Executor, Job, KubeSettings, KubernetesExecutor, Outcome};

@@ -41,12 +41,18 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::commands::load_visible_command;
+use super::access::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path, Query};
 use super::input;
 use super::sse::{KeyWatch, key_still_valid};
-use crate::limits::{Refusal, SseSlot};
+use crate::admission::{Refusal, Slot};
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new().routes(routes!(attach))
+}
 
 /// The subprotocol the server speaks (and selects).
 pub const PROTOCOL: &str = "rdev.v1";
@@ -80,7 +86,7 @@ enum UpFrame {
 /// `GET /v1/commands/{id}/attach`
 #[utoipa::path(
     get,
-    path = "/v1/commands/{id}/attach",
+    path = "/commands/{id}/attach",
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id (uuid)"), AttachQuery),
@@ -135,7 +141,7 @@ struct Session {
     last: i64,
     may_input: bool,
     watch: KeyWatch,
-    _slot: SseSlot,
+    _slot: Slot,
 }
 
 /// Why a session stopped following.

@@ -3,18 +3,23 @@
 //! A project-restricted reader sees only entries of its projects.
 
 use axum::extract::State;
-use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use rdev_shared::db::audit::{self, AuditFilter};
-use rdev_shared::domain::Scope;
+use rdev_shared::db::audit::{self, AuditFilter, AuditRecord};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::AppState;
+use super::access::{Allowed, load_visible_project, perm};
 use super::error::ApiResult;
-use super::extract::{Auth, Query, cursor, page_limit};
-use super::projects::load_visible;
+use super::extract::Query;
+use super::page::{Page, cursor, page_limit};
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
+}
 
 /// Query of `GET /v1/audit`.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -34,17 +39,27 @@ pub struct AuditQuery {
 }
 
 /// `GET /v1/audit`
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery), responses((status = 200, description = "A page of audit entries (scope `audit:read`)", body = crate::http::openapi::AuditPage)))]
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    security(("bearer" = [])),
+    params(
+        AuditQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of audit entries (scope `audit:read`)", body = Page<AuditRecord>),
+    ),
+)]
 pub async fn list(
     State(st): State<AppState>,
-    auth: Auth,
+    Allowed { auth, .. }: Allowed<perm::AuditRead>,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::AuditRead)?;
+) -> ApiResult<Page<AuditRecord>> {
     let limit = page_limit(q.limit)?;
     let before_id = cursor::decode_opt::<i64>(q.cursor.as_deref())?;
     let project_id = match &q.project {
-        Some(name) => Some(load_visible(&st, &auth, name).await?.id),
+        Some(name) => Some(load_visible_project(&st, &auth, name).await?.id),
         None => None,
     };
     // `actor` is a key id or an actor name.
@@ -68,12 +83,5 @@ pub async fn list(
     };
     let client = st.pool.get().await?;
     let items = audit::list(&client, &filter).await?;
-    let next_cursor = if items.len() as i64 == limit {
-        items.last().map(|e| cursor::encode(&e.id.to_string()))
-    } else {
-        None
-    };
-    Ok(axum::Json(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(Page::new(items, limit, |e| e.id))
 }

@@ -15,7 +15,15 @@ use super::error::{ApiError, ApiResult};
 use super::extract::Auth;
 
 /// `GET /debug/pprof/heap`
-#[utoipa::path(get, path = "/debug/pprof/heap", tag = "system", security(("bearer" = [])), responses((status = 200, description = "A gzipped pprof heap profile (scope `admin`)", content_type = "application/octet-stream", body = String)))]
+#[utoipa::path(
+    get,
+    path = "/debug/pprof/heap",
+    tag = "system",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A gzipped pprof heap profile (scope `admin`)", content_type = "application/octet-stream", body = String),
+    ),
+)]
 pub async fn heap(auth: Auth) -> ApiResult<Response> {
     auth.require(Scope::Admin)?;
     let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {

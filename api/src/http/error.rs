@@ -127,13 +127,19 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error answer (RFC 9457), sent as `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:rdev:problem:<slug>`, e.g. `urn:rdev:problem:not-found`.
     #[serde(rename = "type")]
     kind: String,
+    /// Short summary of the problem type.
     title: &'a str,
+    /// The HTTP status code.
     status: u16,
+    /// What went wrong, for a person.
     detail: String,
+    /// Field-level failures; only on `422 validation`.
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a [FieldError]>,
 }

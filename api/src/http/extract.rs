@@ -179,6 +179,51 @@ pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// The cached key lookup's answer as a result: the entry of a known key,
+/// or why there is none (401, 429, 503).
+async fn lookup(
+    state: &AppState,
+    hash: &[u8; 32],
+    ip: Option<IpAddr>,
+) -> Result<Arc<crate::keycache::CachedKey>, ApiError> {
+    match state.keys.authenticate(&state.pool, hash, ip).await? {
+        Lookup::Found(entry) => Ok(entry),
+        Lookup::Unknown => Err(ApiError::Unauthorized("invalid API key".into())),
+        Lookup::Throttled { retry_after_s } => Err(ApiError::TooManyRequests {
+            detail: format!(
+                "too many failed authentications from this address; retry in {retry_after_s} s"
+            ),
+            retry_after_s,
+        }),
+        Lookup::Busy => Err(ApiError::Unavailable(
+            "too many key lookups in flight; retry shortly".into(),
+        )),
+    }
+}
+
+impl Auth {
+    /// Fails with 401 (audited) when the key is revoked or expired.
+    fn require_active(&self) -> Result<(), ApiError> {
+        if self.key.is_active(Utc::now()) {
+            return Ok(());
+        }
+        let reason = if self.key.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "expired"
+        };
+        self.record_denial(
+            "auth.denied",
+            "route",
+            Some(self.route.clone()),
+            None,
+            reason,
+            json!({}),
+        );
+        Err(ApiError::Unauthorized(format!("this API key is {reason}")))
+    }
+}
+
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
@@ -198,23 +243,7 @@ impl FromRequestParts<AppState> for Auth {
         let hash = secret::hash_key(token);
         let ip = peer_ip(parts)
             .map(|peer| client_ip::resolve(peer, &parts.headers, &state.cfg.trusted_proxies.0));
-        let entry = match state.keys.authenticate(&state.pool, &hash, ip).await? {
-            Lookup::Found(entry) => entry,
-            Lookup::Unknown => return Err(ApiError::Unauthorized("invalid API key".into())),
-            Lookup::Throttled { retry_after_s } => {
-                return Err(ApiError::TooManyRequests {
-                    detail: format!(
-                        "too many failed authentications from this address; retry in {retry_after_s} s"
-                    ),
-                    retry_after_s,
-                });
-            }
-            Lookup::Busy => {
-                return Err(ApiError::Unavailable(
-                    "too many key lookups in flight; retry shortly".into(),
-                ));
-            }
-        };
+        let entry = lookup(state, &hash, ip).await?;
         if !secret::constant_time_eq(&entry.stored_hash, &hash) {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
@@ -226,22 +255,7 @@ impl FromRequestParts<AppState> for Auth {
             pool: state.pool.clone(),
             denials: entry.denials.clone(),
         };
-        if !auth.key.is_active(Utc::now()) {
-            let reason = if auth.key.revoked_at.is_some() {
-                "revoked"
-            } else {
-                "expired"
-            };
-            auth.record_denial(
-                "auth.denied",
-                "route",
-                Some(auth.route.clone()),
-                None,
-                reason,
-                json!({}),
-            );
-            return Err(ApiError::Unauthorized(format!("this API key is {reason}")));
-        }
+        auth.require_active()?;
         if !auth.key.allows_ip(ip) {
             return Err(auth.deny(
                 "ip",
@@ -332,45 +346,35 @@ where
     }
 }
 
-/// Opaque pagination cursors: base64url of the last item's sort key.
-pub mod cursor {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// A request body with what checking it needs (the server's settings and,
+/// for a change, the resource as it is): the source of a
+/// `TryFrom<Checked<…>>` that turns a request into what a repository takes,
+/// or into every field error at once (422).
+pub struct Checked<'a, T, C = ()> {
+    /// The body as sent.
+    pub body: T,
+    /// The server's settings.
+    pub cfg: &'a crate::config::ApiConfig,
+    /// What the request changes, when it changes something.
+    pub current: C,
+}
 
-    use super::ApiError;
-
-    /// Encodes a sort key.
-    pub fn encode(key: &str) -> String {
-        URL_SAFE_NO_PAD.encode(key.as_bytes())
-    }
-
-    /// Decodes a cursor, 400 when it was not made by [`encode`].
-    pub fn decode(cursor: &str) -> Result<String, ApiError> {
-        URL_SAFE_NO_PAD
-            .decode(cursor.as_bytes())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
-    }
-
-    /// Decodes an optional cursor holding a typed sort key (an id), 400 when
-    /// it was not made by [`encode`] from one.
-    pub fn decode_opt<T: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
-        cursor
-            .map(|c| {
-                decode(c)?
-                    .parse::<T>()
-                    .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
-            })
-            .transpose()
+impl<'a, T> Checked<'a, T> {
+    /// A body checked against the server's settings alone.
+    pub fn new(body: T, cfg: &'a crate::config::ApiConfig) -> Self {
+        Self {
+            body,
+            cfg,
+            current: (),
+        }
     }
 }
 
-/// Checks a page size: 1–200, default 50.
-pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    match limit {
-        None => Ok(50),
-        Some(n) if (1..=200).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::field("limit", "must be between 1 and 200")),
+/// Field errors gathered while checking a request: a 422 naming them all.
+pub fn field_errors(errors: Vec<rdev_shared::domain::FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
     }
 }

@@ -22,10 +22,20 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::AppState;
+use super::access::load_visible_project as load_visible;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Auth, Path, Query, cursor, page_limit};
-use super::projects::load_visible;
+use super::extract::{Auth, Path, Query};
+use super::page::{Page, cursor, page_limit};
 use crate::workspace::{self, Entry, FilesError};
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(list_root))
+        .routes(routes!(archive_root, upload_archive))
+        .routes(routes!(get, put, delete))
+}
 
 /// Bytes read from a file per piece of a download.
 const PIECE: usize = 64 * 1024;
@@ -125,7 +135,22 @@ fn range(headers: &HeaderMap, size: u64) -> ApiResult<Option<(u64, u64)>> {
 
 /// `GET /v1/projects/{name}/files/{path}` (and `HEAD`): the file, streamed;
 /// with `?list`, the directory's entries.
-#[utoipa::path(get, path = "/v1/projects/{name}/files/{path}", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("path" = String, Path, description = "Path relative to the project directory"), FileQuery, ("Range" = Option<String>, Header, description = "One `bytes=` range")), responses((status = 200, description = "The file's bytes (`application/octet-stream`), or with `?list` a page of entries (scope `files:read`)", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>)))]
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/files/{*path}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ("path" = String, Path, description = "Path relative to the project directory"),
+        FileQuery,
+        ("Range" = Option<String>, Header, description = "One `bytes=` range"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes (`application/octet-stream`), or with `?list` a page of entries (scope `files:read`)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+    ),
+)]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -202,7 +227,19 @@ pub async fn get(
 }
 
 /// `GET /v1/projects/{name}/files?list`: the project directory's entries.
-#[utoipa::path(get, path = "/v1/projects/{name}/files", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), FileQuery), responses((status = 200, description = "A page of entries of the project directory, by name (scope `files:read`)", body = crate::http::openapi::FilePage)))]
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/files",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        FileQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of entries of the project directory, by name (scope `files:read`)", body = Page<Entry>),
+    ),
+)]
 pub async fn list_root(
     State(st): State<AppState>,
     auth: Auth,
@@ -221,12 +258,7 @@ async fn listing(dir: OwnedFd, rel: String, q: FileQuery) -> ApiResult<Response>
     let n = usize::try_from(limit).unwrap_or(50);
     let items: Vec<Entry> =
         blocking(move || workspace::list(&dir, &rel, after.as_deref(), n)).await?;
-    let next_cursor = if items.len() == n {
-        items.last().map(|e| cursor::encode(&e.name))
-    } else {
-        None
-    };
-    Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
+    Ok(Page::new(items, limit, |e| e.name.clone()).into_response())
 }
 
 /// Query of `POST …/files:archive`.
@@ -241,7 +273,18 @@ pub struct ArchiveQuery {
 
 /// `GET /v1/projects/{name}/files:archive`: the project directory as a
 /// tar.gz (`…/files/{dir}:archive` for a directory in it).
-#[utoipa::path(get, path = "/v1/projects/{name}/files:archive", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name")), responses((status = 200, description = "A tar.gz of the project directory: directories and regular files (scope `files:read`)", content_type = "application/gzip", body = Vec<u8>)))]
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/files:archive",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+    ),
+    responses(
+        (status = 200, description = "A tar.gz of the project directory: directories and regular files (scope `files:read`)", content_type = "application/gzip", body = Vec<u8>),
+    ),
+)]
 pub async fn archive_root(
     State(st): State<AppState>,
     auth: Auth,
@@ -283,7 +326,20 @@ async fn download_archive(dir: OwnedFd, rel: String) -> ApiResult<Response> {
 /// the project directory (or `?path=`). The whole archive is checked
 /// before anything is written: `..`, absolute paths, symlinks, hard links
 /// and special files refuse it (`422`).
-#[utoipa::path(post, path = "/v1/projects/{name}/files:archive", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ArchiveQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar, or a tar.gz (any content type is accepted)"), responses((status = 200, description = "Extracted (scope `files:write`)", body = crate::archive::Extracted)))]
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/files:archive",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ArchiveQuery,
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar, or a tar.gz (any content type is accepted)"),
+    responses(
+        (status = 200, description = "Extracted (scope `files:write`)", body = crate::archive::Extracted),
+    ),
+)]
 pub async fn upload_archive(
     State(st): State<AppState>,
     auth: Auth,
@@ -365,7 +421,20 @@ impl Drop for RemoveOnDrop {
 /// (creating missing directories), streamed to a temporary file that
 /// replaces the destination once complete: a reader never sees half a
 /// file, and a failed upload leaves nothing.
-#[utoipa::path(put, path = "/v1/projects/{name}/files/{path}", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("path" = String, Path, description = "Path relative to the project directory")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, description = "Written (scope `files:write`)", body = Entry)))]
+#[utoipa::path(
+    put,
+    path = "/projects/{name}/files/{*path}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ("path" = String, Path, description = "Path relative to the project directory"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Written (scope `files:write`)", body = Entry),
+    ),
+)]
 pub async fn put(
     State(st): State<AppState>,
     auth: Auth,
@@ -423,7 +492,19 @@ pub async fn put(
 
 /// `DELETE /v1/projects/{name}/files/{path}`: a file, a symlink (not its
 /// target) or an empty directory.
-#[utoipa::path(delete, path = "/v1/projects/{name}/files/{path}", tag = "files", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("path" = String, Path, description = "Path relative to the project directory")), responses((status = 204, description = "Deleted (scope `files:write`)")))]
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/files/{*path}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ("path" = String, Path, description = "Path relative to the project directory"),
+    ),
+    responses(
+        (status = 204, description = "Deleted (scope `files:write`)"),
+    ),
+)]
 pub async fn delete(
     State(st): State<AppState>,
     auth: Auth,

@@ -16,9 +16,18 @@ use rdev_shared::interactive::{Input, InputMessage, InputSignal, TtySize};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::commands::load_visible_command;
+use super::access::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query};
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(stdin))
+        .routes(routes!(resize))
+        .routes(routes!(signal))
+}
 
 /// Query of `POST /v1/commands/{id}/stdin`.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -88,7 +97,7 @@ fn refusal(cmd: &Command, r: Refused) -> ApiError {
 /// `POST /v1/commands/{id}/stdin`
 #[utoipa::path(
     post,
-    path = "/v1/commands/{id}/stdin",
+    path = "/commands/{id}/stdin",
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id (uuid)"), StdinQuery),
@@ -130,7 +139,7 @@ pub async fn stdin(
 /// `POST /v1/commands/{id}/resize`
 #[utoipa::path(
     post,
-    path = "/v1/commands/{id}/resize",
+    path = "/commands/{id}/resize",
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id (uuid)")),
@@ -157,7 +166,7 @@ pub async fn resize(
 /// `POST /v1/commands/{id}/signal`
 #[utoipa::path(
     post,
-    path = "/v1/commands/{id}/signal",
+    path = "/commands/{id}/signal",
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id (uuid)")),

@@ -17,16 +17,32 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::keys::{self, KeyLimits, NewKey, Visibility};
+use rdev_shared::domain::validate;
 use rdev_shared::domain::{ApiKey, FieldError, RateLimit, Scope};
-use rdev_shared::{secret, validate};
+use rdev_shared::secret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
+use super::access::{Allowed, perm};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
+use super::extract::{Auth, Json, Path, Query, field_errors};
+use super::page::{Page, PageQuery};
 use crate::control;
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, revoke))
+        .routes(routes!(rotate))
+        .routes(routes!(whoami))
+}
+
+/// Most projects a key may be restricted to.
+const MAX_KEY_PROJECTS: usize = 1000;
 
 /// A key as the API shows it; `secret` only in create and rotate answers.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -138,70 +154,152 @@ async fn audit_key(
     Ok(())
 }
 
+/// A key request that passed its checks (those that need no database).
+struct KeyRequest {
+    name: String,
+    scopes: Vec<Scope>,
+    projects: Option<Vec<String>>,
+    allowed_ips: Option<Vec<ipnet::IpNet>>,
+    rate_limit: Option<RateLimit>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<CreateKey> for KeyRequest {
+    type Error = ApiError;
+
+    fn try_from(body: CreateKey) -> ApiResult<Self> {
+        let mut errors = Vec::new();
+        validate::name("name", &body.name, &mut errors);
+        let mut scopes = Vec::new();
+        if body.scopes.is_empty() {
+            errors.push(FieldError::new("scopes", "must name at least one scope"));
+        }
+        for (i, s) in body.scopes.iter().enumerate() {
+            match s.parse::<Scope>() {
+                Ok(s) if !scopes.contains(&s) => scopes.push(s),
+                Ok(_) => {}
+                Err(e) => errors.push(FieldError::new(format!("scopes[{i}]"), e.to_string())),
+            }
+        }
+        let allowed_ips = body
+            .allowed_ips
+            .as_ref()
+            .map(|v| validate::cidrs("allowed_ips", v, &mut errors));
+        if let Some(Err(m)) = body.rate_limit.map(|r| r.validate()) {
+            errors.push(FieldError::new("rate_limit", m));
+        }
+        if body.expires_at.is_some_and(|e| e <= Utc::now()) {
+            errors.push(FieldError::new("expires_at", "must be in the future"));
+        }
+        if body
+            .projects
+            .as_ref()
+            .is_some_and(|p| p.len() > MAX_KEY_PROJECTS)
+        {
+            errors.push(FieldError::new(
+                "projects",
+                format!("at most {MAX_KEY_PROJECTS} projects"),
+            ));
+        }
+        field_errors(errors)?;
+        Ok(Self {
+            name: body.name,
+            scopes,
+            projects: body.projects,
+            allowed_ips,
+            rate_limit: body.rate_limit,
+            expires_at: body.expires_at,
+        })
+    }
+}
+
 /// `POST /v1/api-keys`
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = CreateKey, responses((status = 201, description = "Created; `secret` is shown only here (scope `keys:manage`)", body = KeyView)))]
+#[utoipa::path(
+    post,
+    path = "/api-keys",
+    tag = "api-keys",
+    security(("bearer" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created; `secret` is shown only here (scope `keys:manage`)",
+            body = KeyView),
+    ),
+)]
 pub async fn create(
     State(st): State<AppState>,
-    auth: Auth,
+    Allowed { auth, .. }: Allowed<perm::KeysManage>,
     Json(body): Json<CreateKey>,
 ) -> ApiResult<Response> {
-    auth.require(Scope::KeysManage)?;
-    let mut errors = Vec::new();
-    validate::name("name", &body.name, &mut errors);
-    let mut scopes = Vec::new();
-    if body.scopes.is_empty() {
-        errors.push(FieldError::new("scopes", "must name at least one scope"));
-    }
-    for (i, s) in body.scopes.iter().enumerate() {
-        match s.parse::<Scope>() {
-            Ok(s) if !scopes.contains(&s) => scopes.push(s),
-            Ok(_) => {}
-            Err(e) => errors.push(FieldError::new(format!("scopes[{i}]"), e.to_string())),
-        }
-    }
-    let allowed_ips = body
-        .allowed_ips
-        .as_ref()
-        .map(|v| validate::cidrs("allowed_ips", v, &mut errors));
-    if let Some(Err(m)) = body.rate_limit.map(|r| r.validate()) {
-        errors.push(FieldError::new("rate_limit", m));
-    }
-    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
-        errors.push(FieldError::new("expires_at", "must be in the future"));
-    }
-    if body.projects.as_ref().is_some_and(|p| p.len() > 1000) {
-        errors.push(FieldError::new("projects", "at most 1000 projects"));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let request = KeyRequest::try_from(body)?;
     let mut client = st.pool.get().await?;
-    let project_ids = match &body.projects {
+    let project_ids = match &request.projects {
         None => None,
-        Some(names) => {
-            // One query for all of them, however many (up to 1,000).
-            let found = keys::project_ids_by_name(&client, names).await?;
-            let mut ids = Vec::with_capacity(names.len());
-            for (i, n) in names.iter().enumerate() {
-                match found.get(n) {
-                    Some(&id) if auth.sees_project(id) => {
-                        if !ids.contains(&id) {
-                            ids.push(id);
-                        }
-                    }
-                    _ => errors.push(FieldError::new(
-                        format!("projects[{i}]"),
-                        format!("no project named `{n}`"),
-                    )),
+        Some(names) => Some(project_ids(&client, &auth, names).await?),
+    };
+    check_escalation(&auth, &request.scopes, project_ids.as_ref())?;
+    let limits = KeyLimits {
+        allowed_ips: request.allowed_ips,
+        rate_limit: request.rate_limit,
+        expires_at: request.expires_at,
+        created_by: Some(auth.key.id),
+    };
+    let limits = within_creator(&auth.key, st.cfg.rate_limit, limits)
+        .map_err(|(axis, detail)| auth.deny("escalation", json!({ "axis": axis }), detail))?;
+    let generated = secret::generate_key();
+    let new = NewKey {
+        name: request.name,
+        prefix: generated.prefix.clone(),
+        hash: generated.hash,
+        scopes: request.scopes,
+        project_ids,
+    };
+    let tx = client.transaction().await?;
+    let key = keys::insert_with(&tx, &new, &limits).await?;
+    audit_key(&tx, &auth, "api_key.create", &key).await?;
+    tx.commit().await?;
+    let id = key.id;
+    let v = view(&client, key, Some(generated.secret)).await?;
+    let mut resp = (StatusCode::CREATED, axum::Json(v)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/api-keys/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+/// The ids of the projects a new key is restricted to, each one the caller
+/// sees (a field error per name otherwise), in one query however many.
+async fn project_ids(
+    client: &impl deadpool_postgres::GenericClient,
+    auth: &Auth,
+    names: &[String],
+) -> ApiResult<Vec<Uuid>> {
+    let found = keys::project_ids_by_name(client, names).await?;
+    let mut ids = Vec::with_capacity(names.len());
+    let mut errors = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match found.get(n) {
+            Some(&id) if auth.sees_project(id) => {
+                if !ids.contains(&id) {
+                    ids.push(id);
                 }
             }
-            Some(ids)
+            _ => errors.push(FieldError::new(
+                format!("projects[{i}]"),
+                format!("no project named `{n}`"),
+            )),
         }
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
     }
-    // No escalation: every scope granted by the caller's, projects within its own.
+    field_errors(errors)?;
+    Ok(ids)
+}
+
+/// No escalation: every scope granted by the caller's, projects within its
+/// own (403, audited).
+fn check_escalation(
+    auth: &Auth,
+    scopes: &[Scope],
+    project_ids: Option<&Vec<Uuid>>,
+) -> ApiResult<()> {
     if let Some(s) = scopes.iter().find(|s| !s.granted_by(&auth.key.scopes)) {
         return Err(auth.deny(
             "escalation",
@@ -219,44 +317,7 @@ pub async fn create(
             "a project-restricted key can only create keys restricted to its projects".into(),
         ));
     }
-    let limits = match within_creator(
-        &auth.key,
-        st.cfg.rate_limit,
-        KeyLimits {
-            allowed_ips,
-            rate_limit: body.rate_limit,
-            expires_at: body.expires_at,
-            created_by: Some(auth.key.id),
-        },
-    ) {
-        Ok(l) => l,
-        Err((axis, detail)) => {
-            return Err(auth.deny("escalation", json!({ "axis": axis }), detail));
-        }
-    };
-    let generated = secret::generate_key();
-    let tx = client.transaction().await?;
-    let key = keys::insert_with(
-        &tx,
-        &NewKey {
-            name: body.name,
-            prefix: generated.prefix.clone(),
-            hash: generated.hash,
-            scopes,
-            project_ids,
-        },
-        &limits,
-    )
-    .await?;
-    audit_key(&tx, &auth, "api_key.create", &key).await?;
-    tx.commit().await?;
-    let id = key.id;
-    let v = view(&client, key, Some(generated.secret)).await?;
-    let mut resp = (StatusCode::CREATED, axum::Json(v)).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/api-keys/{id}")) {
-        resp.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(resp)
+    Ok(())
 }
 
 /// Bounds a new key's limits by its creator's: an absent limit is
@@ -333,39 +394,31 @@ fn not_creator(auth: &Auth, target: &ApiKey) -> ApiError {
     )
 }
 
-/// Query of `GET /v1/api-keys`.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size, 1-200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// `GET /v1/api-keys`: in creation order, never with secrets.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])), params(ListQuery), responses((status = 200, description = "A page of keys (scope `keys:manage`)", body = crate::http::openapi::KeyPage)))]
+#[utoipa::path(
+    get,
+    path = "/api-keys",
+    tag = "api-keys",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of keys (scope `keys:manage`)", body = Page<KeyView>),
+    ),
+)]
 pub async fn list(
     State(st): State<AppState>,
-    auth: Auth,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::KeysManage)?;
-    let limit = page_limit(q.limit)?;
-    let after = cursor::decode_opt::<Uuid>(q.cursor.as_deref())?;
+    Allowed { auth, .. }: Allowed<perm::KeysManage>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Page<KeyView>> {
+    let (limit, after) = q.parse::<Uuid>()?;
     let client = st.pool.get().await?;
     let items = keys::list(&client, after, &visibility(&auth), limit).await?;
-    let next_cursor = if items.len() as i64 == limit {
-        items.last().map(|k| cursor::encode(&k.id.to_string()))
-    } else {
-        None
-    };
-    let views = views(&client, items.into_iter().map(|k| (k, None)).collect()).await?;
-    Ok(axum::Json(
-        json!({ "items": views, "next_cursor": next_cursor }),
-    ))
+    let page = Page::new(items, limit, |k| k.id);
+    let items = views(&client, page.items.into_iter().map(|k| (k, None)).collect()).await?;
+    Ok(Page {
+        items,
+        next_cursor: page.next_cursor,
+    })
 }
 
 fn parse_id(id: &str) -> ApiResult<Uuid> {
@@ -384,7 +437,18 @@ async fn load_visible(
 }
 
 /// `GET /v1/api-keys/{id}`
-#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])), params(("id" = String, Path, description = "Key id (uuid)")), responses((status = 200, description = "The key (scope `keys:manage`)", body = KeyView)))]
+#[utoipa::path(
+    get,
+    path = "/api-keys/{id}",
+    tag = "api-keys",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Key id (uuid)"),
+    ),
+    responses(
+        (status = 200, description = "The key (scope `keys:manage`)", body = KeyView),
+    ),
+)]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -398,7 +462,18 @@ pub async fn get(
 
 /// `DELETE /v1/api-keys/{id}`: revokes the key on every instance within a
 /// second (cache eviction over the control exchange). Idempotent.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])), params(("id" = String, Path, description = "Key id (uuid)")), responses((status = 204, description = "Revoked (scope `keys:manage`)")))]
+#[utoipa::path(
+    delete,
+    path = "/api-keys/{id}",
+    tag = "api-keys",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Key id (uuid)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked (scope `keys:manage`)"),
+    ),
+)]
 pub async fn revoke(
     State(st): State<AppState>,
     auth: Auth,
@@ -423,7 +498,18 @@ pub async fn revoke(
 
 /// `POST /v1/api-keys/{id}/rotate`: a new secret for the same key; the old
 /// one stops working at once on every instance.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys", security(("bearer" = [])), params(("id" = String, Path, description = "Key id (uuid)")), responses((status = 200, description = "A new secret, shown only here (scope `keys:manage`)", body = KeyView)))]
+#[utoipa::path(
+    post,
+    path = "/api-keys/{id}/rotate",
+    tag = "api-keys",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Key id (uuid)"),
+    ),
+    responses(
+        (status = 200, description = "A new secret, shown only here (scope `keys:manage`)", body = KeyView),
+    ),
+)]
 pub async fn rotate(
     State(st): State<AppState>,
     auth: Auth,
@@ -453,7 +539,15 @@ pub async fn rotate(
 /// `GET /v1/whoami`: the key making the request (never its secret). Any
 /// valid key may read itself, whatever its scopes, so a client (the web
 /// console) can tell what it is allowed to do before trying.
-#[utoipa::path(get, path = "/v1/whoami", tag = "api-keys", security(("bearer" = [])), responses((status = 200, description = "The calling key: its scopes, projects and limits (any valid key)", body = KeyView)))]
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    tag = "api-keys",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The calling key: its scopes, projects and limits (any valid key)", body = KeyView),
+    ),
+)]
 pub async fn whoami(State(st): State<AppState>, auth: Auth) -> ApiResult<impl IntoResponse> {
     let client = st.pool.get().await?;
     Ok(axum::Json(view(&client, auth.key, None).await?))

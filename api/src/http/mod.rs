@@ -1,5 +1,6 @@
 //! The HTTP edge: shared state, the router, and one module per resource.
 
+pub mod access;
 pub mod attach;
 pub mod audit;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod openapi;
+pub mod page;
 pub mod projects;
 pub mod ratelimit;
 pub mod secrets;
@@ -20,19 +22,23 @@ pub mod sse;
 pub mod ui;
 pub mod webhooks;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
 use rdev_shared::db::Pool;
 use rdev_shared::mq::{Publisher, Topology};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::admission::Admission;
 use crate::config::ApiConfig;
 use crate::hub::OutputHub;
 use crate::keycache::KeyCache;
-use crate::limits::SseLimiter;
 use error::ApiError;
 use rdev_shared::metrics::Metrics;
 
@@ -60,80 +66,43 @@ pub struct AppState {
     /// This instance's metrics.
     pub metrics: Arc<Metrics>,
     /// Admission of SSE connections.
-    pub sse: Arc<SseLimiter>,
+    pub sse: Arc<Admission>,
     /// Admission of `/output` downloads (per key).
-    pub downloads: Arc<SseLimiter>,
+    pub downloads: Arc<Admission>,
     /// Cancelled when the server shuts down: SSE streams then close with
     /// a `retry:` hint so clients reconnect to another instance.
     pub shutdown: rdev_shared::lifecycle::CancellationToken,
 }
 
+/// The documented API: every route with its OpenAPI operation, built
+/// together by each resource module (`utoipa-axum`), so a route cannot go
+/// undocumented. The `v1` routes carry the rate-limit headers.
+pub fn api() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .merge(projects::router())
+        .merge(commands::router())
+        .merge(files::router())
+        .merge(secrets::router())
+        .merge(sse::router())
+        .merge(input::router())
+        .merge(attach::router())
+        .merge(keys::router())
+        .merge(audit::router())
+        .merge(webhooks::router())
+        .layer(axum::middleware::from_fn(ratelimit::headers));
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(debug::heap))
+        .routes(routes!(openapi_json))
+        .nest("/v1", v1)
+}
+
 /// The whole application, without a socket (tests can `oneshot` it).
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/projects", post(projects::create).get(projects::list))
-        .route(
-            "/projects/{name}",
-            get(projects::get)
-                .patch(projects::update)
-                .delete(projects::delete),
-        )
-        .route("/projects/{name}/commands", post(commands::create))
-        .route("/projects/{name}/files", get(files::list_root))
-        .route(
-            "/projects/{name}/files:archive",
-            get(files::archive_root).post(files::upload_archive),
-        )
-        .route(
-            "/projects/{name}/files/{*path}",
-            get(files::get).put(files::put).delete(files::delete),
-        )
-        .route("/projects/{name}/secrets", get(secrets::list))
-        .route(
-            "/projects/{name}/secrets/{secret}",
-            put(secrets::set).get(secrets::get).delete(secrets::delete),
-        )
-        .route("/commands", get(commands::list))
-        .route("/commands/{id}", get(commands::get))
-        .route("/commands/{id}/output", get(commands::output))
-        .route("/commands/{id}/cancel", post(commands::cancel))
-        .route("/commands/{id}/events", get(sse::events))
-        .route("/commands/{id}/stdin", post(input::stdin))
-        .route("/commands/{id}/resize", post(input::resize))
-        .route("/commands/{id}/signal", post(input::signal))
-        .route("/commands/{id}/attach", get(attach::attach))
-        .route("/api-keys", post(keys::create).get(keys::list))
-        .route("/api-keys/{id}", get(keys::get).delete(keys::revoke))
-        .route("/api-keys/{id}/rotate", post(keys::rotate))
-        .route("/whoami", get(keys::whoami))
-        .route("/audit", get(audit::list))
-        .route("/webhooks", post(webhooks::create).get(webhooks::list))
-        .route(
-            "/webhooks/{id}",
-            get(webhooks::get)
-                .patch(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route("/webhooks/{id}/test", post(webhooks::test))
-        .route(
-            "/webhooks/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
-        )
-        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
-        .route(
-            "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route("/webhooks/{id}/recover", post(webhooks::recover))
-        .layer(axum::middleware::from_fn(ratelimit::headers));
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/debug/pprof/heap", get(debug::heap))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .merge(openapi::docs())
+    let (api, _) = api().split_for_parts();
+    api.merge(openapi::docs())
         .merge(ui::router())
-        .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
@@ -147,6 +116,30 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The OpenAPI document of [`api`], finished by [`openapi::finish`]; built
+/// once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(|| openapi::finish(api().into_openapi()))
+}
+
+/// `GET /openapi.json`: this API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document",
+            content_type = "application/json", body = Object),
+    ),
+)]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(document()).unwrap_or_default(),
+    )
 }
 
 /// The operations listener (`RDEV_OPS_LISTEN`): Prometheus `/metrics`, and

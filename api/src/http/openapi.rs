@@ -1,209 +1,22 @@
-//! The OpenAPI 3.1 document, generated from the `#[utoipa::path]`
-//! annotations next to the handlers, served at `GET /openapi.json`; and the
-//! interactive page at `/docs` (Swagger UI, its assets vendored into the
-//! binary).
-//!
-//! Every operation's error answers (`application/problem+json`) are added
-//! here by [`ProblemResponses`], so the annotations only name what is
-//! particular to an operation.
-
-use std::sync::OnceLock;
+//! The parts of the OpenAPI 3.1 document that belong to no one route:
+//! info, tags, the `bearer` security scheme and the problem+json answers
+//! every operation shares. The operations themselves come from the
+//! `#[utoipa::path]` attributes next to the handlers, collected with their
+//! routes by each module's `router()` (see [`super::api`]); the document is
+//! served at `GET /openapi.json`, and the interactive page at `/docs`
+//! (Swagger UI, its assets vendored into the binary).
 
 use axum::http::header;
-use axum::response::IntoResponse;
-use chrono::{DateTime, Utc};
-use rdev_shared::db::audit::AuditRecord;
-use rdev_shared::domain::{CommandStatus, EndReason, FieldError};
-use serde::Serialize;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
-use uuid::Uuid;
+use utoipa::{Modify, OpenApi};
 
-use super::keys::KeyView;
-use super::projects::ProjectView;
-use super::webhooks::{DeliveryView, WebhookView};
-use super::{
-    attach, audit, commands, debug, files, health, input, keys, projects, secrets, sse, webhooks,
-};
+use super::error::Problem;
+use crate::frames::{GapData, OutputData};
 
-/// An error answer (RFC 9457), sent as `application/problem+json`.
-#[derive(Serialize, ToSchema)]
-pub struct Problem {
-    /// `urn:rdev:problem:<slug>`, e.g. `urn:rdev:problem:not-found`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary of the problem type.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong, for a person.
-    pub detail: String,
-    /// Field-level failures; only on `422 validation`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<FieldError>>,
-}
-
-/// A command (the same shape in API answers, SSE `status`/`end` events and
-/// webhook payloads). Exactly one of `command` and `argv` is present.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Command)]
-pub struct CommandDoc {
-    id: Uuid,
-    /// Project name.
-    project: String,
-    /// Shell command line (run with `sh -c`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command: Option<String>,
-    /// Program and arguments, run without a shell.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    argv: Option<Vec<String>>,
-    /// Where its standard input comes from: `closed`, `fixed` (the
-    /// `stdin` string given at enqueue, never shown) or `pipe`.
-    #[schema(value_type = String)]
-    stdin: String,
-    /// Its pseudo-terminal, if it has one.
-    tty: Option<rdev_shared::interactive::TtySize>,
-    status: CommandStatus,
-    exit_code: Option<i32>,
-    error: Option<String>,
-    /// Why it ended (null until it is terminal).
-    reason: Option<EndReason>,
-    /// The signal that ended it (with `reason` `signaled`, or a limit
-    /// enforced by a signal).
-    signal: Option<i32>,
-    priority: i16,
-    timeout_s: i32,
-    output_bytes: i64,
-    truncated: bool,
-    worker_id: Option<String>,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-/// Where a project's commands run (`kind` selects the executor).
-#[derive(Serialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-#[schema(as = ExecutorConfig)]
-pub enum ExecutorConfigDoc {
-    /// A child process of the worker, in a directory under the workspace root.
-    Local(LocalExecutorDoc),
-    /// `exec` into a pod chosen by label selector.
-    Kubernetes(KubernetesExecutorDoc),
-}
-
-/// Settings of the `local` executor.
-#[derive(Serialize, ToSchema)]
-#[schema(as = LocalExecutor)]
-pub struct LocalExecutorDoc {
-    /// Directory relative to the workspace root; defaults to the project's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    workdir: Option<String>,
-}
-
-/// Settings of the `kubernetes` executor.
-#[derive(Serialize, ToSchema)]
-#[schema(as = KubernetesExecutor)]
-pub struct KubernetesExecutorDoc {
-    /// Namespace of the project's pods.
-    namespace: String,
-    /// Label selector, e.g. `app=web`.
-    selector: String,
-    /// Container to exec into; the pod's first container when unset.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<String>,
-    /// Working directory inside the container.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    workdir: Option<String>,
-}
-
-macro_rules! page {
-    ($name:ident, $item:ty, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Serialize, ToSchema)]
-        pub struct $name {
-            items: Vec<$item>,
-            /// Pass as `cursor` to get the next page; `null` on the last page.
-            next_cursor: Option<String>,
-        }
-    };
-}
-page!(ProjectPage, ProjectView, "A page of projects.");
-page!(CommandPage, CommandDoc, "A page of commands, newest first.");
-page!(
-    FilePage,
-    crate::workspace::Entry,
-    "A page of a directory's entries, by name."
-);
-page!(
-    SecretPage,
-    rdev_shared::db::secrets::SecretMeta,
-    "A page of a project's secrets, by name (never their values)."
-);
-page!(KeyPage, KeyView, "A page of API keys.");
-page!(
-    AuditPage,
-    AuditRecord,
-    "A page of audit entries, newest first."
-);
-page!(WebhookPage, WebhookView, "A page of webhook endpoints.");
-page!(
-    DeliveryPage,
-    DeliveryView,
-    "A page of deliveries, newest first."
-);
-
-/// Data of an SSE `output` event (its `id:` is `seq`).
-#[derive(Serialize, ToSchema)]
-pub struct OutputEventData {
-    /// Chunk sequence number; resume with `Last-Event-ID: <seq>`.
-    seq: i64,
-    /// `stdout` or `stderr`.
-    stream: String,
-    /// The chunk, as UTF-8 (invalid bytes replaced).
-    data: String,
-}
-
-/// Data of an SSE `gap` event: chunks cut by output truncation.
-#[derive(Serialize, ToSchema)]
-pub struct GapEventData {
-    from_seq: i64,
-    to_seq: i64,
-}
-
-/// Answer of `POST /v1/webhooks/{id}/test`.
-#[derive(Serialize, ToSchema)]
-pub struct TestDelivery {
-    event_id: Uuid,
-    delivery_id: Uuid,
-}
-
-/// Answer of `POST /v1/webhooks/{id}/recover`.
-#[derive(Serialize, ToSchema)]
-pub struct Recovered {
-    /// Deliveries put back to pending.
-    recovered: i64,
-}
-
-/// Answer of `GET /health`.
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    /// Always `ok`.
-    status: String,
-}
-
-/// Answer of `GET /ready`.
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    /// `ok` or `unavailable`.
-    postgres: String,
-    /// `ok` or `unavailable`.
-    rabbitmq: String,
-}
-
-/// The document.
+/// What the document says besides its operations.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -213,56 +26,7 @@ pub struct Readiness {
             Authenticate with `Authorization: Bearer <api key>`. Errors are \
             `application/problem+json` (RFC 9457).",
     ),
-    paths(
-        health::health,
-        health::ready,
-        debug::heap,
-        openapi_json,
-        projects::create,
-        projects::list,
-        projects::get,
-        projects::update,
-        projects::delete,
-        files::get,
-        files::list_root,
-        files::put,
-        files::delete,
-        files::archive_root,
-        files::upload_archive,
-        secrets::set,
-        secrets::list,
-        secrets::get,
-        secrets::delete,
-        commands::create,
-        commands::list,
-        commands::get,
-        commands::output,
-        commands::cancel,
-        sse::events,
-        input::stdin,
-        input::resize,
-        input::signal,
-        attach::attach,
-        keys::create,
-        keys::list,
-        keys::get,
-        keys::revoke,
-        keys::rotate,
-        keys::whoami,
-        audit::list,
-        webhooks::create,
-        webhooks::list,
-        webhooks::get,
-        webhooks::update,
-        webhooks::delete,
-        webhooks::test,
-        webhooks::rotate_secret,
-        webhooks::deliveries,
-        webhooks::redeliver,
-        webhooks::recover,
-    ),
-    components(schemas(Problem, OutputEventData, GapEventData)),
-    modifiers(&ProblemResponses),
+    components(schemas(Problem, OutputData, GapData)),
     tags(
         (name = "system", description = "Health, readiness, profiling, this document (metrics are on the operations listener, `RDEV_OPS_LISTEN`)"),
         (name = "projects"),
@@ -274,7 +38,38 @@ pub struct Readiness {
         (name = "webhooks"),
     )
 )]
-pub struct ApiDoc;
+struct ApiDoc;
+
+/// The document before any operation is added: info, tags and the schemas
+/// no operation names (the SSE events' data).
+pub fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Completes a document whose operations are all in: the `bearer` scheme,
+/// the shared problem+json answers of every operation, and wildcard path
+/// segments written as OpenAPI parameters.
+pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    ProblemResponses.modify(&mut doc);
+    // The executor settings are variants of the `kind`-tagged
+    // `ExecutorConfig`: their schemas are combined with `kind` (`allOf`), so
+    // the `additionalProperties: false` their `deny_unknown_fields` implies
+    // would refuse `kind` itself. The server still refuses unknown fields.
+    if let Some(components) = doc.components.as_mut() {
+        for name in ["LocalSettings", "KubernetesSettings"] {
+            if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(name) {
+                o.additional_properties = None;
+            }
+        }
+    }
+    // axum's catch-all `{*path}` is the parameter `{path}` in OpenAPI.
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    doc
+}
 
 /// Adds the `bearer` scheme, and the problem+json error answers to every
 /// operation (401/403 only where a key is required).
@@ -335,26 +130,6 @@ fn add_problems(op: &mut Operation) {
             .entry(code.to_owned())
             .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Problem")));
     }
-}
-
-/// The document, built once.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(ApiDoc::openapi)
-}
-
-/// `GET /openapi.json`: this API's OpenAPI 3.1 document.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "system",
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
-)]
-pub async fn openapi_json() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string(document()).unwrap_or_default(),
-    )
 }
 
 /// The policy of every `/docs` answer: Swagger UI's own files only (its

@@ -14,9 +14,18 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::access::load_visible_project as load_visible;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Auth, Json, Path, Query, cursor, page_limit};
-use super::projects::load_visible;
+use super::extract::{Auth, Json, Path, Query};
+use super::page::{Page, PageQuery};
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(set, get, delete))
+}
 
 /// Body of `PUT /v1/projects/{name}/secrets/{secret}`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -27,25 +36,27 @@ pub struct SetSecret {
     value: String,
 }
 
-/// Query of `GET /v1/projects/{name}/secrets`.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size, 1-200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 fn checked_name(secret: &str) -> ApiResult<()> {
     validate_secret_name(secret).map_err(|m| ApiError::Validation(vec![FieldError::new("name", m)]))
 }
 
 /// `PUT /v1/projects/{name}/secrets/{secret}`: sets the value; every set is
 /// a new version. Commands that start afterwards get the new value.
-#[utoipa::path(put, path = "/v1/projects/{name}/secrets/{secret}", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("secret" = String, Path, description = "Secret name (an environment variable name)")), request_body = SetSecret, responses((status = 200, description = "A new version of an existing secret (scope `secrets:manage`)", body = SecretMeta), (status = 201, description = "Created (scope `secrets:manage`)", body = SecretMeta)))]
+#[utoipa::path(
+    put,
+    path = "/projects/{name}/secrets/{secret}",
+    tag = "secrets",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ("secret" = String, Path, description = "Secret name (an environment variable name)"),
+    ),
+    request_body = SetSecret,
+    responses(
+        (status = 200, description = "A new version of an existing secret (scope `secrets:manage`)", body = SecretMeta),
+        (status = 201, description = "Created (scope `secrets:manage`)", body = SecretMeta),
+    ),
+)]
 pub async fn set(
     State(st): State<AppState>,
     auth: Auth,
@@ -103,31 +114,47 @@ pub async fn set(
 
 /// `GET /v1/projects/{name}/secrets`: names, versions, who set them and
 /// when; never values.
-#[utoipa::path(get, path = "/v1/projects/{name}/secrets", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ListQuery), responses((status = 200, description = "A page of secrets, by name (scope `secrets:manage`)", body = crate::http::openapi::SecretPage)))]
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/secrets",
+    tag = "secrets",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of secrets, by name (scope `secrets:manage`)", body = Page<SecretMeta>),
+    ),
+)]
 pub async fn list(
     State(st): State<AppState>,
     auth: Auth,
     Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<impl IntoResponse> {
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Page<SecretMeta>> {
     auth.require(Scope::SecretsManage)?;
-    let limit = page_limit(q.limit)?;
-    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let (limit, after) = q.parse::<String>()?;
     let project = load_visible(&st, &auth, &name).await?;
     let client = st.pool.get().await?;
     let items = secrets::list(&client, project.id, after.as_deref(), limit).await?;
-    let next_cursor = if items.len() as i64 == limit {
-        items.last().map(|s| cursor::encode(&s.name))
-    } else {
-        None
-    };
-    Ok(axum::Json(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(Page::new(items, limit, |s| s.name.clone()))
 }
 
 /// `GET /v1/projects/{name}/secrets/{secret}`: one secret's metadata.
-#[utoipa::path(get, path = "/v1/projects/{name}/secrets/{secret}", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("secret" = String, Path, description = "Secret name")), responses((status = 200, description = "The secret's metadata, never its value (scope `secrets:manage`)", body = SecretMeta)))]
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/secrets/{secret}",
+    tag = "secrets",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ("secret" = String, Path, description = "Secret name"),
+    ),
+    responses(
+        (status = 200, description = "The secret's metadata, never its value (scope `secrets:manage`)", body = SecretMeta),
+    ),
+)]
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
@@ -145,7 +172,19 @@ pub async fn get(
 
 /// `DELETE /v1/projects/{name}/secrets/{secret}`: erases the value. Queued
 /// commands that name it fail when they start.
-#[utoipa::path(delete, path = "/v1/projects/{name}/secrets/{secret}", tag = "secrets", security(("bearer" = [])), params(("name" = String, Path, description = "Project name"), ("secret" = String, Path, description = "Secret name")), responses((status = 204, description = "Deleted (scope `secrets:manage`)")))]
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/secrets/{secret}",
+    tag = "secrets",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Project name"),
+        ("secret" = String, Path, description = "Secret name"),
+    ),
+    responses(
+        (status = 204, description = "Deleted (scope `secrets:manage`)"),
+    ),
+)]
 pub async fn delete(
     State(st): State<AppState>,
     auth: Auth,

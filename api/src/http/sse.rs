@@ -24,11 +24,17 @@ use rdev_shared::mq::OutputEvent;
 use uuid::Uuid;
 
 use super::AppState;
-use super::commands::load_visible_command;
+use super::access::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
+use crate::admission::{Refusal, Slot};
 use crate::frames;
-use crate::limits::{Refusal, SseSlot};
+
+/// The routes of this module (under `/v1`).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new().routes(routes!(events))
+}
 
 /// Chunks read from PostgreSQL per page: at most 2 × 64 KiB held per
 /// connection while catching up.
@@ -138,7 +144,19 @@ async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
 }
 
 /// `GET /v1/commands/{id}/events`
-#[utoipa::path(get, path = "/v1/commands/{id}/events", tag = "commands", security(("bearer" = [])), params(("id" = String, Path, description = "Command id (uuid)"), ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output `seq`")), responses((status = 200, description = "A `text/event-stream` (scope `commands:read`). Events: `status` (data: a Command, sent first and on each status change), `output` (id: seq; data: OutputEventData), `gap` (data: GapEventData; chunks cut by truncation), `end` (data: the final Command; the stream then closes), `reconnect` (this instance is shutting down; reconnect with `Last-Event-ID`). Stored output is replayed first, then live output, without gaps or duplicates.", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(
+    get,
+    path = "/commands/{id}/events",
+    tag = "commands",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Command id (uuid)"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output `seq`"),
+    ),
+    responses(
+        (status = 200, description = "A `text/event-stream` (scope `commands:read`). Events: `status` (data: a Command, sent first and on each status change), `output` (id: seq; data: OutputEventData), `gap` (data: GapEventData; chunks cut by truncation), `end` (data: the final Command; the stream then closes), `reconnect` (this instance is shutting down; reconnect with `Last-Event-ID`). Stored output is replayed first, then live output, without gaps or duplicates.", content_type = "text/event-stream", body = String),
+    ),
+)]
 pub async fn events(
     State(st): State<AppState>,
     auth: Auth,
@@ -185,7 +203,7 @@ fn event_stream(
     st: AppState,
     cmd: Command,
     after: i64,
-    slot: SseSlot,
+    slot: Slot,
     watch: KeyWatch,
     mut key_changes: tokio::sync::broadcast::Receiver<Uuid>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {

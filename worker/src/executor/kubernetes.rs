@@ -58,7 +58,7 @@ use prometheus::IntGauge;
 use rdev_shared::breaker::{Breaker, BreakerConfig, BreakerState};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{
-    CommandSpec, ExecutorConfig, KubernetesExecutor as KubeProject, OutputStream, validate_env_name,
+    CommandSpec, ExecutorConfig, KubernetesSettings as KubeProject, OutputStream, validate_env_name,
 };
 use rdev_shared::interactive::{Input, InputSignal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(tail(b"a\x80\x80\x80"), 0);
     }
 
-    use rdev_shared::domain::KubernetesExecutor as KubeProject;
+    use rdev_shared::domain::KubernetesSettings as KubeProject;
 
     use super::*;
 

@@ -4,7 +4,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
-use rdev_shared::domain::LocalExecutor as LocalSettings;
+use rdev_shared::domain::LocalSettings;
 use tokio::sync::mpsc;
 
 use super::*;

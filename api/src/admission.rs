@@ -1,5 +1,6 @@
-//! Admission of SSE connections: a cap per instance and per API key, with a
-//! guard that gives the slot back (and lowers `sse_connections_active`) when
+//! Admission of long-lived connections (SSE event streams, WebSocket
+//! attaches, and `/output` downloads, each with its own [`Admission`]): a
+//! cap per instance and per API key, with a guard that gives the slot back (and lowers `sse_connections_active`) when
 //! the connection ends, however it ends. No code path can leak a slot: the
 //! only way to release is dropping the guard.
 
@@ -26,7 +27,7 @@ struct Counts {
 
 /// Counts SSE connections of this instance.
 #[derive(Debug)]
-pub struct SseLimiter {
+pub struct Admission {
     max_total: usize,
     max_per_key: usize,
     counts: Mutex<Counts>,
@@ -35,12 +36,12 @@ pub struct SseLimiter {
 
 /// One admitted connection; dropping it releases the slot.
 #[derive(Debug)]
-pub struct SseSlot {
-    limiter: Arc<SseLimiter>,
+pub struct Slot {
+    limiter: Arc<Admission>,
     key: Uuid,
 }
 
-impl SseLimiter {
+impl Admission {
     /// A limiter with both caps, reporting to `gauge`.
     pub fn new(max_total: usize, max_per_key: usize, gauge: IntGauge) -> Arc<Self> {
         Arc::new(Self {
@@ -52,7 +53,7 @@ impl SseLimiter {
     }
 
     /// Admits a connection for `key`, or says which cap is reached.
-    pub fn admit(self: &Arc<Self>, key: Uuid) -> Result<SseSlot, Refusal> {
+    pub fn admit(self: &Arc<Self>, key: Uuid) -> Result<Slot, Refusal> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if c.total >= self.max_total {
             return Err(Refusal::Instance(self.max_total));
@@ -64,7 +65,7 @@ impl SseLimiter {
         *n += 1;
         c.total += 1;
         self.gauge.inc();
-        Ok(SseSlot {
+        Ok(Slot {
             limiter: self.clone(),
             key,
         })
@@ -76,7 +77,7 @@ impl SseLimiter {
     }
 }
 
-impl Drop for SseSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self
             .limiter
@@ -101,7 +102,7 @@ mod tests {
     #[test]
     fn caps_apply_per_key_and_per_instance_and_slots_return() {
         let gauge = IntGauge::new("g", "g").expect("gauge");
-        let l = SseLimiter::new(3, 2, gauge.clone());
+        let l = Admission::new(3, 2, gauge.clone());
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let a1 = l.admit(a).expect("a1");
         let _a2 = l.admit(a).expect("a2");
