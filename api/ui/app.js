@@ -321,7 +321,11 @@
       a.classList.toggle('current', a.dataset.section === section);
     }
     const ctx = { main, signal: view.abort.signal, params };
-    if (section === 'projects' && parts[1]) projectPage(ctx, parts[1]);
+    if (section === 'projects' && parts[2] === 'secrets') {
+      import('./secrets.js').then((m) => m.secretsPage(ctx, parts[1], {
+        h, api, enc, clear, query, showProblem, timeCell, pagedTable, can, needs,
+      }));
+    } else if (section === 'projects' && parts[1]) projectPage(ctx, parts[1]);
     else if (section === 'projects') projectsPage(ctx);
     else if (section === 'commands' && parts[1]) commandPage(ctx, parts[1]);
     else if (section === 'webhooks' && parts[1]) webhookPage(ctx, parts[1]);
@@ -490,6 +494,7 @@
     main.append(
       h('div', { class: 'crumbs' }, h('a', { href: '#/projects' }, 'Projects'), ' / ', name),
       h('h1', null, name), info,
+      can('secrets:manage') ? h('p', null, h('a', { id: 'secrets-link', href: `#/projects/${enc(name)}/secrets` }, 'Secrets')) : null,
       h('div', { class: 'panel' }, h('h2', null, 'Run a command'), form, runResult),
       h('h2', null, 'Commands'),
       h('div', { class: 'actions' }, h('label', null, 'Status', status), refresh),

@@ -3,7 +3,7 @@
 //! Layers, bottom up (a module only uses modules above it in this list):
 //! [`config`], [`secret`], [`crypto`] and [`redact`] → [`containment`], [`interactive`] → [`domain`], [`policy`], [`ratelimit`],
 //! [`webhook`], [`webhook_sign`] and [`netguard`] → [`db`] and [`mq`] (adapters) →
-//! [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
+//! [`kube`] (feature `kube`) → [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
 
 pub mod breaker;
 pub mod cache;
@@ -13,6 +13,8 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod interactive;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod metrics;
 pub mod mq;
 pub mod netguard;

@@ -66,6 +66,8 @@ pub struct AppState {
     /// Turns `true` when the server shuts down: SSE streams then close with
     /// a `retry:` hint so clients reconnect to another instance.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Exec sessions into the pods of Kubernetes projects (files API).
+    pub pod_files: Arc<crate::pod_files::PodFiles>,
 }
 
 /// The whole application, without a socket (tests can `oneshot` it).

@@ -57,6 +57,10 @@ pub struct ProjectView {
     /// Seconds their stored output is kept (null: the server's
     /// `RDEV_OUTPUT_RETENTION`, 30 days by default).
     output_retention_s: Option<i64>,
+    /// Largest file (or sum of an archive's files) one upload through the
+    /// files API may write (null: the server's `RDEV_FILES_MAX_BYTES`, which
+    /// also caps it).
+    max_file_bytes: Option<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -77,6 +81,7 @@ impl From<Project> for ProjectView {
             allowed_secrets: p.allowed_secrets,
             command_retention_s: p.command_retention_s,
             output_retention_s: p.output_retention_s,
+            max_file_bytes: p.max_file_bytes,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -112,6 +117,9 @@ pub struct CreateProject {
     command_retention_s: Option<i64>,
     /// Seconds their stored output is kept (default: the server's).
     output_retention_s: Option<i64>,
+    /// Largest upload through the files API, at most the server's
+    /// `RDEV_FILES_MAX_BYTES` (default: that). Takes `projects:admin`.
+    max_file_bytes: Option<i64>,
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
@@ -138,6 +146,9 @@ pub struct UpdateProject {
     command_retention_s: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     output_retention_s: Option<Option<i64>>,
+    /// `null` returns to the server's cap. Takes `projects:admin`.
+    #[serde(default, deserialize_with = "nullable")]
+    max_file_bytes: Option<Option<i64>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -161,6 +172,7 @@ struct Fields<'a> {
     allowed_secrets: Option<&'a [String]>,
     command_retention_s: Option<i64>,
     output_retention_s: Option<i64>,
+    max_file_bytes: Option<i64>,
 }
 
 /// What contains a project's commands: set only with `projects:admin`.
@@ -171,6 +183,7 @@ struct Containment<'a> {
     network: NetworkMode,
     limits: ResourceLimits,
     allowed_secrets: Option<&'a [String]>,
+    max_file_bytes: Option<i64>,
 }
 
 impl<'a> Containment<'a> {
@@ -182,6 +195,7 @@ impl<'a> Containment<'a> {
             network: NetworkMode::Host,
             limits: ResourceLimits::default(),
             allowed_secrets: None,
+            max_file_bytes: None,
         }
     }
 
@@ -192,6 +206,7 @@ impl<'a> Containment<'a> {
             network: p.network,
             limits: p.limits,
             allowed_secrets: p.allowed_secrets.as_deref(),
+            max_file_bytes: p.max_file_bytes,
         }
     }
 
@@ -210,6 +225,7 @@ impl<'a> Containment<'a> {
             network: network.unwrap_or(self.network),
             limits: limits.copied().unwrap_or(self.limits),
             allowed_secrets: allowed_secrets.unwrap_or(self.allowed_secrets),
+            max_file_bytes: self.max_file_bytes,
         }
     }
 
@@ -239,8 +255,8 @@ fn require_containment_scope(
         return Err(auth.deny(
             "scope",
             json!({ "scope": Scope::ProjectsAdmin.as_str() }),
-            "setting a project's executor, allowed_commands, allowed_secrets, limits or network \
-             takes the `projects:admin` scope"
+            "setting a project's executor, allowed_commands, allowed_secrets, limits, network \
+             or max_file_bytes takes the `projects:admin` scope"
                 .into(),
         ));
     }
@@ -270,7 +286,15 @@ fn check_common(
         allowed_secrets,
         command_retention_s,
         output_retention_s,
+        max_file_bytes,
     } = *f;
+    let files_max = i64::try_from(st.cfg.files_max_bytes).unwrap_or(i64::MAX);
+    if max_file_bytes.is_some_and(|n| !(1..=files_max).contains(&n)) {
+        errors.push(FieldError::new(
+            "max_file_bytes",
+            format!("must be 1-{files_max} bytes (the server's RDEV_FILES_MAX_BYTES)"),
+        ));
+    }
     for (field, v) in [
         ("command_retention_s", command_retention_s),
         ("output_retention_s", output_retention_s),
@@ -398,6 +422,7 @@ pub async fn create(
         allowed_secrets: body.allowed_secrets.as_deref(),
         command_retention_s: body.command_retention_s,
         output_retention_s: body.output_retention_s,
+        max_file_bytes: body.max_file_bytes,
     };
     let requested = Containment::default_for().with(
         body.executor.as_ref(),
@@ -406,6 +431,10 @@ pub async fn create(
         body.limits.as_ref(),
         Some(body.allowed_secrets.as_deref()),
     );
+    let requested = Containment {
+        max_file_bytes: body.max_file_bytes,
+        ..requested
+    };
     require_containment_scope(&auth, &body.name, Containment::default_for(), requested)?;
     let mut errors = Vec::new();
     if let Err(m) = validate_project_name(&body.name) {
@@ -441,6 +470,7 @@ pub async fn create(
         allowed_secrets: body.allowed_secrets,
         command_retention_s: body.command_retention_s,
         output_retention_s: body.output_retention_s,
+        max_file_bytes: body.max_file_bytes,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
@@ -553,6 +583,7 @@ pub async fn update(
         allowed_secrets: body.allowed_secrets.as_ref().and_then(|a| a.as_deref()),
         command_retention_s: body.command_retention_s.flatten(),
         output_retention_s: body.output_retention_s.flatten(),
+        max_file_bytes: body.max_file_bytes.flatten(),
     };
     let requested = Containment::of(&project).with(
         body.executor.as_ref(),
@@ -561,6 +592,10 @@ pub async fn update(
         body.limits.as_ref(),
         body.allowed_secrets.as_ref().map(|a| a.as_deref()),
     );
+    let requested = Containment {
+        max_file_bytes: body.max_file_bytes.unwrap_or(project.max_file_bytes),
+        ..requested
+    };
     require_containment_scope(&auth, &project.name, Containment::of(&project), requested)?;
     let resulting = body.executor.as_ref().unwrap_or(&project.executor);
     let has_policy = match &body.allowed_commands {
@@ -585,6 +620,7 @@ pub async fn update(
         allowed_secrets: body.allowed_secrets,
         command_retention_s: body.command_retention_s,
         output_retention_s: body.output_retention_s,
+        max_file_bytes: body.max_file_bytes,
     };
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;

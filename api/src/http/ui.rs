@@ -75,6 +75,7 @@ const fn hex_etag(h: u64) -> [u8; 18] {
 
 static INDEX: Asset = asset!("index.html", "text/html; charset=utf-8");
 static SCRIPT: Asset = asset!("app.js", "text/javascript; charset=utf-8");
+static SECRETS: Asset = asset!("secrets.js", "text/javascript; charset=utf-8");
 static STYLE: Asset = asset!("app.css", "text/css; charset=utf-8");
 static ICON: Asset = asset!("icon.svg", "image/svg+xml");
 
@@ -84,6 +85,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui", file(&INDEX))
         .route("/ui/", file(&INDEX))
         .route("/ui/app.js", file(&SCRIPT))
+        .route("/ui/secrets.js", file(&SECRETS))
         .route("/ui/app.css", file(&STYLE))
         .route("/ui/icon.svg", file(&ICON))
         .layer(middleware::from_fn(security_headers))
@@ -177,6 +179,7 @@ mod tests {
             ("/ui", "text/html"),
             ("/ui/", "text/html"),
             ("/ui/app.js", "text/javascript"),
+            ("/ui/secrets.js", "text/javascript"),
             ("/ui/app.css", "text/css"),
             ("/ui/icon.svg", "image/svg+xml"),
         ] {
