@@ -141,11 +141,11 @@ tar -cf - .
 /// place.
 const TAR_IN: &str = r#"chk "$2" mk
 if [ -n "$2" ]; then cd "./$2" || exit 12; fi
-x=.rdev-extract-$$
-mkdir "./$x" || exit 1
-trap 'rm -rf "./$x"' EXIT
-head -c "$3" | (cd "./$x" && tar -xof -) || exit 17
-cd "./$x" || exit 1
+x=$PWD/.rdev-extract-$$
+mkdir "$x" || exit 1
+trap 'rm -rf "$x"' EXIT
+head -c "$3" | (cd "$x" && tar -xof -) || exit 17
+cd "$x" || exit 1
 find . ! -name . | while IFS= read -r p; do
   q=../${p#./}
   [ -L "$q" ] && exit 10

@@ -264,7 +264,7 @@ async fn pod_files_round_trip_byte_exact_with_ranges_listings_and_deletes() {
 
 #[tokio::test]
 async fn pod_paths_through_symlinks_or_special_files_are_refused_without_writing() {
-    let (app, _fake, workdir, _conf) = app_with_pods("v5.channel.k8s.io").await;
+    let (app, fake, workdir, _conf) = app_with_pods("v5.channel.k8s.io").await;
     let outside = temp("outside");
     std::fs::write(outside.0.join("secret.txt"), b"secret").expect("secret");
     std::os::unix::fs::symlink(&outside.0, workdir.0.join("link")).expect("symlink");
@@ -286,12 +286,28 @@ async fn pod_paths_through_symlinks_or_special_files_are_refused_without_writing
     app.get("/v1/projects/pod/files/link?list")
         .await
         .assert_problem(422);
-    // `..` and absolute paths never reach the pod.
-    for path in ["a/%2E%2E/%2E%2E/etc/passwd", "%2Fetc%2Fpasswd"] {
+    // `..` and absolute paths never reach the pod (`%2F` keeps the client
+    // from normalizing the dots away).
+    let execs = fake.state.execs.lock().expect("execs").len();
+    for path in [
+        "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "a%2F%2e%2e%2F%2e%2e%2Fx",
+        "%2Fetc%2Fpasswd",
+    ] {
         app.get(&format!("/v1/projects/pod/files/{path}"))
             .await
             .assert_problem(422);
+        let r = app
+            .send(
+                app.http
+                    .put(app.url(&format!("/v1/projects/pod/files/{path}")))
+                    .bearer_auth(&app.admin_key)
+                    .body("evil"),
+            )
+            .await;
+        r.assert_problem(422);
     }
+    assert_eq!(fake.state.execs.lock().expect("execs").len(), execs);
     // Deleting a symlink removes the link, never its target.
     let r = app
         .request(
