@@ -508,6 +508,26 @@ mod tests {
     }
 
     #[test]
+    fn uploads_belong_to_the_sandbox_user_when_the_api_is_root() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_eq!(sandbox_owner(Some("1234:5678")), None);
+            return;
+        }
+        assert_eq!(sandbox_owner(Some("1234:5678")), Some((1234, 5678)));
+        assert_eq!(sandbox_owner(Some("4321")), Some((4321, 4321)));
+        assert_eq!(sandbox_owner(Some("0:0")), None, "never root");
+        assert_eq!(sandbox_owner(Some("no-such-user-here")), None);
+        let t = temp();
+        let proj = project_dir(&t.0, "p", Some((1234, 5678))).expect("project");
+        let (up, _f) = Upload::start(&proj, "d/f.txt").expect("start");
+        up.commit().expect("commit");
+        for path in ["p", "p/d", "p/d/f.txt"] {
+            let st = nix::sys::stat::stat(&t.0.join(path)).expect("stat");
+            assert_eq!((st.st_uid, st.st_gid), (1234, 5678), "{path}");
+        }
+    }
+
+    #[test]
     fn symlinks_and_dot_dot_are_refused_by_the_kernel() {
         let t = temp();
         let outside = temp();
