@@ -237,3 +237,90 @@ pub fn build(project: &OwnedFd, dir: &str, out: ChannelWriter) -> Result<(), Fil
     out.flush()?;
     Ok(())
 }
+
+/// Copies a checked archive (see [`check`]) into `out` as a plain tar of
+/// its directories and regular files only, with validated relative names
+/// and modes reduced to 0755/0644: what a pod's `tar` extracts is exactly
+/// what was checked (no PAX or GNU extension it might interpret otherwise).
+/// Names with a newline are refused (the pod's script reads names by line).
+pub fn normalize(staged: &mut File, out: &mut File) -> Result<Extracted, FilesError> {
+    let mut done = Extracted::default();
+    let mut archive = tar::Archive::new(reader(staged)?);
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(PIECE, &mut *out));
+    builder.mode(tar::HeaderMode::Deterministic);
+    for entry in archive.entries().map_err(bad_archive)? {
+        let entry = entry.map_err(bad_archive)?;
+        let Some(rel) = entry_path(&entry.path_bytes())? else {
+            continue;
+        };
+        if rel.contains('\n') {
+            return Err(FilesError::InvalidPath(format!(
+                "entry `{}`: names with a newline cannot be extracted in a pod",
+                rel.escape_debug()
+            )));
+        }
+        let mut h = tar::Header::new_gnu();
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            builder.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+            done.dirs += 1;
+            continue;
+        }
+        let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
+        let size = entry.size();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(if executable { 0o755 } else { 0o644 });
+        h.set_size(size);
+        h.set_mtime(entry.header().mtime().unwrap_or(0));
+        builder.append_data(&mut h, &rel, entry.take(size))?;
+        done.files += 1;
+        done.bytes += size;
+    }
+    builder.into_inner()?.flush()?;
+    Ok(done)
+}
+
+/// Turns the plain tar a pod's `tar -cf - .` writes (read from `pod`) into
+/// the tar.gz [`build`] makes of a local directory: directories and regular
+/// files by their relative names, everything else (symlinks, hard links,
+/// special files, rdev's temporary files) left out.
+pub fn repack(pod: impl Read, out: ChannelWriter) -> Result<(), FilesError> {
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut archive = tar::Archive::new(pod);
+    for entry in archive.entries().map_err(bad_archive)? {
+        let entry = entry.map_err(bad_archive)?;
+        let Ok(Some(rel)) = entry_path(&entry.path_bytes()) else {
+            continue;
+        };
+        let base = rel.rsplit('/').next().unwrap_or_default();
+        if base.starts_with(".rdev-upload-") || base.starts_with(".rdev-extract-") {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                tar.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(entry.header().mode().unwrap_or(0o644) & 0o777);
+                h.set_size(size);
+                h.set_mtime(entry.header().mtime().unwrap_or(0));
+                tar.append_data(&mut h, &rel, entry.take(size))?;
+            }
+            _ => {}
+        }
+    }
+    let gz = tar.into_inner()?;
+    let mut out = gz.finish()?;
+    out.flush()?;
+    Ok(())
+}

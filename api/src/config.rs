@@ -111,6 +111,17 @@ pub struct ApiConfig {
     /// (uploads have no whole-body deadline, only this one).
     #[arg(long, env = "RDEV_FILES_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub files_idle_timeout: Duration,
+    /// Kubeconfig for the files of Kubernetes projects (exec into their
+    /// pods). Unset: in-cluster configuration in a pod, else `KUBECONFIG` /
+    /// `~/.kube/config`; the client is made on first use only.
+    #[arg(long, env = "RDEV_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The user local commands run as (the workers' `RDEV_SANDBOX_USER`: a
+    /// name or `uid[:gid]`; default `rdev-run`, else `nobody`). An API
+    /// running as root gives new project directories to it, so files
+    /// uploaded before the first command are the commands' to change.
+    #[arg(long, env = "RDEV_SANDBOX_USER")]
+    pub sandbox_user: Option<String>,
 }
 
 impl ApiConfig {
@@ -152,6 +163,8 @@ impl ApiConfig {
             workspace_root: None,
             files_max_bytes: 4 << 30,
             files_idle_timeout: Duration::from_secs(30),
+            kubeconfig: None,
+            sandbox_user: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod frames;
 pub mod http;
 pub mod hub;
 pub mod keycache;
+pub mod pod_files;
 pub mod policies;
 pub mod serve;
 pub mod workspace;
@@ -150,6 +151,16 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
         projects,
         policies: policies::PolicyCache::new(),
         topology: Topology::new(cfg.amqp.prefix.clone()),
+        pod_files: Arc::new(pod_files::PodFiles::from_settings(
+            rdev_shared::kube::KubeClientSettings {
+                pod_cache_ttl: std::time::Duration::from_secs(5),
+                api_timeout: std::time::Duration::from_secs(15),
+                breaker: rdev_shared::breaker::BreakerConfig::default(),
+                identity: rdev_shared::kube::Identity::API,
+                kubeconfig: cfg.kubeconfig.clone(),
+            },
+            cfg.files_idle_timeout,
+        )),
         cfg: Arc::new(cfg),
         shutdown,
     }

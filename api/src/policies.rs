@@ -67,6 +67,7 @@ mod tests {
             allowed_secrets: None,
             command_retention_s: None,
             output_retention_s: None,
+            max_file_bytes: None,
             created_at: updated_at,
             updated_at,
         }

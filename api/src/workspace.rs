@@ -48,6 +48,13 @@ pub enum FilesError {
     /// The upload is larger than allowed.
     #[error("the file is larger than {0} bytes")]
     TooLarge(u64),
+    /// The project's pod cannot do it now (Kubernetes projects: no ready
+    /// pod, RBAC, a tool missing in the container…); says what to fix.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Reading the request body failed (timed out: `TimedOut`).
+    #[error("reading the body: {0}")]
+    Body(std::io::Error),
     /// Anything else (I/O).
     #[error("file system: {0}")]
     Io(#[from] std::io::Error),
@@ -106,11 +113,55 @@ pub fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlag) -> Result<OwnedFd, 
 }
 
 /// A project's directory, opened (and created, with its parents, when
-/// missing) beneath the workspace root.
-pub fn project_dir(root: &Path, rel: &str) -> Result<OwnedFd, FilesError> {
+/// missing) beneath the workspace root. When this process is root and the
+/// directory belongs to root, it is given to `owner` (the user commands run
+/// as), as a worker does before each command: files uploaded before the
+/// first command are then the commands' to change, since every file and
+/// directory the API creates belongs to the project directory's owner.
+pub fn project_dir(
+    root: &Path,
+    rel: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<OwnedFd, FilesError> {
     std::fs::create_dir_all(root)?;
     let root_fd: OwnedFd = File::open(root)?.into();
-    ensure_dirs(&root_fd, rel)
+    let dir = ensure_dirs(&root_fd, rel)?;
+    if let Some((uid, gid)) = owner
+        && nix::unistd::geteuid().is_root()
+        && fstat(dir.as_fd())?.st_uid == 0
+    {
+        nix::unistd::fchown(
+            dir.as_fd(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )?;
+    }
+    Ok(dir)
+}
+
+/// The user commands run as, when this process is root (else `None`: files
+/// are this process's): `spec` (`RDEV_SANDBOX_USER`, a name or
+/// `uid[:gid]`), by default `rdev-run` when it exists, else `nobody`: the
+/// worker's rule. A root user is never returned.
+pub fn sandbox_owner(spec: Option<&str>) -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let by_name = |n: &str| {
+        nix::unistd::User::from_name(n)
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    };
+    let owner = match spec.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) if s.starts_with(|c: char| c.is_ascii_digit()) => {
+            let (u, g) = s.split_once(':').unwrap_or((s, s));
+            Some((u.parse().ok()?, g.parse().ok()?))
+        }
+        Some(name) => by_name(name),
+        None => by_name("rdev-run").or_else(|| by_name("nobody")),
+    };
+    owner.filter(|(u, g)| *u != 0 && *g != 0)
 }
 
 /// Opens the directory `rel` beneath `dir`, creating missing components
@@ -457,11 +508,31 @@ mod tests {
     }
 
     #[test]
+    fn uploads_belong_to_the_sandbox_user_when_the_api_is_root() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_eq!(sandbox_owner(Some("1234:5678")), None);
+            return;
+        }
+        assert_eq!(sandbox_owner(Some("1234:5678")), Some((1234, 5678)));
+        assert_eq!(sandbox_owner(Some("4321")), Some((4321, 4321)));
+        assert_eq!(sandbox_owner(Some("0:0")), None, "never root");
+        assert_eq!(sandbox_owner(Some("no-such-user-here")), None);
+        let t = temp();
+        let proj = project_dir(&t.0, "p", Some((1234, 5678))).expect("project");
+        let (up, _f) = Upload::start(&proj, "d/f.txt").expect("start");
+        up.commit().expect("commit");
+        for path in ["p", "p/d", "p/d/f.txt"] {
+            let st = nix::sys::stat::stat(&t.0.join(path)).expect("stat");
+            assert_eq!((st.st_uid, st.st_gid), (1234, 5678), "{path}");
+        }
+    }
+
+    #[test]
     fn symlinks_and_dot_dot_are_refused_by_the_kernel() {
         let t = temp();
         let outside = temp();
         std::fs::write(outside.0.join("secret"), b"x").expect("write");
-        let proj = project_dir(&t.0, "p").expect("project");
+        let proj = project_dir(&t.0, "p", None).expect("project");
         std::os::unix::fs::symlink(&outside.0, t.0.join("p/link")).expect("symlink");
         std::os::unix::fs::symlink("../..", t.0.join("p/up")).expect("symlink");
         for path in ["link/secret", "up/etc/passwd", "link", "../p"] {
@@ -480,7 +551,7 @@ mod tests {
     fn uploads_appear_whole_and_special_files_are_refused() {
         use std::io::Write;
         let t = temp();
-        let proj = project_dir(&t.0, "p").expect("project");
+        let proj = project_dir(&t.0, "p", None).expect("project");
         let (up, mut f) = Upload::start(&proj, "d/e/f.bin").expect("start");
         f.write_all(b"hello").expect("write");
         assert!(!t.0.join("p/d/e/f.bin").exists(), "not before commit");

@@ -15,6 +15,7 @@ import { commandPage } from './command.js';
 import { $, clear, h } from './dom.js';
 import { parseHash } from './nav.js';
 import { projectPage, projectsPage } from './projects.js';
+import { secretsPage } from './secrets.js';
 import { webhookPage, webhooksPage } from './webhooks.js';
 import { problemBox, showProblem } from './widgets.js';
 
@@ -40,7 +41,8 @@ function render(message) {
     a.classList.toggle('current', a.dataset.section === section);
   }
   const ctx = { main, signal: view.abort.signal, params };
-  if (section === 'projects' && parts[1]) projectPage(ctx, parts[1]);
+  if (section === 'projects' && parts[2] === 'secrets') secretsPage(ctx, parts[1]);
+  else if (section === 'projects' && parts[1]) projectPage(ctx, parts[1]);
   else if (section === 'projects') projectsPage(ctx);
   else if (section === 'commands' && parts[1]) commandPage(ctx, parts[1]);
   else if (section === 'webhooks' && parts[1]) webhookPage(ctx, parts[1]);

@@ -103,6 +103,7 @@ export function projectPage(ctx, name) {
   main.append(
     h('div', { class: 'crumbs' }, h('a', { href: '#/projects' }, 'Projects'), ' / ', name),
     h('h1', null, name), info,
+    can('secrets:manage') ? h('p', null, h('a', { id: 'secrets-link', href: `#/projects/${enc(name)}/secrets` }, 'Secrets')) : null,
     h('div', { class: 'panel' }, h('h2', null, 'Run a command'), form, runResult),
     h('h2', null, 'Commands'),
     h('div', { class: 'actions' }, h('label', null, 'Status', status), refresh),

@@ -127,6 +127,7 @@ async fn start_with(opts: Opts) -> System {
             allowed_secrets: None,
             command_retention_s: None,
             output_retention_s: None,
+            max_file_bytes: None,
         },
     )
     .await

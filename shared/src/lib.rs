@@ -3,7 +3,8 @@
 //! Layers, bottom up (a module only uses modules above it in this list):
 //! [`config`], [`secret`], [`crypto`], [`redact`], [`lifecycle`] and [`readiness`] → [`containment`], [`interactive`] → [`domain`], [`policy`], [`ratelimit`],
 //! [`webhook`], [`webhook_sign`] and [`netguard`] → [`mq`] → [`db`] (adapters; the outbox stores
-//! [`mq::OutgoingMessage`]s) → [`relay`] (services) → [`telemetry`]. No HTTP handlers live here.
+//! [`mq::OutgoingMessage`]s) → `kube` (feature `kube`) → [`relay`] (services) → [`telemetry`].
+//! No HTTP handlers live here. `tests/layering.rs` checks the order.
 
 pub mod breaker;
 pub mod cache;
@@ -13,6 +14,8 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod interactive;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mq;

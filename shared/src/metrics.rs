@@ -8,8 +8,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::db::Pool;
 use crate::domain::CommandStatus;
+use deadpool_postgres::Pool;
 
 /// Buckets for request and delivery latencies, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[

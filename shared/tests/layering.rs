@@ -24,20 +24,24 @@ const LAYERS: &[&str] = &[
     "redact",
     "interactive",
     "netguard",
+    "lifecycle",
+    "readiness",
     // Built on the leaves.
     "telemetry",
     "crypto",
     "containment",
     "domain",
-    "validate",
     "policy",
     "ratelimit",
     "webhook",
     "webhook_sign",
-    // I/O: PostgreSQL, then RabbitMQ on top of it.
-    "db",
     "metrics",
+    // Adapters: RabbitMQ (messages and topology), PostgreSQL (whose outbox
+    // stores the messages), Kubernetes (feature `kube`).
     "mq",
+    "db",
+    "kube",
+    // Services over the adapters.
     "relay",
     // Tests only (feature `test-support`).
     "test_support",

@@ -390,7 +390,37 @@ fn check_base(objs: &[Value]) {
             .service_account_name
             .as_deref()
             .expect("service account");
-        if name == "rdev-worker" {
+        // The API mounts RDEV_WORKSPACE_ROOT (files: staging) and its token
+        // (files of kubernetes projects: exec into their pods).
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        if name == "rdev-api" || name == "rdev-worker" {
+            let root = config
+                .get("RDEV_WORKSPACE_ROOT")
+                .expect("RDEV_WORKSPACE_ROOT");
+            let m = mounts
+                .iter()
+                .find(|m| &m.mount_path == root)
+                .unwrap_or_else(|| panic!("{name} mounts {root}"));
+            assert_ne!(m.read_only, Some(true), "{name}: writable {root}");
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == m.name)
+                .expect("the mounted volume");
+            assert!(
+                volume
+                    .empty_dir
+                    .as_ref()
+                    .is_some_and(|e| e.size_limit.is_some())
+                    || volume.persistent_volume_claim.is_some(),
+                "{name}: {root} is a bounded emptyDir or a claim"
+            );
+        }
+        if name == "rdev-api" {
+            assert_eq!(sa, "rdev-api");
+            assert_eq!(pod.automount_service_account_token, Some(true), "{name}");
+        } else if name == "rdev-worker" {
             assert_eq!(sa, "rdev-worker");
             let grace = pod.termination_grace_period_seconds.expect("grace period");
             assert!(
@@ -523,7 +553,7 @@ fn kustomize_base_renders_typed_objects_with_limits_probes_rbac_pdbs_hpa_and_ale
 }
 
 #[test]
-fn project_access_binds_the_worker_role_in_one_namespace() {
+fn project_access_binds_the_worker_role_for_the_worker_and_the_api_in_one_namespace() {
     for (_, objs) in renders(&repo().join("deploy/k8s/project-access")) {
         assert_eq!(objs.len(), 1);
         let rb: RoleBinding = typed(&objs[0]);
@@ -533,14 +563,16 @@ fn project_access_binds_the_worker_role_in_one_namespace() {
             ("ClusterRole", "rdev-worker-exec")
         );
         let subjects = rb.subjects.expect("subjects");
-        assert_eq!(subjects.len(), 1);
+        let subjects: Vec<_> = subjects
+            .iter()
+            .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+            .collect();
         assert_eq!(
-            (
-                subjects[0].kind.as_str(),
-                subjects[0].name.as_str(),
-                subjects[0].namespace.as_deref()
-            ),
-            ("ServiceAccount", "rdev-worker", Some(NAMESPACE))
+            subjects,
+            [
+                ("ServiceAccount", "rdev-worker", Some(NAMESPACE)),
+                ("ServiceAccount", "rdev-api", Some(NAMESPACE))
+            ]
         );
     }
 }
@@ -695,6 +727,19 @@ fn compose_file_runs_postgres_rabbitmq_and_the_three_services() {
                 "{name} waits for {dep}"
             );
         }
+    }
+    // The files API of local projects serves the workers' volume.
+    for name in ["api", "worker"] {
+        let s = &services[name];
+        let root = s["environment"]["RDEV_WORKSPACE_ROOT"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: RDEV_WORKSPACE_ROOT"));
+        assert!(
+            s["volumes"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|m| m == &format!("workspaces:{root}"))),
+            "{name} mounts the workspaces volume at {root}"
+        );
     }
     for infra in ["postgres", "rabbitmq"] {
         assert!(

@@ -95,6 +95,7 @@ async fn insert_project(env: &TestEnv, name: &str, max_output_bytes: i64) -> Uui
         allowed_secrets: None,
         command_retention_s: None,
         output_retention_s: None,
+        max_file_bytes: None,
     };
     projects::insert(&client, &p)
         .await

@@ -1,12 +1,13 @@
-//! `/v1/projects/{name}/files/{path}`: the files of a local project's
-//! directory: upload (`PUT`, streamed), download (`GET`, streamed, one
-//! `Range`), stat (`HEAD`), delete, and directory listings (`?list`).
+//! `/v1/projects/{name}/files/{path}`: the files of a project's directory:
+//! upload (`PUT`, streamed), download (`GET`, streamed, one `Range`), stat
+//! (`HEAD`), delete, directory listings (`?list`) and tar archives.
 //!
-//! The API reads and writes the workers' workspace volume itself
-//! (`RDEV_WORKSPACE_ROOT`, mounted on the API too): no file passes through
-//! the broker or a worker, and memory stays bounded (one 64 KiB buffer per
-//! transfer). Paths are confined by the kernel (see [`crate::workspace`]).
-//! Kubernetes projects are refused (`422`) for now.
+//! Local projects: the API reads and writes the workers' workspace volume
+//! itself (`RDEV_WORKSPACE_ROOT`, mounted on the API too); paths are
+//! confined by the kernel (see [`crate::workspace`]). Kubernetes projects:
+//! the API execs a small script in one of the project's pods (see
+//! [`crate::pod_files`]). Either way no file passes through the broker or a
+//! worker, and memory stays bounded (64 KiB pieces per transfer).
 
 use std::os::fd::OwnedFd;
 
@@ -26,7 +27,8 @@ use super::access::load_visible_project as load_visible;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path, Query};
 use super::page::{Page, cursor, page_limit};
-use crate::workspace::{self, Entry, FilesError};
+use crate::pod_files::PodFiles;
+use crate::workspace::{self, Entry, FilesError, Kind};
 
 /// The routes of this module (under `/v1`).
 pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
@@ -66,26 +68,110 @@ impl From<FilesError> for ApiError {
             FilesError::NotFound => ApiError::NotFound(e.to_string()),
             FilesError::WrongType(_) | FilesError::NotEmpty => ApiError::Conflict(e.to_string()),
             FilesError::TooLarge(_) => ApiError::PayloadTooLarge,
+            FilesError::Unavailable(m) => ApiError::Unavailable(m),
+            FilesError::Body(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                ApiError::RequestTimeout(e.to_string())
+            }
+            FilesError::Body(e) => ApiError::BadRequest(format!("reading the body: {e}")),
             FilesError::Io(e) => ApiError::Internal(format!("files: {e}")),
         }
     }
 }
 
-/// The project's directory, opened; 422 for a Kubernetes project, 503
-/// when this API has no workspace.
-async fn project_dir(st: &AppState, project: &Project) -> ApiResult<OwnedFd> {
+/// Where a project's files are.
+enum Files {
+    /// A local project's directory on the workspace volume, opened.
+    Local(OwnedFd),
+    /// A Kubernetes project's workdir in its pods.
+    Pod(
+        std::sync::Arc<PodFiles>,
+        rdev_shared::domain::KubernetesSettings,
+    ),
+}
+
+/// The project's files; 503 when this API serves no workspace (local
+/// projects).
+async fn project_files(st: &AppState, project: &Project) -> ApiResult<Files> {
+    if let rdev_shared::domain::ExecutorConfig::Kubernetes(k) = &project.executor {
+        return Ok(Files::Pod(st.pod_files.clone(), k.clone()));
+    }
     let Some(root) = st.cfg.workspace_root.clone() else {
         return Err(ApiError::Unavailable(
             "files are not served by this API (RDEV_WORKSPACE_ROOT is not set)".into(),
         ));
     };
     let Some(rel) = workspace::project_rel(project) else {
-        return Err(ApiError::field(
-            "project",
-            "files of kubernetes projects are not available through the API yet",
-        ));
+        return Err(ApiError::field("project", "the project has no directory"));
     };
-    blocking(move || workspace::project_dir(&root, &rel)).await
+    let spec = st.cfg.sandbox_user.clone();
+    blocking(move || workspace::project_dir(&root, &rel, workspace::sandbox_owner(spec.as_deref())))
+        .await
+        .map(Files::Local)
+}
+
+/// The largest file (or sum of an archive's files) one upload may write to
+/// `project`: its `max_file_bytes`, never above `RDEV_FILES_MAX_BYTES`.
+pub fn max_file_bytes(st: &AppState, project: &Project) -> u64 {
+    let global = st.cfg.files_max_bytes;
+    project
+        .max_file_bytes
+        .and_then(|n| u64::try_from(n).ok())
+        .map_or(global, |n| n.min(global))
+}
+
+/// Where uploads that must be complete before they are used (archives, and
+/// uploads to a pod without a `Content-Length`) are staged: the workspace
+/// volume when there is one (outside every project directory), else the
+/// API's temporary directory.
+async fn staging_file(st: &AppState) -> ApiResult<(tokio::fs::File, RemoveOnDrop)> {
+    let staging = match &st.cfg.workspace_root {
+        Some(root) => root.join(".rdev-staging"),
+        None => std::env::temp_dir().join("rdev-staging"),
+    };
+    tokio::fs::create_dir_all(&staging)
+        .await
+        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    let path = staging.join(format!("{:016x}.tar", rand::random::<u64>()));
+    let cleanup = RemoveOnDrop(path.clone());
+    let file = tokio::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    Ok((file, cleanup))
+}
+
+/// Writes `body` to `file`, at most `max` bytes (413 beyond); the size.
+async fn stage_body(body: Body, file: &mut tokio::fs::File, max: u64) -> ApiResult<u64> {
+    let mut stream = body.into_data_stream();
+    let mut written: u64 = 0;
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(body_error)?;
+        written += piece.len() as u64;
+        if written > max {
+            return Err(FilesError::TooLarge(max).into());
+        }
+        file.write_all(&piece)
+            .await
+            .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    Ok(written)
+}
+
+fn body_error(e: axum::Error) -> FilesError {
+    if super::body::is_timeout(&e) {
+        FilesError::Body(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            e.to_string(),
+        ))
+    } else {
+        FilesError::Body(std::io::Error::other(e.to_string()))
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -156,60 +242,104 @@ pub async fn get(
     auth: Auth,
     Path((name, path)): Path<(String, String)>,
     Query(q): Query<FileQuery>,
+    method: axum::http::Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     auth.require(Scope::FilesRead)?;
     let rel = workspace::validate_path(&path)?.to_owned();
     let project = load_visible(&st, &auth, &name).await?;
-    let dir = project_dir(&st, &project).await?;
+    let files = project_files(&st, &project).await?;
     if let Some(d) = rel.strip_suffix(ARCHIVE_SUFFIX) {
         let d = if d.is_empty() {
             String::new()
         } else {
             workspace::validate_path(d)?.to_owned()
         };
-        return download_archive(dir, d).await;
+        return download_archive(files, d).await;
     }
     if q.list.is_some() {
-        return listing(dir, rel, q).await;
-    }
-    let (file, size) = blocking(move || workspace::open_file(&dir, &rel)).await?;
-    let mut file = tokio::fs::File::from_std(file);
-    let (status, start, len) = match range(&headers, size)? {
-        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        None => (StatusCode::OK, 0, size),
-    };
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::Internal(format!("seek: {e}")))?;
+        return listing(files, rel, q).await;
     }
     let idle = st.cfg.files_idle_timeout;
-    let stream = futures::stream::unfold(
-        (file, len, vec![0u8; PIECE]),
-        move |(mut file, left, mut buf)| async move {
-            if left == 0 {
-                return None;
+    match files {
+        Files::Local(dir) => {
+            let (file, size) = blocking(move || workspace::open_file(&dir, &rel)).await?;
+            let mut file = tokio::fs::File::from_std(file);
+            let (status, start, len) = span(&headers, size)?;
+            if start > 0 {
+                file.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("seek: {e}")))?;
             }
-            let want = usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE);
-            match tokio::time::timeout(idle, file.read(&mut buf[..want])).await {
-                Ok(Ok(0)) => None,
-                Ok(Ok(n)) => {
-                    let piece = bytes::Bytes::copy_from_slice(&buf[..n]);
-                    Some((Ok(piece), (file, left - n as u64, buf)))
+            let stream = futures::stream::unfold(
+                (file, len, vec![0u8; PIECE]),
+                move |(mut file, left, mut buf)| async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let want = usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE);
+                    match tokio::time::timeout(idle, file.read(&mut buf[..want])).await {
+                        Ok(Ok(0)) => None,
+                        Ok(Ok(n)) => {
+                            let piece = bytes::Bytes::copy_from_slice(&buf[..n]);
+                            Some((Ok(piece), (file, left - n as u64, buf)))
+                        }
+                        Ok(Err(e)) => Some((Err(e), (file, 0, buf))),
+                        Err(_) => Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "reading the file timed out",
+                            )),
+                            (file, 0, buf),
+                        )),
+                    }
+                },
+            );
+            Ok(file_response(
+                Body::from_stream(stream),
+                status,
+                start,
+                len,
+                size,
+            ))
+        }
+        Files::Pod(pods, kp) => {
+            let entry = pods.stat(&kp, &rel).await?;
+            match entry.kind {
+                Kind::File => {}
+                Kind::Dir => {
+                    return Err(FilesError::WrongType(
+                        "is a directory (list it with `?list`)".into(),
+                    )
+                    .into());
                 }
-                Ok(Err(e)) => Some((Err(e), (file, 0, buf))),
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "reading the file timed out",
-                    )),
-                    (file, 0, buf),
-                )),
+                Kind::Symlink => return Err(FilesError::Escapes.into()),
+                Kind::Special => return Err(FilesError::Special.into()),
             }
-        },
-    );
-    let mut resp = Response::new(Body::from_stream(stream));
+            let size = entry.size;
+            let (status, start, len) = span(&headers, size)?;
+            // `HEAD` (a stat) opens no second session.
+            let body = if len == 0 || method == axum::http::Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from_stream(pods.read(&kp, &rel, start, len).await?)
+            };
+            Ok(file_response(body, status, start, len, size))
+        }
+    }
+}
+
+/// Status, first byte and length of the answer to `headers` for a file of
+/// `size` bytes.
+fn span(headers: &HeaderMap, size: u64) -> ApiResult<(StatusCode, u64, u64)> {
+    Ok(match range(headers, size)? {
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        None => (StatusCode::OK, 0, size),
+    })
+}
+
+fn file_response(body: Body, status: StatusCode, start: u64, len: u64, size: u64) -> Response {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -223,7 +353,7 @@ pub async fn get(
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// `GET /v1/projects/{name}/files?list`: the project directory's entries.
@@ -248,16 +378,20 @@ pub async fn list_root(
 ) -> ApiResult<Response> {
     auth.require(Scope::FilesRead)?;
     let project = load_visible(&st, &auth, &name).await?;
-    let dir = project_dir(&st, &project).await?;
-    listing(dir, String::new(), q).await
+    let files = project_files(&st, &project).await?;
+    listing(files, String::new(), q).await
 }
 
-async fn listing(dir: OwnedFd, rel: String, q: FileQuery) -> ApiResult<Response> {
+async fn listing(files: Files, rel: String, q: FileQuery) -> ApiResult<Response> {
     let limit = page_limit(q.limit)?;
     let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
     let n = usize::try_from(limit).unwrap_or(50);
-    let items: Vec<Entry> =
-        blocking(move || workspace::list(&dir, &rel, after.as_deref(), n)).await?;
+    let items: Vec<Entry> = match files {
+        Files::Local(dir) => {
+            blocking(move || workspace::list(&dir, &rel, after.as_deref(), n)).await?
+        }
+        Files::Pod(pods, kp) => pods.list(&kp, &rel, after.as_deref(), n).await?,
+    };
     Ok(Page::new(items, limit, |e| e.name.clone()).into_response())
 }
 
@@ -292,25 +426,47 @@ pub async fn archive_root(
 ) -> ApiResult<Response> {
     auth.require(Scope::FilesRead)?;
     let project = load_visible(&st, &auth, &name).await?;
-    let dir = project_dir(&st, &project).await?;
-    download_archive(dir, String::new()).await
+    let files = project_files(&st, &project).await?;
+    download_archive(files, String::new()).await
 }
 
-async fn download_archive(dir: OwnedFd, rel: String) -> ApiResult<Response> {
-    // The directory must exist before the 200 goes out.
-    let (d2, r2) = (dir.try_clone().map_err(FilesError::from)?, rel.clone());
-    let entry = blocking(move || workspace::stat(&d2, &r2)).await?;
-    if !rel.is_empty() && entry.kind != workspace::Kind::Dir {
-        return Err(FilesError::WrongType("not a directory".into()).into());
-    }
+async fn download_archive(files: Files, rel: String) -> ApiResult<Response> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let err_tx = tx.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = crate::archive::build(&dir, &rel, crate::archive::ChannelWriter::new(tx)) {
-            tracing::warn!(error = %e, "building an archive failed; the download is cut");
-            let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+    match files {
+        Files::Local(dir) => {
+            // The directory must exist before the 200 goes out.
+            let (d2, r2) = (dir.try_clone().map_err(FilesError::from)?, rel.clone());
+            let entry = blocking(move || workspace::stat(&d2, &r2)).await?;
+            if !rel.is_empty() && entry.kind != Kind::Dir {
+                return Err(FilesError::WrongType("not a directory".into()).into());
+            }
+            tokio::task::spawn_blocking(move || {
+                let out = crate::archive::ChannelWriter::new(tx);
+                if let Err(e) = crate::archive::build(&dir, &rel, out) {
+                    tracing::warn!(error = %e, "building an archive failed; the download is cut");
+                    let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                }
+            });
         }
-    });
+        Files::Pod(pods, kp) => {
+            let entry = pods.stat(&kp, &rel).await?;
+            match entry.kind {
+                Kind::Dir => {}
+                Kind::Symlink => return Err(FilesError::Escapes.into()),
+                _ => return Err(FilesError::WrongType("not a directory".into()).into()),
+            }
+            let tar = tokio_util::io::StreamReader::new(pods.tar_out(&kp, &rel).await?);
+            let tar = tokio_util::io::SyncIoBridge::new(tar);
+            tokio::task::spawn_blocking(move || {
+                let out = crate::archive::ChannelWriter::new(tx);
+                if let Err(e) = crate::archive::repack(tar, out) {
+                    tracing::warn!(error = %e, "repacking a pod's archive failed; the download is cut");
+                    let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                }
+            });
+        }
+    }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -325,7 +481,8 @@ async fn download_archive(dir: OwnedFd, rel: String) -> ApiResult<Response> {
 /// `POST /v1/projects/{name}/files:archive`: extracts a tar (or tar.gz) into
 /// the project directory (or `?path=`). The whole archive is checked
 /// before anything is written: `..`, absolute paths, symlinks, hard links
-/// and special files refuse it (`422`).
+/// and special files refuse it (`422`), and so does a sum of file sizes
+/// above the project's `max_file_bytes` (`413`).
 #[utoipa::path(
     post,
     path = "/projects/{name}/files:archive",
@@ -353,55 +510,37 @@ pub async fn upload_archive(
         Some(p) => workspace::validate_path(p)?.to_owned(),
     };
     let project = load_visible(&st, &auth, &name).await?;
-    let dir = project_dir(&st, &project).await?;
-    let Some(root) = st.cfg.workspace_root.clone() else {
-        return Err(ApiError::Unavailable("no workspace".into()));
-    };
-    // Staged on the workspace volume, outside every project directory.
-    let staging = root.join(".rdev-staging");
-    tokio::fs::create_dir_all(&staging)
-        .await
-        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    let staged_path = staging.join(format!("{:016x}.tar", rand::random::<u64>()));
-    let _cleanup = RemoveOnDrop(staged_path.clone());
-    let mut staged = tokio::fs::OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&staged_path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    let max = st.cfg.files_max_bytes;
-    let mut stream = body.into_data_stream();
-    let mut written: u64 = 0;
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| {
-            if super::body::is_timeout(&e) {
-                ApiError::RequestTimeout(e.to_string())
-            } else {
-                ApiError::BadRequest(format!("reading the body: {e}"))
-            }
-        })?;
-        written += piece.len() as u64;
-        if written > max {
-            return Err(FilesError::TooLarge(max).into());
-        }
-        staged
-            .write_all(&piece)
-            .await
-            .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    }
-    staged
-        .flush()
-        .await
-        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+    let files = project_files(&st, &project).await?;
+    let max = max_file_bytes(&st, &project);
+    // Staged whole (on disk, never in memory): it is checked before use.
+    let (mut staged, _cleanup) = staging_file(&st).await?;
+    // A tar of `max` bytes of contents is a little larger than `max`.
+    let slack = max / 64 + (1 << 20);
+    stage_body(body, &mut staged, max.saturating_add(slack)).await?;
     let mut staged = staged.into_std().await;
     let target2 = target.clone();
-    let done = blocking(move || {
-        crate::archive::check(&mut staged, max)?;
-        crate::archive::extract(&mut staged, &dir, &target2)
-    })
-    .await?;
+    let done = match files {
+        Files::Local(dir) => {
+            blocking(move || {
+                crate::archive::check(&mut staged, max)?;
+                crate::archive::extract(&mut staged, &dir, &target2)
+            })
+            .await?
+        }
+        Files::Pod(pods, kp) => {
+            let (normal, _cleanup2) = staging_file(&st).await?;
+            let mut normal = normal.into_std().await;
+            let (done, normal, len) = blocking(move || {
+                crate::archive::check(&mut staged, max)?;
+                let done = crate::archive::normalize(&mut staged, &mut normal)?;
+                let len = normal.metadata()?.len();
+                Ok((done, normal, len))
+            })
+            .await?;
+            pods.tar_in(&kp, &target2, normal, len).await?;
+            done
+        }
+    };
     let mut a = auth.audit("file.archive", "file", Some(target), Some(project.id));
     a.details = json!({ "files": done.files, "dirs": done.dirs, "bytes": done.bytes });
     let client = st.pool.get().await?;
@@ -420,7 +559,8 @@ impl Drop for RemoveOnDrop {
 /// `PUT /v1/projects/{name}/files/{path}`: writes the body to the file
 /// (creating missing directories), streamed to a temporary file that
 /// replaces the destination once complete: a reader never sees half a
-/// file, and a failed upload leaves nothing.
+/// file, and a failed upload leaves nothing. At most the project's
+/// `max_file_bytes` (`413`).
 #[utoipa::path(
     put,
     path = "/projects/{name}/files/{*path}",
@@ -444,16 +584,51 @@ pub async fn put(
 ) -> ApiResult<impl IntoResponse> {
     auth.require(Scope::FilesWrite)?;
     let rel = workspace::validate_path(&path)?.to_owned();
-    let max = st.cfg.files_max_bytes;
-    if headers
+    let announced = headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > max)
-    {
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > st.cfg.files_max_bytes) {
         return Err(ApiError::PayloadTooLarge);
     }
     let project = load_visible(&st, &auth, &name).await?;
-    let dir = project_dir(&st, &project).await?;
+    let max = max_file_bytes(&st, &project);
+    if announced.is_some_and(|n| n > max) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let files = project_files(&st, &project).await?;
+    let (entry, written) = match files {
+        Files::Local(dir) => put_local(dir, rel.clone(), body, max).await?,
+        Files::Pod(pods, kp) => {
+            let entry = match announced {
+                Some(len) => {
+                    let stream = body.into_data_stream().map(|r| r.map_err(body_error));
+                    pods.write(&kp, &rel, len, stream).await?
+                }
+                // The pod's script needs the exact size first (its stdin
+                // cannot be closed on every exec protocol): staged on disk.
+                None => {
+                    let (mut staged, _cleanup) = staging_file(&st).await?;
+                    let len = stage_body(body, &mut staged, max).await?;
+                    staged
+                        .seek(std::io::SeekFrom::Start(0))
+                        .await
+                        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
+                    let stream = tokio_util::io::ReaderStream::with_capacity(staged, PIECE);
+                    pods.write(&kp, &rel, len, stream).await?
+                }
+            };
+            let size = entry.size;
+            (entry, size)
+        }
+    };
+    let mut a = auth.audit("file.write", "file", Some(rel), Some(project.id));
+    a.details = json!({ "size": written });
+    let client = st.pool.get().await?;
+    audit::append(&client, &a).await?;
+    Ok((StatusCode::CREATED, axum::Json(entry)))
+}
+
+async fn put_local(dir: OwnedFd, rel: String, body: Body, max: u64) -> ApiResult<(Entry, u64)> {
     let dir2 = dir.try_clone().map_err(FilesError::from)?;
     let rel2 = rel.clone();
     let (upload, file) = blocking(move || workspace::Upload::start(&dir2, &rel2)).await?;
@@ -461,13 +636,7 @@ pub async fn put(
     let mut stream = body.into_data_stream();
     let mut written: u64 = 0;
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| {
-            if super::body::is_timeout(&e) {
-                ApiError::RequestTimeout(e.to_string())
-            } else {
-                ApiError::BadRequest(format!("reading the body: {e}"))
-            }
-        })?;
+        let piece = piece.map_err(body_error)?;
         written += piece.len() as u64;
         if written > max {
             return Err(FilesError::TooLarge(max).into());
@@ -481,13 +650,8 @@ pub async fn put(
         .map_err(|e| ApiError::Internal(format!("writing an upload: {e}")))?;
     drop(file);
     blocking(move || upload.commit()).await?;
-    let rel3 = rel.clone();
-    let entry = blocking(move || workspace::stat(&dir, &rel3)).await?;
-    let mut a = auth.audit("file.write", "file", Some(rel), Some(project.id));
-    a.details = json!({ "size": written });
-    let client = st.pool.get().await?;
-    audit::append(&client, &a).await?;
-    Ok((StatusCode::CREATED, axum::Json(entry)))
+    let entry = blocking(move || workspace::stat(&dir, &rel)).await?;
+    Ok((entry, written))
 }
 
 /// `DELETE /v1/projects/{name}/files/{path}`: a file, a symlink (not its
@@ -513,9 +677,13 @@ pub async fn delete(
     auth.require(Scope::FilesWrite)?;
     let rel = workspace::validate_path(&path)?.to_owned();
     let project = load_visible(&st, &auth, &name).await?;
-    let dir = project_dir(&st, &project).await?;
-    let rel2 = rel.clone();
-    blocking(move || workspace::remove(&dir, &rel2)).await?;
+    match project_files(&st, &project).await? {
+        Files::Local(dir) => {
+            let rel2 = rel.clone();
+            blocking(move || workspace::remove(&dir, &rel2)).await?;
+        }
+        Files::Pod(pods, kp) => pods.remove(&kp, &rel).await?,
+    }
     let client = st.pool.get().await?;
     audit::append(
         &client,

@@ -72,6 +72,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: SSE streams then close with
     /// a `retry:` hint so clients reconnect to another instance.
     pub shutdown: rdev_shared::lifecycle::CancellationToken,
+    /// Exec sessions into the pods of Kubernetes projects (files API).
+    pub pod_files: Arc<crate::pod_files::PodFiles>,
 }
 
 /// The documented API: every route with its OpenAPI operation, built

@@ -76,7 +76,7 @@ const fn hex_etag(h: u64) -> [u8; 18] {
 static INDEX: Asset = asset!("index.html", "text/html; charset=utf-8");
 /// The console's ES modules (`app.js` is the entry point; it imports the
 /// others). A module missing here fails `every_imported_module_is_served`.
-static SCRIPTS: [(&str, Asset); 12] = [
+static SCRIPTS: [(&str, Asset); 13] = [
     (
         "/ui/app.js",
         asset!("app.js", "text/javascript; charset=utf-8"),
@@ -112,6 +112,10 @@ static SCRIPTS: [(&str, Asset); 12] = [
     (
         "/ui/projects.js",
         asset!("projects.js", "text/javascript; charset=utf-8"),
+    ),
+    (
+        "/ui/secrets.js",
+        asset!("secrets.js", "text/javascript; charset=utf-8"),
     ),
     (
         "/ui/terminal.js",

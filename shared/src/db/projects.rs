@@ -39,6 +39,8 @@ pub struct NewProject {
     pub command_retention_s: Option<i64>,
     /// Retention of their output (seconds; none: the default).
     pub output_retention_s: Option<i64>,
+    /// Cap on one upload of the files API (none: the server's).
+    pub max_file_bytes: Option<i64>,
 }
 
 /// A partial update; `None` leaves a field as it is, `Some(None)` clears a nullable one.
@@ -68,6 +70,8 @@ pub struct ProjectPatch {
     pub command_retention_s: Option<Option<i64>>,
     /// New output retention.
     pub output_retention_s: Option<Option<i64>>,
+    /// New upload cap.
+    pub max_file_bytes: Option<Option<i64>>,
 }
 
 /// The sealed column (see [`crate::crypto`]).
@@ -75,7 +79,8 @@ pub const ENV_FIELD: &str = "projects.env";
 
 const COLUMNS: &str = "id, name, description, executor, env, default_timeout_s, max_output_bytes, \
                        max_concurrency, allowed_commands, network, limits, allowed_secrets, \
-                       command_retention_s, output_retention_s, created_at, updated_at";
+                       command_retention_s, output_retention_s, max_file_bytes, created_at, \
+                       updated_at";
 
 fn from_row(row: &Row) -> Result<Project, DbError> {
     Ok(Project {
@@ -96,6 +101,7 @@ fn from_row(row: &Row) -> Result<Project, DbError> {
         allowed_secrets: row.try_get("allowed_secrets")?,
         command_retention_s: row.try_get("command_retention_s")?,
         output_retention_s: row.try_get("output_retention_s")?,
+        max_file_bytes: row.try_get("max_file_bytes")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -109,8 +115,8 @@ pub async fn insert(
     let sql = format!(
         "INSERT INTO projects (id, name, description, executor, env, default_timeout_s, \
          max_output_bytes, max_concurrency, allowed_commands, network, limits, allowed_secrets, \
-         command_retention_s, output_retention_s) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) RETURNING {COLUMNS}"
+         command_retention_s, output_retention_s, max_file_bytes) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING {COLUMNS}"
     );
     let row = client
         .query_one(
@@ -130,6 +136,7 @@ pub async fn insert(
                 &p.allowed_secrets,
                 &p.command_retention_s,
                 &p.output_retention_s,
+                &p.max_file_bytes,
             ],
         )
         .await?;
@@ -220,6 +227,9 @@ pub async fn update(
     }
     if let Some(v) = patch.output_retention_s {
         push("output_retention_s", Box::new(v));
+    }
+    if let Some(v) = patch.max_file_bytes {
+        push("max_file_bytes", Box::new(v));
     }
     if let Some(v) = &patch.allowed_commands {
         push("allowed_commands", Box::new(v.clone()));

@@ -41,6 +41,10 @@ pub struct Project {
     /// Seconds its finished commands' output is kept; none = the server's
     /// default (`RDEV_OUTPUT_RETENTION`).
     pub output_retention_s: Option<i64>,
+    /// Largest file (or archive's contents) one upload through the files
+    /// API may write; none = the server's `RDEV_FILES_MAX_BYTES`, which
+    /// also caps it.
+    pub max_file_bytes: Option<i64>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.

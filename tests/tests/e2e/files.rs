@@ -266,17 +266,6 @@ async fn paths_leaving_the_project_are_refused_without_writing_anything() {
     assert_eq!(r.status, 204);
     assert!(outside.join("secret.txt").exists());
     let _ = std::fs::remove_dir_all(&outside);
-    // Kubernetes projects are refused with a reason.
-    app.create_project(
-        "pods",
-        json!({"executor": {"kind": "kubernetes", "namespace": "ns", "selector": "app=x"}}),
-    )
-    .await;
-    let p = app
-        .get("/v1/projects/pods/files/x")
-        .await
-        .assert_problem(422);
-    assert!(p.to_string().contains("kubernetes"), "{p}");
 }
 
 fn rand_suffix() -> String {
@@ -453,4 +442,22 @@ async fn archives_extract_checked_and_download_as_tar_gz() {
     app.get("/v1/projects/app/files/nope:archive")
         .await
         .assert_problem(404);
+}
+
+#[tokio::test]
+async fn files_uploaded_before_the_first_command_are_the_commands_to_change() {
+    let app = spawn_app().await;
+    app.create_project("app", json!({})).await;
+    let admin = app.admin_key.clone();
+    // The project directory does not exist yet: the upload creates it.
+    assert_eq!(
+        put(&app, &admin, "d/f.txt", b"one\n".to_vec()).await.status,
+        201
+    );
+    let out = sh(
+        &app,
+        "echo two >> d/f.txt && echo new > d/g.txt && rm d/f.txt.bak 2>/dev/null; cat d/f.txt d/g.txt",
+    )
+    .await;
+    assert_eq!(out, "one\ntwo\nnew\n");
 }

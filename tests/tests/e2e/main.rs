@@ -10,6 +10,7 @@ mod faults;
 mod files;
 mod fleet;
 mod interactive;
+mod kube_files;
 mod observability;
 mod openapi;
 mod projects;

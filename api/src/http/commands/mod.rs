@@ -9,9 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::commands::{self, ListFilter, NewCommand};
-use rdev_shared::db::outbox::OutboxMessage;
 use rdev_shared::db::{outbox, projects, secrets};
 use rdev_shared::domain::{Command, CommandSpec, CommandStatus, Project};
+use rdev_shared::mq::OutgoingMessage;
 use rdev_shared::mq::{ControlMessage, OutputEvent};
 use rdev_shared::relay;
 use serde::Deserialize;
@@ -200,7 +200,7 @@ async fn insert(
     auth: &Auth,
     new: &NewCommand,
     audit_entry: &AuditEntry<'_>,
-    message: &OutboxMessage,
+    message: &OutgoingMessage,
     secret_names: &[String],
     secret_files: &std::collections::BTreeMap<String, String>,
 ) -> ApiResult<Inserted> {

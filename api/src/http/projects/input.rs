@@ -54,6 +54,9 @@ pub struct CreateProject {
     command_retention_s: Option<i64>,
     /// Seconds their stored output is kept (default: the server's).
     output_retention_s: Option<i64>,
+    /// Largest upload through the files API, at most the server's
+    /// `RDEV_FILES_MAX_BYTES` (default: that). Takes `projects:admin`.
+    max_file_bytes: Option<i64>,
 }
 
 /// Body of `PATCH /v1/projects/{name}`: absent fields stay, `null` clears a nullable one.
@@ -79,6 +82,9 @@ pub struct UpdateProject {
     command_retention_s: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     output_retention_s: Option<Option<i64>>,
+    /// `null` returns to the server's cap. Takes `projects:admin`.
+    #[serde(default, deserialize_with = "nullable")]
+    max_file_bytes: Option<Option<i64>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -102,6 +108,7 @@ struct Fields<'a> {
     allowed_secrets: Option<&'a [String]>,
     command_retention_s: Option<i64>,
     output_retention_s: Option<i64>,
+    max_file_bytes: Option<i64>,
 }
 
 /// What contains a project's commands: set only with `projects:admin`.
@@ -112,6 +119,7 @@ pub(super) struct Containment<'a> {
     network: NetworkMode,
     limits: ResourceLimits,
     allowed_secrets: Option<&'a [String]>,
+    max_file_bytes: Option<i64>,
 }
 
 impl<'a> Containment<'a> {
@@ -123,6 +131,7 @@ impl<'a> Containment<'a> {
             network: NetworkMode::Host,
             limits: ResourceLimits::default(),
             allowed_secrets: None,
+            max_file_bytes: None,
         }
     }
 
@@ -133,6 +142,7 @@ impl<'a> Containment<'a> {
             network: p.network,
             limits: p.limits,
             allowed_secrets: p.allowed_secrets.as_deref(),
+            max_file_bytes: p.max_file_bytes,
         }
     }
 
@@ -151,6 +161,7 @@ impl<'a> Containment<'a> {
             network: network.unwrap_or(self.network),
             limits: limits.copied().unwrap_or(self.limits),
             allowed_secrets: allowed_secrets.unwrap_or(self.allowed_secrets),
+            max_file_bytes: self.max_file_bytes,
         }
     }
 
@@ -180,8 +191,8 @@ pub(super) fn require_containment_scope(
         return Err(auth.deny(
             "scope",
             json!({ "scope": Scope::ProjectsAdmin.as_str() }),
-            "setting a project's executor, allowed_commands, allowed_secrets, limits or network \
-             takes the `projects:admin` scope"
+            "setting a project's executor, allowed_commands, allowed_secrets, limits, network \
+             or max_file_bytes takes the `projects:admin` scope"
                 .into(),
         ));
     }
@@ -211,8 +222,16 @@ fn check_common(
         allowed_secrets,
         command_retention_s,
         output_retention_s,
+        max_file_bytes,
     } = *f;
     check_retention(command_retention_s, output_retention_s, errors);
+    let files_max = i64::try_from(cfg.files_max_bytes).unwrap_or(i64::MAX);
+    if max_file_bytes.is_some_and(|n| !(1..=files_max).contains(&n)) {
+        errors.push(FieldError::new(
+            "max_file_bytes",
+            format!("must be 1-{files_max} bytes (the server's RDEV_FILES_MAX_BYTES)"),
+        ));
+    }
     let max_timeout_s = cfg.max_timeout_s;
     if description.is_some_and(|d| d.len() > 4096) {
         errors.push(FieldError::new("description", "at most 4096 bytes"));
@@ -329,6 +348,7 @@ impl TryFrom<Checked<'_, CreateProject>> for NewProject {
             allowed_secrets: body.allowed_secrets,
             command_retention_s: body.command_retention_s,
             output_retention_s: body.output_retention_s,
+            max_file_bytes: body.max_file_bytes,
         })
     }
 }
@@ -360,6 +380,7 @@ impl TryFrom<Checked<'_, UpdateProject, &Project>> for ProjectPatch {
             allowed_secrets: body.allowed_secrets,
             command_retention_s: body.command_retention_s,
             output_retention_s: body.output_retention_s,
+            max_file_bytes: body.max_file_bytes,
         })
     }
 }
@@ -379,18 +400,23 @@ impl CreateProject {
             allowed_secrets: self.allowed_secrets.as_deref(),
             command_retention_s: self.command_retention_s,
             output_retention_s: self.output_retention_s,
+            max_file_bytes: self.max_file_bytes,
         }
     }
 
     /// What the request sets of what contains the new project's commands.
     pub(super) fn containment(&self) -> Containment<'_> {
-        Containment::default_for().with(
+        let requested = Containment::default_for().with(
             self.executor.as_ref(),
             Some(self.allowed_commands.as_deref()),
             self.network,
             self.limits.as_ref(),
             Some(self.allowed_secrets.as_deref()),
-        )
+        );
+        Containment {
+            max_file_bytes: self.max_file_bytes,
+            ..requested
+        }
     }
 }
 
@@ -409,17 +435,22 @@ impl UpdateProject {
             allowed_secrets: self.allowed_secrets.as_ref().and_then(|a| a.as_deref()),
             command_retention_s: self.command_retention_s.flatten(),
             output_retention_s: self.output_retention_s.flatten(),
+            max_file_bytes: self.max_file_bytes.flatten(),
         }
     }
 
     /// `project`'s containment with what the request sets applied.
     pub(super) fn containment<'a>(&'a self, project: &'a Project) -> Containment<'a> {
-        Containment::of(project).with(
+        let requested = Containment::of(project).with(
             self.executor.as_ref(),
             self.allowed_commands.as_ref().map(|a| a.as_deref()),
             self.network,
             self.limits.as_ref(),
             self.allowed_secrets.as_ref().map(|a| a.as_deref()),
-        )
+        );
+        Containment {
+            max_file_bytes: self.max_file_bytes.unwrap_or(project.max_file_bytes),
+            ..requested
+        }
     }
 }

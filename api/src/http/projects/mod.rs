@@ -58,6 +58,10 @@ pub struct ProjectView {
     /// Seconds their stored output is kept (null: the server's
     /// `RDEV_OUTPUT_RETENTION`, 30 days by default).
     output_retention_s: Option<i64>,
+    /// Largest file (or sum of an archive's files) one upload through the
+    /// files API may write (null: the server's `RDEV_FILES_MAX_BYTES`, which
+    /// also caps it).
+    max_file_bytes: Option<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -78,6 +82,7 @@ impl From<Project> for ProjectView {
             allowed_secrets: p.allowed_secrets,
             command_retention_s: p.command_retention_s,
             output_retention_s: p.output_retention_s,
+            max_file_bytes: p.max_file_bytes,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
