@@ -1,4 +1,4 @@
-//! Configuration of `rdev-api` (DESIGN.md §9).
+//! Configuration of `rdev-api` (README.md, "Configuration").
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,11 +1,20 @@
-//! Live output relay: one exclusive, auto-delete queue per API instance on
-//! the output exchange, bound to `cmd.<id>` while at least one SSE client
-//! watches that command, and fanned out to the watchers in memory.
+//! Live output relay of this API instance. One exclusive, auto-delete
+//! queue on the output exchange (followed with `mq::follow`, reconnecting
+//! with the shared backoff) is bound to `cmd.<id>` while at least one
+//! watcher (an SSE stream or an attach socket) follows that command; each
+//! message is decoded once, its SSE frame encoded once (`frames.rs`), and
+//! fanned out to the watchers in memory.
+//!
+//! The hub also keeps each watched command's recent chunks (bounded per
+//! command and per instance, dropped with the last watcher), so a watcher
+//! that lagged, or one that joins late, replays them from memory; it reads
+//! PostgreSQL only when the hub cannot vouch for the next `seq` (see
+//! `http/sse.rs`). `is_connected` feeds `/ready`.
 //!
 //! Memory is bounded by construction: each watcher has a fixed-size channel
-//! of shared (`Arc`) messages, each encoded as SSE once for all of them; when it is full the message is dropped for
-//! that watcher and the watcher catches up from PostgreSQL instead. The hub
-//! never buffers on a slow client's behalf.
+//! of shared (`Arc`) messages; when it is full the message is dropped for
+//! that watcher, which catches up from the recent chunks or PostgreSQL
+//! instead. The hub never buffers on a slow client's behalf.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

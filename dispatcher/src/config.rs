@@ -1,4 +1,4 @@
-//! Configuration of `rdev-dispatcher` (DESIGN.md §9).
+//! Configuration of `rdev-dispatcher` (README.md, "Configuration").
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Configuration shared by every binary, read from the environment (DESIGN.md §9)
+//! Configuration shared by every binary, read from the environment (README.md, "Configuration")
 //! through `clap` so each value is also a flag and shows in `--help`.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! SSRF protection for webhook URLs (DESIGN.md §6): only `http`/`https`, and
+//! SSRF protection for webhook URLs (docs/operations/security.md, "Access and secrets"): only `http`/`https`, and
 //! no destination that reaches inside the network rdev runs in — loopback,
 //! private (RFC 1918, ULA), link-local (cloud metadata at 169.254.169.254),
 //! CGNAT, unspecified, multicast, reserved, and IPv6 forms embedding such an

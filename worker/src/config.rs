@@ -1,4 +1,4 @@
-//! The worker's configuration (DESIGN.md §9): one `clap` struct, every field
+//! The worker's configuration (README.md, "Configuration"): one `clap` struct, every field
 //! also an environment variable, every default usable locally.
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! Which output bytes are stored when a command prints more than its
-//! project's `max_output_bytes` M (DESIGN.md §4): the first M/2 bytes (the
+//! project's `max_output_bytes` M (docs/API.md, "Commands"): the first M/2 bytes (the
 //! head) and the most recent M − M/2 bytes (the tail), nothing in between.
 //!
 //! Pure bookkeeping, no I/O, so every boundary can be unit-tested. Each

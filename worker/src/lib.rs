@@ -1,6 +1,6 @@
 //! `rdev-worker`: takes run messages from RabbitMQ, claims each command in
 //! PostgreSQL, runs it with an [`executor`], stores and streams its output
-//! ([`output`]), and records how it ended (DESIGN.md §1, §4).
+//! ([`output`]), and records how it ended (docs/ARCHITECTURE.md, "Bird's-eye view").
 //!
 //! Layers, bottom up: [`config`], [`error`] → [`head_tail`], [`secrets`]
 //! (its types; `secrets::resolve` is used by the runner only) →

@@ -1,4 +1,4 @@
-//! Webhook delivery (DESIGN.md §4): [`consumer`] turns events into delivery
+//! Webhook delivery (docs/API.md, "Webhooks"): [`consumer`] turns events into delivery
 //! rows, [`deliver`] sends them with retries on the [`schedule`], through a
 //! per-destination circuit breaker ([`breakers`]) and an SSRF-guarded HTTP
 //! client ([`sender`]).

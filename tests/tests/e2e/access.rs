@@ -97,7 +97,7 @@ struct Route {
     restricted: u16,
 }
 
-/// Every route of the API with its scope (DESIGN.md §5; `none` = no key
+/// Every route of the API with its scope (docs/API.md, "API keys"; `none` = no key
 /// needed, `any key` = any valid key). Add new routes here.
 fn routes() -> Vec<Route> {
     use Target::*;
