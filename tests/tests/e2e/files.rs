@@ -43,7 +43,8 @@ async fn sh(app: &TestApp, line: &str) -> String {
     String::from_utf8_lossy(&app.output(&id, None).await).into_owned()
 }
 
-fn enc(path: &str) -> String {
+/// Percent-encodes each segment of a relative path (slashes stay).
+pub(crate) fn enc(path: &str) -> String {
     path.split('/')
         .map(|seg| {
             seg.bytes()

@@ -13,6 +13,8 @@ use serde_json::json;
 
 use rdev_tests::{Resp, TestApp, spawn_app};
 
+use crate::files::enc;
+
 #[path = "../../../worker/tests/support/fake_kube.rs"]
 #[allow(dead_code, unused_imports)]
 mod fake_kube;
@@ -71,23 +73,6 @@ async fn app_with_pods(protocol: &'static str) -> (TestApp, fake_kube::Fake, Tem
     )
     .await;
     (app, fake, workdir, conf)
-}
-
-fn enc(path: &str) -> String {
-    path.split('/')
-        .map(|seg| {
-            seg.bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 async fn put(app: &TestApp, path: &str, body: Vec<u8>) -> Resp {
