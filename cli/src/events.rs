@@ -223,7 +223,15 @@ impl Follower {
         if self.last_seq > 0 {
             req = req.header("Last-Event-ID", self.last_seq.to_string());
         }
-        let resp = self.client.send(req).await?;
+        // The answer's headers come at once (the stream's first event
+        // follows them); a server or proxy that took the connection and never
+        // answers is as dead as a silent stream, so the same limit applies.
+        let resp = tokio::time::timeout(IDLE_TIMEOUT, self.client.send(req))
+            .await
+            .map_err(|_| ClientError::Transport {
+                url: self.client.base_url().to_owned(),
+                reason: format!("no answer for {}s", IDLE_TIMEOUT.as_secs()),
+            })??;
         touch(alive);
         let url = resp.url().to_string();
         let bytes =

@@ -230,12 +230,59 @@ fn rdev_bin() -> &'static str {
     bin
 }
 
-async fn finish(mut cmd: tokio::process::Command) -> Output {
-    let child = cmd.spawn().expect("spawn rdev");
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("rdev did not finish within a minute")
-        .expect("rdev output")
+async fn finish(cmd: tokio::process::Command) -> Output {
+    finish_or(cmd, || String::new()).await
+}
+
+/// Runs `cmd` to completion (at most a minute). On a timeout the panic shows
+/// what rdev wrote so far and `diagnose()` (e.g. a proxy's connection log).
+async fn finish_or(mut cmd: tokio::process::Command, diagnose: impl Fn() -> String) -> Output {
+    let mut child = cmd.spawn().expect("spawn rdev");
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+        Ok(status) => status.expect("rdev status"),
+        Err(_) => {
+            let _ = child.kill().await;
+            let partial = |b: &Arc<Mutex<Vec<u8>>>| {
+                String::from_utf8_lossy(&b.lock().expect("lock")).into_owned()
+            };
+            panic!(
+                "rdev did not finish within a minute\n--- stdout so far\n{}\n--- stderr so far\n{}\n--- diagnosis\n{}",
+                partial(&stdout.1),
+                partial(&stderr.1),
+                diagnose()
+            );
+        }
+    };
+    let take = |(task, buf): (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<u8>>>)| async move {
+        let _ = task.await;
+        std::mem::take(&mut *buf.lock().expect("lock"))
+    };
+    Output {
+        status,
+        stdout: take(stdout).await,
+        stderr: take(stderr).await,
+    }
+}
+
+/// Reads a child's pipe to its end in the background.
+fn drain(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<u8>>>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let task = tokio::spawn(async move {
+        let Some(mut pipe) = pipe else { return };
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&chunk[..n]);
+        }
+    });
+    (task, buf)
 }
 
 fn show(out: &Output) -> String {
@@ -314,7 +361,11 @@ async fn dropped_connections_neither_lose_nor_repeat_output() {
     let proxy = Proxy::start(sys.addr, 3, 5).await;
     proxy.refuse_after_cut(2);
     let script = "for i in $(seq 1 60); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.02; done; printf end";
-    let out = finish(sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])).await;
+    let out = finish_or(
+        sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script]),
+        || proxy.log(),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let want_out: String = (1..=60).map(|i| format!("line {i}\n")).collect::<String>() + "end";
     let want_err: String = (1..=60).map(|i| format!("err {i}\n")).collect();
@@ -680,6 +731,36 @@ struct ProxyState {
     /// Swallow the answer to the next accepted (202) request.
     lose_next_202: Mutex<bool>,
     requests: Mutex<Vec<String>>,
+    /// What happened on each connection, for a failing test's message.
+    log: Mutex<Vec<String>>,
+    connections: Mutex<usize>,
+    started: std::time::Instant,
+}
+
+impl ProxyState {
+    /// Notes what connection `conn` did.
+    fn note(&self, conn: usize, what: impl std::fmt::Display) {
+        let at = self.started.elapsed().as_millis();
+        let mut log = self.log.lock().expect("lock");
+        // Bounded: a stuck test must not also eat the memory.
+        if log.len() < 2000 {
+            log.push(format!("{at:>6} ms  c{conn}: {what}"));
+        }
+    }
+}
+
+/// The SSE event names and ids in a piece of a response, for the log.
+fn events_in(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| {
+            l.starts_with("event:")
+                || l.starts_with("id:")
+                || l.starts_with("HTTP/")
+                || l.starts_with(':')
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 impl Proxy {
@@ -696,11 +777,23 @@ impl Proxy {
             refused: Mutex::new(0),
             lose_next_202: Mutex::new(false),
             requests: Mutex::new(Vec::new()),
+            log: Mutex::new(Vec::new()),
+            connections: Mutex::new(0),
+            started: std::time::Instant::now(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                tokio::spawn(relay(inbound, st.clone()));
+            loop {
+                match listener.accept().await {
+                    Ok((inbound, _)) => {
+                        tokio::spawn(relay(inbound, st.clone()));
+                    }
+                    // A connection reset before it was accepted fails this
+                    // accept, not the listener: keep accepting.
+                    Err(e) => {
+                        st.note(0, format_args!("accept failed: {e}"));
+                    }
+                }
             }
         });
         Self { addr, state, task }
@@ -729,6 +822,11 @@ impl Proxy {
     fn refused(&self) -> usize {
         *self.state.refused.lock().expect("lock")
     }
+
+    /// Every connection's story so far.
+    fn log(&self) -> String {
+        self.state.log.lock().expect("lock").join("\n")
+    }
 }
 
 impl Drop for Proxy {
@@ -738,18 +836,27 @@ impl Drop for Proxy {
 }
 
 async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
+    let conn = {
+        let mut n = st.connections.lock().expect("lock");
+        *n += 1;
+        *n
+    };
     {
         let mut left = st.refuse_left.lock().expect("lock");
         if *left > 0 {
             *left -= 1;
             *st.refused.lock().expect("lock") += 1;
             drop(inbound);
+            st.note(conn, "refused");
             return;
         }
     }
+    st.note(conn, "connecting to the API");
     let Ok(outbound) = TcpStream::connect(st.target).await else {
+        st.note(conn, "could not reach the API");
         return;
     };
+    st.note(conn, "accepted");
     let (mut client_rx, mut client_tx) = inbound.into_split();
     let (mut server_rx, mut server_tx) = outbound.into_split();
     let up_state = st.clone();
@@ -757,14 +864,20 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match client_rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => {
+                    up_state.note(conn, "the client closed");
+                    break;
+                }
                 Ok(n) => n,
             };
-            up_state
-                .requests
-                .lock()
-                .expect("lock")
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let resume = request
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("last-event-id:"))
+                .unwrap_or("");
+            let line = request.lines().next().unwrap_or("").to_owned();
+            up_state.note(conn, format_args!("request {line} {resume}"));
+            up_state.requests.lock().expect("lock").push(request);
             if server_tx.write_all(&buf[..n]).await.is_err() {
                 break;
             }
@@ -776,9 +889,17 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match server_rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => {
+                st.note(conn, "the API closed");
+                break;
+            }
+            Err(e) => {
+                st.note(conn, format_args!("read from the API failed: {e}"));
+                break;
+            }
             Ok(n) => n,
         };
+        st.note(conn, format_args!("{n} bytes: {}", events_in(&buf[..n])));
         if buf[..n].starts_with(b"HTTP/1.1 202")
             && std::mem::take(&mut *st.lose_next_202.lock().expect("lock"))
         {
@@ -811,6 +932,7 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
             if take {
                 let _ = client_tx.write_all(&seen[start..at.max(start)]).await;
                 *st.cuts_done.lock().expect("lock") += 1;
+                st.note(conn, format_args!("cut at byte {at}"));
                 // Added, not set: a cut may come on a pooled connection
                 // before the previous cut's refusals were used up.
                 *st.refuse_left.lock().expect("lock") += *st.refuse_per_cut.lock().expect("lock");
@@ -820,6 +942,7 @@ async fn relay(inbound: TcpStream, st: Arc<ProxyState>) {
             }
         }
         if client_tx.write_all(&buf[..n]).await.is_err() {
+            st.note(conn, "the client is gone");
             break;
         }
     }
