@@ -231,7 +231,7 @@ fn rdev_bin() -> &'static str {
 }
 
 async fn finish(cmd: tokio::process::Command) -> Output {
-    finish_or(cmd, || String::new()).await
+    finish_or(cmd, String::new).await
 }
 
 /// Runs `cmd` to completion (at most a minute). On a timeout the panic shows
