@@ -2,13 +2,16 @@
 //! metadata of, and delete a project's secrets. Values go in and never come
 //! out: no answer, log line or audit entry carries one.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use rdev_shared::db::audit;
 use rdev_shared::db::secrets::{self, SecretMeta};
 use rdev_shared::domain::{
-    FieldError, MAX_SECRETS_PER_PROJECT, Scope, validate_secret_name, validate_secret_value,
+    ExecutorConfig, FieldError, MAX_SECRETS_PER_COMMAND, MAX_SECRETS_PER_PROJECT, Project, Scope,
+    validate_secret_name, validate_secret_path, validate_secret_value,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -221,13 +224,12 @@ pub async fn delete(
 pub async fn check_request(
     st: &AppState,
     auth: &Auth,
-    project: &rdev_shared::domain::Project,
+    project: &Project,
     env_secrets: &[String],
-    files: &std::collections::BTreeMap<String, String>,
-    env: &std::collections::BTreeMap<String, String>,
+    files: &BTreeMap<String, String>,
+    env: &BTreeMap<String, String>,
     interactive: bool,
 ) -> ApiResult<()> {
-    use rdev_shared::domain::{ExecutorConfig, MAX_SECRETS_PER_COMMAND, validate_secret_path};
     if env_secrets.is_empty() && files.is_empty() {
         return Ok(());
     }
@@ -238,7 +240,28 @@ pub async fn check_request(
             format!("at most {MAX_SECRETS_PER_COMMAND} secrets and secret files together"),
         ));
     }
-    let mut seen = std::collections::BTreeSet::new();
+    env_secret_errors(env_secrets, env, &mut errors);
+    secret_file_errors(files, &mut errors);
+    if let ExecutorConfig::Kubernetes(_) = project.executor {
+        kubernetes_errors(env_secrets, files, interactive, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut names: Vec<String> = env_secrets.iter().chain(files.keys()).cloned().collect();
+    names.sort();
+    names.dedup();
+    check_allowed(auth, project, &names)?;
+    check_set(st, project, &names, files).await
+}
+
+/// `secrets`: names, each once, none also in `env`.
+fn env_secret_errors(
+    env_secrets: &[String],
+    env: &BTreeMap<String, String>,
+    errors: &mut Vec<FieldError>,
+) {
+    let mut seen = BTreeSet::new();
     for (i, n) in env_secrets.iter().enumerate() {
         if let Err(m) = validate_secret_name(n) {
             errors.push(FieldError::new(format!("secrets[{i}]"), m));
@@ -251,7 +274,11 @@ pub async fn check_request(
             ));
         }
     }
-    let mut paths = std::collections::BTreeSet::new();
+}
+
+/// `secret_files`: names, and paths each used once.
+fn secret_file_errors(files: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    let mut paths = BTreeSet::new();
     for (n, path) in files {
         if let Err(m) = validate_secret_name(n) {
             errors.push(FieldError::new(format!("secret_files.{n}"), m));
@@ -265,51 +292,69 @@ pub async fn check_request(
             ));
         }
     }
-    if let ExecutorConfig::Kubernetes(_) = project.executor {
-        if !files.is_empty() {
-            errors.push(FieldError::new(
-                "secret_files",
-                "kubernetes projects take secrets as environment variables only (`secrets`)",
-            ));
-        }
-        if !env_secrets.is_empty() && interactive {
-            errors.push(FieldError::new(
-                "secrets",
-                "on kubernetes projects secrets travel ahead of the command's input: not with \
-                 a tty or stdin \"pipe\"",
-            ));
-        }
+}
+
+/// What the Kubernetes executor cannot carry: secret files, and secrets of
+/// an interactive command.
+fn kubernetes_errors(
+    env_secrets: &[String],
+    files: &BTreeMap<String, String>,
+    interactive: bool,
+    errors: &mut Vec<FieldError>,
+) {
+    if !files.is_empty() {
+        errors.push(FieldError::new(
+            "secret_files",
+            "kubernetes projects take secrets as environment variables only (`secrets`)",
+        ));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+    if !env_secrets.is_empty() && interactive {
+        errors.push(FieldError::new(
+            "secrets",
+            "on kubernetes projects secrets travel ahead of the command's input: not with \
+             a tty or stdin \"pipe\"",
+        ));
     }
-    let mut names: Vec<String> = env_secrets.iter().chain(files.keys()).cloned().collect();
-    names.sort();
-    names.dedup();
-    if let Some(allowed) = &project.allowed_secrets {
-        let refused: Vec<&String> = names.iter().filter(|n| !allowed.contains(n)).collect();
-        if !refused.is_empty() {
-            auth.record_denial(
-                "command.create",
-                "project",
-                Some(project.name.clone()),
-                Some(project.id),
-                "secret_policy",
-                json!({ "secrets": refused }),
-            );
-            return Err(ApiError::Forbidden(format!(
-                "project `{}` does not allow its commands the secret(s) {}",
-                project.name,
-                refused
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+}
+
+/// The project's `allowed_secrets` (when it has one) holds every name;
+/// a refusal is audited.
+fn check_allowed(auth: &Auth, project: &Project, names: &[String]) -> ApiResult<()> {
+    let Some(allowed) = &project.allowed_secrets else {
+        return Ok(());
+    };
+    let refused: Vec<&String> = names.iter().filter(|n| !allowed.contains(n)).collect();
+    if refused.is_empty() {
+        return Ok(());
     }
+    auth.record_denial(
+        "command.create",
+        "project",
+        Some(project.name.clone()),
+        Some(project.id),
+        "secret_policy",
+        json!({ "secrets": refused }),
+    );
+    Err(ApiError::Forbidden(format!(
+        "project `{}` does not allow its commands the secret(s) {}",
+        project.name,
+        refused
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// Every name is a secret set in the project.
+async fn check_set(
+    st: &AppState,
+    project: &Project,
+    names: &[String],
+    files: &BTreeMap<String, String>,
+) -> ApiResult<()> {
     let client = st.pool.get().await?;
-    let existing = secrets::existing(&client, project.id, &names).await?;
+    let existing = secrets::existing(&client, project.id, names).await?;
     let missing: Vec<FieldError> = names
         .iter()
         .filter(|n| !existing.contains(n))
