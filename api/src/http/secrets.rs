@@ -10,14 +10,14 @@ use axum::response::IntoResponse;
 use rdev_shared::db::audit;
 use rdev_shared::db::secrets::{self, SecretMeta};
 use rdev_shared::domain::{
-    ExecutorConfig, FieldError, MAX_SECRETS_PER_COMMAND, MAX_SECRETS_PER_PROJECT, Project, Scope,
+    ExecutorConfig, FieldError, MAX_SECRETS_PER_COMMAND, MAX_SECRETS_PER_PROJECT, Project,
     validate_secret_name, validate_secret_path, validate_secret_value,
 };
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::access::load_visible_project as load_visible;
+use super::access::{InProject, perm};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query};
 use super::page::{Page, PageQuery};
@@ -37,6 +37,10 @@ pub struct SetSecret {
     /// The value: 6 bytes to 32 KiB, no NUL. Write-only: never returned.
     #[schema(min_length = 6, max_length = 32768)]
     value: String,
+}
+
+fn not_found(project: &Project, secret: &str) -> ApiError {
+    ApiError::NotFound(format!("secret `{secret}` not found in `{}`", project.name))
 }
 
 fn checked_name(secret: &str) -> ApiResult<()> {
@@ -62,12 +66,10 @@ fn checked_name(secret: &str) -> ApiResult<()> {
 )]
 pub async fn set(
     State(st): State<AppState>,
-    auth: Auth,
-    Path((name, secret)): Path<(String, String)>,
+    InProject { auth, project, .. }: InProject<perm::SecretsManage>,
+    Path((_name, secret)): Path<(String, String)>,
     Json(body): Json<SetSecret>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::SecretsManage)?;
-    let project = load_visible(&st, &auth, &name).await?;
     let mut errors = Vec::new();
     if let Err(m) = validate_secret_name(&secret) {
         errors.push(FieldError::new("name", m));
@@ -86,7 +88,8 @@ pub async fn set(
         && secrets::count(&tx, project.id).await? >= MAX_SECRETS_PER_PROJECT as i64
     {
         return Err(ApiError::Conflict(format!(
-            "project `{name}` already holds {MAX_SECRETS_PER_PROJECT} secrets"
+            "project `{}` already holds {MAX_SECRETS_PER_PROJECT} secrets",
+            project.name
         )));
     }
     let (meta, created) = secrets::set(
@@ -132,13 +135,10 @@ pub async fn set(
 )]
 pub async fn list(
     State(st): State<AppState>,
-    auth: Auth,
-    Path(name): Path<String>,
+    InProject { project, .. }: InProject<perm::SecretsManage>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Page<SecretMeta>> {
-    auth.require(Scope::SecretsManage)?;
     let (limit, after) = q.parse::<String>()?;
-    let project = load_visible(&st, &auth, &name).await?;
     let client = st.pool.get().await?;
     let items = secrets::list(&client, project.id, after.as_deref(), limit).await?;
     Ok(Page::new(items, limit, |s| s.name.clone()))
@@ -160,17 +160,15 @@ pub async fn list(
 )]
 pub async fn get(
     State(st): State<AppState>,
-    auth: Auth,
-    Path((name, secret)): Path<(String, String)>,
+    InProject { project, .. }: InProject<perm::SecretsManage>,
+    Path((_name, secret)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::SecretsManage)?;
     checked_name(&secret)?;
-    let project = load_visible(&st, &auth, &name).await?;
     let client = st.pool.get().await?;
     secrets::get(&client, project.id, &secret)
         .await?
         .map(axum::Json)
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{secret}` not found in `{name}`")))
+        .ok_or_else(|| not_found(&project, &secret))
 }
 
 /// `DELETE /v1/projects/{name}/secrets/{secret}`: erases the value. Queued
@@ -190,17 +188,15 @@ pub async fn get(
 )]
 pub async fn delete(
     State(st): State<AppState>,
-    auth: Auth,
-    Path((name, secret)): Path<(String, String)>,
+    InProject { auth, project, .. }: InProject<perm::SecretsManage>,
+    Path((_name, secret)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::SecretsManage)?;
     checked_name(&secret)?;
-    let project = load_visible(&st, &auth, &name).await?;
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
     let meta = secrets::delete(&tx, project.id, &secret)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{secret}` not found in `{name}`")))?;
+        .ok_or_else(|| not_found(&project, &secret))?;
     let mut entry = auth.audit(
         "secret.delete",
         "secret",
