@@ -85,6 +85,28 @@ impl<P: Permission> FromRequestParts<AppState> for Allowed<P> {
     }
 }
 
+/// `{id}` of a webhook endpoint, as the OpenAPI document describes it (the
+/// extractors read the path themselves). Only for routes whose handler
+/// takes no `Path`: utoipa adds the parameters of a `Path` argument itself
+/// and merges them with tuple entries of the same name, but not with a
+/// type's, which would then appear twice.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct WebhookId {
+    /// Webhook id (uuid)
+    id: String,
+}
+
+/// `{id}` of an API key, as the OpenAPI document describes it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct KeyId {
+    /// Key id (uuid)
+    id: String,
+}
+
 /// The value of the path parameter `name` (a route may have several).
 async fn path_param(parts: &mut Parts, st: &AppState, name: &str) -> ApiResult<String> {
     let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, st).await?;

@@ -25,7 +25,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::{Allowed, OnKey, key_visibility, perm};
+use super::access::{Allowed, KeyId, OnKey, key_visibility, perm};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Query, field_errors};
 use super::page::{Page, PageQuery};
@@ -420,9 +420,7 @@ pub async fn list(
     path = "/api-keys/{id}",
     tag = "api-keys",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Key id (uuid)"),
-    ),
+    params(KeyId),
     responses(
         (status = 200, description = "The key (scope `keys:manage`)", body = KeyView),
     ),
@@ -442,9 +440,7 @@ pub async fn get(
     path = "/api-keys/{id}",
     tag = "api-keys",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Key id (uuid)"),
-    ),
+    params(KeyId),
     responses(
         (status = 204, description = "Revoked (scope `keys:manage`)"),
     ),
@@ -476,9 +472,7 @@ pub async fn revoke(
     path = "/api-keys/{id}/rotate",
     tag = "api-keys",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Key id (uuid)"),
-    ),
+    params(KeyId),
     responses(
         (status = 200, description = "A new secret, shown only here (scope `keys:manage`)", body = KeyView),
     ),
