@@ -85,11 +85,20 @@ impl<P: Permission> FromRequestParts<AppState> for Allowed<P> {
     }
 }
 
-/// `{id}` of a webhook endpoint, as the OpenAPI document describes it (the
-/// extractors read the path themselves). Only for routes whose handler
-/// takes no `Path`: utoipa adds the parameters of a `Path` argument itself
-/// and merges them with tuple entries of the same name, but not with a
-/// type's, which would then appear twice.
+/// `{name}` of a project, as the OpenAPI document describes it (the
+/// extractors read the path themselves). These types are only for routes
+/// whose handler takes no `Path`: utoipa adds the parameters of a `Path`
+/// argument itself and merges them with tuple entries of the same name,
+/// but not with a type's, which would then appear twice.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ProjectName {
+    /// Project name
+    name: String,
+}
+
+/// `{id}` of a webhook endpoint, as the OpenAPI document describes it.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]

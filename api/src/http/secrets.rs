@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::access::{InProject, perm};
+use super::access::{InProject, ProjectName, perm};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query};
 use super::page::{Page, PageQuery};
@@ -125,10 +125,7 @@ pub async fn set(
     path = "/projects/{name}/secrets",
     tag = "secrets",
     security(("bearer" = [])),
-    params(
-        ("name" = String, Path, description = "Project name"),
-        PageQuery,
-    ),
+    params(ProjectName, PageQuery),
     responses(
         (status = 200, description = "A page of secrets, by name (scope `secrets:manage`)", body = Page<SecretMeta>),
     ),

@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use self::input::{Containment, require_containment_scope};
 pub use self::input::{CreateProject, DEFAULT_MAX_OUTPUT_BYTES, UpdateProject};
 use super::AppState;
-use super::access::{Allowed, InProject, perm};
+use super::access::{Allowed, InProject, ProjectName, perm};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Checked, Json, Query};
 use super::page::{Page, PageQuery};
@@ -186,7 +186,7 @@ pub async fn list(
     path = "/projects/{name}",
     tag = "projects",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(ProjectName),
     responses(
         (status = 200, description = "The project (scope `projects:read`)", body = ProjectView),
     ),
@@ -203,7 +203,7 @@ pub async fn get(
     path = "/projects/{name}",
     tag = "projects",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(ProjectName),
     request_body = UpdateProject,
     responses(
         (status = 200, description = "Updated (scope `projects:write`)", body = ProjectView),
@@ -238,7 +238,7 @@ pub async fn update(
     path = "/projects/{name}",
     tag = "projects",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(ProjectName),
     responses((status = 204, description = "Deleted (scope `projects:write`)")),
 )]
 pub async fn delete(
