@@ -168,7 +168,8 @@ async fn statements_time_out() {
     db.statement_timeout_s = 1;
     let pool = rdev_shared::db::pool(&db).expect("pool");
     let client = pool.get().await.expect("db");
-    let started = Instant::now();
+    // Cancelled, not finished: the statement timeout stopped the sleep
+    // (no bound on the elapsed time needed).
     let err = client
         .simple_query("SELECT pg_sleep(20)")
         .await
@@ -178,7 +179,6 @@ async fn statements_time_out() {
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 /// Reads an event stream, recording when each event arrived, until `end`,
