@@ -89,68 +89,12 @@ async fn main() -> anyhow::Result<()> {
     let command = cli
         .command
         .unwrap_or_else(|| Cmd::Serve(Box::new(ApiConfig::parse_default())));
-    match cli.global.crypto.ring() {
-        Ok(ring) => {
-            rdev_shared::crypto::install(ring);
-        }
-        // Refuses to serve without a key unless RDEV_ALLOW_UNENCRYPTED=1
-        // (`migrate` and `keys create` touch no secret and go on).
-        Err(e)
-            if matches!(
-                command,
-                Cmd::Serve(_) | Cmd::Keys(KeysCmd::Reencrypt { .. })
-            ) =>
-        {
-            return Err(e).context("the encryption key ring");
-        }
-        Err(_) => {}
-    }
+    install_key_ring(&cli.global, &command)?;
     match command {
         Cmd::Serve(cfg) => serve(*cfg).await,
-        Cmd::Keys(KeysCmd::GenerateEncryptionKey { id }) => {
-            let entry = rdev_shared::crypto::KeyRing::generate_entry(&id);
-            rdev_shared::crypto::KeyRing::parse(&entry).context("--id")?;
-            println!("{entry}");
-            Ok(())
-        }
-        Cmd::Keys(KeysCmd::Reencrypt { db: db_cfg }) => {
-            let ring = rdev_shared::crypto::ring();
-            if ring.is_empty() {
-                anyhow::bail!("RDEV_ENCRYPTION_KEYS is empty: nothing to encrypt with");
-            }
-            let pool = db::pool(&db_cfg)?;
-            let client = pool.get().await.context("connecting to PostgreSQL")?;
-            let r = db::reencrypt::run(&client, &ring)
-                .await
-                .context("re-encrypting")?;
-            println!(
-                "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} command input, {} webhook secrets, {} project secrets",
-                ring.current_id().unwrap_or_default(),
-                r.project_env,
-                r.command_env,
-                r.command_stdin,
-                r.command_input,
-                r.webhook_secret,
-                r.project_secret
-            );
-            Ok(())
-        }
-        Cmd::Migrate(db_cfg) => {
-            let pool = db::pool(&db_cfg)?;
-            let applied = db::migrate_as_owner(&db_cfg, &pool)
-                .await
-                .context("migrating")?;
-            println!(
-                "applied {} migration(s){}",
-                applied.len(),
-                if applied.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", applied.join(", "))
-                }
-            );
-            Ok(())
-        }
+        Cmd::Migrate(db_cfg) => migrate(db_cfg).await,
+        Cmd::Keys(KeysCmd::GenerateEncryptionKey { id }) => generate_encryption_key(&id),
+        Cmd::Keys(KeysCmd::Reencrypt { db: db_cfg }) => reencrypt(db_cfg).await,
         Cmd::Keys(KeysCmd::Create {
             db: db_cfg,
             name,
@@ -174,6 +118,77 @@ async fn main() -> anyhow::Result<()> {
             create_key(db_cfg, name, scopes, projects, limits).await
         }
     }
+}
+
+/// Installs the encryption key ring. Refuses to serve (or re-encrypt)
+/// without a key unless RDEV_ALLOW_UNENCRYPTED=1 (`migrate` and `keys
+/// create` touch no secret and go on).
+fn install_key_ring(global: &GlobalConfig, command: &Cmd) -> anyhow::Result<()> {
+    match global.crypto.ring() {
+        Ok(ring) => {
+            rdev_shared::crypto::install(ring);
+        }
+        Err(e)
+            if matches!(
+                command,
+                Cmd::Serve(_) | Cmd::Keys(KeysCmd::Reencrypt { .. })
+            ) =>
+        {
+            return Err(e).context("the encryption key ring");
+        }
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// `rdev-api migrate`.
+async fn migrate(db_cfg: DbConfig) -> anyhow::Result<()> {
+    let pool = db::pool(&db_cfg)?;
+    let applied = db::migrate_as_owner(&db_cfg, &pool)
+        .await
+        .context("migrating")?;
+    println!(
+        "applied {} migration(s){}",
+        applied.len(),
+        if applied.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", applied.join(", "))
+        }
+    );
+    Ok(())
+}
+
+/// `rdev-api keys generate-encryption-key`.
+fn generate_encryption_key(id: &str) -> anyhow::Result<()> {
+    let entry = rdev_shared::crypto::KeyRing::generate_entry(id);
+    rdev_shared::crypto::KeyRing::parse(&entry).context("--id")?;
+    println!("{entry}");
+    Ok(())
+}
+
+/// `rdev-api keys reencrypt`.
+async fn reencrypt(db_cfg: DbConfig) -> anyhow::Result<()> {
+    let ring = rdev_shared::crypto::ring();
+    if ring.is_empty() {
+        anyhow::bail!("RDEV_ENCRYPTION_KEYS is empty: nothing to encrypt with");
+    }
+    let pool = db::pool(&db_cfg)?;
+    let client = pool.get().await.context("connecting to PostgreSQL")?;
+    let r = db::reencrypt::run(&client, &ring)
+        .await
+        .context("re-encrypting")?;
+    println!(
+        "re-encrypted under key `{}`: {} project env, {} command env, {} command stdin, {} command input, {} webhook secrets, {} project secrets",
+        ring.current_id().unwrap_or_default(),
+        r.project_env,
+        r.command_env,
+        r.command_stdin,
+        r.command_input,
+        r.webhook_secret,
+        r.project_secret
+    );
+    Ok(())
 }
 
 trait ParseDefault {

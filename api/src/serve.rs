@@ -19,9 +19,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rdev_shared::lifecycle::CancellationToken;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 
 /// A client that sends nothing for this long after connecting (or between
@@ -50,7 +52,7 @@ pub async fn serve(
     write_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
+    let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     // Connection slots double as the shutdown's wait: when every slot is
@@ -75,18 +77,36 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
-                let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-                    let _ = stream.write_all(OVER_CAPACITY).await;
-                    let _ = stream.shutdown().await;
-                })
-                .await;
-            });
-            continue;
-        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let conn = Connection { stream, peer, slot };
+                conn.spawn(&http, &app, write_timeout, shutdown.clone());
+            }
+            Err(_) => refuse(stream),
+        }
+    }
+    drop(listener);
+    let _ = slots.acquire_many(max_connections as u32).await;
+}
+
+/// One accepted connection, holding its slot.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves the connection in a task of its own, until it ends or, once
+    /// `stopping` is cancelled, its request in flight is answered.
+    fn spawn(
+        self,
+        http: &http1::Builder,
+        app: &Router,
+        write_timeout: Duration,
+        stopping: CancellationToken,
+    ) {
+        let Self { stream, peer, slot } = self;
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
@@ -106,7 +126,6 @@ pub async fn serve(
         let conn = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let stopping = shutdown.clone();
         tokio::spawn(async move {
             // Held for the connection's life.
             let _slot = slot;
@@ -124,8 +143,19 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    let _ = slots.acquire_many(max_connections as u32).await;
+}
+
+/// Answers a connection over the cap [`OVER_CAPACITY`] without reading it,
+/// and closes it.
+fn refuse(mut stream: TcpStream) {
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+            let _ = stream.write_all(OVER_CAPACITY).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
 }
 
 /// A socket whose writes fail with `TimedOut` when the peer takes nothing

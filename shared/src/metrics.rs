@@ -8,6 +8,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::Arc;
+
 use crate::domain::CommandStatus;
 use deadpool_postgres::Pool;
 
@@ -260,6 +262,18 @@ pub fn resident_memory_bytes() -> Option<i64> {
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `/metrics` route of every rdev service: `metrics` in the text
+/// exposition format, with `pool`'s connection gauges brought up to date.
+pub fn route<S>(metrics: Arc<Metrics>, pool: Pool) -> axum::routing::MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    axum::routing::get(move || {
+        let body = metrics.render(Some(&pool));
+        std::future::ready(([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body))
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -38,21 +38,12 @@ pub struct OpsState {
 
 /// The router of the worker's HTTP endpoints.
 pub fn router(state: OpsState) -> Router {
+    let metrics = rdev_shared::metrics::route(state.metrics.clone(), state.pool.clone());
     Router::new()
         .route("/health", get(readiness::health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics)
         .with_state(state)
-}
-
-async fn metrics(State(s): State<OpsState>) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            rdev_shared::metrics::CONTENT_TYPE,
-        )],
-        s.metrics.render(Some(&s.pool)),
-    )
 }
 
 async fn ready(State(s): State<OpsState>) -> Readiness {

@@ -1,6 +1,6 @@
 //! Access as an argument type (as svix makes a permission one): a handler
 //! that takes [`Allowed<P>`] runs only for a key holding `P`'s scope, and one
-//! that takes [`InProject<P>`], [`OnCommand<P>`] or [`OnWebhook`] gets the
+//! that takes [`InProject<P>`], [`OnCommand<P>`], [`OnWebhook`] or [`OnKey`] gets the
 //! resource named in its path, loaded, and only if the key may see it (404
 //! otherwise, as if it did not exist). The scope is checked before the
 //! resource is looked up, so a key without it learns nothing of what exists.
@@ -9,8 +9,9 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use rdev_shared::db::{commands, projects, webhooks};
-use rdev_shared::domain::{Command, Project, Scope, validate_project_name};
+use rdev_shared::db::keys::Visibility;
+use rdev_shared::db::{commands, keys, projects, webhooks};
+use rdev_shared::domain::{ApiKey, Command, Project, Scope, validate_project_name};
 use rdev_shared::webhook::Webhook;
 use uuid::Uuid;
 
@@ -82,6 +83,37 @@ impl<P: Permission> FromRequestParts<AppState> for Allowed<P> {
             scope: PhantomData,
         })
     }
+}
+
+/// `{name}` of a project, as the OpenAPI document describes it (the
+/// extractors read the path themselves). These types are only for routes
+/// whose handler takes no `Path`: utoipa adds the parameters of a `Path`
+/// argument itself and merges them with tuple entries of the same name,
+/// but not with a type's, which would then appear twice.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ProjectName {
+    /// Project name
+    name: String,
+}
+
+/// `{id}` of a webhook endpoint, as the OpenAPI document describes it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct WebhookId {
+    /// Webhook id (uuid)
+    id: String,
+}
+
+/// `{id}` of an API key, as the OpenAPI document describes it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct KeyId {
+    /// Key id (uuid)
+    id: String,
 }
 
 /// The value of the path parameter `name` (a route may have several).
@@ -217,5 +249,40 @@ pub async fn load_visible_webhook(st: &AppState, auth: &Auth, id: Uuid) -> ApiRe
     match webhooks::get(&client, id).await? {
         Some(w) if sees_webhook(auth, &w) => Ok(w),
         _ => Err(ApiError::NotFound(format!("webhook `{id}` not found"))),
+    }
+}
+
+/// The API key named by `{id}`, seen by a caller holding `keys:manage`: a
+/// key sees only keys within its own scopes and projects ([`key_visibility`]).
+pub struct OnKey {
+    /// The caller.
+    pub auth: Auth,
+    /// The key.
+    pub key: ApiKey,
+}
+
+impl FromRequestParts<AppState> for OnKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let Allowed { auth, .. } =
+            Allowed::<perm::KeysManage>::from_request_parts(parts, st).await?;
+        let id = path_param(parts, st, "id").await?;
+        let not_found = || ApiError::NotFound(format!("API key `{id}` not found"));
+        let uuid: Uuid = id.parse().map_err(|_| not_found())?;
+        let client = st.pool.get().await?;
+        let key = keys::get(&client, uuid, &key_visibility(&auth))
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Self { auth, key })
+    }
+}
+
+/// Which keys `auth` sees: all for an `admin`, else those whose scopes and
+/// projects are within its own.
+pub fn key_visibility(auth: &Auth) -> Visibility {
+    Visibility {
+        scopes_within: (!auth.key.has_scope(Scope::Admin)).then(|| auth.key.scopes.clone()),
+        projects_within: auth.key.project_ids.clone(),
     }
 }

@@ -25,19 +25,24 @@
 //! the server tells its worker every [`ATTACHED_EVERY`] that a client is
 //! there, which keeps an interactive command from ending `idle`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use rdev_shared::db::{commands, output};
-use rdev_shared::domain::{Command, OutputStream, Scope};
+use rdev_shared::domain::{Command, CommandStatus, OutputStream, Scope};
 use rdev_shared::interactive::{Input, InputMessage, InputSignal, TtySize};
 use rdev_shared::mq::OutputEvent;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Interval, MissedTickBehavior};
 use uuid::Uuid;
 
 use super::AppState;
@@ -47,6 +52,8 @@ use super::extract::{Auth, Path, Query};
 use super::input;
 use super::sse::{KeyWatch, key_still_valid};
 use crate::admission::{Refusal, Slot};
+use crate::frames::LiveEvent;
+use crate::hub::Subscription;
 
 /// The routes of this module (under `/v1`).
 pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
@@ -124,6 +131,9 @@ pub async fn attach(
         .on_upgrade(move |socket| async move {
             let session = Session {
                 st,
+                status: cmd.status,
+                finished: cmd.status.is_terminal(),
+                need_catch_up: true,
                 cmd,
                 last: from,
                 may_input,
@@ -139,6 +149,12 @@ struct Session {
     cmd: Command,
     /// The last output `seq` sent.
     last: i64,
+    /// The last status sent.
+    status: CommandStatus,
+    /// The command has ended: send everything stored, then `end`.
+    finished: bool,
+    /// PostgreSQL may hold chunks not sent yet (a gap, a lag, no live feed).
+    need_catch_up: bool,
     may_input: bool,
     watch: KeyWatch,
     _slot: Slot,
@@ -151,160 +167,204 @@ enum Stop {
     Gone,
 }
 
+/// The client is gone (a send failed).
+fn gone<E>(_: E) -> Stop {
+    Stop::Gone
+}
+
+/// An interval whose missed ticks are delayed, not bunched.
+fn interval(every: Duration) -> Interval {
+    let mut i = tokio::time::interval(every);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
 impl Session {
-    async fn run(
-        mut self,
-        socket: WebSocket,
-        mut key_changes: tokio::sync::broadcast::Receiver<Uuid>,
-    ) {
-        let (mut tx, mut rx) = socket.split();
-        let id = self.cmd.id;
-        let mut sub = Box::pin(self.st.hub.subscribe(id)).await;
-        let mut status = self.cmd.status;
+    async fn run(mut self, socket: WebSocket, key_changes: broadcast::Receiver<Uuid>) {
+        let (mut tx, rx) = socket.split();
+        let sub = Box::pin(self.st.hub.subscribe(self.cmd.id)).await;
         let first = json!({"type": "status", "command": &self.cmd});
         if send_json(&mut tx, &first).await.is_err() {
             return;
         }
+        let stop = self.follow(&mut tx, rx, sub, key_changes).await;
+        self.close(&mut tx, stop).await;
+    }
+
+    /// Sends stored output, then live output, and takes input, until the
+    /// command ends, the client leaves or the client must reconnect.
+    async fn follow(
+        &mut self,
+        tx: &mut Sink,
+        mut rx: SplitStream<WebSocket>,
+        mut sub: Subscription,
+        mut key_changes: broadcast::Receiver<Uuid>,
+    ) -> Stop {
         let expires = tokio::time::sleep(self.st.cfg.sse_max_lifetime);
         tokio::pin!(expires);
         let shutdown = self.st.shutdown.clone();
-        let mut poll = tokio::time::interval(self.st.cfg.sse_poll);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut attached = tokio::time::interval(ATTACHED_EVERY);
-        attached.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut finished = status.is_terminal();
-        // Stored output first (and everything, for a finished command).
-        let mut need_catch_up = true;
-        let stop = loop {
-            if need_catch_up || finished {
-                match self.catch_up(&mut tx).await {
-                    Err(_) => break Stop::Gone,
-                    // `end` only after everything stored was sent: a
-                    // finished command whose output could not be read
-                    // ends the session for a resume instead.
-                    Ok(false) if finished => {
-                        break Stop::Reconnect(
-                            "the stored output could not be read; reconnect with from_seq",
-                        );
-                    }
-                    // Running: the next poll tries again.
-                    Ok(complete) => need_catch_up = !complete,
-                }
+        let mut poll = interval(self.st.cfg.sse_poll);
+        let mut ping = interval(PING_EVERY);
+        let mut attached = interval(ATTACHED_EVERY);
+        loop {
+            if let Some(stop) = self.catch_up_if_needed(tx).await {
+                return stop;
             }
-            if finished {
-                break Stop::End;
-            }
-            tokio::select! {
-                () = &mut expires => break Stop::Reconnect("maximum connection lifetime reached"),
-                () = shutdown.cancelled() => break Stop::Reconnect("server shutting down"),
-                change = key_changes.recv() => {
-                    let recheck = match change {
-                        Ok(k) => k == self.watch.id || k.is_nil(),
-                        Err(_) => true,
-                    };
-                    if recheck && !Box::pin(key_still_valid(&self.st.pool, &self.watch)).await {
-                        break Stop::Reconnect("the API key was revoked, rotated or has expired");
-                    }
+            let step = tokio::select! {
+                () = &mut expires => Err(Stop::Reconnect("maximum connection lifetime reached")),
+                () = shutdown.cancelled() => Err(Stop::Reconnect("server shutting down")),
+                change = key_changes.recv() => self.on_key_change(change).await,
+                msg = sub.recv() => self.on_live(tx, &mut sub, msg).await,
+                frame = rx.next() => self.on_frame(tx, frame).await,
+                _ = poll.tick() => self.on_poll(tx, &mut sub).await,
+                _ = ping.tick() => tx.send(Message::Ping(Bytes::new())).await.map_err(gone),
+                _ = attached.tick() => {
+                    self.tell_worker_attached().await;
+                    Ok(())
                 }
-                msg = sub.recv() => match msg.as_deref().map(|m| &m.event) {
-                    Some(OutputEvent::Chunk { seq, stream, data }) => {
-                        if *seq == self.last + 1 && !sub.take_lagged() {
-                            if tx.send(Message::Binary(chunk_frame(*seq, *stream, data))).await.is_err() {
-                                break Stop::Gone;
-                            }
-                            self.last = *seq;
-                        } else if *seq > self.last + 1 {
-                            need_catch_up = true;
-                        }
-                    }
-                    Some(OutputEvent::Status) => {
-                        if let Some(c) = reload(&self.st, id).await && c.status != status {
-                            status = c.status;
-                            finished = status.is_terminal();
-                            if send_json(&mut tx, &json!({"type": "status", "command": c})).await.is_err() {
-                                break Stop::Gone;
-                            }
-                        }
-                    }
-                    Some(OutputEvent::End) => finished = true,
-                    None => {
-                        tokio::time::sleep(self.st.cfg.sse_poll).await;
-                        need_catch_up = true;
-                    }
-                },
-                frame = rx.next() => match frame {
-                    Some(Ok(Message::Binary(b))) => {
-                        if self.input(&mut tx, Input::Data { data: b.to_vec() }).await.is_err() {
-                            break Stop::Gone;
-                        }
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        let event = match serde_json::from_str::<UpFrame>(t.as_str()) {
-                            Ok(UpFrame::Stdin { data }) => Ok(Input::Data { data: data.into_bytes() }),
-                            Ok(UpFrame::Eof) => Ok(Input::Eof),
-                            Ok(UpFrame::Resize { cols, rows }) => {
-                                let size = TtySize { cols, rows };
-                                size.validate().map(|()| Input::Resize { size })
-                            }
-                            Ok(UpFrame::Signal { signal }) => Ok(Input::Signal { signal }),
-                            Err(e) => Err(format!("malformed frame: {e}")),
-                        };
-                        let sent = match event {
-                            Ok(event) => self.input(&mut tx, event).await,
-                            Err(detail) => send_json(&mut tx, &json!({"type": "error", "status": 400, "detail": detail})).await,
-                        };
-                        if sent.is_err() {
-                            break Stop::Gone;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Stop::Gone,
-                    Some(Ok(_)) => {}
-                },
-                _ = poll.tick() => {
-                    need_catch_up = sub.take_lagged();
-                    if let Some(c) = reload(&self.st, id).await {
-                        if c.status != status {
-                            status = c.status;
-                            if send_json(&mut tx, &json!({"type": "status", "command": &c})).await.is_err() {
-                                break Stop::Gone;
-                            }
-                        }
-                        finished = c.status.is_terminal();
-                    }
-                }
-                _ = ping.tick() => {
-                    if tx.send(Message::Ping(Bytes::new())).await.is_err() {
-                        break Stop::Gone;
-                    }
-                }
-                _ = attached.tick() => self.tell_worker_attached().await,
+            };
+            if let Err(stop) = step {
+                return stop;
             }
-        };
-        match stop {
-            Stop::End => {
-                if let Some(c) = reload(&self.st, id).await {
-                    let _ = send_json(&mut tx, &json!({"type": "end", "command": c})).await;
-                }
-                let _ = tx
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: Utf8Bytes::from_static("end"),
-                    })))
-                    .await;
-            }
-            Stop::Reconnect(reason) => {
-                let _ = send_json(&mut tx, &json!({"type": "reconnect", "reason": reason})).await;
-                let _ = tx
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1012,
-                        reason: Utf8Bytes::from_static("reconnect"),
-                    })))
-                    .await;
-            }
-            Stop::Gone => {}
         }
+    }
+
+    /// Sends the stored output when it may hold what was not sent (all of
+    /// it, for a finished command); `Some` when following is over.
+    async fn catch_up_if_needed(&mut self, tx: &mut Sink) -> Option<Stop> {
+        if self.need_catch_up || self.finished {
+            match self.catch_up(tx).await {
+                Err(_) => return Some(Stop::Gone),
+                // `end` only after everything stored was sent: a finished
+                // command whose output could not be read ends the session
+                // for a resume instead.
+                Ok(false) if self.finished => {
+                    return Some(Stop::Reconnect(
+                        "the stored output could not be read; reconnect with from_seq",
+                    ));
+                }
+                // Running: the next poll tries again.
+                Ok(complete) => self.need_catch_up = !complete,
+            }
+        }
+        self.finished.then_some(Stop::End)
+    }
+
+    /// A key changed somewhere: ends the session if it was this one's and
+    /// it is no longer valid.
+    async fn on_key_change(&self, change: Result<Uuid, RecvError>) -> Result<(), Stop> {
+        let recheck = match change {
+            Ok(k) => k == self.watch.id || k.is_nil(),
+            Err(_) => true,
+        };
+        if recheck && !Box::pin(key_still_valid(&self.st.pool, &self.watch)).await {
+            return Err(Stop::Reconnect(
+                "the API key was revoked, rotated or has expired",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A live message: the next chunk is sent, a later one means a catch-up
+    /// from PostgreSQL; a status change is sent.
+    async fn on_live(
+        &mut self,
+        tx: &mut Sink,
+        sub: &mut Subscription,
+        msg: Option<Arc<LiveEvent>>,
+    ) -> Result<(), Stop> {
+        match msg.as_deref().map(|m| &m.event) {
+            Some(OutputEvent::Chunk { seq, stream, data }) => {
+                if *seq == self.last + 1 && !sub.take_lagged() {
+                    tx.send(Message::Binary(chunk_frame(*seq, *stream, data)))
+                        .await
+                        .map_err(gone)?;
+                    self.last = *seq;
+                } else if *seq > self.last + 1 {
+                    self.need_catch_up = true;
+                }
+            }
+            Some(OutputEvent::Status) => {
+                if let Some(c) = reload(&self.st, self.cmd.id).await
+                    && c.status != self.status
+                {
+                    self.finished = c.status.is_terminal();
+                    self.send_status(tx, &c).await?;
+                }
+            }
+            Some(OutputEvent::End) => self.finished = true,
+            None => {
+                tokio::time::sleep(self.st.cfg.sse_poll).await;
+                self.need_catch_up = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame from the client: input (bytes or JSON), or its leaving.
+    async fn on_frame(
+        &mut self,
+        tx: &mut Sink,
+        frame: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), Stop> {
+        let sent = match frame {
+            Some(Ok(Message::Binary(b))) => self.input(tx, Input::Data { data: b.to_vec() }).await,
+            Some(Ok(Message::Text(t))) => match up_frame_input(t.as_str()) {
+                Ok(event) => self.input(tx, event).await,
+                Err(detail) => {
+                    let refusal = json!({"type": "error", "status": 400, "detail": detail});
+                    send_json(tx, &refusal).await
+                }
+            },
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Stop::Gone),
+            Some(Ok(_)) => Ok(()),
+        };
+        sent.map_err(gone)
+    }
+
+    /// The poll: reads PostgreSQL when live messages were lost, and the
+    /// command's status (a missed status message).
+    async fn on_poll(&mut self, tx: &mut Sink, sub: &mut Subscription) -> Result<(), Stop> {
+        self.need_catch_up = sub.take_lagged();
+        if let Some(c) = reload(&self.st, self.cmd.id).await {
+            if c.status != self.status {
+                self.send_status(tx, &c).await?;
+            }
+            self.finished = c.status.is_terminal();
+        }
+        Ok(())
+    }
+
+    /// Sends `c`'s status and remembers it as the last one sent.
+    async fn send_status(&mut self, tx: &mut Sink, c: &Command) -> Result<(), Stop> {
+        self.status = c.status;
+        send_json(tx, &json!({"type": "status", "command": c}))
+            .await
+            .map_err(gone)
+    }
+
+    /// Ends the session as `stop` says: `end` (with the command as it
+    /// ended) or `reconnect`, then a close frame.
+    async fn close(&self, tx: &mut Sink, stop: Stop) {
+        let (code, reason) = match stop {
+            Stop::End => {
+                if let Some(c) = reload(&self.st, self.cmd.id).await {
+                    let _ = send_json(tx, &json!({"type": "end", "command": c})).await;
+                }
+                (1000, "end")
+            }
+            Stop::Reconnect(why) => {
+                let _ = send_json(tx, &json!({"type": "reconnect", "reason": why})).await;
+                (1012, "reconnect")
+            }
+            Stop::Gone => return,
+        };
+        let _ = tx
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
     }
 
     /// Sends the stored chunks after `last` (pages of [`CATCH_UP_PAGE`]);
@@ -379,6 +439,22 @@ impl Session {
 }
 
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
+/// The input event of a JSON text frame, or why it is refused.
+fn up_frame_input(text: &str) -> Result<Input, String> {
+    match serde_json::from_str::<UpFrame>(text) {
+        Ok(UpFrame::Stdin { data }) => Ok(Input::Data {
+            data: data.into_bytes(),
+        }),
+        Ok(UpFrame::Eof) => Ok(Input::Eof),
+        Ok(UpFrame::Resize { cols, rows }) => {
+            let size = TtySize { cols, rows };
+            size.validate().map(|()| Input::Resize { size })
+        }
+        Ok(UpFrame::Signal { signal }) => Ok(Input::Signal { signal }),
+        Err(e) => Err(format!("malformed frame: {e}")),
+    }
+}
 
 async fn send_json(tx: &mut Sink, value: &serde_json::Value) -> Result<(), axum::Error> {
     tx.send(Message::Text(value.to_string().into())).await

@@ -43,15 +43,3 @@ pub async fn ready(State(st): State<AppState>) -> impl IntoResponse {
     let rabbitmq = st.publisher.channel().await.is_ok() && st.hub.is_connected();
     Readiness::of(postgres, rabbitmq)
 }
-
-/// Prometheus text exposition, on the operations listener only
-/// (`RDEV_OPS_LISTEN`), not an operation of the public API.
-pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            rdev_shared::metrics::CONTENT_TYPE,
-        )],
-        st.metrics.render(Some(&st.pool)),
-    )
-}

@@ -16,7 +16,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rdev_shared::db::audit::{self, AuditEntry};
-use rdev_shared::db::keys::{self, KeyLimits, NewKey, Visibility};
+use rdev_shared::db::keys::{self, KeyLimits, NewKey};
 use rdev_shared::domain::validate;
 use rdev_shared::domain::{ApiKey, FieldError, RateLimit, Scope};
 use rdev_shared::secret;
@@ -25,9 +25,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::{Allowed, perm};
+use super::access::{Allowed, KeyId, OnKey, key_visibility, perm};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Auth, Json, Path, Query, field_errors};
+use super::extract::{Auth, Json, Query, field_errors};
 use super::page::{Page, PageQuery};
 use crate::control;
 
@@ -112,13 +112,6 @@ async fn views(
             secret,
         })
         .collect())
-}
-
-fn visibility(auth: &Auth) -> Visibility {
-    Visibility {
-        scopes_within: (!auth.key.has_scope(Scope::Admin)).then(|| auth.key.scopes.clone()),
-        projects_within: auth.key.project_ids.clone(),
-    }
 }
 
 /// Body of `POST /v1/api-keys`.
@@ -412,7 +405,7 @@ pub async fn list(
 ) -> ApiResult<Page<KeyView>> {
     let (limit, after) = q.parse::<Uuid>()?;
     let client = st.pool.get().await?;
-    let items = keys::list(&client, after, &visibility(&auth), limit).await?;
+    let items = keys::list(&client, after, &key_visibility(&auth), limit).await?;
     let page = Page::new(items, limit, |k| k.id);
     let items = views(&client, page.items.into_iter().map(|k| (k, None)).collect()).await?;
     Ok(Page {
@@ -421,42 +414,22 @@ pub async fn list(
     })
 }
 
-fn parse_id(id: &str) -> ApiResult<Uuid> {
-    id.parse()
-        .map_err(|_| ApiError::NotFound(format!("API key `{id}` not found")))
-}
-
-async fn load_visible(
-    client: &impl deadpool_postgres::GenericClient,
-    auth: &Auth,
-    id: &str,
-) -> ApiResult<ApiKey> {
-    keys::get(client, parse_id(id)?, &visibility(auth))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("API key `{id}` not found")))
-}
-
 /// `GET /v1/api-keys/{id}`
 #[utoipa::path(
     get,
     path = "/api-keys/{id}",
     tag = "api-keys",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Key id (uuid)"),
-    ),
+    params(KeyId),
     responses(
         (status = 200, description = "The key (scope `keys:manage`)", body = KeyView),
     ),
 )]
 pub async fn get(
     State(st): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    OnKey { key, .. }: OnKey,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::KeysManage)?;
     let client = st.pool.get().await?;
-    let key = load_visible(&client, &auth, &id).await?;
     Ok(axum::Json(view(&client, key, None).await?))
 }
 
@@ -467,26 +440,22 @@ pub async fn get(
     path = "/api-keys/{id}",
     tag = "api-keys",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Key id (uuid)"),
-    ),
+    params(KeyId),
     responses(
         (status = 204, description = "Revoked (scope `keys:manage`)"),
     ),
 )]
 pub async fn revoke(
     State(st): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    OnKey { auth, key }: OnKey,
 ) -> ApiResult<StatusCode> {
-    auth.require(Scope::KeysManage)?;
-    let mut client = st.pool.get().await?;
-    let key = load_visible(&client, &auth, &id).await?;
     if !may_manage(&auth.key, &key) {
         return Err(not_creator(&auth, &key));
     }
+    let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
-    let key = keys::revoke(&tx, key.id)
+    let id = key.id;
+    let key = keys::revoke(&tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("API key `{id}` not found")))?;
     audit_key(&tx, &auth, "api_key.revoke", &key).await?;
@@ -503,21 +472,12 @@ pub async fn revoke(
     path = "/api-keys/{id}/rotate",
     tag = "api-keys",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Key id (uuid)"),
-    ),
+    params(KeyId),
     responses(
         (status = 200, description = "A new secret, shown only here (scope `keys:manage`)", body = KeyView),
     ),
 )]
-pub async fn rotate(
-    State(st): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    auth.require(Scope::KeysManage)?;
-    let mut client = st.pool.get().await?;
-    let key = load_visible(&client, &auth, &id).await?;
+pub async fn rotate(State(st): State<AppState>, OnKey { auth, key }: OnKey) -> ApiResult<Response> {
     if !may_manage(&auth.key, &key) {
         return Err(not_creator(&auth, &key));
     }
@@ -525,6 +485,7 @@ pub async fn rotate(
         return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
     }
     let generated = secret::generate_key();
+    let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
     let key = keys::rotate(&tx, key.id, &generated.prefix, &generated.hash)
         .await?

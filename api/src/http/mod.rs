@@ -148,8 +148,9 @@ pub async fn openapi_json() -> impl IntoResponse {
 /// `/health` and `/ready` for probes that prefer it. Not on the public port:
 /// metrics tell an outsider about load, keys in use and failures.
 pub fn ops_router(state: AppState) -> Router {
+    let metrics = rdev_shared::metrics::route(state.metrics.clone(), state.pool.clone());
     Router::new()
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", metrics)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .fallback(not_found)

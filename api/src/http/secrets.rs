@@ -2,19 +2,22 @@
 //! metadata of, and delete a project's secrets. Values go in and never come
 //! out: no answer, log line or audit entry carries one.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use rdev_shared::db::audit;
 use rdev_shared::db::secrets::{self, SecretMeta};
 use rdev_shared::domain::{
-    FieldError, MAX_SECRETS_PER_PROJECT, Scope, validate_secret_name, validate_secret_value,
+    ExecutorConfig, FieldError, MAX_SECRETS_PER_COMMAND, MAX_SECRETS_PER_PROJECT, Project,
+    validate_secret_name, validate_secret_path, validate_secret_value,
 };
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::access::load_visible_project as load_visible;
+use super::access::{InProject, ProjectName, perm};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Path, Query};
 use super::page::{Page, PageQuery};
@@ -34,6 +37,10 @@ pub struct SetSecret {
     /// The value: 6 bytes to 32 KiB, no NUL. Write-only: never returned.
     #[schema(min_length = 6, max_length = 32768)]
     value: String,
+}
+
+fn not_found(project: &Project, secret: &str) -> ApiError {
+    ApiError::NotFound(format!("secret `{secret}` not found in `{}`", project.name))
 }
 
 fn checked_name(secret: &str) -> ApiResult<()> {
@@ -59,12 +66,10 @@ fn checked_name(secret: &str) -> ApiResult<()> {
 )]
 pub async fn set(
     State(st): State<AppState>,
-    auth: Auth,
-    Path((name, secret)): Path<(String, String)>,
+    InProject { auth, project, .. }: InProject<perm::SecretsManage>,
+    Path((_name, secret)): Path<(String, String)>,
     Json(body): Json<SetSecret>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::SecretsManage)?;
-    let project = load_visible(&st, &auth, &name).await?;
     let mut errors = Vec::new();
     if let Err(m) = validate_secret_name(&secret) {
         errors.push(FieldError::new("name", m));
@@ -83,7 +88,8 @@ pub async fn set(
         && secrets::count(&tx, project.id).await? >= MAX_SECRETS_PER_PROJECT as i64
     {
         return Err(ApiError::Conflict(format!(
-            "project `{name}` already holds {MAX_SECRETS_PER_PROJECT} secrets"
+            "project `{}` already holds {MAX_SECRETS_PER_PROJECT} secrets",
+            project.name
         )));
     }
     let (meta, created) = secrets::set(
@@ -119,23 +125,17 @@ pub async fn set(
     path = "/projects/{name}/secrets",
     tag = "secrets",
     security(("bearer" = [])),
-    params(
-        ("name" = String, Path, description = "Project name"),
-        PageQuery,
-    ),
+    params(ProjectName, PageQuery),
     responses(
         (status = 200, description = "A page of secrets, by name (scope `secrets:manage`)", body = Page<SecretMeta>),
     ),
 )]
 pub async fn list(
     State(st): State<AppState>,
-    auth: Auth,
-    Path(name): Path<String>,
+    InProject { project, .. }: InProject<perm::SecretsManage>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Page<SecretMeta>> {
-    auth.require(Scope::SecretsManage)?;
     let (limit, after) = q.parse::<String>()?;
-    let project = load_visible(&st, &auth, &name).await?;
     let client = st.pool.get().await?;
     let items = secrets::list(&client, project.id, after.as_deref(), limit).await?;
     Ok(Page::new(items, limit, |s| s.name.clone()))
@@ -157,17 +157,15 @@ pub async fn list(
 )]
 pub async fn get(
     State(st): State<AppState>,
-    auth: Auth,
-    Path((name, secret)): Path<(String, String)>,
+    InProject { project, .. }: InProject<perm::SecretsManage>,
+    Path((_name, secret)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::SecretsManage)?;
     checked_name(&secret)?;
-    let project = load_visible(&st, &auth, &name).await?;
     let client = st.pool.get().await?;
     secrets::get(&client, project.id, &secret)
         .await?
         .map(axum::Json)
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{secret}` not found in `{name}`")))
+        .ok_or_else(|| not_found(&project, &secret))
 }
 
 /// `DELETE /v1/projects/{name}/secrets/{secret}`: erases the value. Queued
@@ -187,17 +185,15 @@ pub async fn get(
 )]
 pub async fn delete(
     State(st): State<AppState>,
-    auth: Auth,
-    Path((name, secret)): Path<(String, String)>,
+    InProject { auth, project, .. }: InProject<perm::SecretsManage>,
+    Path((_name, secret)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require(Scope::SecretsManage)?;
     checked_name(&secret)?;
-    let project = load_visible(&st, &auth, &name).await?;
     let mut client = st.pool.get().await?;
     let tx = client.transaction().await?;
     let meta = secrets::delete(&tx, project.id, &secret)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{secret}` not found in `{name}`")))?;
+        .ok_or_else(|| not_found(&project, &secret))?;
     let mut entry = auth.audit(
         "secret.delete",
         "secret",
@@ -221,13 +217,12 @@ pub async fn delete(
 pub async fn check_request(
     st: &AppState,
     auth: &Auth,
-    project: &rdev_shared::domain::Project,
+    project: &Project,
     env_secrets: &[String],
-    files: &std::collections::BTreeMap<String, String>,
-    env: &std::collections::BTreeMap<String, String>,
+    files: &BTreeMap<String, String>,
+    env: &BTreeMap<String, String>,
     interactive: bool,
 ) -> ApiResult<()> {
-    use rdev_shared::domain::{ExecutorConfig, MAX_SECRETS_PER_COMMAND, validate_secret_path};
     if env_secrets.is_empty() && files.is_empty() {
         return Ok(());
     }
@@ -238,7 +233,28 @@ pub async fn check_request(
             format!("at most {MAX_SECRETS_PER_COMMAND} secrets and secret files together"),
         ));
     }
-    let mut seen = std::collections::BTreeSet::new();
+    env_secret_errors(env_secrets, env, &mut errors);
+    secret_file_errors(files, &mut errors);
+    if let ExecutorConfig::Kubernetes(_) = project.executor {
+        kubernetes_errors(env_secrets, files, interactive, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut names: Vec<String> = env_secrets.iter().chain(files.keys()).cloned().collect();
+    names.sort();
+    names.dedup();
+    check_allowed(auth, project, &names)?;
+    check_set(st, project, &names, files).await
+}
+
+/// `secrets`: names, each once, none also in `env`.
+fn env_secret_errors(
+    env_secrets: &[String],
+    env: &BTreeMap<String, String>,
+    errors: &mut Vec<FieldError>,
+) {
+    let mut seen = BTreeSet::new();
     for (i, n) in env_secrets.iter().enumerate() {
         if let Err(m) = validate_secret_name(n) {
             errors.push(FieldError::new(format!("secrets[{i}]"), m));
@@ -251,7 +267,11 @@ pub async fn check_request(
             ));
         }
     }
-    let mut paths = std::collections::BTreeSet::new();
+}
+
+/// `secret_files`: names, and paths each used once.
+fn secret_file_errors(files: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    let mut paths = BTreeSet::new();
     for (n, path) in files {
         if let Err(m) = validate_secret_name(n) {
             errors.push(FieldError::new(format!("secret_files.{n}"), m));
@@ -265,51 +285,69 @@ pub async fn check_request(
             ));
         }
     }
-    if let ExecutorConfig::Kubernetes(_) = project.executor {
-        if !files.is_empty() {
-            errors.push(FieldError::new(
-                "secret_files",
-                "kubernetes projects take secrets as environment variables only (`secrets`)",
-            ));
-        }
-        if !env_secrets.is_empty() && interactive {
-            errors.push(FieldError::new(
-                "secrets",
-                "on kubernetes projects secrets travel ahead of the command's input: not with \
-                 a tty or stdin \"pipe\"",
-            ));
-        }
+}
+
+/// What the Kubernetes executor cannot carry: secret files, and secrets of
+/// an interactive command.
+fn kubernetes_errors(
+    env_secrets: &[String],
+    files: &BTreeMap<String, String>,
+    interactive: bool,
+    errors: &mut Vec<FieldError>,
+) {
+    if !files.is_empty() {
+        errors.push(FieldError::new(
+            "secret_files",
+            "kubernetes projects take secrets as environment variables only (`secrets`)",
+        ));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+    if !env_secrets.is_empty() && interactive {
+        errors.push(FieldError::new(
+            "secrets",
+            "on kubernetes projects secrets travel ahead of the command's input: not with \
+             a tty or stdin \"pipe\"",
+        ));
     }
-    let mut names: Vec<String> = env_secrets.iter().chain(files.keys()).cloned().collect();
-    names.sort();
-    names.dedup();
-    if let Some(allowed) = &project.allowed_secrets {
-        let refused: Vec<&String> = names.iter().filter(|n| !allowed.contains(n)).collect();
-        if !refused.is_empty() {
-            auth.record_denial(
-                "command.create",
-                "project",
-                Some(project.name.clone()),
-                Some(project.id),
-                "secret_policy",
-                json!({ "secrets": refused }),
-            );
-            return Err(ApiError::Forbidden(format!(
-                "project `{}` does not allow its commands the secret(s) {}",
-                project.name,
-                refused
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+}
+
+/// The project's `allowed_secrets` (when it has one) holds every name;
+/// a refusal is audited.
+fn check_allowed(auth: &Auth, project: &Project, names: &[String]) -> ApiResult<()> {
+    let Some(allowed) = &project.allowed_secrets else {
+        return Ok(());
+    };
+    let refused: Vec<&String> = names.iter().filter(|n| !allowed.contains(n)).collect();
+    if refused.is_empty() {
+        return Ok(());
     }
+    auth.record_denial(
+        "command.create",
+        "project",
+        Some(project.name.clone()),
+        Some(project.id),
+        "secret_policy",
+        json!({ "secrets": refused }),
+    );
+    Err(ApiError::Forbidden(format!(
+        "project `{}` does not allow its commands the secret(s) {}",
+        project.name,
+        refused
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// Every name is a secret set in the project.
+async fn check_set(
+    st: &AppState,
+    project: &Project,
+    names: &[String],
+    files: &BTreeMap<String, String>,
+) -> ApiResult<()> {
     let client = st.pool.get().await?;
-    let existing = secrets::existing(&client, project.id, &names).await?;
+    let existing = secrets::existing(&client, project.id, names).await?;
     let missing: Vec<FieldError> = names
         .iter()
         .filter(|n| !existing.contains(n))

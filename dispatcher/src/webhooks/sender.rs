@@ -136,29 +136,14 @@ pub async fn send(client: &reqwest::Client, m: &Message<'_>, allow_private: bool
         excerpt: None,
         retry_after: None,
     };
-    // IP literals skip the resolver, so they are checked here.
-    match netguard::parse_url(m.url) {
-        Ok(t) => {
-            if let Some(ip) = t.ip
-                && !allow_private
-                && netguard::is_forbidden(ip)
-            {
-                return failed(format!("refused: {}", netguard::Refusal::Forbidden(ip)));
-            }
-        }
-        Err(e) => return failed(format!("refused: {e}")),
+    if let Err(why) = check_literal(m.url, allow_private) {
+        return failed(why);
     }
     let timestamp = at.timestamp();
-    let mut signature = match webhook_sign::sign(m.secret, m.id, timestamp, m.body) {
+    let signature = match signature(m, timestamp) {
         Ok(s) => s,
         Err(e) => return failed(format!("cannot sign: {e}")),
     };
-    if let Some(previous) = m.previous_secret
-        && let Ok(old) = webhook_sign::sign(previous, m.id, timestamp, m.body)
-    {
-        signature.push(' ');
-        signature.push_str(&old);
-    }
     let request = client
         .post(m.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -166,7 +151,7 @@ pub async fn send(client: &reqwest::Client, m: &Message<'_>, allow_private: bool
         .header(webhook_sign::H_TIMESTAMP, timestamp.to_string())
         .header(webhook_sign::H_SIGNATURE, signature)
         .body(m.body.to_vec());
-    let mut resp = match request.send().await {
+    let resp = match request.send().await {
         Ok(r) => r,
         Err(e) => return failed(describe(&e)),
     };
@@ -179,23 +164,7 @@ pub async fn send(client: &reqwest::Client, m: &Message<'_>, allow_private: bool
     } else {
         None
     };
-    // Read at most EXCERPT_BYTES; the rest is never buffered.
-    let mut body = Vec::new();
-    let mut error = None;
-    while body.len() < EXCERPT_BYTES {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = EXCERPT_BYTES - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                error = Some(format!("reading the response: {}", describe(&e)));
-                break;
-            }
-        }
-    }
-    drop(resp);
+    let (body, mut error) = read_excerpt(resp).await;
     if (300..400).contains(&status) && error.is_none() {
         error = Some("redirects are not followed".into());
     }
@@ -209,6 +178,58 @@ pub async fn send(client: &reqwest::Client, m: &Message<'_>, allow_private: bool
         excerpt,
         retry_after,
     }
+}
+
+/// Refuses a URL that does not parse, or whose host is a forbidden IP
+/// literal: literals skip the resolver, so they are checked here.
+fn check_literal(url: &str, allow_private: bool) -> Result<(), String> {
+    match netguard::parse_url(url) {
+        Ok(t) => {
+            if let Some(ip) = t.ip
+                && !allow_private
+                && netguard::is_forbidden(ip)
+            {
+                return Err(format!("refused: {}", netguard::Refusal::Forbidden(ip)));
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("refused: {e}")),
+    }
+}
+
+/// The `webhook-signature` header: the current secret's signature, then the
+/// previous secret's while it still signs.
+fn signature(m: &Message<'_>, timestamp: i64) -> Result<String, webhook_sign::VerifyError> {
+    let mut signature = webhook_sign::sign(m.secret, m.id, timestamp, m.body)?;
+    if let Some(previous) = m.previous_secret
+        && let Ok(old) = webhook_sign::sign(previous, m.id, timestamp, m.body)
+    {
+        signature.push(' ');
+        signature.push_str(&old);
+    }
+    Ok(signature)
+}
+
+/// Reads at most [`EXCERPT_BYTES`] of the response (the rest is never
+/// buffered); the error that cut the read short, if one did.
+async fn read_excerpt(mut resp: reqwest::Response) -> (Vec<u8>, Option<String>) {
+    let mut body = Vec::new();
+    while body.len() < EXCERPT_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = EXCERPT_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return (
+                    body,
+                    Some(format!("reading the response: {}", describe(&e))),
+                );
+            }
+        }
+    }
+    (body, None)
 }
 
 #[cfg(test)]

@@ -47,12 +47,20 @@ async fn a_project_at_its_limit_does_not_starve_other_projects() {
         .wait_terminal(b["id"].as_str().expect("id"), Duration::from_secs(15))
         .await;
     assert_eq!(b["status"], "succeeded", "{b}");
-    assert!(
-        at(&b, "finished_at") - at(&b, "created_at") < chrono::Duration::seconds(2),
-        "b waited from {} to {}",
-        b["created_at"],
-        b["finished_at"]
-    );
+    // B did not queue behind A's backlog: it ended before any of A's
+    // waiting commands (which wait for A's first) had even started.
+    for id in &a[1..] {
+        let waiting = app
+            .get(&format!("/v1/commands/{}", id.as_str().expect("id")))
+            .await
+            .json();
+        assert!(
+            waiting["started_at"].is_null() || at(&b, "finished_at") < at(&waiting, "started_at"),
+            "b ended {} after a's waiting command started {}",
+            b["finished_at"],
+            waiting["started_at"]
+        );
+    }
     // A's waiting commands sit in the delay queue, not in a worker's slot
     // (which would sleep and hand the message straight back).
     let conn = rdev_shared::mq::connect(&app.env.amqp, "test")
@@ -160,7 +168,8 @@ async fn statements_time_out() {
     db.statement_timeout_s = 1;
     let pool = rdev_shared::db::pool(&db).expect("pool");
     let client = pool.get().await.expect("db");
-    let started = Instant::now();
+    // Cancelled, not finished: the statement timeout stopped the sleep
+    // (no bound on the elapsed time needed).
     let err = client
         .simple_query("SELECT pg_sleep(20)")
         .await
@@ -170,7 +179,6 @@ async fn statements_time_out() {
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 /// Reads an event stream, recording when each event arrived, until `end`,

@@ -60,7 +60,60 @@ const USAGE: i32 = 125;
 
 extern "C" fn ignore(_: nix::libc::c_int) {}
 
+/// What the worker asked for on the command line.
+struct Invocation {
+    /// Where the one status line goes.
+    status_fd: RawFd,
+    /// The command's standard error.
+    stderr_fd: RawFd,
+    /// The command's terminal (`--tty FD`).
+    tty: Option<RawFd>,
+    /// The program and its arguments.
+    argv: Vec<CString>,
+}
+
 fn main() {
+    let Invocation {
+        status_fd,
+        stderr_fd,
+        tty,
+        argv,
+    } = parse_args();
+
+    // Nothing of ours is inherited by the command: the status and stderr fds
+    // are closed on exec (stderr is dup'ed onto 2 first).
+    for fd in [status_fd, stderr_fd].into_iter().chain(tty) {
+        if fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
+            usage();
+        }
+    }
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes this process's flags.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+
+    let (set, previous) = block_handled_signals();
+
+    // SAFETY: this process is single-threaded; the child only calls
+    // async-signal-safe functions before exec.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => run_command(&argv, stderr_fd, status_fd, tty, &previous),
+        Ok(ForkResult::Parent { child }) => {
+            // Only the command holds the terminal: when its last process
+            // ends, the worker reads end-of-file from the other side.
+            if let Some(fd) = tty {
+                let _ = nix::unistd::close(fd);
+            }
+            child
+        }
+        Err(e) => {
+            report(status_fd, &format!("exec-failed {}", e as i32));
+            exit(USAGE);
+        }
+    };
+    supervise(child, status_fd, &set)
+}
+
+/// `STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…`, or [`usage`].
+fn parse_args() -> Invocation {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let parse_fd = |i: usize| -> RawFd {
         args.get(i)
@@ -83,20 +136,19 @@ fn main() {
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| usage()))
         .collect();
-
-    // Nothing of ours is inherited by the command: the status and stderr fds
-    // are closed on exec (stderr is dup'ed onto 2 first).
-    for fd in [status_fd, stderr_fd].into_iter().chain(tty) {
-        if fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
-            usage();
-        }
+    Invocation {
+        status_fd,
+        stderr_fd,
+        tty,
+        argv,
     }
-    // SAFETY: prctl(PR_SET_DUMPABLE) only changes this process's flags.
-    unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
 
-    // Block the handled signals and wait for them synchronously. A real
-    // handler (not SIG_DFL) is needed as well: the kernel drops signals with
-    // default disposition that are sent to a PID namespace's init.
+/// Blocks the handled signals, to wait for them synchronously; returns
+/// them and the mask before. A real handler (not SIG_DFL) is needed as
+/// well: the kernel drops signals with default disposition that are sent
+/// to a PID namespace's init.
+fn block_handled_signals() -> (SigSet, SigSet) {
     let mut set = SigSet::empty();
     for s in HANDLED {
         set.add(s);
@@ -114,25 +166,12 @@ fn main() {
         // SAFETY: the handler does nothing; no state is shared with it.
         let _ = unsafe { sigaction(s, &noop) };
     }
+    (set, previous)
+}
 
-    // SAFETY: this process is single-threaded; the child only calls
-    // async-signal-safe functions before exec.
-    let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => run_command(&argv, stderr_fd, status_fd, tty, &previous),
-        Ok(ForkResult::Parent { child }) => {
-            // Only the command holds the terminal: when its last process
-            // ends, the worker reads end-of-file from the other side.
-            if let Some(fd) = tty {
-                let _ = nix::unistd::close(fd);
-            }
-            child
-        }
-        Err(e) => {
-            report(status_fd, &format!("exec-failed {}", e as i32));
-            exit(USAGE);
-        }
-    };
-
+/// Waits for the handled signals: reaps children (and exits with the
+/// command, [`reap`]) and forwards the others.
+fn supervise(child: Pid, status_fd: RawFd, set: &SigSet) -> ! {
     loop {
         let Ok(signal) = set.wait() else { continue };
         match signal {

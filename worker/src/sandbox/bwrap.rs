@@ -97,8 +97,27 @@ pub struct CommandLine {
 /// their own).
 pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
     let mut a = Args::default();
-    // Namespaces. The user namespace is what lets an unprivileged bwrap make
-    // the others; nested ones are refused inside.
+    namespaces(&mut a, l.network);
+    // The process: a new session (no controlling terminal, so no TIOCSTI
+    // into the worker's), killed with bwrap, our init as PID 1.
+    a.push(["--die-with-parent", "--new-session", "--as-pid-1"]);
+    a.push(["--clearenv"]);
+    for (k, v) in l.env {
+        a.push(["--setenv"]);
+        a.push([k.as_str(), v.as_str()]);
+    }
+    filesystem(&mut a, l, &kind);
+    let json = l.json_fd.to_string();
+    a.push(["--json-status-fd", json.as_str()]);
+    CommandLine {
+        options: a.0,
+        command: init_command(l),
+    }
+}
+
+/// Namespaces. The user namespace is what lets an unprivileged bwrap make
+/// the others; nested ones are refused inside.
+fn namespaces(a: &mut Args, network: NetworkMode) {
     a.push([
         "--unshare-user",
         "--disable-userns",
@@ -111,19 +130,44 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
         "--hostname",
         HOSTNAME,
     ]);
-    if l.network == NetworkMode::None {
+    if network == NetworkMode::None {
         a.push(["--unshare-net"]);
     }
-    // The process: a new session (no controlling terminal, so no TIOCSTI
-    // into the worker's), killed with bwrap, our init as PID 1.
-    a.push(["--die-with-parent", "--new-session", "--as-pid-1"]);
-    a.push(["--clearenv"]);
-    for (k, v) in l.env {
-        a.push(["--setenv"]);
-        a.push([k.as_str(), v.as_str()]);
+}
+
+/// The filesystem: a fresh (read-only) tmpfs root with the system
+/// directories, /etc minus secrets, and the workdir.
+fn filesystem(a: &mut Args, l: &Layout<'_>, kind: &impl Fn(&Path) -> Kind) {
+    system_dirs(a, kind);
+    a.push(["--ro-bind", "/etc", "/etc"]);
+    for p in l.ro_paths {
+        a.push(["--ro-bind-try"]);
+        a.push_os([p.as_os_str().to_owned(), p.as_os_str().to_owned()]);
     }
-    // The filesystem: a fresh (read-only) tmpfs root with the system
-    // directories, /etc minus secrets, and the workdir.
+    hidden(a, l.hide, kind);
+    let size = l.tmpfs_bytes.to_string();
+    a.push(["--proc", "/proc", "--dev", "/dev"]);
+    a.push(["--size", size.as_str(), "--tmpfs", "/dev/shm"]);
+    a.push(["--size", size.as_str(), "--tmpfs", "/tmp"]);
+    a.push(["--ro-bind"]);
+    a.push_os([l.init.as_os_str().to_owned(), OsString::from(INIT_PATH)]);
+    a.push(["--bind"]);
+    a.push_os([l.workdir.as_os_str().to_owned(), OsString::from(WORKSPACE)]);
+    if !l.secret_files.is_empty() {
+        secret_files(a, l.secret_files);
+    }
+    a.push([
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        WORKSPACE,
+    ]);
+}
+
+/// The system directories, read-only (or the host's symlinks).
+fn system_dirs(a: &mut Args, kind: &impl Fn(&Path) -> Kind) {
     for dir in SYSTEM_DIRS {
         let p = Path::new(dir);
         match kind(p) {
@@ -137,12 +181,12 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
             Kind::Missing | Kind::File => {}
         }
     }
-    a.push(["--ro-bind", "/etc", "/etc"]);
-    for p in l.ro_paths {
-        a.push(["--ro-bind-try"]);
-        a.push_os([p.as_os_str().to_owned(), p.as_os_str().to_owned()]);
-    }
-    for p in l.hide {
+}
+
+/// Hidden host paths: an empty tmpfs over a directory, `/dev/null` over
+/// anything else.
+fn hidden(a: &mut Args, hide: &[PathBuf], kind: &impl Fn(&Path) -> Kind) {
+    for p in hide {
         match kind(p) {
             Kind::Dir => {
                 a.push(["--tmpfs"]);
@@ -155,27 +199,10 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
             Kind::Missing => {}
         }
     }
-    let size = l.tmpfs_bytes.to_string();
-    a.push(["--proc", "/proc", "--dev", "/dev"]);
-    a.push(["--size", size.as_str(), "--tmpfs", "/dev/shm"]);
-    a.push(["--size", size.as_str(), "--tmpfs", "/tmp"]);
-    a.push(["--ro-bind"]);
-    a.push_os([l.init.as_os_str().to_owned(), OsString::from(INIT_PATH)]);
-    a.push(["--bind"]);
-    a.push_os([l.workdir.as_os_str().to_owned(), OsString::from(WORKSPACE)]);
-    if !l.secret_files.is_empty() {
-        secret_files(&mut a, l.secret_files);
-    }
-    a.push([
-        "--remount-ro",
-        "/dev",
-        "--remount-ro",
-        "/",
-        "--chdir",
-        WORKSPACE,
-    ]);
-    let json = l.json_fd.to_string();
-    a.push(["--json-status-fd", json.as_str()]);
+}
+
+/// `--`, the init and its arguments, `--`, the program and its arguments.
+fn init_command(l: &Layout<'_>) -> Vec<OsString> {
     let mut c = Args::default();
     let (status, stderr) = (l.status_fd.to_string(), l.stderr_fd.to_string());
     c.push(["--", INIT_PATH, status.as_str(), stderr.as_str()]);
@@ -185,10 +212,7 @@ pub fn arguments(l: &Layout<'_>, kind: impl Fn(&Path) -> Kind) -> CommandLine {
     }
     c.push(["--"]);
     c.push_os(l.argv.iter().cloned());
-    CommandLine {
-        options: a.0,
-        command: c.0,
-    }
+    c.0
 }
 
 /// A tmpfs of the sandbox's own (nothing of it exists on the host; it ends

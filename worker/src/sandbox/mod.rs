@@ -26,15 +26,13 @@ mod spawned;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::fcntl::OFlag;
-use nix::unistd::{Gid, Uid, User, pipe2};
+use nix::unistd::Uid;
 use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
 use rdev_shared::interactive::TtySize;
 use serde::Serialize;
@@ -43,9 +41,9 @@ use tokio::sync::watch;
 
 use self::cgroup::{Cgroups, CommandCgroup};
 use self::init::InstalledInit;
-use self::pipes::{follow_json, memfd, read_capped, receiver};
+use self::pipes::{SandboxPipes, filled_memfd, follow_json, read_capped, receiver};
 use self::plain::spawn_plain;
-use self::process::{ChildSetup, RunAs};
+use self::process::{ChildSetup, RunAs, resolve_run_as};
 use self::pty::PtyMaster;
 use self::spawned::{Target, boxed};
 
@@ -340,28 +338,15 @@ impl Sandbox {
     ) -> Result<Spawned, LaunchError> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
-        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| failed("cannot create a pipe", &e));
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (status_r, status_w) = pipe()?;
-        let (json_r, json_w) = pipe()?;
-        let (diag_r, diag_w) = pipe()?;
-        let tmpfs_bytes = l
-            .limits
-            .memory_bytes
-            .and_then(|b| u64::try_from(b).ok())
-            .unwrap_or(DEFAULT_TMPFS_BYTES);
+        let (ours, theirs) = SandboxPipes::new().map_err(|e| failed("cannot create a pipe", &e))?;
         // Each secret file's contents go to bwrap through a memfd (never a
         // file on disk); bwrap copies it into the sandbox's private tmpfs.
-        let mut secret_fds = Vec::with_capacity(l.secret_files.len());
-        for f in l.secret_files {
-            let mut fd =
-                memfd("rdev-secret").map_err(|e| failed("cannot pass a secret file", &e))?;
-            fd.write_all(f.value.expose().as_bytes())
-                .and_then(|()| fd.rewind())
-                .map_err(|e| failed("cannot pass a secret file", &e))?;
-            secret_fds.push(fd);
-        }
+        let secret_fds = l
+            .secret_files
+            .iter()
+            .map(|f| filled_memfd("rdev-secret", f.value.expose().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| failed("cannot pass a secret file", &e))?;
         let secret_files: Vec<(&str, std::os::fd::RawFd)> = l
             .secret_files
             .iter()
@@ -375,70 +360,52 @@ impl Sandbox {
             init,
             workdir: l.workdir,
             network: l.network,
-            tmpfs_bytes,
+            tmpfs_bytes: tmpfs_bytes(&l.limits),
             ro_paths: &self.ro_paths,
             hide: &self.hide,
             env: &l.env,
-            status_fd: status_w.as_raw_fd(),
-            stderr_fd: slave_fd.unwrap_or(err_w.as_raw_fd()),
+            status_fd: theirs.status.as_raw_fd(),
+            stderr_fd: slave_fd.unwrap_or(theirs.err.as_raw_fd()),
             tty_fd: slave_fd,
-            json_fd: json_w.as_raw_fd(),
+            json_fd: theirs.json.as_raw_fd(),
             argv: &l.argv,
         };
         let line = bwrap::arguments(&layout, bwrap::kind_of);
-        let args = bwrap::encode(&line.options);
-        let mut memfd = memfd("rdev-bwrap-args")
-            .map_err(|e| failed("cannot pass the sandbox arguments", &e))?;
-        memfd
-            .write_all(&args)
-            .and_then(|()| memfd.rewind())
+        let args = filled_memfd("rdev-bwrap-args", &bwrap::encode(&line.options))
             .map_err(|e| failed("cannot pass the sandbox arguments", &e))?;
         setup.keep = vec![
-            memfd.as_raw_fd(),
-            status_w.as_raw_fd(),
-            err_w.as_raw_fd(),
-            json_w.as_raw_fd(),
+            args.as_raw_fd(),
+            theirs.status.as_raw_fd(),
+            theirs.err.as_raw_fd(),
+            theirs.json.as_raw_fd(),
         ];
         setup.keep.extend(secret_fds.iter().map(AsRawFd::as_raw_fd));
         setup.keep.extend(slave_fd);
         let mut cmd = Command::new(&self.bwrap);
         cmd.arg("--args")
-            .arg(memfd.as_raw_fd().to_string())
+            .arg(args.as_raw_fd().to_string())
             .args(&line.command)
             .env_clear()
             .current_dir("/")
-            .stdin(if l.stdin && master.is_none() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(diag_w))
+            .stdin(stdin_of(l.stdin && master.is_none()))
+            .stdout(Stdio::from(theirs.out))
+            .stderr(Stdio::from(theirs.diag))
             .kill_on_drop(true);
         setup.install(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             LaunchError::Unavailable(format!("cannot run {}: {e}", self.bwrap.display()))
         })?;
         // The child has its copies; ours must close so the readers see EOF.
-        drop((memfd, status_w, err_w, json_w, slave, secret_fds));
-        let init_pid = Arc::new(watch::Sender::new(0));
-        let (stdout, stderr) = match &master {
-            Some(m) => (Some(boxed(m.clone())), None),
-            None => (receiver(out_r).map(boxed), receiver(err_r).map(boxed)),
-        };
-        Ok(Spawned {
-            stdin: child.stdin.take(),
-            stdout,
-            stderr,
-            target: Target::Init(init_pid.clone()),
-            pty: master,
-            report: receiver(status_r),
-            diagnostics: receiver(diag_r).map(|r| tokio::spawn(read_capped(r))),
-            json: receiver(json_r).map(|r| tokio::spawn(follow_json(r, init_pid))),
-            child,
-            cgroup: None,
-            program: l.argv.first().cloned().unwrap_or_default(),
-        })
+        drop((
+            args,
+            theirs.status,
+            theirs.err,
+            theirs.json,
+            slave,
+            secret_fds,
+        ));
+        let program = l.argv.first().cloned().unwrap_or_default();
+        Ok(bwrap_spawned(ours, child, master, program))
     }
 
     /// Runs `true` through the whole sandbox once.
@@ -485,58 +452,45 @@ impl Sandbox {
     }
 }
 
-/// The user commands run as: `None` when the worker is not root (it runs
-/// them as itself); never root.
-fn resolve_run_as(configured: Option<&str>) -> Result<Option<RunAs>, String> {
-    if !Uid::effective().is_root() {
-        if let Some(u) = configured {
-            tracing::warn!(
-                user = u,
-                "RDEV_SANDBOX_USER is ignored: the worker is not root and runs commands as itself"
-            );
-        }
-        return Ok(None);
-    }
-    let by_name = |name: &str| -> Result<Option<RunAs>, String> {
-        Ok(User::from_name(name)
-            .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
-            .map(|u| RunAs {
-                uid: u.uid,
-                gid: u.gid,
-                name: u.name,
-            }))
+/// The running sandbox, read through the `read` ends of its pipes; a
+/// terminal's master carries both output streams.
+fn bwrap_spawned(
+    read: SandboxPipes,
+    mut child: tokio::process::Child,
+    master: Option<PtyMaster>,
+    program: OsString,
+) -> Spawned {
+    let init_pid = Arc::new(watch::Sender::new(0));
+    let (stdout, stderr) = match &master {
+        Some(m) => (Some(boxed(m.clone())), None),
+        None => (receiver(read.out).map(boxed), receiver(read.err).map(boxed)),
     };
-    let run_as = match configured.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(spec) if spec.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
-            let (uid, gid) = spec.split_once(':').unwrap_or((spec, spec));
-            let uid: u32 = uid
-                .parse()
-                .map_err(|_| format!("RDEV_SANDBOX_USER: bad uid in `{spec}`"))?;
-            let gid: u32 = gid
-                .parse()
-                .map_err(|_| format!("RDEV_SANDBOX_USER: bad gid in `{spec}`"))?;
-            RunAs {
-                uid: Uid::from_raw(uid),
-                gid: Gid::from_raw(gid),
-                name: uid.to_string(),
-            }
-        }
-        Some(name) => {
-            by_name(name)?.ok_or_else(|| format!("RDEV_SANDBOX_USER: no user `{name}`"))?
-        }
-        None => match by_name("rdev-run")? {
-            Some(u) => u,
-            None => by_name("nobody")?
-                .ok_or("neither `rdev-run` nor `nobody` exists; set RDEV_SANDBOX_USER")?,
-        },
-    };
-    if run_as.uid.is_root() || run_as.gid.as_raw() == 0 {
-        return Err(format!(
-            "commands never run as root (RDEV_SANDBOX_USER resolves to {}:{})",
-            run_as.uid, run_as.gid
-        ));
+    Spawned {
+        stdin: child.stdin.take(),
+        stdout,
+        stderr,
+        target: Target::Init(init_pid.clone()),
+        pty: master,
+        report: receiver(read.status),
+        diagnostics: receiver(read.diag).map(|r| tokio::spawn(read_capped(r))),
+        json: receiver(read.json).map(|r| tokio::spawn(follow_json(r, init_pid))),
+        child,
+        cgroup: None,
+        program,
     }
-    Ok(Some(run_as))
+}
+
+/// A piped standard input, or none.
+fn stdin_of(piped: bool) -> Stdio {
+    if piped { Stdio::piped() } else { Stdio::null() }
+}
+
+/// Size of each private tmpfs: the command's memory limit, if it has one.
+fn tmpfs_bytes(limits: &ResourceLimits) -> u64 {
+    limits
+        .memory_bytes
+        .and_then(|b| u64::try_from(b).ok())
+        .unwrap_or(DEFAULT_TMPFS_BYTES)
 }
 
 #[cfg(test)]

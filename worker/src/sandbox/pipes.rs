@@ -1,16 +1,70 @@
 //! The pipes between the worker and bubblewrap: memfds for its arguments,
 //! its JSON status (the init's pid), and capped reads of its diagnostics.
 
+use std::io::{Seek, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
+use nix::unistd::pipe2;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::DIAGNOSTICS_MAX;
+
+/// One end of each pipe between the worker and a sandbox: the worker keeps
+/// the read ends, bwrap and the init get the write ends.
+pub(super) struct SandboxPipes {
+    /// The command's standard output.
+    pub(super) out: OwnedFd,
+    /// The command's standard error.
+    pub(super) err: OwnedFd,
+    /// The init's report.
+    pub(super) status: OwnedFd,
+    /// bwrap's JSON status (the init's host pid).
+    pub(super) json: OwnedFd,
+    /// bwrap's own diagnostics.
+    pub(super) diag: OwnedFd,
+}
+
+impl SandboxPipes {
+    /// The read ends, then the write ends (close-on-exec: the child set-up
+    /// keeps the ones bwrap needs).
+    pub(super) fn new() -> nix::Result<(Self, Self)> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC);
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let (json_r, json_w) = pipe()?;
+        let (diag_r, diag_w) = pipe()?;
+        let read = Self {
+            out: out_r,
+            err: err_r,
+            status: status_r,
+            json: json_r,
+            diag: diag_r,
+        };
+        let write = Self {
+            out: out_w,
+            err: err_w,
+            status: status_w,
+            json: json_w,
+            diag: diag_w,
+        };
+        Ok((read, write))
+    }
+}
+
+/// A memfd holding `bytes`, rewound for its reader.
+pub(super) fn filled_memfd(name: &str, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    let mut fd = memfd(name)?;
+    fd.write_all(bytes)?;
+    fd.rewind()?;
+    Ok(fd)
+}
 
 pub(super) fn memfd(name: &str) -> std::io::Result<std::fs::File> {
     let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;

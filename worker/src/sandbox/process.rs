@@ -2,13 +2,14 @@
 //! (bubblewrap, or the command itself when the sandbox is off): joining the
 //! command's cgroup, resource limits, dropping root, and dying with the
 //! worker. Only async-signal-safe calls, on data prepared before the fork.
+//! Also who commands run as ([`resolve_run_as`], at start).
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::resource::{Resource, setrlimit};
-use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
 use rdev_shared::containment::ResourceLimits;
 
 /// The unprivileged user commands run as when the worker is root.
@@ -20,6 +21,60 @@ pub struct RunAs {
     pub gid: Gid,
     /// Name, for logs (`uid` when the user has no name).
     pub name: String,
+}
+
+/// The user commands run as: `None` when the worker is not root (it runs
+/// them as itself); never root.
+pub(super) fn resolve_run_as(configured: Option<&str>) -> Result<Option<RunAs>, String> {
+    if !Uid::effective().is_root() {
+        if let Some(u) = configured {
+            tracing::warn!(
+                user = u,
+                "RDEV_SANDBOX_USER is ignored: the worker is not root and runs commands as itself"
+            );
+        }
+        return Ok(None);
+    }
+    let by_name = |name: &str| -> Result<Option<RunAs>, String> {
+        Ok(User::from_name(name)
+            .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
+            .map(|u| RunAs {
+                uid: u.uid,
+                gid: u.gid,
+                name: u.name,
+            }))
+    };
+    let run_as = match configured.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(spec) if spec.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+            let (uid, gid) = spec.split_once(':').unwrap_or((spec, spec));
+            let uid: u32 = uid
+                .parse()
+                .map_err(|_| format!("RDEV_SANDBOX_USER: bad uid in `{spec}`"))?;
+            let gid: u32 = gid
+                .parse()
+                .map_err(|_| format!("RDEV_SANDBOX_USER: bad gid in `{spec}`"))?;
+            RunAs {
+                uid: Uid::from_raw(uid),
+                gid: Gid::from_raw(gid),
+                name: uid.to_string(),
+            }
+        }
+        Some(name) => {
+            by_name(name)?.ok_or_else(|| format!("RDEV_SANDBOX_USER: no user `{name}`"))?
+        }
+        None => match by_name("rdev-run")? {
+            Some(u) => u,
+            None => by_name("nobody")?
+                .ok_or("neither `rdev-run` nor `nobody` exists; set RDEV_SANDBOX_USER")?,
+        },
+    };
+    if run_as.uid.is_root() || run_as.gid.as_raw() == 0 {
+        return Err(format!(
+            "commands never run as root (RDEV_SANDBOX_USER resolves to {}:{})",
+            run_as.uid, run_as.gid
+        ));
+    }
+    Ok(Some(run_as))
 }
 
 /// Set-up of the child process, applied by [`ChildSetup::install`].

@@ -18,9 +18,9 @@ use utoipa_axum::routes;
 use self::input::{Containment, require_containment_scope};
 pub use self::input::{CreateProject, DEFAULT_MAX_OUTPUT_BYTES, UpdateProject};
 use super::AppState;
-use super::access::{Allowed, InProject, perm};
+use super::access::{Allowed, InProject, ProjectName, perm};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Checked, Json, Query};
+use super::extract::{Auth, Checked, Json, Query};
 use super::page::{Page, PageQuery};
 
 /// The routes of this module (under `/v1`).
@@ -186,7 +186,7 @@ pub async fn list(
     path = "/projects/{name}",
     tag = "projects",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(ProjectName),
     responses(
         (status = 200, description = "The project (scope `projects:read`)", body = ProjectView),
     ),
@@ -203,7 +203,7 @@ pub async fn get(
     path = "/projects/{name}",
     tag = "projects",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(ProjectName),
     request_body = UpdateProject,
     responses(
         (status = 200, description = "Updated (scope `projects:write`)", body = ProjectView),
@@ -227,15 +227,7 @@ pub async fn update(
     let updated = projects::update(&tx, project.id, &patch)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("project `{name}` not found")))?;
-    let entry = auth.audit(
-        "project.update",
-        "project",
-        Some(name.clone()),
-        Some(project.id),
-    );
-    audit::append(&tx, &entry).await?;
-    tx.commit().await?;
-    crate::control::announce_project_change(&st.projects, &st.publisher, name).await;
+    commit_change(&st, tx, &auth, "project.update", &project).await?;
     Ok(axum::Json(ProjectView::from(updated)))
 }
 
@@ -246,7 +238,7 @@ pub async fn update(
     path = "/projects/{name}",
     tag = "projects",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(ProjectName),
     responses((status = 204, description = "Deleted (scope `projects:write`)")),
 )]
 pub async fn delete(
@@ -261,14 +253,24 @@ pub async fn delete(
     }
     // A deleted project's secrets are erased with it, not kept sealed.
     rdev_shared::db::secrets::delete_all(&tx, project.id).await?;
-    let entry = auth.audit(
-        "project.delete",
-        "project",
-        Some(name.clone()),
-        Some(project.id),
-    );
+    commit_change(&st, tx, &auth, "project.delete", &project).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends a change of `project`: its audit entry (`action`) in the same
+/// transaction, the commit, then the announcement that makes every
+/// instance evict the project from its cache.
+async fn commit_change(
+    st: &AppState,
+    tx: deadpool_postgres::Transaction<'_>,
+    auth: &Auth,
+    action: &str,
+    project: &Project,
+) -> ApiResult<()> {
+    let name = &project.name;
+    let entry = auth.audit(action, "project", Some(name.clone()), Some(project.id));
     audit::append(&tx, &entry).await?;
     tx.commit().await?;
     crate::control::announce_project_change(&st.projects, &st.publisher, name).await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{entry, require_enabled};
 use crate::http::AppState;
-use crate::http::access::OnWebhook;
+use crate::http::access::{OnWebhook, WebhookId};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::page::{Page, cursor, page_limit};
@@ -88,7 +88,7 @@ pub struct DeliveriesQuery {
     tag = "webhooks",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
+        WebhookId,
         DeliveriesQuery,
     ),
     responses(
@@ -204,9 +204,7 @@ pub struct Recover {
     path = "/webhooks/{id}/recover",
     tag = "webhooks",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
-    ),
+    params(WebhookId),
     request_body = Recover,
     responses(
         (status = 202, description = "Failed and dead deliveries since `since` are pending again", body = Recovered),

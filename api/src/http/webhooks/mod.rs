@@ -24,7 +24,7 @@ pub use self::deliveries::{
     DeliveriesQuery, DeliveryView, MAX_DELIVERIES_PAGE_BYTES, Recover, Recovered,
 };
 use super::AppState;
-use super::access::{Allowed, OnWebhook, perm};
+use super::access::{Allowed, OnWebhook, WebhookId, perm};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Json, Query};
 use super::page::{Page, PageQuery};
@@ -292,9 +292,7 @@ pub async fn list(
     path = "/webhooks/{id}",
     tag = "webhooks",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
-    ),
+    params(WebhookId),
     responses(
         (status = 200, description = "The endpoint", body = WebhookView),
     ),
@@ -309,9 +307,7 @@ pub async fn get(OnWebhook { webhook, .. }: OnWebhook) -> axum::Json<WebhookView
     path = "/webhooks/{id}",
     tag = "webhooks",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
-    ),
+    params(WebhookId),
     request_body = UpdateWebhook,
     responses(
         (status = 200, description = "Updated", body = WebhookView),
@@ -382,9 +378,7 @@ pub async fn update(
     path = "/webhooks/{id}",
     tag = "webhooks",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
-    ),
+    params(WebhookId),
     responses(
         (status = 204, description = "Deleted"),
     ),
@@ -413,9 +407,7 @@ pub async fn delete(
     path = "/webhooks/{id}/rotate-secret",
     tag = "webhooks",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
-    ),
+    params(WebhookId),
     responses(
         (status = 200, description = "The endpoint with its new `secret` (shown only here); `previous_secret_expires_at` says until when the old one still signs", body = WebhookView),
     ),
@@ -459,9 +451,7 @@ pub async fn rotate_secret(
     path = "/webhooks/{id}/test",
     tag = "webhooks",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Webhook id (uuid)"),
-    ),
+    params(WebhookId),
     responses(
         (status = 202, description = "A `webhook.test` event is queued for this endpoint", body = TestDelivery),
     ),

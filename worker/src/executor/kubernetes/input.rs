@@ -87,21 +87,8 @@ impl KubernetesExecutor {
 
     /// Runs [`kill_script`] in the pod: SIGTERM to the command's process
     /// group, SIGKILL after the grace period. Bypasses the breaker.
-    pub(super) async fn stop_remote(
-        &self,
-        client: &Client,
-        namespace: &str,
-        pod: &str,
-        container: Option<&str>,
-        run_id: &str,
-    ) {
-        let remote = Remote {
-            client,
-            namespace,
-            pod,
-            container,
-            run_id,
-        };
+    pub(super) async fn stop_remote(&self, remote: Remote<'_>) {
+        let (pod, run_id) = (remote.pod, remote.run_id);
         let script = kill_script(run_id, self.settings.kill_grace);
         let budget = self.settings.api_timeout
             + self.settings.kill_grace

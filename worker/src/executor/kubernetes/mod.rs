@@ -48,14 +48,19 @@
 mod input;
 pub mod script;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use kube::api::{AttachedProcess, TerminalSize};
 use rdev_shared::breaker::{BreakerConfig, BreakerState};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::{ExecutorConfig, OutputStream};
+use rdev_shared::interactive::TtySize;
 use rdev_shared::kube::{ExecStreams, Identity, KubeClient, KubeClientSettings};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Executor, InputRx, Job, Outcome, OutputTx, RunFuture, spawn_reader};
@@ -163,17 +168,7 @@ impl KubernetesExecutor {
             Ok(c) => c.clone(),
             Err(e) => return Outcome::FailedToStart(e.to_string()),
         };
-        // Secret values travel on the exec stream's stdin, ahead of the
-        // command's own input: never in the exec request's URL (the API
-        // server's logs) or the pod's process list.
-        let mut first: Vec<u8> = Vec::new();
-        for (_, value) in &job.secrets.env {
-            first.extend_from_slice(value.expose().as_bytes());
-        }
-        if let Some(d) = &job.stdin {
-            first.extend_from_slice(d);
-        }
-        let stdin = (!first.is_empty()).then_some(first);
+        let stdin = exec_stdin(&job);
         let argv = ["/bin/sh".to_owned(), "-c".to_owned(), script];
         let interactive = job.stdin_pipe && input.is_some();
         let started = tokio::select! {
@@ -205,47 +200,42 @@ impl KubernetesExecutor {
             container: container.as_deref(),
             run_id: &run_id,
         };
-        let mut resize = attached.terminal_size();
-        if let (Some(size), Some(r)) = (job.tty, resize.as_mut()) {
-            // The terminal starts at the size the client asked for (the
-            // runtime's own default is arbitrary).
-            use futures::SinkExt;
-            let _ = r
-                .send(kube::api::TerminalSize {
-                    width: size.cols,
-                    height: size.rows,
-                })
-                .await;
-        }
+        let resize = terminal_resizer(&mut attached, job.tty).await;
         let pump = match (input, interactive) {
             (Some(input), true) => {
                 Some(self.apply_input(input, attached.stdin(), resize, job.tty.is_some(), remote))
             }
             _ => None,
         };
-        // The writer stays open until the session ends: see the module docs.
-        let stdin_task = match (stdin, attached.stdin()) {
-            (Some(data), Some(mut writer)) => Some(tokio::spawn(async move {
-                if writer.write_all(&data).await.is_ok() {
-                    let _ = writer.flush().await;
-                }
-                std::future::pending::<()>().await;
-                drop(writer);
-            })),
-            _ => None,
-        };
-        let mut readers = Vec::with_capacity(2);
-        if let Some(out) = attached.stdout() {
-            readers.push(spawn_reader(out, OutputStream::Stdout, output.clone()));
-        }
-        if let Some(err) = attached.stderr() {
-            readers.push(spawn_reader(err, OutputStream::Stderr, output.clone()));
-        }
-        drop(output);
+        let stdin_task = hold_stdin(stdin, attached.stdin());
+        let readers = spawn_readers(&mut attached, output);
 
         let Some(status) = attached.take_status() else {
             return Outcome::FailedToStart("exec session has no status channel".into());
         };
+        let (outcome, clean_end) = self
+            .wait_for_end(status, pump, remote, job.timeout, &cancel)
+            .await;
+        close_session(attached, clean_end, stdin_task, readers).await;
+        drop(slot);
+        outcome
+    }
+
+    /// Waits for the session's exit status, or stops the remote command on
+    /// timeout or cancel (or when the stream ends without a status). Returns
+    /// the outcome, and whether the session reported a status.
+    async fn wait_for_end<S, P>(
+        &self,
+        status: S,
+        pump: Option<P>,
+        remote: Remote<'_>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> (Outcome, bool)
+    where
+        S: Future<Output = Option<Status>>,
+        P: Future<Output = ()>,
+    {
         let mut status = std::pin::pin!(status);
         let mut pump = std::pin::pin!(async move {
             match pump {
@@ -254,7 +244,7 @@ impl KubernetesExecutor {
             }
         });
         let mut pump_done = false;
-        let (outcome, clean_end) = loop {
+        loop {
             break tokio::select! {
                 // Input ended early (the worker is done with it): keep waiting.
                 () = &mut pump, if !pump_done => {
@@ -262,55 +252,131 @@ impl KubernetesExecutor {
                     continue;
                 }
                 st = &mut status => {
-                    let clean = st.is_some();
-                    if !clean {
+                    if st.is_some() {
+                        (outcome_of(st), true)
+                    } else {
                         // The stream ended without a status: the remote process
                         // may still run. Stop it before the end is recorded.
-                        self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
+                        self.stop_remote(remote).await;
                         (Outcome::ExecutorLost(format!(
-                            "the exec stream to pod {pod} was lost (no exit status); the remote command was stopped"
+                            "the exec stream to pod {} was lost (no exit status); the remote command was stopped",
+                            remote.pod
                         )), false)
-                    } else {
-                        (outcome_of(st), true)
                     }
                 }
-                () = tokio::time::sleep(job.timeout) => {
-                    self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
-                    (Outcome::TimedOut, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
+                () = tokio::time::sleep(timeout) => {
+                    self.stop_remote(remote).await;
+                    (Outcome::TimedOut, settles(status.as_mut()).await)
                 }
                 () = cancel.cancelled() => {
-                    self.stop_remote(&client, &project.namespace, &pod, container.as_deref(), &run_id).await;
-                    (Outcome::Cancelled, tokio::time::timeout(SETTLE_TIMEOUT, &mut status).await.is_ok_and(|s| s.is_some()))
+                    self.stop_remote(remote).await;
+                    (Outcome::Cancelled, settles(status.as_mut()).await)
                 }
             };
-        };
-        // After a status, kube's message loop ends by itself and closes the
-        // output pipes (the readers then see EOF): let it, rather than
-        // aborting it mid-way. Otherwise close the session now; pipes of an
-        // aborted loop are never closed, so those readers get a bounded drain.
-        if !clean_end {
-            attached.abort();
         }
-        let loop_ended_cleanly = matches!(
-            tokio::time::timeout(SETTLE_TIMEOUT, attached.join()).await,
-            Ok(Ok(()))
-        );
-        if let Some(t) = stdin_task {
-            t.abort();
+    }
+}
+
+/// What the exec stream's stdin carries first: the secret values (the
+/// wrapper reads each by its length), then the command's stdin. Never in
+/// the exec request's URL (the API server's logs) or the pod's process list.
+fn exec_stdin(job: &Job) -> Option<Vec<u8>> {
+    let mut first: Vec<u8> = Vec::new();
+    for (_, value) in &job.secrets.env {
+        first.extend_from_slice(value.expose().as_bytes());
+    }
+    if let Some(d) = &job.stdin {
+        first.extend_from_slice(d);
+    }
+    (!first.is_empty()).then_some(first)
+}
+
+/// The session's resize channel, after setting the terminal to the size the
+/// client asked for (the runtime's own default is arbitrary).
+async fn terminal_resizer(
+    attached: &mut AttachedProcess,
+    tty: Option<TtySize>,
+) -> Option<futures::channel::mpsc::Sender<TerminalSize>> {
+    let mut resize = attached.terminal_size();
+    if let (Some(size), Some(r)) = (tty, resize.as_mut()) {
+        use futures::SinkExt;
+        let _ = r
+            .send(TerminalSize {
+                width: size.cols,
+                height: size.rows,
+            })
+            .await;
+    }
+    resize
+}
+
+/// Writes `data` to the session's stdin and keeps the writer open until
+/// the task is aborted at the session's end: see the module docs.
+fn hold_stdin(
+    data: Option<Vec<u8>>,
+    writer: Option<impl AsyncWrite + Unpin + Send + 'static>,
+) -> Option<JoinHandle<()>> {
+    let (data, mut writer) = (data?, writer?);
+    Some(tokio::spawn(async move {
+        if writer.write_all(&data).await.is_ok() {
+            let _ = writer.flush().await;
         }
-        let drain = futures::future::join_all(readers.iter_mut());
-        if loop_ended_cleanly {
-            let _ = drain.await;
-        } else if tokio::time::timeout(ABORTED_DRAIN_TIMEOUT, drain)
-            .await
-            .is_err()
-        {
-            for r in &readers {
-                r.abort();
-            }
+        std::future::pending::<()>().await;
+        drop(writer);
+    }))
+}
+
+/// One reader task per output stream of the session, into `output`.
+fn spawn_readers(attached: &mut AttachedProcess, output: OutputTx) -> Vec<JoinHandle<()>> {
+    let mut readers = Vec::with_capacity(2);
+    if let Some(out) = attached.stdout() {
+        readers.push(spawn_reader(out, OutputStream::Stdout, output.clone()));
+    }
+    if let Some(err) = attached.stderr() {
+        readers.push(spawn_reader(err, OutputStream::Stderr, output.clone()));
+    }
+    readers
+}
+
+/// Whether the session reports its status within [`SETTLE_TIMEOUT`] of the
+/// remote command being told to stop.
+async fn settles<S: Future<Output = Option<Status>>>(status: Pin<&mut S>) -> bool {
+    tokio::time::timeout(SETTLE_TIMEOUT, status)
+        .await
+        .is_ok_and(|s| s.is_some())
+}
+
+/// Ends the session and collects its output. After a status, kube's
+/// message loop ends by itself and closes the output pipes (the readers
+/// then see EOF): let it, rather than aborting it mid-way. Otherwise close
+/// the session now; pipes of an aborted loop are never closed, so those
+/// readers get a bounded drain.
+async fn close_session(
+    attached: AttachedProcess,
+    clean_end: bool,
+    stdin_task: Option<JoinHandle<()>>,
+    mut readers: Vec<JoinHandle<()>>,
+) {
+    if !clean_end {
+        attached.abort();
+    }
+    let loop_ended_cleanly = matches!(
+        tokio::time::timeout(SETTLE_TIMEOUT, attached.join()).await,
+        Ok(Ok(()))
+    );
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    let drain = futures::future::join_all(readers.iter_mut());
+    if loop_ended_cleanly {
+        let _ = drain.await;
+    } else if tokio::time::timeout(ABORTED_DRAIN_TIMEOUT, drain)
+        .await
+        .is_err()
+    {
+        for r in &readers {
+            r.abort();
         }
-        drop(slot);
-        outcome
     }
 }
 

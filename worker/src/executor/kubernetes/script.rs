@@ -34,64 +34,15 @@ pub fn wrapper_script(
     run_id: &str,
     grace: Duration,
 ) -> Result<String, KubeError> {
-    let has_nul = |s: &str| s.contains('\0');
-    let deadline_s = (job.timeout + grace * 2).as_secs() + WATCHDOG_MARGIN_S;
-    let watchdog = format!(
-        "i=0\nwhile [ $i -lt {deadline_s} ]; do sleep 1; i=$((i+1)); if [ -n \"$f\" ] && [ ! -e \"$f\" ]; then exit 0; fi; done\n{}",
-        kill_script(run_id, grace)
-    );
-    // RDEV_RUN_ID marks every process of the run (inherited through
-    // `setsid` and double forks) for the stop script's sweep.
-    let mut body = format!(
-        "f={}\n{{ echo $$ > \"$f\"; }} 2>/dev/null || f=\n\
-         w={}\n\
-         {{ if command -v setsid >/dev/null 2>&1; then f=\"$f\" setsid /bin/sh -c \"$w\"; else f=\"$f\" /bin/sh -c \"$w\"; fi; }} </dev/null >/dev/null 2>&1 &\n\
-         export {RUN_ID_VAR}={run_id}\n",
-        pidfile(run_id),
-        sh_quote(&watchdog)
-    );
-    for (k, v) in &job.env {
-        validate_env_name(k).map_err(|m| KubeError::Invalid(format!("env {k}: {m}")))?;
-        if has_nul(v) {
-            return Err(KubeError::Invalid(format!("env {k}: contains NUL")));
-        }
-        body.push_str(&format!("export {k}={}\n", sh_quote(v)));
-    }
-    // Each secret value: exactly its length read from stdin (`dd bs=1`
-    // never reads ahead), the `x` keeps trailing newlines through `$( )`.
-    for (k, v) in &job.secrets.env {
-        validate_env_name(k).map_err(|m| KubeError::Invalid(format!("secret {k}: {m}")))?;
-        body.push_str(&format!(
-            "{k}=$(dd bs=1 count={} 2>/dev/null; echo x); {k}=${{{k}%x}}; export {k}\n",
-            v.expose().len()
-        ));
-    }
+    let mut body = watchdog(job.timeout, run_id, grace);
+    exports(job, &mut body)?;
     if let Some(dir) = &project.workdir {
         if has_nul(dir) {
             return Err(KubeError::Invalid("workdir contains NUL".into()));
         }
         body.push_str(&format!("cd {} || exit 1\n", sh_quote(dir)));
     }
-    let command = match &job.spec {
-        CommandSpec::Shell(line) => {
-            if has_nul(line) {
-                return Err(KubeError::Invalid("command contains NUL".into()));
-            }
-            format!("/bin/sh -c {}", sh_quote(line))
-        }
-        CommandSpec::Argv(argv) => {
-            if argv.is_empty() {
-                return Err(KubeError::Invalid("empty argv".into()));
-            }
-            if argv.iter().any(|a| has_nul(a)) {
-                return Err(KubeError::Invalid("argv contains NUL".into()));
-            }
-            argv.iter()
-                .map(|a| sh_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    };
+    let command = command_line(&job.spec)?;
     match job.stdin.as_deref() {
         Some(data) if !data.is_empty() => {
             body.push_str(&format!("head -c {} | {command}\n", data.len()));
@@ -116,6 +67,76 @@ pub fn wrapper_script(
          eval \"$s\"\n",
         sh_quote(&body)
     ))
+}
+
+fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// The start of the wrapper: the pid file (`$f`), the watchdog started in
+/// a session of its own, then `RDEV_RUN_ID`, which marks every process of
+/// the run (inherited through `setsid` and double forks) for the stop
+/// script's sweep.
+fn watchdog(timeout: Duration, run_id: &str, grace: Duration) -> String {
+    let deadline_s = (timeout + grace * 2).as_secs() + WATCHDOG_MARGIN_S;
+    let watchdog = format!(
+        "i=0\nwhile [ $i -lt {deadline_s} ]; do sleep 1; i=$((i+1)); if [ -n \"$f\" ] && [ ! -e \"$f\" ]; then exit 0; fi; done\n{}",
+        kill_script(run_id, grace)
+    );
+    format!(
+        "f={}\n{{ echo $$ > \"$f\"; }} 2>/dev/null || f=\n\
+         w={}\n\
+         {{ if command -v setsid >/dev/null 2>&1; then f=\"$f\" setsid /bin/sh -c \"$w\"; else f=\"$f\" /bin/sh -c \"$w\"; fi; }} </dev/null >/dev/null 2>&1 &\n\
+         export {RUN_ID_VAR}={run_id}\n",
+        pidfile(run_id),
+        sh_quote(&watchdog)
+    )
+}
+
+/// The command's variables, then its secrets: each secret value exactly
+/// its length read from stdin (`dd bs=1` never reads ahead), the `x` keeps
+/// trailing newlines through `$( )`.
+fn exports(job: &Job, body: &mut String) -> Result<(), KubeError> {
+    for (k, v) in &job.env {
+        validate_env_name(k).map_err(|m| KubeError::Invalid(format!("env {k}: {m}")))?;
+        if has_nul(v) {
+            return Err(KubeError::Invalid(format!("env {k}: contains NUL")));
+        }
+        body.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    for (k, v) in &job.secrets.env {
+        validate_env_name(k).map_err(|m| KubeError::Invalid(format!("secret {k}: {m}")))?;
+        body.push_str(&format!(
+            "{k}=$(dd bs=1 count={} 2>/dev/null; echo x); {k}=${{{k}%x}}; export {k}\n",
+            v.expose().len()
+        ));
+    }
+    Ok(())
+}
+
+/// The command, quoted: a shell line through `/bin/sh -c`, an argv word by
+/// word.
+fn command_line(spec: &CommandSpec) -> Result<String, KubeError> {
+    Ok(match spec {
+        CommandSpec::Shell(line) => {
+            if has_nul(line) {
+                return Err(KubeError::Invalid("command contains NUL".into()));
+            }
+            format!("/bin/sh -c {}", sh_quote(line))
+        }
+        CommandSpec::Argv(argv) => {
+            if argv.is_empty() {
+                return Err(KubeError::Invalid("empty argv".into()));
+            }
+            if argv.iter().any(|a| has_nul(a)) {
+                return Err(KubeError::Invalid("argv contains NUL".into()));
+            }
+            argv.iter()
+                .map(|a| sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    })
 }
 
 /// Seconds the watchdog of a run waits beyond its timeout and two grace

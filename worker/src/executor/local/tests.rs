@@ -80,8 +80,15 @@ async fn run_with(
         }
         (stdout, stderr, max_piece)
     };
+    // Only a bound on a hang (above every job's own timeout here): the
+    // commands these tests stop would run far longer by themselves
+    // (`sleep <marker>` is 1,000 s).
     let (outcome, (stdout, stderr, max_piece)) =
-        tokio::join!(exec.run(job, tx, None, cancel), collect);
+        tokio::time::timeout(Duration::from_secs(120), async {
+            tokio::join!(exec.run(job, tx, None, cancel), collect)
+        })
+        .await
+        .expect("the executor returns");
     Ran {
         outcome,
         stdout,
@@ -209,14 +216,9 @@ async fn timeout_kills_every_process_of_the_command() {
     let m = marker();
     let mut j = sh(&format!("sleep {m} & setsid sleep {m} & sleep {m}"));
     j.timeout = Duration::from_secs(1);
-    let started = Instant::now();
     let ran = run(&executor(&tmp).await, j).await;
+    // The sleeps would outlive the test: gone means the timeout killed them.
     assert_eq!(ran.outcome, Outcome::TimedOut);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
     assert!(
         gone(&m).await,
         "processes survived the timeout: {:?}",
@@ -234,11 +236,10 @@ async fn term_is_followed_by_kill_after_the_grace_period() {
     let started = Instant::now();
     let ran = run(&executor(&tmp).await, j).await;
     assert_eq!(ran.outcome, Outcome::TimedOut);
+    // The grace period was honoured (a lower bound: load cannot break it);
+    // that SIGKILL came after it is what `gone` shows.
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(750) && took < Duration::from_secs(5),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(750), "took {took:?}");
     assert!(gone(&m).await, "survived SIGKILL: {:?}", survivors(&m));
 }
 
@@ -268,12 +269,12 @@ async fn cancel_stops_the_command() {
 async fn background_processes_end_with_the_main_process() {
     let tmp = TempDir::new();
     let m = marker();
-    let started = Instant::now();
     let line = format!("sleep {m} & setsid sleep {m} & (sleep {m} &) ; echo started");
+    // The run ends with the main process (within `run`'s bound on a hang),
+    // not with the background sleeps, which would take 1,000 s.
     let ran = run(&executor(&tmp).await, sh(&line)).await;
     assert_eq!(ran.outcome, Outcome::Exited(0));
     assert_eq!(ran.stdout, b"started\n");
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
         gone(&m).await,
         "background processes survived: {:?}",

@@ -8,6 +8,14 @@
 //! the API execs a small script in one of the project's pods (see
 //! [`crate::pod_files`]). Either way no file passes through the broker or a
 //! worker, and memory stays bounded (64 KiB pieces per transfer).
+//!
+//! This file holds the handlers; `local.rs` and `pod.rs` the two kinds of
+//! project's side of each operation, `transfer.rs` what both share (bodies
+//! written to files, staging, ranges).
+
+mod local;
+mod pod;
+mod transfer;
 
 use std::os::fd::OwnedFd;
 
@@ -15,20 +23,19 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use rdev_shared::db::audit;
 use rdev_shared::domain::{Project, Scope};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use self::transfer::{copy_body, staging_file};
 use super::AppState;
 use super::access::load_visible_project as load_visible;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path, Query};
 use super::page::{Page, cursor, page_limit};
 use crate::pod_files::PodFiles;
-use crate::workspace::{self, Entry, FilesError, Kind};
+use crate::workspace::{self, Entry, FilesError};
 
 /// The routes of this module (under `/v1`).
 pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
@@ -119,61 +126,6 @@ pub fn max_file_bytes(st: &AppState, project: &Project) -> u64 {
         .map_or(global, |n| n.min(global))
 }
 
-/// Where uploads that must be complete before they are used (archives, and
-/// uploads to a pod without a `Content-Length`) are staged: the workspace
-/// volume when there is one (outside every project directory), else the
-/// API's temporary directory.
-async fn staging_file(st: &AppState) -> ApiResult<(tokio::fs::File, RemoveOnDrop)> {
-    let staging = match &st.cfg.workspace_root {
-        Some(root) => root.join(".rdev-staging"),
-        None => std::env::temp_dir().join("rdev-staging"),
-    };
-    tokio::fs::create_dir_all(&staging)
-        .await
-        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    let path = staging.join(format!("{:016x}.tar", rand::random::<u64>()));
-    let cleanup = RemoveOnDrop(path.clone());
-    let file = tokio::fs::OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    Ok((file, cleanup))
-}
-
-/// Writes `body` to `file`, at most `max` bytes (413 beyond); the size.
-async fn stage_body(body: Body, file: &mut tokio::fs::File, max: u64) -> ApiResult<u64> {
-    let mut stream = body.into_data_stream();
-    let mut written: u64 = 0;
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(body_error)?;
-        written += piece.len() as u64;
-        if written > max {
-            return Err(FilesError::TooLarge(max).into());
-        }
-        file.write_all(&piece)
-            .await
-            .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-    Ok(written)
-}
-
-fn body_error(e: axum::Error) -> FilesError {
-    if super::body::is_timeout(&e) {
-        FilesError::Body(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            e.to_string(),
-        ))
-    } else {
-        FilesError::Body(std::io::Error::other(e.to_string()))
-    }
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FilesError> + Send + 'static,
 ) -> ApiResult<T> {
@@ -181,42 +133,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::Internal(format!("files task: {e}")))?
         .map_err(ApiError::from)
-}
-
-/// A parsed `Range: bytes=…` (one range).
-fn range(headers: &HeaderMap, size: u64) -> ApiResult<Option<(u64, u64)>> {
-    let Some(v) = headers.get(header::RANGE) else {
-        return Ok(None);
-    };
-    let bad = || ApiError::RangeNotSatisfiable(size);
-    let spec = v
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().strip_prefix("bytes="))
-        .ok_or_else(bad)?;
-    if spec.contains(',') {
-        // One range only: answer the whole file, as RFC 9110 allows.
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().map_err(|_| bad())?;
-            if n == 0 {
-                return Err(bad());
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        }
-        (s, "") => (s.parse().map_err(|_| bad())?, size.saturating_sub(1)),
-        (s, e) => {
-            let (s, e): (u64, u64) = (s.parse().map_err(|_| bad())?, e.parse().map_err(|_| bad())?);
-            (s, e.min(size.saturating_sub(1)))
-        }
-    };
-    if size == 0 || start >= size || start > end {
-        return Err(bad());
-    }
-    Ok(Some((start, end)))
 }
 
 /// `GET /v1/projects/{name}/files/{path}` (and `HEAD`): the file, streamed;
@@ -260,100 +176,13 @@ pub async fn get(
     if q.list.is_some() {
         return listing(files, rel, q).await;
     }
-    let idle = st.cfg.files_idle_timeout;
     match files {
-        Files::Local(dir) => {
-            let (file, size) = blocking(move || workspace::open_file(&dir, &rel)).await?;
-            let mut file = tokio::fs::File::from_std(file);
-            let (status, start, len) = span(&headers, size)?;
-            if start > 0 {
-                file.seek(std::io::SeekFrom::Start(start))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("seek: {e}")))?;
-            }
-            let stream = futures::stream::unfold(
-                (file, len, vec![0u8; PIECE]),
-                move |(mut file, left, mut buf)| async move {
-                    if left == 0 {
-                        return None;
-                    }
-                    let want = usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE);
-                    match tokio::time::timeout(idle, file.read(&mut buf[..want])).await {
-                        Ok(Ok(0)) => None,
-                        Ok(Ok(n)) => {
-                            let piece = bytes::Bytes::copy_from_slice(&buf[..n]);
-                            Some((Ok(piece), (file, left - n as u64, buf)))
-                        }
-                        Ok(Err(e)) => Some((Err(e), (file, 0, buf))),
-                        Err(_) => Some((
-                            Err(std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "reading the file timed out",
-                            )),
-                            (file, 0, buf),
-                        )),
-                    }
-                },
-            );
-            Ok(file_response(
-                Body::from_stream(stream),
-                status,
-                start,
-                len,
-                size,
-            ))
-        }
+        Files::Local(dir) => local::download(dir, rel, &headers, st.cfg.files_idle_timeout).await,
         Files::Pod(pods, kp) => {
-            let entry = pods.stat(&kp, &rel).await?;
-            match entry.kind {
-                Kind::File => {}
-                Kind::Dir => {
-                    return Err(FilesError::WrongType(
-                        "is a directory (list it with `?list`)".into(),
-                    )
-                    .into());
-                }
-                Kind::Symlink => return Err(FilesError::Escapes.into()),
-                Kind::Special => return Err(FilesError::Special.into()),
-            }
-            let size = entry.size;
-            let (status, start, len) = span(&headers, size)?;
-            // `HEAD` (a stat) opens no second session.
-            let body = if len == 0 || method == axum::http::Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from_stream(pods.read(&kp, &rel, start, len).await?)
-            };
-            Ok(file_response(body, status, start, len, size))
+            let head = method == axum::http::Method::HEAD;
+            pod::download(&pods, &kp, &rel, &headers, head).await
         }
     }
-}
-
-/// Status, first byte and length of the answer to `headers` for a file of
-/// `size` bytes.
-fn span(headers: &HeaderMap, size: u64) -> ApiResult<(StatusCode, u64, u64)> {
-    Ok(match range(headers, size)? {
-        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        None => (StatusCode::OK, 0, size),
-    })
-}
-
-fn file_response(body: Body, status: StatusCode, start: u64, len: u64, size: u64) -> Response {
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
-    {
-        h.insert(header::CONTENT_RANGE, v);
-    }
-    resp
 }
 
 /// `GET /v1/projects/{name}/files?list`: the project directory's entries.
@@ -387,9 +216,7 @@ async fn listing(files: Files, rel: String, q: FileQuery) -> ApiResult<Response>
     let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
     let n = usize::try_from(limit).unwrap_or(50);
     let items: Vec<Entry> = match files {
-        Files::Local(dir) => {
-            blocking(move || workspace::list(&dir, &rel, after.as_deref(), n)).await?
-        }
+        Files::Local(dir) => local::list(dir, rel, after, n).await?,
         Files::Pod(pods, kp) => pods.list(&kp, &rel, after.as_deref(), n).await?,
     };
     Ok(Page::new(items, limit, |e| e.name.clone()).into_response())
@@ -432,40 +259,9 @@ pub async fn archive_root(
 
 async fn download_archive(files: Files, rel: String) -> ApiResult<Response> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let err_tx = tx.clone();
     match files {
-        Files::Local(dir) => {
-            // The directory must exist before the 200 goes out.
-            let (d2, r2) = (dir.try_clone().map_err(FilesError::from)?, rel.clone());
-            let entry = blocking(move || workspace::stat(&d2, &r2)).await?;
-            if !rel.is_empty() && entry.kind != Kind::Dir {
-                return Err(FilesError::WrongType("not a directory".into()).into());
-            }
-            tokio::task::spawn_blocking(move || {
-                let out = crate::archive::ChannelWriter::new(tx);
-                if let Err(e) = crate::archive::build(&dir, &rel, out) {
-                    tracing::warn!(error = %e, "building an archive failed; the download is cut");
-                    let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                }
-            });
-        }
-        Files::Pod(pods, kp) => {
-            let entry = pods.stat(&kp, &rel).await?;
-            match entry.kind {
-                Kind::Dir => {}
-                Kind::Symlink => return Err(FilesError::Escapes.into()),
-                _ => return Err(FilesError::WrongType("not a directory".into()).into()),
-            }
-            let tar = tokio_util::io::StreamReader::new(pods.tar_out(&kp, &rel).await?);
-            let tar = tokio_util::io::SyncIoBridge::new(tar);
-            tokio::task::spawn_blocking(move || {
-                let out = crate::archive::ChannelWriter::new(tx);
-                if let Err(e) = crate::archive::repack(tar, out) {
-                    tracing::warn!(error = %e, "repacking a pod's archive failed; the download is cut");
-                    let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                }
-            });
-        }
+        Files::Local(dir) => local::archive(dir, rel, tx).await?,
+        Files::Pod(pods, kp) => pod::archive(&pods, &kp, &rel, tx).await?,
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -476,6 +272,25 @@ async fn download_archive(files: Files, rel: String) -> ApiResult<Response> {
         HeaderValue::from_static("application/gzip"),
     );
     Ok(resp)
+}
+
+/// Where a tar.gz download's pieces go, as the client reads them.
+type ArchiveTx = tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>;
+
+/// Builds a tar.gz in a blocking task into `tx`; a failure cuts the
+/// download (an error item; `what` names the step in the log).
+fn spawn_archive(
+    tx: ArchiveTx,
+    what: &'static str,
+    build: impl FnOnce(crate::archive::ChannelWriter) -> Result<(), FilesError> + Send + 'static,
+) {
+    let err_tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = build(crate::archive::ChannelWriter::new(tx)) {
+            tracing::warn!(error = %e, "{what} failed; the download is cut");
+            let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
 }
 
 /// `POST /v1/projects/{name}/files:archive`: extracts a tar (or tar.gz) into
@@ -516,44 +331,17 @@ pub async fn upload_archive(
     let (mut staged, _cleanup) = staging_file(&st).await?;
     // A tar of `max` bytes of contents is a little larger than `max`.
     let slack = max / 64 + (1 << 20);
-    stage_body(body, &mut staged, max.saturating_add(slack)).await?;
-    let mut staged = staged.into_std().await;
-    let target2 = target.clone();
+    copy_body(body, &mut staged, max.saturating_add(slack), "staging").await?;
+    let staged = staged.into_std().await;
     let done = match files {
-        Files::Local(dir) => {
-            blocking(move || {
-                crate::archive::check(&mut staged, max)?;
-                crate::archive::extract(&mut staged, &dir, &target2)
-            })
-            .await?
-        }
-        Files::Pod(pods, kp) => {
-            let (normal, _cleanup2) = staging_file(&st).await?;
-            let mut normal = normal.into_std().await;
-            let (done, normal, len) = blocking(move || {
-                crate::archive::check(&mut staged, max)?;
-                let done = crate::archive::normalize(&mut staged, &mut normal)?;
-                let len = normal.metadata()?.len();
-                Ok((done, normal, len))
-            })
-            .await?;
-            pods.tar_in(&kp, &target2, normal, len).await?;
-            done
-        }
+        Files::Local(dir) => local::extract(dir, staged, max, target.clone()).await?,
+        Files::Pod(pods, kp) => pod::extract(&st, &pods, &kp, staged, max, &target).await?,
     };
     let mut a = auth.audit("file.archive", "file", Some(target), Some(project.id));
     a.details = json!({ "files": done.files, "dirs": done.dirs, "bytes": done.bytes });
     let client = st.pool.get().await?;
     audit::append(&client, &a).await?;
     Ok(axum::Json(done))
-}
-
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// `PUT /v1/projects/{name}/files/{path}`: writes the body to the file
@@ -597,61 +385,14 @@ pub async fn put(
     }
     let files = project_files(&st, &project).await?;
     let (entry, written) = match files {
-        Files::Local(dir) => put_local(dir, rel.clone(), body, max).await?,
-        Files::Pod(pods, kp) => {
-            let entry = match announced {
-                Some(len) => {
-                    let stream = body.into_data_stream().map(|r| r.map_err(body_error));
-                    pods.write(&kp, &rel, len, stream).await?
-                }
-                // The pod's script needs the exact size first (its stdin
-                // cannot be closed on every exec protocol): staged on disk.
-                None => {
-                    let (mut staged, _cleanup) = staging_file(&st).await?;
-                    let len = stage_body(body, &mut staged, max).await?;
-                    staged
-                        .seek(std::io::SeekFrom::Start(0))
-                        .await
-                        .map_err(|e| ApiError::Internal(format!("staging: {e}")))?;
-                    let stream = tokio_util::io::ReaderStream::with_capacity(staged, PIECE);
-                    pods.write(&kp, &rel, len, stream).await?
-                }
-            };
-            let size = entry.size;
-            (entry, size)
-        }
+        Files::Local(dir) => local::write(dir, rel.clone(), body, max).await?,
+        Files::Pod(pods, kp) => pod::write(&st, &pods, &kp, &rel, body, announced, max).await?,
     };
     let mut a = auth.audit("file.write", "file", Some(rel), Some(project.id));
     a.details = json!({ "size": written });
     let client = st.pool.get().await?;
     audit::append(&client, &a).await?;
     Ok((StatusCode::CREATED, axum::Json(entry)))
-}
-
-async fn put_local(dir: OwnedFd, rel: String, body: Body, max: u64) -> ApiResult<(Entry, u64)> {
-    let dir2 = dir.try_clone().map_err(FilesError::from)?;
-    let rel2 = rel.clone();
-    let (upload, file) = blocking(move || workspace::Upload::start(&dir2, &rel2)).await?;
-    let mut file = tokio::fs::File::from_std(file);
-    let mut stream = body.into_data_stream();
-    let mut written: u64 = 0;
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(body_error)?;
-        written += piece.len() as u64;
-        if written > max {
-            return Err(FilesError::TooLarge(max).into());
-        }
-        file.write_all(&piece)
-            .await
-            .map_err(|e| ApiError::Internal(format!("writing an upload: {e}")))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::Internal(format!("writing an upload: {e}")))?;
-    drop(file);
-    blocking(move || upload.commit()).await?;
-    let entry = blocking(move || workspace::stat(&dir, &rel)).await?;
-    Ok((entry, written))
 }
 
 /// `DELETE /v1/projects/{name}/files/{path}`: a file, a symlink (not its
@@ -678,10 +419,7 @@ pub async fn delete(
     let rel = workspace::validate_path(&path)?.to_owned();
     let project = load_visible(&st, &auth, &name).await?;
     match project_files(&st, &project).await? {
-        Files::Local(dir) => {
-            let rel2 = rel.clone();
-            blocking(move || workspace::remove(&dir, &rel2)).await?;
-        }
+        Files::Local(dir) => local::remove(dir, rel.clone()).await?,
         Files::Pod(pods, kp) => pods.remove(&kp, &rel).await?,
     }
     let client = st.pool.get().await?;
@@ -691,39 +429,4 @@ pub async fn delete(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(v: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(header::RANGE, HeaderValue::from_str(v).expect("value"));
-        m
-    }
-
-    #[test]
-    fn ranges_follow_rfc_9110() {
-        assert_eq!(range(&HeaderMap::new(), 10).expect("none"), None);
-        assert_eq!(range(&h("bytes=0-4"), 10).expect("r"), Some((0, 4)));
-        assert_eq!(range(&h("bytes=5-"), 10).expect("r"), Some((5, 9)));
-        assert_eq!(range(&h("bytes=-3"), 10).expect("r"), Some((7, 9)));
-        assert_eq!(range(&h("bytes=-30"), 10).expect("r"), Some((0, 9)));
-        assert_eq!(range(&h("bytes=8-100"), 10).expect("r"), Some((8, 9)));
-        assert_eq!(range(&h("bytes=0-1,4-5"), 10).expect("whole"), None);
-        for bad in [
-            "bytes=10-",
-            "bytes=5-4",
-            "bytes=-0",
-            "items=0-1",
-            "bytes=x-1",
-        ] {
-            assert!(
-                matches!(range(&h(bad), 10), Err(ApiError::RangeNotSatisfiable(10))),
-                "{bad}"
-            );
-        }
-        assert!(range(&h("bytes=0-0"), 0).is_err());
-    }
 }

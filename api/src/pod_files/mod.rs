@@ -25,7 +25,7 @@
 //! The container needs `/bin/sh`, `head`, `tail`, `stat -c` (GNU coreutils
 //! or busybox), `mkdir`, `mv`, `rm`, `rmdir`, `ls`, `wc`, `find` and `tar`.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::SeekFrom;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,9 +33,14 @@ use futures::{Stream, StreamExt};
 use kube::api::AttachedProcess;
 use rdev_shared::domain::KubernetesSettings as KubeProject;
 use rdev_shared::kube::{ExecStreams, KubeClient, KubeClientSettings, KubeError, Slot};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, SimplexStream};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadHalf, SimplexStream,
+};
 
+use self::scripts::{DELETE, LIST, PRELUDE, READ, STAT, TAR_IN, TAR_OUT, WRITE};
 use crate::workspace::{Entry, FilesError, Kind};
+
+mod scripts;
 
 /// Largest piece moved through an exec stream at once.
 const PIECE: usize = 64 * 1024;
@@ -45,122 +50,6 @@ const STDERR_KEPT: u64 = 4096;
 const SMALL_OUTPUT: u64 = 64 * 1024;
 /// Largest record of a listing (a name is at most 255 bytes on Linux).
 const MAX_RECORD: usize = 8 * 1024;
-
-/// Shared by every script: `$1` is the workdir (empty: the container's
-/// working directory). `chk P [mk]` walks `P` component by component and
-/// exits 10 at a symlink, 11 at a missing component (or creates it with
-/// `mk`), 12 at a non-directory.
-const PRELUDE: &str = r#"case $1 in '') ;; /*) cd "$1" || exit 3;; *) cd "./$1" || exit 3;; esac
-chk() { p=; r=$1
-while [ -n "$r" ]; do
-  c=${r%%/*}
-  case $r in */*) r=${r#*/};; *) r=;; esac
-  p=${p:+$p/}$c
-  if [ -L "./$p" ]; then exit 10; fi
-  if [ ! -e "./$p" ]; then
-    [ -n "$2" ] || exit 11
-    mkdir "./$p" 2>/dev/null || [ -d "./$p" ] || exit 12
-    [ -L "./$p" ] && exit 10
-  fi
-  [ -d "./$p" ] || exit 12
-done; }
-parent() { case $1 in */*) d=${1%/*};; *) d=;; esac; }
-"#;
-
-/// `$2` path: `<hex mode> <size> <mtime>` of the path (a final symlink is
-/// described, not followed).
-const STAT: &str = r#"parent "$2"; chk "$d"
-f=./$2
-[ -e "$f" ] || [ -L "$f" ] || exit 11
-stat -c '%f %s %Y' "$f"
-"#;
-
-/// `$2` path, `$3` start, `$4` length: those bytes of a regular file.
-const READ: &str = r#"parent "$2"; chk "$d"
-f=./$2
-[ -L "$f" ] && exit 10
-[ -e "$f" ] || exit 11
-[ -d "$f" ] && exit 13
-[ -f "$f" ] || exit 14
-if [ "$3" = 0 ]; then head -c "$4" < "$f"; else tail -c +$(($3 + 1)) < "$f" | head -c "$4"; fi
-"#;
-
-/// `$2` directory (empty: the workdir): `<hex mode> <size> <mtime> <name>`
-/// NUL-terminated, one record per entry, in no order.
-const LIST: &str = r#"chk "$2"
-if [ -n "$2" ]; then cd "./$2" || exit 12; fi
-for e in .[!.]* ..?* *; do
-  [ -e "./$e" ] || [ -L "./$e" ] || continue
-  case $e in .rdev-upload-*|.rdev-extract-*) continue;; esac
-  s=$(stat -c '%f %s %Y' "./$e") || continue
-  printf '%s %s\0' "$s" "$e"
-done
-"#;
-
-/// `$2` path, `$3` exact size: stdin (exactly `$3` bytes) to a temporary
-/// file beside the destination, renamed over it when complete (readers never
-/// see half a file); then the new file's stat line. Exit 16: stdin ended
-/// early.
-const WRITE: &str = r#"parent "$2"; chk "$d" mk
-f=./$2
-[ -L "$f" ] && exit 10
-[ -d "$f" ] && exit 13
-if [ -e "$f" ] && [ ! -f "$f" ]; then exit 14; fi
-t=./${d:+$d/}.rdev-upload-$$
-trap 'rm -f "$t"' EXIT
-head -c "$3" > "$t" || exit 1
-n=$(wc -c < "$t")
-[ $n -eq "$3" ] || exit 16
-mv -f "$t" "$f" || exit 1
-trap - EXIT
-stat -c '%f %s %Y' "$f"
-"#;
-
-/// `$2` path: removes a file, a symlink (not its target) or an empty
-/// directory (exit 15 when not empty).
-const DELETE: &str = r#"parent "$2"; chk "$d"
-f=./$2
-if [ -L "$f" ] || { [ -e "$f" ] && [ ! -d "$f" ]; }; then rm -f "$f" || exit 1; exit 0; fi
-[ -e "$f" ] || exit 11
-rmdir "$f" 2>/dev/null && exit 0
-[ -n "$(ls -A "$f")" ] && exit 15
-exit 1
-"#;
-
-/// `$2` directory (empty: the workdir): a plain tar of it on stdout.
-const TAR_OUT: &str = r#"chk "$2"
-if [ -n "$2" ]; then cd "./$2" || exit 12; fi
-tar -cf - .
-"#;
-
-/// `$2` target directory (created), `$3` exact size of the tar on stdin
-/// (already checked by the API: relative names, only directories and
-/// regular files). Extracted into a fresh directory first; then every entry
-/// is checked against what exists (no symlink, no directory where a file
-/// goes, no file where a directory goes) before anything is moved into
-/// place.
-const TAR_IN: &str = r#"chk "$2" mk
-if [ -n "$2" ]; then cd "./$2" || exit 12; fi
-x=$PWD/.rdev-extract-$$
-mkdir "$x" || exit 1
-trap 'rm -rf "$x"' EXIT
-head -c "$3" | (cd "$x" && tar -xof -) || exit 17
-cd "$x" || exit 1
-find . ! -name . | while IFS= read -r p; do
-  q=../${p#./}
-  [ -L "$q" ] && exit 10
-  if [ -d "$p" ]; then
-    if [ -e "$q" ] && [ ! -d "$q" ]; then exit 12; fi
-  else
-    [ -d "$q" ] && exit 13
-    if [ -e "$q" ] && [ ! -f "$q" ]; then exit 14; fi
-  fi
-done || exit $?
-find . ! -name . -type d | while IFS= read -r p; do
-  q=../${p#./}; [ -d "$q" ] || mkdir "$q" || exit 12
-done || exit $?
-find . -type f | while IFS= read -r p; do mv -f "$p" "../${p#./}" || exit 1; done || exit $?
-"#;
 
 /// Bytes streamed out of a pod.
 pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
@@ -220,6 +109,12 @@ fn exit_error(code: i32, stderr: &[u8]) -> FilesError {
 }
 
 impl Session {
+    fn stdin(&mut self) -> Result<tokio::io::WriteHalf<SimplexStream>, FilesError> {
+        self.proc
+            .stdin()
+            .ok_or_else(|| FilesError::Unavailable("the exec session has no stdin".into()))
+    }
+
     fn stdout(&mut self) -> Result<ReadHalf<SimplexStream>, FilesError> {
         self.proc
             .stdout()
@@ -423,16 +318,38 @@ impl PodFiles {
         let name = rel.rsplit('/').next().unwrap_or_default().to_owned();
         let size = len.to_string();
         let mut s = self.open(project, WRITE, &[rel, &size], true).await?;
-        let mut stdin = s
-            .proc
-            .stdin()
-            .ok_or_else(|| FilesError::Unavailable("the exec session has no stdin".into()))?;
+        let mut stdin = s.stdin()?;
         let mut stdout = s.stdout()?;
         let reader = tokio::spawn(async move {
             let mut out = Vec::new();
             let _ = (&mut stdout).take(SMALL_OUTPUT).read_to_end(&mut out).await;
             out
         });
+        self.feed(&mut stdin, &mut body, len).await?;
+        // The writer stays open until the session ends: on
+        // `v4.channel.k8s.io` closing it would close the whole session.
+        let finished = s.finish().await;
+        drop(stdin);
+        finished?;
+        let out = reader.await.unwrap_or_default();
+        let line = String::from_utf8_lossy(&out);
+        parse_stat(line.trim_end(), name)
+    }
+
+    /// Sends exactly `len` bytes of `body` to a script's stdin (each piece
+    /// within the idle timeout). Fails on a longer or shorter body: the
+    /// caller then drops the session, so the script sees a short input and
+    /// removes what it started.
+    async fn feed<S, E>(
+        &self,
+        stdin: &mut (impl AsyncWrite + Unpin),
+        body: &mut S,
+        len: u64,
+    ) -> Result<(), FilesError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<FilesError>,
+    {
         let mut sent: u64 = 0;
         while let Some(piece) = body.next().await {
             let piece = piece.map_err(Into::into)?;
@@ -447,21 +364,12 @@ impl PodFiles {
                 .map_err(|_| FilesError::Unavailable("the pod stopped reading".into()))??;
         }
         if sent != len {
-            // Dropping the session ends it; the script sees a short input and
-            // removes its temporary file.
             return Err(FilesError::Unavailable(
                 "the body ended before its Content-Length".into(),
             ));
         }
         let _ = stdin.flush().await;
-        // The writer stays open until the session ends: on
-        // `v4.channel.k8s.io` closing it would close the whole session.
-        let finished = s.finish().await;
-        drop(stdin);
-        finished?;
-        let out = reader.await.unwrap_or_default();
-        let line = String::from_utf8_lossy(&out);
-        parse_stat(line.trim_end(), name)
+        Ok(())
     }
 
     /// A plain tar of the directory `rel` (`""`: the workdir) as the pod's
@@ -482,46 +390,20 @@ impl PodFiles {
         &self,
         project: &KubeProject,
         target: &str,
-        mut tar: std::fs::File,
+        tar: std::fs::File,
         len: u64,
     ) -> Result<(), FilesError> {
         let size = len.to_string();
         let mut s = self.open(project, TAR_IN, &[target, &size], true).await?;
-        let mut stdin = s
-            .proc
-            .stdin()
-            .ok_or_else(|| FilesError::Unavailable("the exec session has no stdin".into()))?;
+        let mut stdin = s.stdin()?;
         let mut stdout = s.stdout()?;
         let drain = tokio::spawn(async move {
             let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
         });
-        tar.seek(SeekFrom::Start(0))?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
-        tokio::task::spawn_blocking(move || {
-            loop {
-                let mut piece = vec![0u8; PIECE];
-                match tar.read(&mut piece) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        piece.truncate(n);
-                        if tx.blocking_send(Ok(piece)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        break;
-                    }
-                }
-            }
-        });
-        while let Some(piece) = rx.recv().await {
-            let piece = piece?;
-            tokio::time::timeout(self.idle, stdin.write_all(&piece))
-                .await
-                .map_err(|_| FilesError::Unavailable("the pod stopped reading".into()))??;
-        }
-        let _ = stdin.flush().await;
+        let mut tar = tokio::fs::File::from_std(tar);
+        tar.seek(SeekFrom::Start(0)).await?;
+        let mut pieces = tokio_util::io::ReaderStream::with_capacity(tar, PIECE);
+        self.feed(&mut stdin, &mut pieces, len).await?;
         let finished = s.finish().await;
         drop(stdin);
         drain.abort();
