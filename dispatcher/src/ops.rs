@@ -24,21 +24,12 @@ pub struct OpsState {
 
 /// The router of the operations endpoints.
 pub fn router(state: OpsState) -> Router {
+    let metrics = rdev_shared::metrics::route(state.metrics.clone(), state.pool.clone());
     Router::new()
         .route("/health", get(readiness::health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics)
         .with_state(state)
-}
-
-async fn metrics(State(ops): State<OpsState>) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            rdev_shared::metrics::CONTENT_TYPE,
-        )],
-        ops.metrics.render(Some(&ops.pool)),
-    )
 }
 
 async fn ready(State(ops): State<OpsState>) -> Readiness {
