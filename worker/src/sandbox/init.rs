@@ -1,5 +1,5 @@
 //! The sandbox's process 1, `rdev-sandbox-init` (its own binary in this
-//! crate, `src/bin/rdev-sandbox-init.rs`): finding it, giving the sandbox
+//! crate, `src/bin/rdev-sandbox-init/`): finding it, giving the sandbox
 //! user a copy it can read, and reading its status line.
 
 use std::fs;

@@ -36,7 +36,6 @@ use nix::unistd::Uid;
 use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
 use rdev_shared::interactive::TtySize;
 use serde::Serialize;
-use tokio::process::Command;
 use tokio::sync::watch;
 
 use self::cgroup::{Cgroups, CommandCgroup};
@@ -381,8 +380,15 @@ impl Sandbox {
         ];
         setup.keep.extend(secret_fds.iter().map(AsRawFd::as_raw_fd));
         setup.keep.extend(slave_fd);
-        let mut cmd = Command::new(&self.bwrap);
-        cmd.arg("--args")
+        // bubblewrap is started by the init binary's launcher, which sets
+        // up its process (cgroup, limits, user) and executes it: the worker
+        // is never forked (process.rs, `Launcher`).
+        let mut launcher = setup
+            .launcher(init, &self.bwrap)
+            .map_err(|e| failed("cannot prepare the sandbox's start", &e))?;
+        launcher
+            .cmd
+            .arg("--args")
             .arg(args.as_raw_fd().to_string())
             .args(&line.command)
             .env_clear()
@@ -391,10 +397,9 @@ impl Sandbox {
             .stdout(Stdio::from(theirs.out))
             .stderr(Stdio::from(theirs.diag))
             .kill_on_drop(true);
-        setup.install(&mut cmd);
-        let child = cmd.spawn().map_err(|e| {
-            LaunchError::Unavailable(format!("cannot run {}: {e}", self.bwrap.display()))
-        })?;
+        let child = launcher
+            .spawn()
+            .map_err(|e| LaunchError::Unavailable(format!("cannot run {}: {e}", init.display())))?;
         // The child has its copies; ours must close so the readers see EOF.
         drop((
             args,

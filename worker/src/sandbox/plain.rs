@@ -53,8 +53,7 @@ pub(super) fn spawn_plain(
         }
     };
     setup.install(&mut cmd);
-    let mut child = cmd
-        .spawn()
+    let mut child = super::process::spawn_exclusive(|| cmd.spawn())
         .map_err(|e| LaunchError::Failed(format!("cannot start the command: {e}")))?;
     let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
         return Err(LaunchError::Failed(

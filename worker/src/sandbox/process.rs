@@ -138,6 +138,126 @@ impl ChildSetup {
     }
 }
 
+/// Serialises every process start of the worker. A launch clears the
+/// close-on-exec flag of the descriptors its child must inherit for the
+/// moment of the spawn; any other process started in that moment would
+/// inherit them too (another command would get this one's secret files).
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `spawn` (a process start) while no launch has descriptors open to
+/// inheritance. Every process the worker starts goes through here or
+/// [`Launcher::spawn`].
+pub fn spawn_exclusive<T>(spawn: impl FnOnce() -> T) -> T {
+    let _only = SPAWNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    spawn()
+}
+
+/// A command started through `rdev-sandbox-init --launch`, which applies a
+/// [`ChildSetup`] and then executes the program (see that binary's
+/// `launch.rs` for why: the worker starts it with `posix_spawn` instead of
+/// forking itself).
+pub struct Launcher {
+    /// `LAUNCHER --launch … -- PROGRAM`; add the program's arguments,
+    /// environment, directory and standard streams, but no `pre_exec`.
+    pub cmd: tokio::process::Command,
+    /// Descriptors the launched program inherits: their close-on-exec flag
+    /// is cleared only while the child is created.
+    inherit: Vec<RawFd>,
+    /// Duplicates of the `cgroup.procs` descriptors (the originals stay
+    /// with the cgroup, close-on-exec).
+    _join: Vec<std::os::fd::OwnedFd>,
+}
+
+impl ChildSetup {
+    /// The command that starts `program` with this set-up applied by
+    /// `launcher --launch`. `terminal_session` is not supported there (a
+    /// terminal is the sandbox's business).
+    pub fn launcher(
+        self,
+        launcher: &std::path::Path,
+        program: &std::path::Path,
+    ) -> io::Result<Launcher> {
+        let join = self
+            .join
+            .iter()
+            .map(|&fd| {
+                let dup =
+                    fcntl(borrow(fd), FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(io::Error::from)?;
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
+                Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut cmd = tokio::process::Command::new(launcher);
+        cmd.arg("--launch");
+        for fd in &join {
+            cmd.arg("--join")
+                .arg(std::os::fd::AsRawFd::as_raw_fd(fd).to_string());
+        }
+        for &(resource, soft, hard) in &self.rlimits {
+            cmd.arg("--rlimit")
+                .arg(format!("{}:{soft}:{hard}", resource as u32));
+        }
+        if let Some(user) = &self.run_as {
+            cmd.arg("--user").arg(format!("{}:{}", user.uid, user.gid));
+        }
+        cmd.arg("--parent")
+            .arg(std::process::id().to_string())
+            .arg("--")
+            .arg(on_path(program));
+        let mut inherit = self.keep;
+        inherit.extend(join.iter().map(std::os::fd::AsRawFd::as_raw_fd));
+        Ok(Launcher {
+            cmd,
+            inherit,
+            _join: join,
+        })
+    }
+}
+
+/// `program` as the launcher must name it: it executes without searching
+/// `PATH` (and runs with an empty environment), so a bare name is looked
+/// up here, in the worker's `PATH`. Unfound, it stays as it is (the
+/// launcher then reports that it cannot run it).
+fn on_path(program: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.components().count() != 1 {
+        return program.to_owned();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| program.to_owned())
+}
+
+impl Launcher {
+    /// Starts the launcher (by `posix_spawn`: nothing runs between fork
+    /// and exec in the worker). The inherited descriptors are open to
+    /// inheritance only inside the exclusive section.
+    pub fn spawn(mut self) -> io::Result<tokio::process::Child> {
+        spawn_exclusive(|| {
+            let set = |flag: FdFlag| -> io::Result<()> {
+                for &fd in &self.inherit {
+                    fcntl(borrow(fd), FcntlArg::F_SETFD(flag)).map_err(io::Error::from)?;
+                }
+                Ok(())
+            };
+            let started = set(FdFlag::empty()).and_then(|()| self.cmd.spawn());
+            // Back to close-on-exec whatever happened, before anyone else
+            // may start a process.
+            let restored = set(FdFlag::FD_CLOEXEC);
+            let child = started?;
+            restored?;
+            Ok(child)
+        })
+    }
+}
+
 /// The rlimits of a command: CPU time, file size and open files always; no
 /// core dumps (the host's core handler runs outside the sandbox); memory
 /// (address space) and process count only where no cgroup enforces them
@@ -205,5 +325,96 @@ mod tests {
         assert!(without.contains(&(Resource::RLIMIT_AS, 1 << 30, 1 << 30)));
         assert!(without.contains(&(Resource::RLIMIT_NPROC, 100, 100)));
         assert_eq!(rlimits(&ResourceLimits::default(), false, false).len(), 1);
+    }
+
+    /// The launcher applies the set-up and runs the program with exactly
+    /// the descriptors it was given; in the worker they are close-on-exec
+    /// again as soon as the launch is done.
+    #[tokio::test]
+    async fn a_launch_applies_the_setup_and_passes_only_its_descriptors() {
+        use std::io::Read;
+        use std::os::fd::{AsFd, AsRawFd};
+
+        let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
+        let (mut r, w) = std::io::pipe().expect("pipe");
+        let (mut other_r, other_w) = std::io::pipe().expect("pipe");
+        let root = nix::unistd::geteuid().is_root();
+        let setup = ChildSetup {
+            keep: vec![w.as_raw_fd()],
+            rlimits: vec![(Resource::RLIMIT_NOFILE, 64, 64)],
+            run_as: root.then(|| RunAs {
+                uid: Uid::from_raw(65534),
+                gid: Gid::from_raw(65534),
+                name: "nobody".into(),
+            }),
+            ..ChildSetup::default()
+        };
+        let mut launch = setup
+            // bash: dash takes only one-digit descriptors in `>&N`.
+            .launcher(&init, std::path::Path::new("/bin/bash"))
+            .expect("launcher");
+        let script = format!(
+            "echo passed >&{w}; (echo leaked >&{o}) 2>/dev/null; ulimit -n; id -u",
+            w = w.as_raw_fd(),
+            o = other_w.as_raw_fd()
+        );
+        launch
+            .cmd
+            .arg("-c")
+            .arg(script)
+            .env_clear()
+            .stdout(std::process::Stdio::piped());
+        let child = launch.spawn().expect("spawn");
+        let flags = fcntl(w.as_fd(), FcntlArg::F_GETFD).expect("flags");
+        assert!(
+            FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC),
+            "close-on-exec again in the worker"
+        );
+        let out = child.wait_with_output().await.expect("wait");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        let uid = if root {
+            "65534".to_owned()
+        } else {
+            nix::unistd::geteuid().to_string()
+        };
+        assert_eq!(lines, ["64", uid.as_str()], "{stdout}");
+        drop(w);
+        let mut got = String::new();
+        r.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "passed\n");
+        drop(other_w);
+        let mut leaked = String::new();
+        other_r.read_to_string(&mut leaked).expect("read");
+        assert_eq!(leaked, "", "a descriptor it was not given reached it");
+    }
+
+    #[test]
+    fn bare_program_names_are_found_on_the_path() {
+        assert!(on_path(std::path::Path::new("sh")).is_absolute());
+        assert_eq!(
+            on_path(std::path::Path::new("./x")),
+            std::path::Path::new("./x")
+        );
+        assert_eq!(
+            on_path(std::path::Path::new("no-such-program-here")),
+            std::path::Path::new("no-such-program-here")
+        );
+    }
+
+    #[test]
+    fn every_process_start_is_exclusive() {
+        let held = SPAWNING.lock().expect("lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || spawn_exclusive(|| tx.send(()).expect("send")));
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "a start ran while a launch held its descriptors open"
+        );
+        drop(held);
+        rx.recv().expect("runs once the launch is done");
+        t.join().expect("thread");
     }
 }

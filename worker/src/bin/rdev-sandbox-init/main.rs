@@ -27,6 +27,9 @@
 //! It makes itself non-dumpable, so the command (same user) cannot open its
 //! `/proc/1/fd` to write a status line of its own or read its environment.
 //! It uses nothing but the C library: it has to run in any sandbox.
+//!
+//! `rdev-sandbox-init --launch …` is its other job, outside the sandbox:
+//! the step between the worker and bubblewrap (`launch.rs`).
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -72,7 +75,13 @@ struct Invocation {
     argv: Vec<CString>,
 }
 
+mod launch;
+
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a.as_bytes()) == Some(b"--launch") {
+        launch::main(&args[2..]);
+    }
     let Invocation {
         status_fd,
         stderr_fd,
