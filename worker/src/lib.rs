@@ -37,14 +37,18 @@ const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Connects, binds `cfg.listen` (`/health`, `/ready`, `/metrics`) and starts
 /// consuming. Once `shutdown` is cancelled it stops consuming, lets running
 /// commands finish for `drain_s`, stops the rest, and `task` completes.
-pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, WorkerError> {
+pub async fn start(mut cfg: Config, shutdown: CancellationToken) -> Result<Running, WorkerError> {
     let worker_id = cfg.resolved_worker_id();
     let pool = db::pool(&cfg.db)?;
     db::require_schema(&pool, SCHEMA_WAIT).await?;
-    std::fs::create_dir_all(&cfg.workspace_root).map_err(|source| WorkerError::Workspace {
-        path: cfg.workspace_root.display().to_string(),
-        source,
-    })?;
+    // Absolute from here on: the sandbox starts in `/`, where a relative
+    // root (the default `./.rdev/workspaces`) would name nothing.
+    cfg.workspace_root = std::fs::create_dir_all(&cfg.workspace_root)
+        .and_then(|()| std::fs::canonicalize(&cfg.workspace_root))
+        .map_err(|source| WorkerError::Workspace {
+            path: cfg.workspace_root.display().to_string(),
+            source,
+        })?;
     let listen_error = |source| WorkerError::Listen {
         addr: cfg.listen,
         source,

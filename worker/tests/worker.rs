@@ -246,6 +246,34 @@ async fn redelivered_message_runs_command_once() {
     worker.stop().await;
 }
 
+/// A relative `RDEV_WORKSPACE_ROOT` (the default is `./.rdev/workspaces`)
+/// names the same directory inside the sandbox, which starts in `/`.
+#[tokio::test]
+async fn a_relative_workspace_root_works_in_the_sandbox() {
+    let env = TestEnv::new().await;
+    let tmp = TempDir::new();
+    let cwd = std::env::current_dir().expect("cwd");
+    let up = "../".repeat(cwd.components().count().saturating_sub(1));
+    let relative = PathBuf::from(format!(
+        "{up}{}",
+        tmp.0
+            .strip_prefix("/")
+            .expect("absolute temp dir")
+            .display()
+    ));
+    assert!(relative.is_relative());
+    let project = insert_project(&env, "app", 1_000_000).await;
+    let id = insert_command(&env, project, "echo in the sandbox", 30).await;
+    let publisher = Publisher::new(env.amqp.clone(), "worker-test");
+    publish_run(&env, &publisher, id).await;
+    let worker = start_worker(config(&env, &relative, 5)).await;
+    let c = wait_terminal(&env, id).await;
+    assert_eq!(c.status, CommandStatus::Succeeded, "{c:?}");
+    let (_, bytes) = stored_output(&env, id).await;
+    assert_eq!(bytes, b"in the sandbox\n");
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn large_output_keeps_head_and_tail_within_the_cap() {
     let env = TestEnv::new().await;
