@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Summarises scripts/bench-vs-celery's results.jsonl: every round, the
+median, and rdev's ratio to Celery's best configuration, beside the target
+of issue 17. Reads one JSON object per line:
+{"system": "rdev" | "rdev-nosandbox" | "celery", "round": N, "label": ..., "report": {...}}
+where an rdev report is `rdev --json bench ...` output and a Celery report is
+one line of ../shared/peers/celery/bench.py (one per concurrency).
+"""
+import json
+import statistics
+import sys
+
+
+def load(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rounds = sorted({r["round"] for r in rows})
+    return rows, rounds
+
+
+def rdev_fig(rows, system, label, name, rnd):
+    for r in rows:
+        if r["system"] == system and r["label"] == label and r["round"] == rnd:
+            return r["report"].get("figures", {}).get(name)
+    return None
+
+
+def celery_best(rows, key, rnd, better):
+    """Celery's best configuration (-c 2 or -c 8) of a round."""
+    vals = [
+        r["report"].get(key)
+        for r in rows
+        if r["system"] == "celery" and r["round"] == rnd and r["report"].get(key) is not None
+    ]
+    return better(vals) if vals else None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        s = f"{v:,.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    else:
+        s = f"{v:.2f}"
+    return s + unit
+
+
+def median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main():
+    rows, rounds = load(sys.argv[1])
+    # (title, unit, rdev source, celery source or None, higher is better, target)
+    measures = [
+        ("e2e throughput, `true` × N (client-observed)", " cmd/s",
+         ("rdev", "e2e", "throughput_client"), ("e2e_throughput", max), True, "≥ 2.5× Celery"),
+        ("e2e throughput, server timestamps", " cmd/s",
+         ("rdev", "e2e", "throughput_server"), ("e2e_throughput_worker", max), True, "≥ 2.5× Celery"),
+        ("e2e throughput, sandbox off (client-observed)", " cmd/s",
+         ("rdev-nosandbox", "e2e", "throughput_client"), ("e2e_throughput", max), True, "(reference)"),
+        ("one at a time, client-observed p50", " ms",
+         ("rdev", "seq", "client_observed.p50"), ("seq_lat_p50_ms", min), False, "≤ 0.5× Celery"),
+        ("one at a time, sandbox off, p50", " ms",
+         ("rdev-nosandbox", "seq", "client_observed.p50"), ("seq_lat_p50_ms", min), False, "(reference)"),
+        ("enqueue, 64 clients", " req/s",
+         ("rdev", "enqueue", "throughput"), ("submit_rate", max), True, "≥ 5,000 req/s"),
+        ("enqueue, 64 clients, p99", " ms",
+         ("rdev", "enqueue", "latency.p99"), None, False, "≤ 25 ms"),
+        ("webhooks, live (bounded by command pace)", " /s",
+         ("rdev", "webhooks", "deliveries_per_s"), None, True, "(reference)"),
+        ("webhook backlog drain, busiest second", " /s",
+         ("rdev", "webhook_backlog", "deliveries_peak_1s"), None, True, "≥ 3,000/s"),
+        ("one event idle, event → delivery p50", " ms",
+         ("rdev", "webhook_idle", "event_to_delivery.p50"), None, False, "≤ 5 ms"),
+        ("idle SSE, API RSS peak − before", " MiB",
+         ("rdev", "sse", "api_rss_peak"), None, False, "≤ 8 KiB each"),
+    ]
+    print(f"{'measure':48} {'round':>5} {'rdev':>14} {'Celery best':>14} {'ratio':>7}  target")
+    for title, unit, (system, label, name), celery, higher, target in measures:
+        rv, cv = [], []
+        for rnd in rounds:
+            v = rdev_fig(rows, system, label, name, rnd)
+            if name == "api_rss_peak" and v is not None:
+                before = rdev_fig(rows, system, label, "api_rss_before", rnd)
+                v = v - before if before is not None else None
+            c = celery_best(rows, celery[0], rnd, celery[1]) if celery else None
+            rv.append(v)
+            cv.append(c)
+            ratio = (v / c if higher else c / v) if v and c else None
+            print(f"{title:48} {rnd:>5} {fmt(v, unit):>14} {fmt(c, unit):>14} {fmt(ratio, '×'):>7}")
+        mr, mc = median(rv), median(cv)
+        ratio = (mr / mc if higher else mc / mr) if mr and mc else None
+        print(f"{'  median':48} {'':>5} {fmt(mr, unit):>14} {fmt(mc, unit):>14} {fmt(ratio, '×'):>7}  {target}")
+    watchers = [
+        r["report"].get("params", {}).get("watchers")
+        for r in rows
+        if r["system"] == "rdev" and r["label"] == "sse"
+    ]
+    if watchers and watchers[0]:
+        per = median(
+            [
+                (rdev_fig(rows, "rdev", "sse", "api_rss_peak", rnd) or 0)
+                - (rdev_fig(rows, "rdev", "sse", "api_rss_before", rnd) or 0)
+                for rnd in rounds
+            ]
+        )
+        print(f"idle SSE: {fmt(per * 1024 * 1024 / watchers[0] / 1024, ' KiB')} of API RSS per connection "
+              f"at {watchers[0]:,} connections (target ≤ 8 KiB)")
+    print("(ratios: > 1× means rdev is ahead; for latencies Celery ÷ rdev)")
+
+
+if __name__ == "__main__":
+    main()
