@@ -5,7 +5,8 @@
 //! Also who commands run as ([`resolve_run_as`], at start).
 
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::resource::{Resource, setrlimit};
@@ -167,18 +168,14 @@ pub struct Launcher {
     inherit: Vec<RawFd>,
     /// Duplicates of the `cgroup.procs` descriptors (the originals stay
     /// with the cgroup, close-on-exec).
-    _join: Vec<std::os::fd::OwnedFd>,
+    _join: Vec<OwnedFd>,
 }
 
 impl ChildSetup {
     /// The command that starts `program` with this set-up applied by
     /// `launcher --launch`. `terminal_session` is not supported there (a
     /// terminal is the sandbox's business).
-    pub fn launcher(
-        self,
-        launcher: &std::path::Path,
-        program: &std::path::Path,
-    ) -> io::Result<Launcher> {
+    pub fn launcher(self, launcher: &Path, program: &Path) -> io::Result<Launcher> {
         let join = self
             .join
             .iter()
@@ -186,14 +183,13 @@ impl ChildSetup {
                 let dup =
                     fcntl(borrow(fd), FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(io::Error::from)?;
                 // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
-                Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+                Ok(unsafe { OwnedFd::from_raw_fd(dup) })
             })
             .collect::<io::Result<Vec<_>>>()?;
         let mut cmd = tokio::process::Command::new(launcher);
         cmd.arg("--launch");
         for fd in &join {
-            cmd.arg("--join")
-                .arg(std::os::fd::AsRawFd::as_raw_fd(fd).to_string());
+            cmd.arg("--join").arg(fd.as_raw_fd().to_string());
         }
         for &(resource, soft, hard) in &self.rlimits {
             cmd.arg("--rlimit")
@@ -207,7 +203,7 @@ impl ChildSetup {
             .arg("--")
             .arg(on_path(program));
         let mut inherit = self.keep;
-        inherit.extend(join.iter().map(std::os::fd::AsRawFd::as_raw_fd));
+        inherit.extend(join.iter().map(AsRawFd::as_raw_fd));
         Ok(Launcher {
             cmd,
             inherit,
@@ -220,7 +216,7 @@ impl ChildSetup {
 /// `PATH` (and runs with an empty environment), so a bare name is looked
 /// up here, in the worker's `PATH`. Unfound, it stays as it is (the
 /// launcher then reports that it cannot run it).
-fn on_path(program: &std::path::Path) -> std::path::PathBuf {
+fn on_path(program: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     if program.components().count() != 1 {
         return program.to_owned();
@@ -333,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn a_launch_applies_the_setup_and_passes_only_its_descriptors() {
         use std::io::Read;
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsFd;
 
         let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
         let (mut r, w) = std::io::pipe().expect("pipe");
@@ -351,7 +347,7 @@ mod tests {
         };
         let mut launch = setup
             // bash: dash takes only one-digit descriptors in `>&N`.
-            .launcher(&init, std::path::Path::new("/bin/bash"))
+            .launcher(&init, Path::new("/bin/bash"))
             .expect("launcher");
         let script = format!(
             "echo passed >&{w}; (echo leaked >&{o}) 2>/dev/null; ulimit -n; id -u",
@@ -392,14 +388,11 @@ mod tests {
 
     #[test]
     fn bare_program_names_are_found_on_the_path() {
-        assert!(on_path(std::path::Path::new("sh")).is_absolute());
+        assert!(on_path(Path::new("sh")).is_absolute());
+        assert_eq!(on_path(Path::new("./x")), Path::new("./x"));
         assert_eq!(
-            on_path(std::path::Path::new("./x")),
-            std::path::Path::new("./x")
-        );
-        assert_eq!(
-            on_path(std::path::Path::new("no-such-program-here")),
-            std::path::Path::new("no-such-program-here")
+            on_path(Path::new("no-such-program-here")),
+            Path::new("no-such-program-here")
         );
     }
 
