@@ -4,10 +4,10 @@
 //! `started_at`, `finished_at`), so how often we look does not change them:
 //! queue-to-start is `started_at − created_at`, enqueue-to-finish is
 //! `finished_at − created_at`, throughput is N over the span from the first
-//! `created_at` to the last `finished_at`. A batch is followed by listing
-//! the project's `queued` and `running` commands until none of ours is
-//! left (a few list pages per look, not one request per command), then
-//! reading the pages once for the timestamps. With `-n 1` each command is
+//! `created_at` to the last `finished_at`. A batch is followed by looking at
+//! the project's newest queued command and our running ones until the
+//! queue is empty and none of ours runs (two small requests per look,
+//! whatever the backlog), then reading the pages once for the timestamps. With `-n 1` each command is
 //! followed by `GET /v1/commands/{id}` every few milliseconds, which also
 //! gives the latency a client observes.
 
@@ -145,17 +145,17 @@ async fn single(
             return Ok(());
         }
         if sent.elapsed() > STALL {
-            return Err(stalled(client, 1));
+            return Err(stalled(client, "the command is still not finished"));
         }
         tokio::time::sleep(SINGLE_POLL).await;
     }
 }
 
-fn stalled(client: &Client, left: usize) -> ClientError {
+fn stalled(client: &Client, left: &str) -> ClientError {
     ClientError::Transport {
         url: client.base_url().to_owned(),
         reason: format!(
-            "{left} command(s) still not finished after {}s without progress — is a worker running?",
+            "{left} after {}s without progress — is a worker running?",
             STALL.as_secs()
         ),
     }
@@ -181,28 +181,43 @@ async fn batch(
             ours.insert(id.to_owned());
         }
     }
-    // Wait until none of ours is queued or running.
-    let mut last_left = usize::MAX;
+    // Wait until the project has nothing queued and none of ours runs. A
+    // look costs two small requests whatever the queue's depth (the newest
+    // queued command, and the running ones, at most the workers' slots): a
+    // look that read every queued command would load the API and the
+    // database in proportion to the backlog, on the machine being measured.
+    let mut last_look = None;
     let mut progress_at = Instant::now();
     loop {
-        let mut pending = 0;
-        for status in ["queued", "running"] {
-            pending += list(client, project, Some(status), |c| {
+        let look = Look {
+            newest_queued: first_id(client, project, "queued").await?,
+            running: list(client, project, Some("running"), |c| {
                 c.get("id")
                     .and_then(Value::as_str)
                     .is_some_and(|id| ours.contains(id))
             })
             .await?
-            .len();
-        }
-        if pending == 0 {
+            .iter()
+            .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+        };
+        if look.newest_queued.is_none() && look.running.is_empty() {
             break;
         }
-        if pending < last_left {
-            last_left = pending;
+        if last_look.as_ref() != Some(&look) {
+            last_look = Some(look);
             progress_at = Instant::now();
         } else if progress_at.elapsed() > STALL {
-            return Err(stalled(client, pending));
+            let left = format!(
+                "{} of ours running, {} queued",
+                look.running.len(),
+                if look.newest_queued.is_some() {
+                    "some"
+                } else {
+                    "none"
+                }
+            );
+            return Err(stalled(client, &left));
         }
         tokio::time::sleep(BATCH_POLL).await;
     }
@@ -236,6 +251,37 @@ async fn batch(
         }
     }
     Ok(())
+}
+
+/// What one look at a batch saw: it progresses while this changes.
+#[derive(PartialEq, Eq)]
+struct Look {
+    /// The project's newest queued command (any, not only ours: the bench's
+    /// project is the bench's own).
+    newest_queued: Option<String>,
+    /// Ours that run.
+    running: HashSet<String>,
+}
+
+/// The id of the project's newest command in `status`, if any.
+async fn first_id(
+    client: &Client,
+    project: &str,
+    status: &str,
+) -> Result<Option<String>, ClientError> {
+    let q = [
+        ("project", project.to_owned()),
+        ("status", status.to_owned()),
+        ("limit", "1".to_owned()),
+    ];
+    let page = client.get("/v1/commands", &q).await?;
+    Ok(page
+        .get("items")
+        .and_then(Value::as_array)
+        .and_then(|items| items.first())
+        .and_then(|c| c.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned))
 }
 
 /// Every command of `project` (in `status`) on all pages that `keep` accepts.
