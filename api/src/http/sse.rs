@@ -10,6 +10,8 @@
 //! A periodic status poll is the backstop for a lost `end` message.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,8 +21,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
 use rdev_shared::db::{Pool, commands, output};
-use rdev_shared::domain::{Command, Scope};
+use rdev_shared::domain::{Command, CommandStatus, Scope};
 use rdev_shared::mq::OutputEvent;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use uuid::Uuid;
 
 use super::AppState;
@@ -28,7 +33,8 @@ use super::access::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
 use crate::admission::{Refusal, Slot};
-use crate::frames;
+use crate::frames::{self, LiveEvent};
+use crate::hub::Subscription;
 
 /// The routes of this module (under `/v1`).
 pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
@@ -40,7 +46,7 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 /// connection while catching up.
 const CATCH_UP_PAGE: i64 = 2;
 /// Extra PostgreSQL reads after subscribing, each this long after the last
-/// (see `event_stream`): at 0.2, 1, 3, 6, 10 and 16 s, which covers the
+/// (see `Timers::settle`): at 0.2, 1, 3, 6, 10 and 16 s, which covers the
 /// worker's retries of a batch (about 16 s, `worker/src/output.rs`), so a
 /// chunk published before the subscription and stored late still arrives
 /// without waiting for more output.
@@ -205,206 +211,387 @@ fn event_stream(
     after: i64,
     slot: Slot,
     watch: KeyWatch,
-    mut key_changes: tokio::sync::broadcast::Receiver<Uuid>,
+    key_changes: broadcast::Receiver<Uuid>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {
     async_stream::stream! {
         // Held for the life of the stream: dropping the stream (client gone,
         // server shutting down, end) releases it.
         let _slot = slot;
-        // Key changes heard on this instance (every instance hears every
-        // announcement on the control exchange): a revoked or rotated key's
-        // streams end at once (`key_changes` was subscribed in the handler).
-        let mut changes_open = true;
-        // The stream ends at its maximum lifetime, or when its key expires
-        // if that comes first.
-        let until_expiry = watch
-            .expires_at
-            .map(|e| (e - chrono::Utc::now()).to_std().unwrap_or_default());
-        let (limit, limit_reason) = match until_expiry {
-            Some(left) if left < st.cfg.sse_max_lifetime => (left, "the API key expired"),
-            _ => (st.cfg.sse_max_lifetime, "maximum connection lifetime reached"),
-        };
-        let expires = tokio::time::sleep(limit);
-        tokio::pin!(expires);
-        let pool = st.pool.clone();
-        let id = cmd.id;
+        let lifetime = Lifetime::start(&watch, st.cfg.sse_max_lifetime);
         // Subscribe first: from here on nothing published is missed.
-        let mut sub = Box::pin(st.hub.subscribe(id)).await;
-        let shutdown = st.shutdown.clone();
-        let mut last = after;
-        let mut max_seen = after;
-        let mut status = cmd.status;
+        let sub = Box::pin(st.hub.subscribe(cmd.id)).await;
         yield Ok(frames::command("status", &cmd, Some(CLIENT_RETRY)));
-
-        // Comment lines while nothing else is written.
-        let mut keepalive = tokio::time::interval(st.cfg.sse_keepalive);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        keepalive.tick().await;
-        let mut poll = tokio::time::interval(st.cfg.sse_poll);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        poll.tick().await;
-        // Replay what is stored (and, for a finished command, everything).
-        let mut need_catch_up = true;
-        // Whether the next catch-up must read PostgreSQL (the first replay
-        // and the settle reads), not only the hub's recent chunks.
-        let mut must_read_stored = true;
-        // Settle reads: the worker publishes a chunk live before its batch
-        // reaches PostgreSQL (within ~50 ms), so a chunk published just
-        // before we subscribed may land in PostgreSQL just after our first
-        // read. Reading again shortly after closes that window.
-        let mut settle = SETTLE_READS.iter();
-        let settle_sleep = tokio::time::sleep(SETTLE_READS[0]);
-        tokio::pin!(settle_sleep);
-        let mut settling = settle.next().is_some();
-        let mut finished = cmd.status.is_terminal();
-        // The last catch-up failed (PostgreSQL unavailable): try again soon.
-        let mut retry_catch_up = false;
+        let mut timers = Timers::start(&st, lifetime).await;
+        let mut follower = Follower::new(st, &cmd, after, sub, watch, key_changes);
         loop {
-            if need_catch_up || finished {
-                // A watcher that fell behind live output catches up from the
-                // hub's recent chunks (shared, already encoded) while they
-                // reach; PostgreSQL only when they do not, and once more at
-                // the end (usually an empty page) so nothing stored is missed.
-                let mut caught_up = false;
-                if !must_read_stored {
-                    // The hub hands out chunks from `last + 1` on, without a hole.
-                    while let Some(recent) = sub.recent_after(last, RECENT_PAGE) {
-                        if recent.is_empty() {
-                            caught_up = !finished;
-                            break;
-                        }
-                        for (seq, frame) in recent {
-                            yield Ok(frame);
-                            last = seq;
-                            max_seen = max_seen.max(seq);
-                        }
+            if follower.need_catch_up || follower.finished {
+                // One page at a time: a replay never holds a command's
+                // whole output.
+                let mut phase = follower.catch_up_start();
+                while let Some(page) = follower.catch_up_page(&mut phase).await {
+                    for frame in page {
+                        yield Ok(frame);
                     }
                 }
-                while !caught_up {
-                    match Box::pin(read_page(&pool, id, &mut last)).await {
-                        Ok((events, full)) => {
-                            for e in events {
-                                yield Ok(e);
-                            }
-                            if !full {
-                                caught_up = true;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, command = %id, "SSE catch-up read failed");
-                            break;
-                        }
-                    }
-                }
-                need_catch_up = false;
-                must_read_stored = false;
-                retry_catch_up = !caught_up;
-                if retry_catch_up && finished {
-                    // Never `end` without every stored chunk: clients trust
-                    // it. Close instead; the client resumes after `last`.
-                    yield Ok(frames::reconnect(
-                        "the stored output could not be read; resume with Last-Event-ID",
-                        CLIENT_RETRY,
-                    ));
+                if let Some(close) = follower.catch_up_end(&phase) {
+                    yield Ok(close);
                     break;
                 }
             }
-            if finished {
-                // Every chunk is stored before a command turns terminal.
-                if let Some(c) = Box::pin(reload(&pool, id)).await {
-                    yield Ok(frames::command("end", &c, None));
+            if follower.finished {
+                if let Some(end) = follower.end_frame().await {
+                    yield Ok(end);
                 }
                 break;
             }
-            let behind = last < max_seen;
-            tokio::select! {
-                () = &mut expires => {
-                    yield Ok(frames::reconnect(limit_reason, SHUTDOWN_RETRY));
+            match follower.next_step(&mut timers).await {
+                Step::Quiet => {}
+                Step::Send(frame) => yield Ok(frame),
+                Step::Close(frame) => {
+                    yield Ok(frame);
                     break;
-                }
-                change = key_changes.recv(), if changes_open => {
-                    let recheck = match change {
-                        Ok(id) => id == watch.id || id.is_nil(),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            changes_open = false;
-                            false
-                        }
-                    };
-                    if recheck && !Box::pin(key_still_valid(&pool, &watch)).await {
-                        yield Ok(frames::reconnect(
-                            "the API key was revoked, rotated or has expired",
-                            CLIENT_RETRY,
-                        ));
-                        break;
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    // Resume elsewhere: the client reconnects with Last-Event-ID.
-                    yield Ok(frames::reconnect("server shutting down", SHUTDOWN_RETRY));
-                    break;
-                }
-                msg = sub.recv() => match msg.as_deref().map(|m| (&m.event, m)) {
-                    Some((OutputEvent::Chunk { seq, .. }, live)) => {
-                        max_seen = max_seen.max(*seq);
-                        if *seq == last + 1 && !behind {
-                            // Encoded once for every watcher on this instance.
-                            if let Some(frame) = live.frame() {
-                                yield Ok(frame);
-                            }
-                            last = *seq;
-                        } else if *seq > last + 1 {
-                            // Missed something: PostgreSQL has it (or it was cut).
-                            need_catch_up = true;
-                            sub.take_lagged();
-                        }
-                    }
-                    Some((OutputEvent::Status, _)) => {
-                        if let Some(c) = Box::pin(reload(&pool, id)).await
-                            && c.status != status
-                        {
-                            status = c.status;
-                            finished = c.status.is_terminal();
-                            yield Ok(frames::command("status", &c, None));
-                        }
-                    }
-                    Some((OutputEvent::End, _)) => finished = true,
-                    None => {
-                        // Hub dropped us; rely on polling.
-                        tokio::time::sleep(st.cfg.sse_poll).await;
-                        need_catch_up = true;
-                    }
-                },
-                _ = tokio::time::sleep(BEHIND_RETRY), if behind => need_catch_up = true,
-                _ = tokio::time::sleep(CATCH_UP_RETRY), if retry_catch_up => {
-                    need_catch_up = true;
-                    must_read_stored = true;
-                }
-                () = &mut settle_sleep, if settling => {
-                    need_catch_up = true;
-                    must_read_stored = true;
-                    match settle.next() {
-                        Some(after) => settle_sleep.as_mut().reset(tokio::time::Instant::now() + *after),
-                        None => settling = false,
-                    }
-                }
-                _ = keepalive.tick() => yield Ok(frames::KEEPALIVE),
-                _ = poll.tick() => {
-                    // While the hub has no broker link, every tick reads
-                    // PostgreSQL (`take_lagged` says so).
-                    need_catch_up = sub.take_lagged() || last < max_seen;
-                    if let Some(c) = Box::pin(reload(&pool, id)).await {
-                        if c.status != status {
-                            status = c.status;
-                            yield Ok(frames::command("status", &c, None));
-                        }
-                        if c.status.is_terminal() {
-                            finished = true;
-                        }
-                    }
                 }
             }
         }
-        drop(sub);
+    }
+}
+
+/// What one wake-up of a stream writes.
+enum Step {
+    /// Nothing.
+    Quiet,
+    /// One frame; the stream goes on.
+    Send(Bytes),
+    /// A last frame (a `reconnect`); the stream then closes.
+    Close(Bytes),
+}
+
+/// Where a catch-up is: the hub's recent chunks, then PostgreSQL.
+enum CatchUp {
+    Recent,
+    Stored,
+    /// Over; `caught_up` is false when PostgreSQL could not be read.
+    Done {
+        caught_up: bool,
+    },
+}
+
+/// When the stream ends: at its maximum lifetime, or when its key expires
+/// if that comes first. Started before subscribing, as the stream's clock.
+struct Lifetime {
+    ends: Pin<Box<Sleep>>,
+    reason: &'static str,
+}
+
+impl Lifetime {
+    fn start(watch: &KeyWatch, max: Duration) -> Self {
+        let until_expiry = watch
+            .expires_at
+            .map(|e| (e - chrono::Utc::now()).to_std().unwrap_or_default());
+        let (limit, reason) = match until_expiry {
+            Some(left) if left < max => (left, "the API key expired"),
+            _ => (max, "maximum connection lifetime reached"),
+        };
+        Self {
+            ends: Box::pin(tokio::time::sleep(limit)),
+            reason,
+        }
+    }
+}
+
+/// A stream's clocks besides its lifetime: heartbeats, status polls and
+/// settle reads.
+struct Timers {
+    lifetime: Lifetime,
+    /// Comment lines while nothing else is written.
+    keepalive: Interval,
+    /// The status poll, the backstop for a lost `end` message.
+    poll: Interval,
+    /// Settle reads: the worker publishes a chunk live before its batch
+    /// reaches PostgreSQL (within ~50 ms), so a chunk published just before
+    /// we subscribed may land in PostgreSQL just after our first read.
+    /// Reading again shortly after closes that window.
+    settle: std::slice::Iter<'static, Duration>,
+    settle_sleep: Pin<Box<Sleep>>,
+    settling: bool,
+}
+
+impl Timers {
+    async fn start(st: &AppState, lifetime: Lifetime) -> Self {
+        let mut keepalive = tokio::time::interval(st.cfg.sse_keepalive);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        keepalive.tick().await;
+        let mut poll = tokio::time::interval(st.cfg.sse_poll);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        poll.tick().await;
+        let mut settle = SETTLE_READS.iter();
+        let settle_sleep = Box::pin(tokio::time::sleep(SETTLE_READS[0]));
+        let settling = settle.next().is_some();
+        Self {
+            lifetime,
+            keepalive,
+            poll,
+            settle,
+            settle_sleep,
+            settling,
+        }
+    }
+
+    /// Arms the next settle read, if any is left.
+    fn next_settle(&mut self) {
+        match self.settle.next() {
+            Some(after) => self
+                .settle_sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + *after),
+            None => self.settling = false,
+        }
+    }
+}
+
+/// One event stream's position and what it must do next.
+struct Follower {
+    st: AppState,
+    id: Uuid,
+    sub: Subscription,
+    watch: KeyWatch,
+    /// Key changes heard on this instance (every instance hears every
+    /// announcement on the control exchange): a revoked or rotated key's
+    /// streams end at once (subscribed in the handler).
+    key_changes: broadcast::Receiver<Uuid>,
+    changes_open: bool,
+    /// The last output `seq` sent.
+    last: i64,
+    /// The highest `seq` heard of (live, or resumed after).
+    max_seen: i64,
+    /// The last status sent.
+    status: CommandStatus,
+    /// The command has ended: send everything stored, then `end`.
+    finished: bool,
+    /// Replay what is stored (at first: and, for a finished command,
+    /// everything).
+    need_catch_up: bool,
+    /// Whether the next catch-up must read PostgreSQL (the first replay and
+    /// the settle reads), not only the hub's recent chunks.
+    must_read_stored: bool,
+    /// The last catch-up failed (PostgreSQL unavailable): try again soon.
+    retry_catch_up: bool,
+}
+
+impl Follower {
+    fn new(
+        st: AppState,
+        cmd: &Command,
+        after: i64,
+        sub: Subscription,
+        watch: KeyWatch,
+        key_changes: broadcast::Receiver<Uuid>,
+    ) -> Self {
+        Self {
+            st,
+            id: cmd.id,
+            sub,
+            watch,
+            key_changes,
+            changes_open: true,
+            last: after,
+            max_seen: after,
+            status: cmd.status,
+            finished: cmd.status.is_terminal(),
+            need_catch_up: true,
+            must_read_stored: true,
+            retry_catch_up: false,
+        }
+    }
+
+    /// A watcher that fell behind live output catches up from the hub's
+    /// recent chunks (shared, already encoded) while they reach; PostgreSQL
+    /// only when they do not, and once more at the end (usually an empty
+    /// page) so nothing stored is missed.
+    fn catch_up_start(&self) -> CatchUp {
+        if self.must_read_stored {
+            CatchUp::Stored
+        } else {
+            CatchUp::Recent
+        }
+    }
+
+    /// The next page of the catch-up, advancing `last`; `None` once the
+    /// catch-up is over.
+    async fn catch_up_page(&mut self, phase: &mut CatchUp) -> Option<Vec<Bytes>> {
+        loop {
+            match *phase {
+                // The hub hands out chunks from `last + 1` on, without a hole.
+                CatchUp::Recent => match self.sub.recent_after(self.last, RECENT_PAGE) {
+                    Some(recent) if recent.is_empty() => {
+                        *phase = if self.finished {
+                            CatchUp::Stored
+                        } else {
+                            CatchUp::Done { caught_up: true }
+                        };
+                    }
+                    Some(recent) => {
+                        let mut page = Vec::with_capacity(recent.len());
+                        for (seq, frame) in recent {
+                            page.push(frame);
+                            self.last = seq;
+                            self.max_seen = self.max_seen.max(seq);
+                        }
+                        return Some(page);
+                    }
+                    None => *phase = CatchUp::Stored,
+                },
+                CatchUp::Stored => {
+                    match Box::pin(read_page(&self.st.pool, self.id, &mut self.last)).await {
+                        Ok((page, full)) => {
+                            if !full {
+                                *phase = CatchUp::Done { caught_up: true };
+                            }
+                            return Some(page);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, command = %self.id, "SSE catch-up read failed");
+                            *phase = CatchUp::Done { caught_up: false };
+                        }
+                    }
+                }
+                CatchUp::Done { .. } => return None,
+            }
+        }
+    }
+
+    /// Ends a catch-up; `Some(frame)` closes the stream.
+    fn catch_up_end(&mut self, phase: &CatchUp) -> Option<Bytes> {
+        let caught_up = matches!(phase, CatchUp::Done { caught_up: true });
+        self.need_catch_up = false;
+        self.must_read_stored = false;
+        self.retry_catch_up = !caught_up;
+        // Never `end` without every stored chunk: clients trust it. Close
+        // instead; the client resumes after `last`.
+        (self.retry_catch_up && self.finished).then(|| {
+            frames::reconnect(
+                "the stored output could not be read; resume with Last-Event-ID",
+                CLIENT_RETRY,
+            )
+        })
+    }
+
+    /// The `end` event. Every chunk is stored before a command turns
+    /// terminal, and the catch-up before it sent them all.
+    async fn end_frame(&self) -> Option<Bytes> {
+        let c = Box::pin(reload(&self.st.pool, self.id)).await?;
+        Some(frames::command("end", &c, None))
+    }
+
+    /// Waits for the next thing to happen and handles it.
+    async fn next_step(&mut self, t: &mut Timers) -> Step {
+        let behind = self.last < self.max_seen;
+        tokio::select! {
+            () = &mut t.lifetime.ends => {
+                Step::Close(frames::reconnect(t.lifetime.reason, SHUTDOWN_RETRY))
+            }
+            change = self.key_changes.recv(), if self.changes_open => {
+                self.on_key_change(change).await
+            }
+            () = self.st.shutdown.cancelled() => {
+                // Resume elsewhere: the client reconnects with Last-Event-ID.
+                Step::Close(frames::reconnect("server shutting down", SHUTDOWN_RETRY))
+            }
+            msg = self.sub.recv() => self.on_live(msg, behind).await,
+            _ = tokio::time::sleep(BEHIND_RETRY), if behind => {
+                self.need_catch_up = true;
+                Step::Quiet
+            }
+            _ = tokio::time::sleep(CATCH_UP_RETRY), if self.retry_catch_up => {
+                self.need_catch_up = true;
+                self.must_read_stored = true;
+                Step::Quiet
+            }
+            () = &mut t.settle_sleep, if t.settling => {
+                self.need_catch_up = true;
+                self.must_read_stored = true;
+                t.next_settle();
+                Step::Quiet
+            }
+            _ = t.keepalive.tick() => Step::Send(frames::KEEPALIVE),
+            _ = t.poll.tick() => self.on_poll().await,
+        }
+    }
+
+    /// A key changed somewhere: closes the stream if it was this one's and
+    /// it no longer authenticates.
+    async fn on_key_change(&mut self, change: Result<Uuid, RecvError>) -> Step {
+        let recheck = match change {
+            Ok(id) => id == self.watch.id || id.is_nil(),
+            Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => {
+                self.changes_open = false;
+                false
+            }
+        };
+        if recheck && !Box::pin(key_still_valid(&self.st.pool, &self.watch)).await {
+            return Step::Close(frames::reconnect(
+                "the API key was revoked, rotated or has expired",
+                CLIENT_RETRY,
+            ));
+        }
+        Step::Quiet
+    }
+
+    /// A live message: the next chunk is sent (unless the stream is
+    /// `behind`, i.e. was behind when it started waiting), a later one
+    /// means a catch-up; a status change is sent.
+    async fn on_live(&mut self, msg: Option<Arc<LiveEvent>>, behind: bool) -> Step {
+        match msg.as_deref().map(|m| (&m.event, m)) {
+            Some((OutputEvent::Chunk { seq, .. }, live)) => {
+                self.max_seen = self.max_seen.max(*seq);
+                if *seq == self.last + 1 && !behind {
+                    self.last = *seq;
+                    // Encoded once for every watcher on this instance.
+                    if let Some(frame) = live.frame() {
+                        return Step::Send(frame);
+                    }
+                } else if *seq > self.last + 1 {
+                    // Missed something: PostgreSQL has it (or it was cut).
+                    self.need_catch_up = true;
+                    self.sub.take_lagged();
+                }
+            }
+            Some((OutputEvent::Status, _)) => {
+                if let Some(c) = Box::pin(reload(&self.st.pool, self.id)).await
+                    && c.status != self.status
+                {
+                    self.status = c.status;
+                    self.finished = c.status.is_terminal();
+                    return Step::Send(frames::command("status", &c, None));
+                }
+            }
+            Some((OutputEvent::End, _)) => self.finished = true,
+            None => {
+                // Hub dropped us; rely on polling.
+                tokio::time::sleep(self.st.cfg.sse_poll).await;
+                self.need_catch_up = true;
+            }
+        }
+        Step::Quiet
+    }
+
+    /// The status poll: reads PostgreSQL when live messages were lost, and
+    /// the command's status (a lost status or `end` message).
+    async fn on_poll(&mut self) -> Step {
+        // While the hub has no broker link, every tick reads PostgreSQL
+        // (`take_lagged` says so).
+        self.need_catch_up = self.sub.take_lagged() || self.last < self.max_seen;
+        let Some(c) = Box::pin(reload(&self.st.pool, self.id)).await else {
+            return Step::Quiet;
+        };
+        if c.status.is_terminal() {
+            self.finished = true;
+        }
+        if c.status != self.status {
+            self.status = c.status;
+            return Step::Send(frames::command("status", &c, None));
+        }
+        Step::Quiet
     }
 }

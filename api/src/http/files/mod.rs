@@ -51,6 +51,17 @@ const PIECE: usize = 64 * 1024;
 /// `GET …/files/{dir}:archive`: the directory as a tar.gz.
 const ARCHIVE_SUFFIX: &str = ":archive";
 
+/// `{name}` and `{path}` of a file's routes: read by the handlers and
+/// described in the OpenAPI document by the same type.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct FilePath {
+    /// Project name
+    name: String,
+    /// Path relative to the project directory
+    path: String,
+}
+
 /// Query of `GET …/files/{path}`.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -143,8 +154,7 @@ async fn blocking<T: Send + 'static>(
     tag = "files",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Project name"),
-        ("path" = String, Path, description = "Path relative to the project directory"),
+        FilePath,
         FileQuery,
         ("Range" = Option<String>, Header, description = "One `bytes=` range"),
     ),
@@ -156,7 +166,7 @@ async fn blocking<T: Send + 'static>(
 pub async fn get(
     State(st): State<AppState>,
     auth: Auth,
-    Path((name, path)): Path<(String, String)>,
+    Path(FilePath { name, path }): Path<FilePath>,
     Query(q): Query<FileQuery>,
     method: axum::http::Method,
     headers: HeaderMap,
@@ -354,10 +364,7 @@ pub async fn upload_archive(
     path = "/projects/{name}/files/{*path}",
     tag = "files",
     security(("bearer" = [])),
-    params(
-        ("name" = String, Path, description = "Project name"),
-        ("path" = String, Path, description = "Path relative to the project directory"),
-    ),
+    params(FilePath),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "Written (scope `files:write`)", body = Entry),
@@ -366,7 +373,7 @@ pub async fn upload_archive(
 pub async fn put(
     State(st): State<AppState>,
     auth: Auth,
-    Path((name, path)): Path<(String, String)>,
+    Path(FilePath { name, path }): Path<FilePath>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
@@ -402,10 +409,7 @@ pub async fn put(
     path = "/projects/{name}/files/{*path}",
     tag = "files",
     security(("bearer" = [])),
-    params(
-        ("name" = String, Path, description = "Project name"),
-        ("path" = String, Path, description = "Path relative to the project directory"),
-    ),
+    params(FilePath),
     responses(
         (status = 204, description = "Deleted (scope `files:write`)"),
     ),
@@ -413,7 +417,7 @@ pub async fn put(
 pub async fn delete(
     State(st): State<AppState>,
     auth: Auth,
-    Path((name, path)): Path<(String, String)>,
+    Path(FilePath { name, path }): Path<FilePath>,
 ) -> ApiResult<impl IntoResponse> {
     auth.require(Scope::FilesWrite)?;
     let rel = workspace::validate_path(&path)?.to_owned();

@@ -1,0 +1,230 @@
+//! Delivery: signed events that follow the endpoint's filters, once per
+//! attempt however many dispatchers run, and a claim lost to a crash.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdev_shared::webhook_sign;
+use serde_json::{Value, json};
+
+use rdev_tests::{Options, dispatcher_config, spawn_app_with};
+
+use super::{
+    Receiver, RunningDispatcher, WAIT, attempt_codes, create_webhook, deliveries, delivery, id_of,
+    opts, send_test, status_is, wait_delivery,
+};
+
+#[tokio::test]
+async fn delivered_events_verify_and_follow_type_and_project_filters() {
+    let app = spawn_app_with(opts(true)).await;
+    app.create_project("p", json!({})).await;
+    app.create_project("other", json!({})).await;
+    let succeeded_only = Receiver::always(200).await;
+    let all = Receiver::always(204).await;
+    let elsewhere = Receiver::always(200).await;
+    let w = create_webhook(
+        &app,
+        json!({"url": succeeded_only.url, "events": ["command.succeeded"], "project": "p"}),
+    )
+    .await;
+    let secret = w["secret"]
+        .as_str()
+        .expect("secret shown on create")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(w["project"], "p");
+    assert_eq!(w["enabled"], true);
+    create_webhook(&app, json!({"url": all.url, "events": ["*"]})).await;
+    create_webhook(
+        &app,
+        json!({"url": elsewhere.url, "events": ["*"], "project": "other"}),
+    )
+    .await;
+    let listed = app.get(&format!("/v1/webhooks/{}", id_of(&w))).await.json();
+    assert!(
+        listed.get("secret").is_none(),
+        "secret only in the create answer"
+    );
+
+    let cmd = app.run("p", json!({"command": "true"})).await;
+    let cmd = app
+        .wait_terminal(cmd["id"].as_str().expect("id"), WAIT)
+        .await;
+
+    let hit = succeeded_only.wait_hits(1).await.remove(0);
+    let body: Value = serde_json::from_slice(&hit.body).expect("json body");
+    assert_eq!(body["type"], "command.succeeded");
+    assert_eq!(body["data"]["id"], cmd["id"]);
+    assert_eq!(body["data"]["project"], "p");
+    assert_eq!(hit.header("content-type"), "application/json");
+    assert_eq!(
+        hit.header("webhook-id"),
+        body["id"].as_str().expect("event id")
+    );
+    let now = chrono::Utc::now().timestamp();
+    webhook_sign::verify(
+        &secret,
+        &hit.header("webhook-id"),
+        &hit.header("webhook-timestamp"),
+        &hit.header("webhook-signature"),
+        &hit.body,
+        now,
+        300,
+    )
+    .expect("signature verifies with the Standard Webhooks algorithm");
+    assert!(
+        webhook_sign::verify(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            &hit.header("webhook-id"),
+            &hit.header("webhook-timestamp"),
+            &hit.header("webhook-signature"),
+            &hit.body,
+            now,
+            300,
+        )
+        .is_err(),
+        "another secret does not verify"
+    );
+
+    // `*` gets both lifecycle events; the other project's endpoint nothing.
+    let types: Vec<String> = all
+        .wait_hits(2)
+        .await
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).expect("json")["type"].to_string())
+        .collect();
+    assert!(
+        types.contains(&"\"command.started\"".to_owned()),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"\"command.succeeded\"".to_owned()),
+        "{types:?}"
+    );
+    let d = deliveries(&app, &id_of(&w), "").await;
+    assert_eq!(d.len(), 1, "only command.succeeded matches: {d:?}");
+    let d = wait_delivery(
+        &app,
+        &id_of(&w),
+        d[0]["id"].as_str().expect("id"),
+        status_is("succeeded"),
+    )
+    .await;
+    assert_eq!(attempt_codes(&d), vec![Some(200)]);
+    assert_eq!(succeeded_only.hits().len(), 1);
+    assert!(elsewhere.hits().is_empty());
+}
+
+#[tokio::test]
+async fn two_dispatchers_deliver_each_endpoint_and_event_once_per_attempt() {
+    let app = spawn_app_with(opts(false)).await;
+    app.create_project("p", json!({})).await;
+    let cfg = dispatcher_config(&app.env);
+    // The first request of every event fails, the second succeeds.
+    let rx = Receiver::start(|_, per_id| if per_id == 0 { 500 } else { 200 }).await;
+    let w = create_webhook(&app, json!({"url": rx.url, "events": ["*"]})).await;
+    let a = RunningDispatcher::start(cfg.clone()).await;
+    let b = RunningDispatcher::start(cfg).await;
+
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(app.run("p", json!({"command": "true"})).await["id"].clone());
+    }
+    for id in &ids {
+        app.wait_terminal(id.as_str().expect("id"), WAIT).await;
+    }
+    // 8 commands × (started, succeeded) = 16 events, 2 attempts each.
+    let hits = rx.wait_hits(32).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ds = deliveries(&app, &id_of(&w), "?limit=200").await;
+        if ds.len() == 16 && ds.iter().all(|d| d["status"] == "succeeded") {
+            for d in &ds {
+                assert_eq!(attempt_codes(d), vec![Some(500), Some(200)], "{d}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all delivered: {ds:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hits_after = rx.hits();
+    assert_eq!(
+        hits_after.len(),
+        32,
+        "no extra sends (had {} at first)",
+        hits.len()
+    );
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for h in &hits_after {
+        *per_id.entry(h.header("webhook-id")).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 16);
+    assert!(per_id.values().all(|&n| n == 2), "{per_id:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_claim_lost_to_a_crash_is_retried_after_its_lease_and_counted_once() {
+    use rdev_shared::db::webhooks::{self as repo, AttemptRecord, Next};
+
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let w = create_webhook(&app, json!({"url": "http://127.0.0.1:9/", "events": ["*"]})).await;
+    let d = send_test(&app, &id_of(&w)).await;
+    let c = app.env.pool.get().await.expect("db");
+
+    // A dispatcher claims the delivery, then "crashes" (never records).
+    let first = repo::claim_due(&c, 10, Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1);
+    assert!(
+        repo::claim_due(&c, 10, Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a leased delivery is not claimed twice"
+    );
+    // After the lease, another dispatcher gets it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = repo::claim_due(&c, 10, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id.to_string(), d);
+
+    let record = |token| AttemptRecord {
+        delivery_id: second[0].id,
+        lease_token: token,
+        at: chrono::Utc::now(),
+        status_code: Some(200),
+        duration_ms: 1,
+        error: None,
+        response_excerpt: None,
+        next: Next::Succeeded,
+    };
+    // The crashed holder's late write is refused; the live holder's counts.
+    assert!(
+        !repo::record_attempt(&c, &record(first[0].lease_token))
+            .await
+            .expect("record")
+    );
+    assert!(
+        repo::record_attempt(&c, &record(second[0].lease_token))
+            .await
+            .expect("record")
+    );
+    assert!(
+        !repo::record_attempt(&c, &record(second[0].lease_token))
+            .await
+            .expect("record")
+    );
+    let d = delivery(&app, &id_of(&w), &d).await;
+    assert_eq!(d["status"], "succeeded");
+    assert_eq!(attempt_codes(&d), vec![Some(200)]);
+}
