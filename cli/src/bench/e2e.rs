@@ -181,11 +181,49 @@ async fn batch(
             ours.insert(id.to_owned());
         }
     }
-    // Wait until the project has nothing queued and none of ours runs. A
-    // look costs two small requests whatever the queue's depth (the newest
-    // queued command, and the running ones, at most the workers' slots): a
-    // look that read every queued command would load the API and the
-    // database in proportion to the backlog, on the machine being measured.
+    wait_until_done(client, project, &ours).await?;
+    // Read the finished commands, newest first, until all of ours are seen.
+    let mut left = ours.clone();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("project", project.to_owned()), ("limit", PAGE.to_string())];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page = client.get("/v1/commands", &q).await?;
+        for c in page
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = c.get("id").and_then(Value::as_str)
+                && left.remove(id)
+            {
+                t.add(c);
+            }
+        }
+        cursor = page
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if left.is_empty() || cursor.is_none() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the project has nothing queued and none of `ours` runs. A
+/// look costs two small requests whatever the queue's depth (the newest
+/// queued command, and the running ones, at most the workers' slots): a
+/// look that read every queued command would load the API and the
+/// database in proportion to the backlog, on the machine being measured.
+async fn wait_until_done(
+    client: &Client,
+    project: &str,
+    ours: &HashSet<String>,
+) -> Result<(), ClientError> {
     let mut last_look = None;
     let mut progress_at = Instant::now();
     loop {
@@ -220,35 +258,6 @@ async fn batch(
             return Err(stalled(client, &left));
         }
         tokio::time::sleep(BATCH_POLL).await;
-    }
-    // Read the finished commands, newest first, until all of ours are seen.
-    let mut left = ours.clone();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![("project", project.to_owned()), ("limit", PAGE.to_string())];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page = client.get("/v1/commands", &q).await?;
-        for c in page
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(id) = c.get("id").and_then(Value::as_str)
-                && left.remove(id)
-            {
-                t.add(c);
-            }
-        }
-        cursor = page
-            .get("next_cursor")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if left.is_empty() || cursor.is_none() {
-            break;
-        }
     }
     Ok(())
 }
