@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
@@ -42,9 +44,9 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn check_base(objs: &[Value]) {
-    // Every object parses as its type, carries the common label, and lives
-    // in the rdev namespace unless it is cluster-scoped.
+/// Every object parses as its type, carries the common label, and lives in
+/// the rdev namespace unless it is cluster-scoped.
+fn check_objects(objs: &[Value]) {
     for o in objs {
         let kind = o["kind"].as_str().expect("kind");
         match kind {
@@ -76,7 +78,11 @@ fn check_base(objs: &[Value]) {
             assert_eq!(o["metadata"]["namespace"], NAMESPACE, "{kind}");
         }
     }
+}
 
+/// The ConfigMap: JSON logs, no secrets, kubernetes executors only; returns
+/// its data.
+fn check_config(objs: &[Value]) -> BTreeMap<String, String> {
     let config: ConfigMap = by_name(objs, "ConfigMap", "rdev-config");
     let config = config.data.expect("config data");
     assert_eq!(
@@ -104,9 +110,12 @@ fn check_base(objs: &[Value]) {
         .parse()
         .expect("RDEV_EXECUTORS parses");
     assert!(!executors.allows(rdev_shared::containment::ExecutorKind::Local));
-    let seconds = |k: &str| -> i64 { config[k].parse().expect("a number") };
+    config
+}
 
-    // Deployments: limits, probes, ports, env, security.
+/// Deployments: one per entry of `PORTS`, each with limits, probes, ports,
+/// env, security, a Service, a PodDisruptionBudget and its service account.
+fn check_deployments(objs: &[Value], config: &BTreeMap<String, String>) {
     let deployments: Vec<Deployment> = of_kind(objs, "Deployment").map(typed).collect();
     let names: BTreeSet<&str> = deployments
         .iter()
@@ -130,147 +139,189 @@ fn check_base(objs: &[Value]) {
         assert_eq!(sc.run_as_non_root, Some(true), "{name}");
         assert_eq!(pod.containers.len(), 1, "{name}");
         let c = &pod.containers[0];
-        assert!(
-            c.image.as_deref().is_some_and(|i| i.contains(':')),
-            "{name}: pinned tag"
-        );
-        let res = c.resources.as_ref().expect("resources");
-        for (what, q) in [("requests", &res.requests), ("limits", &res.limits)] {
-            let q = q.as_ref().unwrap_or_else(|| panic!("{name}: no {what}"));
-            assert!(
-                q.contains_key("cpu") && q.contains_key("memory"),
-                "{name}: {what}"
-            );
-        }
-        let probe_path_port = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-            let h = p
-                .as_ref()
-                .and_then(|p| p.http_get.as_ref())
-                .expect("http probe");
-            (h.path.clone().unwrap_or_default(), h.port.clone())
-        };
-        assert_eq!(
-            probe_path_port(&c.liveness_probe),
-            ("/health".to_owned(), IntOrString::Int(port)),
-            "{name}"
-        );
-        assert_eq!(
-            probe_path_port(&c.readiness_probe),
-            ("/ready".to_owned(), IntOrString::Int(port)),
-            "{name}"
-        );
-        let ports = c.ports.as_ref().expect("ports");
-        assert!(
-            ports
-                .iter()
-                .any(|p| p.container_port == port && p.name.as_deref() == Some(port_name)),
-            "{name}"
-        );
-        let env = c.env.as_ref().expect("env");
-        let listen = env
-            .iter()
-            .find(|e| e.name == "RDEV_LISTEN")
-            .expect("RDEV_LISTEN");
-        assert_eq!(
-            listen.value.as_deref(),
-            Some(format!("0.0.0.0:{port}").as_str())
-        );
-        let from = c.env_from.as_ref().expect("envFrom");
-        assert!(from.iter().any(|f| {
-            f.config_map_ref
-                .as_ref()
-                .is_some_and(|r| r.name == "rdev-config")
-        }));
-        assert!(from.iter().any(|f| {
-            f.secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == "rdev-secrets")
-        }));
-        let csc = c
-            .security_context
-            .as_ref()
-            .expect("container security context");
-        assert_eq!(csc.allow_privilege_escalation, Some(false), "{name}");
-        assert_eq!(csc.read_only_root_filesystem, Some(true), "{name}");
-
-        // A Service for it, whose target port names the container port.
-        let svc = of_kind(objs, "Service")
-            .map(typed::<Service>)
-            .find(|s| {
-                let sel = s
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.selector.clone())
-                    .unwrap_or_default();
-                labels_match(&sel, &labels)
-            })
-            .unwrap_or_else(|| panic!("no Service selects {name}"));
-        let sp = &svc.spec.expect("spec").ports.expect("ports")[0];
-        assert_eq!(sp.name.as_deref(), Some(port_name));
-        assert_eq!(sp.target_port, Some(IntOrString::String(port_name.into())));
-
-        // A PodDisruptionBudget for it.
-        assert!(
-            of_kind(objs, "PodDisruptionBudget")
-                .map(typed::<PodDisruptionBudget>)
-                .any(|p| {
-                    let sel = p
-                        .spec
-                        .and_then(|s| s.selector)
-                        .and_then(|s| s.match_labels)
-                        .unwrap_or_default();
-                    labels_match(&sel, &labels)
-                }),
-            "no PodDisruptionBudget for {name}"
-        );
-
+        check_container(c, name, port, port_name);
+        check_service_for(objs, name, port_name, &labels);
+        check_pdb_for(objs, name, &labels);
         let sa = pod
             .service_account_name
             .as_deref()
             .expect("service account");
-        // The API mounts RDEV_WORKSPACE_ROOT (files: staging) and its token
-        // (files of kubernetes projects: exec into their pods).
-        let mounts = c.volume_mounts.clone().unwrap_or_default();
-        if name == "rdev-api" || name == "rdev-worker" {
-            let root = config
-                .get("RDEV_WORKSPACE_ROOT")
-                .expect("RDEV_WORKSPACE_ROOT");
-            let m = mounts
-                .iter()
-                .find(|m| &m.mount_path == root)
-                .unwrap_or_else(|| panic!("{name} mounts {root}"));
-            assert_ne!(m.read_only, Some(true), "{name}: writable {root}");
-            let volume = pod
-                .volumes
-                .iter()
-                .flatten()
-                .find(|v| v.name == m.name)
-                .expect("the mounted volume");
-            assert!(
-                volume
-                    .empty_dir
-                    .as_ref()
-                    .is_some_and(|e| e.size_limit.is_some())
-                    || volume.persistent_volume_claim.is_some(),
-                "{name}: {root} is a bounded emptyDir or a claim"
-            );
-        }
-        if name == "rdev-api" {
-            assert_eq!(sa, "rdev-api");
-            assert_eq!(pod.automount_service_account_token, Some(true), "{name}");
-        } else if name == "rdev-worker" {
-            assert_eq!(sa, "rdev-worker");
-            let grace = pod.termination_grace_period_seconds.expect("grace period");
-            assert!(
-                grace > seconds("RDEV_DRAIN_S") + seconds("RDEV_KILL_GRACE_S"),
-                "the worker's grace period ({grace}s) outlasts its drain"
-            );
-        } else {
-            assert_eq!(pod.automount_service_account_token, Some(false), "{name}");
-        }
+        check_workspace_mount(config, name, &pod, c);
+        check_service_account(config, name, sa, &pod);
     }
+}
 
-    // RBAC: exactly pods get/list and pods/exec create, bound nowhere in the base.
+/// The container: pinned image, requests and limits, probes on its port,
+/// the named port, its listen address, config and secrets, and security.
+fn check_container(c: &Container, name: &str, port: i32, port_name: &str) {
+    assert!(
+        c.image.as_deref().is_some_and(|i| i.contains(':')),
+        "{name}: pinned tag"
+    );
+    let res = c.resources.as_ref().expect("resources");
+    for (what, q) in [("requests", &res.requests), ("limits", &res.limits)] {
+        let q = q.as_ref().unwrap_or_else(|| panic!("{name}: no {what}"));
+        assert!(
+            q.contains_key("cpu") && q.contains_key("memory"),
+            "{name}: {what}"
+        );
+    }
+    let probe_path_port = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let h = p
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("http probe");
+        (h.path.clone().unwrap_or_default(), h.port.clone())
+    };
+    assert_eq!(
+        probe_path_port(&c.liveness_probe),
+        ("/health".to_owned(), IntOrString::Int(port)),
+        "{name}"
+    );
+    assert_eq!(
+        probe_path_port(&c.readiness_probe),
+        ("/ready".to_owned(), IntOrString::Int(port)),
+        "{name}"
+    );
+    let ports = c.ports.as_ref().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.container_port == port && p.name.as_deref() == Some(port_name)),
+        "{name}"
+    );
+    check_container_env(c, port);
+    let csc = c
+        .security_context
+        .as_ref()
+        .expect("container security context");
+    assert_eq!(csc.allow_privilege_escalation, Some(false), "{name}");
+    assert_eq!(csc.read_only_root_filesystem, Some(true), "{name}");
+}
+
+/// The container listens on all addresses on `port` and takes the config
+/// and the secrets as its environment.
+fn check_container_env(c: &Container, port: i32) {
+    let env = c.env.as_ref().expect("env");
+    let listen = env
+        .iter()
+        .find(|e| e.name == "RDEV_LISTEN")
+        .expect("RDEV_LISTEN");
+    assert_eq!(
+        listen.value.as_deref(),
+        Some(format!("0.0.0.0:{port}").as_str())
+    );
+    let from = c.env_from.as_ref().expect("envFrom");
+    assert!(from.iter().any(|f| {
+        f.config_map_ref
+            .as_ref()
+            .is_some_and(|r| r.name == "rdev-config")
+    }));
+    assert!(from.iter().any(|f| {
+        f.secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == "rdev-secrets")
+    }));
+}
+
+/// A Service for the deployment, whose target port names the container port.
+fn check_service_for(
+    objs: &[Value],
+    name: &str,
+    port_name: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    let svc = of_kind(objs, "Service")
+        .map(typed::<Service>)
+        .find(|s| {
+            let sel = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .unwrap_or_default();
+            labels_match(&sel, labels)
+        })
+        .unwrap_or_else(|| panic!("no Service selects {name}"));
+    let sp = &svc.spec.expect("spec").ports.expect("ports")[0];
+    assert_eq!(sp.name.as_deref(), Some(port_name));
+    assert_eq!(sp.target_port, Some(IntOrString::String(port_name.into())));
+}
+
+/// A PodDisruptionBudget for the deployment.
+fn check_pdb_for(objs: &[Value], name: &str, labels: &BTreeMap<String, String>) {
+    assert!(
+        of_kind(objs, "PodDisruptionBudget")
+            .map(typed::<PodDisruptionBudget>)
+            .any(|p| {
+                let sel = p
+                    .spec
+                    .and_then(|s| s.selector)
+                    .and_then(|s| s.match_labels)
+                    .unwrap_or_default();
+                labels_match(&sel, labels)
+            }),
+        "no PodDisruptionBudget for {name}"
+    );
+}
+
+/// The API and the worker mount RDEV_WORKSPACE_ROOT writable, on a bounded
+/// volume.
+fn check_workspace_mount(
+    config: &BTreeMap<String, String>,
+    name: &str,
+    pod: &PodSpec,
+    c: &Container,
+) {
+    // The API mounts RDEV_WORKSPACE_ROOT (files: staging) and its token
+    // (files of kubernetes projects: exec into their pods).
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    if name == "rdev-api" || name == "rdev-worker" {
+        let root = config
+            .get("RDEV_WORKSPACE_ROOT")
+            .expect("RDEV_WORKSPACE_ROOT");
+        let m = mounts
+            .iter()
+            .find(|m| &m.mount_path == root)
+            .unwrap_or_else(|| panic!("{name} mounts {root}"));
+        assert_ne!(m.read_only, Some(true), "{name}: writable {root}");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .expect("the mounted volume");
+        assert!(
+            volume
+                .empty_dir
+                .as_ref()
+                .is_some_and(|e| e.size_limit.is_some())
+                || volume.persistent_volume_claim.is_some(),
+            "{name}: {root} is a bounded emptyDir or a claim"
+        );
+    }
+}
+
+/// Each deployment's service account and token; the worker's grace period
+/// outlasts its drain.
+fn check_service_account(config: &BTreeMap<String, String>, name: &str, sa: &str, pod: &PodSpec) {
+    let seconds = |k: &str| -> i64 { config[k].parse().expect("a number") };
+    if name == "rdev-api" {
+        assert_eq!(sa, "rdev-api");
+        assert_eq!(pod.automount_service_account_token, Some(true), "{name}");
+    } else if name == "rdev-worker" {
+        assert_eq!(sa, "rdev-worker");
+        let grace = pod.termination_grace_period_seconds.expect("grace period");
+        assert!(
+            grace > seconds("RDEV_DRAIN_S") + seconds("RDEV_KILL_GRACE_S"),
+            "the worker's grace period ({grace}s) outlasts its drain"
+        );
+    } else {
+        assert_eq!(pod.automount_service_account_token, Some(false), "{name}");
+    }
+}
+
+/// RBAC: exactly pods get/list and pods/exec create, bound nowhere in the base.
+fn check_rbac(objs: &[Value]) {
     let roles: Vec<ClusterRole> = of_kind(objs, "ClusterRole").map(typed).collect();
     assert_eq!(roles.len(), 1);
     let mut rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = roles[0]
@@ -296,8 +347,10 @@ fn check_base(objs: &[Value]) {
             (s(&[""]), s(&["pods/exec"]), s(&["create"])),
         ]
     );
+}
 
-    // HPA on the API's memory.
+/// HPA on the API's memory.
+fn check_hpa(objs: &[Value]) {
     let hpa: HorizontalPodAutoscaler = by_name(objs, "HorizontalPodAutoscaler", "rdev-api");
     let spec = hpa.spec;
     assert_eq!(
@@ -313,8 +366,10 @@ fn check_base(objs: &[Value]) {
         && m.resource.as_ref().is_some_and(|r| r.name == "memory"
             && r.target.type_ == "Utilization"
             && r.target.average_utilization.is_some())));
+}
 
-    // NetworkPolicy: default deny of ingress.
+/// NetworkPolicy: default deny of ingress.
+fn check_network_policy(objs: &[Value]) {
     assert!(
         of_kind(objs, "NetworkPolicy")
             .map(typed::<NetworkPolicy>)
@@ -326,8 +381,11 @@ fn check_base(objs: &[Value]) {
             }),
         "a default-deny ingress policy"
     );
+}
 
-    // Monitoring CRDs.
+/// Monitoring CRDs: the alerts (the API's memory one in detail), each with
+/// a runbook that exists.
+fn check_alerts(objs: &[Value]) {
     let rule = of_kind(objs, "PrometheusRule")
         .next()
         .expect("PrometheusRule");
@@ -365,6 +423,10 @@ fn check_base(objs: &[Value]) {
             .expect("runbook_url");
         assert!(repo().join(url).is_file(), "{name}: runbook {url} exists");
     }
+}
+
+/// Monitoring CRDs: the ServiceMonitor scrapes the metrics ports.
+fn check_service_monitor(objs: &[Value]) {
     let monitor = of_kind(objs, "ServiceMonitor")
         .next()
         .expect("ServiceMonitor");
@@ -380,6 +442,17 @@ fn check_base(objs: &[Value]) {
         })
         .collect();
     assert_eq!(endpoints, [("metrics", "/metrics")].into());
+}
+
+fn check_base(objs: &[Value]) {
+    check_objects(objs);
+    let config = check_config(objs);
+    check_deployments(objs, &config);
+    check_rbac(objs);
+    check_hpa(objs);
+    check_network_policy(objs);
+    check_alerts(objs);
+    check_service_monitor(objs);
 }
 
 #[test]
