@@ -338,14 +338,8 @@ impl Sandbox {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
         let (ours, theirs) = SandboxPipes::new().map_err(|e| failed("cannot create a pipe", &e))?;
-        // Each secret file's contents go to bwrap through a memfd (never a
-        // file on disk); bwrap copies it into the sandbox's private tmpfs.
-        let secret_fds = l
-            .secret_files
-            .iter()
-            .map(|f| filled_memfd("rdev-secret", f.value.expose().as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| failed("cannot pass a secret file", &e))?;
+        let secret_fds =
+            secret_memfds(l.secret_files).map_err(|e| failed("cannot pass a secret file", &e))?;
         let secret_files: Vec<(&str, std::os::fd::RawFd)> = l
             .secret_files
             .iter()
@@ -488,6 +482,15 @@ fn bwrap_spawned(
 /// A piped standard input, or none.
 fn stdin_of(piped: bool) -> Stdio {
     if piped { Stdio::piped() } else { Stdio::null() }
+}
+
+/// Each secret file's contents in a memfd (never a file on disk), in the
+/// order of `files`; bwrap copies each into the sandbox's private tmpfs.
+fn secret_memfds(files: &[crate::secrets::SecretFile]) -> std::io::Result<Vec<std::fs::File>> {
+    files
+        .iter()
+        .map(|f| filled_memfd("rdev-secret", f.value.expose().as_bytes()))
+        .collect()
 }
 
 /// Size of each private tmpfs: the command's memory limit, if it has one.
