@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use rdev_dispatcher::webhooks::schedule::parse_schedule;
-use rdev_shared::config::{LogConfig, LogFormat, Secret};
+use rdev_shared::config::Secret;
 use rdev_shared::db::webhooks::{self, NewWebhook};
 use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::Publisher;
@@ -28,6 +28,42 @@ async fn main() {
     let concurrency: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(32);
     let env = TestEnv::new().await;
 
+    let (addr, received) = receiver().await;
+    let client = env.pool.get().await.expect("db");
+    webhooks::insert(
+        &client,
+        &NewWebhook {
+            url: format!("http://{addr}/hook"),
+            secret: Secret::new(webhook_sign::generate_secret()),
+            events: vec!["*".into()],
+            project_id: None,
+        },
+    )
+    .await
+    .expect("webhook");
+
+    // Queue every event first, so the measurement is the dispatcher's alone.
+    publish_events(&env, n).await;
+
+    let stop = CancellationToken::new();
+    let t = Instant::now();
+    let d = rdev_dispatcher::start(config(&env, concurrency), stop.clone())
+        .await
+        .expect("dispatcher");
+    let (fanned_out, total) = wait_for_deliveries(&env, n, t).await;
+    stop.cancel();
+    let _ = d.task.await;
+    let attempts = count(&env, "SELECT count(*) FROM webhook_attempts").await;
+    println!(
+        "dispatched {n} events (concurrency {concurrency}): all fanned out after {fanned_out:?}, \
+         all delivered after {total:?} = {:.0} deliveries/s; receiver got {} requests, {attempts} attempts recorded",
+        n as f64 / total.as_secs_f64(),
+        received.load(Ordering::Relaxed),
+    );
+}
+
+/// A local receiver answering 204 to everything, and its request count.
+async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let received = Arc::new(AtomicUsize::new(0));
     let app = Router::new().fallback({
         let received = received.clone();
@@ -43,21 +79,11 @@ async fn main() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    (addr, received)
+}
 
-    let client = env.pool.get().await.expect("db");
-    webhooks::insert(
-        &client,
-        &NewWebhook {
-            url: format!("http://{addr}/hook"),
-            secret: Secret::new(webhook_sign::generate_secret()),
-            events: vec!["*".into()],
-            project_id: None,
-        },
-    )
-    .await
-    .expect("webhook");
-
-    // Queue every event first, so the measurement is the dispatcher's alone.
+/// `n` `command.succeeded` events on the events exchange, each confirmed.
+async fn publish_events(env: &TestEnv, n: usize) {
     let publisher = Publisher::new(env.amqp.clone(), "throughput");
     let t = Instant::now();
     for i in 0..n {
@@ -71,73 +97,56 @@ async fn main() {
         publisher.publish_confirmed(&m).await.expect("publish");
     }
     println!("published {n} events in {:?}", t.elapsed());
+}
 
-    let cfg = rdev_dispatcher::config::Config {
-        db: rdev_shared::config::DbConfig {
-            pool_size: 16,
-            statement_timeout_s: 30,
-            ..env.db.clone()
-        },
-        amqp: env.amqp.clone(),
-        log: LogConfig {
-            log_format: LogFormat::Text,
-        },
+/// The dispatcher's settings: local ones, with a private receiver allowed,
+/// fast polls, quick retries and a breaker that does not trip.
+fn config(env: &TestEnv, concurrency: usize) -> rdev_dispatcher::config::Config {
+    let db = rdev_shared::config::DbConfig {
+        pool_size: 16,
+        statement_timeout_s: 30,
+        ..env.db.clone()
+    };
+    rdev_dispatcher::config::Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        relay_interval: Duration::from_secs(1),
-        relay_min_age: Duration::from_secs(5),
-        lost_after_s: 30,
-        requeue_after: Duration::from_secs(600),
         webhook_retry_schedule: parse_schedule("0s,1s,1s").expect("schedule"),
-        webhook_timeout_s: 15,
         webhook_allow_private: true,
         webhook_disable_after: Duration::from_secs(3600),
         webhook_concurrency: concurrency,
         webhook_poll: Duration::from_millis(100),
         webhook_breaker_threshold: 1000,
-        webhook_breaker_open: Duration::from_secs(30),
-        webhook_retry_after_max: Duration::from_secs(3600),
-        webhook_prefetch: 64,
-        audit_retention: Duration::from_secs(90 * 86_400),
-        outbox_retention: Duration::from_secs(86_400),
-        output_retention: Duration::from_secs(30 * 86_400),
-        command_retention: Duration::from_secs(90 * 86_400),
-        webhook_retention: Duration::from_secs(30 * 86_400),
-        retention_interval: Duration::from_secs(300),
-    };
-    let stop = CancellationToken::new();
-    let t = Instant::now();
-    let d = rdev_dispatcher::start(cfg, stop.clone())
-        .await
-        .expect("dispatcher");
+        ..rdev_dispatcher::config::Config::local(db, env.amqp.clone())
+    }
+}
 
-    let count = |sql: &'static str| {
-        let pool = env.pool.clone();
-        async move {
-            let c = pool.get().await.expect("db");
-            let v: i64 = c.query_one(sql, &[]).await.expect("count").get(0);
-            v as usize
-        }
-    };
+/// Waits until `n` deliveries succeeded; returns when all were fanned out
+/// and when all were delivered, measured from `t`.
+async fn wait_for_deliveries(env: &TestEnv, n: usize, t: Instant) -> (Duration, Duration) {
     let mut fanned_out = None;
     loop {
-        if fanned_out.is_none() && count("SELECT count(*) FROM webhook_deliveries").await >= n {
+        if fanned_out.is_none() && count(env, "SELECT count(*) FROM webhook_deliveries").await >= n
+        {
             fanned_out = Some(t.elapsed());
         }
-        if count("SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'").await >= n {
+        if count(
+            env,
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+        )
+        .await
+            >= n
+        {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(600), "too slow");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = t.elapsed();
-    let fanned_out = fanned_out.unwrap_or(total);
-    stop.cancel();
-    let _ = d.task.await;
-    let attempts = count("SELECT count(*) FROM webhook_attempts").await;
-    println!(
-        "dispatched {n} events (concurrency {concurrency}): all fanned out after {fanned_out:?}, \
-         all delivered after {total:?} = {:.0} deliveries/s; receiver got {} requests, {attempts} attempts recorded",
-        n as f64 / total.as_secs_f64(),
-        received.load(Ordering::Relaxed),
-    );
+    (fanned_out.unwrap_or(total), total)
+}
+
+/// The one number `sql` answers.
+async fn count(env: &TestEnv, sql: &'static str) -> usize {
+    let c = env.pool.get().await.expect("db");
+    let v: i64 = c.query_one(sql, &[]).await.expect("count").get(0);
+    usize::try_from(v).unwrap_or(0)
 }
