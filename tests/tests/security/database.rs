@@ -146,9 +146,14 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
 
     server.task.abort();
     drop((runtime, owner));
-    let _ = admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE); DROP ROLE IF EXISTS {user}"
-        ))
-        .await;
+    // One statement per call: in one query string the two would run as one
+    // transaction block, which DROP DATABASE refuses (and both were left).
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await
+        .expect("drop the test database");
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
+        .await
+        .expect("drop the test role");
 }
