@@ -120,60 +120,46 @@ async fn sse_keeps_flowing_while_the_api_has_no_broker() {
         .await;
     let id = c["id"].as_str().expect("id").to_owned();
     first_line(&app, &id).await;
-    let reader = {
-        let app_http = app.http.clone();
-        let url = app.url(&format!("/v1/commands/{id}/events"));
-        let key = app.admin_key.clone();
-        tokio::spawn(async move {
-            let resp = app_http
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .expect("sse");
-            let mut stream = resp.bytes_stream().eventsource();
-            let mut out = Vec::new();
-            while let Ok(Some(Ok(ev))) =
-                tokio::time::timeout(Duration::from_secs(60), stream.next()).await
-            {
-                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                let end = ev.event == "end";
-                out.push((Instant::now(), ev.event, data));
-                if end {
-                    break;
-                }
-            }
-            out
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let cut_at = Instant::now();
-    proxy.cut();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let restored_at = Instant::now();
-    proxy.restore();
-    let events = reader.await.expect("reader");
+    // The stream is read while the broker link is cut and restored.
+    let (events, (cut_at, restored_at)) = tokio::join!(
+        read_events(&app, &id, None, Duration::from_secs(60)),
+        async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let cut_at = Instant::now();
+            proxy.cut();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let restored_at = Instant::now();
+            proxy.restore();
+            (cut_at, restored_at)
+        }
+    );
     // Output kept arriving during the outage, after the first second of it.
     let during = events
         .iter()
-        .filter(|(t, e, _)| {
-            e == "output" && *t > cut_at + Duration::from_secs(2) && *t < restored_at
+        .filter(|(t, e)| {
+            e.event == "output" && *t > cut_at + Duration::from_secs(2) && *t < restored_at
         })
         .count();
     assert!(during >= 5, "only {during} chunks during the outage");
     let seqs: Vec<i64> = events
         .iter()
-        .filter(|(_, e, _)| e == "output")
-        .filter_map(|(_, _, d)| d["seq"].as_i64())
+        .filter(|(_, e)| e.event == "output")
+        .filter_map(|(_, e)| e.data["seq"].as_i64())
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
     let lines = events
         .iter()
-        .filter(|(_, e, _)| e == "output")
-        .map(|(_, _, d)| d["data"].as_str().unwrap_or_default().matches('\n').count())
+        .filter(|(_, e)| e.event == "output")
+        .map(|(_, e)| {
+            e.data["data"]
+                .as_str()
+                .unwrap_or_default()
+                .matches('\n')
+                .count()
+        })
         .sum::<usize>();
     assert_eq!(lines, 100);
-    assert_eq!(events.last().map(|(_, e, _)| e.as_str()), Some("end"));
+    assert_eq!(events.last().map(|(_, e)| e.event.as_str()), Some("end"));
 }
 
 /// Issue 15 (smaller): a multi-byte character that reaches the worker in
