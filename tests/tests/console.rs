@@ -58,14 +58,24 @@ async fn shown_command(b: &Browser) -> String {
     v.as_str().expect("id").to_owned()
 }
 
-/// Waits until the command page shows `status`.
+/// Waits until the command page shows `status`; a timeout says what the
+/// page showed instead (its status and its stream's state).
 async fn wait_page_status(b: &Browser, status: &str) {
-    b.wait_js(
-        &format!("status {status} on the page"),
-        "const s = document.getElementById('status'); return !!s && s.dataset.status === arguments[0];",
-        vec![json!(status)],
-    )
-    .await;
+    const SHOWN: &str = "const s = document.getElementById('status'); \
+        const t = document.getElementById('stream-state'); \
+        return [s ? s.dataset.status : null, t ? t.textContent : null];";
+    let deadline = std::time::Instant::now() + browser::WAIT;
+    loop {
+        let shown = b.js(SHOWN, vec![]).await;
+        if shown[0] == json!(status) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for status {status} on the page; it shows [status, stream state] {shown}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn with_worker() -> Options {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::browser::Browser;
+use crate::browser::{Browser, WAIT};
 use rdev_tests::{Options, spawn_app_with};
 use serde_json::{Value, json};
 
@@ -106,6 +106,8 @@ async fn cancel_button_stops_a_running_command() {
         .as_str()
         .expect("id")
         .to_owned();
+    // Running for the API first: a timeout below is then the page's.
+    app.wait_status(&id, "running", WAIT).await;
     let b = signed_in(&app, &app.admin_key).await;
     open(&b, &format!("#/commands/{id}"), "#output").await;
     wait_page_status(&b, "running").await;
