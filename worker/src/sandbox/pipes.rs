@@ -92,6 +92,19 @@ pub(super) async fn read_capped(mut r: pipe::Receiver) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Like [`read_capped`], but for at most `limit`: what arrived by then,
+/// even without an end of file. A write end still open somewhere (a
+/// process that inherited it) must not turn a report that was written into
+/// no report at all.
+pub(super) async fn read_capped_within(mut r: pipe::Receiver, limit: Duration) -> String {
+    let mut buf = Vec::new();
+    {
+        let mut capped = (&mut r).take(DIAGNOSTICS_MAX as u64);
+        let _ = tokio::time::timeout(limit, capped.read_to_end(&mut buf)).await;
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// The init's host pid once it catches `signal`. The kernel drops a signal
 /// sent to a PID namespace's init that has no handler for it, and bwrap names
 /// the init as soon as it is forked, before it installed its handlers; so
@@ -143,4 +156,21 @@ pub(super) fn child_pid(text: &str) -> Option<i32> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report that was written is read even while another process (here:
+    /// our own write end) keeps the pipe open.
+    #[tokio::test]
+    async fn a_written_report_is_read_without_an_end_of_file() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        nix::unistd::write(&w, b"exit 0\n").expect("write");
+        let r = receiver(r).expect("receiver");
+        let got = read_capped_within(r, Duration::from_millis(200)).await;
+        assert_eq!(got, "exit 0\n");
+        drop(w);
+    }
 }

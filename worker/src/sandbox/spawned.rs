@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::cgroup::{self, CommandCgroup};
 use super::init::{self, Report};
-use super::pipes::{init_catching, read_capped};
+use super::pipes::{init_catching, read_capped_within};
 use super::pty::PtyMaster;
 use super::{Finished, INIT_WAIT, REPORT_TIMEOUT};
 
@@ -204,9 +204,7 @@ impl Spawned {
             .unwrap_or_default();
         let report = match self.report.take() {
             Some(r) => Some(init::parse_report(
-                &tokio::time::timeout(REPORT_TIMEOUT, read_capped(r))
-                    .await
-                    .unwrap_or_default(),
+                &read_capped_within(r, REPORT_TIMEOUT).await,
             )),
             None => None,
         };
