@@ -61,21 +61,15 @@ async fn shown_command(b: &Browser) -> String {
 /// Waits until the command page shows `status`; a timeout says what the
 /// page showed instead (its status and its stream's state).
 async fn wait_page_status(b: &Browser, status: &str) {
-    const SHOWN: &str = "const s = document.getElementById('status'); \
-        const t = document.getElementById('stream-state'); \
-        return [s ? s.dataset.status : null, t ? t.textContent : null];";
-    let deadline = std::time::Instant::now() + browser::WAIT;
-    loop {
-        let shown = b.js(SHOWN, vec![]).await;
-        if shown[0] == json!(status) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for status {status} on the page; it shows [status, stream state] {shown}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    b.wait_until(
+        &format!("status {status} on the page ([status, stream state])"),
+        "const s = document.getElementById('status'); \
+         const t = document.getElementById('stream-state'); \
+         return [s ? s.dataset.status : null, t ? t.textContent : null];",
+        vec![],
+        |shown| shown[0] == json!(status),
+    )
+    .await;
 }
 
 fn with_worker() -> Options {

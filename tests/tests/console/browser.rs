@@ -153,13 +153,31 @@ impl Browser {
     /// Runs `script` until it returns something other than `null`/`false`
     /// (polled every 20 ms); panics with `what` after [`WAIT`].
     pub async fn wait_js(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
+        self.wait_until(what, script, args, |v| {
+            !matches!(v, Value::Null | Value::Bool(false))
+        })
+        .await
+    }
+
+    /// Runs `script` (polled every 20 ms) until `ready` accepts what it
+    /// returns; panics with `what` and the last answer after [`WAIT`].
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        script: &str,
+        args: Vec<Value>,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
             let v = self.js(script, args.clone()).await;
-            if !matches!(v, Value::Null | Value::Bool(false)) {
+            if ready(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the page last answered {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
