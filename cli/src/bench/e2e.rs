@@ -7,9 +7,9 @@
 //! `created_at` to the last `finished_at`. A batch is followed by looking at
 //! the project's newest queued command and our running ones until the
 //! queue is empty and none of ours runs (two small requests per look,
-//! whatever the backlog), then reading the pages once for the timestamps. With `-n 1` each command is
-//! followed by `GET /v1/commands/{id}` every few milliseconds, which also
-//! gives the latency a client observes.
+//! whatever the backlog), then reading the pages once for the timestamps.
+//! With `-n 1` each command is followed by `GET /v1/commands/{id}` every
+//! few milliseconds, which also gives the latency a client observes.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
