@@ -217,9 +217,7 @@ fn rdev_bin() -> &'static str {
     static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let bin = env!("CARGO_BIN_EXE_rdev");
     CHECKED.get_or_init(|| {
-        let help = std::process::Command::new(bin)
-            .arg("--help")
-            .output()
+        let help = rdev_tests::output_std(std::process::Command::new(bin).arg("--help"))
             .expect("run rdev --help");
         assert!(
             String::from_utf8_lossy(&help.stdout).contains("Exit codes"),
@@ -237,7 +235,7 @@ async fn finish(cmd: tokio::process::Command) -> Output {
 /// Runs `cmd` to completion (at most a minute). On a timeout the panic shows
 /// what rdev wrote so far and `diagnose()` (e.g. a proxy's connection log).
 async fn finish_or(mut cmd: tokio::process::Command, diagnose: impl Fn() -> String) -> Output {
-    let mut child = cmd.spawn().expect("spawn rdev");
+    let mut child = rdev_tests::spawn(&mut cmd).expect("spawn rdev");
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let status = match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
@@ -445,10 +443,9 @@ async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
     .await;
     let proxy = Proxy::start(sys.addr, 0, 0).await;
     let script = "trap '' TERM; echo ready; while :; do sleep 0.2; done";
-    let mut child = sys
-        .rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script])
-        .spawn()
-        .expect("spawn");
+    let mut child =
+        rdev_tests::spawn(&mut sys.rdev_at(&proxy.url(), &["run", "-p", PROJECT, "--", script]))
+            .expect("spawn");
     // Streaming has begun once the first line is through.
     let mut stdout = child.stdout.take().expect("stdout");
     let mut first = [0u8; 6];
@@ -488,10 +485,9 @@ async fn ctrl_c_asks_rdev_to_cancel_and_a_second_one_leaves_it_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_the_remote_command_and_exits_130() {
     let sys = start().await;
-    let mut child = sys
-        .rdev(&["run", "-p", PROJECT, "--", "echo ready; sleep 30"])
-        .spawn()
-        .expect("spawn");
+    let mut child =
+        rdev_tests::spawn(&mut sys.rdev(&["run", "-p", PROJECT, "--", "echo ready; sleep 30"]))
+            .expect("spawn");
     // The command has started once its first line is through.
     let mut stdout = child.stdout.take().expect("stdout");
     let mut first = [0u8; 6];
@@ -521,10 +517,8 @@ async fn ctrl_c_cancels_the_remote_command_and_exits_130() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_subcommand_cancels_and_run_reports_130() {
     let sys = start().await;
-    let child = sys
-        .rdev(&["run", "-p", PROJECT, "--", "sleep 30"])
-        .spawn()
-        .expect("spawn");
+    let child =
+        rdev_tests::spawn(&mut sys.rdev(&["run", "-p", PROJECT, "--", "sleep 30"])).expect("spawn");
     let cmd = sys.wait_for_command("running").await;
     let id = cmd["id"].as_str().expect("id");
     let cancel = sys.output(&["cancel", id]).await;
@@ -989,7 +983,7 @@ async fn secrets_are_set_from_stdin_listed_used_redacted_and_removed() {
     let value = "cli-secret-value-42";
     let mut set = sys.rdev(&["secrets", "set", "-p", PROJECT, "CLI_TOKEN"]);
     set.stdin(Stdio::piped());
-    let mut child = set.spawn().expect("spawn rdev");
+    let mut child = rdev_tests::spawn(&mut set).expect("spawn rdev");
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().expect("stdin");
@@ -1141,7 +1135,7 @@ impl LocalTerminal {
                 Ok(())
             });
         }
-        cmd.spawn().expect("spawn rdev")
+        rdev_tests::spawn(&mut cmd).expect("spawn rdev")
     }
 
     fn type_keys(&mut self, keys: &[u8]) {
@@ -1221,7 +1215,7 @@ async fn run_i_streams_stdin_and_closes_it() {
     let sys = start().await;
     let mut cmd = sys.rdev(&["run", "-i", "-p", PROJECT, "--", "wc", "-c"]);
     cmd.stdin(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
+    let mut child = rdev_tests::spawn(&mut cmd).expect("spawn");
     let mut stdin = child.stdin.take().expect("stdin");
     use tokio::io::AsyncWriteExt;
     stdin.write_all(&[b'x'; 100_000]).await.expect("write");

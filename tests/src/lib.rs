@@ -13,7 +13,10 @@ mod process;
 pub use app::{Options, TestApp, spawn_app, spawn_app_with};
 pub use client::{Resp, Sse, sse_seqs, sse_text};
 pub use config::{api_config, dispatcher_config, worker_config};
-pub use process::{first_line, marked_processes, process_gone, sleep_marker, wait_no_marked};
+pub use process::{
+    first_line, marked_processes, output_std, process_gone, sleep_marker, spawn, spawn_std,
+    wait_no_marked,
+};
 
 /// The key ring every in-process service of the tests seals secrets with
 /// (`RDEV_ENCRYPTION_KEYS` of a subprocess started by a test).

@@ -73,3 +73,33 @@ pub async fn wait_no_marked(marker: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Starts a process from a test (a CLI, a browser, a test suite). Tests run
+/// the worker in their own process, and each sandbox launch makes the
+/// descriptors of one command (its output and report pipes, its secret
+/// files) inheritable for the moment of its spawn. A process started in
+/// that moment would inherit them and hold that command's pipes open for
+/// its whole life: the command's output would not end, and its sandbox's
+/// report would come late. So every start goes through the worker's
+/// [`spawn_exclusive`](rdev_worker::sandbox::process::spawn_exclusive), as
+/// each start in the worker binary does.
+pub fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    rdev_worker::sandbox::process::spawn_exclusive(|| cmd.spawn())
+}
+
+/// [`spawn`] for a `std` command.
+pub fn spawn_std(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    rdev_worker::sandbox::process::spawn_exclusive(|| cmd.spawn())
+}
+
+/// `cmd.output()` started through [`spawn_std`] (standard output and error
+/// captured, no standard input).
+pub fn output_std(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    spawn_std(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?
+    .wait_with_output()
+}

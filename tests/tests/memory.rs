@@ -75,24 +75,25 @@ async fn service_process_entry() {
 }
 
 fn spawn_role(env: &TestEnv, role: &str, workspace: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "service_process_entry", "--nocapture"])
-        .env("RDEV_MEMTEST_ROLE", role)
-        .env("DATABASE_URL", env.db.database_url.expose())
-        .env("AMQP_URL", env.amqp.amqp_url.expose())
-        .env("RDEV_AMQP_PREFIX", &env.amqp.prefix)
-        .env("RDEV_LISTEN", "127.0.0.1:0")
-        .env("RDEV_OPS_LISTEN", "127.0.0.1:0")
-        .env("RDEV_MIGRATE", "0")
-        .env("RDEV_WORKSPACE_ROOT", workspace)
-        .env("RDEV_SSE_MAX_PER_KEY", "10000")
-        .env("RDEV_RATE_LIMIT", "1000000/1s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn")
+    rdev_tests::spawn(
+        tokio::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", "service_process_entry", "--nocapture"])
+            .env("RDEV_MEMTEST_ROLE", role)
+            .env("DATABASE_URL", env.db.database_url.expose())
+            .env("AMQP_URL", env.amqp.amqp_url.expose())
+            .env("RDEV_AMQP_PREFIX", &env.amqp.prefix)
+            .env("RDEV_LISTEN", "127.0.0.1:0")
+            .env("RDEV_OPS_LISTEN", "127.0.0.1:0")
+            .env("RDEV_MIGRATE", "0")
+            .env("RDEV_WORKSPACE_ROOT", workspace)
+            .env("RDEV_SSE_MAX_PER_KEY", "10000")
+            .env("RDEV_RATE_LIMIT", "1000000/1s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true),
+    )
+    .expect("spawn")
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use rdev_tests::{Options, spawn_app_with};
 use serde_json::json;
 
 fn sh(cmd: &str) {
-    let status = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    let status = rdev_tests::spawn_std(Command::new("sh").arg("-c").arg(cmd))
+        .and_then(|mut c| c.wait())
+        .expect("sh");
     assert!(status.success(), "`{cmd}` failed");
 }
 
@@ -19,7 +21,8 @@ fn sh(cmd: &str) {
 struct BrokerBack;
 impl Drop for BrokerBack {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
+        let _ = rdev_tests::spawn_std(Command::new("rabbitmqctl").arg("start_app"))
+            .and_then(|mut c| c.wait());
     }
 }
 

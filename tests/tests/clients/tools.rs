@@ -52,9 +52,7 @@ pub async fn run_suite(what: &str, mut cmd: tokio::process::Command) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let child = rdev_tests::spawn(&mut cmd).unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let out = tokio::time::timeout(SUITE_LIMIT, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{what} still running after {SUITE_LIMIT:?}"))

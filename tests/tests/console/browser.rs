@@ -81,14 +81,15 @@ impl Browser {
         let profile =
             std::env::temp_dir().join(format!("rdev-console-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&profile).expect("profile dir");
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
+        let child = rdev_tests::spawn_std(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0),
+        )
+        .expect("start chromedriver");
         let driver = Driver { child, profile };
         let url = format!("http://127.0.0.1:{port}");
         wait_until_up(&url).await;

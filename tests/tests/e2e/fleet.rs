@@ -255,21 +255,22 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
     .await;
     app.create_project("p", json!({})).await;
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", "fleet::worker_process_entry", "--nocapture"])
-        .env("RDEV_E2E_WORKER_PROCESS", "1")
-        .env("RDEV_ENCRYPTION_KEYS", rdev_tests::TEST_ENCRYPTION_KEYS)
-        .env("DATABASE_URL", app.env.db.database_url.expose())
-        .env("AMQP_URL", app.env.amqp.amqp_url.expose())
-        .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)
-        .env("RDEV_WORKSPACE_ROOT", &app.workspace)
-        .env("RDEV_LISTEN", "127.0.0.1:0")
-        .env("RDEV_HEARTBEAT_S", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker process");
+    let mut child = rdev_tests::spawn(
+        tokio::process::Command::new(exe)
+            .args(["--exact", "fleet::worker_process_entry", "--nocapture"])
+            .env("RDEV_E2E_WORKER_PROCESS", "1")
+            .env("RDEV_ENCRYPTION_KEYS", rdev_tests::TEST_ENCRYPTION_KEYS)
+            .env("DATABASE_URL", app.env.db.database_url.expose())
+            .env("AMQP_URL", app.env.amqp.amqp_url.expose())
+            .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)
+            .env("RDEV_WORKSPACE_ROOT", &app.workspace)
+            .env("RDEV_LISTEN", "127.0.0.1:0")
+            .env("RDEV_HEARTBEAT_S", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true),
+    )
+    .expect("worker process");
 
     let marker = app.workspace.join("p/runs");
     let m = sleep_marker();

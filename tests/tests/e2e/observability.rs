@@ -252,25 +252,26 @@ async fn secrets_never_reach_the_logs() {
             .replacen("postgres@", &format!("postgres:{password}@"), 1);
     assert!(db_url.contains(password), "{db_url}");
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", "observability::api_process_entry", "--nocapture"])
-        .env("RDEV_E2E_API_PROCESS", "1")
-        .env("DATABASE_URL", &db_url)
-        .env("AMQP_URL", app.env.amqp.amqp_url.expose())
-        .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)
-        .env("RDEV_LISTEN", "127.0.0.1:0")
-        .env("RDEV_OPS_LISTEN", "127.0.0.1:0")
-        .env("RDEV_MIGRATE", "0")
-        .env("RDEV_LOG_FORMAT", "json")
-        .env(
-            "RUST_LOG",
-            "trace,lapin=info,amq_protocol=info,hyper=info,h2=info",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("api process");
+    let mut child = rdev_tests::spawn(
+        tokio::process::Command::new(exe)
+            .args(["--exact", "observability::api_process_entry", "--nocapture"])
+            .env("RDEV_E2E_API_PROCESS", "1")
+            .env("DATABASE_URL", &db_url)
+            .env("AMQP_URL", app.env.amqp.amqp_url.expose())
+            .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)
+            .env("RDEV_LISTEN", "127.0.0.1:0")
+            .env("RDEV_OPS_LISTEN", "127.0.0.1:0")
+            .env("RDEV_MIGRATE", "0")
+            .env("RDEV_LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                "trace,lapin=info,amq_protocol=info,hyper=info,h2=info",
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true),
+    )
+    .expect("api process");
     // Drain stderr as it comes: a full pipe would stall the process.
     let mut stderr = child.stderr.take().expect("stderr");
     let logs = tokio::spawn(async move {

@@ -59,11 +59,12 @@ fn free_port() -> u16 {
 
 /// Runs a command as the `postgres` OS user; panics with its output on failure.
 fn as_postgres(args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .args(args)
-        .output()
-        .expect("runuser");
+    let out = rdev_tests::output_std(
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args),
+    )
+    .expect("runuser");
     assert!(
         out.status.success(),
         "{args:?}: {}{}",
@@ -92,11 +93,13 @@ impl PrivatePg {
         let data = dir.join("data");
         std::fs::write(dir.join("server.crt"), &pki.cert_pem).expect("cert");
         std::fs::write(dir.join("server.key"), &pki.key_pem).expect("key");
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
+        let status = rdev_tests::spawn_std(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir),
+        )
+        .and_then(|mut c| c.wait())
+        .expect("chown");
         assert!(status.success());
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
@@ -138,13 +141,14 @@ impl PrivatePg {
 
 impl Drop for PrivatePg {
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = rdev_tests::output_std(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "-w", "stop"]),
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -147,7 +147,12 @@ static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `spawn` (a process start) while no launch has descriptors open to
 /// inheritance. Every process the worker starts goes through here or
-/// [`Launcher::spawn`].
+/// [`Launcher::spawn`], and so must every process started by anything that
+/// shares a process with a worker (the tests run it in-process:
+/// `rdev_tests::spawn`). A process started past it during a launch holds
+/// that command's pipes open for its whole life: the command's output ends
+/// only when it exits (or after the worker's drain limit), and the probe
+/// reads its report late.
 pub fn spawn_exclusive<T>(spawn: impl FnOnce() -> T) -> T {
     let _only = SPAWNING
         .lock()

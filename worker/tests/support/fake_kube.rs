@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rdev_shared::interactive::TtySize;
 use rdev_worker::executor::{KubeSettings, KubernetesExecutor};
+use rdev_worker::sandbox::process::spawn_exclusive;
 use rdev_worker::sandbox::pty::{self, PtyMaster};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -345,7 +346,7 @@ pub fn spawn_on_tty(
             Ok(())
         });
     }
-    Ok((cmd.spawn()?, master))
+    Ok((spawn_exclusive(|| cmd.spawn())?, master))
 }
 
 /// One exec session: runs `argv` locally and relays it over the channels.
@@ -384,17 +385,16 @@ pub async fn session(
         if tty {
             return spawn_on_tty(program, args).map(|(c, m)| (c, Some(m)));
         }
-        Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(if stdin {
                 std::process::Stdio::piped()
             } else {
                 std::process::Stdio::null()
             })
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map(|c| (c, None))
+            .stderr(std::process::Stdio::piped());
+        spawn_exclusive(|| cmd.spawn()).map(|c| (c, None))
     });
     let (mut child, master) = match spawned {
         Some(Ok(c)) => c,

@@ -16,10 +16,11 @@ fn a_restarted_worker_kills_what_its_predecessor_left() {
             &rdev_shared::containment::ResourceLimits::default(),
         )
         .expect("command cgroup");
-    let mut orphan = std::process::Command::new("sleep")
-        .arg("300")
-        .spawn()
-        .expect("sleep");
+    // Other tests of this binary launch sandboxes meanwhile.
+    let mut orphan = crate::sandbox::process::spawn_exclusive(|| {
+        std::process::Command::new("sleep").arg("300").spawn()
+    })
+    .expect("sleep");
     for dir in &cg.dirs {
         fs::write(dir.join("cgroup.procs"), orphan.id().to_string()).expect("join");
     }
