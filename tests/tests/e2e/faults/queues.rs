@@ -127,7 +127,7 @@ async fn a_reconnected_busy_worker_leaves_new_commands_to_idle_workers() {
     // Both of its slots stay held by commands started before the cut.
     let mut long = Vec::new();
     for _ in 0..2 {
-        let c = app.run("p", json!({"command": "sleep 12"})).await;
+        let c = app.run("p", json!({"command": "sleep 60"})).await;
         long.push(c["id"].as_str().expect("id").to_owned());
     }
     for id in &long {
@@ -145,16 +145,25 @@ async fn a_reconnected_busy_worker_leaves_new_commands_to_idle_workers() {
         let c = app.run("p", json!({"command": "echo hi"})).await;
         short.push(c["id"].as_str().expect("id").to_owned());
     }
-    let first_long = app.wait_terminal(&long[0], WAIT).await;
     for id in &short {
         let c = app.wait_terminal(id, WAIT).await;
         assert_eq!(c["status"], "succeeded", "{c}");
+        // The busy worker's commands still run (60 s; they are cancelled
+        // below): the short ones did not wait for its slots.
+        let first_long = app.get(&format!("/v1/commands/{}", long[0])).await.json();
         assert!(
-            at(&c, "finished_at") < at(&first_long, "finished_at"),
+            first_long["finished_at"].is_null()
+                || at(&c, "finished_at") < at(&first_long, "finished_at"),
             "{id} waited for the busy worker: ended {} after {}",
             c["finished_at"],
             first_long["finished_at"]
         );
+    }
+    for id in &long {
+        app.post(&format!("/v1/commands/{id}/cancel"), json!({}))
+            .await;
+        let c = app.wait_terminal(id, WAIT).await;
+        assert_eq!(c["status"], "cancelled", "{c}");
     }
 }
 
