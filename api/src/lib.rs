@@ -11,6 +11,7 @@ pub mod hub;
 pub mod keycache;
 pub mod pod_files;
 pub mod policies;
+pub mod rate_budgets;
 pub mod serve;
 pub mod workspace;
 
@@ -108,6 +109,8 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
         cfg.auth_failure_limit,
         (cfg.db.pool_size / KEY_LOOKUP_POOL_SHARE).max(1),
     );
+    let (hits, misses) = cache_counters("rate_budgets");
+    let rate_budgets = Arc::new(rate_budgets::RateBudgets::new(hits, misses));
     let (hits, misses) = cache_counters("projects");
     let projects = Arc::new(control::ProjectCache::new(
         control::PROJECT_CACHE_ENTRIES,
@@ -148,6 +151,7 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
         publisher,
         hub,
         keys,
+        rate_budgets,
         projects,
         policies: policies::PolicyCache::new(),
         topology: Topology::new(cfg.amqp.prefix.clone()),

@@ -217,7 +217,7 @@ impl Metrics {
         for o in ["succeeded", "failed", "dead", "skipped"] {
             m.webhook_deliveries_total.with_label_values(&[o]);
         }
-        for c in ["api_keys", "projects", "pods"] {
+        for c in ["api_keys", "projects", "pods", "rate_budgets"] {
             m.cache_hits_total.with_label_values(&[c]);
             m.cache_misses_total.with_label_values(&[c]);
         }

@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use chrono::Utc;
 use rdev_shared::db::audit::{self, AuditEntry};
-use rdev_shared::db::{Pool, keys, rate_limits};
+use rdev_shared::db::{Pool, keys};
 use rdev_shared::domain::{ApiKey, Scope};
 use rdev_shared::{ratelimit, secret};
 use serde_json::json;
@@ -267,10 +267,10 @@ impl FromRequestParts<AppState> for Auth {
             ));
         }
         let limit = auth.key.rate_limit.unwrap_or(state.cfg.rate_limit);
-        let observed = {
-            let client = state.pool.get().await?;
-            rate_limits::hit(&client, auth.key.id, limit).await?
-        };
+        let observed = state
+            .rate_budgets
+            .hit(&state.pool, auth.key.id, limit)
+            .await?;
         let decision = ratelimit::decide(limit, observed);
         if let Some(slot) = parts.extensions.get::<RateSlot>() {
             slot.set(decision);

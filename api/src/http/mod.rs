@@ -55,6 +55,8 @@ pub struct AppState {
     pub hub: Arc<OutputHub>,
     /// Cached key lookups.
     pub keys: Arc<KeyCache>,
+    /// Rate-limit budgets leased from PostgreSQL.
+    pub rate_budgets: Arc<crate::rate_budgets::RateBudgets>,
     /// Cached project lookups by name.
     pub projects: Arc<crate::control::ProjectCache>,
     /// Compiled `allowed_commands` per project version.

@@ -1,7 +1,8 @@
 //! Rate-limit headers on every authenticated response.
 //!
-//! The [`Auth`](super::extract::Auth) extractor makes the decision (one
-//! PostgreSQL statement per request, `db::rate_limits::hit`) and leaves it
+//! The [`Auth`](super::extract::Auth) extractor makes the decision (from
+//! this instance's leased budget or one PostgreSQL statement,
+//! [`RateBudgets`](crate::rate_budgets::RateBudgets)) and leaves it
 //! in the request's [`RateSlot`]; this middleware copies it into the
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers
 //! of whatever the handler answered, errors included.
