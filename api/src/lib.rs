@@ -6,6 +6,7 @@ pub mod archive;
 pub mod config;
 pub mod control;
 pub mod frames;
+pub mod group_commit;
 pub mod http;
 pub mod hub;
 pub mod keycache;
@@ -111,6 +112,7 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
     );
     let (hits, misses) = cache_counters("rate_budgets");
     let rate_budgets = Arc::new(rate_budgets::RateBudgets::new(hits, misses));
+    let commits = group_commit::GroupCommit::spawn(pool.clone());
     let (hits, misses) = cache_counters("projects");
     let projects = Arc::new(control::ProjectCache::new(
         control::PROJECT_CACHE_ENTRIES,
@@ -152,6 +154,7 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
         hub,
         keys,
         rate_budgets,
+        commits,
         projects,
         policies: policies::PolicyCache::new(),
         topology: Topology::new(cfg.amqp.prefix.clone()),

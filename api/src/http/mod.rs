@@ -55,6 +55,8 @@ pub struct AppState {
     pub hub: Arc<OutputHub>,
     /// Cached key lookups.
     pub keys: Arc<KeyCache>,
+    /// Writes new commands in shared transactions.
+    pub commits: crate::group_commit::GroupCommit,
     /// Rate-limit budgets leased from PostgreSQL.
     pub rate_budgets: Arc<crate::rate_budgets::RateBudgets>,
     /// Cached project lookups by name.

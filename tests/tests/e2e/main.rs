@@ -9,6 +9,7 @@ mod cutproxy;
 mod faults;
 mod files;
 mod fleet;
+mod group_commit;
 mod interactive;
 mod kube_files;
 mod observability;
