@@ -222,8 +222,17 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
         response_excerpt: o.excerpt.clone(),
         next,
     };
-    // Endpoint, then delivery: the order in which the API locks them.
-    repo::lock_endpoint(&tx, c.webhook_id).await?;
+    // A success while the endpoint is healthy writes only the delivery and
+    // its attempt: no lock on the endpoint, which every delivery to it
+    // would otherwise wait for, one commit after another. Anything that
+    // writes the endpoint locks it first: endpoint, then delivery, the
+    // order in which the API locks them. (A failure committed between this
+    // read and the commit is not cleared by this success; the next one
+    // clears it.)
+    let writes_endpoint = !o.succeeded() || repo::endpoint_failing(&tx, c.webhook_id).await?;
+    if writes_endpoint {
+        repo::lock_endpoint(&tx, c.webhook_id).await?;
+    }
     let recorded = repo::record_attempt(&tx, &record).await?;
     if !recorded {
         tracing::warn!(delivery = %c.id, "lost the claim before recording; the attempt is not counted");
@@ -231,7 +240,9 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
     }
     let mut disabled = None;
     if o.succeeded() {
-        repo::mark_healthy(&tx, c.webhook_id).await?;
+        if writes_endpoint {
+            repo::mark_healthy(&tx, c.webhook_id).await?;
+        }
     } else if gone {
         if repo::disable(&tx, c.webhook_id, GONE_REASON).await? {
             disabled = Some(GONE_REASON.to_owned());

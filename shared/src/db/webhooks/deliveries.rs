@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::super::{DbError, from_json, parse_col, to_json};
+use super::super::{DbError, from_json, parse_col, prepared, to_json};
 use super::{PREVIOUS_SECRET_FIELD, SECRET_FIELD, secs};
 use crate::config::Secret;
 use crate::webhook::{Attempt, Delivery, DeliveryStatus};
@@ -310,8 +310,29 @@ pub async fn lock_endpoint(
     Ok(())
 }
 
+/// Whether the endpoint is in a failure run (`failing_since` set). Reads
+/// without a lock: a success recorded while it is not failing writes
+/// nothing to the endpoint, so it needs no lock on it.
+pub async fn endpoint_failing(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook_id: Uuid,
+) -> Result<bool, DbError> {
+    let row = client
+        .query_opt(
+            &prepared(
+                client,
+                "SELECT failing_since IS NOT NULL FROM webhooks WHERE id = $1",
+            )
+            .await?,
+            &[&webhook_id],
+        )
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(false))
+}
+
 /// Records an attempt and the delivery's new state; call inside a
-/// transaction, after [`lock_endpoint`]. Returns false (and writes nothing) when the claim was lost
+/// transaction, after [`lock_endpoint`] when the transaction also writes the
+/// endpoint. Returns false (and writes nothing) when the claim was lost
 /// (the lease ran out and another dispatcher took the delivery).
 pub async fn record_attempt(
     client: &impl deadpool_postgres::GenericClient,

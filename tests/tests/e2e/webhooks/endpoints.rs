@@ -222,3 +222,34 @@ async fn deadlocks(c: &rdev_shared::db::Client) -> i64 {
     .expect("stats")
     .get::<_, i64>(0)
 }
+
+/// A success ends the endpoint's failure run, and successes to a healthy
+/// endpoint leave it healthy (that path takes no lock on the endpoint).
+#[tokio::test]
+async fn a_success_ends_the_endpoints_failure_run() {
+    let app = spawn_app_with(opts(true)).await;
+    let rx = Receiver::always(500).await;
+    let w = create_webhook(&app, json!({"url": rx.url, "events": ["*"]})).await;
+    let wid = id_of(&w);
+    let d = send_test(&app, &wid).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let w = app.get(&format!("/v1/webhooks/{wid}")).await.json();
+        if w["failing_since"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never failing: {w}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rx.answer_with(|_, _| 200);
+    wait_delivery(&app, &wid, &d, status_is("succeeded")).await;
+    let w = app.get(&format!("/v1/webhooks/{wid}")).await.json();
+    assert_eq!(w["failing_since"], Value::Null, "{w}");
+    for _ in 0..3 {
+        let d = send_test(&app, &wid).await;
+        wait_delivery(&app, &wid, &d, status_is("succeeded")).await;
+    }
+    let w = app.get(&format!("/v1/webhooks/{wid}")).await.json();
+    assert_eq!(w["failing_since"], Value::Null, "{w}");
+    assert_eq!(w["enabled"], true, "{w}");
+}
