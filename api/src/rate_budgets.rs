@@ -116,6 +116,13 @@ impl RateBudgets {
             observed = rate_limits::take(&client, key, limit, 1).await?;
             leased = 1;
         }
+        if !observed.admitted
+            && let Ok(leased) = self.take_leased(id, Instant::now())
+        {
+            // Refused, but another request of the key leased meanwhile:
+            // those requests are counted already.
+            return Ok(leased);
+        }
         Ok(self.keep(id, limit, observed, leased, Instant::now()))
     }
 
