@@ -138,39 +138,21 @@ pub async fn create(
             "secret_files": secret_files.keys().collect::<Vec<_>>(),
         }),
     };
-    let (cmd, outbox_id, message) =
-        if new.idempotency_key.is_none() && secret_names.is_empty() && secret_files.is_empty() {
-            // Three inserts and nothing else: written with concurrent
-            // requests' rows in one transaction (`group_commit`).
-            let rows = NewRows {
-                audit: audit_entry,
-                actor: auth.key.name.clone(),
-                command: new,
-                message,
-            };
-            let w = st.commits.write(rows).await?;
-            (w.command, w.outbox_id, w.message)
-        } else {
-            let audit_entry = AuditEntry {
-                actor: &auth.key.name,
-                ..audit_entry
-            };
-            let written = insert(
-                &st,
-                &auth,
-                &new,
-                &audit_entry,
-                &message,
-                &secret_names,
-                &secret_files,
-            );
-            match written.await? {
-                Inserted::New(cmd, outbox_id) => (cmd, outbox_id, message),
-                Inserted::Replayed(original) => {
-                    return Ok(command_response(StatusCode::ACCEPTED, &original, true));
-                }
-            }
-        };
+    let written = write(
+        &st,
+        &auth,
+        new,
+        audit_entry,
+        message,
+        &secret_names,
+        &secret_files,
+    );
+    let (cmd, outbox_id, message) = match written.await? {
+        (Inserted::New(cmd, outbox_id), message) => (cmd, outbox_id, message),
+        (Inserted::Replayed(original), _) => {
+            return Ok(command_response(StatusCode::ACCEPTED, &original, true));
+        }
+    };
     // After commit: publish with a confirm and mark the row. If the broker is
     // down the row stays and the relay publishes it; the claim guard keeps a
     // double publish from running the command twice.
@@ -213,6 +195,45 @@ enum Inserted {
     New(Command, i64),
     /// The command an earlier request with the same Idempotency-Key made.
     Replayed(Command),
+}
+
+/// Writes a new command's rows: with concurrent requests' rows in one
+/// transaction (`group_commit`) when they are the three inserts and
+/// nothing else, else alone ([`insert`]). Hands the run message back.
+async fn write(
+    st: &AppState,
+    auth: &Auth,
+    new: NewCommand,
+    audit_entry: AuditEntry<'static>,
+    message: OutgoingMessage,
+    secret_names: &[String],
+    secret_files: &std::collections::BTreeMap<String, String>,
+) -> ApiResult<(Inserted, OutgoingMessage)> {
+    if new.idempotency_key.is_none() && secret_names.is_empty() && secret_files.is_empty() {
+        let rows = NewRows {
+            audit: audit_entry,
+            actor: auth.key.name.clone(),
+            command: new,
+            message,
+        };
+        let w = st.commits.write(rows).await?;
+        return Ok((Inserted::New(w.command, w.outbox_id), w.message));
+    }
+    let audit_entry = AuditEntry {
+        actor: &auth.key.name,
+        ..audit_entry
+    };
+    let inserted = insert(
+        st,
+        auth,
+        &new,
+        &audit_entry,
+        &message,
+        secret_names,
+        secret_files,
+    )
+    .await?;
+    Ok((inserted, message))
 }
 
 /// One transaction: the command, its audit row, its outbox message and its
