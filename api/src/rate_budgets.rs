@@ -23,7 +23,10 @@
 //!   used there count as used for the others: a key spread over instances
 //!   can be refused slightly early, by at most what the instances hold
 //!   (each at most a sixteenth of what was left when it leased), and never
-//!   admitted late. A lease is worthless once its window ends.
+//!   admitted late. A lease is worthless once its window ends (by
+//!   PostgreSQL's clock when it was taken, counted down here on a
+//!   monotonic clock: near the end of a window a leased request can pass
+//!   a round trip's worth of milliseconds into the next one).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
