@@ -17,6 +17,11 @@
 //! request. Requests whose rows need more than the three inserts (an
 //! `Idempotency-Key`, whose replay must roll back only its own rows;
 //! secrets) are written alone by the handler, as before.
+//!
+//! A request whose client goes away while it waits is still written once
+//! it is in the queue (the relay then publishes it), as a request whose
+//! 202 was lost on the way back would be; a client that retries without an
+//! `Idempotency-Key` may then have two commands, in either case.
 
 use std::sync::Arc;
 
