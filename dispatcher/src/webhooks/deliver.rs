@@ -222,14 +222,14 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
         response_excerpt: o.excerpt.clone(),
         next,
     };
-    // A success while the endpoint is healthy writes only the delivery and
-    // its attempt: no lock on the endpoint, which every delivery to it
-    // would otherwise wait for, one commit after another. Anything that
-    // writes the endpoint locks it first: endpoint, then delivery, the
-    // order in which the API locks them. (A failure committed between this
-    // read and the commit is not cleared by this success; the next one
-    // clears it.)
-    let writes_endpoint = !o.succeeded() || repo::endpoint_failing(&tx, c.webhook_id).await?;
+    // A success to an endpoint that was healthy when claimed writes only
+    // the delivery and its attempt: no lock on the endpoint, which every
+    // delivery to it would otherwise wait for, one commit after another.
+    // Anything that writes the endpoint locks it first: endpoint, then
+    // delivery, the order in which the API locks them. (A failure recorded
+    // after this delivery was claimed is not cleared by this success; the
+    // next success claimed after it clears it.)
+    let writes_endpoint = !o.succeeded() || c.endpoint_failing;
     if writes_endpoint {
         repo::lock_endpoint(&tx, c.webhook_id).await?;
     }

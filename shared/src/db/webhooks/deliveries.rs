@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::super::{DbError, from_json, parse_col, prepared, to_json};
+use super::super::{DbError, from_json, parse_col, to_json};
 use super::{PREVIOUS_SECRET_FIELD, SECRET_FIELD, secs};
 use crate::config::Secret;
 use crate::webhook::{Attempt, Delivery, DeliveryStatus};
@@ -168,6 +168,8 @@ pub struct Claimed {
     pub secret: Secret,
     /// The secret before the last rotation, while it still signs too.
     pub previous_secret: Option<Secret>,
+    /// The endpoint was in a failure run (`failing_since` set) when claimed.
+    pub endpoint_failing: bool,
     /// Event id.
     pub event_id: Uuid,
     /// Event type.
@@ -207,7 +209,8 @@ pub async fn claim_due(
                  FOR UPDATE OF dd SKIP LOCKED) \
              RETURNING d.id, d.webhook_id, w.url, w.secret, \
                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END \
-                 AS previous_secret, d.event_id, d.event_type, d.payload, \
+                 AS previous_secret, w.failing_since IS NOT NULL AS endpoint_failing, \
+                 d.event_id, d.event_type, d.payload, \
                  d.attempts, d.retry_base, d.single_attempt, d.trace_headers",
             &[&limit, &secs(lease), &token],
         )
@@ -227,6 +230,7 @@ pub async fn claim_due(
                     .try_get::<_, Option<String>>("previous_secret")?
                     .map(|s| ring.open_str(&s, PREVIOUS_SECRET_FIELD).map(Secret::new))
                     .transpose()?,
+                endpoint_failing: r.try_get("endpoint_failing")?,
                 event_id: r.try_get("event_id")?,
                 event_type: r.try_get("event_type")?,
                 payload: r.try_get("payload")?,
@@ -308,26 +312,6 @@ pub async fn lock_endpoint(
         )
         .await?;
     Ok(())
-}
-
-/// Whether the endpoint is in a failure run (`failing_since` set). Reads
-/// without a lock: a success recorded while it is not failing writes
-/// nothing to the endpoint, so it needs no lock on it.
-pub async fn endpoint_failing(
-    client: &impl deadpool_postgres::GenericClient,
-    webhook_id: Uuid,
-) -> Result<bool, DbError> {
-    let row = client
-        .query_opt(
-            &prepared(
-                client,
-                "SELECT failing_since IS NOT NULL FROM webhooks WHERE id = $1",
-            )
-            .await?,
-            &[&webhook_id],
-        )
-        .await?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(false))
 }
 
 /// Records an attempt and the delivery's new state; call inside a
