@@ -199,14 +199,13 @@ impl RateBudgets {
         }
     }
 
-    /// Keys with a lease held (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     /// Whether no key has a lease.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 }
 

@@ -278,20 +278,16 @@ fn one_terminal_type(events: &[(String, String, String)], failures: &Failures) {
 /// command line names the workspace or a command's token.
 pub fn processes_left(workspace: &Path, subs: &[Submitted]) -> Vec<String> {
     let mut left = Vec::new();
-    let me = std::process::id().to_string();
+    let me = std::process::id();
     let workspace_text = workspace.display().to_string();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if pid == me || !pid.chars().all(|c| c.is_ascii_digit()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
             continue;
         }
-        let zombie = std::fs::read_to_string(entry.path().join("stat"))
-            .map(|st| {
-                st.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
+        let zombie = rdev_tests::process_gone(pid as i32);
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let ours = text.contains(&workspace_text)

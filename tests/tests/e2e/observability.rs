@@ -11,7 +11,7 @@ use rdev_tests::{Options, TestApp, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn scrape(app: &TestApp, base: &str) -> String {
+pub(crate) async fn scrape(app: &TestApp, base: &str) -> String {
     let r = app.send(app.http.get(format!("{base}/metrics"))).await;
     assert_eq!(r.status, 200);
     assert!(

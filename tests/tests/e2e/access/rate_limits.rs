@@ -251,13 +251,7 @@ async fn leased_budgets_spare_statements_and_never_admit_past_the_limit() {
         tokio::time::sleep(Duration::from_secs(61)).await;
     }
     assert_eq!(burst(&app, &[&a], &key, 300).await, (300, 0));
-    let metrics = String::from_utf8(
-        app.send(app.http.get(format!("{}/metrics", app.api_ops)))
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let metrics = crate::observability::scrape(&app, &app.api_ops).await;
     let leased = sample(&metrics, r#"cache_hits_total{cache="rate_budgets""#);
     let counted = sample(&metrics, r#"cache_misses_total{cache="rate_budgets""#);
     assert!(
