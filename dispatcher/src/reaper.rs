@@ -54,8 +54,9 @@ pub async fn reap_once(
         let message = publisher
             .topology()
             .event_message(kind, &command_event(kind, cmd));
-        let id = outbox::insert(&tx, &message).await?;
-        rows.push(outbox::Pending { id, message });
+        if let Some(id) = outbox::insert_event(&tx, &message, cmd.project_id).await? {
+            rows.push(outbox::Pending { id, message });
+        }
     }
     tx.commit().await?;
     drop(client);

@@ -261,6 +261,15 @@ async fn disabled_executor_kinds_and_limits_over_the_ceiling_are_refused() {
 async fn the_end_reason_is_in_the_command_its_events_and_its_webhooks() {
     let app = spawn_app().await;
     app.create_project("p", json!({})).await;
+    // An endpoint that wants the failures (nothing listens: no dispatcher
+    // runs here; the stored event is what it would be sent).
+    let r = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/", "events": ["command.failed"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let ok = app.run("p", json!({"command": "exit 3"})).await;
     let id = ok["id"].as_str().expect("id");
     assert!(ok["reason"].is_null(), "no reason while queued: {ok}");

@@ -136,8 +136,10 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
 
     match retry_db("finish", || record_finish(w, id, &finish)).await {
-        Ok(Some(event)) => {
-            announce(w, event).await;
+        Ok(Some(Finished { event })) => {
+            if let Some(event) = event {
+                announce(w, event).await;
+            }
             publish_live(w, id, &OutputEvent::End).await;
             Disposition::Ack
         }
@@ -289,8 +291,9 @@ struct StoredEvent {
 
 /// What a claim attempt found.
 enum Claim {
-    /// Claimed now (with its `command.started` event), or resumed (the
-    /// event was stored by the earlier attempt's commit).
+    /// Claimed now (with its `command.started` event, when an endpoint
+    /// wants it), or resumed (the event was stored by the earlier attempt's
+    /// commit).
     Claimed(Box<Claimed>, Option<StoredEvent>),
     NotQueued,
     AtLimit,
@@ -314,11 +317,11 @@ async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
         &domain::command_event(event_type, &claimed.command),
     );
     telemetry::inject_current(&mut message.headers);
-    let outbox_id = outbox::insert(&tx, &message).await?;
+    let stored = outbox::insert_event(&tx, &message, claimed.command.project_id).await?;
     tx.commit().await?;
     Ok(Claim::Claimed(
         claimed,
-        Some(StoredEvent { outbox_id, message }),
+        stored.map(|outbox_id| StoredEvent { outbox_id, message }),
     ))
 }
 
@@ -341,7 +344,12 @@ async fn defer(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     }
 }
 
-async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<StoredEvent>, DbError> {
+/// A finish this worker recorded, with its event when one was stored.
+struct Finished {
+    event: Option<StoredEvent>,
+}
+
+async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Finished>, DbError> {
     let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
     let Some(command) = commands::finish(&tx, id, &w.worker_id, f).await? else {
@@ -352,9 +360,11 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Stored
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
     telemetry::inject_current(&mut message.headers);
-    let outbox_id = outbox::insert(&tx, &message).await?;
+    let stored = outbox::insert_event(&tx, &message, command.project_id).await?;
     tx.commit().await?;
-    Ok(Some(StoredEvent { outbox_id, message }))
+    Ok(Some(Finished {
+        event: stored.map(|outbox_id| StoredEvent { outbox_id, message }),
+    }))
 }
 
 /// Publishes an event stored in the outbox and marks it published; on any

@@ -401,18 +401,17 @@ pub async fn cancel(
         let message = st
             .topology
             .event_message(kind, &rdev_shared::domain::command_event(kind, &cancelled));
-        let outbox_id = outbox::insert(&tx, &message).await?;
+        let stored = outbox::insert_event(&tx, &message, cancelled.project_id).await?;
         tx.commit().await?;
         drop(client);
-        relay::publish_now(
-            &st.marker,
-            &st.publisher,
-            &[outbox::Pending {
-                id: outbox_id,
-                message,
-            }],
-        )
-        .await;
+        if let Some(id) = stored {
+            relay::publish_now(
+                &st.marker,
+                &st.publisher,
+                &[outbox::Pending { id, message }],
+            )
+            .await;
+        }
         // Watchers of the command see it end.
         let _ = st
             .publisher

@@ -115,6 +115,80 @@ async fn delivered_events_verify_and_follow_type_and_project_filters() {
     assert!(elsewhere.hits().is_empty());
 }
 
+/// The lifecycle events stored for command `id`, by type.
+async fn stored_events(app: &rdev_tests::TestApp, id: &Value) -> Vec<String> {
+    let client = app.env.pool.get().await.expect("db");
+    client
+        .query(
+            "SELECT routing_key FROM outbox WHERE exchange LIKE '%.events' \
+             AND convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'id' = $1 ORDER BY id",
+            &[&id.as_str().expect("id")],
+        )
+        .await
+        .expect("outbox")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_is_stored_only_when_an_endpoint_wants_it() {
+    let app = spawn_app_with(opts(true)).await;
+    app.create_project("p", json!({})).await;
+    app.create_project("other", json!({})).await;
+    let run = |command: &'static str| {
+        let app = &app;
+        async move {
+            let c = app.run("p", json!({ "command": command })).await;
+            app.wait_terminal(c["id"].as_str().expect("id"), WAIT).await
+        }
+    };
+    // No endpoint at all: the command runs and stores no event.
+    let quiet = run("true").await;
+    assert_eq!(quiet["status"], "succeeded", "{quiet}");
+    assert!(stored_events(&app, &quiet["id"]).await.is_empty());
+
+    // Endpoints that do not match: another project's, another type,
+    // a disabled one.
+    let failed_only = Receiver::always(200).await;
+    create_webhook(
+        &app,
+        json!({"url": Receiver::always(200).await.url, "events": ["*"], "project": "other"}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"url": failed_only.url, "events": ["command.failed"]}),
+    )
+    .await;
+    let off = create_webhook(
+        &app,
+        json!({"url": Receiver::always(200).await.url, "events": ["*"]}),
+    )
+    .await;
+    let r = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{}", id_of(&off)),
+            Some(&app.admin_key.clone()),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let unmatched = run("true").await;
+    assert!(stored_events(&app, &unmatched["id"]).await.is_empty());
+
+    // The type one of them wants: stored once and delivered.
+    let failed = run("exit 4").await;
+    assert_eq!(stored_events(&app, &failed["id"]).await, ["command.failed"]);
+    let hit = failed_only.wait_hits(1).await.remove(0);
+    let body: Value = serde_json::from_slice(&hit.body).expect("json body");
+    assert_eq!(
+        (body["type"].as_str(), &body["data"]["id"]),
+        (Some("command.failed"), &failed["id"])
+    );
+}
+
 #[tokio::test]
 async fn two_dispatchers_deliver_each_endpoint_and_event_once_per_attempt() {
     let app = spawn_app_with(opts(false)).await;
