@@ -72,6 +72,18 @@ pub enum Kind {
     Dir,
     /// Anything else.
     File,
+    /// A file (not a directory or symlink) that the sandbox's user cannot
+    /// read: its mode bits deny it and it has no ACL.
+    Unreadable,
+}
+
+/// Who the sandbox's processes are on the host, for reading files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reader {
+    /// User id.
+    pub uid: u32,
+    /// Group ids (the primary one and any supplementary ones).
+    pub gids: Vec<u32>,
 }
 
 /// Looks at a host path without following a final symlink.
@@ -82,6 +94,53 @@ pub fn kind_of(path: &Path) -> Kind {
         Ok(m) if m.is_dir() => Kind::Dir,
         Ok(_) => Kind::File,
     }
+}
+
+/// Like [`kind_of`], and tells a file `reader` cannot read apart (a
+/// sandbox holds no capabilities, so mode bits decide; a file with a POSIX
+/// ACL counts as readable).
+pub fn kind_for(path: &Path, reader: &Reader) -> Kind {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Kind::Missing;
+    };
+    if m.file_type().is_symlink() {
+        return Kind::Symlink;
+    }
+    if m.is_dir() {
+        return Kind::Dir;
+    }
+    let mode = m.mode();
+    let readable = reader.uid == 0
+        || mode & 0o004 != 0
+        || (m.uid() == reader.uid && mode & 0o400 != 0)
+        || (reader.gids.contains(&m.gid()) && mode & 0o040 != 0)
+        || has_acl(path);
+    if readable {
+        Kind::File
+    } else {
+        Kind::Unreadable
+    }
+}
+
+/// Whether `path` carries a POSIX access ACL (or the question cannot be
+/// answered: then it is treated as having one).
+fn has_acl(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: both strings are NUL-terminated and live across the call; a
+    // null buffer of size 0 only asks for the attribute's size.
+    let n = unsafe {
+        nix::libc::lgetxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(nix::libc::ENODATA)
 }
 
 /// bwrap's options and, apart, the command (`--` onwards).
@@ -178,13 +237,15 @@ fn system_dirs(a: &mut Args, kind: &impl Fn(&Path) -> Kind) {
                 }
             }
             Kind::Dir => a.push(["--ro-bind", dir, dir]),
-            Kind::Missing | Kind::File => {}
+            Kind::Missing | Kind::File | Kind::Unreadable => {}
         }
     }
 }
 
 /// Hidden host paths: an empty tmpfs over a directory, `/dev/null` over
-/// anything else.
+/// anything else the sandbox's user could read. A file it cannot read
+/// (`/etc/shadow` for `nobody`) stays as it is: a bind mount costs bwrap a
+/// pass over the mount table (about 0.5 ms of a command's start each).
 fn hidden(a: &mut Args, hide: &[PathBuf], kind: &impl Fn(&Path) -> Kind) {
     for p in hide {
         match kind(p) {
@@ -196,7 +257,7 @@ fn hidden(a: &mut Args, hide: &[PathBuf], kind: &impl Fn(&Path) -> Kind) {
                 a.push(["--ro-bind", "/dev/null"]);
                 a.push_os([p.as_os_str().to_owned()]);
             }
-            Kind::Missing => {}
+            Kind::Missing | Kind::Unreadable => {}
         }
     }
 }
@@ -274,6 +335,86 @@ pub fn encode(args: &[OsString]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_the_sandbox_user_cannot_read_is_told_apart() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("rdev-kind-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir(&dir).expect("dir");
+        let file = dir.join("secret");
+        std::fs::write(&file, "x").expect("file");
+        let meta = std::fs::metadata(&file).expect("meta");
+        let (uid, gid) = (meta.uid(), meta.gid());
+        let chmod = |mode| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        let stranger = Reader {
+            uid: uid + 1,
+            gids: vec![gid + 1],
+        };
+        let in_group = Reader {
+            uid: uid + 1,
+            gids: vec![gid],
+        };
+        let owner = Reader {
+            uid,
+            gids: Vec::new(),
+        };
+        let root = Reader {
+            uid: 0,
+            gids: Vec::new(),
+        };
+        chmod(0o600);
+        assert_eq!(kind_for(&file, &stranger), Kind::Unreadable);
+        assert_eq!(kind_for(&file, &in_group), Kind::Unreadable);
+        assert_eq!(kind_for(&file, &owner), Kind::File);
+        chmod(0o640);
+        assert_eq!(kind_for(&file, &stranger), Kind::Unreadable);
+        assert_eq!(kind_for(&file, &in_group), Kind::File);
+        chmod(0o604);
+        assert_eq!(kind_for(&file, &stranger), Kind::File);
+        chmod(0o000);
+        assert_eq!(kind_for(&file, &root), Kind::File, "root reads anything");
+        assert_eq!(kind_for(&dir, &stranger), Kind::Dir);
+        assert_eq!(kind_for(&dir.join("gone"), &stranger), Kind::Missing);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn an_unreadable_hidden_file_needs_no_mount() {
+        let env = BTreeMap::new();
+        let argv = [OsString::from("true")];
+        let hide = [
+            PathBuf::from("/etc/shadow"),
+            PathBuf::from("/etc/secret.conf"),
+        ];
+        let layout = Layout {
+            init: Path::new("/i"),
+            workdir: Path::new("/w"),
+            network: NetworkMode::Host,
+            tmpfs_bytes: 1024,
+            ro_paths: &[],
+            hide: &hide,
+            env: &env,
+            status_fd: 7,
+            stderr_fd: 8,
+            tty_fd: None,
+            json_fd: 9,
+            argv: &argv,
+            secret_files: &[],
+        };
+        let kind = |p: &Path| match p.to_str() {
+            Some("/etc/shadow") => Kind::Unreadable,
+            Some("/etc/secret.conf") => Kind::File,
+            _ => Kind::Missing,
+        };
+        let args = strings(&arguments(&layout, kind).options);
+        assert!(!args.iter().any(|a| a == "/etc/shadow"), "{args:?}");
+        assert!(window(
+            &args,
+            &["--ro-bind", "/dev/null", "/etc/secret.conf"]
+        ));
+    }
 
     fn strings(args: &[OsString]) -> Vec<String> {
         args.iter()

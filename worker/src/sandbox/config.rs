@@ -64,7 +64,9 @@ pub struct SandboxConfig {
         default_value = ""
     )]
     pub ro_paths: PathList,
-    /// Paths hidden in every sandbox (comma-separated).
+    /// Paths hidden in every sandbox (comma-separated): a directory
+    /// becomes an empty tmpfs, a file the commands' user could read
+    /// `/dev/null` (one it cannot read is left as it is).
     #[arg(long = "sandbox-hide", env = "RDEV_SANDBOX_HIDE", default_value = DEFAULT_HIDDEN)]
     pub hide: PathList,
     /// `auto`: a cgroup per command (memory and process limits for the whole

@@ -261,6 +261,30 @@ impl Sandbox {
         }
     }
 
+    /// Who a sandbox's processes are on the host: the user commands run
+    /// as with only its primary group (the launcher drops the rest), or
+    /// the worker's own user and groups.
+    fn reader(&self) -> bwrap::Reader {
+        match &self.run_as {
+            Some(u) => bwrap::Reader {
+                uid: u.uid.as_raw(),
+                gids: vec![u.gid.as_raw()],
+            },
+            None => {
+                let mut gids: Vec<u32> = nix::unistd::getgroups()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|g| g.as_raw())
+                    .collect();
+                gids.push(nix::unistd::getegid().as_raw());
+                bwrap::Reader {
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gids,
+                }
+            }
+        }
+    }
+
     /// Gives a freshly prepared workdir to the user commands run as.
     pub fn own_workdir(&self, workdir: &Path) -> Result<(), String> {
         if let Some(u) = &self.run_as {
@@ -363,7 +387,8 @@ impl Sandbox {
             json_fd: theirs.json.as_raw_fd(),
             argv: &l.argv,
         };
-        let line = bwrap::arguments(&layout, bwrap::kind_of);
+        let reader = self.reader();
+        let line = bwrap::arguments(&layout, |p| bwrap::kind_for(p, &reader));
         let args = filled_memfd("rdev-bwrap-args", &bwrap::encode(&line.options))
             .map_err(|e| failed("cannot pass the sandbox arguments", &e))?;
         setup.keep = vec![
