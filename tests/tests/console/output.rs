@@ -102,7 +102,10 @@ async fn run_form_streams_output_live_in_order() {
 async fn cancel_button_stops_a_running_command() {
     let app = spawn_app_with(with_worker()).await;
     app.create_project("demo", json!({})).await;
-    let id = app.run("demo", json!({ "command": "sleep 30" })).await["id"]
+    // Long enough to still run whenever the browser gets to it (a loaded
+    // CI machine once took more than 30 s to sign in and open the page);
+    // the test cancels it.
+    let id = app.run("demo", json!({ "command": "sleep 600" })).await["id"]
         .as_str()
         .expect("id")
         .to_owned();
