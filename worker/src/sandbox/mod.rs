@@ -65,7 +65,9 @@ const INIT_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 enum Isolation {
     Bwrap(InstalledInit),
-    Off,
+    /// No sandbox; the launcher (the init binary's `--launch`), if found,
+    /// starts commands without forking the worker.
+    Off(Option<PathBuf>),
     Unavailable(String),
 }
 
@@ -177,7 +179,7 @@ impl Sandbox {
             },
         };
         let mut sandbox = Self {
-            isolation: Isolation::Off,
+            isolation: Isolation::Off(None),
             bwrap: cfg.bwrap.clone(),
             run_as,
             cgroups,
@@ -186,6 +188,11 @@ impl Sandbox {
             ro_paths: cfg.ro_paths.0.clone(),
             hide: cfg.hide.0.clone(),
         };
+        if cfg.mode == SandboxMode::Off {
+            // Runs as the worker (then drops to the command's user): no
+            // private copy needed. Without it, commands fork the worker.
+            sandbox.isolation = Isolation::Off(init::locate(cfg.init.as_deref()).ok());
+        }
         if cfg.mode == SandboxMode::On {
             sandbox.isolation =
                 match init::locate(cfg.init.as_deref()).and_then(|p| InstalledInit::install(&p)) {
@@ -218,7 +225,7 @@ impl Sandbox {
     pub fn status(&self) -> SandboxStatus {
         let (mode, error) = match &self.isolation {
             Isolation::Bwrap(_) => ("bwrap", None),
-            Isolation::Off => (
+            Isolation::Off(_) => (
                 "off",
                 Some("RDEV_LOCAL_SANDBOX=off: local commands are not contained".to_owned()),
             ),
@@ -244,6 +251,15 @@ impl Sandbox {
     /// The server's limit defaults and ceilings.
     pub fn limits_config(&self) -> &LimitsConfig {
         &self.limits
+    }
+
+    /// With the sandbox off: the launcher commands start through (none:
+    /// each start forks the worker).
+    pub fn plain_launcher(&self) -> Option<&Path> {
+        match &self.isolation {
+            Isolation::Off(launcher) => launcher.as_deref(),
+            _ => None,
+        }
     }
 
     /// Whether commands run in the bubblewrap sandbox.
@@ -296,10 +312,10 @@ impl Sandbox {
 
     /// Starts a command.
     pub fn spawn(&self, l: Launch<'_>) -> Result<Spawned, LaunchError> {
-        let init = match &self.isolation {
+        let (init, launcher) = match &self.isolation {
             Isolation::Unavailable(e) => return Err(LaunchError::Unavailable(e.clone())),
-            Isolation::Bwrap(init) => Some(init.path()),
-            Isolation::Off => None,
+            Isolation::Bwrap(init) => (Some(init.path()), None),
+            Isolation::Off(launcher) => (None, launcher.as_deref()),
         };
         if init.is_none() && !l.secret_files.is_empty() {
             return Err(LaunchError::Failed(
@@ -336,7 +352,7 @@ impl Sandbox {
         };
         let started = match init {
             Some(init) => self.spawn_bwrap(&l, init, setup, terminal),
-            None => spawn_plain(&l, setup, terminal),
+            None => spawn_plain(&l, setup, terminal, launcher),
         };
         match started {
             Ok(mut s) => {

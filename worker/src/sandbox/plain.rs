@@ -1,6 +1,8 @@
 //! Local commands without bubblewrap (`RDEV_LOCAL_SANDBOX=off`).
 
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use nix::unistd::Pid;
@@ -12,8 +14,83 @@ use super::spawned::{Target, boxed};
 use super::{Launch, LaunchError, Spawned};
 
 /// Starts a command without bubblewrap (`RDEV_LOCAL_SANDBOX=off`): its own
-/// process group, limits and user still apply.
+/// process group, limits and user still apply. Without a terminal, and
+/// with the launcher (`rdev-sandbox-init --launch`) at hand, the launcher
+/// applies them and executes the program, and the worker starts it with
+/// `posix_spawn`; otherwise (a terminal needs `setsid` and `TIOCSCTTY`)
+/// the worker forks itself and applies them in the child.
 pub(super) fn spawn_plain(
+    l: &Launch<'_>,
+    setup: ChildSetup,
+    terminal: Option<(PtyMaster, OwnedFd)>,
+    launcher: Option<&Path>,
+) -> Result<Spawned, LaunchError> {
+    match (terminal, launcher) {
+        (None, Some(launcher)) => spawn_launched(l, setup, launcher),
+        (terminal, _) => spawn_forked(l, setup, terminal),
+    }
+}
+
+/// `program` as `PATH` (the command's) finds it, the way the standard
+/// library would have for a forked child; the launcher does not search.
+fn resolve(program: &OsString, path: Option<&String>) -> Result<PathBuf, LaunchError> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = Path::new(program);
+    if program.components().count() != 1 {
+        return Ok(program.to_owned());
+    }
+    path.map(|p| std::env::split_paths(p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| {
+            let missing = std::io::Error::from_raw_os_error(nix::libc::ENOENT);
+            LaunchError::Failed(format!(
+                "cannot start the command: {}: {missing}",
+                program.display()
+            ))
+        })
+}
+
+/// Through the launcher, without a terminal.
+fn spawn_launched(
+    l: &Launch<'_>,
+    setup: ChildSetup,
+    launcher: &Path,
+) -> Result<Spawned, LaunchError> {
+    let Some((program, args)) = l.argv.split_first() else {
+        return Err(LaunchError::Failed("empty argv".into()));
+    };
+    let resolved = resolve(program, l.env.get("PATH"))?;
+    let mut start = setup
+        .launcher(launcher, &resolved)
+        .map_err(|e| LaunchError::Failed(format!("cannot prepare the command's start: {e}")))?;
+    start
+        .cmd
+        .args(args)
+        .env_clear()
+        .envs(&l.env)
+        .current_dir(l.workdir)
+        .kill_on_drop(true)
+        .process_group(0)
+        .stdin(if l.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = start
+        .spawn()
+        .map_err(|e| LaunchError::Failed(format!("cannot start the command: {e}")))?;
+    tracked(child, None, program)
+}
+
+/// By forking the worker (a terminal, or no launcher).
+fn spawn_forked(
     l: &Launch<'_>,
     mut setup: ChildSetup,
     terminal: Option<(PtyMaster, OwnedFd)>,
@@ -53,15 +130,25 @@ pub(super) fn spawn_plain(
         }
     };
     setup.install(&mut cmd);
-    let mut child = super::process::spawn_exclusive(|| cmd.spawn())
+    let child = super::process::spawn_exclusive(|| cmd.spawn())
         .map_err(|e| LaunchError::Failed(format!("cannot start the command: {e}")))?;
+    // Our copies of the terminal's slave close with the command.
+    drop(cmd);
+    tracked(child, master, program)
+}
+
+/// The started command, its process group the target of signals; a
+/// terminal's master carries its output.
+fn tracked(
+    mut child: tokio::process::Child,
+    master: Option<PtyMaster>,
+    program: &OsString,
+) -> Result<Spawned, LaunchError> {
     let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
         return Err(LaunchError::Failed(
             "the command exited before it was tracked".into(),
         ));
     };
-    // Our copies of the terminal's slave close with the command.
-    drop(cmd);
     let (stdout, stderr) = match &master {
         Some(m) => (Some(boxed(m.clone())), None),
         None => (

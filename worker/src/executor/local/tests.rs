@@ -579,3 +579,54 @@ async fn sandbox_off_runs_plain_processes_still_unprivileged() {
     assert!(lines[1].ends_with("/ws/proj"), "{out}");
     assert!(gone(&m).await, "the process group is killed at the end");
 }
+
+#[tokio::test]
+async fn sandbox_off_commands_start_through_the_launcher_as_they_did_forked() {
+    let tmp = TempDir::new();
+    let cfg = SandboxConfig {
+        mode: SandboxMode::Off,
+        ..SandboxConfig::default()
+    };
+    let exec = executor_with(&tmp, cfg).await;
+    assert!(
+        exec.sandbox().plain_launcher().is_some(),
+        "the init binary is beside the test binaries"
+    );
+    assert_eq!(run(&exec, sh("exit 3")).await.outcome, Outcome::Exited(3));
+    assert_eq!(
+        run(&exec, sh("kill -9 $$")).await.outcome,
+        Outcome::Signaled(9)
+    );
+    let ran = run(&exec, sh("printf out; printf err >&2")).await;
+    assert_eq!(
+        (ran.stdout.as_slice(), ran.stderr.as_slice()),
+        (&b"out"[..], &b"err"[..])
+    );
+    // Found on the command's PATH, as a forked child would have.
+    let argv = job(CommandSpec::Argv(vec![
+        "sh".into(),
+        "-c".into(),
+        "exit 4".into(),
+    ]));
+    assert_eq!(run(&exec, argv).await.outcome, Outcome::Exited(4));
+    let ran = run(
+        &exec,
+        job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
+    )
+    .await;
+    assert!(
+        matches!(&ran.outcome, Outcome::FailedToStart(m) if m.contains("no-such-program-rdev")),
+        "{:?}",
+        ran.outcome
+    );
+    let mut with_input = sh("cat");
+    with_input.stdin = Some(b"fed".to_vec());
+    let ran = run(&exec, with_input).await;
+    assert_eq!(ran.out(), "fed");
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    // The limits still apply (here the file size one, a per-process rlimit).
+    let mut limited = sh("ulimit -f");
+    limited.limits.file_size_bytes = Some(1024 * 1024);
+    let ran = run(&exec, limited).await;
+    assert_eq!(ran.out(), "2048\n", "1 MiB in 512-byte blocks");
+}
