@@ -74,15 +74,8 @@ fn spawn_launched(
         .env_clear()
         .envs(&l.env)
         .current_dir(l.workdir)
-        .kill_on_drop(true)
-        .process_group(0)
-        .stdin(if l.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .kill_on_drop(true);
+    piped(&mut start.cmd, l.stdin);
     let child = start
         .spawn()
         .map_err(|e| LaunchError::Failed(format!("cannot start the command: {e}")))?;
@@ -118,14 +111,7 @@ fn spawn_forked(
             Some(master)
         }
         None => {
-            cmd.process_group(0)
-                .stdin(if l.stdin {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            piped(&mut cmd, l.stdin);
             None
         }
     };
@@ -135,6 +121,15 @@ fn spawn_forked(
     // Our copies of the terminal's slave close with the command.
     drop(cmd);
     tracked(child, master, program)
+}
+
+/// A command without a terminal: its own process group (the target of
+/// signals), output on pipes, input on a pipe only when it has some.
+fn piped(cmd: &mut Command, stdin: bool) {
+    cmd.process_group(0)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
 }
 
 /// The started command, its process group the target of signals; a
