@@ -66,7 +66,7 @@ fn spawn_launched(
     };
     let resolved = resolve(program, l.env.get("PATH"))?;
     let mut start = setup
-        .launcher(launcher, &resolved)
+        .launcher_named(launcher, &resolved, Some(program))
         .map_err(|e| LaunchError::Failed(format!("cannot prepare the command's start: {e}")))?;
     start
         .cmd

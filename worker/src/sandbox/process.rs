@@ -181,6 +181,17 @@ impl ChildSetup {
     /// `launcher --launch`. `terminal_session` is not supported there (a
     /// terminal is the sandbox's business).
     pub fn launcher(self, launcher: &Path, program: &Path) -> io::Result<Launcher> {
+        self.launcher_named(launcher, program, None)
+    }
+
+    /// Like [`ChildSetup::launcher`], the program given `arg0` as its
+    /// `argv[0]` (the name it was looked up by) when set.
+    pub fn launcher_named(
+        self,
+        launcher: &Path,
+        program: &Path,
+        arg0: Option<&std::ffi::OsStr>,
+    ) -> io::Result<Launcher> {
         let join = self
             .join
             .iter()
@@ -202,6 +213,9 @@ impl ChildSetup {
         }
         if let Some(user) = &self.run_as {
             cmd.arg("--user").arg(format!("{}:{}", user.uid, user.gid));
+        }
+        if let Some(name) = arg0 {
+            cmd.arg("--arg0").arg(name);
         }
         cmd.arg("--parent")
             .arg(std::process::id().to_string())

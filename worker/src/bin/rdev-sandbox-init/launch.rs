@@ -16,7 +16,10 @@
 //! - `--rlimit`: `setrlimit(RES, SOFT, HARD)` (RES is the C constant);
 //! - `--user`: drops root for good (`setgroups`, `setgid`, `setuid`);
 //! - `--parent PID`: dies with the worker (`PR_SET_PDEATHSIG`), and exits
-//!   at once if the worker is already gone.
+//!   at once if the worker is already gone;
+//! - `--arg0 NAME`: the name PROGRAM is given as its `argv[0]` (default:
+//!   PROGRAM as written), as a shell or `execvp` would pass the name a
+//!   command was looked up by.
 //!
 //! Every other descriptor it inherited passes on to PROGRAM unchanged (the
 //! worker opened them for bubblewrap). A failure is one line on standard
@@ -39,6 +42,7 @@ struct Launch {
     rlimits: Vec<(u32, u64, u64)>,
     user: Option<(u32, u32)>,
     parent: i32,
+    arg0: Option<CString>,
     argv: Vec<CString>,
 }
 
@@ -84,7 +88,11 @@ pub fn main(args: &[std::ffi::OsString]) -> ! {
     if getppid().as_raw() != launch.parent {
         fail("the worker is gone");
     }
-    let Err(e) = execv(&launch.argv[0], &launch.argv);
+    let mut argv = launch.argv.clone();
+    if let Some(name) = launch.arg0.clone() {
+        argv[0] = name;
+    }
+    let Err(e) = execv(&launch.argv[0], &argv);
     fail(&format!(
         "cannot run {}: {e}",
         launch.argv[0].to_string_lossy()
@@ -136,6 +144,11 @@ fn parse(args: &[std::ffi::OsString]) -> Result<Launch, String> {
             b"--parent" => {
                 let pid = number(&value(it.next(), "--parent")?, "--parent")?;
                 launch.parent = i32::try_from(pid).map_err(|_| "--parent: too large".to_owned())?;
+            }
+            b"--arg0" => {
+                let name = value(it.next(), "--arg0")?;
+                launch.arg0 =
+                    Some(CString::new(name).map_err(|_| "a NUL byte in --arg0".to_owned())?);
             }
             b"--" => {
                 launch.argv = it
@@ -189,12 +202,15 @@ mod tests {
             "65534:65534",
             "--parent",
             "4242",
+            "--arg0",
+            "bwrap",
             "--",
             "/usr/bin/bwrap",
             "--args",
             "5",
         ]))
         .expect("parse");
+        assert_eq!(l.arg0.as_deref(), Some(c"bwrap"));
         assert_eq!(l.join, vec![7]);
         assert_eq!(l.rlimits, vec![(4, 0, 0), (1, 10, 15)]);
         assert_eq!(l.user, Some((65534, 65534)));

@@ -602,13 +602,16 @@ async fn sandbox_off_commands_start_through_the_launcher_as_they_did_forked() {
         (ran.stdout.as_slice(), ran.stderr.as_slice()),
         (&b"out"[..], &b"err"[..])
     );
-    // Found on the command's PATH, as a forked child would have.
+    // Found on the command's PATH, as a forked child would have, and
+    // given the name it was asked for as `$0`.
     let argv = job(CommandSpec::Argv(vec![
         "sh".into(),
         "-c".into(),
-        "exit 4".into(),
+        "echo $0; exit 4".into(),
     ]));
-    assert_eq!(run(&exec, argv).await.outcome, Outcome::Exited(4));
+    let ran = run(&exec, argv).await;
+    assert_eq!(ran.out(), "sh\n");
+    assert_eq!(ran.outcome, Outcome::Exited(4));
     let ran = run(
         &exec,
         job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
