@@ -86,19 +86,9 @@ pub struct Reader {
     pub gids: Vec<u32>,
 }
 
-/// Looks at a host path without following a final symlink.
-pub fn kind_of(path: &Path) -> Kind {
-    match std::fs::symlink_metadata(path) {
-        Err(_) => Kind::Missing,
-        Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
-        Ok(m) if m.is_dir() => Kind::Dir,
-        Ok(_) => Kind::File,
-    }
-}
-
-/// Like [`kind_of`], and tells a file `reader` cannot read apart (a
-/// sandbox holds no capabilities, so mode bits decide; a file with a POSIX
-/// ACL counts as readable).
+/// Looks at a host path without following a final symlink, and tells a
+/// file `reader` cannot read apart (a sandbox holds no capabilities, so
+/// mode bits decide; a file with a POSIX ACL counts as readable).
 pub fn kind_for(path: &Path, reader: &Reader) -> Kind {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::symlink_metadata(path) else {

@@ -83,6 +83,8 @@ pub struct Sandbox {
     limits: LimitsConfig,
     ro_paths: Vec<PathBuf>,
     hide: Vec<PathBuf>,
+    /// Who the sandbox's processes are on the host (`reader_of`).
+    reader: bwrap::Reader,
 }
 
 /// What `/ready` and the start-up log say about the sandbox.
@@ -178,6 +180,7 @@ impl Sandbox {
                 Err(e) => (None, Some(e)),
             },
         };
+        let reader = reader_of(run_as.as_ref());
         let mut sandbox = Self {
             isolation: Isolation::Off(None),
             bwrap: cfg.bwrap.clone(),
@@ -187,6 +190,7 @@ impl Sandbox {
             limits,
             ro_paths: cfg.ro_paths.0.clone(),
             hide: cfg.hide.0.clone(),
+            reader,
         };
         if cfg.mode == SandboxMode::Off {
             // Runs as the worker (then drops to the command's user): no
@@ -218,6 +222,7 @@ impl Sandbox {
             limits,
             ro_paths: Vec::new(),
             hide: Vec::new(),
+            reader: reader_of(None),
         }
     }
 
@@ -274,30 +279,6 @@ impl Sandbox {
             bwrap::WORKSPACE.to_owned()
         } else {
             workdir.display().to_string()
-        }
-    }
-
-    /// Who a sandbox's processes are on the host: the user commands run
-    /// as with only its primary group (the launcher drops the rest), or
-    /// the worker's own user and groups.
-    fn reader(&self) -> bwrap::Reader {
-        match &self.run_as {
-            Some(u) => bwrap::Reader {
-                uid: u.uid.as_raw(),
-                gids: vec![u.gid.as_raw()],
-            },
-            None => {
-                let mut gids: Vec<u32> = nix::unistd::getgroups()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|g| g.as_raw())
-                    .collect();
-                gids.push(nix::unistd::getegid().as_raw());
-                bwrap::Reader {
-                    uid: nix::unistd::geteuid().as_raw(),
-                    gids,
-                }
-            }
         }
     }
 
@@ -403,8 +384,7 @@ impl Sandbox {
             json_fd: theirs.json.as_raw_fd(),
             argv: &l.argv,
         };
-        let reader = self.reader();
-        let line = bwrap::arguments(&layout, |p| bwrap::kind_for(p, &reader));
+        let line = bwrap::arguments(&layout, |p| bwrap::kind_for(p, &self.reader));
         let args = filled_memfd("rdev-bwrap-args", &bwrap::encode(&line.options))
             .map_err(|e| failed("cannot pass the sandbox arguments", &e))?;
         setup.keep = vec![
@@ -419,7 +399,7 @@ impl Sandbox {
         // up its process (cgroup, limits, user) and executes it: the worker
         // is never forked (process.rs, `Launcher`).
         let mut launcher = setup
-            .launcher(init, &self.bwrap)
+            .launcher(init, &self.bwrap, None)
             .map_err(|e| failed("cannot prepare the sandbox's start", &e))?;
         launcher
             .cmd
@@ -540,6 +520,30 @@ fn tmpfs_bytes(limits: &ResourceLimits) -> u64 {
         .memory_bytes
         .and_then(|b| u64::try_from(b).ok())
         .unwrap_or(DEFAULT_TMPFS_BYTES)
+}
+
+/// Who a sandbox's processes are on the host: the user commands run as
+/// with only its primary group (the launcher drops the rest), or the
+/// worker's own user and groups.
+fn reader_of(run_as: Option<&RunAs>) -> bwrap::Reader {
+    match run_as {
+        Some(u) => bwrap::Reader {
+            uid: u.uid.as_raw(),
+            gids: vec![u.gid.as_raw()],
+        },
+        None => {
+            let mut gids: Vec<u32> = nix::unistd::getgroups()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.as_raw())
+                .collect();
+            gids.push(nix::unistd::getegid().as_raw());
+            bwrap::Reader {
+                uid: nix::unistd::geteuid().as_raw(),
+                gids,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,28 +31,17 @@ pub(super) fn spawn_plain(
     }
 }
 
-/// `program` as `PATH` (the command's) finds it, the way the standard
+/// `program` as the command's `PATH` finds it, the way the standard
 /// library would have for a forked child; the launcher does not search.
 fn resolve(program: &OsString, path: Option<&String>) -> Result<PathBuf, LaunchError> {
-    use std::os::unix::fs::PermissionsExt;
     let program = Path::new(program);
-    if program.components().count() != 1 {
-        return Ok(program.to_owned());
-    }
-    path.map(|p| std::env::split_paths(p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| {
-            let missing = std::io::Error::from_raw_os_error(nix::libc::ENOENT);
-            LaunchError::Failed(format!(
-                "cannot start the command: {}: {missing}",
-                program.display()
-            ))
-        })
+    super::process::search_path(program, path.map(std::ffi::OsStr::new)).ok_or_else(|| {
+        let missing = std::io::Error::from_raw_os_error(nix::libc::ENOENT);
+        LaunchError::Failed(format!(
+            "cannot start the command: {}: {missing}",
+            program.display()
+        ))
+    })
 }
 
 /// Through the launcher, without a terminal.
@@ -66,7 +55,7 @@ fn spawn_launched(
     };
     let resolved = resolve(program, l.env.get("PATH"))?;
     let mut start = setup
-        .launcher_named(launcher, &resolved, Some(program))
+        .launcher(launcher, &resolved, Some(program))
         .map_err(|e| LaunchError::Failed(format!("cannot prepare the command's start: {e}")))?;
     start
         .cmd

@@ -180,13 +180,9 @@ impl ChildSetup {
     /// The command that starts `program` with this set-up applied by
     /// `launcher --launch`. `terminal_session` is not supported there (a
     /// terminal is the sandbox's business).
-    pub fn launcher(self, launcher: &Path, program: &Path) -> io::Result<Launcher> {
-        self.launcher_named(launcher, program, None)
-    }
-
-    /// Like [`ChildSetup::launcher`], the program given `arg0` as its
-    /// `argv[0]` (the name it was looked up by) when set.
-    pub fn launcher_named(
+    /// `arg0`, when set, is the program's `argv[0]` (the name it was looked
+    /// up by), else the program as named.
+    pub fn launcher(
         self,
         launcher: &Path,
         program: &Path,
@@ -236,18 +232,23 @@ impl ChildSetup {
 /// up here, in the worker's `PATH`. Unfound, it stays as it is (the
 /// launcher then reports that it cannot run it).
 fn on_path(program: &Path) -> PathBuf {
+    search_path(program, std::env::var_os("PATH").as_deref()).unwrap_or_else(|| program.to_owned())
+}
+
+/// `program` as `execvp` would find it in `path`: a name with a `/` as it
+/// is, a bare name in the first directory holding an executable file of
+/// that name; `None` when there is none.
+pub fn search_path(program: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if program.components().count() != 1 {
-        return program.to_owned();
+        return Some(program.to_owned());
     }
-    std::env::var_os("PATH")
-        .iter()
+    path.into_iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(program))
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-        .unwrap_or_else(|| program.to_owned())
 }
 
 impl Launcher {
@@ -366,7 +367,7 @@ mod tests {
         };
         let mut launch = setup
             // bash: dash takes only one-digit descriptors in `>&N`.
-            .launcher(&init, Path::new("/bin/bash"))
+            .launcher(&init, Path::new("/bin/bash"), None)
             .expect("launcher");
         let script = format!(
             "echo passed >&{w}; (echo leaked >&{o}) 2>/dev/null; ulimit -n; id -u",

@@ -88,15 +88,13 @@ pub fn main(args: &[std::ffi::OsString]) -> ! {
     if getppid().as_raw() != launch.parent {
         fail("the worker is gone");
     }
-    let mut argv = launch.argv.clone();
-    if let Some(name) = launch.arg0.clone() {
+    let program = launch.argv[0].clone();
+    let mut argv = launch.argv;
+    if let Some(name) = launch.arg0 {
         argv[0] = name;
     }
-    let Err(e) = execv(&launch.argv[0], &argv);
-    fail(&format!(
-        "cannot run {}: {e}",
-        launch.argv[0].to_string_lossy()
-    ))
+    let Err(e) = execv(&program, &argv);
+    fail(&format!("cannot run {}: {e}", program.to_string_lossy()))
 }
 
 fn parse(args: &[std::ffi::OsString]) -> Result<Launch, String> {
