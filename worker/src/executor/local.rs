@@ -93,10 +93,22 @@ impl LocalExecutor {
             stdin: job.stdin.is_some() || job.stdin_pipe,
             tty: job.tty,
         };
-        self.sandbox.spawn(launch).map_err(|e| match e {
+        let warm = self.sandbox.warm_key(&launch);
+        let spawned = self.sandbox.spawn(launch).map_err(|e| match e {
             LaunchError::Unavailable(e) => Outcome::SandboxUnavailable(e),
             LaunchError::Failed(e) => Outcome::FailedToStart(e),
-        })
+        })?;
+        // The project's next command should find a sandbox ready. Made on a
+        // runtime thread (it dies with the thread that starts it), after
+        // this command got going.
+        if let Some(key) = warm {
+            let sandbox = Arc::clone(&self.sandbox);
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                sandbox.warm_up(key);
+            });
+        }
+        Ok(spawned)
     }
 
     async fn execute(

@@ -166,8 +166,20 @@ impl Executors {
     }
 
     /// Reports executor state in `metrics` (the Kubernetes API breaker as
-    /// `circuit_breaker_state{target="kubernetes"}`).
+    /// `circuit_breaker_state{target="kubernetes"}`, warm sandboxes found
+    /// and not found as `cache_hits_total`/`cache_misses_total`
+    /// `{cache="warm_sandbox"}`).
     pub fn set_metrics(&self, metrics: &Metrics) {
+        if let Some(local) = &self.local {
+            local.sandbox().set_warm_counters(
+                metrics
+                    .cache_hits_total
+                    .with_label_values(&["warm_sandbox"]),
+                metrics
+                    .cache_misses_total
+                    .with_label_values(&["warm_sandbox"]),
+            );
+        }
         if let Some(kube) = &self.kubernetes {
             kube.set_state_gauge(
                 metrics

@@ -56,6 +56,9 @@ pub struct Layout<'a> {
     pub json_fd: RawFd,
     /// The program and its arguments.
     pub argv: &'a [OsString],
+    /// A warm sandbox's go pipe and command memfd (then `argv` and `env`
+    /// are empty: the init receives them later; see the init's `--wait`).
+    pub wait: Option<(RawFd, RawFd)>,
     /// Secret files: path under [`SECRETS_DIR`] and the descriptor holding
     /// the contents.
     pub secret_files: &'a [(&'a str, RawFd)],
@@ -252,7 +255,8 @@ fn hidden(a: &mut Args, hide: &[PathBuf], kind: &impl Fn(&Path) -> Kind) {
     }
 }
 
-/// `--`, the init and its arguments, `--`, the program and its arguments.
+/// `--`, the init and its arguments, `--`, the program and its arguments
+/// (or, for a warm sandbox, `--wait GO_FD COMMAND_FD`).
 fn init_command(l: &Layout<'_>) -> Vec<OsString> {
     let mut c = Args::default();
     let (status, stderr) = (l.status_fd.to_string(), l.stderr_fd.to_string());
@@ -260,6 +264,11 @@ fn init_command(l: &Layout<'_>) -> Vec<OsString> {
     if let Some(tty) = l.tty_fd {
         let tty = tty.to_string();
         c.push(["--tty", tty.as_str()]);
+    }
+    if let Some((go, command)) = l.wait {
+        let (go, command) = (go.to_string(), command.to_string());
+        c.push(["--wait", go.as_str(), command.as_str()]);
+        return c.0;
     }
     c.push(["--"]);
     c.push_os(l.argv.iter().cloned());
@@ -391,6 +400,7 @@ mod tests {
             tty_fd: None,
             json_fd: 9,
             argv: &argv,
+            wait: None,
             secret_files: &[],
         };
         let kind = |p: &Path| match p.to_str() {
@@ -442,6 +452,7 @@ mod tests {
             tty_fd: None,
             json_fd: 9,
             argv: &argv,
+            wait: None,
             secret_files: &[],
         };
         let kind = |p: &Path| match p.to_str() {
@@ -508,6 +519,7 @@ mod tests {
             tty_fd: Some(6),
             json_fd: 5,
             argv: &[OsString::from("true")],
+            wait: None,
             secret_files: &[],
         };
         let line = arguments(&layout, |_| Kind::Missing);
@@ -517,6 +529,38 @@ mod tests {
         assert_eq!(
             strings(&line.command),
             ["--", INIT_PATH, "3", "4", "--tty", "6", "--", "true"]
+        );
+    }
+
+    #[test]
+    fn a_warm_sandbox_waits_for_its_command() {
+        let env = BTreeMap::new();
+        let layout = Layout {
+            init: Path::new("/i"),
+            workdir: Path::new("/w"),
+            network: NetworkMode::None,
+            tmpfs_bytes: 1,
+            ro_paths: &[],
+            hide: &[],
+            env: &env,
+            status_fd: 3,
+            stderr_fd: 4,
+            tty_fd: None,
+            json_fd: 5,
+            argv: &[],
+            wait: Some((7, 8)),
+            secret_files: &[],
+        };
+        let line = arguments(&layout, |_| Kind::Missing);
+        let args = strings(&line.options);
+        assert!(args.iter().any(|a| a == "--unshare-net"));
+        assert!(
+            !args.iter().any(|a| a == "--setenv"),
+            "the environment comes with the command"
+        );
+        assert_eq!(
+            strings(&line.command),
+            ["--", INIT_PATH, "3", "4", "--wait", "7", "8"]
         );
     }
 
@@ -537,6 +581,7 @@ mod tests {
             tty_fd: None,
             json_fd: 5,
             argv: &[OsString::from("true")],
+            wait: None,
             secret_files: &files,
         };
         let args = strings(&arguments(&layout, |_| Kind::Missing).options);

@@ -133,18 +133,7 @@ impl Cgroups {
                     && !pids_in(p).contains(&me)
             });
             for dir in leftovers {
-                let mut killed = 0;
-                for _ in 0..50 {
-                    let _ = fs::write(dir.join("cgroup.kill"), "1");
-                    for pid in pids_in(&dir) {
-                        killed += 1;
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
-                    if fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                let killed = kill_and_remove(&dir);
                 tracing::warn!(cgroup = %dir.display(), killed, "removed a command cgroup left by an earlier process of this worker");
             }
         }
@@ -288,6 +277,14 @@ impl CommandCgroup {
         }
     }
 
+    /// [`CommandCgroup::remove`] without a runtime: the thread sleeps
+    /// while it waits (the worker is stopping).
+    pub fn remove_now(self) {
+        for dir in &self.dirs {
+            kill_and_remove(dir);
+        }
+    }
+
     /// Kills what is left and removes the cgroup directories, retrying
     /// (1 ms, doubling) while the kernel finishes reaping its processes.
     pub async fn remove(self) {
@@ -314,6 +311,25 @@ impl CommandCgroup {
             }
         }
     }
+}
+
+/// SIGKILLs what is in `dir` and removes it, waiting up to a second (this
+/// thread sleeps) for the kernel to let it go; returns how many processes
+/// were killed.
+fn kill_and_remove(dir: &Path) -> usize {
+    let mut killed = 0;
+    for _ in 0..50 {
+        let _ = fs::write(dir.join("cgroup.kill"), "1");
+        for pid in pids_in(dir) {
+            killed += 1;
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed
 }
 
 /// One line of `/proc/self/mountinfo` that mounts a cgroup hierarchy.

@@ -73,6 +73,19 @@ pub struct SandboxConfig {
     /// tree) when the worker may manage cgroups; `off`: rlimits only.
     #[arg(long = "cgroups", env = "RDEV_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
+    /// Sandboxes made ready ahead of their commands (at most one per
+    /// project workdir, network mode and limits): a command that finds one
+    /// starts without waiting for bubblewrap or a cgroup move. 0: none.
+    #[arg(long = "sandbox-warm", env = "RDEV_SANDBOX_WARM", default_value_t = 4)]
+    pub warm: usize,
+    /// How long a warm sandbox waits for a command before it is discarded.
+    #[arg(
+        long = "sandbox-warm-ttl",
+        env = "RDEV_SANDBOX_WARM_TTL",
+        default_value = "2m",
+        value_parser = rdev_shared::config::parse_duration
+    )]
+    pub warm_ttl: std::time::Duration,
 }
 
 impl Default for SandboxConfig {
@@ -86,6 +99,8 @@ impl Default for SandboxConfig {
             ro_paths: PathList::default(),
             hide: DEFAULT_HIDDEN.parse().unwrap_or_default(),
             cgroups: CgroupMode::Auto,
+            warm: 4,
+            warm_ttl: std::time::Duration::from_secs(120),
         }
     }
 }

@@ -23,6 +23,7 @@ mod plain;
 pub mod process;
 pub mod pty;
 mod spawned;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -45,9 +46,11 @@ use self::plain::spawn_plain;
 use self::process::{ChildSetup, RunAs, resolve_run_as};
 use self::pty::PtyMaster;
 use self::spawned::{Target, boxed};
+use self::warm::{Warm, WarmPool};
 
 pub use self::config::{CgroupMode, DEFAULT_HIDDEN, PATH, PathList, SandboxConfig, SandboxMode};
 pub use self::spawned::{Controls, Output, Spawned};
+pub use self::warm::WarmKey;
 
 /// Size of the private tmpfs mounts when the command has no memory limit.
 const DEFAULT_TMPFS_BYTES: u64 = 1 << 30;
@@ -75,6 +78,9 @@ enum Isolation {
 /// local command.
 #[derive(Debug)]
 pub struct Sandbox {
+    /// Sandboxes made ready ahead of their commands (first: they go
+    /// before the cgroups their own cgroups are under).
+    warm: Arc<WarmPool>,
     isolation: Isolation,
     bwrap: PathBuf,
     run_as: Option<RunAs>,
@@ -191,6 +197,7 @@ impl Sandbox {
             ro_paths: cfg.ro_paths.0.clone(),
             hide: cfg.hide.0.clone(),
             reader,
+            warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
         };
         if cfg.mode == SandboxMode::Off {
             // Runs as the worker (then drops to the command's user): no
@@ -208,6 +215,10 @@ impl Sandbox {
             {
                 sandbox.isolation = Isolation::Unavailable(e);
             }
+            if sandbox.is_isolated() && cfg.warm > 0 {
+                sandbox.warm = Arc::new(WarmPool::new(cfg.warm, cfg.warm_ttl));
+                tokio::spawn(sweep(Arc::downgrade(&sandbox.warm)));
+            }
         }
         sandbox
     }
@@ -223,6 +234,7 @@ impl Sandbox {
             ro_paths: Vec::new(),
             hide: Vec::new(),
             reader: reader_of(None),
+            warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
         }
     }
 
@@ -291,8 +303,102 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Starts a command.
+    /// Counts the commands that found a warm sandbox (and those that did
+    /// not) in these counters.
+    pub fn set_warm_counters(&self, hits: prometheus::IntCounter, misses: prometheus::IntCounter) {
+        self.warm.set_counters(hits, misses);
+    }
+
+    /// What a sandbox made ahead of `l` would have to match, when `l` may
+    /// run in one: sandboxed, no secret files, no terminal, warm
+    /// sandboxes on.
+    pub fn warm_key(&self, l: &Launch<'_>) -> Option<WarmKey> {
+        (self.is_isolated() && self.warm.enabled() && l.secret_files.is_empty() && l.tty.is_none())
+            .then(|| WarmKey {
+                workdir: l.workdir.to_owned(),
+                network: l.network,
+                limits: l.limits,
+                stdin: l.stdin,
+            })
+    }
+
+    /// Makes a sandbox ready for the next command with this key, unless
+    /// one is ready or being made, or the pool is full of others that are
+    /// being made. Call it from a runtime thread that lives as long as the
+    /// worker: the sandbox dies with the thread that started it.
+    pub fn warm_up(&self, key: WarmKey) {
+        if !self.is_isolated() || !self.warm.reserve(&key) {
+            return;
+        }
+        match self.make_warm(&key) {
+            Ok((spawned, go, command)) => self.warm.put(Warm {
+                key,
+                spawned,
+                go,
+                command,
+                made: std::time::Instant::now(),
+            }),
+            Err(e) => {
+                self.warm.abandon(&key);
+                tracing::debug!(error = ?e, "cannot make a warm sandbox");
+            }
+        }
+    }
+
+    fn make_warm(&self, key: &WarmKey) -> Result<(Spawned, OwnedFd, std::fs::File), LaunchError> {
+        let failed =
+            |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
+        let (go_read, go) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| failed("cannot create a pipe", &e))?;
+        let command =
+            pipes::memfd("rdev-command").map_err(|e| failed("cannot create a memfd", &e))?;
+        let launch = Launch {
+            // A uuid, as a command's: the next start's sweep of leftover
+            // cgroups recognises it.
+            name: uuid::Uuid::now_v7().to_string(),
+            argv: Vec::new(),
+            env: BTreeMap::new(),
+            secret_files: &[],
+            workdir: &key.workdir,
+            network: key.network,
+            limits: key.limits,
+            stdin: key.stdin,
+            tty: None,
+        };
+        let spawned = self.launch(&launch, Some((go_read.as_raw_fd(), command.as_raw_fd())))?;
+        // The init has its copy of the read end; ours would keep the pipe
+        // open after the worker drops the write end.
+        drop(go_read);
+        Ok((spawned, go, command))
+    }
+
+    /// How many warm sandboxes are ready (for tests).
+    #[cfg(test)]
+    pub fn warm_ready(&self) -> usize {
+        self.warm.ready()
+    }
+
+    /// Starts a command: in a warm sandbox made for it, if one is ready,
+    /// else in a new one.
     pub fn spawn(&self, l: Launch<'_>) -> Result<Spawned, LaunchError> {
+        if let Some(key) = self.warm_key(&l)
+            && let Some(warm) = self.warm.take(&key)
+        {
+            match warm.start(&l.argv, &l.env) {
+                Ok(spawned) => return Ok(spawned),
+                Err(e) => tracing::debug!(error = %e, "a warm sandbox failed; starting a new one"),
+            }
+        }
+        self.launch(&l, None)
+    }
+
+    /// Starts a new sandbox (or, with the sandbox off, the command) for
+    /// `l`; with `wait`, a warm sandbox whose init waits for its command.
+    fn launch(
+        &self,
+        l: &Launch<'_>,
+        wait: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    ) -> Result<Spawned, LaunchError> {
         let (init, launcher) = match &self.isolation {
             Isolation::Unavailable(e) => return Err(LaunchError::Unavailable(e.clone())),
             Isolation::Bwrap(init) => (Some(init.path()), None),
@@ -332,8 +438,8 @@ impl Sandbox {
             None => None,
         };
         let started = match init {
-            Some(init) => self.spawn_bwrap(&l, init, setup, terminal),
-            None => spawn_plain(&l, setup, terminal, launcher),
+            Some(init) => self.spawn_bwrap(l, init, setup, terminal, wait),
+            None => spawn_plain(l, setup, terminal, launcher),
         };
         match started {
             Ok(mut s) => {
@@ -355,6 +461,7 @@ impl Sandbox {
         init: &Path,
         mut setup: ChildSetup,
         terminal: Option<(PtyMaster, OwnedFd)>,
+        wait: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
     ) -> Result<Spawned, LaunchError> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
@@ -383,6 +490,7 @@ impl Sandbox {
             tty_fd: slave_fd,
             json_fd: theirs.json.as_raw_fd(),
             argv: &l.argv,
+            wait,
         };
         let line = bwrap::arguments(&layout, |p| bwrap::kind_for(p, &self.reader));
         let args = filled_memfd("rdev-bwrap-args", &bwrap::encode(&line.options))
@@ -395,6 +503,9 @@ impl Sandbox {
         ];
         setup.keep.extend(secret_fds.iter().map(AsRawFd::as_raw_fd));
         setup.keep.extend(slave_fd);
+        setup
+            .keep
+            .extend(wait.into_iter().flat_map(|(go, command)| [go, command]));
         // bubblewrap is started by the init binary's launcher, which sets
         // up its process (cgroup, limits, user) and executes it: the worker
         // is never forked (process.rs, `Launcher`).
@@ -469,6 +580,23 @@ impl Sandbox {
         .await;
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+}
+
+/// Discards, every quarter of the TTL, the warm sandboxes nobody took in
+/// time; ends with the pool.
+async fn sweep(pool: std::sync::Weak<WarmPool>) {
+    let every = pool
+        .upgrade()
+        .map(|p| p.ttl() / 4)
+        .unwrap_or_default()
+        .max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        match pool.upgrade() {
+            Some(p) => p.expire(),
+            None => return,
+        }
     }
 }
 

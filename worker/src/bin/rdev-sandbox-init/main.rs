@@ -24,6 +24,15 @@
 //!   standard input, output and error;
 //! - writes `exec-failed ERRNO` when the program cannot be started.
 //!
+//! `… rdev-sandbox-init STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD` is a
+//! sandbox made ready before its command is known (the worker's warm
+//! sandboxes): the init sets itself up, then blocks reading `GO_FD`. One
+//! byte there means the command is in `COMMAND_FD` (a memfd: NUL-terminated
+//! fields, the argument count, the arguments, then the environment as
+//! `NAME=value`), and it runs as above with exactly that environment;
+//! end-of-file without a byte means the sandbox is not needed and the init
+//! exits 0 without running anything. Each sandbox runs one command.
+//!
 //! It makes itself non-dumpable, so the command (same user) cannot open its
 //! `/proc/1/fd` to write a status line of its own or read its environment.
 //! It uses nothing but the C library: it has to run in any sandbox.
@@ -71,8 +80,16 @@ struct Invocation {
     stderr_fd: RawFd,
     /// The command's terminal (`--tty FD`).
     tty: Option<RawFd>,
-    /// The program and its arguments.
-    argv: Vec<CString>,
+    /// The program and its arguments, or where they will come from.
+    command: Command,
+}
+
+/// Where the command comes from.
+enum Command {
+    /// The command line (`-- PROGRAM ARGS…`).
+    Now(Vec<CString>),
+    /// `--wait GO_FD COMMAND_FD`.
+    Wait { go: RawFd, command: RawFd },
 }
 
 mod launch;
@@ -86,12 +103,20 @@ fn main() {
         status_fd,
         stderr_fd,
         tty,
-        argv,
+        command,
     } = parse_args();
+    let waits = match command {
+        Command::Now(_) => None,
+        Command::Wait { go, command } => Some([go, command]),
+    };
 
     // Nothing of ours is inherited by the command: the status and stderr fds
     // are closed on exec (stderr is dup'ed onto 2 first).
-    for fd in [status_fd, stderr_fd].into_iter().chain(tty) {
+    for fd in [status_fd, stderr_fd]
+        .into_iter()
+        .chain(tty)
+        .chain(waits.into_iter().flatten())
+    {
         if fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
             usage();
         }
@@ -99,7 +124,13 @@ fn main() {
     // SAFETY: prctl(PR_SET_DUMPABLE) only changes this process's flags.
     unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 
+    // Blocked before a warm sandbox waits: a signal the worker sends once
+    // it has handed over the command stays pending until the command runs.
     let (set, previous) = block_handled_signals();
+    let argv = match command {
+        Command::Now(argv) => argv,
+        Command::Wait { go, command } => receive(go, command),
+    };
 
     // SAFETY: this process is single-threaded; the child only calls
     // async-signal-safe functions before exec.
@@ -121,7 +152,8 @@ fn main() {
     supervise(child, status_fd, &set)
 }
 
-/// `STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…`, or [`usage`].
+/// `STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…` or
+/// `STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD`, or [`usage`].
 fn parse_args() -> Invocation {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let parse_fd = |i: usize| -> RawFd {
@@ -133,6 +165,20 @@ fn parse_args() -> Invocation {
     };
     let status_fd = parse_fd(1);
     let stderr_fd = parse_fd(2);
+    if args.get(3).map(|a| a.as_bytes()) == Some(b"--wait") {
+        if args.len() != 6 {
+            usage();
+        }
+        return Invocation {
+            status_fd,
+            stderr_fd,
+            tty: None,
+            command: Command::Wait {
+                go: parse_fd(4),
+                command: parse_fd(5),
+            },
+        };
+    }
     let (tty, rest) = if args.get(3).map(|a| a.as_bytes()) == Some(b"--tty") {
         (Some(parse_fd(4)), 5)
     } else {
@@ -149,8 +195,67 @@ fn parse_args() -> Invocation {
         status_fd,
         stderr_fd,
         tty,
-        argv,
+        command: Command::Now(argv),
     }
+}
+
+/// A warm sandbox's wait: blocks until the worker writes the go byte (or
+/// exits 0 at end-of-file: the sandbox was discarded), then reads the
+/// command from the memfd, makes its environment this process's (the only
+/// one: bwrap cleared it), and returns its arguments.
+fn receive(go: RawFd, command: RawFd) -> Vec<CString> {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(borrow(go), &mut byte) {
+            Ok(1) => break,
+            Ok(_) => exit(0),
+            Err(Errno::EINTR) => {}
+            Err(_) => usage(),
+        }
+    }
+    // SAFETY: COMMAND_FD was handed to this process for this read only;
+    // the File closes it.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(command) };
+    let mut message = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let offset = u64::try_from(message.len()).unwrap_or_else(|_| usage());
+        match std::os::unix::fs::FileExt::read_at(&file, &mut chunk, offset) {
+            Ok(0) => break,
+            Ok(n) => message.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => usage(),
+        }
+    }
+    drop(file);
+    let _ = nix::unistd::close(go);
+    let mut fields = message
+        .split(|b| *b == 0)
+        .map(|f| CString::new(f).unwrap_or_else(|_| usage()));
+    let argc: usize = fields
+        .next()
+        .and_then(|c| c.to_str().ok().and_then(|c| c.parse().ok()))
+        .unwrap_or_else(|| usage());
+    let argv: Vec<CString> = fields.by_ref().take(argc).collect();
+    if argv.len() != argc || argc == 0 {
+        usage();
+    }
+    // The message ends with a NUL, so the split's last field is empty.
+    for var in fields.filter(|f| !f.is_empty()) {
+        let bytes = var.as_bytes();
+        let Some(eq) = bytes.iter().position(|b| *b == b'=') else {
+            usage();
+        };
+        let (name, value) = (&bytes[..eq], &bytes[eq + 1..]);
+        // SAFETY: this process is single-threaded.
+        unsafe {
+            std::env::set_var(
+                std::ffi::OsStr::from_bytes(name),
+                std::ffi::OsStr::from_bytes(value),
+            );
+        }
+    }
+    argv
 }
 
 /// Blocks the handled signals, to wait for them synchronously; returns
@@ -276,6 +381,9 @@ fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rdev-sandbox-init STATUS_FD STDERR_FD [--tty FD] -- PROGRAM [ARGS...]");
+    eprintln!(
+        "usage: rdev-sandbox-init STATUS_FD STDERR_FD [--tty FD] -- PROGRAM [ARGS...]\n       \
+         rdev-sandbox-init STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD"
+    );
     exit(USAGE)
 }

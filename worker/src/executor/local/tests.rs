@@ -457,6 +457,156 @@ async fn network_none_reaches_nothing() {
     assert_eq!(ran.out(), "refused\n", "network none");
 }
 
+/// Waits (a bound on a hang, not a timing) until a warm sandbox is ready.
+async fn warm_ready(exec: &LocalExecutor) {
+    for _ in 0..1000 {
+        if exec.sandbox().warm_ready() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no warm sandbox was made within 10 s");
+}
+
+/// Counts the executor's warm sandbox hits and misses.
+fn warm_counters(exec: &LocalExecutor) -> (prometheus::IntCounter, prometheus::IntCounter) {
+    let hits = prometheus::IntCounter::new("hits", "hits").expect("counter");
+    let misses = prometheus::IntCounter::new("misses", "misses").expect("counter");
+    exec.sandbox()
+        .set_warm_counters(hits.clone(), misses.clone());
+    (hits, misses)
+}
+
+/// A project's next command runs in a sandbox made ahead of it, and sees
+/// exactly what a sandbox made for it shows: its own arguments,
+/// environment, input, directory, pid and exit code, and an empty /tmp
+/// (each sandbox still runs one command).
+#[tokio::test]
+async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let (hits, misses) = warm_counters(&exec);
+    let mut j = sh("echo $$; env | sort; pwd; ls -A /tmp | wc -l; touch /tmp/left; cat; exit 7");
+    j.env = BTreeMap::from([
+        ("FOO".into(), "bar baz".into()),
+        ("EMPTY".into(), String::new()),
+        ("EQ".into(), "a=b".into()),
+    ]);
+    j.stdin = Some(b"input\n".to_vec());
+    let cold = run(&exec, j.clone()).await;
+    assert_eq!((hits.get(), misses.get()), (0, 1), "the first one is cold");
+    assert_eq!(cold.outcome, Outcome::Exited(7));
+    warm_ready(&exec).await;
+    let warm = run(&exec, j.clone()).await;
+    assert_eq!((hits.get(), misses.get()), (1, 1), "the second one is warm");
+    assert_eq!(warm.outcome, Outcome::Exited(7));
+    assert_eq!(warm.out(), cold.out());
+    assert_eq!(warm.stderr, cold.stderr);
+    let out = warm.out();
+    for line in [
+        "2",
+        "FOO=bar baz",
+        "EMPTY=",
+        "EQ=a=b",
+        "/workspace",
+        "0",
+        "input",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "{line:?} missing in:\n{out}"
+        );
+    }
+    // Another network mode is another sandbox: cold.
+    warm_ready(&exec).await;
+    j.network = NetworkMode::None;
+    assert_eq!(run(&exec, j).await.outcome, Outcome::Exited(7));
+    assert_eq!((hits.get(), misses.get()), (1, 2));
+}
+
+/// A warm sandbox ends its command as a new one does: a program that is
+/// not there, a signal, a cancel right after the start (the init holds it
+/// until the command runs) and every process it left.
+#[tokio::test]
+async fn warm_sandboxes_fail_signal_and_stop_like_new_ones() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let (hits, _) = warm_counters(&exec);
+    assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
+    warm_ready(&exec).await;
+    let ran = run(
+        &exec,
+        job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
+    )
+    .await;
+    assert!(
+        matches!(&ran.outcome, Outcome::FailedToStart(m) if m.contains("no-such-program-rdev")),
+        "{:?}",
+        ran.outcome
+    );
+    warm_ready(&exec).await;
+    assert_eq!(
+        run(&exec, sh("kill -9 $$")).await.outcome,
+        Outcome::Signaled(9)
+    );
+    warm_ready(&exec).await;
+    let m = marker();
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        trigger.cancel();
+    });
+    let ran = run_with(
+        &exec,
+        sh(&format!("setsid sleep {m} & sleep {m}")),
+        16,
+        cancel,
+    )
+    .await;
+    assert_eq!(ran.outcome, Outcome::Cancelled);
+    assert!(gone(&m).await, "survived the cancel: {:?}", survivors(&m));
+    assert_eq!(hits.get(), 3);
+}
+
+/// A warm sandbox nobody takes within the TTL is discarded; with
+/// `RDEV_SANDBOX_WARM=0` none is made.
+#[tokio::test]
+async fn warm_sandboxes_expire_and_can_be_turned_off() {
+    let tmp = TempDir::new();
+    let cfg = SandboxConfig {
+        warm_ttl: Duration::from_millis(100),
+        ..SandboxConfig::default()
+    };
+    let exec = executor_with(&tmp, cfg).await;
+    assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
+    warm_ready(&exec).await;
+    // The sweep runs every second at the least.
+    for _ in 0..500 {
+        if exec.sandbox().warm_ready() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(exec.sandbox().warm_ready(), 0, "expired");
+
+    let off = executor_with(
+        &tmp,
+        SandboxConfig {
+            warm: 0,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    let (hits, misses) = warm_counters(&off);
+    for _ in 0..2 {
+        assert_eq!(run(&off, sh("true")).await.outcome, Outcome::Exited(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(off.sandbox().warm_ready(), 0);
+    assert_eq!((hits.get(), misses.get()), (0, 0), "not even looked for");
+}
+
 #[tokio::test]
 async fn limits_end_commands_with_a_reason() {
     let tmp = TempDir::new();
