@@ -313,13 +313,22 @@ impl Sandbox {
     /// run in one: sandboxed, no secret files, no terminal, warm
     /// sandboxes on.
     pub fn warm_key(&self, l: &Launch<'_>) -> Option<WarmKey> {
-        (self.is_isolated() && self.warm.enabled() && l.secret_files.is_empty() && l.tty.is_none())
-            .then(|| WarmKey {
-                workdir: l.workdir.to_owned(),
-                network: l.network,
-                limits: l.limits,
-                stdin: l.stdin,
-            })
+        use std::os::unix::fs::MetadataExt;
+        if !(self.is_isolated()
+            && self.warm.enabled()
+            && l.secret_files.is_empty()
+            && l.tty.is_none())
+        {
+            return None;
+        }
+        let dir = std::fs::metadata(l.workdir).ok()?;
+        Some(WarmKey {
+            workdir: l.workdir.to_owned(),
+            identity: (dir.dev(), dir.ino()),
+            network: l.network,
+            limits: l.limits,
+            stdin: l.stdin,
+        })
     }
 
     /// Makes a sandbox ready for the next command with this key, unless

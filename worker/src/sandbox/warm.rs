@@ -35,6 +35,10 @@ use super::spawned::Spawned;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WarmKey {
     pub(super) workdir: PathBuf,
+    /// The workdir's device and inode: a workdir removed and made again
+    /// (a project deleted and created anew) is another directory, and a
+    /// sandbox made before holds a bind mount of the old one.
+    pub(super) identity: (u64, u64),
     pub(super) network: NetworkMode,
     pub(super) limits: ResourceLimits,
     pub(super) stdin: bool,

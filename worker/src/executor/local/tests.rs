@@ -524,6 +524,28 @@ async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
     assert_eq!((hits.get(), misses.get()), (1, 2));
 }
 
+/// A workdir removed and made again (a project deleted and created anew)
+/// is another directory: the sandbox made for the old one is not used.
+#[tokio::test]
+async fn a_workdir_made_again_gets_a_new_sandbox() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let (hits, misses) = warm_counters(&exec);
+    assert_eq!(
+        run(&exec, sh("touch old")).await.outcome,
+        Outcome::Exited(0)
+    );
+    warm_ready(&exec).await;
+    let dir = tmp.0.join("ws/proj");
+    std::fs::remove_dir_all(&dir).expect("remove the workdir");
+    std::fs::create_dir(&dir).expect("make it again");
+    std::fs::write(dir.join("new"), "").expect("a file");
+    let ran = run(&exec, sh("ls")).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    assert_eq!(ran.out(), "new\n", "the new workdir");
+    assert_eq!((hits.get(), misses.get()), (0, 2));
+}
+
 /// A warm sandbox ends its command as a new one does: a program that is
 /// not there, a signal, a cancel right after the start (the init holds it
 /// until the command runs) and every process it left.
