@@ -99,6 +99,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     ));
     let (events, deliveries) = webhooks::spawn(
         pool,
+        cfg.db.clone(),
         cfg.amqp.clone(),
         cfg.webhook_settings(),
         metrics,

@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdev_shared::db::{DbError, Pool, commands, outbox};
+use rdev_shared::db::{DbError, Pool, commands, webhooks};
 use rdev_shared::domain::{CommandStatus, command_event};
 use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::mq::{OutputEvent, Publisher};
-use rdev_shared::relay;
 
 const REAP_BATCH: i64 = 100;
 
@@ -21,7 +20,6 @@ pub async fn run(
     lost_after: Duration,
     stop: CancellationToken,
 ) {
-    let marker = relay::PublishedMarker::spawn(pool.clone());
     let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,24 +27,22 @@ pub async fn run(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = reap_once(&pool, &marker, &publisher, lost_after).await {
+        if let Err(e) = reap_once(&pool, &publisher, lost_after).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
     }
 }
 
-/// One pass: fails lost commands with their events in one transaction, then
-/// publishes the events and ends their live output streams.
+/// One pass: fails lost commands, with their events' deliveries, in one
+/// transaction, then ends their live output streams.
 pub async fn reap_once(
     pool: &Pool,
-    marker: &relay::PublishedMarker,
     publisher: &Publisher,
     lost_after: Duration,
 ) -> Result<usize, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let reaped = commands::reap_lost(&tx, lost_after, REAP_BATCH).await?;
-    let mut rows = Vec::with_capacity(reaped.len());
     for cmd in &reaped {
         let kind = CommandStatus::Failed
             .event_type()
@@ -54,16 +50,13 @@ pub async fn reap_once(
         let message = publisher
             .topology()
             .event_message(kind, &command_event(kind, cmd));
-        if let Some(id) = outbox::insert_event(&tx, &message, cmd.project_id).await? {
-            rows.push(outbox::Pending { id, message });
-        }
+        webhooks::write_event(&tx, &message, cmd.project_id).await?;
     }
     tx.commit().await?;
     drop(client);
     for cmd in &reaped {
         tracing::warn!(command = %cmd.id, worker = ?cmd.worker_id, "command failed: worker_lost");
     }
-    relay::publish_now(marker, publisher, &rows).await;
     for cmd in &reaped {
         let _ = publisher.publish_output(cmd.id, &OutputEvent::End).await;
     }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdev_shared::breaker::BreakerConfig;
-use rdev_shared::config::AmqpConfig;
+use rdev_shared::config::{AmqpConfig, DbConfig};
 use rdev_shared::db::Pool;
+use rdev_shared::db::webhooks as repo;
 use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::Topology;
@@ -49,10 +50,18 @@ pub struct Settings {
     pub prefetch: u16,
 }
 
-/// Starts the event consumer and the delivery loop; both stop when `stop`
-/// is cancelled (the delivery loop after its in-flight attempts).
+/// Starts the event consumer, the listener for new deliveries and the
+/// delivery loop; they stop when `stop` is cancelled (the delivery loop
+/// after its in-flight attempts).
+///
+/// Producers write an event's deliveries in the transaction of the change
+/// and `NOTIFY` [`repo::DUE_CHANNEL`]: the listener wakes the delivery loop
+/// on it. The consumer fans out events that reach `{prefix}.webhooks`
+/// instead (published by an earlier version, or by the relay from its
+/// outbox rows).
 pub fn spawn(
     pool: Pool,
+    db: DbConfig,
     amqp: AmqpConfig,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -60,6 +69,13 @@ pub fn spawn(
 ) -> Result<(JoinHandle<()>, JoinHandle<()>), reqwest::Error> {
     let wake = Arc::new(Notify::new());
     let client = sender::client(settings.timeout, settings.allow_private)?;
+    // Ends with `stop`; nobody waits for it (it holds no work).
+    tokio::spawn(rdev_shared::db::notify::listen(
+        db,
+        repo::DUE_CHANNEL,
+        wake.clone(),
+        stop.clone(),
+    ));
     let consumer = tokio::spawn(consumer::run(
         consumer::Consuming {
             topology: Topology::new(amqp.prefix.clone()),

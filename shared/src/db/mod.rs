@@ -6,6 +6,7 @@ pub mod commands;
 pub mod indexes;
 pub mod input;
 pub mod keys;
+pub mod notify;
 pub mod outbox;
 pub mod output;
 pub mod projects;
@@ -83,6 +84,27 @@ impl DbError {
 
 /// Builds the connection pool. Connections are opened lazily.
 pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
+    let (pg, tls_settings) = connection_config(cfg)?;
+    let mc = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match tls::connector(&tls_settings)? {
+        Some(tls) => Manager::from_config(pg, tls, mc),
+        None => Manager::from_config(pg, NoTls, mc),
+    };
+    Pool::builder(mgr)
+        .max_size(cfg.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// How every connection of `cfg` is made: the pool's, and a listener's
+/// ([`notify::listen`]).
+fn connection_config(cfg: &DbConfig) -> Result<(tokio_postgres::Config, tls::Settings), DbError> {
     // `sslmode=verify-full&sslrootcert=…` are read here (see `tls`).
     let (url, tls_settings) = tls::split(cfg.database_url.expose())?;
     let mut pg =
@@ -107,21 +129,7 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
     // instead of hanging its caller forever.
     pg.keepalives_idle(Duration::from_secs(30));
     pg.tcp_user_timeout(Duration::from_secs(30));
-    let mc = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
-    let mgr = match tls::connector(&tls_settings)? {
-        Some(tls) => Manager::from_config(pg, tls, mc),
-        None => Manager::from_config(pg, NoTls, mc),
-    };
-    Pool::builder(mgr)
-        .max_size(cfg.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .map_err(|e| DbError::Config(e.to_string()))
+    Ok((pg, tls_settings))
 }
 
 /// The newest migration embedded in this binary: the schema version it

@@ -54,41 +54,6 @@ pub async fn insert(
     Ok(row.try_get(0)?)
 }
 
-/// Adds a command's lifecycle event (its routing key is the event type)
-/// only if an endpoint wants it: an enabled webhook, not deleted,
-/// subscribed to the type or to `*`, for the command's project or for all
-/// projects (the rule of [`super::webhooks::deliveries::subscribes`]).
-/// Webhooks are the events' only consumer, so an event nobody subscribes to
-/// is never stored, published or fanned out. The check and the insert are
-/// one statement in the caller's transaction: an endpoint gets the events
-/// of changes that commit after it exists. `None` when nothing was stored.
-pub async fn insert_event(
-    client: &impl deadpool_postgres::GenericClient,
-    m: &OutgoingMessage,
-    project_id: uuid::Uuid,
-) -> Result<Option<i64>, DbError> {
-    const SQL: &str = "INSERT INTO outbox (exchange, routing_key, payload, headers, priority) \
-        SELECT $1,$2,$3,$4,$5 WHERE EXISTS (SELECT 1 FROM webhooks w \
-          WHERE w.deleted_at IS NULL AND w.enabled \
-            AND (w.project_id IS NULL OR w.project_id = $6) \
-            AND ($2 = ANY(w.events) OR '*' = ANY(w.events))) \
-        RETURNING id";
-    let row = client
-        .query_opt(
-            &prepared(client, SQL).await?,
-            &[
-                &m.exchange,
-                &m.routing_key,
-                &m.payload,
-                &to_json(&m.headers),
-                &i16::from(m.priority),
-                &project_id,
-            ],
-        )
-        .await?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?)
-}
-
 /// Marks messages as published.
 pub async fn mark_published(
     client: &impl deadpool_postgres::GenericClient,

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::load::Submitted;
 use crate::receiver::Received;
-use crate::{Failures, PREFIX, fail};
+use crate::{Failures, fail};
 
 fn terminal(status: Option<&str>) -> bool {
     matches!(
@@ -180,13 +180,14 @@ pub struct Webhooks {
     pub dups: usize,
 }
 
-/// The lifecycle events in the outbox: (event id, type, command id).
-async fn outbox_events(pool: &rdev_shared::db::Pool) -> Vec<(String, String, String)> {
+/// The lifecycle events written for the receiver (one delivery row per
+/// event): (event id, type, command id).
+async fn written_events(pool: &rdev_shared::db::Pool) -> Vec<(String, String, String)> {
     let client = pool.get().await.expect("db");
     client
         .query(
-            "SELECT payload FROM outbox WHERE exchange = $1",
-            &[&format!("{PREFIX}.events")],
+            "SELECT DISTINCT ON (event_id) payload FROM webhook_deliveries ORDER BY event_id",
+            &[],
         )
         .await
         .expect("events")
@@ -211,7 +212,7 @@ pub async fn webhooks(
     received: &Arc<Mutex<Received>>,
     failures: &Failures,
 ) -> Webhooks {
-    let events = outbox_events(pool).await;
+    let events = written_events(pool).await;
     let deliver_by = Instant::now() + Duration::from_secs(120);
     let missing = loop {
         let missing: Vec<&(String, String, String)> = {

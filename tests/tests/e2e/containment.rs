@@ -287,11 +287,11 @@ async fn the_end_reason_is_in_the_command_its_events_and_its_webhooks() {
     let end = events.last().expect("an end event");
     assert_eq!(end.event, "end");
     assert_eq!(end.data["reason"], "exited", "{:?}", end.data);
-    // The event that webhooks deliver is the outbox row of the finish.
+    // The event that webhooks deliver, written with the finish.
     let client = app.env.pool.get().await.expect("db");
     let row = client
         .query_one(
-            "SELECT payload FROM outbox WHERE routing_key = 'command.failed'",
+            "SELECT payload FROM webhook_deliveries WHERE event_type = 'command.failed'",
             &[],
         )
         .await

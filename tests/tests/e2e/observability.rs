@@ -420,7 +420,7 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
     let client = app.env.pool.get().await.expect("db");
     let headers: Vec<serde_json::Value> = client
         .query(
-            "SELECT headers FROM outbox WHERE routing_key LIKE 'command.%' ORDER BY id",
+            "SELECT trace_headers FROM webhook_deliveries ORDER BY id",
             &[],
         )
         .await

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use rdev_shared::db::commands::{self, ClaimOutcome, Claimed, Finish};
-use rdev_shared::db::{DbError, outbox};
+use rdev_shared::db::{DbError, webhooks};
 use rdev_shared::domain;
 use rdev_shared::interactive::StdinMode;
-use rdev_shared::mq::{self, OutgoingMessage, OutputEvent, RunMessage};
+use rdev_shared::mq::{self, OutputEvent, RunMessage};
 use rdev_shared::telemetry;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -90,7 +90,7 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     // whose answer was lost finds the command running under it, and runs it.
     let token = Uuid::now_v7();
     let claimed = match retry_db("claim", || claim(w, id, token)).await {
-        Ok(Claim::Claimed(c, e)) => (*c, e),
+        Ok(Claim::Claimed(c)) => *c,
         Ok(Claim::AtLimit) => return defer(w, id, priority).await,
         Ok(Claim::NotQueued) => {
             tracing::info!(
@@ -103,13 +103,9 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
             return Disposition::Requeue;
         }
     };
-    let (claimed, started) = claimed;
     let (_running, cancel) = RunningGuard::new(w, id);
     let began = Instant::now();
     tracing::info!(attempt = claimed.command.attempt, "command started");
-    if let Some(started) = started {
-        announce(w, started).await;
-    }
     publish_live(w, id, &OutputEvent::Status).await;
 
     let timeout_s = claimed.command.timeout_s;
@@ -136,14 +132,11 @@ async fn process(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     tracing::info!(status = %finish.status, exit_code = ?finish.exit_code, error = ?finish.error, "command ended");
 
     match retry_db("finish", || record_finish(w, id, &finish)).await {
-        Ok(Some(Finished { event })) => {
-            if let Some(event) = event {
-                announce(w, event).await;
-            }
+        Ok(true) => {
             publish_live(w, id, &OutputEvent::End).await;
             Disposition::Ack
         }
-        Ok(None) => {
+        Ok(false) => {
             tracing::info!(
                 "command was finished elsewhere (reaped or cancelled); keeping that outcome"
             );
@@ -283,18 +276,12 @@ fn job_of(claimed: Claimed, secrets: crate::secrets::JobSecrets) -> Job {
     }
 }
 
-/// A lifecycle event stored in the outbox, waiting to be published.
-struct StoredEvent {
-    outbox_id: i64,
-    message: OutgoingMessage,
-}
-
 /// What a claim attempt found.
 enum Claim {
-    /// Claimed now (with its `command.started` event, when an endpoint
-    /// wants it), or resumed (the event was stored by the earlier attempt's
-    /// commit).
-    Claimed(Box<Claimed>, Option<StoredEvent>),
+    /// Claimed now (its `command.started` deliveries, for the endpoints
+    /// that want it, committed with it), or resumed (the earlier attempt's
+    /// commit wrote them).
+    Claimed(Box<Claimed>),
     NotQueued,
     AtLimit,
 }
@@ -306,7 +293,7 @@ async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
         ClaimOutcome::Claimed(c) => c,
         ClaimOutcome::Resumed(c) => {
             tracing::warn!("the claim had committed but its answer was lost; running the command");
-            return Ok(Claim::Claimed(c, None));
+            return Ok(Claim::Claimed(c));
         }
         ClaimOutcome::NotQueued => return Ok(Claim::NotQueued),
         ClaimOutcome::AtLimit => return Ok(Claim::AtLimit),
@@ -317,12 +304,9 @@ async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
         &domain::command_event(event_type, &claimed.command),
     );
     telemetry::inject_current(&mut message.headers);
-    let stored = outbox::insert_event(&tx, &message, claimed.command.project_id).await?;
+    webhooks::write_event(&tx, &message, claimed.command.project_id).await?;
     tx.commit().await?;
-    Ok(Claim::Claimed(
-        claimed,
-        stored.map(|outbox_id| StoredEvent { outbox_id, message }),
-    ))
+    Ok(Claim::Claimed(claimed))
 }
 
 /// The project runs as many commands as it may: park the message in the
@@ -344,36 +328,22 @@ async fn defer(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     }
 }
 
-/// A finish this worker recorded, with its event when one was stored.
-struct Finished {
-    event: Option<StoredEvent>,
-}
-
-async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<Option<Finished>, DbError> {
+/// Records a finish and, in its transaction, the deliveries of its event;
+/// `false` when the command was finished elsewhere.
+async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<bool, DbError> {
     let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
     let Some(command) = commands::finish(&tx, id, &w.worker_id, f).await? else {
-        return Ok(None);
+        return Ok(false);
     };
     let event_type = command.status.event_type().unwrap_or("command.failed");
     let mut message = w
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
     telemetry::inject_current(&mut message.headers);
-    let stored = outbox::insert_event(&tx, &message, command.project_id).await?;
+    webhooks::write_event(&tx, &message, command.project_id).await?;
     tx.commit().await?;
-    Ok(Some(Finished {
-        event: stored.map(|outbox_id| StoredEvent { outbox_id, message }),
-    }))
-}
-
-/// Publishes an event stored in the outbox and marks it published; on any
-/// failure it stays in the outbox and the dispatcher's relay publishes it.
-async fn announce(w: &Worker, event: StoredEvent) {
-    match w.publisher.publish_confirmed(&event.message).await {
-        Ok(()) => w.marker.mark(event.outbox_id),
-        Err(e) => tracing::warn!(error = %e, "event left in the outbox for the relay"),
-    }
+    Ok(true)
 }
 
 async fn publish_live(w: &Worker, id: Uuid, event: &OutputEvent) {

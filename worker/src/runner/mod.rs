@@ -4,8 +4,9 @@
 //! Invariants:
 //! - a command runs only after its conditional claim matched (a redelivered
 //!   message is acknowledged and skipped);
-//! - the terminal status and its event are written in one transaction, then
-//!   the end marker is published, then the message is acknowledged;
+//! - the terminal status and its event's webhook deliveries are written in
+//!   one transaction, then the end marker is published, then the message
+//!   is acknowledged;
 //! - a lost broker connection does not stop running commands; their acks may
 //!   then fail, and the redelivery is harmless because of the claim.
 
@@ -22,7 +23,6 @@ use std::time::Duration;
 use rdev_shared::db::Pool;
 use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::{Publisher, Topology};
-use rdev_shared::relay::PublishedMarker;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,8 +43,6 @@ pub struct Worker {
     worker_id: String,
     pool: Pool,
     publisher: Arc<Publisher>,
-    /// Marks published outbox rows in batches.
-    marker: PublishedMarker,
     topology: Topology,
     executors: Executors,
     /// Running commands and the token that stops each one.
@@ -64,9 +62,7 @@ impl Worker {
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         publisher.set_metrics(metrics.clone());
         executors.set_metrics(&metrics);
-        let marker = PublishedMarker::spawn(pool.clone());
         Self {
-            marker,
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
             worker_id,

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rdev_shared::db::audit::{self, AuditEntry};
 use rdev_shared::db::commands::{self, ListFilter, NewCommand};
-use rdev_shared::db::{outbox, projects, secrets};
+use rdev_shared::db::{outbox, projects, secrets, webhooks};
 use rdev_shared::domain::{Command, CommandSpec, CommandStatus, Project};
 use rdev_shared::mq::OutgoingMessage;
 use rdev_shared::mq::{ControlMessage, OutputEvent};
@@ -401,17 +401,9 @@ pub async fn cancel(
         let message = st
             .topology
             .event_message(kind, &rdev_shared::domain::command_event(kind, &cancelled));
-        let stored = outbox::insert_event(&tx, &message, cancelled.project_id).await?;
+        webhooks::write_event(&tx, &message, cancelled.project_id).await?;
         tx.commit().await?;
         drop(client);
-        if let Some(id) = stored {
-            relay::publish_now(
-                &st.marker,
-                &st.publisher,
-                &[outbox::Pending { id, message }],
-            )
-            .await;
-        }
         // Watchers of the command see it end.
         let _ = st
             .publisher

@@ -29,6 +29,82 @@ pub struct FanOut<'a> {
     pub trace_headers: &'a BTreeMap<String, String>,
 }
 
+/// The channel a transaction that wrote deliveries notifies (on commit);
+/// dispatchers listen on it and claim at once.
+pub const DUE_CHANNEL: &str = "rdev_webhook_due";
+
+/// Writes a lifecycle event's deliveries in the transaction of the change
+/// it reports: one pending delivery, due at once, per enabled endpoint that
+/// wants it (subscribed to its type, the message's routing key, or `*`; for
+/// `project` or for every project), and a `NOTIFY` on [`DUE_CHANNEL`] that
+/// wakes the dispatchers when the transaction commits. An endpoint gets the
+/// events of the changes that commit after it was created, while it is
+/// enabled. Without an endpoint that wants it this is one read and writes
+/// nothing. Returns the number of deliveries written.
+pub async fn write_event(
+    client: &impl deadpool_postgres::GenericClient,
+    event: &crate::mq::OutgoingMessage,
+    project: Uuid,
+) -> Result<u64, DbError> {
+    const WANTED: &str = "SELECT id FROM webhooks \
+        WHERE deleted_at IS NULL AND enabled AND (project_id IS NULL OR project_id = $2) \
+          AND ($1 = ANY(events) OR '*' = ANY(events))";
+    const INSERT: &str = "WITH d AS (INSERT INTO webhook_deliveries \
+          (id, webhook_id, event_id, event_type, payload, status, next_attempt_at, trace_headers) \
+          SELECT d.id, d.webhook_id, $3, $4, $5, 'pending', now(), $6 \
+          FROM unnest($1::uuid[], $2::uuid[]) AS d(id, webhook_id) \
+          ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING 1) \
+        SELECT (SELECT count(*) FROM d), pg_notify($7, '')";
+    let wanted = client
+        .query(
+            &super::super::prepared(client, WANTED).await?,
+            &[&event.routing_key, &project],
+        )
+        .await?;
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let endpoints: Vec<Uuid> = wanted
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let ids: Vec<Uuid> = endpoints.iter().map(|_| Uuid::now_v7()).collect();
+    let event_id = event_id_of(&event.payload)?;
+    let trace: BTreeMap<String, String> = event
+        .headers
+        .iter()
+        .filter(|(k, _)| *k == "traceparent" || *k == "tracestate")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let row = client
+        .query_one(
+            &super::super::prepared(client, INSERT).await?,
+            &[
+                &ids,
+                &endpoints,
+                &event_id,
+                &event.routing_key,
+                &event.payload,
+                &to_json(&trace),
+                &DUE_CHANNEL,
+            ],
+        )
+        .await?;
+    let written: i64 = row.try_get(0)?;
+    Ok(u64::try_from(written).unwrap_or(0))
+}
+
+/// The `id` of an event's body (its `webhook-id`).
+fn event_id_of(payload: &[u8]) -> Result<Uuid, DbError> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: Uuid,
+    }
+    serde_json::from_slice::<Head>(payload)
+        .map(|h| h.id)
+        .map_err(|e| DbError::Corrupt(format!("an event without an id: {e}")))
+}
+
 /// Creates one pending delivery, due after `first_delay`, per (event,
 /// enabled endpoint subscribed to its type or `*` whose project filter
 /// matches); a pair that already has one is skipped, so a redelivered event

@@ -115,17 +115,17 @@ async fn delivered_events_verify_and_follow_type_and_project_filters() {
     assert!(elsewhere.hits().is_empty());
 }
 
-/// The lifecycle events stored for command `id`, by type.
+/// The lifecycle events stored for command `id` (as deliveries), by type.
 async fn stored_events(app: &rdev_tests::TestApp, id: &Value) -> Vec<String> {
     let client = app.env.pool.get().await.expect("db");
     client
         .query(
-            "SELECT routing_key FROM outbox WHERE exchange LIKE '%.events' \
-             AND convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'id' = $1 ORDER BY id",
+            "SELECT event_type FROM webhook_deliveries \
+             WHERE convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'id' = $1 ORDER BY id",
             &[&id.as_str().expect("id")],
         )
         .await
-        .expect("outbox")
+        .expect("deliveries")
         .iter()
         .map(|r| r.get(0))
         .collect()
@@ -187,6 +187,45 @@ async fn an_event_is_stored_only_when_an_endpoint_wants_it() {
         (body["type"].as_str(), &body["data"]["id"]),
         (Some("command.failed"), &failed["id"])
     );
+    // Written with the change, never through the outbox and the broker.
+    let client = app.env.pool.get().await.expect("db");
+    let outboxed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE exchange LIKE '%.events'",
+            &[],
+        )
+        .await
+        .expect("outbox")
+        .get(0);
+    assert_eq!(outboxed, 0);
+}
+
+/// A delivery is claimed as soon as the change that wrote it commits: the
+/// producer's `NOTIFY` wakes the dispatcher, which otherwise would look
+/// only every `RDEV_WEBHOOK_POLL` (an hour here).
+#[tokio::test]
+async fn a_committed_event_wakes_the_dispatcher() {
+    let app = spawn_app_with(opts(false)).await;
+    app.create_project("p", json!({})).await;
+    let mut cfg = dispatcher_config(&app.env);
+    cfg.webhook_poll = Duration::from_secs(3600);
+    let rx = Receiver::always(200).await;
+    create_webhook(
+        &app,
+        json!({"url": rx.url, "events": ["command.succeeded"]}),
+    )
+    .await;
+    let _d = RunningDispatcher::start(cfg).await;
+    // The listener's first wake-up (after it connects) is spent before the
+    // command exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=3 {
+        let c = app.run("p", json!({"command": "true"})).await;
+        app.wait_terminal(c["id"].as_str().expect("id"), WAIT).await;
+        let hits = rx.wait_hits(n).await;
+        let body: Value = serde_json::from_slice(&hits[n - 1].body).expect("json");
+        assert_eq!(body["data"]["id"], c["id"]);
+    }
 }
 
 #[tokio::test]
