@@ -13,7 +13,7 @@ use rdev_shared::lifecycle::CancellationToken;
 use rdev_shared::metrics::Metrics;
 use rdev_shared::netguard;
 use rdev_shared::telemetry;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -39,6 +39,8 @@ pub struct Delivering {
     pub wake: Arc<Notify>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Where successes of healthy endpoints are written in batches.
+    pub successes: SuccessTx,
 }
 
 impl Delivering {
@@ -188,7 +190,7 @@ async fn deliver(d: Arc<Delivering>, c: Claimed, _permit: OwnedSemaphorePermit) 
     }
 }
 
-async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError> {
+async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), String> {
     let gone = o.status == Some(410);
     let next = if o.succeeded() {
         Next::Succeeded
@@ -210,8 +212,6 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
             AfterFailure::Failed => Next::Failed,
         }
     };
-    let mut client = d.pool.get().await?;
-    let tx = client.transaction().await?;
     let record = AttemptRecord {
         delivery_id: c.id,
         lease_token: c.lease_token,
@@ -223,39 +223,31 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
         next,
     };
     // A success to an endpoint that was healthy when claimed writes only
-    // the delivery and its attempt: no lock on the endpoint, which every
-    // delivery to it would otherwise wait for, one commit after another.
-    // Anything that writes the endpoint locks it first: endpoint, then
-    // delivery, the order in which the API locks them. (A failure recorded
-    // after this delivery was claimed is not cleared by this success; the
-    // next success claimed after it clears it.)
-    let writes_endpoint = !o.succeeded() || c.endpoint_failing;
-    if writes_endpoint {
-        repo::lock_endpoint(&tx, c.webhook_id).await?;
-    }
-    let recorded = repo::record_attempt(&tx, &record).await?;
+    // the delivery and its attempt, with the other such successes of the
+    // moment in one statement (`write_successes`); no lock on the endpoint,
+    // which every delivery to it would otherwise wait for, one commit after
+    // another. (A failure recorded after this delivery was claimed is not
+    // cleared by this success; the next success claimed after it clears
+    // it.) Anything else writes the endpoint too.
+    let (recorded, disabled) = if o.succeeded() && !c.endpoint_failing {
+        let (answer, answered) = oneshot::channel();
+        d.successes
+            .send((record, answer))
+            .await
+            .map_err(|_| "the success writer stopped".to_owned())?;
+        let recorded = answered
+            .await
+            .map_err(|_| "the success writer stopped".to_owned())??;
+        (recorded, None)
+    } else {
+        record_alone(d, c, o, &record)
+            .await
+            .map_err(|e| e.to_string())?
+    };
     if !recorded {
         tracing::warn!(delivery = %c.id, "lost the claim before recording; the attempt is not counted");
         return Ok(());
     }
-    let mut disabled = None;
-    if o.succeeded() {
-        if writes_endpoint {
-            repo::mark_healthy(&tx, c.webhook_id).await?;
-        }
-    } else if gone {
-        if repo::disable(&tx, c.webhook_id, GONE_REASON).await? {
-            disabled = Some(GONE_REASON.to_owned());
-        }
-    } else if let Some(since) = repo::mark_failing(&tx, c.webhook_id, o.at).await?
-        && (Utc::now() - since).to_std().unwrap_or_default() >= d.settings.disable_after
-    {
-        let reason = format!("failing continuously since {}", since.to_rfc3339());
-        if repo::disable(&tx, c.webhook_id, &reason).await? {
-            disabled = Some(reason);
-        }
-    }
-    tx.commit().await?;
     let label = match next {
         Next::Succeeded => "succeeded",
         Next::Dead => "dead",
@@ -270,4 +262,98 @@ async fn record(d: &Delivering, c: &Claimed, o: &Outcome) -> Result<(), DbError>
     }
     tracing::debug!(delivery = %c.id, status = ?o.status, next = ?next, "webhook attempt recorded");
     Ok(())
+}
+
+/// Records an attempt that writes its endpoint too (a failure, or a
+/// success that ends a failure run), in a transaction of its own that
+/// locks the endpoint first: endpoint, then delivery, the order in which
+/// the API locks them. Returns whether the claim still held, and the
+/// reason the endpoint was disabled, if it was.
+async fn record_alone(
+    d: &Delivering,
+    c: &Claimed,
+    o: &Outcome,
+    record: &AttemptRecord,
+) -> Result<(bool, Option<String>), DbError> {
+    let mut client = d.pool.get().await?;
+    let tx = client.transaction().await?;
+    repo::lock_endpoint(&tx, c.webhook_id).await?;
+    if !repo::record_attempt(&tx, record).await? {
+        return Ok((false, None));
+    }
+    let mut disabled = None;
+    if o.succeeded() {
+        repo::mark_healthy(&tx, c.webhook_id).await?;
+    } else if o.status == Some(410) {
+        if repo::disable(&tx, c.webhook_id, GONE_REASON).await? {
+            disabled = Some(GONE_REASON.to_owned());
+        }
+    } else if let Some(since) = repo::mark_failing(&tx, c.webhook_id, o.at).await?
+        && (Utc::now() - since).to_std().unwrap_or_default() >= d.settings.disable_after
+    {
+        let reason = format!("failing continuously since {}", since.to_rfc3339());
+        if repo::disable(&tx, c.webhook_id, &reason).await? {
+            disabled = Some(reason);
+        }
+    }
+    tx.commit().await?;
+    Ok((true, disabled))
+}
+
+/// Most successes one statement writes.
+const SUCCESS_BATCH: usize = 64;
+
+/// A success handed to [`write_successes`], and where its answer goes
+/// (whether the claim still held).
+pub type SuccessTx = mpsc::Sender<(AttemptRecord, oneshot::Sender<Result<bool, String>>)>;
+
+/// Starts the writer of successes; it ends when every sender is dropped.
+pub fn spawn_success_writer(pool: Pool) -> SuccessTx {
+    // Bounded: at most the delivery concurrency waits here anyway.
+    let (tx, rx) = mpsc::channel(SUCCESS_BATCH * 4);
+    tokio::spawn(write_successes(pool, rx));
+    tx
+}
+
+/// Writes successes of healthy endpoints in batches: every delivery task
+/// waiting with one goes into the next statement (up to
+/// [`SUCCESS_BATCH`]), so under load one commit records many attempts and
+/// an idle dispatcher writes a batch of one at once. A batch that fails is
+/// written again one success at a time, so a bad row fails only its own.
+async fn write_successes(
+    pool: Pool,
+    mut rx: mpsc::Receiver<(AttemptRecord, oneshot::Sender<Result<bool, String>>)>,
+) {
+    let mut batch = Vec::with_capacity(SUCCESS_BATCH);
+    while rx.recv_many(&mut batch, SUCCESS_BATCH).await > 0 {
+        let records: Vec<AttemptRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+        match write_batch(&pool, &records).await {
+            Ok(recorded) => {
+                for (r, answer) in batch.drain(..) {
+                    let _ = answer.send(Ok(recorded.contains(&r.delivery_id)));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, successes = batch.len(), "a batch of successes failed; writing them one by one");
+                for (r, answer) in batch.drain(..) {
+                    let one = write_batch(&pool, std::slice::from_ref(&r))
+                        .await
+                        .map(|ids| !ids.is_empty())
+                        .map_err(|e| e.to_string());
+                    let _ = answer.send(one);
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(
+    pool: &Pool,
+    records: &[AttemptRecord],
+) -> Result<std::collections::HashSet<uuid::Uuid>, DbError> {
+    let client = pool.get().await?;
+    Ok(repo::record_successes(&client, records)
+        .await?
+        .into_iter()
+        .collect())
 }

@@ -89,6 +89,7 @@ pub fn spawn(
         stop.clone(),
     ));
     let delivering = Arc::new(deliver::Delivering {
+        successes: deliver::spawn_success_writer(pool.clone()),
         pool,
         client,
         breakers: breakers::Breakers::new(settings.breaker, MAX_BREAKERS, Some(metrics.clone())),

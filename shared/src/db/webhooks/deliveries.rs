@@ -442,6 +442,49 @@ pub async fn record_attempt(
     Ok(true)
 }
 
+/// Records many successful attempts (each [`Next::Succeeded`], of an
+/// endpoint that needs no write) in one statement: the deliveries become
+/// `succeeded` and get their attempt rows. Returns the ids recorded; a
+/// delivery whose claim was lost is left out and written nothing for.
+pub async fn record_successes(
+    client: &impl deadpool_postgres::GenericClient,
+    records: &[AttemptRecord],
+) -> Result<Vec<Uuid>, DbError> {
+    const SQL: &str = "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], \
+          $3::timestamptz[], $4::int[], $5::int[], $6::text[]) \
+          AS r(id, token, at, code, duration, excerpt)), \
+        u AS (UPDATE webhook_deliveries d SET status = 'succeeded', attempts = attempts + 1, \
+          lease_token = NULL, single_attempt = false, last_status_code = r.code, \
+          last_error = NULL, last_duration_ms = r.duration, updated_at = now() \
+          FROM r WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending' \
+          RETURNING d.id) \
+        INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms, response_excerpt) \
+        SELECT r.id, r.at, r.code, r.duration, r.excerpt FROM r JOIN u ON u.id = r.id \
+        RETURNING delivery_id";
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = records.iter().map(|r| r.delivery_id).collect();
+    let tokens: Vec<Uuid> = records.iter().map(|r| r.lease_token).collect();
+    let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
+    let codes: Vec<Option<i32>> = records.iter().map(|r| r.status_code).collect();
+    let durations: Vec<i32> = records.iter().map(|r| r.duration_ms).collect();
+    let excerpts: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.response_excerpt.as_deref())
+        .collect();
+    let rows = client
+        .query(
+            &super::super::prepared(client, SQL).await?,
+            &[&ids, &tokens, &at, &codes, &durations, &excerpts],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
 /// Ends an endpoint's failure run after a success.
 pub async fn mark_healthy(
     client: &impl deadpool_postgres::GenericClient,

@@ -341,3 +341,73 @@ async fn a_claim_lost_to_a_crash_is_retried_after_its_lease_and_counted_once() {
     assert_eq!(d["status"], "succeeded");
     assert_eq!(attempt_codes(&d), vec![Some(200)]);
 }
+
+/// Successes written together: each only by the holder of its delivery's
+/// current claim, each once.
+#[tokio::test]
+async fn successes_written_together_count_only_live_claims() {
+    use rdev_shared::db::webhooks::{self as repo, AttemptRecord, Next};
+
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let w = create_webhook(&app, json!({"url": "http://127.0.0.1:9/", "events": ["*"]})).await;
+    let a = send_test(&app, &id_of(&w)).await;
+    let b = send_test(&app, &id_of(&w)).await;
+    let c = app.env.pool.get().await.expect("db");
+    let stale = repo::claim_due(&c, 10, Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert_eq!(stale.len(), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let live = repo::claim_due(&c, 10, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(live.len(), 2);
+    let token = |claims: &[repo::Claimed], id: &str| {
+        claims
+            .iter()
+            .find(|x| x.id.to_string() == id)
+            .expect("claimed")
+            .lease_token
+    };
+    let record = |id: &str, token| AttemptRecord {
+        delivery_id: id.parse().expect("uuid"),
+        lease_token: token,
+        at: chrono::Utc::now(),
+        status_code: Some(204),
+        duration_ms: 2,
+        error: None,
+        response_excerpt: Some("ok".into()),
+        next: Next::Succeeded,
+    };
+    let written = repo::record_successes(
+        &c,
+        &[record(&a, token(&live, &a)), record(&b, token(&stale, &b))],
+    )
+    .await
+    .expect("record");
+    assert_eq!(
+        written,
+        [a.parse::<uuid::Uuid>().expect("uuid")],
+        "b's claim was lost"
+    );
+    let written = repo::record_successes(
+        &c,
+        &[record(&b, token(&live, &b)), record(&a, token(&live, &a))],
+    )
+    .await
+    .expect("record");
+    assert_eq!(
+        written,
+        [b.parse::<uuid::Uuid>().expect("uuid")],
+        "a was written already"
+    );
+    for id in [&a, &b] {
+        let d = delivery(&app, &id_of(&w), id).await;
+        assert_eq!(d["status"], "succeeded");
+        assert_eq!(attempt_codes(&d), vec![Some(204)]);
+    }
+}
