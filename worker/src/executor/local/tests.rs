@@ -477,6 +477,23 @@ fn warm_counters(exec: &LocalExecutor) -> (prometheus::IntCounter, prometheus::I
     (hits, misses)
 }
 
+/// An executor whose project ran `first` (which must succeed) and now has
+/// a warm sandbox ready, with its hit and miss counters.
+async fn warmed(
+    tmp: &TempDir,
+    first: &str,
+) -> (
+    LocalExecutor,
+    prometheus::IntCounter,
+    prometheus::IntCounter,
+) {
+    let exec = executor(tmp).await;
+    let (hits, misses) = warm_counters(&exec);
+    assert_eq!(run(&exec, sh(first)).await.outcome, Outcome::Exited(0));
+    warm_ready(&exec).await;
+    (exec, hits, misses)
+}
+
 /// A project's next command runs in a sandbox made ahead of it, and sees
 /// exactly what a sandbox made for it shows: its own arguments,
 /// environment, input, directory, pid and exit code, and an empty /tmp
@@ -529,13 +546,7 @@ async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
 #[tokio::test]
 async fn a_workdir_made_again_gets_a_new_sandbox() {
     let tmp = TempDir::new();
-    let exec = executor(&tmp).await;
-    let (hits, misses) = warm_counters(&exec);
-    assert_eq!(
-        run(&exec, sh("touch old")).await.outcome,
-        Outcome::Exited(0)
-    );
-    warm_ready(&exec).await;
+    let (exec, hits, misses) = warmed(&tmp, "touch old").await;
     let dir = tmp.0.join("ws/proj");
     std::fs::remove_dir_all(&dir).expect("remove the workdir");
     std::fs::create_dir(&dir).expect("make it again");
@@ -552,10 +563,7 @@ async fn a_workdir_made_again_gets_a_new_sandbox() {
 #[tokio::test]
 async fn warm_sandboxes_fail_signal_and_stop_like_new_ones() {
     let tmp = TempDir::new();
-    let exec = executor(&tmp).await;
-    let (hits, _) = warm_counters(&exec);
-    assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
-    warm_ready(&exec).await;
+    let (exec, hits, _) = warmed(&tmp, "true").await;
     let ran = run(
         &exec,
         job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
