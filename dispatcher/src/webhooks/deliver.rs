@@ -326,17 +326,17 @@ async fn write_successes(
 ) {
     let mut batch = Vec::with_capacity(SUCCESS_BATCH);
     while rx.recv_many(&mut batch, SUCCESS_BATCH).await > 0 {
-        let records: Vec<AttemptRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+        let (records, answers): (Vec<AttemptRecord>, Vec<_>) = batch.drain(..).unzip();
         match write_batch(&pool, &records).await {
             Ok(recorded) => {
-                for (r, answer) in batch.drain(..) {
+                for (r, answer) in records.iter().zip(answers) {
                     let _ = answer.send(Ok(recorded.contains(&r.delivery_id)));
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, successes = batch.len(), "a batch of successes failed; writing them one by one");
-                for (r, answer) in batch.drain(..) {
-                    let one = write_batch(&pool, std::slice::from_ref(&r))
+                tracing::debug!(error = %e, successes = records.len(), "a batch of successes failed; writing them one by one");
+                for (r, answer) in records.iter().zip(answers) {
+                    let one = write_batch(&pool, std::slice::from_ref(r))
                         .await
                         .map(|ids| !ids.is_empty())
                         .map_err(|e| e.to_string());

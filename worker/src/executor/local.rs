@@ -94,10 +94,13 @@ impl LocalExecutor {
             tty: job.tty,
         };
         let warm = self.sandbox.warm_key(&launch);
-        let spawned = self.sandbox.spawn(launch).map_err(|e| match e {
-            LaunchError::Unavailable(e) => Outcome::SandboxUnavailable(e),
-            LaunchError::Failed(e) => Outcome::FailedToStart(e),
-        })?;
+        let spawned = self
+            .sandbox
+            .spawn(launch, warm.as_ref())
+            .map_err(|e| match e {
+                LaunchError::Unavailable(e) => Outcome::SandboxUnavailable(e),
+                LaunchError::Failed(e) => Outcome::FailedToStart(e),
+            })?;
         // The project's next command should find a sandbox ready. Made on a
         // runtime thread (it dies with the thread that starts it), after
         // this command got going.

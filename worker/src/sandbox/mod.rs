@@ -387,11 +387,11 @@ impl Sandbox {
         self.warm.ready()
     }
 
-    /// Starts a command: in a warm sandbox made for it, if one is ready,
-    /// else in a new one.
-    pub fn spawn(&self, l: Launch<'_>) -> Result<Spawned, LaunchError> {
-        if let Some(key) = self.warm_key(&l)
-            && let Some(warm) = self.warm.take(&key)
+    /// Starts a command: in a warm sandbox made for `warm` (its
+    /// [`Sandbox::warm_key`]), if one is ready, else in a new one.
+    pub fn spawn(&self, l: Launch<'_>, warm: Option<&WarmKey>) -> Result<Spawned, LaunchError> {
+        if let Some(key) = warm
+            && let Some(warm) = self.warm.take(key)
         {
             match warm.start(&l.argv, &l.env) {
                 Ok(spawned) => return Ok(spawned),
@@ -571,7 +571,7 @@ impl Sandbox {
                 stdin: false,
                 tty: None,
             };
-            let mut spawned = self.spawn(launch).map_err(|e| match e {
+            let mut spawned = self.spawn(launch, None).map_err(|e| match e {
                 LaunchError::Unavailable(m) | LaunchError::Failed(m) => m,
             })?;
             let status = tokio::time::timeout(PROBE_TIMEOUT, spawned.wait()).await;

@@ -192,12 +192,10 @@ async fn exit_codes_and_signals_are_reported() {
     assert_eq!(run(&exec, argv).await.outcome, Outcome::Exited(4));
 }
 
-#[tokio::test]
-async fn missing_program_fails_to_start() {
-    let tmp = TempDir::new();
-    let exec = executor(&tmp).await;
+/// Runs a program that does not exist: it fails to start, named.
+async fn fails_naming_the_missing_program(exec: &LocalExecutor) {
     let ran = run(
-        &exec,
+        exec,
         job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
     )
     .await;
@@ -206,6 +204,13 @@ async fn missing_program_fails_to_start() {
         "{:?}",
         ran.outcome
     );
+}
+
+#[tokio::test]
+async fn missing_program_fails_to_start() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    fails_naming_the_missing_program(&exec).await;
     let ran = run(&exec, job(CommandSpec::Argv(vec![]))).await;
     assert_eq!(ran.outcome, Outcome::FailedToStart("empty argv".into()));
 }
@@ -564,16 +569,7 @@ async fn a_workdir_made_again_gets_a_new_sandbox() {
 async fn warm_sandboxes_fail_signal_and_stop_like_new_ones() {
     let tmp = TempDir::new();
     let (exec, hits, _) = warmed(&tmp, "true").await;
-    let ran = run(
-        &exec,
-        job(CommandSpec::Argv(vec!["no-such-program-rdev".into()])),
-    )
-    .await;
-    assert!(
-        matches!(&ran.outcome, Outcome::FailedToStart(m) if m.contains("no-such-program-rdev")),
-        "{:?}",
-        ran.outcome
-    );
+    fails_naming_the_missing_program(&exec).await;
     warm_ready(&exec).await;
     assert_eq!(
         run(&exec, sh("kill -9 $$")).await.outcome,
