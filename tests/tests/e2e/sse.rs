@@ -200,3 +200,121 @@ async fn a_chunk_stored_after_subscribing_without_a_live_message_still_arrives()
         .expect("task");
     assert!(data.contains("late"), "{data}");
 }
+
+/// Reads a connection until the server closes it (a hang fails here).
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut all))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    all
+}
+
+/// Splits an HTTP/1.1 answer into its head and its de-chunked body, checking
+/// the chunk framing (sizes, CRLFs, the last chunk) on the way.
+fn dechunk(answer: &[u8]) -> (String, Vec<u8>) {
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8(answer[..split].to_vec()).expect("ascii head");
+    let mut rest = &answer[split + 4..];
+    let mut body = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).expect("hex"), 16)
+            .expect("a chunk size");
+        rest = &rest[line + 2..];
+        if size == 0 {
+            assert_eq!(rest, b"\r\n", "nothing after the last chunk");
+            return (head, body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        assert_eq!(&rest[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+        rest = &rest[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn an_event_stream_is_its_connections_one_answer_and_other_requests_keep_alive() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let c = app.run("p", json!({"command": "echo one; echo two"})).await;
+    let id = c["id"].as_str().expect("id").to_owned();
+    app.wait_terminal(&id, WAIT).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // The head arrives in two parts; the stream is written as chunks, ends
+    // with the last chunk, and the server closes the connection.
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET /v1/commands/{id}/events HTTP/1.1\r\nhost: rdev\r\nauthorization: Bearer {}\r\n\r\n",
+        app.admin_key
+    );
+    let (first, second) = head.split_at(20);
+    s.write_all(first.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(second.as_bytes()).await.expect("write");
+    let (head, body) = dechunk(&read_to_close(&mut s).await);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let head = head.to_ascii_lowercase();
+    for h in [
+        "content-type: text/event-stream",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "date: ",
+    ] {
+        assert!(head.contains(h), "{h} missing: {head}");
+    }
+    let body = String::from_utf8(body).expect("utf-8");
+    assert!(body.starts_with("event: status\n"), "{body}");
+    for part in ["event: output\n", "one\\n", "two\\n"] {
+        assert!(body.contains(part), "{part:?} missing: {body}");
+    }
+    assert!(body.contains("event: end\n"), "{body}");
+
+    // Refused the same way: a problem, chunked, then closed.
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(format!("GET /v1/commands/{id}/events HTTP/1.1\r\nhost: rdev\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (head, body) = dechunk(&read_to_close(&mut s).await);
+    assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let problem: serde_json::Value = serde_json::from_slice(&body).expect("a problem");
+    assert_eq!(problem["status"], 401);
+
+    // Anything else is hyper's, even when its head arrives in parts, and the
+    // connection stays open for the next request.
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /hea").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"lth HTTP/1.1\r\nhost: rdev\r\n\r\n")
+        .await
+        .expect("write");
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: rdev\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answers = String::from_utf8(read_to_close(&mut s).await).expect("utf-8");
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{answers}"
+    );
+}

@@ -1,6 +1,7 @@
-//! rdev-api's accept loop: HTTP/1.1 connections served by hyper, with a
-//! graceful shutdown. It replaces `axum::serve` for one reason, memory per
-//! open connection, which is what 10,000 SSE watchers cost.
+//! rdev-api's accept loop: HTTP/1.1 connections served by hyper, event
+//! streams served by this module, with a graceful shutdown. It replaces
+//! `axum::serve` for one reason, memory per open connection, which is what
+//! 10,000 SSE watchers cost.
 //!
 //! `axum::serve` accepts HTTP/1.1 and HTTP/2 on the same port. To tell them
 //! apart it reads the first 24 bytes of each connection on its own, so hyper
@@ -8,12 +9,22 @@
 //! 16 KiB on the second read and stays that size for the connection's life
 //! (a heap profile of 10,000 idle SSE connections: half of the API's memory).
 //! Clients of rdev speak HTTP/1.1 (a TLS-terminating proxy in front speaks
-//! HTTP/1.1 to us too), so this loop serves HTTP/1.1 only and the buffer
-//! stays 8 KiB.
+//! HTTP/1.1 to us too), so this loop serves HTTP/1.1 only.
+//!
+//! Even at 8 KiB, hyper's buffers (one to read heads, one to write them) are
+//! most of an idle event stream's memory. So the loop reads each
+//! connection's first request head itself (`head.rs`): a request for an
+//! event stream is answered by the router as usual and written out by
+//! `events.rs`, one request per connection; anything else goes to hyper,
+//! which reads the bytes already read first.
+
+mod events;
+mod head;
+mod io;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -55,13 +66,14 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    let http = Arc::new(http);
     // Connection slots double as the shutdown's wait: when every slot is
     // back, every connection has finished.
     let max_connections = max_connections.clamp(
         1,
         tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
     );
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -101,47 +113,80 @@ impl Connection {
     /// `stopping` is cancelled, its request in flight is answered.
     fn spawn(
         self,
-        http: &http1::Builder,
+        http: &Arc<http1::Builder>,
         app: &Router,
         write_timeout: Duration,
         stopping: CancellationToken,
     ) {
         let Self { stream, peer, slot } = self;
+        let http = http.clone();
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            let app = app.clone();
-            async move {
-                Ok::<_, Infallible>(
-                    app.oneshot(req.map(axum::body::Body::new))
-                        .await
-                        .unwrap_or_else(|e| match e {}),
-                )
-            }
-        });
-        // Upgrades for the attach WebSocket: once upgraded, the socket leaves
-        // this connection (and its slot); attach sessions count against the
-        // SSE watcher limit instead. The write timeout goes with the socket.
-        let stream = WriteTimeout::new(stream, write_timeout);
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         tokio::spawn(async move {
             // Held for the connection's life.
             let _slot = slot;
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                () = stopping.cancelled() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            // Each way of serving is boxed: the task keeps only the one it
+            // takes (an idle event stream stays small).
+            match head::read_opening(&stream, peer, HEADER_READ_TIMEOUT, &stopping).await {
+                head::Opening::Gone => {}
+                head::Opening::EventStream(request) => {
+                    Box::pin(events::serve(stream, *request, app, write_timeout)).await;
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+                head::Opening::Other(read) => {
+                    let stream = io::Rewind::new(read, stream);
+                    Box::pin(serve_hyper(
+                        &http,
+                        stream,
+                        peer,
+                        app,
+                        write_timeout,
+                        stopping,
+                    ))
+                    .await;
+                }
             }
         });
+    }
+}
+
+/// Serves a connection with hyper until it ends or, once `stopping` is
+/// cancelled, its request in flight is answered.
+async fn serve_hyper(
+    http: &http1::Builder,
+    stream: io::Rewind<TcpStream>,
+    peer: SocketAddr,
+    app: Router,
+    write_timeout: Duration,
+    stopping: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        let app = app.clone();
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(req.map(axum::body::Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
+    });
+    // Upgrades for the attach WebSocket: once upgraded, the socket leaves
+    // this connection (and its slot); attach sessions count against the
+    // SSE watcher limit instead. The write timeout goes with the socket.
+    let stream = io::WriteTimeout::new(stream, write_timeout);
+    let conn = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stopping.cancelled() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
@@ -156,103 +201,6 @@ fn refuse(mut stream: TcpStream) {
         })
         .await;
     });
-}
-
-/// A socket whose writes fail with `TimedOut` when the peer takes nothing
-/// for `limit` while there is something to send. hyper has no write
-/// timeout, and an event stream is only polled when hyper can write: a
-/// client that stops reading would otherwise keep its connection, its SSE
-/// slot and the graceful shutdown waiting forever. The timer exists only
-/// while a write is blocked (no cost for a connection that keeps up).
-struct WriteTimeout {
-    inner: tokio::net::TcpStream,
-    limit: Duration,
-    blocked: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl WriteTimeout {
-    fn new(inner: tokio::net::TcpStream, limit: Duration) -> Self {
-        Self {
-            inner,
-            limit,
-            blocked: None,
-        }
-    }
-
-    /// Maps a write's result: clears the timer on progress, arms it on
-    /// `Pending`, and fails once it has fired.
-    fn check<T>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        polled: std::task::Poll<std::io::Result<T>>,
-    ) -> std::task::Poll<std::io::Result<T>> {
-        use std::task::Poll;
-        if polled.is_ready() {
-            self.blocked = None;
-            return polled;
-        }
-        let limit = self.limit;
-        let timer = self
-            .blocked
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client took no bytes within the write timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for WriteTimeout {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for WriteTimeout {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.check(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.check(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
-        self.check(cx, polled)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.check(cx, polled)
-    }
 }
 
 #[cfg(test)]
