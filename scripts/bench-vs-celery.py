@@ -75,6 +75,8 @@ def main():
          ("rdev", "webhook_backlog", "deliveries_peak_1s"), None, True, "≥ 3,000/s"),
         ("one event idle, event → delivery p50", " ms",
          ("rdev", "webhook_idle", "event_to_delivery.p50"), None, False, "≤ 5 ms"),
+        ("events of 100 commands enqueued in a row, p50", " ms",
+         ("rdev", "webhook_trickle", "event_to_delivery.p50"), None, False, "(reference)"),
         ("idle SSE, API RSS peak − before", " MiB",
          ("rdev", "sse", "api_rss_peak"), None, False, "≤ 8 KiB each"),
     ]

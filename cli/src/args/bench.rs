@@ -119,4 +119,9 @@ pub struct WebhooksArgs {
     /// Concurrent enqueue requests
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]
     pub concurrency: usize,
+    /// Enqueue each command only once the previous one's deliveries have
+    /// arrived: the latency of one event on an otherwise idle stack
+    /// (`--concurrency` is then ignored)
+    #[arg(long)]
+    pub one_at_a_time: bool,
 }

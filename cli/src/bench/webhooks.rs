@@ -138,6 +138,65 @@ async fn enqueue_all(
     Ok(ours)
 }
 
+/// What the receiver has taken so far.
+#[derive(Default)]
+struct Taken {
+    lat: Vec<f64>,
+    seen: HashSet<String>,
+    duplicates: u64,
+    foreign: u64,
+    arrivals: Vec<Instant>,
+}
+
+impl Taken {
+    /// Counts one delivery; whether it was one of `ours` seen for the first
+    /// time.
+    fn take(&mut self, d: Received, ours: &HashSet<String>) -> bool {
+        let cmd_id = d.body.pointer("/data/id").and_then(Value::as_str);
+        if !cmd_id.is_some_and(|id| ours.contains(id)) {
+            self.foreign += 1;
+            return false;
+        }
+        if let Some(wid) = d.webhook_id
+            && !self.seen.insert(wid)
+        {
+            self.duplicates += 1;
+            return false;
+        }
+        let ts: Option<DateTime<Utc>> = d
+            .body
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        if let Some(ts) = ts {
+            self.lat
+                .push((d.at - ts).num_microseconds().unwrap_or(0) as f64 / 1e3);
+        }
+        self.arrivals.push(d.at_instant);
+        true
+    }
+
+    /// Takes deliveries until `want` more of ours arrived, or none for
+    /// [`STALL`]; whether they all did.
+    async fn take_until(
+        &mut self,
+        want: usize,
+        ours: &HashSet<String>,
+        rx: &mut mpsc::UnboundedReceiver<Received>,
+    ) -> bool {
+        let mut got = 0;
+        while got < want {
+            let Ok(Some(d)) = tokio::time::timeout(STALL, rx.recv()).await else {
+                return false;
+            };
+            if self.take(d, ours) {
+                got += 1;
+            }
+        }
+        true
+    }
+}
+
 /// Enqueues the commands and takes the deliveries they cause.
 async fn drive(
     client: &Client,
@@ -147,45 +206,35 @@ async fn drive(
     rx: &mut mpsc::UnboundedReceiver<Received>,
 ) -> Result<Report, ClientError> {
     let start = Instant::now();
-    let ours = enqueue_all(client, project, rng, a).await?;
     let expected = a.n * a.events.len();
-    let mut lat = Vec::new();
-    let mut seen = HashSet::new();
-    let mut duplicates = 0u64;
-    let mut foreign = 0u64;
-    let (mut first, mut last) = (None, None);
-    let mut arrivals = Vec::new();
-    while lat.len() < expected {
-        let Ok(Some(d)) = tokio::time::timeout(STALL, rx.recv()).await else {
-            break;
-        };
-        let cmd_id = d.body.pointer("/data/id").and_then(Value::as_str);
-        if !cmd_id.is_some_and(|id| ours.contains(id)) {
-            foreign += 1;
-            continue;
+    let mut t = Taken::default();
+    if a.one_at_a_time {
+        let mut ours = HashSet::new();
+        for _ in 0..a.n {
+            let created = enqueue(client, project, &trivial(rng, "true")).await?;
+            if let Some(id) = created.get("id").and_then(Value::as_str) {
+                ours.insert(id.to_owned());
+            }
+            if !t.take_until(a.events.len(), &ours, rx).await {
+                break;
+            }
         }
-        if let Some(wid) = d.webhook_id
-            && !seen.insert(wid)
-        {
-            duplicates += 1;
-            continue;
-        }
-        let ts: Option<DateTime<Utc>> = d
-            .body
-            .get("timestamp")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok());
-        if let Some(ts) = ts {
-            lat.push((d.at - ts).num_microseconds().unwrap_or(0) as f64 / 1e3);
-        }
-        arrivals.push(d.at_instant);
-        first.get_or_insert(d.at_instant);
-        last = Some(d.at_instant);
+    } else {
+        let ours = enqueue_all(client, project, rng, a).await?;
+        t.take_until(expected, &ours, rx).await;
     }
+    let Taken {
+        mut lat,
+        duplicates,
+        foreign,
+        arrivals,
+        ..
+    } = t;
+    let (first, last) = (arrivals.first().copied(), arrivals.last().copied());
     let received = lat.len();
     let mut r = Report::new(
         "webhooks",
-        json!({ "project": project, "n": a.n, "events": a.events, "concurrency": a.concurrency }),
+        json!({ "project": project, "n": a.n, "events": a.events, "concurrency": a.concurrency, "one_at_a_time": a.one_at_a_time }),
     );
     r.fig("expected", expected as f64, "");
     r.fig("received", received as f64, "");
