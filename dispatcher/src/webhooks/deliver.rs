@@ -51,6 +51,10 @@ impl Delivering {
     }
 }
 
+/// How long a dispatcher with every slot busy waits, once one slot is
+/// free, for more to free before it claims again.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// Runs until `stop` is cancelled, then waits for in-flight attempts.
 pub async fn run(d: Arc<Delivering>, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(d.settings.concurrency.max(1)));
@@ -102,6 +106,12 @@ pub async fn run(d: Arc<Delivering>, stop: CancellationToken) {
                 () = stop.cancelled() => break,
                 p = permits.clone().acquire_owned() => drop(p),
             }
+            // Attempts of a backlog end close together: give the others a
+            // moment to free their slots too, so that one claim fills
+            // several slots instead of one claim (a locking scan of the due
+            // index and an update) per slot.
+            let gather = u32::try_from(d.settings.concurrency / 4).unwrap_or(1).max(1);
+            let _ = tokio::time::timeout(CLAIM_GATHER, permits.acquire_many(gather)).await;
             continue;
         }
         tokio::select! {
