@@ -32,6 +32,8 @@ use crate::units::seg;
 const CONNECT_PARALLELISM: usize = 128;
 /// Between RSS samples while the watchers run.
 const RSS_SAMPLE: Duration = Duration::from_millis(250);
+/// How long every stream is left idle before the idle RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
 /// Digits of the timestamp at the start of each line.
 const TS_DIGITS: usize = 16;
 
@@ -137,6 +139,7 @@ async fn watch(
     id: String,
     line: usize,
     gate: Arc<Semaphore>,
+    connected: Arc<AtomicU64>,
 ) -> Result<Watch, ClientError> {
     let permit = gate.acquire_owned().await;
     let req = client
@@ -147,11 +150,17 @@ async fn watch(
     let url = resp.url().to_string();
     let mut events = Box::pin(resp.bytes_stream().eventsource());
     let mut c = Checker::new(line);
+    let mut counted = false;
     while let Some(ev) = events.next().await {
         let ev = ev.map_err(|e| ClientError::Transport {
             url: url.clone(),
             reason: e.to_string(),
         })?;
+        if !counted {
+            // The stream is set up: subscribed and its first `status` sent.
+            connected.fetch_add(1, Ordering::Relaxed);
+            counted = true;
+        }
         match ev.event.as_str() {
             "output" => match serde_json::from_str::<Output>(&ev.data) {
                 Ok(o) => c.output(o.seq, &o.data, now_us()),
@@ -185,6 +194,28 @@ fn sample_rss(client: &Client, url: Option<String>) -> (JoinHandle<()>, Arc<Atom
         }
     });
     (task, peak)
+}
+
+/// The API's RSS once every watcher's stream is set up and has been idle
+/// for [`IDLE_SETTLE`]; `None` when the command's output was due before
+/// then (`deadline`, from `started`) or the API's RSS is unknown.
+async fn idle_rss(
+    client: &Client,
+    url: Option<&str>,
+    connected: &AtomicU64,
+    watchers: usize,
+    started: Instant,
+    deadline: Duration,
+) -> Option<u64> {
+    while connected.load(Ordering::Relaxed) < watchers as u64 {
+        if started.elapsed() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let rss = api_rss(client, url).await;
+    (started.elapsed() < deadline).then_some(rss).flatten()
 }
 
 /// The watchers' results: the completed watches, how many failed to
@@ -233,12 +264,33 @@ pub async fn run(client: &Client, project: &str, a: &SseArgs) -> Result<Report, 
         .to_owned();
 
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
+    let connected = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..a.watchers)
-        .map(|_| tokio::spawn(watch(client.clone(), id.clone(), line, gate.clone())))
+        .map(|_| {
+            let watch = watch(
+                client.clone(),
+                id.clone(),
+                line,
+                gate.clone(),
+                connected.clone(),
+            );
+            tokio::spawn(watch)
+        })
         .collect();
     let (sampler, peak) = sample_rss(client, a.metrics_url.clone());
-    let (watches, connect_errors, first_error) = join_watchers(tasks).await;
+    // The output starts `delay` after the enqueue; leave it a margin.
+    let output_due = delay.saturating_sub(Duration::from_millis(500));
+    let idle = idle_rss(
+        client,
+        metrics_url,
+        &connected,
+        a.watchers,
+        started,
+        output_due,
+    );
+    let ((watches, connect_errors, first_error), rss_idle) =
+        tokio::join!(join_watchers(tasks), idle);
     let elapsed = started.elapsed().as_secs_f64();
     sampler.abort();
     let rss_peak = Some(peak.load(Ordering::Relaxed));
@@ -276,6 +328,7 @@ pub async fn run(client: &Client, project: &str, a: &SseArgs) -> Result<Report, 
     r.latency("lag", &mut lags);
     let mb = |v: Option<u64>| v.map_or(f64::NAN, |v| v as f64 / (1024.0 * 1024.0));
     r.fig("api_rss_before", mb(rss_before), "MiB");
+    r.fig("api_rss_idle", mb(rss_idle), "MiB");
     r.fig("api_rss_peak", mb(rss_peak.filter(|v| *v > 0)), "MiB");
     r.fig("api_rss_after", mb(rss_after), "MiB");
     r.extra = json!({ "faults": faults, "first_error": first_error });

@@ -110,7 +110,9 @@ pub async fn run(d: Arc<Delivering>, stop: CancellationToken) {
             // moment to free their slots too, so that one claim fills
             // several slots instead of one claim (a locking scan of the due
             // index and an update) per slot.
-            let gather = u32::try_from(d.settings.concurrency / 4).unwrap_or(1).max(1);
+            let gather = u32::try_from(d.settings.concurrency / 4)
+                .unwrap_or(1)
+                .max(1);
             let _ = tokio::time::timeout(CLAIM_GATHER, permits.acquire_many(gather)).await;
             continue;
         }
