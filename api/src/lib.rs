@@ -42,6 +42,9 @@ pub enum ServeError {
 /// Key lookups that reach PostgreSQL get this share of the pool (at least
 /// one connection): unknown tokens can never starve authenticated work.
 const KEY_LOOKUP_POOL_SHARE: usize = 4;
+/// New commands' run messages being published at once; past this, a
+/// command's message is left to the dispatcher's outbox relay.
+const RUN_PUBLISHES_IN_FLIGHT: usize = 1024;
 
 /// Builds the state, binds `cfg.listen` and `cfg.ops_listen`, and serves
 /// until `shutdown` is cancelled; `task` then completes once every open
@@ -144,8 +147,12 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
             .unwrap_or_else(|_| metrics.sse_connections_active.clone()),
     );
     AppState {
-        // Ends when the server's state is dropped.
-        marker: rdev_shared::relay::PublishedMarker::spawn(pool.clone()),
+        // The marker's task ends when the server's state is dropped.
+        run_messages: rdev_shared::relay::BackgroundPublisher::new(
+            publisher.clone(),
+            rdev_shared::relay::PublishedMarker::spawn(pool.clone()),
+            RUN_PUBLISHES_IN_FLIGHT,
+        ),
         metrics,
         sse,
         downloads,

@@ -3,9 +3,10 @@
 //! commit and publish). Safe with several relays at once: rows are locked
 //! with `FOR UPDATE SKIP LOCKED` and marked in the same transaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::db::{DbError, Pool, outbox};
 use crate::mq::{MqError, Publisher};
@@ -129,5 +130,51 @@ pub async fn publish_now(
                 break;
             }
         }
+    }
+}
+
+/// Publishes freshly committed outbox rows off the request's path: the
+/// request is answered once its rows are committed (which is what makes
+/// them durable), not once the broker has confirmed the message too.
+///
+/// At most `max` publishes are in flight; a row that finds none free, or
+/// whose publish fails or is cut short (the process stopping), is left to
+/// [`relay_once`], which publishes it after `RDEV_RELAY_MIN_AGE`.
+#[derive(Clone, Debug)]
+pub struct BackgroundPublisher {
+    publisher: Arc<Publisher>,
+    marker: PublishedMarker,
+    slots: Arc<Semaphore>,
+}
+
+impl BackgroundPublisher {
+    /// Publishes with `publisher` and marks rows with `marker`, at most
+    /// `max` at once.
+    pub fn new(publisher: Arc<Publisher>, marker: PublishedMarker, max: usize) -> Self {
+        Self {
+            publisher,
+            marker,
+            slots: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// Starts publishing `rows` in order; `false` when too many publishes
+    /// are in flight (then the relay publishes them). Never waits. Call
+    /// inside a Tokio runtime.
+    pub fn publish(&self, rows: Vec<outbox::Pending>) -> bool {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                rows = rows.len(),
+                "too many publishes in flight; the relay will publish these rows"
+            );
+            return false;
+        };
+        let publisher = self.publisher.clone();
+        let marker = self.marker.clone();
+        tokio::spawn(async move {
+            publish_now(&marker, &publisher, &rows).await;
+            drop(slot);
+        });
+        true
     }
 }

@@ -49,8 +49,9 @@ pub struct AppState {
     pub pool: Pool,
     /// Publishes commands (with confirms).
     pub publisher: Arc<Publisher>,
-    /// Marks published outbox rows in batches.
-    pub marker: rdev_shared::relay::PublishedMarker,
+    /// Publishes new commands' run messages once their rows are
+    /// committed, off the request's path.
+    pub run_messages: rdev_shared::relay::BackgroundPublisher,
     /// Relays live output.
     pub hub: Arc<OutputHub>,
     /// Cached key lookups.

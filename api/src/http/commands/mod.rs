@@ -13,7 +13,6 @@ use rdev_shared::db::{outbox, projects, secrets, webhooks};
 use rdev_shared::domain::{Command, CommandSpec, CommandStatus, Project};
 use rdev_shared::mq::OutgoingMessage;
 use rdev_shared::mq::{ControlMessage, OutputEvent};
-use rdev_shared::relay;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
@@ -153,14 +152,14 @@ pub async fn create(
             return Ok(command_response(StatusCode::ACCEPTED, &original, true));
         }
     };
-    // After commit: publish with a confirm and mark the row. If the broker is
-    // down the row stays and the relay publishes it; the claim guard keeps a
-    // double publish from running the command twice.
-    let pending = outbox::Pending {
+    // Committed, so accepted: answer now, and publish (with a confirm, then
+    // mark the row) in the background. If the broker is down or slow the row
+    // stays and the relay publishes it; the claim guard keeps a double
+    // publish from running the command twice.
+    st.run_messages.publish(vec![outbox::Pending {
         id: outbox_id,
         message,
-    };
-    relay::publish_now(&st.marker, &st.publisher, &[pending]).await;
+    }]);
     Ok(command_response(StatusCode::ACCEPTED, &cmd, false))
 }
 
