@@ -124,4 +124,8 @@ pub struct WebhooksArgs {
     /// (`--concurrency` is then ignored)
     #[arg(long)]
     pub one_at_a_time: bool,
+    /// Give up after this long without a delivery (longer when the
+    /// dispatcher is held back on purpose, as for a backlog)
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub stall: std::time::Duration,
 }

@@ -26,9 +26,6 @@ use crate::args::WebhooksArgs;
 use crate::client::{Client, ClientError};
 use crate::units::seg;
 
-/// Give up after this long without a new delivery.
-const STALL: Duration = Duration::from_secs(60);
-
 /// One delivery as the receiver saw it.
 struct Received {
     at: DateTime<Utc>,
@@ -177,16 +174,17 @@ impl Taken {
     }
 
     /// Takes deliveries until `want` more of ours arrived, or none for
-    /// [`STALL`]; whether they all did.
+    /// `stall`; whether they all did.
     async fn take_until(
         &mut self,
         want: usize,
         ours: &HashSet<String>,
         rx: &mut mpsc::UnboundedReceiver<Received>,
+        stall: Duration,
     ) -> bool {
         let mut got = 0;
         while got < want {
-            let Ok(Some(d)) = tokio::time::timeout(STALL, rx.recv()).await else {
+            let Ok(Some(d)) = tokio::time::timeout(stall, rx.recv()).await else {
                 return false;
             };
             if self.take(d, ours) {
@@ -215,13 +213,13 @@ async fn drive(
             if let Some(id) = created.get("id").and_then(Value::as_str) {
                 ours.insert(id.to_owned());
             }
-            if !t.take_until(a.events.len(), &ours, rx).await {
+            if !t.take_until(a.events.len(), &ours, rx, a.stall).await {
                 break;
             }
         }
     } else {
         let ours = enqueue_all(client, project, rng, a).await?;
-        t.take_until(expected, &ours, rx).await;
+        t.take_until(expected, &ours, rx, a.stall).await;
     }
     let Taken {
         mut lat,
