@@ -65,9 +65,10 @@ fn command_response(status: StatusCode, cmd: &Command, replayed: bool) -> Respon
 }
 
 /// `POST /v1/projects/{name}/commands`: one transaction writes the command,
-/// its audit row and its outbox message; after commit the message is
-/// published with a confirm. If the broker is down the request still
-/// succeeds and the dispatcher's relay publishes it later.
+/// its audit row and its outbox message; the request is answered once it
+/// commits, and the message is published (with a confirm) right after, in
+/// the background. If the broker is down the dispatcher's relay publishes
+/// it later.
 #[utoipa::path(
     post,
     path = "/projects/{name}/commands",
