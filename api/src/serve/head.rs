@@ -62,18 +62,25 @@ pub(super) async fn read_opening(
             Err(_) => return Opening::Gone,
         }
         match classify(&buf, peer) {
-            Some(Some(request)) => return Opening::EventStream(Box::new(request)),
-            Some(None) => return Opening::Other(Bytes::from(buf)),
-            None if buf.len() >= HEAD_LIMIT => return Opening::Other(Bytes::from(buf)),
-            None => {}
+            Head::EventStream(request) => return Opening::EventStream(request),
+            Head::Other => return Opening::Other(Bytes::from(buf)),
+            Head::Partial if buf.len() >= HEAD_LIMIT => return Opening::Other(Bytes::from(buf)),
+            Head::Partial => {}
         }
     }
 }
 
-/// `Some(Some(request))` for a whole event stream request, `Some(None)` for
-/// anything else, `None` while the head is incomplete and could still be
-/// one.
-fn classify(buf: &[u8], peer: SocketAddr) -> Option<Option<Request<Body>>> {
+/// What the bytes read so far are.
+enum Head {
+    /// A whole event stream request, and nothing after it.
+    EventStream(Box<Request<Body>>),
+    /// Anything else.
+    Other,
+    /// An incomplete head that could still be an event stream request.
+    Partial,
+}
+
+fn classify(buf: &[u8], peer: SocketAddr) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     let parsed = head.parse(buf);
@@ -83,13 +90,15 @@ fn classify(buf: &[u8], peer: SocketAddr) -> Option<Option<Request<Body>>> {
         || head.path.is_some_and(|p| !is_event_stream_path(p))
         || head.version.is_some_and(|v| v != 1)
     {
-        return Some(None);
+        return Head::Other;
     }
     match parsed {
-        Ok(httparse::Status::Partial) => None,
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Ok(httparse::Status::Complete(len)) if len == buf.len() => {
+            event_request(&head, peer).map_or(Head::Other, |r| Head::EventStream(Box::new(r)))
+        }
         // Pipelined bytes after the head, or a head hyper must judge.
-        Ok(httparse::Status::Complete(len)) if len == buf.len() => Some(event_request(&head, peer)),
-        Ok(httparse::Status::Complete(_)) | Err(_) => Some(None),
+        Ok(httparse::Status::Complete(_)) | Err(_) => Head::Other,
     }
 }
 
@@ -133,9 +142,9 @@ mod tests {
 
     fn kind(head: &str) -> &'static str {
         match classify(head.as_bytes(), peer()) {
-            Some(Some(_)) => "events",
-            Some(None) => "other",
-            None => "partial",
+            Head::EventStream(_) => "events",
+            Head::Other => "other",
+            Head::Partial => "partial",
         }
     }
 
@@ -147,7 +156,7 @@ mod tests {
             "GET /v1/commands/{ID}/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\nlast-event-id: 7\r\n\r\n"
         );
         assert_eq!(kind(&head[..head.len() - 2]), "partial");
-        let Some(Some(req)) = classify(head.as_bytes(), peer()) else {
+        let Head::EventStream(req) = classify(head.as_bytes(), peer()) else {
             panic!("not an event stream request");
         };
         assert_eq!(req.uri().path(), format!("/v1/commands/{ID}/events"));

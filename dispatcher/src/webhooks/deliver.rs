@@ -58,6 +58,10 @@ const CLAIM_GATHER: Duration = Duration::from_millis(2);
 /// Runs until `stop` is cancelled, then waits for in-flight attempts.
 pub async fn run(d: Arc<Delivering>, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(d.settings.concurrency.max(1)));
+    // Slots a saturated loop waits for before it claims again.
+    let gather = u32::try_from(d.settings.concurrency / 4)
+        .unwrap_or(1)
+        .max(1);
     let mut inflight = JoinSet::new();
     loop {
         if stop.is_cancelled() {
@@ -110,9 +114,6 @@ pub async fn run(d: Arc<Delivering>, stop: CancellationToken) {
             // moment to free their slots too, so that one claim fills
             // several slots instead of one claim (a locking scan of the due
             // index and an update) per slot.
-            let gather = u32::try_from(d.settings.concurrency / 4)
-                .unwrap_or(1)
-                .max(1);
             let _ = tokio::time::timeout(CLAIM_GATHER, permits.acquire_many(gather)).await;
             continue;
         }
