@@ -91,6 +91,17 @@ pub enum Report {
     Nothing,
 }
 
+/// Whether `report` holds the init's last line: `exited N` or
+/// `signaled N`, which it writes just before it exits (an `exec-failed`
+/// line comes before one of them).
+pub fn is_final(report: &[u8]) -> bool {
+    report
+        .split(|b| *b == b'\n')
+        .rev()
+        .skip(1) // what follows the last newline: not a whole line yet
+        .any(|line| line.starts_with(b"exited ") || line.starts_with(b"signaled "))
+}
+
 /// Reads the init's status lines: an `exec-failed` line wins (the child
 /// also exits 127 after it), else the last `exited`/`signaled` line.
 pub fn parse_report(text: &str) -> Report {
@@ -123,6 +134,14 @@ mod tests {
             Report::ExecFailed(2)
         );
         assert_eq!(parse_report(""), Report::Nothing);
+        assert!(is_final(b"exited 0\n"));
+        assert!(is_final(b"exec-failed 2\nexited 127\n"));
+        assert!(!is_final(b"exec-failed 2\n"));
+        assert!(
+            !is_final(b"exited 0"),
+            "a line without its newline may be cut"
+        );
+        assert!(!is_final(b""));
         assert_eq!(parse_report("garbage\nexited x\n"), Report::Nothing);
     }
 }

@@ -629,6 +629,7 @@ fn bwrap_spawned(
         target: Target::Init(init_pid.clone()),
         pty: master,
         report: receiver(read.status),
+        reported: Vec::new(),
         diagnostics: receiver(read.diag).map(|r| tokio::spawn(read_capped(r))),
         json: receiver(read.json).map(|r| tokio::spawn(follow_json(r, init_pid))),
         child,

@@ -147,6 +147,7 @@ fn tracked(
         target: Target::Group(Pid::from_raw(pgid)),
         pty: master,
         report: None,
+        reported: Vec::new(),
         diagnostics: None,
         json: None,
         child,

@@ -11,6 +11,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use rdev_shared::containment::Limit;
 use rdev_shared::interactive::{InputSignal, TtySize};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::watch;
@@ -20,7 +21,7 @@ use super::cgroup::{self, CommandCgroup};
 use super::init::{self, Report};
 use super::pipes::{init_catching, read_capped_within};
 use super::pty::PtyMaster;
-use super::{Finished, INIT_WAIT, REPORT_TIMEOUT};
+use super::{DIAGNOSTICS_MAX, Finished, INIT_WAIT, REPORT_TIMEOUT};
 
 /// One of a command's output pipes.
 pub type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
@@ -50,6 +51,9 @@ pub struct Spawned {
     pub(super) target: Target,
     pub(super) pty: Option<PtyMaster>,
     pub(super) report: Option<pipe::Receiver>,
+    /// What the init reported so far; [`Spawned::wait`] returns once it
+    /// holds the init's last line.
+    pub(super) reported: Vec<u8>,
     pub(super) diagnostics: Option<JoinHandle<String>>,
     pub(super) json: Option<JoinHandle<()>>,
     pub(super) cgroup: Option<CommandCgroup>,
@@ -135,9 +139,32 @@ impl Spawned {
         }
     }
 
-    /// Waits for the command's main process (the sandbox) to end.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
+    /// Waits for the command's main process to end: the init's last
+    /// report line, or (no sandbox, or an init that never reported) the
+    /// end of the process the worker started.
+    ///
+    /// The report comes first: bubblewrap exits only after the kernel has
+    /// taken the sandbox's namespaces and mounts down, a millisecond or two
+    /// later, and nothing of the command is left to wait for by then (the
+    /// init reaped its main process; [`Spawned::finish`] kills the rest).
+    pub async fn wait(&mut self) {
+        let Some(report) = self.report.as_mut() else {
+            let _ = self.child.wait().await;
+            return;
+        };
+        tokio::select! {
+            complete = last_report_line(report, &mut self.reported) => {
+                if !complete {
+                    let _ = self.child.wait().await;
+                }
+            }
+            _ = self.child.wait() => {}
+        }
+    }
+
+    /// Whether the init's last report line has arrived.
+    fn reported_all(&self) -> bool {
+        init::is_final(&self.reported)
     }
 
     /// Stops the whole tree: SIGTERM to every process, SIGKILL to what is
@@ -194,8 +221,17 @@ impl Spawned {
 
     /// After the main process ended (see [`Spawned::wait`]): kills what is
     /// left, reads how it ended, removes the cgroup.
+    ///
+    /// Once the init reported its command's end, nothing waits for the
+    /// sandbox itself: bubblewrap is killed and reaped, and the cgroup
+    /// removed, in the background.
     pub async fn finish(mut self) -> Finished {
-        let status = self.child.wait().await;
+        let early = self.reported_all();
+        let status = if early {
+            None
+        } else {
+            Some(self.child.wait().await)
+        };
         self.kill_rest();
         let events = self
             .cgroup
@@ -203,27 +239,50 @@ impl Spawned {
             .map(CommandCgroup::events)
             .unwrap_or_default();
         let report = match self.report.take() {
-            Some(r) => Some(init::parse_report(
-                &read_capped_within(r, REPORT_TIMEOUT).await,
-            )),
+            Some(_) if early => Some(init::parse_report(&String::from_utf8_lossy(&self.reported))),
+            Some(r) => {
+                let rest = read_capped_within(r, REPORT_TIMEOUT).await;
+                let mut text = String::from_utf8_lossy(&self.reported).into_owned();
+                text.push_str(&rest);
+                Some(init::parse_report(&text))
+            }
             None => None,
-        };
-        let diagnostics = match self.diagnostics.take() {
-            Some(task) => tokio::time::timeout(REPORT_TIMEOUT, task)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default(),
-            None => String::new(),
         };
         if let Some(task) = self.json.take() {
             task.abort();
         }
-        if let Some(cg) = self.cgroup.take() {
-            // Its processes are dead or being killed; the kernel releases
-            // the cgroup a moment later. Nobody waits for that.
-            tokio::spawn(cg.remove());
-        }
+        let diagnostics = self.diagnostics.take();
+        let cgroup = self.cgroup.take();
+        let mut child = self.child;
+        let status = match status {
+            Some(s) => s,
+            // Only a report without a result makes the sandbox's own end
+            // worth waiting for (below).
+            None if report == Some(Report::Nothing) => child.wait().await,
+            None => Ok(ExitStatus::default()),
+        };
+        let diagnostics = match diagnostics {
+            Some(task) if report == Some(Report::Nothing) => {
+                tokio::time::timeout(REPORT_TIMEOUT, task)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            Some(task) => {
+                task.abort();
+                String::new()
+            }
+            None => String::new(),
+        };
+        // Its processes are dead or being killed; the kernel releases the
+        // cgroup a moment after the last one ends. Nobody waits for that.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            if let Some(cg) = cgroup {
+                cg.remove().await;
+            }
+        });
         let (code, signal) = match report {
             Some(Report::Exited(c)) => (Some(c), None),
             Some(Report::Signaled(s)) => (None, Some(s)),
@@ -265,6 +324,20 @@ impl Spawned {
         };
         classify(code, signal, events)
     }
+}
+
+/// Reads the init's report into `buf` until it holds the init's last line
+/// (true), or the pipe ends or fills without one (false). Cancel-safe:
+/// what was read stays in `buf`.
+async fn last_report_line(report: &mut pipe::Receiver, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 128];
+    while !init::is_final(buf) {
+        match report.read(&mut chunk).await {
+            Ok(n) if n > 0 && buf.len() < DIAGNOSTICS_MAX => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Names the limit a failed command hit, if any.
