@@ -157,10 +157,17 @@ pub async fn create(
     // mark the row) in the background. If the broker is down or slow the row
     // stays and the relay publishes it; the claim guard keeps a double
     // publish from running the command twice.
-    st.run_messages.publish(vec![outbox::Pending {
+    let publishing = st.run_messages.publish(vec![outbox::Pending {
         id: outbox_id,
         message,
     }]);
+    if publishing {
+        // The publish task waits in this thread's next-to-run slot, where it
+        // would run only once the 202 is written. One yield lets it hand the
+        // message to the broker's connection first (it does not wait for
+        // the confirm), so the worker gets it sooner.
+        tokio::task::yield_now().await;
+    }
     Ok(command_response(StatusCode::ACCEPTED, &cmd, false))
 }
 
