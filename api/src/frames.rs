@@ -7,6 +7,7 @@
 //! encoding per chunk instead of 1,000.
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -114,14 +115,84 @@ pub struct LiveEvent {
     /// The message.
     pub event: OutputEvent,
     frame: OnceLock<Bytes>,
+    /// A `status` or `end` message's reads, shared by this instance's
+    /// watchers (none for chunks, which the hub keeps many of).
+    reads: Option<Box<SharedReads>>,
 }
+
+/// What every watcher of a command reads from PostgreSQL after a `status`
+/// or `end` message, read once per instance: when a command watched by
+/// 10,000 streams ends, each used to read the command twice and its stored
+/// output once, 30,000 queries in a burst.
+///
+/// Each read starts after the message arrived, so it sees what the message
+/// announced (the worker publishes after its commit), as a watcher's own
+/// read would. A failed read is not kept: the next watcher tries again.
+#[derive(Debug, Default)]
+struct SharedReads {
+    command: tokio::sync::OnceCell<Command>,
+    /// The stored output after one position (the first watcher's), the
+    /// position the page ends at, and whether the page was full.
+    stored: tokio::sync::OnceCell<(i64, StoredPage)>,
+}
+
+/// A page of stored output as SSE frames: the frames, the `seq` after
+/// which the next page starts, and whether this page was full.
+pub type StoredPage = (Vec<Bytes>, i64, bool);
 
 impl LiveEvent {
     /// Wraps a message received from the output exchange.
     pub fn new(event: OutputEvent) -> Self {
+        let reads = match event {
+            OutputEvent::Chunk { .. } => None,
+            OutputEvent::Status | OutputEvent::End => Some(Box::default()),
+        };
         Self {
             event,
             frame: OnceLock::new(),
+            reads,
+        }
+    }
+
+    /// The command as read after this message: read by the first watcher
+    /// that asks (`load`), handed to the others. `None` when it cannot be
+    /// read.
+    pub async fn command_after<F, Fut>(&self, load: F) -> Option<Command>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Option<Command>>,
+    {
+        let Some(reads) = &self.reads else {
+            return load().await;
+        };
+        reads
+            .command
+            .get_or_try_init(|| async { load().await.ok_or(()) })
+            .await
+            .ok()
+            .cloned()
+    }
+
+    /// The page of stored output after `after`, read after this message:
+    /// shared by the watchers that are at the same position as the first
+    /// one that asks (after a command's end, usually all of them), read by
+    /// `load` for the others.
+    pub async fn stored_after<F, Fut>(&self, after: i64, load: F) -> Result<StoredPage, String>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<StoredPage, String>>,
+    {
+        let Some(reads) = &self.reads else {
+            return load().await;
+        };
+        let (at, page) = reads
+            .stored
+            .get_or_try_init(|| async { load().await.map(|page| (after, page)) })
+            .await?;
+        if *at == after {
+            Ok(page.clone())
+        } else {
+            load().await
         }
     }
 
@@ -192,5 +263,62 @@ mod tests {
             "the second watcher reuses the bytes"
         );
         assert!(LiveEvent::new(OutputEvent::End).frame().is_none());
+    }
+
+    #[tokio::test]
+    async fn reads_after_an_end_are_shared_by_watchers_at_the_same_position() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let reads = AtomicUsize::new(0);
+        let load = |after: i64| {
+            let reads = &reads;
+            move || async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                Ok::<StoredPage, String>((
+                    vec![output(after + 1, "stdout", b"x")],
+                    after + 1,
+                    false,
+                ))
+            }
+        };
+        let end = LiveEvent::new(OutputEvent::End);
+        let (a, b, c) = tokio::join!(
+            end.stored_after(4, load(4)),
+            end.stored_after(4, load(4)),
+            end.stored_after(4, load(4)),
+        );
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            1,
+            "one read for three watchers"
+        );
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+        assert_eq!(a.expect("read").1, 5);
+        // A watcher elsewhere reads for itself.
+        let other = end.stored_after(2, load(2)).await.expect("read");
+        assert_eq!((reads.load(Ordering::SeqCst), other.1), (2, 3));
+        // Chunks share nothing.
+        let chunk = LiveEvent::new(OutputEvent::Chunk {
+            seq: 1,
+            stream: OutputStream::Stdout,
+            data: b"x".to_vec().into(),
+        });
+        let _ = chunk.stored_after(4, load(4)).await;
+        let _ = chunk.stored_after(4, load(4)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_failed_shared_read_is_tried_again_by_the_next_watcher() {
+        let end = LiveEvent::new(OutputEvent::Status);
+        let failed = end
+            .stored_after(0, || async { Err::<StoredPage, _>("down".to_owned()) })
+            .await;
+        assert_eq!(failed, Err("down".to_owned()));
+        let read = end
+            .stored_after(0, || async { Ok((Vec::new(), 0, false)) })
+            .await;
+        assert_eq!(read, Ok((Vec::new(), 0, false)));
     }
 }

@@ -33,7 +33,7 @@ use super::access::load_visible_command;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Auth, Path};
 use crate::admission::{Refusal, Slot};
-use crate::frames::{self, LiveEvent};
+use crate::frames::{self, LiveEvent, StoredPage};
 use crate::hub::Subscription;
 
 /// The routes of this module (under `/v1`).
@@ -90,23 +90,25 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<i64> {
     }
 }
 
-/// Reads the next page of stored chunks after `*last` and turns it into
-/// events, advancing `*last`. Returns the events and whether the page was full.
-async fn read_page(pool: &Pool, id: Uuid, last: &mut i64) -> Result<(Vec<Bytes>, bool), String> {
+/// Reads the next page of stored chunks after `after` and turns it into
+/// events. Returns the events, the last `seq` they reach, and whether the
+/// page was full.
+async fn read_page(pool: &Pool, id: Uuid, after: i64) -> Result<StoredPage, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let page = output::read(&client, id, *last, None, CATCH_UP_PAGE)
+    let page = output::read(&client, id, after, None, CATCH_UP_PAGE)
         .await
         .map_err(|e| e.to_string())?;
     let full = page.len() as i64 == CATCH_UP_PAGE;
     let mut events = Vec::with_capacity(page.len() + 1);
+    let mut last = after;
     for c in page {
-        if c.seq > *last + 1 {
-            events.push(frames::gap(*last + 1, c.seq - 1));
+        if c.seq > last + 1 {
+            events.push(frames::gap(last + 1, c.seq - 1));
         }
         events.push(frames::output(c.seq, c.stream.as_str(), &c.data));
-        *last = c.seq;
+        last = c.seq;
     }
-    Ok((events, full))
+    Ok((events, last, full))
 }
 
 /// The key an event stream was opened with, re-checked when it changes.
@@ -376,6 +378,9 @@ struct Follower {
     must_read_stored: bool,
     /// The last catch-up failed (PostgreSQL unavailable): try again soon.
     retry_catch_up: bool,
+    /// The command's `end` message, once it came: the reads after it are
+    /// shared with the command's other watchers.
+    ended: Option<Arc<LiveEvent>>,
 }
 
 impl Follower {
@@ -401,6 +406,7 @@ impl Follower {
             need_catch_up: true,
             must_read_stored: true,
             retry_catch_up: false,
+            ended: None,
         }
     }
 
@@ -442,8 +448,16 @@ impl Follower {
                     None => *phase = CatchUp::Stored,
                 },
                 CatchUp::Stored => {
-                    match Box::pin(read_page(&self.st.pool, self.id, &mut self.last)).await {
-                        Ok((page, full)) => {
+                    let (pool, id, after) = (&self.st.pool, self.id, self.last);
+                    let load = || read_page(pool, id, after);
+                    let read = match &self.ended {
+                        // Read once for every watcher at this position.
+                        Some(end) => Box::pin(end.stored_after(after, load)).await,
+                        None => Box::pin(load()).await,
+                    };
+                    match read {
+                        Ok((page, last, full)) => {
+                            self.last = last;
                             if !full {
                                 *phase = CatchUp::Done { caught_up: true };
                             }
@@ -479,7 +493,11 @@ impl Follower {
     /// The `end` event. Every chunk is stored before a command turns
     /// terminal, and the catch-up before it sent them all.
     async fn end_frame(&self) -> Option<Bytes> {
-        let c = Box::pin(reload(&self.st.pool, self.id)).await?;
+        let load = || reload(&self.st.pool, self.id);
+        let c = match &self.ended {
+            Some(end) => Box::pin(end.command_after(load)).await?,
+            None => Box::pin(load()).await?,
+        };
         Some(frames::command("end", &c, None))
     }
 
@@ -542,7 +560,7 @@ impl Follower {
     /// `behind`, i.e. was behind when it started waiting), a later one
     /// means a catch-up; a status change is sent.
     async fn on_live(&mut self, msg: Option<Arc<LiveEvent>>, behind: bool) -> Step {
-        match msg.as_deref().map(|m| (&m.event, m)) {
+        match msg.as_ref().map(|m| (&m.event, m)) {
             Some((OutputEvent::Chunk { seq, .. }, live)) => {
                 self.max_seen = self.max_seen.max(*seq);
                 if *seq == self.last + 1 && !behind {
@@ -557,8 +575,9 @@ impl Follower {
                     self.sub.take_lagged();
                 }
             }
-            Some((OutputEvent::Status, _)) => {
-                if let Some(c) = Box::pin(reload(&self.st.pool, self.id)).await
+            Some((OutputEvent::Status, live)) => {
+                let load = || reload(&self.st.pool, self.id);
+                if let Some(c) = Box::pin(live.command_after(load)).await
                     && c.status != self.status
                 {
                     self.status = c.status;
@@ -566,7 +585,10 @@ impl Follower {
                     return Step::Send(frames::command("status", &c, None));
                 }
             }
-            Some((OutputEvent::End, _)) => self.finished = true,
+            Some((OutputEvent::End, live)) => {
+                self.finished = true;
+                self.ended = Some(Arc::clone(live));
+            }
             None => {
                 // Hub dropped us; rely on polling.
                 tokio::time::sleep(self.st.cfg.sse_poll).await;
