@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rdev_shared::domain::Command;
+use rdev_shared::domain::{Command, CommandStatus};
 use rdev_shared::mq::OutputEvent;
 use serde_json::json;
 
@@ -130,7 +130,9 @@ pub struct LiveEvent {
 /// read would. A failed read is not kept: the next watcher tries again.
 #[derive(Debug, Default)]
 struct SharedReads {
-    command: tokio::sync::OnceCell<Command>,
+    /// The command's status and its frame, encoded once: a clone of the
+    /// command per watcher, all at once, would cost more than the reads.
+    command: tokio::sync::OnceCell<(CommandStatus, Bytes)>,
     /// The stored output after one position (the first watcher's), the
     /// position the page ends at, and whether the page was full.
     stored: tokio::sync::OnceCell<(i64, StoredPage)>,
@@ -154,20 +156,26 @@ impl LiveEvent {
         }
     }
 
-    /// The command as read after this message: read by the first watcher
-    /// that asks (`load`), handed to the others. `None` when it cannot be
-    /// read.
-    pub async fn command_after<F, Fut>(&self, load: F) -> Option<Command>
+    /// The command as read after this message, as its status and the frame
+    /// this message calls for (`end` after an end, else `status`): read by
+    /// the first watcher that asks (`load`) and encoded once, handed to the
+    /// others. `None` when it cannot be read.
+    pub async fn command_after<F, Fut>(&self, load: F) -> Option<(CommandStatus, Bytes)>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Option<Command>>,
     {
+        let name = match self.event {
+            OutputEvent::End => "end",
+            OutputEvent::Status | OutputEvent::Chunk { .. } => "status",
+        };
+        let read = || async { load().await.map(|c| (c.status, command(name, &c, None))) };
         let Some(reads) = &self.reads else {
-            return load().await;
+            return read().await;
         };
         reads
             .command
-            .get_or_try_init(|| async { load().await.ok_or(()) })
+            .get_or_try_init(|| async { read().await.ok_or(()) })
             .await
             .ok()
             .cloned()

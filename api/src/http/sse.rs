@@ -494,11 +494,15 @@ impl Follower {
     /// terminal, and the catch-up before it sent them all.
     async fn end_frame(&self) -> Option<Bytes> {
         let load = || reload(&self.st.pool, self.id);
-        let c = match &self.ended {
-            Some(end) => Box::pin(end.command_after(load)).await?,
-            None => Box::pin(load()).await?,
-        };
-        Some(frames::command("end", &c, None))
+        match &self.ended {
+            Some(end) => Box::pin(end.command_after(load))
+                .await
+                .map(|(_, frame)| frame),
+            None => {
+                let c = Box::pin(load()).await?;
+                Some(frames::command("end", &c, None))
+            }
+        }
     }
 
     /// Waits for the next thing to happen and handles it.
@@ -577,12 +581,12 @@ impl Follower {
             }
             Some((OutputEvent::Status, live)) => {
                 let load = || reload(&self.st.pool, self.id);
-                if let Some(c) = Box::pin(live.command_after(load)).await
-                    && c.status != self.status
+                if let Some((status, frame)) = Box::pin(live.command_after(load)).await
+                    && status != self.status
                 {
-                    self.status = c.status;
-                    self.finished = c.status.is_terminal();
-                    return Step::Send(frames::command("status", &c, None));
+                    self.status = status;
+                    self.finished = status.is_terminal();
+                    return Step::Send(frame);
                 }
             }
             Some((OutputEvent::End, live)) => {
