@@ -78,6 +78,21 @@ pub struct E2eArgs {
     /// The command line run
     #[arg(long, default_value = "true")]
     pub command: String,
+    /// With -n 1, how the client learns a command ended: `poll` asks for it
+    /// every 2 ms, `stream` follows its event stream to the `end` event
+    /// (as `rdev run` does)
+    #[arg(long, value_enum, default_value_t = Follow::Poll)]
+    pub follow: Follow,
+}
+
+/// How `rdev bench e2e -n 1` waits for each command's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Follow {
+    /// `GET /v1/commands/{id}` every 2 ms.
+    Poll,
+    /// `GET /v1/commands/{id}/events` until `end`.
+    Stream,
 }
 
 /// `rdev bench sse`.

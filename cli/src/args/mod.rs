@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod bench;
 
 pub use bench::{
-    BenchArgs, BenchCmd, E2eArgs, EnqueueArgs, InteractiveBenchArgs, SseArgs, WebhooksArgs,
+    BenchArgs, BenchCmd, E2eArgs, EnqueueArgs, Follow, InteractiveBenchArgs, SseArgs, WebhooksArgs,
 };
 
 const LONG_ABOUT: &str = "\

@@ -9,7 +9,9 @@
 //! queue is empty and none of ours runs (two small requests per look,
 //! whatever the backlog), then reading the pages once for the timestamps.
 //! With `-n 1` each command is followed by `GET /v1/commands/{id}` every
-//! few milliseconds, which also gives the latency a client observes.
+//! few milliseconds (or, `--follow stream`, on its event stream to the
+//! `end` event, as `rdev run` does), which also gives the latency a client
+//! observes.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
 use super::{Report, enqueue, trivial};
-use crate::args::E2eArgs;
+use crate::args::{E2eArgs, Follow};
 use crate::client::{Client, ClientError};
 use crate::units::seg;
 
@@ -87,7 +89,7 @@ pub async fn run(
         let bodies: Vec<Value> = (0..a.n).map(|_| trivial(&mut rng, &a.command)).collect();
         let round_start = Instant::now();
         if a.n == 1 {
-            single(client, project, &bodies[0], &mut t).await?;
+            single(client, project, &bodies[0], a.follow, &mut t).await?;
         } else {
             batch(client, project, bodies, a.concurrency, &mut t).await?;
         }
@@ -99,7 +101,7 @@ pub async fn run(
         "e2e",
         json!({
             "project": project, "n": a.n, "repeat": a.repeat,
-            "concurrency": a.concurrency, "command": a.command,
+            "concurrency": a.concurrency, "command": a.command, "follow": a.follow,
         }),
     );
     r.fig("commands", total, "");
@@ -121,11 +123,12 @@ pub async fn run(
     Ok(r)
 }
 
-/// One command, polled by id.
+/// One command, polled by id or followed on its event stream.
 async fn single(
     client: &Client,
     project: &str,
     body: &Value,
+    follow: Follow,
     t: &mut Timings,
 ) -> Result<(), ClientError> {
     let sent = Instant::now();
@@ -135,6 +138,16 @@ async fn single(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    if follow == Follow::Stream {
+        let mut follower =
+            crate::events::Follower::new(client.clone(), id).with_sink(Box::new(|_| {}));
+        let cmd = tokio::time::timeout(STALL, follower.run())
+            .await
+            .map_err(|_| stalled(client, "the command is still not finished"))??;
+        t.observed.push(sent.elapsed().as_secs_f64() * 1e3);
+        t.add(&cmd);
+        return Ok(());
+    }
     let path = format!("/v1/commands/{}", seg(&id));
     loop {
         let cmd = client.get(&path, &[]).await?;
