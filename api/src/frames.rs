@@ -121,9 +121,10 @@ pub struct LiveEvent {
 }
 
 /// What every watcher of a command reads from PostgreSQL after a `status`
-/// or `end` message, read once per instance: when a command watched by
-/// 10,000 streams ends, each used to read the command twice and its stored
-/// output once, 30,000 queries in a burst.
+/// or `end` message, read once per instance: each stream used to read the
+/// command after a status change, and the command and the last page of its
+/// stored output at its end (10,000 streams of one command: 20,000 queries
+/// in a burst when it ended).
 ///
 /// Each read starts after the message arrived, so it sees what the message
 /// announced (the worker publishes after its commit), as a watcher's own
