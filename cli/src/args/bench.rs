@@ -110,7 +110,9 @@ pub struct SseArgs {
     /// Length of each timestamped line, in bytes
     #[arg(long, default_value_t = 1024)]
     pub line_bytes: usize,
-    /// How long the command waits before writing [default: 2 s + 2 ms per watcher]
+    /// The longest the command waits before writing; it starts as soon as
+    /// every stream is open and the idle RSS was read [default: 2 s + 10 ms
+    /// per watcher]
     #[arg(long, value_parser = crate::units::parse_duration)]
     pub start_delay: Option<std::time::Duration>,
     /// The API's Prometheus page [default: URL/metrics]

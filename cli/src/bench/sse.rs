@@ -4,7 +4,9 @@
 //!
 //! The command is a small Perl loop (Perl is on every Debian-based image,
 //! and one process keeps the pace better than a shell loop spawning
-//! `date`/`sleep`): it sleeps `--start-delay` so the watchers can connect,
+//! `date`/`sleep`): it waits, so the watchers can connect, until the bench
+//! writes a line to its standard input (once every stream is open and the
+//! idle RSS was read) or `--start-delay` has passed, whichever comes first,
 //! then writes fixed-length lines `<16-digit µs since the epoch> xxx…\n`
 //! whenever it is behind the target rate. A watcher checks that `seq` runs
 //! 1, 2, 3… without a hole, that lines are whole and of the right length,
@@ -38,10 +40,11 @@ const IDLE_SETTLE: Duration = Duration::from_secs(2);
 const TS_DIGITS: usize = 16;
 
 /// The shell command that writes `bytes` in `line`-byte lines at `rate`
-/// bytes/s after sleeping `delay`.
+/// bytes/s once a line arrives on its standard input, or after `delay`.
 pub fn writer_command(bytes: u64, rate: u64, line: usize, delay: Duration) -> String {
     format!(
-        "perl -e 'use Time::HiRes qw(time sleep); $|=1; my ($b,$r,$l,$d)=@ARGV; sleep $d; \
+        "perl -e 'use Time::HiRes qw(time sleep alarm); $|=1; my ($b,$r,$l,$d)=@ARGV; \
+         eval {{ local $SIG{{ALRM}} = sub {{ die }}; alarm $d; my $go = <STDIN>; alarm 0; }}; \
          my $pad = \"x\" x ($l - {pad}); my $t0 = time; my $sent = 0; \
          while ($sent < $b) {{ my $now = time; my $due = ($now - $t0) * $r; \
          $due = $b if $due > $b; my $n = int(($due - $sent) / $l); \
@@ -248,13 +251,14 @@ pub async fn run(client: &Client, project: &str, a: &SseArgs) -> Result<Report, 
     let bytes = lines * line as u64;
     let delay = a
         .start_delay
-        .unwrap_or_else(|| Duration::from_secs_f64(2.0 + a.watchers as f64 / 500.0));
+        .unwrap_or_else(|| Duration::from_secs_f64(2.0 + a.watchers as f64 / 100.0));
     let metrics_url = a.metrics_url.as_deref();
     let rss_before = api_rss(client, metrics_url).await;
 
     let body = json!({
         "command": writer_command(bytes, a.rate, line, delay),
         "timeout_s": 3600,
+        "stdin": "pipe",
     });
     let cmd = enqueue(client, project, &body).await?;
     let id = cmd
@@ -279,16 +283,28 @@ pub async fn run(client: &Client, project: &str, a: &SseArgs) -> Result<Report, 
         })
         .collect();
     let (sampler, peak) = sample_rss(client, a.metrics_url.clone());
-    // The output starts `delay` after the enqueue; leave it a margin.
+    // The output starts `delay` after the enqueue at the latest; leave it a
+    // margin.
     let output_due = delay.saturating_sub(Duration::from_millis(500));
-    let idle = idle_rss(
-        client,
-        metrics_url,
-        &connected,
-        a.watchers,
-        started,
-        output_due,
-    );
+    let idle = async {
+        let rss = idle_rss(
+            client,
+            metrics_url,
+            &connected,
+            a.watchers,
+            started,
+            output_due,
+        )
+        .await;
+        // Go: without it, the command starts after `delay` anyway.
+        let go = client
+            .request(Method::POST, &format!("/v1/commands/{}/stdin", seg(&id)))
+            .query(&[("eof", "true")])
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body("go\n");
+        let _ = client.send(go).await;
+        rss
+    };
     let ((watches, connect_errors, first_error), rss_idle) =
         tokio::join!(join_watchers(tasks), idle);
     let elapsed = started.elapsed().as_secs_f64();
