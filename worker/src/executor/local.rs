@@ -108,7 +108,7 @@ impl LocalExecutor {
             let sandbox = Arc::clone(&self.sandbox);
             tokio::spawn(async move {
                 tokio::task::yield_now().await;
-                sandbox.warm_up(key);
+                sandbox.warm_up(key).await;
             });
         }
         Ok(spawned)

@@ -102,6 +102,16 @@ pub fn is_final(report: &[u8]) -> bool {
         .any(|line| line.starts_with(b"exited ") || line.starts_with(b"signaled "))
 }
 
+/// Whether `report` holds the line a warm sandbox's init writes once it is
+/// set up and waits for its command.
+pub fn is_waiting(report: &[u8]) -> bool {
+    report
+        .split(|b| *b == b'\n')
+        .rev()
+        .skip(1)
+        .any(|line| line == b"waiting")
+}
+
 /// Reads the init's status lines: an `exec-failed` line wins (the child
 /// also exits 127 after it), else the last `exited`/`signaled` line.
 pub fn parse_report(text: &str) -> Report {
@@ -142,6 +152,14 @@ mod tests {
             "a line without its newline may be cut"
         );
         assert!(!is_final(b""));
+        assert!(is_waiting(b"waiting\n"));
+        assert!(
+            !is_waiting(b"waiting"),
+            "a line without its newline may be cut"
+        );
+        assert!(!is_waiting(b"exited 0\n"));
+        assert_eq!(parse_report("waiting\nexited 4\n"), Report::Exited(4));
+        assert!(is_final(b"waiting\nsignaled 9\n"));
         assert_eq!(parse_report("garbage\nexited x\n"), Report::Nothing);
     }
 }

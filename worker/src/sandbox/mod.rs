@@ -28,6 +28,7 @@ mod warm;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client's signal waits for a sandbox still being set up.
 const INIT_WAIT: Duration = Duration::from_secs(30);
+/// How long a warm sandbox may take to be set up before it is discarded.
+const WARM_SETUP: Duration = Duration::from_secs(10);
 
 /// How local commands are isolated on this worker.
 #[derive(Debug)]
@@ -313,7 +316,6 @@ impl Sandbox {
     /// run in one: sandboxed, no secret files, no terminal, warm
     /// sandboxes on.
     pub fn warm_key(&self, l: &Launch<'_>) -> Option<WarmKey> {
-        use std::os::unix::fs::MetadataExt;
         if !(self.is_isolated()
             && self.warm.enabled()
             && l.secret_files.is_empty()
@@ -335,23 +337,44 @@ impl Sandbox {
     /// one is ready or being made, or the pool is full of others that are
     /// being made. Call it from a runtime thread that lives as long as the
     /// worker: the sandbox dies with the thread that started it.
-    pub fn warm_up(&self, key: WarmKey) {
+    ///
+    /// The sandbox must have bound the directory its key names. So the
+    /// workdir is opened (and held open by the sandbox) before bubblewrap
+    /// starts, and the sandbox goes into the pool only once its init says
+    /// it waits (every mount made) and the path still names that
+    /// directory. A workdir removed and made again meanwhile gets another
+    /// inode number (the old one is held), so the key of a command in it
+    /// does not match.
+    pub async fn warm_up(&self, key: WarmKey) {
         if !self.is_isolated() || !self.warm.reserve(&key) {
             return;
         }
-        match self.make_warm(&key) {
-            Ok((spawned, go, command)) => self.warm.put(Warm {
-                key,
-                spawned,
-                go,
-                command,
-                made: std::time::Instant::now(),
-            }),
-            Err(e) => {
-                self.warm.abandon(&key);
-                tracing::debug!(error = ?e, "cannot make a warm sandbox");
-            }
+        let discarded = |why: &str| {
+            self.warm.abandon(&key);
+            tracing::debug!("a warm sandbox was not made: {why}");
+        };
+        let Some(workdir) = open_dir(&key.workdir).filter(|d| identity(d) == Some(key.identity))
+        else {
+            return discarded("the workdir changed since the command that asked for it");
+        };
+        let (mut spawned, go, command) = match self.make_warm(&key) {
+            Ok(made) => made,
+            Err(e) => return discarded(&format!("{e:?}")),
+        };
+        let ready = spawned.until_waiting(WARM_SETUP).await
+            && std::fs::metadata(&key.workdir).is_ok_and(|m| (m.dev(), m.ino()) == key.identity);
+        if !ready {
+            warm::discard(spawned);
+            return discarded("its init did not report that it waits, or the workdir changed");
         }
+        self.warm.put(Warm {
+            key,
+            spawned,
+            go,
+            command,
+            _workdir: workdir,
+            made: std::time::Instant::now(),
+        });
     }
 
     fn make_warm(&self, key: &WarmKey) -> Result<(Spawned, OwnedFd, std::fs::File), LaunchError> {
@@ -590,6 +613,21 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&dir);
         result
     }
+}
+
+/// A directory opened only to hold it (`O_PATH`: no permission needed).
+fn open_dir(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY)
+        .open(path)
+        .ok()
+}
+
+/// An open file's device and inode.
+fn identity(file: &std::fs::File) -> Option<(u64, u64)> {
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Discards, every quarter of the TTL, the warm sandboxes nobody took in

@@ -153,13 +153,29 @@ impl Spawned {
             return;
         };
         tokio::select! {
-            complete = last_report_line(report, &mut self.reported) => {
+            complete = read_report_until(report, &mut self.reported, init::is_final) => {
                 if !complete {
                     let _ = self.child.wait().await;
                 }
             }
             _ = self.child.wait() => {}
         }
+    }
+
+    /// Waits until a warm sandbox's init reports that it waits for its
+    /// command (bubblewrap made every mount before it ran the init); false
+    /// when the report ends without that line (the sandbox failed) or it
+    /// does not come within `within`.
+    pub(super) async fn until_waiting(&mut self, within: Duration) -> bool {
+        let Some(report) = self.report.as_mut() else {
+            return false;
+        };
+        tokio::time::timeout(
+            within,
+            read_report_until(report, &mut self.reported, init::is_waiting),
+        )
+        .await
+        .unwrap_or(false)
     }
 
     /// Whether the init's last report line has arrived.
@@ -326,12 +342,16 @@ impl Spawned {
     }
 }
 
-/// Reads the init's report into `buf` until it holds the init's last line
-/// (true), or the pipe ends or fills without one (false). Cancel-safe:
-/// what was read stays in `buf`.
-async fn last_report_line(report: &mut pipe::Receiver, buf: &mut Vec<u8>) -> bool {
+/// Reads the init's report into `buf` until `done(buf)` (true: the init's
+/// last line, or a warm init's `waiting`), or the pipe ends or fills
+/// before (false). Cancel-safe: what was read stays in `buf`.
+async fn read_report_until(
+    report: &mut pipe::Receiver,
+    buf: &mut Vec<u8>,
+    done: fn(&[u8]) -> bool,
+) -> bool {
     let mut chunk = [0u8; 128];
-    while !init::is_final(buf) {
+    while !done(buf) {
         match report.read(&mut chunk).await {
             Ok(n) if n > 0 && buf.len() < DIAGNOSTICS_MAX => buf.extend_from_slice(&chunk[..n]),
             _ => return false,

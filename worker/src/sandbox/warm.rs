@@ -37,7 +37,8 @@ pub struct WarmKey {
     pub(super) workdir: PathBuf,
     /// The workdir's device and inode: a workdir removed and made again
     /// (a project deleted and created anew) is another directory, and a
-    /// sandbox made before holds a bind mount of the old one.
+    /// sandbox made before holds a bind mount of the old one (which it
+    /// holds open, so the number is not reused while it waits).
     pub(super) identity: (u64, u64),
     pub(super) network: NetworkMode,
     pub(super) limits: ResourceLimits,
@@ -52,6 +53,10 @@ pub(super) struct Warm {
     pub(super) go: OwnedFd,
     /// The memfd the command is written into (the init holds a copy).
     pub(super) command: std::fs::File,
+    /// The workdir the sandbox bound, held open: while it is, its inode
+    /// number cannot be given to a directory made again at the same path,
+    /// so [`WarmKey::identity`] names only the directory bound.
+    pub(super) _workdir: std::fs::File,
     pub(super) made: Instant,
 }
 
@@ -92,7 +97,7 @@ impl Warm {
 }
 
 /// Kills a sandbox nobody will use and removes its cgroup.
-fn discard(mut spawned: Spawned) {
+pub(super) fn discard(mut spawned: Spawned) {
     spawned.kill_rest();
     if let Some(cg) = spawned.cgroup.take() {
         // Outside a runtime (the worker is exiting), the next start's sweep

@@ -26,7 +26,9 @@
 //!
 //! `… rdev-sandbox-init STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD` is a
 //! sandbox made ready before its command is known (the worker's warm
-//! sandboxes): the init sets itself up, then blocks reading `GO_FD`. One
+//! sandboxes): the init sets itself up, writes `waiting` to `STATUS_FD`
+//! (bubblewrap has made every mount by then: the worker counts the sandbox
+//! as ready only after this line), then blocks reading `GO_FD`. One
 //! byte there means the command is in `COMMAND_FD` (a memfd: NUL-terminated
 //! fields, the argument count, the arguments, then the environment as
 //! `NAME=value`), and it runs as above with exactly that environment;
@@ -129,7 +131,10 @@ fn main() {
     let (set, previous) = block_handled_signals();
     let argv = match command {
         Command::Now(argv) => argv,
-        Command::Wait { go, command } => receive(go, command),
+        Command::Wait { go, command } => {
+            report(status_fd, "waiting");
+            receive(go, command)
+        }
     };
 
     // SAFETY: this process is single-threaded; the child only calls
