@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Executor, InputRx, Job, Outcome, OutputTx, RunFuture, spawn_reader};
-use crate::sandbox::{Controls, Finished, Launch, LaunchError, PATH, Sandbox, Spawned};
+use crate::sandbox::{Controls, Finished, Launch, LaunchError, PATH, Sandbox, Spawned, WarmKey};
 use crate::secrets::{SECRETS_DIR, SECRETS_DIR_VAR};
 
 /// How long to wait for the output pipes to close after every process of
@@ -59,7 +59,7 @@ impl LocalExecutor {
 
     /// Prepares the workdir and environment and starts the command in the
     /// sandbox; the outcome to report when it cannot start.
-    async fn launch(&self, job: &Job) -> Result<Spawned, Outcome> {
+    async fn launch(&self, job: &Job) -> Result<(Spawned, Option<WarmKey>), Outcome> {
         let rel = match &job.executor {
             ExecutorConfig::Local(l) => l.workdir.clone().unwrap_or_else(|| job.project.clone()),
             ExecutorConfig::Kubernetes(_) => {
@@ -101,17 +101,21 @@ impl LocalExecutor {
                 LaunchError::Unavailable(e) => Outcome::SandboxUnavailable(e),
                 LaunchError::Failed(e) => Outcome::FailedToStart(e),
             })?;
-        // The project's next command should find a sandbox ready. Made on a
-        // runtime thread (it dies with the thread that starts it), after
-        // this command got going.
-        if let Some(key) = warm {
+        Ok((spawned, warm))
+    }
+
+    /// Makes the project's next sandbox once this command has ended: made
+    /// while the command runs, it would compete with it for the CPU (bwrap
+    /// sets up namespaces and mounts for a few milliseconds). Made on a
+    /// runtime thread (a sandbox dies with the thread that starts it).
+    fn warm_up_after(&self, key: Option<WarmKey>) {
+        if let Some(key) = key {
             let sandbox = Arc::clone(&self.sandbox);
             tokio::spawn(async move {
                 tokio::task::yield_now().await;
                 sandbox.warm_up(key).await;
             });
         }
-        Ok(spawned)
     }
 
     async fn execute(
@@ -121,8 +125,8 @@ impl LocalExecutor {
         input: Option<InputRx>,
         cancel: CancellationToken,
     ) -> Outcome {
-        let mut proc = match self.launch(&job).await {
-            Ok(p) => p,
+        let (mut proc, warm) = match self.launch(&job).await {
+            Ok(started) => started,
             Err(outcome) => return outcome,
         };
 
@@ -179,6 +183,7 @@ impl LocalExecutor {
         if let Some(t) = stdin_task {
             t.abort();
         }
+        self.warm_up_after(warm);
         stopped.unwrap_or_else(|| finished.into())
     }
 }
