@@ -374,6 +374,16 @@ async fn claim_if(
     token: Uuid,
     project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
+    claim_where(client, project_condition, &[&id, &worker_id, &token]).await
+}
+
+/// [`claim_if`] with the parameters given: `$1` the command, `$2` the
+/// worker, `$3` the claim token, then any the condition uses.
+async fn claim_where(
+    client: &impl deadpool_postgres::GenericClient,
+    project_condition: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, claim_token = $3, \
          started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
@@ -385,10 +395,36 @@ async fn claim_if(
          FROM c JOIN projects p ON p.id = c.project_id"
     );
     let stmt = prepared(client, &sql).await?;
-    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id, &token]).await? else {
+    let Some(row) = client.query_opt(&stmt, params).await? else {
         return Ok(None);
     };
     claimed_of(&row).map(Some)
+}
+
+/// [`claim`] as one statement committed on its own, for the common case
+/// where nothing else has to commit with it: the project has no
+/// `max_concurrency` and no webhook endpoint wants `event`
+/// (`command.started`) about it (`webhooks::write_event` would write
+/// nothing). `None` when the command was not claimed this way (not
+/// queued, a limited project, an endpoint that wants the event): then
+/// claim it with [`claim`] in a transaction.
+///
+/// One round trip instead of four (`BEGIN`, the claim, the endpoints'
+/// read, `COMMIT`). Call it outside a transaction.
+pub async fn claim_alone(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    token: Uuid,
+    event: &str,
+) -> Result<Option<Claimed>, DbError> {
+    static CONDITION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "p.max_concurrency IS NULL AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
+            super::webhooks::wants_event("w", "$4", "p.id")
+        )
+    });
+    claim_where(client, &CONDITION, &[&id, &worker_id, &token, &event]).await
 }
 
 /// The command `worker_id` already claimed with `token` (its earlier
@@ -445,29 +481,74 @@ pub async fn finish(
     worker_id: &str,
     f: &Finish,
 ) -> Result<Option<Command>, DbError> {
-    let sql = format!(
-        "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
-         output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
-         finished_at = clock_timestamp() \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
-         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
-    );
-    query_command(
-        client,
-        &sql,
-        &[
-            &id,
-            &worker_id,
-            &f.status.as_str(),
-            &f.exit_code,
-            &f.error,
-            &f.output_bytes,
-            &f.truncated,
-            &f.reason.as_str(),
-            &f.signal,
-        ],
-    )
-    .await
+    finish_where(client, id, worker_id, f, None).await
+}
+
+/// [`finish`] as one statement committed on its own, when no webhook
+/// endpoint wants the finish's event (`event`, the event type of
+/// `f.status`) about the command's project, so nothing else has to commit
+/// with it. `None` when it did not finish the command this way (an
+/// endpoint wants the event, or the command is no longer this worker's
+/// running one): then call [`finish`] in a transaction, which tells the
+/// two apart. Call it outside a transaction.
+pub async fn finish_alone(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    f: &Finish,
+    event: &str,
+) -> Result<Option<Command>, DbError> {
+    finish_where(client, id, worker_id, f, Some(event)).await
+}
+
+/// The finish statement; with `unwatched`, only when no endpoint wants
+/// that event type about the command's project.
+async fn finish_where(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    worker_id: &str,
+    f: &Finish,
+    unwatched: Option<&str>,
+) -> Result<Option<Command>, DbError> {
+    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+        let statement = |condition: &str| {
+            format!(
+                "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
+                 output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
+                 finished_at = clock_timestamp() \
+                 WHERE id = $1 AND worker_id = $2 AND status = 'running'{condition} RETURNING *) \
+                 SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+            )
+        };
+        [
+            statement(""),
+            statement(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
+                super::webhooks::wants_event("w", "$10", "commands.project_id")
+            )),
+        ]
+    });
+    let status = f.status.as_str();
+    let reason = f.reason.as_str();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &id,
+        &worker_id,
+        &status,
+        &f.exit_code,
+        &f.error,
+        &f.output_bytes,
+        &f.truncated,
+        &reason,
+        &f.signal,
+    ];
+    let sql = match &unwatched {
+        Some(event) => {
+            params.push(event);
+            &SQL[1]
+        }
+        None => &SQL[0],
+    };
+    query_command(client, sql, &params).await
 }
 
 /// What a heartbeat learned about the commands a worker runs.

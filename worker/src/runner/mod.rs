@@ -5,8 +5,8 @@
 //! - a command runs only after its conditional claim matched (a redelivered
 //!   message is acknowledged and skipped);
 //! - the terminal status and its event's webhook deliveries are written in
-//!   one transaction, then the end marker is published, then the message
-//!   is acknowledged;
+//!   one transaction (one statement when no endpoint wants the event), then
+//!   the end marker is published, then the message is acknowledged;
 //! - a lost broker connection does not stop running commands; their acks may
 //!   then fail, and the redelivery is harmless because of the claim.
 

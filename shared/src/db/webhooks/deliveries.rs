@@ -46,9 +46,12 @@ pub async fn write_event(
     event: &crate::mq::OutgoingMessage,
     project: Uuid,
 ) -> Result<u64, DbError> {
-    const WANTED: &str = "SELECT id FROM webhooks \
-        WHERE deleted_at IS NULL AND enabled AND (project_id IS NULL OR project_id = $2) \
-          AND ($1 = ANY(events) OR '*' = ANY(events))";
+    static WANTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT id FROM webhooks w WHERE {}",
+            wants_event("w", "$1", "$2")
+        )
+    });
     const INSERT: &str = "WITH d AS (INSERT INTO webhook_deliveries \
           (id, webhook_id, event_id, event_type, payload, status, next_attempt_at, trace_headers) \
           SELECT d.id, d.webhook_id, $3, $4, $5, 'pending', now(), $6 \
@@ -57,7 +60,7 @@ pub async fn write_event(
         SELECT (SELECT count(*) FROM d), pg_notify($7, '')";
     let wanted = client
         .query(
-            &super::super::prepared(client, WANTED).await?,
+            &super::super::prepared(client, &WANTED).await?,
             &[&event.routing_key, &project],
         )
         .await?;
@@ -92,6 +95,18 @@ pub async fn write_event(
         .await?;
     let written: i64 = row.try_get(0)?;
     Ok(u64::try_from(written).unwrap_or(0))
+}
+
+/// The SQL condition on the `webhooks` row `w` of an endpoint that wants
+/// an event of type `event` about a command of `project` (SQL expressions):
+/// what [`write_event`] writes deliveries for, and what a change that
+/// commits alone checks there is none of.
+pub fn wants_event(w: &str, event: &str, project: &str) -> String {
+    format!(
+        "{w}.deleted_at IS NULL AND {w}.enabled \
+         AND ({w}.project_id IS NULL OR {w}.project_id = {project}) \
+         AND ({event} = ANY({w}.events) OR '*' = ANY({w}.events))"
+    )
 }
 
 /// The `id` of an event's body (its `webhook-id`).

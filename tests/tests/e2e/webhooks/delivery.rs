@@ -411,3 +411,130 @@ async fn successes_written_together_count_only_live_claims() {
         assert_eq!(attempt_codes(&d), vec![Some(204)]);
     }
 }
+
+/// Issue 17: a worker's claim or finish commits as one statement only when
+/// nothing has to commit with it. When an enabled endpoint wants the
+/// event (or the project has a concurrency limit), the one-statement form
+/// changes nothing, and the change goes through the transaction that
+/// writes the deliveries.
+#[tokio::test]
+async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event() {
+    use rdev_shared::db::commands::{self, Finish};
+    use rdev_shared::domain::{CommandStatus, EndReason};
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    for (name, body) in [
+        ("watched", json!({})),
+        ("quiet", json!({})),
+        ("limited", json!({"max_concurrency": 4})),
+    ] {
+        app.create_project(name, body).await;
+    }
+    let receiver = Receiver::always(200).await;
+    create_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["command.started"], "project": "watched"}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["command.failed"], "project": "quiet"}),
+    )
+    .await;
+    let disabled = create_webhook(&app, json!({"url": receiver.url, "events": ["*"]})).await;
+    let r = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{}", id_of(&disabled)),
+            Some(&app.admin_key.clone()),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let client = app.env.pool.get().await.expect("db");
+    let status = |id: uuid::Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one("SELECT status FROM commands WHERE id = $1", &[&id])
+                .await
+                .expect("status");
+            row.get::<_, String>(0)
+        }
+    };
+    let enqueue = |project: &'static str| {
+        let app = &app;
+        async move {
+            let c = app.run(project, json!({"command": "true"})).await;
+            c["id"]
+                .as_str()
+                .and_then(|s| s.parse::<uuid::Uuid>().ok())
+                .expect("id")
+        }
+    };
+    let claim =
+        |id| commands::claim_alone(&client, id, "w1", uuid::Uuid::now_v7(), "command.started");
+
+    // An endpoint wants `command.started` of this project; a limit needs
+    // the project's lock: neither is claimed alone.
+    for project in ["watched", "limited"] {
+        let id = enqueue(project).await;
+        assert!(claim(id).await.expect("claim").is_none(), "{project}");
+        assert_eq!(status(id).await, "queued", "{project}");
+    }
+    // Nobody wants it (the other endpoint wants another type, the `*` one
+    // is disabled): claimed in one statement.
+    let id = enqueue("quiet").await;
+    let claimed = claim(id).await.expect("claim").expect("claimed alone");
+    assert_eq!(claimed.command.id, id);
+    assert_eq!(status(id).await, "running");
+    // Claimed once: a second claim finds it running.
+    assert!(claim(id).await.expect("claim").is_none());
+
+    let finish = |status: CommandStatus, code: i32| Finish {
+        status,
+        exit_code: Some(code),
+        error: None,
+        reason: EndReason::Exited,
+        signal: None,
+        output_bytes: 0,
+        truncated: false,
+    };
+    // `command.failed` is wanted for this project: not finished alone.
+    let failed = finish(CommandStatus::Failed, 1);
+    assert!(
+        commands::finish_alone(&client, id, "w1", &failed, "command.failed")
+            .await
+            .expect("finish")
+            .is_none()
+    );
+    assert_eq!(status(id).await, "running");
+    // Another worker's command is not this worker's to finish.
+    let succeeded = finish(CommandStatus::Succeeded, 0);
+    assert!(
+        commands::finish_alone(&client, id, "w2", &succeeded, "command.succeeded")
+            .await
+            .expect("finish")
+            .is_none()
+    );
+    // `command.succeeded` is not wanted: finished in one statement.
+    let done = commands::finish_alone(&client, id, "w1", &succeeded, "command.succeeded")
+        .await
+        .expect("finish")
+        .expect("finished alone");
+    assert_eq!(
+        (done.status, done.exit_code),
+        (CommandStatus::Succeeded, Some(0))
+    );
+    assert_eq!(status(id).await, "succeeded");
+    let written: i64 = client
+        .query_one("SELECT count(*) FROM webhook_deliveries", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(written, 0, "nothing wanted these events");
+}
