@@ -35,6 +35,11 @@
 //! end-of-file without a byte means the sandbox is not needed and the init
 //! exits 0 without running anything. Each sandbox runs one command.
 //!
+//! The command gets its standard streams and no other descriptor: every
+//! descriptor from 3 up is close-on-exec before it runs (`close_range`),
+//! so none that the worker, the launcher or bubblewrap inherited from
+//! their parents reaches it.
+//!
 //! It makes itself non-dumpable, so the command (same user) cannot open its
 //! `/proc/1/fd` to write a status line of its own or read its environment.
 //! It uses nothing but the C library: it has to run in any sandbox.
@@ -112,6 +117,11 @@ fn main() {
         Command::Wait { go, command } => Some([go, command]),
     };
 
+    // The command gets its standard streams and nothing else: every other
+    // descriptor this process has (its own, and any the worker, the
+    // launcher or bubblewrap inherited from their parents) closes at the
+    // command's exec.
+    close_on_exec_from(3);
     // Nothing of ours is inherited by the command: the status and stderr fds
     // are closed on exec (stderr is dup'ed onto 2 first).
     for fd in [status_fd, stderr_fd]
@@ -155,6 +165,40 @@ fn main() {
         }
     };
     supervise(child, status_fd, &set)
+}
+
+/// Marks every descriptor from `first` up close-on-exec: one
+/// `close_range` call, or on a kernel without its `CLOSE_RANGE_CLOEXEC`
+/// (before 5.11), each descriptor listed in `/proc/self/fd`. Exits
+/// ([`usage`]) when neither works: the command must not run with
+/// descriptors it was not given.
+fn close_on_exec_from(first: RawFd) {
+    let first = nix::libc::c_uint::try_from(first).unwrap_or_else(|_| usage());
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this
+    // process's descriptors.
+    let done = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first,
+            nix::libc::c_uint::MAX,
+            nix::libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        usage();
+    };
+    let open: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if u32::try_from(fd).is_ok_and(|fd| fd >= first) {
+            // The listing's own descriptor is closed by now (EBADF).
+            let _ = fcntl(borrow(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        }
+    }
 }
 
 /// `STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…` or

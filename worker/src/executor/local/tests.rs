@@ -508,7 +508,13 @@ async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
     let tmp = TempDir::new();
     let exec = executor(&tmp).await;
     let (hits, misses) = warm_counters(&exec);
-    let mut j = sh("echo $$; env | sort; pwd; ls -A /tmp | wc -l; touch /tmp/left; cat; exit 7");
+    // `fds` lists the descriptors `ls` has open: the command's three and
+    // the directory `ls` reads. Nothing of the worker's (the workdir it
+    // holds open for a warm sandbox, its sockets) reaches the command.
+    let mut j = sh(
+        "echo $$; env | sort; pwd; ls -A /tmp | wc -l; touch /tmp/left; \
+         echo fds $(ls /proc/self/fd); cat; exit 7",
+    );
     j.env = BTreeMap::from([
         ("FOO".into(), "bar baz".into()),
         ("EMPTY".into(), String::new()),
@@ -532,6 +538,7 @@ async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
         "EQ=a=b",
         "/workspace",
         "0",
+        "fds 0 1 2 3",
         "input",
     ] {
         assert!(
@@ -544,6 +551,27 @@ async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
     j.network = NetworkMode::None;
     assert_eq!(run(&exec, j).await.outcome, Outcome::Exited(7));
     assert_eq!((hits.get(), misses.get()), (1, 2));
+}
+
+/// A descriptor the worker inherited without close-on-exec (a
+/// supervisor's pipe, say) does not reach a command, in a new sandbox or
+/// a warm one: the command has its three standard streams only.
+#[tokio::test]
+async fn a_command_gets_no_descriptor_the_worker_inherited() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    // Left open across exec on purpose, as a careless parent would.
+    let (leak_r, leak_w) = nix::unistd::pipe().expect("pipe");
+    let probe = "echo $(ls /proc/self/fd)";
+    let cold = run(&exec, sh(probe)).await;
+    warm_ready(&exec).await;
+    let warm = run(&exec, sh(probe)).await;
+    drop((leak_r, leak_w));
+    for ran in [cold, warm] {
+        assert_eq!(ran.outcome, Outcome::Exited(0));
+        // 3: the directory `ls` reads.
+        assert_eq!(ran.out(), "0 1 2 3\n");
+    }
 }
 
 /// A workdir removed and made again (a project deleted and created anew)
