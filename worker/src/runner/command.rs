@@ -348,7 +348,6 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<bool, DbError
     let Some(command) = commands::finish(&tx, id, &w.worker_id, f).await? else {
         return Ok(false);
     };
-    let event_type = command.status.event_type().unwrap_or("command.failed");
     let mut message = w
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
