@@ -22,6 +22,7 @@ mod pipes;
 mod plain;
 pub mod process;
 pub mod pty;
+mod small_launcher;
 mod spawned;
 mod warm;
 
@@ -202,6 +203,8 @@ impl Sandbox {
             reader,
             warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
         };
+        // Loaded and checked now, not on a command's path.
+        let _ = small_launcher::path();
         if cfg.mode == SandboxMode::Off {
             // Runs as the worker (then drops to the command's user): no
             // private copy needed. Without it, commands fork the worker.

@@ -181,8 +181,21 @@ impl ChildSetup {
     /// `launcher --launch`. `terminal_session` is not supported there (a
     /// terminal is the sandbox's business).
     /// `arg0`, when set, is the program's `argv[0]` (the name it was looked
-    /// up by), else the program as named.
+    /// up by), else the program as named. `launcher` is
+    /// `rdev-sandbox-init`, used where the small launcher the worker
+    /// carries cannot run (see `small_launcher`).
     pub fn launcher(
+        self,
+        launcher: &Path,
+        program: &Path,
+        arg0: Option<&std::ffi::OsStr>,
+    ) -> io::Result<Launcher> {
+        let launcher = super::small_launcher::path().unwrap_or(launcher);
+        self.launcher_exactly(launcher, program, arg0)
+    }
+
+    /// As [`ChildSetup::launcher`], through exactly `launcher`.
+    fn launcher_exactly(
         self,
         launcher: &Path,
         program: &Path,
@@ -345,13 +358,20 @@ mod tests {
 
     /// The launcher applies the set-up and runs the program with exactly
     /// the descriptors it was given; in the worker they are close-on-exec
-    /// again as soon as the launch is done.
+    /// again as soon as the launch is done. Both launchers: the small one
+    /// the worker carries and `rdev-sandbox-init --launch`.
     #[tokio::test]
     async fn a_launch_applies_the_setup_and_passes_only_its_descriptors() {
+        let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
+        let small = super::super::small_launcher::path().expect("the small launcher runs here");
+        launch_applies_the_setup(small).await;
+        launch_applies_the_setup(&init).await;
+    }
+
+    async fn launch_applies_the_setup(launcher: &Path) {
         use std::io::Read;
         use std::os::fd::AsFd;
 
-        let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
         let (mut r, w) = std::io::pipe().expect("pipe");
         let (mut other_r, other_w) = std::io::pipe().expect("pipe");
         let root = nix::unistd::geteuid().is_root();
@@ -367,7 +387,7 @@ mod tests {
         };
         let mut launch = setup
             // bash: dash takes only one-digit descriptors in `>&N`.
-            .launcher(&init, Path::new("/bin/bash"), None)
+            .launcher_exactly(launcher, Path::new("/bin/bash"), None)
             .expect("launcher");
         let script = format!(
             "echo passed >&{w}; (echo leaked >&{o}) 2>/dev/null; ulimit -n; id -u",
@@ -395,7 +415,12 @@ mod tests {
         } else {
             nix::unistd::geteuid().to_string()
         };
-        assert_eq!(lines, ["64", uid.as_str()], "{stdout}");
+        assert_eq!(
+            lines,
+            ["64", uid.as_str()],
+            "{}: {stdout}",
+            launcher.display()
+        );
         drop(w);
         let mut got = String::new();
         r.read_to_string(&mut got).expect("read");
@@ -404,6 +429,34 @@ mod tests {
         let mut leaked = String::new();
         other_r.read_to_string(&mut leaked).expect("read");
         assert_eq!(leaked, "", "a descriptor it was not given reached it");
+    }
+
+    /// Both launchers fail the same way: one line naming what they could
+    /// not run, exit 125.
+    #[tokio::test]
+    async fn a_launch_that_cannot_run_its_program_says_so() {
+        let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
+        let small = super::super::small_launcher::path().expect("the small launcher runs here");
+        for launcher in [small, init.as_path()] {
+            let mut launch = ChildSetup::default()
+                .launcher_exactly(launcher, Path::new("/no/such/program"), None)
+                .expect("launcher");
+            launch.cmd.env_clear().stderr(std::process::Stdio::piped());
+            let out = launch
+                .spawn()
+                .expect("spawn")
+                .wait_with_output()
+                .await
+                .expect("wait");
+            assert_eq!(out.status.code(), Some(125), "{}", launcher.display());
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                "rdev-sandbox-init --launch: cannot run /no/such/program: \
+                 ENOENT: No such file or directory\n",
+                "{}",
+                launcher.display()
+            );
+        }
     }
 
     #[test]

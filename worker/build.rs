@@ -1,0 +1,67 @@
+//! Builds `rdev-launch` (launch/main.rs), the launcher the worker carries
+//! in its binary (src/sandbox/small_launcher.rs): `core` only, aborting on
+//! panic, static, no C start files, so it starts without a dynamic loader
+//! or the C library's set-up. Only for x86_64 and aarch64 Linux; elsewhere,
+//! or if it does not build, the worker starts commands through
+//! `rdev-sandbox-init --launch` (cargo shows a warning).
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo::rerun-if-changed=launch/main.rs");
+    println!("cargo::rustc-check-cfg=cfg(rdev_launch)");
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    if os != "linux" || !matches!(arch.as_str(), "x86_64" | "aarch64") {
+        return;
+    }
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("rdev-launch");
+    let mut rustc = Command::new(env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()));
+    rustc.args([
+        "--edition",
+        "2024",
+        "--crate-type",
+        "bin",
+        "--crate-name",
+        "rdev_launch",
+    ]);
+    for codegen in [
+        "panic=abort",
+        "opt-level=2",
+        "debuginfo=0",
+        "strip=symbols",
+        "relocation-model=static",
+        "link-arg=-nostartfiles",
+        "link-arg=-nostdlib",
+        "link-arg=-static",
+    ] {
+        rustc.args(["-C", codegen]);
+    }
+    if let Ok(target) = env::var("TARGET") {
+        rustc.args(["--target", &target]);
+    }
+    if let Ok(linker) = env::var("RUSTC_LINKER") {
+        rustc.arg("-C").arg(format!("linker={linker}"));
+    }
+    rustc.arg("launch/main.rs").arg("-o").arg(&out);
+    match rustc.output() {
+        Ok(o) if o.status.success() => {
+            println!("cargo::rustc-cfg=rdev_launch");
+            println!("cargo::rustc-env=RDEV_LAUNCH_BIN={}", out.display());
+        }
+        Ok(o) => println!(
+            "cargo::warning=rdev-launch did not build ({}), commands will start through rdev-sandbox-init --launch: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        ),
+        Err(e) => println!(
+            "cargo::warning=rdev-launch did not build ({e}), commands will start through rdev-sandbox-init --launch"
+        ),
+    }
+}
