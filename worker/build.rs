@@ -1,24 +1,24 @@
-//! Builds `rdev-launch` (launch/main.rs), the launcher the worker carries
-//! in its binary (src/sandbox/small_launcher.rs): `core` only, aborting on
+//! Builds the small `rdev-sandbox-init` (small/main.rs), which the worker
+//! carries in its binary (src/sandbox/small.rs): `core` only, aborting on
 //! panic, static, no C start files, so it starts without a dynamic loader
 //! or the C library's set-up. Only for x86_64 and aarch64 Linux; elsewhere,
-//! or if it does not build, the worker starts commands through
-//! `rdev-sandbox-init --launch` (cargo shows a warning).
+//! or if it does not build, the worker uses `rdev-sandbox-init` (cargo
+//! shows a warning).
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo::rerun-if-changed=launch/main.rs");
-    println!("cargo::rustc-check-cfg=cfg(rdev_launch)");
+    println!("cargo::rerun-if-changed=small");
+    println!("cargo::rustc-check-cfg=cfg(rdev_small_init)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     if os != "linux" || !matches!(arch.as_str(), "x86_64" | "aarch64") {
         return;
     }
     let out =
-        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("rdev-launch");
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("rdev-small-init");
     let mut rustc = Command::new(env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()));
     rustc.args([
         "--edition",
@@ -26,7 +26,7 @@ fn main() {
         "--crate-type",
         "bin",
         "--crate-name",
-        "rdev_launch",
+        "rdev_small_init",
     ]);
     for codegen in [
         "panic=abort",
@@ -46,14 +46,14 @@ fn main() {
     if let Ok(linker) = env::var("RUSTC_LINKER") {
         rustc.arg("-C").arg(format!("linker={linker}"));
     }
-    rustc.arg("launch/main.rs").arg("-o").arg(&out);
+    rustc.arg("small/main.rs").arg("-o").arg(&out);
     match rustc.output() {
         Ok(o) if o.status.success() => {
-            println!("cargo::rustc-cfg=rdev_launch");
-            println!("cargo::rustc-env=RDEV_LAUNCH_BIN={}", out.display());
+            println!("cargo::rustc-cfg=rdev_small_init");
+            println!("cargo::rustc-env=RDEV_SMALL_INIT_BIN={}", out.display());
         }
         Ok(o) => println!(
-            "cargo::warning=rdev-launch did not build ({}), commands will start through rdev-sandbox-init --launch: {}",
+            "cargo::warning=the small rdev-sandbox-init did not build ({}), the worker will use rdev-sandbox-init: {}",
             o.status,
             String::from_utf8_lossy(&o.stderr)
                 .lines()
@@ -61,7 +61,7 @@ fn main() {
                 .unwrap_or("")
         ),
         Err(e) => println!(
-            "cargo::warning=rdev-launch did not build ({e}), commands will start through rdev-sandbox-init --launch"
+            "cargo::warning=the small rdev-sandbox-init did not build ({e}), the worker will use rdev-sandbox-init"
         ),
     }
 }

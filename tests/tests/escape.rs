@@ -78,6 +78,8 @@ async fn escape_suite(app: &TestApp, ops: &str, secrets: &[String]) {
         .expect("ready json");
     let sandbox = &ready["details"]["local_sandbox"];
     assert_eq!(sandbox["mode"], "bwrap", "the sandbox runs here: {ready}");
+    // The suite runs against the small init the worker carries.
+    assert_eq!(sandbox["starter"], "built-in", "{ready}");
     let cgroups = sandbox["limits"]
         .as_str()
         .unwrap_or("")

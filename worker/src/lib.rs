@@ -161,11 +161,13 @@ fn log_sandbox(status: &SandboxStatus) {
         "bwrap" => tracing::info!(
             user = status.user,
             limits = status.limits,
+            starter = status.starter.unwrap_or_default(),
             "local commands run in a bubblewrap sandbox"
         ),
         "off" => tracing::warn!(
             user = status.user,
             limits = status.limits,
+            starter = status.starter.unwrap_or_default(),
             "RDEV_LOCAL_SANDBOX=off: local commands run without a sandbox and can read this worker's files and processes; do not run untrusted commands"
         ),
         _ => tracing::error!(

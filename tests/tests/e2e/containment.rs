@@ -330,6 +330,8 @@ async fn the_worker_says_what_contains_local_commands() {
         .expect("json");
     let sandbox = &ready["details"]["local_sandbox"];
     assert_eq!(sandbox["mode"], "bwrap", "{ready}");
+    // The small init the worker carries (built for x86_64 and aarch64).
+    assert_eq!(sandbox["starter"], "built-in", "{ready}");
     assert!(
         sandbox["user"].as_str().is_some_and(|u| !u.is_empty()),
         "{ready}"

@@ -16,25 +16,43 @@ pub const INIT_NAME: &str = "rdev-sandbox-init";
 pub struct InstalledInit {
     dir: PathBuf,
     path: PathBuf,
+    /// The small init the worker carries, not a copy of a file.
+    built_in: bool,
 }
 
 impl InstalledInit {
     /// Copies `source` into a fresh directory under the system's temporary
     /// directory (mode 0755, the file 0555).
     pub fn install(source: &Path) -> Result<Self, String> {
+        Self::install_with(&source.display().to_string(), false, |to| {
+            fs::copy(source, to).map(drop)
+        })
+    }
+
+    /// As [`InstalledInit::install`], the program being `bytes` (the small
+    /// init the worker carries).
+    pub fn install_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Self::install_with("the small init", true, |to| fs::write(to, bytes))
+    }
+
+    fn install_with(
+        what: &str,
+        built_in: bool,
+        write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("rdev-sandbox-{:016x}", rand::random::<u64>()));
         fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let installed = Self {
             path: dir.join(INIT_NAME),
             dir,
+            built_in,
         };
         fs::set_permissions(&installed.dir, fs::Permissions::from_mode(0o755))
-            .and_then(|()| fs::copy(source, &installed.path).map(drop))
+            .and_then(|()| write(&installed.path))
             .and_then(|()| fs::set_permissions(&installed.path, fs::Permissions::from_mode(0o555)))
             .map_err(|e| {
                 format!(
-                    "cannot install {} into {}: {e}",
-                    source.display(),
+                    "cannot install {what} into {}: {e}",
                     installed.dir.display()
                 )
             })?;
@@ -44,6 +62,11 @@ impl InstalledInit {
     /// Where the copy is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether it is the small init the worker carries.
+    pub fn is_built_in(&self) -> bool {
+        self.built_in
     }
 }
 

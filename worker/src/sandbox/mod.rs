@@ -22,7 +22,7 @@ mod pipes;
 mod plain;
 pub mod process;
 pub mod pty;
-mod small_launcher;
+mod small;
 mod spawned;
 mod warm;
 
@@ -72,8 +72,9 @@ const WARM_SETUP: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 enum Isolation {
     Bwrap(InstalledInit),
-    /// No sandbox; the launcher (the init binary's `--launch`), if found,
-    /// starts commands without forking the worker.
+    /// No sandbox; the launcher (the small one the worker carries, else
+    /// the init binary's `--launch`), if there is one, starts commands
+    /// without forking the worker.
     Off(Option<PathBuf>),
     Unavailable(String),
 }
@@ -109,6 +110,11 @@ pub struct SandboxStatus {
     pub user: String,
     /// How limits are enforced: `cgroup v1 (memory, pids)`, or `rlimits`.
     pub limits: String,
+    /// What starts each command: `built-in` (the small init the worker
+    /// carries: launcher and, sandboxed, init), `rdev-sandbox-init`, or
+    /// `fork` (the sandbox off and no launcher).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starter: Option<&'static str>,
 }
 
 /// One command to start.
@@ -204,22 +210,29 @@ impl Sandbox {
             warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
         };
         // Loaded and checked now, not on a command's path.
-        let _ = small_launcher::path();
+        let _ = small::launcher();
         if cfg.mode == SandboxMode::Off {
             // Runs as the worker (then drops to the command's user): no
-            // private copy needed. Without it, commands fork the worker.
-            sandbox.isolation = Isolation::Off(init::locate(cfg.init.as_deref()).ok());
+            // private copy needed. Without one, commands fork the worker.
+            let launcher = small::launcher().map(Path::to_path_buf);
+            sandbox.isolation =
+                Isolation::Off(launcher.or_else(|| init::locate(cfg.init.as_deref()).ok()));
         }
         if cfg.mode == SandboxMode::On {
-            sandbox.isolation =
-                match init::locate(cfg.init.as_deref()).and_then(|p| InstalledInit::install(&p)) {
-                    Ok(installed) => Isolation::Bwrap(installed),
-                    Err(e) => Isolation::Unavailable(e),
-                };
-            if matches!(sandbox.isolation, Isolation::Bwrap(_))
-                && let Err(e) = sandbox.probe(workspace_root).await
-            {
-                sandbox.isolation = Isolation::Unavailable(e);
+            // The small init unless one is configured; rdev-sandbox-init
+            // where it is not built or fails the probe.
+            if let Some(bytes) = small::BYTES.filter(|_| cfg.init.is_none()) {
+                sandbox
+                    .isolate(InstalledInit::install_bytes(bytes), workspace_root)
+                    .await;
+                if let Isolation::Unavailable(e) = &sandbox.isolation {
+                    tracing::info!(error = %e, "the small init cannot run here: trying rdev-sandbox-init");
+                }
+            }
+            if !sandbox.is_isolated() {
+                let installed =
+                    init::locate(cfg.init.as_deref()).and_then(|p| InstalledInit::install(&p));
+                sandbox.isolate(installed, workspace_root).await;
             }
             if sandbox.is_isolated() && cfg.warm > 0 {
                 sandbox.warm = Arc::new(WarmPool::new(cfg.warm, cfg.warm_ttl));
@@ -227,6 +240,19 @@ impl Sandbox {
             }
         }
         sandbox
+    }
+
+    /// Sandboxes with `init`, if it is installed and the probe passes.
+    async fn isolate(&mut self, init: Result<InstalledInit, String>, workspace_root: &Path) {
+        self.isolation = match init {
+            Ok(installed) => Isolation::Bwrap(installed),
+            Err(e) => Isolation::Unavailable(e),
+        };
+        if self.is_isolated()
+            && let Err(e) = self.probe(workspace_root).await
+        {
+            self.isolation = Isolation::Unavailable(e);
+        }
     }
 
     fn unavailable(cfg: &SandboxConfig, limits: LimitsConfig, why: String) -> Self {
@@ -263,11 +289,20 @@ impl Sandbox {
             (None, Some(why)) => format!("rlimits ({why})"),
             (None, None) => "rlimits".into(),
         };
+        let starter = match &self.isolation {
+            Isolation::Bwrap(init) if init.is_built_in() => Some("built-in"),
+            Isolation::Bwrap(_) => Some("rdev-sandbox-init"),
+            Isolation::Off(Some(_)) if small::launcher().is_some() => Some("built-in"),
+            Isolation::Off(Some(_)) => Some("rdev-sandbox-init"),
+            Isolation::Off(None) => Some("fork"),
+            Isolation::Unavailable(_) => None,
+        };
         SandboxStatus {
             mode,
             error,
             user,
             limits,
+            starter,
         }
     }
 

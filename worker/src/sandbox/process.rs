@@ -183,14 +183,14 @@ impl ChildSetup {
     /// `arg0`, when set, is the program's `argv[0]` (the name it was looked
     /// up by), else the program as named. `launcher` is
     /// `rdev-sandbox-init`, used where the small launcher the worker
-    /// carries cannot run (see `small_launcher`).
+    /// carries cannot run (see `small`).
     pub fn launcher(
         self,
         launcher: &Path,
         program: &Path,
         arg0: Option<&std::ffi::OsStr>,
     ) -> io::Result<Launcher> {
-        let launcher = super::small_launcher::path().unwrap_or(launcher);
+        let launcher = super::small::launcher().unwrap_or(launcher);
         self.launcher_exactly(launcher, program, arg0)
     }
 
@@ -363,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn a_launch_applies_the_setup_and_passes_only_its_descriptors() {
         let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
-        let small = super::super::small_launcher::path().expect("the small launcher runs here");
+        let small = super::super::small::launcher().expect("the small launcher runs here");
         launch_applies_the_setup(small).await;
         launch_applies_the_setup(&init).await;
     }
@@ -436,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn a_launch_that_cannot_run_its_program_says_so() {
         let init = super::super::init::locate(None).expect("rdev-sandbox-init is built");
-        let small = super::super::small_launcher::path().expect("the small launcher runs here");
+        let small = super::super::small::launcher().expect("the small launcher runs here");
         for launcher in [small, init.as_path()] {
             let mut launch = ChildSetup::default()
                 .launcher_exactly(launcher, Path::new("/no/such/program"), None)

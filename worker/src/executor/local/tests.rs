@@ -192,6 +192,61 @@ async fn exit_codes_and_signals_are_reported() {
     assert_eq!(run(&exec, argv).await.outcome, Outcome::Exited(4));
 }
 
+/// The executors of both inits: the small one the worker carries (the
+/// default) and `rdev-sandbox-init`, which it falls back to, named.
+async fn executors_of_both_inits(tmp: &TempDir) -> [(&'static str, LocalExecutor); 2] {
+    let init = crate::sandbox::init::locate(None).expect("rdev-sandbox-init is built");
+    let std_init = executor_with(
+        tmp,
+        SandboxConfig {
+            init: Some(init),
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    let status = std_init.sandbox().status();
+    assert_eq!(status.mode, "bwrap", "{status:?}");
+    assert_eq!(status.starter, Some("rdev-sandbox-init"), "{status:?}");
+    let small = executor(tmp).await;
+    let status = small.sandbox().status();
+    assert_eq!(status.starter, Some("built-in"), "{status:?}");
+    [("built-in", small), ("rdev-sandbox-init", std_init)]
+}
+
+/// Both inits report alike: exit codes, signals, a program that cannot
+/// run, standard error apart, a warm sandbox's command with its own
+/// environment, and nothing left behind when the main process ends.
+#[tokio::test]
+async fn both_inits_run_a_command_alike() {
+    let tmp = TempDir::new();
+    for (name, exec) in executors_of_both_inits(&tmp).await {
+        assert_eq!(
+            run(&exec, sh("exit 3")).await.outcome,
+            Outcome::Exited(3),
+            "{name}"
+        );
+        assert_eq!(
+            run(&exec, sh("kill -9 $$")).await.outcome,
+            Outcome::Signaled(9),
+            "{name}"
+        );
+        fails_naming_the_missing_program(&exec).await;
+        let mut j = sh("printf out; printf err >&2; printf \"$ONLY_HERE\"");
+        j.env = BTreeMap::from([("ONLY_HERE".into(), format!(" {name}"))]);
+        // Twice: the second runs in the sandbox made after the first.
+        for _ in 0..2 {
+            let ran = run(&exec, j.clone()).await;
+            assert_eq!(ran.outcome, Outcome::Exited(0), "{name}");
+            assert_eq!(ran.stdout, format!("out {name}").as_bytes(), "{name}");
+            assert_eq!(ran.stderr, b"err", "{name}");
+        }
+        let m = marker();
+        let ran = run(&exec, sh(&format!("setsid sleep {m} & echo started"))).await;
+        assert_eq!(ran.outcome, Outcome::Exited(0), "{name}");
+        assert!(gone(&m).await, "{name}: survived: {:?}", survivors(&m));
+    }
+}
+
 /// Runs a program that does not exist: it fails to start, named.
 async fn fails_naming_the_missing_program(exec: &LocalExecutor) {
     let ran = run(

@@ -1,24 +1,25 @@
-//! `rdev-launch` (worker/launch/main.rs): the launcher every command starts
-//! through, made without the C library, which the worker carries in its
-//! own binary and runs from a sealed memfd.
+//! The small `rdev-sandbox-init` (worker/small/): both jobs of that
+//! program, the launcher every command starts through and the init of
+//! every sandbox, made without the C library. The worker carries it in its
+//! own binary: it runs the launcher from a sealed memfd ([`launcher`]) and
+//! installs the init for its sandboxes like the other one ([`BYTES`]).
 //!
-//! It takes the arguments of `rdev-sandbox-init --launch` and does the
-//! same; it only starts faster (no dynamic loader, no processor probe:
-//! about 0.7 ms of CPU less per command here, docs/BENCHMARKS.md). Where
-//! it was not built (another architecture) or cannot run (a kernel that
-//! refuses to execute memfds), [`path`] is `None` and commands start
-//! through `rdev-sandbox-init --launch` as before.
+//! It takes the same arguments and does the same; it only starts faster
+//! (no dynamic loader, no processor probe: about 0.7 ms of CPU less per
+//! start here, docs/BENCHMARKS.md). Where it was not built (another
+//! architecture) or cannot run (a kernel that refuses to execute memfds,
+//! a sandbox it fails in), the worker uses `rdev-sandbox-init` as before.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The launcher's bytes, built by the worker's build script.
-#[cfg(rdev_launch)]
-const BYTES: Option<&[u8]> = Some(include_bytes!(env!("RDEV_LAUNCH_BIN")));
-#[cfg(not(rdev_launch))]
-const BYTES: Option<&[u8]> = None;
+/// The program, built by the worker's build script.
+#[cfg(rdev_small_init)]
+pub const BYTES: Option<&[u8]> = Some(include_bytes!(env!("RDEV_SMALL_INIT_BIN")));
+#[cfg(not(rdev_small_init))]
+pub const BYTES: Option<&[u8]> = None;
 
 /// The memfd (held open for the worker's life) and the path that runs it.
 struct Loaded {
@@ -26,11 +27,11 @@ struct Loaded {
     path: PathBuf,
 }
 
-/// `/proc/self/fd/N`, the launcher in this process's sealed memfd, once it
+/// `/proc/self/fd/N`, the program in this process's sealed memfd, once it
 /// answered its `--check` here; `None` where it is not built or cannot run
 /// (said once in the log). The first call loads and checks it: call it at
 /// start, not on a command's path.
-pub fn path() -> Option<&'static Path> {
+pub fn launcher() -> Option<&'static Path> {
     static LOADED: OnceLock<Option<Loaded>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
@@ -91,7 +92,7 @@ fn executable_memfd() -> std::io::Result<OwnedFd> {
     let flags = nix::libc::MFD_CLOEXEC | nix::libc::MFD_ALLOW_SEALING;
     let create = |flags: nix::libc::c_uint| {
         // SAFETY: a NUL-terminated name and flags; a new descriptor on success.
-        let fd = unsafe { nix::libc::memfd_create(c"rdev-launch".as_ptr(), flags) };
+        let fd = unsafe { nix::libc::memfd_create(c"rdev-sandbox-init".as_ptr(), flags) };
         if fd < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -118,8 +119,8 @@ mod tests {
             BYTES.is_some(),
             "the build script did not build rdev-launch"
         );
-        let p = path().expect("the small launcher runs");
+        let p = launcher().expect("the small launcher runs");
         assert!(p.starts_with("/proc/self/fd/"), "{}", p.display());
-        assert_eq!(path(), Some(p), "loaded once");
+        assert_eq!(launcher(), Some(p), "loaded once");
     }
 }
