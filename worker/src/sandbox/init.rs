@@ -68,6 +68,15 @@ impl InstalledInit {
     pub fn is_built_in(&self) -> bool {
         self.built_in
     }
+
+    /// What starts bubblewrap for it (`--launch`): the same program, the
+    /// small one from the worker's memfd when it is the small init.
+    pub fn launcher(&self) -> &Path {
+        match super::small::launcher() {
+            Some(small) if self.built_in => small,
+            _ => &self.path,
+        }
+    }
 }
 
 impl Drop for InstalledInit {

@@ -214,9 +214,11 @@ impl Sandbox {
         if cfg.mode == SandboxMode::Off {
             // Runs as the worker (then drops to the command's user): no
             // private copy needed. Without one, commands fork the worker.
-            let launcher = small::launcher().map(Path::to_path_buf);
-            sandbox.isolation =
-                Isolation::Off(launcher.or_else(|| init::locate(cfg.init.as_deref()).ok()));
+            let small = small::launcher().filter(|_| cfg.init.is_none());
+            sandbox.isolation = Isolation::Off(match small {
+                Some(small) => Some(small.to_path_buf()),
+                None => init::locate(cfg.init.as_deref()).ok(),
+            });
         }
         if cfg.mode == SandboxMode::On {
             // The small init unless one is configured; rdev-sandbox-init
@@ -292,7 +294,7 @@ impl Sandbox {
         let starter = match &self.isolation {
             Isolation::Bwrap(init) if init.is_built_in() => Some("built-in"),
             Isolation::Bwrap(_) => Some("rdev-sandbox-init"),
-            Isolation::Off(Some(_)) if small::launcher().is_some() => Some("built-in"),
+            Isolation::Off(Some(p)) if small::launcher() == Some(p.as_path()) => Some("built-in"),
             Isolation::Off(Some(_)) => Some("rdev-sandbox-init"),
             Isolation::Off(None) => Some("fork"),
             Isolation::Unavailable(_) => None,
@@ -471,7 +473,7 @@ impl Sandbox {
     ) -> Result<Spawned, LaunchError> {
         let (init, launcher) = match &self.isolation {
             Isolation::Unavailable(e) => return Err(LaunchError::Unavailable(e.clone())),
-            Isolation::Bwrap(init) => (Some(init.path()), None),
+            Isolation::Bwrap(init) => (Some(init), None),
             Isolation::Off(launcher) => (None, launcher.as_deref()),
         };
         if init.is_none() && !l.secret_files.is_empty() {
@@ -528,11 +530,12 @@ impl Sandbox {
     fn spawn_bwrap(
         &self,
         l: &Launch<'_>,
-        init: &Path,
+        installed: &InstalledInit,
         mut setup: ChildSetup,
         terminal: Option<(PtyMaster, OwnedFd)>,
         wait: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
     ) -> Result<Spawned, LaunchError> {
+        let init = installed.path();
         let failed =
             |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
         let (ours, theirs) = SandboxPipes::new().map_err(|e| failed("cannot create a pipe", &e))?;
@@ -580,7 +583,7 @@ impl Sandbox {
         // up its process (cgroup, limits, user) and executes it: the worker
         // is never forked (process.rs, `Launcher`).
         let mut launcher = setup
-            .launcher(init, &self.bwrap, None)
+            .launcher(installed.launcher(), &self.bwrap, None)
             .map_err(|e| failed("cannot prepare the sandbox's start", &e))?;
         launcher
             .cmd
@@ -593,9 +596,10 @@ impl Sandbox {
             .stdout(Stdio::from(theirs.out))
             .stderr(Stdio::from(theirs.diag))
             .kill_on_drop(true);
-        let child = launcher
-            .spawn()
-            .map_err(|e| LaunchError::Unavailable(format!("cannot run {}: {e}", init.display())))?;
+        let child = launcher.spawn().map_err(|e| {
+            let launcher = installed.launcher().display();
+            LaunchError::Unavailable(format!("cannot run {launcher}: {e}"))
+        })?;
         // The child has its copies; ours must close so the readers see EOF.
         drop((
             args,

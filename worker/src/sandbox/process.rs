@@ -181,21 +181,9 @@ impl ChildSetup {
     /// `launcher --launch`. `terminal_session` is not supported there (a
     /// terminal is the sandbox's business).
     /// `arg0`, when set, is the program's `argv[0]` (the name it was looked
-    /// up by), else the program as named. `launcher` is
-    /// `rdev-sandbox-init`, used where the small launcher the worker
-    /// carries cannot run (see `small`).
+    /// up by), else the program as named. `launcher` is the small init the
+    /// worker carries (see `small`) or `rdev-sandbox-init`.
     pub fn launcher(
-        self,
-        launcher: &Path,
-        program: &Path,
-        arg0: Option<&std::ffi::OsStr>,
-    ) -> io::Result<Launcher> {
-        let launcher = super::small::launcher().unwrap_or(launcher);
-        self.launcher_exactly(launcher, program, arg0)
-    }
-
-    /// As [`ChildSetup::launcher`], through exactly `launcher`.
-    fn launcher_exactly(
         self,
         launcher: &Path,
         program: &Path,
@@ -387,7 +375,7 @@ mod tests {
         };
         let mut launch = setup
             // bash: dash takes only one-digit descriptors in `>&N`.
-            .launcher_exactly(launcher, Path::new("/bin/bash"), None)
+            .launcher(launcher, Path::new("/bin/bash"), None)
             .expect("launcher");
         let script = format!(
             "echo passed >&{w}; (echo leaked >&{o}) 2>/dev/null; ulimit -n; id -u",
@@ -439,7 +427,7 @@ mod tests {
         let small = super::super::small::launcher().expect("the small launcher runs here");
         for launcher in [small, init.as_path()] {
             let mut launch = ChildSetup::default()
-                .launcher_exactly(launcher, Path::new("/no/such/program"), None)
+                .launcher(launcher, Path::new("/no/such/program"), None)
                 .expect("launcher");
             launch.cmd.env_clear().stderr(std::process::Stdio::piped());
             let out = launch
