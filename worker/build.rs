@@ -1,7 +1,7 @@
 //! Builds the small `rdev-sandbox-init` (small/main.rs), which the worker
 //! carries in its binary (src/sandbox/small.rs): `core` only, aborting on
 //! panic, static, no C start files, so it starts without a dynamic loader
-//! or the C library's set-up. Only for x86_64 and aarch64 Linux; elsewhere,
+//! or the C library's set-up. Only for x86_64 Linux; elsewhere,
 //! or if it does not build, the worker uses `rdev-sandbox-init` (cargo
 //! shows a warning).
 
@@ -14,7 +14,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(rdev_small_init)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    if os != "linux" || !matches!(arch.as_str(), "x86_64" | "aarch64") {
+    if os != "linux" || arch != "x86_64" {
         return;
     }
     let out =

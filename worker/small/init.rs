@@ -55,7 +55,7 @@ const ENOEXEC: isize = 8;
 /// Longest path the `PATH` search builds.
 const PATH_MAX: usize = 4096;
 
-/// The kernel's `struct sigaction` (x86_64 and aarch64 alike).
+/// The kernel's `struct sigaction`.
 #[repr(C)]
 struct SigAction {
     handler: usize,
@@ -65,20 +65,11 @@ struct SigAction {
 }
 
 // Where a handler returns to (the kernel requires one with SA_RESTORER).
-#[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
     ".globl rdev_restore_rt",
     "rdev_restore_rt:",
     "mov eax, {n}",
     "syscall",
-    n = const nr::RT_SIGRETURN,
-);
-#[cfg(target_arch = "aarch64")]
-core::arch::global_asm!(
-    ".globl rdev_restore_rt",
-    "rdev_restore_rt:",
-    "mov x8, #{n}",
-    "svc 0",
     n = const nr::RT_SIGRETURN,
 );
 

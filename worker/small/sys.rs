@@ -1,9 +1,9 @@
-//! System calls and the few helpers both jobs share: no C library here.
+//! System calls (x86_64 Linux) and the few helpers both jobs share: no C
+//! library here.
 
 use core::arch::asm;
 
 /// System call numbers.
-#[cfg(target_arch = "x86_64")]
 pub mod nr {
     pub const READ: usize = 0;
     pub const WRITE: usize = 1;
@@ -35,44 +35,10 @@ pub mod nr {
     pub const CLOSE_RANGE: usize = 436;
 }
 
-/// System call numbers.
-#[cfg(target_arch = "aarch64")]
-pub mod nr {
-    pub const DUP3: usize = 24;
-    pub const FCNTL: usize = 25;
-    pub const IOCTL: usize = 29;
-    pub const OPENAT: usize = 56;
-    pub const CLOSE: usize = 57;
-    pub const GETDENTS64: usize = 61;
-    pub const LSEEK: usize = 62;
-    pub const READ: usize = 63;
-    pub const WRITE: usize = 64;
-    pub const PREAD64: usize = 67;
-    pub const EXIT_GROUP: usize = 94;
-    pub const KILL: usize = 129;
-    pub const RT_SIGACTION: usize = 134;
-    pub const RT_SIGPROCMASK: usize = 135;
-    pub const RT_SIGTIMEDWAIT: usize = 137;
-    pub const RT_SIGRETURN: usize = 139;
-    pub const SETGID: usize = 144;
-    pub const SETUID: usize = 146;
-    pub const SETSID: usize = 157;
-    pub const SETGROUPS: usize = 159;
-    pub const PRCTL: usize = 167;
-    pub const GETPPID: usize = 173;
-    pub const CLONE: usize = 220;
-    pub const EXECVE: usize = 221;
-    pub const MMAP: usize = 222;
-    pub const WAIT4: usize = 260;
-    pub const PRLIMIT64: usize = 261;
-    pub const CLOSE_RANGE: usize = 436;
-}
-
 /// A system call; the result is the kernel's (negative: `-errno`).
 ///
 /// # Safety
 /// The arguments must be what the call `n` expects.
-#[cfg(target_arch = "x86_64")]
 pub unsafe fn call(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
     let r: isize;
     // SAFETY: the caller passes the call's arguments; the kernel clobbers
@@ -81,21 +47,6 @@ pub unsafe fn call(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f
         asm!("syscall", inlateout("rax") n as isize => r, in("rdi") a, in("rsi") b,
              in("rdx") c, in("r10") d, in("r8") e, in("r9") f,
              lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    r
-}
-
-/// A system call; the result is the kernel's (negative: `-errno`).
-///
-/// # Safety
-/// The arguments must be what the call `n` expects.
-#[cfg(target_arch = "aarch64")]
-pub unsafe fn call(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
-    let r: isize;
-    // SAFETY: the caller passes the call's arguments.
-    unsafe {
-        asm!("svc 0", in("x8") n, inlateout("x0") a as isize => r, in("x1") b, in("x2") c,
-             in("x3") d, in("x4") e, in("x5") f, options(nostack));
     }
     r
 }
@@ -109,52 +60,22 @@ pub unsafe fn call4(n: usize, a: usize, b: usize, c: usize, d: usize) -> isize {
     unsafe { call(n, a, b, c, d, 0, 0) }
 }
 
-#[cfg(target_arch = "x86_64")]
 pub fn exit(code: usize) -> ! {
     // SAFETY: exit_group takes a status and does not return.
     unsafe { asm!("syscall", in("rax") nr::EXIT_GROUP, in("rdi") code, options(noreturn, nostack)) }
 }
 
-#[cfg(target_arch = "aarch64")]
-pub fn exit(code: usize) -> ! {
-    // SAFETY: exit_group takes a status and does not return.
-    unsafe { asm!("svc 0", in("x8") nr::EXIT_GROUP, in("x0") code, options(noreturn, nostack)) }
-}
-
 /// `fork()`: 0 in the child, the child's pid in the parent, `-errno`.
 pub fn fork() -> isize {
-    const SIGCHLD: usize = 17;
-    // SAFETY: a plain fork (clone with only the exit signal): the child
-    // gets a copy of this single-threaded process.
-    #[cfg(target_arch = "x86_64")]
-    let r = {
-        let _ = SIGCHLD;
-        unsafe { call4(nr::FORK, 0, 0, 0, 0) }
-    };
-    // SAFETY: as above.
-    #[cfg(target_arch = "aarch64")]
-    let r = unsafe { call(nr::CLONE, SIGCHLD, 0, 0, 0, 0, 0) };
-    r
+    // SAFETY: the child gets a copy of this single-threaded process.
+    unsafe { call4(nr::FORK, 0, 0, 0, 0) }
 }
 
 /// `open(path, flags)` (NUL-terminated path).
 pub fn open(path: &[u8], flags: usize) -> isize {
     debug_assert!(path.ends_with(&[0]));
     // SAFETY: a NUL-terminated path we own.
-    #[cfg(target_arch = "x86_64")]
-    let r = unsafe { call4(nr::OPEN, path.as_ptr() as usize, flags, 0, 0) };
-    // SAFETY: as above (AT_FDCWD).
-    #[cfg(target_arch = "aarch64")]
-    let r = unsafe {
-        call4(
-            nr::OPENAT,
-            (-100isize) as usize,
-            path.as_ptr() as usize,
-            flags,
-            0,
-        )
-    };
-    r
+    unsafe { call4(nr::OPEN, path.as_ptr() as usize, flags, 0, 0) }
 }
 
 pub fn write_all(fd: usize, mut bytes: &[u8]) {
