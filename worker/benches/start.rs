@@ -1,0 +1,94 @@
+//! What one local command's start costs end to end, one at a time: `true`
+//! through the local executor (the worker's own path from a job to its
+//! outcome), with no warm sandbox, so every iteration makes its sandbox,
+//! runs the command and takes it down. Four ways: sandboxed with the small
+//! init the worker carries (the default) and with `rdev-sandbox-init`,
+//! and with the sandbox off through either launcher. Needs bubblewrap and
+//! `rdev-sandbox-init` built beside the bench (`cargo build -p
+//! rdev-worker --bins --release` first). Run: `cargo bench -p rdev-worker
+//! --bench start`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rdev_shared::containment::{LimitsConfig, NetworkMode, ResourceLimits};
+use rdev_shared::domain::{CommandSpec, ExecutorConfig, LocalSettings};
+use rdev_worker::executor::{Executor, Job, LocalExecutor, Outcome};
+use rdev_worker::sandbox::{Sandbox, SandboxConfig, SandboxMode};
+use tokio_util::sync::CancellationToken;
+
+fn job() -> Job {
+    Job {
+        name: format!("bench-{:016x}", rand::random::<u64>()),
+        spec: CommandSpec::Shell("true".into()),
+        env: BTreeMap::new(),
+        stdin: None,
+        stdin_pipe: false,
+        tty: None,
+        executor: ExecutorConfig::Local(LocalSettings::default()),
+        project: "bench".into(),
+        timeout: Duration::from_secs(30),
+        network: NetworkMode::Host,
+        limits: ResourceLimits::default(),
+        secrets: Default::default(),
+    }
+}
+
+async fn run(exec: &LocalExecutor) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let drain = async move { while rx.recv().await.is_some() {} };
+    let (outcome, ()) = tokio::join!(exec.run(job(), tx, None, CancellationToken::new()), drain);
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+fn start(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let root =
+        std::env::temp_dir().join(format!("rdev-bench-start-{:016x}", rand::random::<u64>()));
+    let init: PathBuf =
+        rdev_worker::sandbox::init::locate(None).expect("rdev-sandbox-init is built");
+    let mut g = c.benchmark_group("start_true");
+    for (name, mode, init) in [
+        ("sandboxed/small_init", SandboxMode::On, None),
+        (
+            "sandboxed/rdev-sandbox-init",
+            SandboxMode::On,
+            Some(init.clone()),
+        ),
+        ("sandbox_off/small_init", SandboxMode::Off, None),
+        (
+            "sandbox_off/rdev-sandbox-init",
+            SandboxMode::Off,
+            Some(init.clone()),
+        ),
+    ] {
+        let cfg = SandboxConfig {
+            mode,
+            init,
+            warm: 0,
+            ..SandboxConfig::default()
+        };
+        let ws = root.join("ws");
+        let exec = rt.block_on(async {
+            let worker = format!("bench-{:08x}", rand::random::<u32>());
+            let sandbox = Sandbox::start(&cfg, LimitsConfig::default(), &worker, &ws).await;
+            LocalExecutor::new(ws, Duration::from_millis(500), Arc::new(sandbox))
+        });
+        g.bench_function(name, |b| b.iter(|| rt.block_on(run(&exec))));
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(30)
+}
+
+criterion_group! { name = benches; config = config(); targets = start }
+criterion_main!(benches);
