@@ -41,7 +41,7 @@ pub fn launcher() -> Option<&'static Path> {
                 Err(e) => {
                     tracing::info!(
                         error = %e,
-                        "commands start through rdev-sandbox-init --launch (the small launcher cannot run here)"
+                        "the small init cannot run from a memfd here: commands start through an installed copy, or rdev-sandbox-init"
                     );
                     None
                 }
