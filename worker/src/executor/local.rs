@@ -283,36 +283,40 @@ fn environment(env: &BTreeMap<String, String>, home: &str) -> BTreeMap<String, S
 /// Creates `root/rel` and returns its canonical path, refusing any path that
 /// resolves outside the canonical root (`..` is refused by validation; a
 /// symlink is caught here, before anything is created through it).
+///
+/// The whole check is one trip to the blocking pool: each `tokio::fs` call
+/// is one, and the six of them took ~0.5 ms of a command's start.
 pub async fn prepare_workdir(root: &Path, rel: &str) -> Result<PathBuf, String> {
     validate_workdir(rel).map_err(|m| format!("invalid workdir: {m}"))?;
-    tokio::fs::create_dir_all(root)
+    let (root, rel) = (root.to_owned(), rel.to_owned());
+    tokio::task::spawn_blocking(move || workdir_in(&root, &rel))
         .await
-        .map_err(|e| format!("cannot create the workspace root: {e}"))?;
-    let root = tokio::fs::canonicalize(root)
-        .await
+        .map_err(|e| format!("cannot prepare the workdir: {e}"))?
+}
+
+/// [`prepare_workdir`]'s work, blocking.
+fn workdir_in(root: &Path, rel: &str) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("cannot create the workspace root: {e}"))?;
+    let root = std::fs::canonicalize(root)
         .map_err(|e| format!("cannot resolve the workspace root: {e}"))?;
     let dir = root.join(rel);
 
     // Check the deepest existing ancestor first, so a symlink cannot make
     // create_dir_all build directories outside the root.
     let mut existing = dir.clone();
-    while tokio::fs::symlink_metadata(&existing).await.is_err() {
+    while std::fs::symlink_metadata(&existing).is_err() {
         if !existing.pop() {
             break;
         }
     }
-    let resolved = tokio::fs::canonicalize(&existing)
-        .await
-        .map_err(|e| format!("cannot resolve the workdir: {e}"))?;
+    let resolved =
+        std::fs::canonicalize(&existing).map_err(|e| format!("cannot resolve the workdir: {e}"))?;
     if !resolved.starts_with(&root) {
         return Err(ESCAPE_ERROR.into());
     }
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| format!("cannot create the workdir: {e}"))?;
-    let resolved = tokio::fs::canonicalize(&dir)
-        .await
-        .map_err(|e| format!("cannot resolve the workdir: {e}"))?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the workdir: {e}"))?;
+    let resolved =
+        std::fs::canonicalize(&dir).map_err(|e| format!("cannot resolve the workdir: {e}"))?;
     if !resolved.starts_with(&root) {
         return Err(ESCAPE_ERROR.into());
     }
