@@ -15,14 +15,16 @@
 //! cannot be run.
 
 use crate::Args;
-use crate::sys::{self, nr};
+use crate::sys::errno::{
+    EACCES, EINTR, ENAMETOOLONG, ENODEV, ENOENT, ENOEXEC, ENOTDIR, ESRCH, ESTALE, ETIMEDOUT,
+};
+use crate::sys::{self, SIGKILL, nr};
 
 const USAGE: usize = 125;
 
 const SIGHUP: usize = 1;
 const SIGINT: usize = 2;
 const SIGQUIT: usize = 3;
-const SIGKILL: usize = 9;
 const SIGUSR1: usize = 10;
 const SIGUSR2: usize = 12;
 const SIGPIPE: usize = 13;
@@ -49,9 +51,6 @@ const TIOCSCTTY: usize = 0x540E;
 const WNOHANG: usize = 1;
 const O_CLOEXEC: usize = 0o2_000_000;
 const SEEK_END: usize = 2;
-const EINTR: isize = 4;
-const EACCES: isize = 13;
-const ENOEXEC: isize = 8;
 /// Longest path the `PATH` search builds.
 const PATH_MAX: usize = 4096;
 
@@ -397,7 +396,7 @@ fn supervise(child: isize, status_fd: usize, set: u64) -> ! {
             // Interactive signals go to the command's process group (or,
             // before the command made its session, to the command itself).
             other => {
-                if kill(-child, other) == -3 {
+                if kill(-child, other) == -ESRCH {
                     kill(child, other);
                 }
             }
@@ -497,7 +496,7 @@ fn execvp(argv: *const *const u8, envp: *const *const u8) -> isize {
     // SAFETY: argv has at least the program, NUL-terminated.
     let name = unsafe { sys::c_str(*argv) };
     if name.is_empty() {
-        return 2;
+        return ENOENT;
     }
     if name.contains(&b'/') {
         // SAFETY: the name is the NUL-terminated first argument.
@@ -506,11 +505,11 @@ fn execvp(argv: *const *const u8, envp: *const *const u8) -> isize {
     let path = env_var(envp, b"PATH").unwrap_or(b"/bin:/usr/bin");
     let mut buf = [0u8; PATH_MAX];
     let mut eacces = false;
-    let mut last = 2;
+    let mut last = ENOENT;
     for dir in path.split(|&c| c == b':') {
         let len = dir.len() + usize::from(!dir.is_empty()) + name.len();
         if len + 1 > buf.len() {
-            last = 36;
+            last = ENAMETOOLONG;
             continue;
         }
         let mut at = 0;
@@ -527,7 +526,7 @@ fn execvp(argv: *const *const u8, envp: *const *const u8) -> isize {
         match last {
             EACCES => eacces = true,
             // Not here: the next directory.
-            2 | 20 | 19 | 110 | 116 => {}
+            ENOENT | ENOTDIR | ENODEV | ETIMEDOUT | ESTALE => {}
             _ => return last,
         }
     }

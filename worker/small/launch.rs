@@ -19,7 +19,6 @@ const MAX_JOIN: usize = 8;
 const MAX_RLIMITS: usize = 16;
 
 const PR_SET_PDEATHSIG: usize = 1;
-const SIGKILL: usize = 9;
 
 #[repr(C)]
 struct Rlimit {
@@ -171,7 +170,7 @@ pub fn main(args: &Args) -> ! {
     }
     // After setuid, which clears it.
     // SAFETY: sets a flag of this process.
-    let r = unsafe { sys::call4(nr::PRCTL, PR_SET_PDEATHSIG, SIGKILL, 0, 0) };
+    let r = unsafe { sys::call4(nr::PRCTL, PR_SET_PDEATHSIG, sys::SIGKILL, 0, 0) };
     if r != 0 {
         fail(b"PR_SET_PDEATHSIG", b"", r);
     }

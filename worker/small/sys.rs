@@ -35,6 +35,23 @@ pub mod nr {
     pub const CLOSE_RANGE: usize = 436;
 }
 
+/// The error numbers these programs test for.
+pub mod errno {
+    pub const ENOENT: isize = 2;
+    pub const ESRCH: isize = 3;
+    pub const EINTR: isize = 4;
+    pub const ENOEXEC: isize = 8;
+    pub const EACCES: isize = 13;
+    pub const ENODEV: isize = 19;
+    pub const ENOTDIR: isize = 20;
+    pub const ENAMETOOLONG: isize = 36;
+    pub const ETIMEDOUT: isize = 110;
+    pub const ESTALE: isize = 116;
+}
+
+/// The signal both jobs send or ask for.
+pub const SIGKILL: usize = 9;
+
 /// A system call; the result is the kernel's (negative: `-errno`).
 ///
 /// # Safety
@@ -82,7 +99,7 @@ pub fn write_all(fd: usize, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the buffer is valid for its length.
         let n = unsafe { call4(nr::WRITE, fd, bytes.as_ptr() as usize, bytes.len(), 0) };
-        if n == -4 {
+        if n == -errno::EINTR {
             continue;
         }
         if n <= 0 {

@@ -117,7 +117,7 @@ mod tests {
     fn the_small_launcher_is_built_and_runs_here() {
         assert!(
             BYTES.is_some(),
-            "the build script did not build rdev-launch"
+            "the build script did not build the small init"
         );
         let p = launcher().expect("the small launcher runs");
         assert!(p.starts_with("/proc/self/fd/"), "{}", p.display());
