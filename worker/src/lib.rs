@@ -162,6 +162,7 @@ fn log_sandbox(status: &SandboxStatus) {
             user = status.user,
             limits = status.limits,
             starter = status.starter.unwrap_or_default(),
+            dev = status.dev.as_deref().unwrap_or_default(),
             "local commands run in a bubblewrap sandbox"
         ),
         "off" => tracing::warn!(

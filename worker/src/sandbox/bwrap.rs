@@ -39,6 +39,9 @@ pub struct Layout<'a> {
     pub network: NetworkMode,
     /// Size of each private tmpfs (`/tmp`, `/dev/shm`).
     pub tmpfs_bytes: u64,
+    /// A prepared `/dev` to bind (`init::prepare_dev`); `None`: bwrap's
+    /// `--dev` (with a private devpts, for pseudo-terminals).
+    pub dev: Option<&'a Path>,
     /// Extra read-only host paths.
     pub ro_paths: &'a [PathBuf],
     /// Host paths to hide (under the read-only `/etc` and the extra paths).
@@ -198,7 +201,14 @@ fn filesystem(a: &mut Args, l: &Layout<'_>, kind: &impl Fn(&Path) -> Kind) {
     }
     hidden(a, l.hide, kind);
     let size = l.tmpfs_bytes.to_string();
-    a.push(["--proc", "/proc", "--dev", "/dev"]);
+    a.push(["--proc", "/proc"]);
+    match l.dev {
+        Some(dev) => {
+            a.push(["--dev-bind"]);
+            a.push_os([dev.as_os_str().to_owned(), OsString::from("/dev")]);
+        }
+        None => a.push(["--dev", "/dev"]),
+    }
     a.push(["--size", size.as_str(), "--tmpfs", "/dev/shm"]);
     a.push(["--size", size.as_str(), "--tmpfs", "/tmp"]);
     a.push(["--ro-bind"]);
@@ -208,14 +218,14 @@ fn filesystem(a: &mut Args, l: &Layout<'_>, kind: &impl Fn(&Path) -> Kind) {
     if !l.secret_files.is_empty() {
         secret_files(a, l.secret_files);
     }
-    a.push([
-        "--remount-ro",
-        "/dev",
-        "--remount-ro",
-        "/",
-        "--chdir",
-        WORKSPACE,
-    ]);
+    // bwrap's /dev is a tmpfs: made read-only (its device binds are mounts
+    // of their own, so they stay usable). The prepared one stays as bound:
+    // remounting it would make its devices unusable (nodev), and the
+    // command's user cannot change it (it belongs to the host's root).
+    if l.dev.is_none() {
+        a.push(["--remount-ro", "/dev"]);
+    }
+    a.push(["--remount-ro", "/", "--chdir", WORKSPACE]);
 }
 
 /// The system directories, read-only (or the host's symlinks).
@@ -392,6 +402,7 @@ mod tests {
             workdir: Path::new("/w"),
             network: NetworkMode::Host,
             tmpfs_bytes: 1024,
+            dev: None,
             ro_paths: &[],
             hide: &hide,
             env: &env,
@@ -410,6 +421,8 @@ mod tests {
         };
         let args = strings(&arguments(&layout, kind).options);
         assert!(!args.iter().any(|a| a == "/etc/shadow"), "{args:?}");
+        assert!(window(&args, &["--dev", "/dev"]), "no prepared /dev");
+        assert!(window(&args, &["--remount-ro", "/dev"]));
         assert!(window(
             &args,
             &["--ro-bind", "/dev/null", "/etc/secret.conf"]
@@ -444,6 +457,7 @@ mod tests {
             workdir: Path::new("/srv/ws/app"),
             network: NetworkMode::None,
             tmpfs_bytes: 1024,
+            dev: Some(Path::new("/tmp/x/dev")),
             ro_paths: &[PathBuf::from("/opt/tools")],
             hide: &hide,
             env: &env,
@@ -480,6 +494,14 @@ mod tests {
         assert!(window(&args, &["--bind", "/srv/ws/app", WORKSPACE]));
         assert!(window(&args, &["--size", "1024", "--tmpfs", "/tmp"]));
         assert!(window(&args, &["--json-status-fd", "9"]));
+        // The prepared /dev instead of bwrap's, its shm a private tmpfs on
+        // it; not remounted (that would make it nodev).
+        assert!(window(&args, &["--dev-bind", "/tmp/x/dev", "/dev"]));
+        assert!(!args.iter().any(|a| a == "--dev"));
+        let dev = args.iter().position(|a| a == "--dev-bind").expect("dev");
+        let shm = args.iter().position(|a| a == "/dev/shm").expect("shm");
+        assert!(dev < shm);
+        assert!(!window(&args, &["--remount-ro", "/dev"]));
         assert_eq!(
             strings(&line.command),
             ["--", INIT_PATH, "7", "8", "--", "sh", "-c", "echo hi"]
@@ -511,6 +533,7 @@ mod tests {
             workdir: Path::new("/w"),
             network: NetworkMode::Host,
             tmpfs_bytes: 1,
+            dev: None,
             ro_paths: &[],
             hide: &[],
             env: &env,
@@ -540,6 +563,7 @@ mod tests {
             workdir: Path::new("/w"),
             network: NetworkMode::None,
             tmpfs_bytes: 1,
+            dev: None,
             ro_paths: &[],
             hide: &[],
             env: &env,
@@ -573,6 +597,7 @@ mod tests {
             workdir: Path::new("/w"),
             network: NetworkMode::Host,
             tmpfs_bytes: 1,
+            dev: None,
             ro_paths: &[],
             hide: &[],
             env: &env,

@@ -30,6 +30,17 @@ pub enum CgroupMode {
     Off,
 }
 
+/// Which sandboxes can open new pseudo-terminals (a private `devpts`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PtysMode {
+    /// Those of commands run with a terminal; the others bind a `/dev`
+    /// the worker prepared, which is cheaper to make (where it cannot
+    /// prepare one, every sandbox gets bubblewrap's, with a `devpts`).
+    Terminal,
+    /// Every sandbox (bubblewrap's `--dev`).
+    Always,
+}
+
 /// Settings of the local sandbox (`RDEV_LOCAL_SANDBOX`, `RDEV_SANDBOX_*`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SandboxConfig {
@@ -86,6 +97,16 @@ pub struct SandboxConfig {
         value_parser = rdev_shared::config::parse_duration
     )]
     pub warm_ttl: std::time::Duration,
+    /// `terminal`: only commands run with a terminal can open new
+    /// pseudo-terminals (`/dev/pts`, `/dev/ptmx`); the others' `/dev` is
+    /// one bind of a directory the worker prepares (about 0.6 ms less CPU
+    /// per sandbox). `always`: every sandbox gets a private `devpts`.
+    #[arg(
+        long = "sandbox-ptys",
+        env = "RDEV_SANDBOX_PTYS",
+        default_value = "terminal"
+    )]
+    pub ptys: PtysMode,
 }
 
 impl Default for SandboxConfig {
@@ -101,6 +122,7 @@ impl Default for SandboxConfig {
             cgroups: CgroupMode::Auto,
             warm: 4,
             warm_ttl: std::time::Duration::from_secs(120),
+            ptys: PtysMode::Terminal,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The sandbox's process 1, `rdev-sandbox-init` (its own binary in this
 //! crate, `src/bin/rdev-sandbox-init/`): finding it, giving the sandbox
-//! user a copy it can read, and reading its status line.
+//! user a copy it can read, and reading its status line. Beside the copy,
+//! the `/dev` the sandboxes bind (`prepare_dev`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +19,8 @@ pub struct InstalledInit {
     path: PathBuf,
     /// The small init the worker carries, not a copy of a file.
     built_in: bool,
+    /// The sandboxes' `/dev`, prepared beside it, or why there is none.
+    dev: Result<PathBuf, String>,
 }
 
 impl InstalledInit {
@@ -42,8 +45,9 @@ impl InstalledInit {
     ) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("rdev-sandbox-{:016x}", rand::random::<u64>()));
         fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let installed = Self {
+        let mut installed = Self {
             path: dir.join(INIT_NAME),
+            dev: Err(String::new()),
             dir,
             built_in,
         };
@@ -56,7 +60,19 @@ impl InstalledInit {
                     installed.dir.display()
                 )
             })?;
+        installed.dev = prepare_dev(&installed.dir.join("dev"));
         Ok(installed)
+    }
+
+    /// The prepared `/dev` (see [`prepare_dev`]), or why there is none.
+    pub fn dev(&self) -> Result<&Path, &str> {
+        self.dev.as_deref().map_err(String::as_str)
+    }
+
+    /// Gives up the prepared `/dev` (it failed the sandbox's probe): the
+    /// sandboxes get bubblewrap's own.
+    pub fn forget_dev(&mut self, why: String) {
+        self.dev = Err(why);
     }
 
     /// Where the copy is.
@@ -82,6 +98,76 @@ impl InstalledInit {
 impl Drop for InstalledInit {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The devices of a sandbox's `/dev`, as bubblewrap's `--dev` makes them:
+/// name, major, minor.
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Makes `dev`, the `/dev` every sandbox without a terminal binds
+/// (`--dev-bind`; not remounted read-only, which would make it `nodev`:
+/// the directory and its entries belong to the host's root, mode 0755, so
+/// a command's user cannot change them): the devices bubblewrap's `--dev` gives
+/// (as nodes of their own, mode 0666), `fd`, `stdin`, `stdout`, `stderr`,
+/// and an empty `shm` for the sandbox's private tmpfs. One bind instead of
+/// `--dev`'s tmpfs, six device binds and devpts: about 0.6 ms less CPU for
+/// each sandbox's making and teardown (docs/BENCHMARKS.md). What it leaves
+/// out is a private `devpts`, so only commands with a terminal can open
+/// new pseudo-terminals (`RDEV_SANDBOX_PTYS=always` gives them to all).
+///
+/// Needs a worker that may make device nodes (root) on a filesystem that
+/// honours them (not mounted `nodev`, as some `/tmp`s are): checked by
+/// writing to the `null` made. An `Err` says why it cannot be had.
+pub fn prepare_dev(dev: &Path) -> Result<PathBuf, String> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let made = || -> Result<(), String> {
+        let io = |what: &str, e: std::io::Error| format!("cannot {what}: {e}");
+        fs::create_dir(dev).map_err(|e| io("create the directory", e))?;
+        fs::set_permissions(dev, fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("set its mode", e))?;
+        for (name, major, minor) in DEVICES {
+            let path = dev.join(name);
+            mknod(
+                &path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            )
+            .map_err(|e| format!("cannot make the device {name}: {e}"))?;
+            // The umask took bits off.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
+                .map_err(|e| io("set a device's mode", e))?;
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dev.join("null"))
+            .and_then(|mut null| std::io::Write::write_all(&mut null, b"x"))
+            .map_err(|e| io("use the device null made (a filesystem mounted nodev?)", e))?;
+        fs::create_dir(dev.join("shm")).map_err(|e| io("create shm", e))?;
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| io("link", e))?;
+        }
+        Ok(())
+    };
+    match made() {
+        Ok(()) => Ok(dev.to_path_buf()),
+        Err(e) => {
+            let _ = fs::remove_dir_all(dev);
+            Err(format!("{}: {e}", dev.display()))
+        }
     }
 }
 

@@ -50,7 +50,9 @@ use self::pty::PtyMaster;
 use self::spawned::{Target, boxed};
 use self::warm::{Warm, WarmPool};
 
-pub use self::config::{CgroupMode, DEFAULT_HIDDEN, PATH, PathList, SandboxConfig, SandboxMode};
+pub use self::config::{
+    CgroupMode, DEFAULT_HIDDEN, PATH, PathList, PtysMode, SandboxConfig, SandboxMode,
+};
 pub use self::spawned::{Controls, Output, Spawned};
 pub use self::warm::WarmKey;
 
@@ -96,6 +98,8 @@ pub struct Sandbox {
     hide: Vec<PathBuf>,
     /// Who the sandbox's processes are on the host (`reader_of`).
     reader: bwrap::Reader,
+    /// Which sandboxes get bubblewrap's `/dev` with a `devpts`.
+    ptys: PtysMode,
 }
 
 /// What `/ready` and the start-up log say about the sandbox.
@@ -115,6 +119,11 @@ pub struct SandboxStatus {
     /// `fork` (the sandbox off and no launcher).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starter: Option<&'static str>,
+    /// The sandboxes' `/dev`: `prepared` (one bind of a directory the
+    /// worker made; a private `devpts` only with a terminal) or `bwrap`
+    /// (bubblewrap's `--dev` for every sandbox, and why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
 }
 
 /// One command to start.
@@ -208,6 +217,7 @@ impl Sandbox {
             hide: cfg.hide.0.clone(),
             reader,
             warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
+            ptys: cfg.ptys,
         };
         // Loaded and checked now, not on a command's path.
         let _ = small::launcher();
@@ -250,11 +260,25 @@ impl Sandbox {
             Ok(installed) => Isolation::Bwrap(installed),
             Err(e) => Isolation::Unavailable(e),
         };
-        if self.is_isolated()
-            && let Err(e) = self.probe(workspace_root).await
-        {
-            self.isolation = Isolation::Unavailable(e);
+        if !self.is_isolated() {
+            return;
         }
+        let Err(mut e) = self.probe(workspace_root).await else {
+            return;
+        };
+        // A prepared /dev that fails where bubblewrap's would work is not
+        // a reason to refuse every command: probe again without it.
+        if let Isolation::Bwrap(installed) = &mut self.isolation
+            && self.ptys == PtysMode::Terminal
+            && installed.dev().is_ok()
+        {
+            installed.forget_dev(format!("the sandbox probe failed with it: {e}"));
+            match self.probe(workspace_root).await {
+                Ok(()) => return,
+                Err(again) => e = again,
+            }
+        }
+        self.isolation = Isolation::Unavailable(e);
     }
 
     fn unavailable(cfg: &SandboxConfig, limits: LimitsConfig, why: String) -> Self {
@@ -269,6 +293,7 @@ impl Sandbox {
             hide: Vec::new(),
             reader: reader_of(None),
             warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
+            ptys: cfg.ptys,
         }
     }
 
@@ -299,12 +324,23 @@ impl Sandbox {
             Isolation::Off(None) => Some("fork"),
             Isolation::Unavailable(_) => None,
         };
+        let dev = match &self.isolation {
+            Isolation::Bwrap(_) if self.ptys == PtysMode::Always => {
+                Some("bwrap (RDEV_SANDBOX_PTYS=always)".to_owned())
+            }
+            Isolation::Bwrap(init) => Some(match init.dev() {
+                Ok(_) => "prepared".to_owned(),
+                Err(why) => format!("bwrap (no prepared /dev: {why})"),
+            }),
+            Isolation::Off(_) | Isolation::Unavailable(_) => None,
+        };
         SandboxStatus {
             mode,
             error,
             user,
             limits,
             starter,
+            dev,
         }
     }
 
@@ -547,11 +583,18 @@ impl Sandbox {
             .zip(&secret_fds)
             .map(|(f, fd)| (f.path.as_str(), fd.as_raw_fd()))
             .collect();
+        // Only a command with a terminal (or every one, as configured) gets
+        // bwrap's /dev with a devpts of its own.
+        let dev = match (self.ptys, &terminal) {
+            (PtysMode::Terminal, None) => installed.dev().ok(),
+            _ => None,
+        };
         let (master, slave) = terminal.unzip();
         let slave_fd = slave.as_ref().map(AsRawFd::as_raw_fd);
         let layout = bwrap::Layout {
             secret_files: &secret_files,
             init,
+            dev,
             workdir: l.workdir,
             network: l.network,
             tmpfs_bytes: tmpfs_bytes(&l.limits),

@@ -5,10 +5,11 @@ use bytes::Bytes;
 use rdev_shared::containment::{Limit, LimitsConfig, NetworkMode, ResourceLimits};
 use rdev_shared::db::output::MAX_CHUNK_BYTES;
 use rdev_shared::domain::LocalSettings;
+use rdev_shared::interactive::TtySize;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::sandbox::{SandboxConfig, SandboxMode};
+use crate::sandbox::{PtysMode, SandboxConfig, SandboxMode};
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -498,6 +499,80 @@ async fn the_command_sees_nothing_of_the_worker_or_the_host() {
     }
     assert!(out.contains("\n0\ntmp-ok\n"), "private empty /tmp:\n{out}");
     assert!(out.ends_with("done\n"));
+}
+
+/// What a command's `/dev` holds, as a shell sees it: the devices, the
+/// links, whether it is read-only, a private `/dev/shm`, and whether
+/// pseudo-terminals can be opened (`PTMX`; `OPENPTY` where the host has a
+/// Python to try it with).
+const DEV_PROBE: &str = "\
+    for d in null zero full random urandom tty; do [ -c /dev/$d ] || echo MISSING-$d; done; \
+    echo x > /dev/null && head -c 3 /dev/zero | wc -c && head -c 5 /dev/urandom | wc -c; \
+    (echo x > /dev/full) 2>/dev/null && echo WROTE-FULL; \
+    readlink /dev/fd /dev/stdin /dev/stdout /dev/stderr; \
+    touch /dev/x 2>/dev/null && echo WROTE-DEV; \
+    echo shm > /dev/shm/s && cat /dev/shm/s; \
+    [ -c /dev/ptmx ] && echo PTMX; \
+    [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import os; os.openpty(); print(\"OPENPTY\")' 2>/dev/null; \
+    echo done";
+
+/// A command without a terminal binds the `/dev` the worker prepared:
+/// the devices bwrap's `--dev` gives work, `/dev` is read-only, `/dev/shm`
+/// is its own, and no pseudo-terminal can be opened; one with a terminal
+/// (or any, with `RDEV_SANDBOX_PTYS=always`) gets bwrap's `/dev` with a
+/// devpts of its own. Nothing a command does reaches the prepared copy.
+#[tokio::test]
+async fn dev_is_prepared_and_pseudo_terminals_come_with_a_terminal() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let status = exec.sandbox().status();
+    // Tests run as root on a filesystem that honours device nodes.
+    assert_eq!(status.dev.as_deref(), Some("prepared"), "{status:?}");
+    let python = Path::new("/usr/bin/python3").exists();
+    for round in 0..2 {
+        // The second runs in the warm sandbox made after the first.
+        let ran = run(&exec, sh(DEV_PROBE)).await;
+        assert_eq!(
+            ran.outcome,
+            Outcome::Exited(0),
+            "{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        assert_eq!(
+            ran.out(),
+            "3\n5\n/proc/self/fd\n/proc/self/fd/0\n/proc/self/fd/1\n/proc/self/fd/2\nshm\ndone\n",
+            "round {round}"
+        );
+    }
+    let mut with_tty = sh(DEV_PROBE);
+    with_tty.tty = Some(TtySize { cols: 80, rows: 24 });
+    let ran = run(&exec, with_tty).await;
+    assert_eq!(ran.outcome, Outcome::Exited(0));
+    let out = ran.out().replace('\r', "");
+    assert!(out.contains("\nPTMX\n"), "{out}");
+    assert!(!python || out.contains("\nOPENPTY\n"), "{out}");
+    assert!(!out.contains("MISSING") && !out.contains("WROTE"), "{out}");
+    // The other sandboxes' /dev is as it was.
+    let ran = run(&exec, sh("ls -A /dev/shm; ls /dev | wc -l")).await;
+    assert_eq!(ran.out(), "11\n", "{}", ran.out());
+
+    let always = executor_with(
+        &tmp,
+        SandboxConfig {
+            ptys: PtysMode::Always,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    let status = always.sandbox().status();
+    assert_eq!(
+        status.dev.as_deref(),
+        Some("bwrap (RDEV_SANDBOX_PTYS=always)")
+    );
+    let out = run(&always, sh(DEV_PROBE)).await.out();
+    assert!(out.contains("\nPTMX\n"), "{out}");
+    assert!(!python || out.contains("\nOPENPTY\n"), "{out}");
+    assert!(!out.contains("MISSING") && !out.contains("WROTE"), "{out}");
 }
 
 #[tokio::test]
