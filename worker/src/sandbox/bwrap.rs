@@ -78,8 +78,8 @@ pub enum Kind {
     Dir,
     /// Anything else.
     File,
-    /// A file (not a directory or symlink) that the sandbox's user cannot
-    /// read: its mode bits deny it and it has no ACL.
+    /// A file the sandbox's user cannot read, or a directory it can
+    /// neither list nor enter: its mode bits deny it and it has no ACL.
     Unreadable,
 }
 
@@ -103,19 +103,19 @@ pub fn kind_for(path: &Path, reader: &Reader) -> Kind {
     if m.file_type().is_symlink() {
         return Kind::Symlink;
     }
-    if m.is_dir() {
-        return Kind::Dir;
-    }
+    // What the reader needs: a file's read bit; a directory's read (to
+    // list it) or execute bit (to reach what is in it).
+    let bits = if m.is_dir() { 0o5 } else { 0o4 };
     let mode = m.mode();
-    let readable = reader.uid == 0
-        || mode & 0o004 != 0
-        || (m.uid() == reader.uid && mode & 0o400 != 0)
-        || (reader.gids.contains(&m.gid()) && mode & 0o040 != 0)
+    let allowed = reader.uid == 0
+        || mode & bits != 0
+        || (m.uid() == reader.uid && mode & (bits << 6) != 0)
+        || (reader.gids.contains(&m.gid()) && mode & (bits << 3) != 0)
         || has_acl(path);
-    if readable {
-        Kind::File
-    } else {
-        Kind::Unreadable
+    match (allowed, m.is_dir()) {
+        (false, _) => Kind::Unreadable,
+        (true, true) => Kind::Dir,
+        (true, false) => Kind::File,
     }
 }
 
@@ -247,7 +247,8 @@ fn system_dirs(a: &mut Args, kind: &impl Fn(&Path) -> Kind) {
 
 /// Hidden host paths: an empty tmpfs over a directory, `/dev/null` over
 /// anything else the sandbox's user could read. A file it cannot read
-/// (`/etc/shadow` for `nobody`) stays as it is: a bind mount costs bwrap a
+/// (`/etc/shadow` for `nobody`), or a directory it can neither list nor
+/// enter (`/etc/ssl/private`, 0710 `root:ssl-cert`), stays as it is: a bind mount costs bwrap a
 /// pass over the mount table (about 0.5 ms of a command's start each).
 fn hidden(a: &mut Args, hide: &[PathBuf], kind: &impl Fn(&Path) -> Kind) {
     for p in hide {
@@ -386,6 +387,20 @@ mod tests {
         assert_eq!(kind_for(&file, &root), Kind::File, "root reads anything");
         assert_eq!(kind_for(&dir, &stranger), Kind::Dir);
         assert_eq!(kind_for(&dir.join("gone"), &stranger), Kind::Missing);
+        // A directory: hidden unless its user can neither list nor enter it.
+        let chmod_dir = |mode| {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        chmod_dir(0o710);
+        assert_eq!(kind_for(&dir, &stranger), Kind::Unreadable);
+        assert_eq!(kind_for(&dir, &in_group), Kind::Dir, "may enter it");
+        assert_eq!(kind_for(&dir, &owner), Kind::Dir);
+        chmod_dir(0o704);
+        assert_eq!(kind_for(&dir, &stranger), Kind::Dir, "may list it");
+        chmod_dir(0o700);
+        assert_eq!(kind_for(&dir, &in_group), Kind::Unreadable);
+        assert_eq!(kind_for(&dir, &root), Kind::Dir);
+        chmod_dir(0o755);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

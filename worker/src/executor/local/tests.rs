@@ -471,6 +471,7 @@ async fn the_command_sees_nothing_of_the_worker_or_the_host() {
         touch /etc/x /usr/x /x 2>/dev/null && echo WROTE-SYSTEM; \
         ls /tmp | wc -l; touch /tmp/ok && echo tmp-ok; \
         cat /etc/shadow 2>/dev/null && echo SAW-SHADOW; \
+        ls -A /etc/ssl/private 2>/dev/null | grep -q . && echo SAW-SSL-PRIVATE; \
         ls ../other-project /workspace/../other-project 2>/dev/null && echo SAW-OTHER; \
         echo done";
     let ran = run(&exec, sh(script)).await;
@@ -490,6 +491,7 @@ async fn the_command_sees_nothing_of_the_worker_or_the_host() {
         "SAW-INIT-ENV",
         "WROTE-SYSTEM",
         "SAW-SHADOW",
+        "SAW-SSL-PRIVATE",
         "SAW-OTHER",
         "root",
         "home",
