@@ -399,6 +399,17 @@ impl UnprivilegedWorker {
         }
         // The app's workspace root becomes this worker's, owned by nobody.
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Its temporary directory (where it installs the sandbox's init)
+        // inside ours: the worker is killed at the end, so it cannot
+        // remove what it made there, and this test leaves nothing behind.
+        let tmp = dir.0.join("tmp");
+        std::fs::create_dir(&tmp).expect("worker's TMPDIR");
+        nix::unistd::chown(
+            &tmp,
+            Some(nix::unistd::Uid::from_raw(NOBODY)),
+            Some(nix::unistd::Gid::from_raw(NOBODY)),
+        )
+        .expect("chown TMPDIR");
         nix::unistd::chown(
             &app.workspace,
             Some(nix::unistd::Uid::from_raw(NOBODY)),
@@ -415,6 +426,7 @@ impl UnprivilegedWorker {
                 .arg(dir.0.join("rdev-worker"))
                 .env_clear()
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("TMPDIR", &tmp)
                 .env("DATABASE_URL", app.env.db.database_url.expose())
                 .env("AMQP_URL", app.env.amqp.amqp_url.expose())
                 .env("RDEV_AMQP_PREFIX", &app.env.amqp.prefix)

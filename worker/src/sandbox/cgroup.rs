@@ -114,29 +114,41 @@ impl Cgroups {
     /// default, per-process worker id there are none to find: a container
     /// or a systemd unit kills the whole tree of a dead worker anyway.)
     fn sweep_leftovers(&self) {
+        for (dir, killed) in self.remove_command_cgroups(false) {
+            tracing::warn!(cgroup = %dir.display(), killed, "removed a command cgroup left by an earlier process of this worker");
+        }
+    }
+
+    /// Kills what is in the command cgroups under this worker's own and
+    /// removes them; returns each with the number of processes killed.
+    /// Those named by command id; with `any_name`, every directory there
+    /// (v1's `rdev-<worker>` holds nothing else). Never one holding this
+    /// worker (v2 keeps it in a leaf beside them).
+    fn remove_command_cgroups(&self, any_name: bool) -> Vec<(PathBuf, usize)> {
         let bases: Vec<&PathBuf> = match &self.kind {
             Kind::V1 { memory, pids } => memory.iter().chain(pids.iter()).collect(),
             Kind::V2 { parent } => vec![parent],
         };
+        let me = std::process::id() as i32;
+        let mut removed = Vec::new();
         for base in bases {
             let Ok(entries) = fs::read_dir(base) else {
                 continue;
             };
-            let me = std::process::id() as i32;
-            // Command cgroups only (named by command id), never one holding
-            // this worker (v2 keeps it in a leaf beside them).
-            let leftovers = entries.flatten().map(|e| e.path()).filter(|p| {
+            let commands = entries.flatten().map(|e| e.path()).filter(|p| {
                 p.is_dir()
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.parse::<uuid::Uuid>().is_ok())
+                    && (any_name
+                        || p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.parse::<uuid::Uuid>().is_ok()))
                     && !pids_in(p).contains(&me)
             });
-            for dir in leftovers {
+            for dir in commands {
                 let killed = kill_and_remove(&dir);
-                tracing::warn!(cgroup = %dir.display(), killed, "removed a command cgroup left by an earlier process of this worker");
+                removed.push((dir, killed));
             }
         }
+        removed
     }
 
     /// What is in use, for logs and `/ready`: `cgroup v1 (memory, pids)`.
@@ -215,8 +227,15 @@ impl Cgroups {
 }
 
 impl Drop for Cgroups {
-    /// Removes this worker's own directories (v1), once they are empty.
+    /// Removes the command cgroups still there, then this worker's own
+    /// directories (v1). A command's cgroup is removed by a task after its
+    /// end; a runtime that stops (the worker's, a test's) drops such tasks
+    /// before they run, and without this their directories would stay.
     fn drop(&mut self) {
+        let any_name = matches!(self.kind, Kind::V1 { .. });
+        for (dir, killed) in self.remove_command_cgroups(any_name) {
+            tracing::debug!(cgroup = %dir.display(), killed, "removed a command cgroup at stop");
+        }
         if let Kind::V1 { memory, pids } = &self.kind {
             for dir in [memory, pids].into_iter().flatten() {
                 let _ = fs::remove_dir(dir);

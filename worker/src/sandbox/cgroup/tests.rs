@@ -37,6 +37,33 @@ fn a_restarted_worker_kills_what_its_predecessor_left() {
     }
 }
 
+/// A command cgroup whose removal never ran (its task was dropped with a
+/// stopping runtime) goes when the worker's cgroups do, with the worker's
+/// own directory (v1): a stopped worker, or a test, leaves none behind.
+#[test]
+fn a_stopping_worker_removes_the_command_cgroups_left() {
+    let id = format!("stop-{:08x}", rand::random::<u32>());
+    let Ok(cgroups) = Cgroups::detect(&id) else {
+        eprintln!("no usable cgroups here; skipped");
+        return;
+    };
+    let v1 = matches!(cgroups.kind, Kind::V1 { .. });
+    let cg = cgroups
+        .create(
+            &uuid::Uuid::now_v7().to_string(),
+            &rdev_shared::containment::ResourceLimits::default(),
+        )
+        .expect("command cgroup");
+    let dirs = cg.dirs.clone();
+    drop(cg); // its removal never ran
+    drop(cgroups);
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} removed", dir.display());
+        let base = dir.parent().expect("the worker's directory");
+        assert!(!v1 || !base.exists(), "{} removed", base.display());
+    }
+}
+
 const MOUNTINFO: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
