@@ -127,6 +127,10 @@ fn apis(common: &[(String, String)]) -> (Vec<Service>, Vec<String>) {
 }
 
 fn worker(i: usize, common: &[(String, String)], workspace: &Path) -> Service {
+    // Killed workers cannot remove the sandbox init they installed: keep
+    // it in the run's directory, which a passing run removes.
+    let tmp = workspace.with_file_name("tmp");
+    std::fs::create_dir_all(&tmp).expect("the workers' TMPDIR");
     Service::new(
         Kind::Worker,
         format!("worker{i}"),
@@ -135,6 +139,7 @@ fn worker(i: usize, common: &[(String, String)], workspace: &Path) -> Service {
             &[
                 ("RDEV_LISTEN", format!("127.0.0.1:{}", free_port())),
                 ("RDEV_WORKSPACE_ROOT", workspace.display().to_string()),
+                ("TMPDIR", tmp.display().to_string()),
                 ("RDEV_WORKER_CONCURRENCY", "4".into()),
                 ("RDEV_WORKER_ID", format!("chaos-worker{i}")),
                 ("RDEV_HEARTBEAT_S", "1".into()),
