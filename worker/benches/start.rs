@@ -1,9 +1,11 @@
 //! What one local command's start costs end to end, one at a time: `true`
 //! through the local executor (the worker's own path from a job to its
 //! outcome), with no warm sandbox, so every iteration makes its sandbox,
-//! runs the command and takes it down. Four ways: sandboxed with the small
-//! init the worker carries (the default) and with `rdev-sandbox-init`,
-//! and with the sandbox off through either launcher. Needs bubblewrap and
+//! runs the command and takes it down. Five ways: sandboxed with the small
+//! init the worker carries (the default), the same with bubblewrap's own
+//! `/dev` instead of the prepared one (`RDEV_SANDBOX_PTYS=always`), and
+//! with `rdev-sandbox-init`, and with the sandbox off through either
+//! launcher. Needs bubblewrap and
 //! `rdev-sandbox-init` built beside the bench (`cargo build -p
 //! rdev-worker --bins --release` first). Run: `cargo bench -p rdev-worker
 //! --bench start`.
@@ -17,7 +19,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rdev_shared::containment::{LimitsConfig, NetworkMode, ResourceLimits};
 use rdev_shared::domain::{CommandSpec, ExecutorConfig, LocalSettings};
 use rdev_worker::executor::{Executor, Job, LocalExecutor, Outcome};
-use rdev_worker::sandbox::{Sandbox, SandboxConfig, SandboxMode};
+use rdev_worker::sandbox::{PtysMode, Sandbox, SandboxConfig, SandboxMode};
 use tokio_util::sync::CancellationToken;
 
 fn job() -> Job {
@@ -51,24 +53,24 @@ fn start(c: &mut Criterion) {
     let init: PathBuf =
         rdev_worker::sandbox::init::locate(None).expect("rdev-sandbox-init is built");
     let mut g = c.benchmark_group("start_true");
-    for (name, mode, init) in [
-        ("sandboxed/small_init", SandboxMode::On, None),
-        (
-            "sandboxed/rdev-sandbox-init",
-            SandboxMode::On,
-            Some(init.clone()),
-        ),
-        ("sandbox_off/small_init", SandboxMode::Off, None),
+    let (on, off, dev) = (SandboxMode::On, SandboxMode::Off, PtysMode::Terminal);
+    for (name, mode, init, ptys) in [
+        ("sandboxed/small_init", on, None, dev),
+        ("sandboxed/small_init/bwrap_dev", on, None, PtysMode::Always),
+        ("sandboxed/rdev-sandbox-init", on, Some(init.clone()), dev),
+        ("sandbox_off/small_init", off, None, dev),
         (
             "sandbox_off/rdev-sandbox-init",
-            SandboxMode::Off,
+            off,
             Some(init.clone()),
+            dev,
         ),
     ] {
         let cfg = SandboxConfig {
             mode,
             init,
             warm: 0,
+            ptys,
             ..SandboxConfig::default()
         };
         let ws = root.join("ws");
