@@ -14,8 +14,8 @@ pub use app::{Options, TestApp, spawn_app, spawn_app_with};
 pub use client::{Resp, Sse, sse_seqs, sse_text};
 pub use config::{api_config, dispatcher_config, worker_config};
 pub use process::{
-    first_line, marked_processes, output_std, process_gone, sleep_marker, spawn, spawn_std,
-    wait_no_marked,
+    KilledWorker, first_line, marked_processes, output_std, process_gone, sleep_marker, spawn,
+    spawn_std, wait_no_marked,
 };
 
 /// The key ring every in-process service of the tests seals secrets with

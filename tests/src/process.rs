@@ -103,3 +103,44 @@ pub fn output_std(cmd: &mut std::process::Command) -> std::io::Result<std::proce
     )?
     .wait_with_output()
 }
+
+/// A worker process a test kills: an id and a `TMPDIR` of its own, so what
+/// a killed worker cannot remove (the sandbox init it installed, its
+/// commands' cgroups) is removed when this drops, as a worker restarted
+/// with that id would (`rdev_worker::sandbox::cgroup::Cgroups::detect`
+/// sweeps them). Declare it before the child, so it drops after it.
+#[derive(Debug)]
+pub struct KilledWorker {
+    id: String,
+    tmp: std::path::PathBuf,
+}
+
+impl KilledWorker {
+    pub fn new() -> Self {
+        let id = format!("killed-{}", uuid::Uuid::now_v7().simple());
+        let tmp = std::env::temp_dir().join(format!("rdev-{id}"));
+        std::fs::create_dir_all(&tmp).expect("the killed worker's TMPDIR");
+        Self { id, tmp }
+    }
+
+    /// `RDEV_WORKER_ID` and `TMPDIR` for the worker's process.
+    pub fn env(&self) -> [(&str, &std::ffi::OsStr); 2] {
+        [
+            ("RDEV_WORKER_ID", self.id.as_ref()),
+            ("TMPDIR", self.tmp.as_os_str()),
+        ]
+    }
+}
+
+impl Default for KilledWorker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for KilledWorker {
+    fn drop(&mut self) {
+        drop(rdev_worker::sandbox::cgroup::Cgroups::detect(&self.id));
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}

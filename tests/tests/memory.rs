@@ -74,10 +74,16 @@ async fn service_process_entry() {
     }
 }
 
-fn spawn_role(env: &TestEnv, role: &str, workspace: &std::path::Path) -> tokio::process::Child {
+fn spawn_role(
+    env: &TestEnv,
+    role: &str,
+    workspace: &std::path::Path,
+    extra: &[(&str, &std::ffi::OsStr)],
+) -> tokio::process::Child {
     rdev_tests::spawn(
         tokio::process::Command::new(std::env::current_exe().expect("exe"))
             .args(["--exact", "service_process_entry", "--nocapture"])
+            .envs(extra.iter().copied())
             .env("RDEV_MEMTEST_ROLE", role)
             .env("DATABASE_URL", env.db.database_url.expose())
             .env("AMQP_URL", env.amqp.amqp_url.expose())
@@ -130,8 +136,10 @@ async fn memory_stays_bounded_under_idle_connections_and_large_watched_output() 
     drop(client);
     let key = g.secret;
 
-    let mut api = spawn_role(&env, "api", &workspace);
-    let mut worker = spawn_role(&env, "worker", &workspace);
+    let mut api = spawn_role(&env, "api", &workspace, &[]);
+    // Killed at the end: what it leaves is removed after it.
+    let leftovers = rdev_tests::KilledWorker::new();
+    let mut worker = spawn_role(&env, "worker", &workspace, &leftovers.env());
     let mut lines = BufReader::new(api.stdout.take().expect("stdout")).lines();
     let addr = loop {
         let l = lines.next_line().await.expect("line").expect("api started");

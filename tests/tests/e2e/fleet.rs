@@ -255,9 +255,11 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
     .await;
     app.create_project("p", json!({})).await;
     let exe = std::env::current_exe().expect("test binary");
+    let leftovers = rdev_tests::KilledWorker::new();
     let mut child = rdev_tests::spawn(
         tokio::process::Command::new(exe)
             .args(["--exact", "fleet::worker_process_entry", "--nocapture"])
+            .envs(leftovers.env())
             .env("RDEV_E2E_WORKER_PROCESS", "1")
             .env("RDEV_ENCRYPTION_KEYS", rdev_tests::TEST_ENCRYPTION_KEYS)
             .env("DATABASE_URL", app.env.db.database_url.expose())
