@@ -1,21 +1,30 @@
 use super::*;
 
+/// The cgroups of a worker `id` and one command cgroup (named by a command
+/// id) under them; `None` (the test is skipped) where none are usable.
+fn with_command_cgroup(id: &str) -> Option<(Cgroups, CommandCgroup)> {
+    let Ok(cgroups) = Cgroups::detect(id) else {
+        eprintln!("no usable cgroups here; skipped");
+        return None;
+    };
+    let cg = cgroups
+        .create(
+            &uuid::Uuid::now_v7().to_string(),
+            &rdev_shared::containment::ResourceLimits::default(),
+        )
+        .expect("command cgroup");
+    Some((cgroups, cg))
+}
+
 /// Issue 15 (found by the chaos run): a command's processes left by a
 /// worker that was SIGKILLed are killed when a worker with its id
 /// starts again.
 #[test]
 fn a_restarted_worker_kills_what_its_predecessor_left() {
     let id = format!("sweep-{:08x}", rand::random::<u32>());
-    let Ok(first) = Cgroups::detect(&id) else {
-        eprintln!("no usable cgroups here; skipped");
+    let Some((_first, cg)) = with_command_cgroup(&id) else {
         return;
     };
-    let cg = first
-        .create(
-            &uuid::Uuid::now_v7().to_string(),
-            &rdev_shared::containment::ResourceLimits::default(),
-        )
-        .expect("command cgroup");
     // Other tests of this binary launch sandboxes meanwhile.
     let mut orphan = crate::sandbox::process::spawn_exclusive(|| {
         std::process::Command::new("sleep").arg("300").spawn()
@@ -43,17 +52,10 @@ fn a_restarted_worker_kills_what_its_predecessor_left() {
 #[test]
 fn a_stopping_worker_removes_the_command_cgroups_left() {
     let id = format!("stop-{:08x}", rand::random::<u32>());
-    let Ok(cgroups) = Cgroups::detect(&id) else {
-        eprintln!("no usable cgroups here; skipped");
+    let Some((cgroups, cg)) = with_command_cgroup(&id) else {
         return;
     };
     let v1 = matches!(cgroups.kind, Kind::V1 { .. });
-    let cg = cgroups
-        .create(
-            &uuid::Uuid::now_v7().to_string(),
-            &rdev_shared::containment::ResourceLimits::default(),
-        )
-        .expect("command cgroup");
     let dirs = cg.dirs.clone();
     drop(cg); // its removal never ran
     drop(cgroups);
