@@ -1,8 +1,9 @@
 //! Process 1 of a command's sandbox, exactly as `rdev-sandbox-init`'s
 //! `main.rs` (which says what each step is for):
 //!
-//! `STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…` or
-//! `STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD`.
+//! `STATUS_FD STDERR_FD [--tty FD] -- PROGRAM ARGS…`,
+//! `STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD` or
+//! `STATUS_FD STDERR_FD --serve SOCKET_FD`.
 //!
 //! Every descriptor from 3 up is made close-on-exec; the init makes itself
 //! non-dumpable, blocks the signals it handles (with a handler, so the
@@ -13,10 +14,20 @@
 //! the command's main process ends writes `exited N` or `signaled N` to
 //! `STATUS_FD` and exits with it. `exec-failed ERRNO` when the program
 //! cannot be run.
+//!
+//! `--serve` runs one command after another, each sent by the worker over
+//! `SOCKET_FD` (a `SOCK_SEQPACKET` socket): one byte with five descriptors
+//! (the command's memfd, its status pipe, its standard input, output and
+//! error). When a command's main process ends, the init kills every other
+//! process of the sandbox and reaps them before it reports on that
+//! command's status pipe, so nothing of one command is left when the next
+//! starts. It ends when the socket does, and after a command that left
+//! System V IPC objects (they would outlive it in the sandbox's IPC
+//! namespace).
 
 use crate::Args;
 use crate::sys::errno::{
-    EACCES, EINTR, ENAMETOOLONG, ENODEV, ENOENT, ENOEXEC, ENOTDIR, ESRCH, ESTALE, ETIMEDOUT,
+    EACCES, ECHILD, EINTR, ENAMETOOLONG, ENODEV, ENOENT, ENOEXEC, ENOTDIR, ESRCH, ESTALE, ETIMEDOUT,
 };
 use crate::sys::{self, SIGKILL, nr};
 
@@ -51,6 +62,13 @@ const TIOCSCTTY: usize = 0x540E;
 const WNOHANG: usize = 1;
 const O_CLOEXEC: usize = 0o2_000_000;
 const SEEK_END: usize = 2;
+const MSG_CMSG_CLOEXEC: usize = 0x4000_0000;
+const MSG_CTRUNC: i32 = 8;
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+/// The descriptors of one served command: its memfd, status pipe, standard
+/// input, output and error.
+const SERVED_FDS: usize = 5;
 /// Longest path the `PATH` search builds.
 const PATH_MAX: usize = 4096;
 
@@ -88,6 +106,14 @@ enum Command {
     Now { at: usize },
     /// `--wait GO_FD COMMAND_FD`.
     Wait { go: usize, command: usize },
+    /// `--serve SOCKET_FD`.
+    Serve { socket: usize },
+}
+
+/// How the command's main process ended.
+enum Ended {
+    Exited(u64),
+    Signaled(u64),
 }
 
 pub fn main(args: &Args) -> ! {
@@ -97,6 +123,7 @@ pub fn main(args: &Args) -> ! {
     let waits = match command {
         Command::Now { .. } => [None, None],
         Command::Wait { go, command } => [Some(go), Some(command)],
+        Command::Serve { socket } => [Some(socket), None],
     };
     for fd in [Some(status_fd), Some(stderr_fd), tty]
         .into_iter()
@@ -118,12 +145,28 @@ pub fn main(args: &Args) -> ! {
         Command::Now { at } => (unsafe { args.argv.add(at) } as *const *const u8, args.envp),
         Command::Wait { go, command } => {
             report(status_fd, b"waiting", None);
-            receive(go, command)
+            wait_for_go(go);
+            sys::close(go);
+            let (argv, envp, _) = read_command(command);
+            (argv, envp)
+        }
+        Command::Serve { socket } => {
+            report(status_fd, b"waiting", None);
+            sys::close(status_fd);
+            sys::close(stderr_fd);
+            serve(socket, set, previous)
         }
     };
     let child = sys::fork();
     if child == 0 {
-        run_command(argv, envp, stderr_fd, status_fd, tty, previous);
+        run_command(
+            argv,
+            envp,
+            Streams::Stderr(stderr_fd),
+            status_fd,
+            tty,
+            previous,
+        );
     }
     if child < 0 {
         report(status_fd, b"exec-failed ", Some(-child as u64));
@@ -133,7 +176,233 @@ pub fn main(args: &Args) -> ! {
     if let Some(fd) = tty {
         sys::close(fd);
     }
-    supervise(child, status_fd, set)
+    match supervise(child, set) {
+        Ended::Exited(code) => {
+            report(status_fd, b"exited ", Some(code));
+            sys::exit(code as usize)
+        }
+        Ended::Signaled(signal) => {
+            report(status_fd, b"signaled ", Some(signal));
+            sys::exit(128 + signal as usize)
+        }
+    }
+}
+
+/// `--serve`: runs each command the worker sends, until the socket ends.
+fn serve(socket: usize, set: u64, mask: u64) -> ! {
+    loop {
+        let job = next_job(socket);
+        let [_, status, stdin, stdout, stderr] = job.fds;
+        let child = sys::fork();
+        if child == 0 {
+            run_command(
+                job.argv,
+                job.envp,
+                Streams::All([stdin, stdout, stderr]),
+                status,
+                None,
+                mask,
+            );
+        }
+        // Only the command holds its streams.
+        for fd in [stdin, stdout, stderr] {
+            sys::close(fd);
+        }
+        sys::free(job.memory.0, job.memory.1);
+        sys::free(job.memory.2, job.memory.3);
+        if child < 0 {
+            report(status, b"exec-failed ", Some(-child as u64));
+            sys::exit(USAGE);
+        }
+        let ended = supervise(child, set);
+        end_everything(set);
+        match ended {
+            Ended::Exited(code) => report(status, b"exited ", Some(code)),
+            Ended::Signaled(signal) => report(status, b"signaled ", Some(signal)),
+        }
+        sys::close(status);
+        if !ipc_empty() {
+            sys::exit(0);
+        }
+    }
+}
+
+/// A served command: its arguments and environment (null-terminated, in
+/// [`Job::memory`]) and its descriptors.
+struct Job {
+    argv: *const *const u8,
+    envp: *const *const u8,
+    fds: [usize; SERVED_FDS],
+    /// The two mappings that hold the command: (address, length) each.
+    memory: (*mut u8, usize, *mut u8, usize),
+}
+
+/// `struct iovec`.
+#[repr(C)]
+struct IoVec {
+    base: *mut u8,
+    len: usize,
+}
+
+/// `struct msghdr` (x86_64).
+#[repr(C)]
+struct MsgHdr {
+    name: usize,
+    namelen: u32,
+    iov: *mut IoVec,
+    iovlen: usize,
+    control: *mut u8,
+    controllen: usize,
+    flags: i32,
+}
+
+/// Waits for the worker's next command on `socket`: exits 0 when the socket
+/// ends (the worker discarded the sandbox), [`usage`] on a message without
+/// exactly [`SERVED_FDS`] descriptors.
+fn next_job(socket: usize) -> Job {
+    let mut byte = [0u8; 1];
+    let mut iov = IoVec {
+        base: byte.as_mut_ptr(),
+        len: 1,
+    };
+    // A cmsghdr (length, level, type: 16 bytes) and the descriptors, with
+    // room to spare; u64s keep it aligned.
+    let mut control = [0u64; 8];
+    let mut msg = MsgHdr {
+        name: 0,
+        namelen: 0,
+        iov: &raw mut iov,
+        iovlen: 1,
+        control: control.as_mut_ptr().cast::<u8>(),
+        controllen: core::mem::size_of_val(&control),
+        flags: 0,
+    };
+    let got = loop {
+        // SAFETY: receives into the buffers `msg` points to, which we own.
+        let r = unsafe {
+            sys::call4(
+                nr::RECVMSG,
+                socket,
+                &raw mut msg as usize,
+                MSG_CMSG_CLOEXEC,
+                0,
+            )
+        };
+        if r != -EINTR {
+            break r;
+        }
+    };
+    if got == 0 {
+        sys::exit(0);
+    }
+    let len = control[0] as usize;
+    let (level, kind) = (control[1] as u32 as i32, (control[1] >> 32) as u32 as i32);
+    let count = if msg.controllen >= 16 && len >= 16 && level == SOL_SOCKET && kind == SCM_RIGHTS {
+        (len - 16) / 4
+    } else {
+        0
+    };
+    let mut fds = [0usize; SERVED_FDS];
+    for (i, fd) in fds.iter_mut().enumerate().take(count.min(SERVED_FDS)) {
+        let word = control[2 + i / 2];
+        *fd = if i % 2 == 0 {
+            word as u32
+        } else {
+            (word >> 32) as u32
+        } as usize;
+    }
+    if got != 1 || count != SERVED_FDS || msg.flags & MSG_CTRUNC != 0 {
+        usage();
+    }
+    let (argv, envp, memory) = read_command(fds[0]);
+    Job {
+        argv,
+        envp,
+        fds,
+        memory,
+    }
+}
+
+/// After a served command's main process ended: kills every other process
+/// of the sandbox (all of them are this init's descendants, and orphans
+/// become its children), reaps them all, and drops the signals that came
+/// meanwhile (a `TERM` sent to the init by the command is not the next
+/// command's).
+fn end_everything(set: u64) {
+    loop {
+        // SAFETY: signals every process of the namespace but this one.
+        let killed = unsafe { sys::call4(nr::KILL, usize::MAX, SIGKILL, 0, 0) } == 0;
+        let mut reaped = false;
+        loop {
+            // SAFETY: waits for any child; no status wanted.
+            let pid = unsafe { sys::call4(nr::WAIT4, usize::MAX, 0, 0, 0) };
+            if pid > 0 {
+                reaped = true;
+            } else if pid != -EINTR {
+                debug_assert!(pid == -ECHILD);
+                break;
+            }
+        }
+        if !killed && !reaped {
+            break;
+        }
+    }
+    let now = [0u64; 2];
+    let mut info = [0u64; 16];
+    // SAFETY: takes a pending signal of our set without waiting.
+    while unsafe {
+        sys::call4(
+            nr::RT_SIGTIMEDWAIT,
+            &raw const set as usize,
+            info.as_mut_ptr() as usize,
+            now.as_ptr() as usize,
+            8,
+        )
+    } > 0
+    {}
+}
+
+/// Whether the sandbox's IPC namespace holds no System V object (each of
+/// `/proc/sysvipc`'s files is one header line then). False when that
+/// cannot be read.
+fn ipc_empty() -> bool {
+    [
+        &b"/proc/sysvipc/shm\0"[..],
+        &b"/proc/sysvipc/sem\0"[..],
+        &b"/proc/sysvipc/msg\0"[..],
+    ]
+    .into_iter()
+    .all(|path| {
+        let fd = sys::open(path, O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let fd = fd as usize;
+        let mut buf = [0u8; 512];
+        let (mut lines, mut rest) = (0usize, false);
+        loop {
+            // SAFETY: reads into our buffer.
+            let n = unsafe { sys::call4(nr::READ, fd, buf.as_mut_ptr() as usize, buf.len(), 0) };
+            if n == -EINTR {
+                continue;
+            }
+            if n <= 0 {
+                rest |= n < 0;
+                break;
+            }
+            for &c in &buf[..n as usize] {
+                if lines > 0 {
+                    rest = true;
+                }
+                lines += usize::from(c == b'\n');
+            }
+            if rest {
+                break;
+            }
+        }
+        sys::close(fd);
+        lines == 1 && !rest
+    })
 }
 
 /// `(STATUS_FD, STDERR_FD, --tty FD, the command)`, or [`usage`].
@@ -149,6 +418,12 @@ fn parse(args: &Args) -> (usize, usize, Option<usize>, Command) {
     };
     let is = |i: usize, what: &[u8]| i < args.argc && args.get(i) == what;
     let (status_fd, stderr_fd) = (fd(1), fd(2));
+    if is(3, b"--serve") {
+        if args.argc != 5 {
+            usage();
+        }
+        return (status_fd, stderr_fd, None, Command::Serve { socket: fd(4) });
+    }
     if is(3, b"--wait") {
         if args.argc != 6 {
             usage();
@@ -260,21 +535,31 @@ fn block_handled_signals() -> (u64, u64) {
 }
 
 /// A warm sandbox's wait: blocks until the worker writes the go byte (or
-/// exits 0 at end-of-file: the sandbox was discarded), then reads the
-/// command from the memfd (NUL-terminated fields: the argument count, the
-/// arguments, the environment as `NAME=value`) and returns its arguments
-/// and environment, null-terminated.
-fn receive(go: usize, command: usize) -> (*const *const u8, *const *const u8) {
+/// exits 0 at end-of-file: the sandbox was discarded).
+fn wait_for_go(go: usize) {
     let mut byte = [0u8; 1];
     loop {
         // SAFETY: one byte into our buffer.
         match unsafe { sys::call4(nr::READ, go, byte.as_mut_ptr() as usize, 1, 0) } {
-            1 => break,
+            1 => return,
             0 => sys::exit(0),
             r if r == -EINTR => {}
             _ => usage(),
         }
     }
+}
+
+/// Reads the command from its memfd (NUL-terminated fields: the argument
+/// count, the arguments, the environment as `NAME=value`), closes it, and
+/// returns its arguments and environment, null-terminated, with the two
+/// mappings that hold them.
+fn read_command(
+    command: usize,
+) -> (
+    *const *const u8,
+    *const *const u8,
+    (*mut u8, usize, *mut u8, usize),
+) {
     // SAFETY: the memfd's size (its offset is not used by pread).
     let size = unsafe { sys::call4(nr::LSEEK, command, 0, SEEK_END, 0) };
     if size <= 0 {
@@ -306,13 +591,13 @@ fn receive(go: usize, command: usize) -> (*const *const u8, *const *const u8) {
         }
     }
     sys::close(command);
-    sys::close(go);
     // SAFETY: `got` bytes were read into the buffer; one more (zeroed) ends
     // it with a NUL whatever the worker sent.
     let message = unsafe { core::slice::from_raw_parts_mut(message, got + 1) };
     let fields = message[..got].iter().filter(|&&c| c == 0).count();
     // Pointers: every field, two nulls.
-    let Some(table) = sys::alloc((fields + 2) * core::mem::size_of::<*const u8>()) else {
+    let table_bytes = (fields + 2) * core::mem::size_of::<*const u8>();
+    let Some(table) = sys::alloc(table_bytes) else {
         usage();
     };
     let table = table as *mut *const u8;
@@ -356,13 +641,21 @@ fn receive(go: usize, command: usize) -> (*const *const u8, *const *const u8) {
     // SAFETY: the environment's null.
     unsafe { *table.add(m) = core::ptr::null() };
     // SAFETY: both within the table.
-    (table as *const *const u8, unsafe { table.add(envp) }
-        as *const *const u8)
+    (
+        table as *const *const u8,
+        unsafe { table.add(envp) } as *const *const u8,
+        (
+            message.as_mut_ptr(),
+            size + 1,
+            table.cast::<u8>(),
+            table_bytes,
+        ),
+    )
 }
 
-/// Waits for the handled signals: reaps children (and exits with the
-/// command, [`reap`]) and forwards the others.
-fn supervise(child: isize, status_fd: usize, set: u64) -> ! {
+/// Waits for the handled signals: reaps children (and returns how the
+/// command's main process ended, [`reap`]) and forwards the others.
+fn supervise(child: isize, set: u64) -> Ended {
     let mut info = [0u64; 16];
     loop {
         // SAFETY: waits for a signal of our set; fills our siginfo buffer.
@@ -384,7 +677,11 @@ fn supervise(child: isize, status_fd: usize, set: u64) -> ! {
             unsafe { sys::call4(nr::KILL, pid as usize, sig, 0, 0) }
         };
         match signal {
-            SIGCHLD => reap(child, status_fd),
+            SIGCHLD => {
+                if let Some(ended) = reap(child) {
+                    return ended;
+                }
+            }
             // The worker's timeout or cancel: everything in the sandbox.
             SIGTERM => {
                 kill(-1, SIGTERM);
@@ -405,30 +702,35 @@ fn supervise(child: isize, status_fd: usize, set: u64) -> ! {
 }
 
 /// Reaps every child that ended; when the command's main process is among
-/// them, reports how it ended and exits (ending the PID namespace).
-fn reap(main: isize, status_fd: usize) {
+/// them, says how it ended.
+fn reap(main: isize) -> Option<Ended> {
     loop {
         let mut status: i32 = 0;
         // SAFETY: writes the status into ours.
         let pid =
             unsafe { sys::call4(nr::WAIT4, usize::MAX, &raw mut status as usize, WNOHANG, 0) };
         if pid <= 0 {
-            return;
+            return None;
         }
         if pid != main {
             continue;
         }
         let signal = (status & 0x7f) as u64;
         if signal == 0 {
-            let code = ((status >> 8) & 0xff) as u64;
-            report(status_fd, b"exited ", Some(code));
-            sys::exit(code as usize);
+            return Some(Ended::Exited(((status >> 8) & 0xff) as u64));
         }
         if signal != 0x7f {
-            report(status_fd, b"signaled ", Some(signal));
-            sys::exit(128 + signal as usize);
+            return Some(Ended::Signaled(signal));
         }
     }
+}
+
+/// The command's standard streams.
+enum Streams {
+    /// Input and output as the init's own, standard error its own.
+    Stderr(usize),
+    /// Input, output, error: a served command's.
+    All([usize; 3]),
 }
 
 /// In the forked child: a new session (with `tty`, that terminal as its
@@ -437,7 +739,7 @@ fn reap(main: isize, status_fd: usize) {
 fn run_command(
     argv: *const *const u8,
     envp: *const *const u8,
-    stderr_fd: usize,
+    streams: Streams,
     status_fd: usize,
     tty: Option<usize>,
     mask: u64,
@@ -477,7 +779,12 @@ fn run_command(
         ]
         .into_iter()
         .find(|&r| r < 0),
-        None => Some(dup(stderr_fd, 2)).filter(|&r| r < 0),
+        None => match streams {
+            Streams::Stderr(fd) => Some(dup(fd, 2)).filter(|&r| r < 0),
+            Streams::All([input, output, error]) => [dup(input, 0), dup(output, 1), dup(error, 2)]
+                .into_iter()
+                .find(|&r| r < 0),
+        },
     };
     if let Some(r) = failed {
         report(status_fd, b"exec-failed ", Some(-r as u64));
@@ -610,7 +917,8 @@ fn usage() -> ! {
     sys::write_all(
         2,
         b"usage: rdev-sandbox-init STATUS_FD STDERR_FD [--tty FD] -- PROGRAM [ARGS...]\n       \
-          rdev-sandbox-init STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD\n",
+          rdev-sandbox-init STATUS_FD STDERR_FD --wait GO_FD COMMAND_FD\n       \
+          rdev-sandbox-init STATUS_FD STDERR_FD --serve SOCKET_FD\n",
     );
     sys::exit(USAGE)
 }

@@ -11,11 +11,13 @@ pub mod nr {
     pub const CLOSE: usize = 3;
     pub const LSEEK: usize = 8;
     pub const MMAP: usize = 9;
+    pub const MUNMAP: usize = 11;
     pub const RT_SIGACTION: usize = 13;
     pub const RT_SIGPROCMASK: usize = 14;
     pub const RT_SIGRETURN: usize = 15;
     pub const IOCTL: usize = 16;
     pub const PREAD64: usize = 17;
+    pub const RECVMSG: usize = 47;
     pub const FORK: usize = 57;
     pub const EXECVE: usize = 59;
     pub const WAIT4: usize = 61;
@@ -40,6 +42,7 @@ pub mod errno {
     pub const ENOENT: isize = 2;
     pub const ESRCH: isize = 3;
     pub const EINTR: isize = 4;
+    pub const ECHILD: isize = 10;
     pub const ENOEXEC: isize = 8;
     pub const EACCES: isize = 13;
     pub const ENODEV: isize = 19;
@@ -131,6 +134,12 @@ pub fn alloc(bytes: usize) -> Option<*mut u8> {
         )
     };
     (p >= 0).then_some(p as *mut u8)
+}
+
+/// Returns memory from [`alloc`].
+pub fn free(p: *mut u8, bytes: usize) {
+    // SAFETY: unmaps a mapping [`alloc`] made of this length.
+    unsafe { call4(nr::MUNMAP, p as usize, bytes.max(1), 0, 0) };
 }
 
 /// As `nix`'s `Errno` words them (the C-library programs' wording), for the

@@ -59,12 +59,23 @@ pub struct Layout<'a> {
     pub json_fd: RawFd,
     /// The program and its arguments.
     pub argv: &'a [OsString],
-    /// A warm sandbox's go pipe and command memfd (then `argv` and `env`
-    /// are empty: the init receives them later; see the init's `--wait`).
-    pub wait: Option<(RawFd, RawFd)>,
+    /// How a warm sandbox's init receives its command (then `argv` and
+    /// `env` are empty); `None`: it runs `argv`.
+    pub wait: Option<Wait>,
     /// Secret files: path under [`SECRETS_DIR`] and the descriptor holding
     /// the contents.
     pub secret_files: &'a [(&'a str, RawFd)],
+}
+
+/// How a warm sandbox's init receives its command(s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// One command: the go pipe and the command's memfd (the init's
+    /// `--wait`).
+    Once { go: RawFd, command: RawFd },
+    /// One command after another over a socket, each with its own
+    /// streams (the init's `--serve`).
+    Serve { socket: RawFd },
 }
 
 /// How a host path looks, for choosing the bwrap operation.
@@ -267,7 +278,8 @@ fn hidden(a: &mut Args, hide: &[PathBuf], kind: &impl Fn(&Path) -> Kind) {
 }
 
 /// `--`, the init and its arguments, `--`, the program and its arguments
-/// (or, for a warm sandbox, `--wait GO_FD COMMAND_FD`).
+/// (or, for a warm sandbox, `--wait GO_FD COMMAND_FD` or `--serve
+/// SOCKET_FD`).
 fn init_command(l: &Layout<'_>) -> Vec<OsString> {
     let mut c = Args::default();
     let (status, stderr) = (l.status_fd.to_string(), l.stderr_fd.to_string());
@@ -276,10 +288,17 @@ fn init_command(l: &Layout<'_>) -> Vec<OsString> {
         let tty = tty.to_string();
         c.push(["--tty", tty.as_str()]);
     }
-    if let Some((go, command)) = l.wait {
-        let (go, command) = (go.to_string(), command.to_string());
-        c.push(["--wait", go.as_str(), command.as_str()]);
-        return c.0;
+    match l.wait {
+        Some(Wait::Once { go, command }) => {
+            let (go, command) = (go.to_string(), command.to_string());
+            c.push(["--wait", go.as_str(), command.as_str()]);
+            return c.0;
+        }
+        Some(Wait::Serve { socket }) => {
+            c.push(["--serve", socket.to_string().as_str()]);
+            return c.0;
+        }
+        None => {}
     }
     c.push(["--"]);
     c.push_os(l.argv.iter().cloned());
@@ -587,7 +606,7 @@ mod tests {
             tty_fd: None,
             json_fd: 5,
             argv: &[],
-            wait: Some((7, 8)),
+            wait: Some(Wait::Once { go: 7, command: 8 }),
             secret_files: &[],
         };
         let line = arguments(&layout, |_| Kind::Missing);
@@ -600,6 +619,14 @@ mod tests {
         assert_eq!(
             strings(&line.command),
             ["--", INIT_PATH, "3", "4", "--wait", "7", "8"]
+        );
+        let serving = Layout {
+            wait: Some(Wait::Serve { socket: 9 }),
+            ..layout
+        };
+        assert_eq!(
+            strings(&arguments(&serving, |_| Kind::Missing).command),
+            ["--", INIT_PATH, "3", "4", "--serve", "9"]
         );
     }
 

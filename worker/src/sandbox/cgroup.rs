@@ -62,6 +62,17 @@ pub struct Events {
     pub pids_max: u64,
 }
 
+impl Events {
+    /// The events counted since `before` (a serving sandbox's cgroup holds
+    /// every command it ran).
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            oom_kills: self.oom_kills.saturating_sub(before.oom_kills),
+            pids_max: self.pids_max.saturating_sub(before.pids_max),
+        }
+    }
+}
+
 impl Cgroups {
     /// Finds cgroups this worker may manage, or says why there are none.
     pub fn detect(worker_id: &str) -> Result<Self, String> {

@@ -41,6 +41,17 @@ pub enum PtysMode {
     Always,
 }
 
+/// Whether a sandbox runs more than one command (`RDEV_SANDBOX_REUSE`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReuseMode {
+    /// A sandbox serves one command after another of the same workdir,
+    /// network mode and limits; between two, every process of the first
+    /// is killed and its `/tmp` and `/dev/shm` emptied.
+    On,
+    /// Every command gets a sandbox of its own.
+    Off,
+}
+
 /// Settings of the local sandbox (`RDEV_LOCAL_SANDBOX`, `RDEV_SANDBOX_*`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SandboxConfig {
@@ -107,6 +118,18 @@ pub struct SandboxConfig {
         default_value = "terminal"
     )]
     pub ptys: PtysMode,
+    /// `on`: a sandbox made for a command without secret files, terminal or
+    /// piped input runs the next commands of its workdir, network mode and
+    /// limits too (each with its own streams; the sandbox's other
+    /// processes killed and its `/tmp` and `/dev/shm` emptied between two),
+    /// and its cost is paid once, not per command. `off`: every command
+    /// gets a sandbox of its own. Needs the built-in init.
+    #[arg(
+        long = "sandbox-reuse",
+        env = "RDEV_SANDBOX_REUSE",
+        default_value = "on"
+    )]
+    pub reuse: ReuseMode,
 }
 
 impl Default for SandboxConfig {
@@ -123,6 +146,7 @@ impl Default for SandboxConfig {
             warm: 4,
             warm_ttl: std::time::Duration::from_secs(120),
             ptys: PtysMode::Terminal,
+            reuse: ReuseMode::On,
         }
     }
 }

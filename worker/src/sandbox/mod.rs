@@ -48,10 +48,10 @@ use self::plain::spawn_plain;
 use self::process::{ChildSetup, RunAs, resolve_run_as};
 use self::pty::PtyMaster;
 use self::spawned::{Target, boxed};
-use self::warm::{Warm, WarmPool};
+use self::warm::{Handoff, Warm, WarmPool};
 
 pub use self::config::{
-    CgroupMode, DEFAULT_HIDDEN, PATH, PathList, PtysMode, SandboxConfig, SandboxMode,
+    CgroupMode, DEFAULT_HIDDEN, PATH, PathList, PtysMode, ReuseMode, SandboxConfig, SandboxMode,
 };
 pub use self::spawned::{Controls, Output, Spawned};
 pub use self::warm::WarmKey;
@@ -100,6 +100,8 @@ pub struct Sandbox {
     reader: bwrap::Reader,
     /// Which sandboxes get bubblewrap's `/dev` with a `devpts`.
     ptys: PtysMode,
+    /// Whether sandboxes serve more than one command: `Ok`, or why not.
+    reuse: Result<(), String>,
 }
 
 /// What `/ready` and the start-up log say about the sandbox.
@@ -124,6 +126,10 @@ pub struct SandboxStatus {
     /// (bubblewrap's `--dev` for every sandbox, and why).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// Whether a sandbox runs the next commands of its workdir, network
+    /// mode and limits: `on`, or `off (why)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<String>,
 }
 
 /// One command to start.
@@ -218,6 +224,7 @@ impl Sandbox {
             reader,
             warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
             ptys: cfg.ptys,
+            reuse: Err("the sandbox is not on".into()),
         };
         // Loaded and checked now, not on a command's path.
         let _ = small::launcher();
@@ -249,6 +256,23 @@ impl Sandbox {
             if sandbox.is_isolated() && cfg.warm > 0 {
                 sandbox.warm = Arc::new(WarmPool::new(cfg.warm, cfg.warm_ttl));
                 tokio::spawn(sweep(Arc::downgrade(&sandbox.warm)));
+            }
+            sandbox.reuse = match (&sandbox.isolation, cfg.reuse) {
+                (_, ReuseMode::Off) => Err("RDEV_SANDBOX_REUSE=off".into()),
+                (_, ReuseMode::On) if !sandbox.warm.enabled() => {
+                    Err("no pool to return sandboxes to (RDEV_SANDBOX_WARM=0)".into())
+                }
+                (Isolation::Bwrap(init), ReuseMode::On) if init.is_built_in() => {
+                    sandbox.reuse = Ok(());
+                    sandbox.probe_serving(workspace_root).await
+                }
+                (Isolation::Bwrap(_), ReuseMode::On) => {
+                    Err("rdev-sandbox-init runs one command per sandbox".into())
+                }
+                _ => Err("the sandbox is not on".into()),
+            };
+            if let Err(why) = &sandbox.reuse {
+                tracing::info!(why = %why, "each command gets a sandbox of its own");
             }
         }
         sandbox
@@ -294,6 +318,7 @@ impl Sandbox {
             reader: reader_of(None),
             warm: Arc::new(WarmPool::new(0, cfg.warm_ttl)),
             ptys: cfg.ptys,
+            reuse: Err("the sandbox is not on".into()),
         }
     }
 
@@ -334,6 +359,10 @@ impl Sandbox {
             }),
             Isolation::Off(_) | Isolation::Unavailable(_) => None,
         };
+        let reuse = self.is_isolated().then(|| match &self.reuse {
+            Ok(()) => "on".to_owned(),
+            Err(why) => format!("off ({why})"),
+        });
         SandboxStatus {
             mode,
             error,
@@ -341,6 +370,7 @@ impl Sandbox {
             limits,
             starter,
             dev,
+            reuse,
         }
     }
 
@@ -429,37 +459,33 @@ impl Sandbox {
             self.warm.abandon(&key);
             tracing::debug!("a warm sandbox was not made: {why}");
         };
-        let Some(workdir) = open_dir(&key.workdir).filter(|d| identity(d) == Some(key.identity))
-        else {
-            return discarded("the workdir changed since the command that asked for it");
-        };
-        let (mut spawned, go, command) = match self.make_warm(&key) {
+        let mut made = match self.make_warm(&key) {
             Ok(made) => made,
             Err(e) => return discarded(&format!("{e:?}")),
         };
-        let ready = spawned.until_waiting(WARM_SETUP).await
+        let ready = made.spawned.until_waiting(WARM_SETUP).await
             && std::fs::metadata(&key.workdir).is_ok_and(|m| (m.dev(), m.ino()) == key.identity);
         if !ready {
-            warm::discard(spawned);
+            warm::discard(made.spawned);
             return discarded("its init did not report that it waits, or the workdir changed");
         }
-        self.warm.put(Warm {
-            key,
-            spawned,
-            go,
-            command,
-            _workdir: workdir,
-            made: std::time::Instant::now(),
-        });
+        self.warm.put(made);
     }
 
-    fn make_warm(&self, key: &WarmKey) -> Result<(Spawned, OwnedFd, std::fs::File), LaunchError> {
+    /// Starts a sandbox for `key` whose init waits for its command: one
+    /// that serves its key's commands where sandboxes are reused, else one
+    /// for a single command. Its workdir is opened first and must still be
+    /// the key's.
+    fn make_warm(&self, key: &WarmKey) -> Result<Warm, LaunchError> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
-        let (go_read, go) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| failed("cannot create a pipe", &e))?;
-        let command =
-            pipes::memfd("rdev-command").map_err(|e| failed("cannot create a memfd", &e))?;
+        let workdir = open_dir(&key.workdir)
+            .filter(|d| identity(d) == Some(key.identity))
+            .ok_or_else(|| {
+                LaunchError::Failed(
+                    "the workdir changed since the command that asked for it".into(),
+                )
+            })?;
         let launch = Launch {
             // A uuid, as a command's: the next start's sweep of leftover
             // cgroups recognises it.
@@ -473,11 +499,114 @@ impl Sandbox {
             stdin: key.stdin,
             tty: None,
         };
-        let spawned = self.launch(&launch, Some((go_read.as_raw_fd(), command.as_raw_fd())))?;
-        // The init has its copy of the read end; ours would keep the pipe
-        // open after the worker drops the write end.
-        drop(go_read);
-        Ok((spawned, go, command))
+        let (spawned, handoff) = if self.serves(key) {
+            let (socket, theirs) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| failed("cannot create a socket pair", &e))?;
+            let wait = bwrap::Wait::Serve {
+                socket: theirs.as_raw_fd(),
+            };
+            // The init has its copy of its end: ours would keep it from
+            // seeing the end of ours.
+            (self.launch(&launch, Some(wait))?, Handoff::Serve { socket })
+        } else {
+            let (go_read, go) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| failed("cannot create a pipe", &e))?;
+            let command =
+                pipes::memfd("rdev-command").map_err(|e| failed("cannot create a memfd", &e))?;
+            let wait = bwrap::Wait::Once {
+                go: go_read.as_raw_fd(),
+                command: command.as_raw_fd(),
+            };
+            // As above, for the go pipe's read end.
+            (
+                self.launch(&launch, Some(wait))?,
+                Handoff::Once { go, command },
+            )
+        };
+        Ok(Warm {
+            key: key.clone(),
+            spawned,
+            handoff,
+            workdir,
+            made: std::time::Instant::now(),
+        })
+    }
+
+    /// Whether a sandbox for `key` serves its commands one after another:
+    /// reuse on and working here, and nothing to pipe into the command.
+    fn serves(&self, key: &WarmKey) -> bool {
+        self.reuse.is_ok() && !key.stdin
+    }
+
+    /// Runs `true` twice in one serving sandbox (the second after the
+    /// sandbox's return to the pool): `Ok` when both ran.
+    async fn probe_serving(&self, workspace_root: &Path) -> Result<(), String> {
+        let dir = workspace_root.join(format!(".rdev-probe-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let result = async {
+            self.own_workdir(&dir)?;
+            let env = BTreeMap::from([("PATH".to_owned(), PATH.to_owned())]);
+            let launch = || Launch {
+                name: format!("probe-{:08x}", rand::random::<u32>()),
+                argv: vec![OsString::from("true")],
+                env: env.clone(),
+                secret_files: &[],
+                workdir: &dir,
+                network: NetworkMode::None,
+                limits: ResourceLimits::default().effective(&self.limits),
+                stdin: false,
+                tty: None,
+            };
+            let key = self
+                .warm_key(&launch())
+                .filter(|k| self.serves(k))
+                .ok_or("the probe's command would not be served")?;
+            let pool = Arc::downgrade(&self.warm);
+            let mut made = self.make_warm(&key).map_err(|e| match e {
+                LaunchError::Unavailable(m) | LaunchError::Failed(m) => m,
+            })?;
+            for round in ["first", "second"] {
+                let l = launch();
+                let mut spawned = made
+                    .start(&l.argv, &l.env, pool.clone())
+                    .map_err(|e| format!("the {round} command was not handed over: {e}"))?;
+                let ran = tokio::time::timeout(PROBE_TIMEOUT, spawned.wait()).await;
+                if ran.is_err() {
+                    spawned.kill_rest();
+                }
+                match spawned.finish().await {
+                    Finished::Exited(0) => {}
+                    other => return Err(format!("the {round} command ended with {other:?}")),
+                }
+                made = self.returned(&key).await?;
+            }
+            // Back in the pool twice: not for a command; its workdir goes.
+            warm::discard(made.spawned);
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// Waits (up to the probe's timeout) for the sandbox of `key` to be
+    /// back in the pool, and takes it.
+    async fn returned(&self, key: &WarmKey) -> Result<Warm, String> {
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        loop {
+            if let Some(w) = self.warm.take_quietly(key) {
+                return Ok(w);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err("the sandbox did not come back to the pool after its command".into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// How many warm sandboxes are ready (for tests).
@@ -488,13 +617,27 @@ impl Sandbox {
 
     /// Starts a command: in a warm sandbox made for `warm` (its
     /// [`Sandbox::warm_key`]), if one is ready, else in a new one.
+    ///
+    /// Where sandboxes are reused, a command that finds none ready starts
+    /// in a new serving sandbox, which returns to the pool after it.
     pub fn spawn(&self, l: Launch<'_>, warm: Option<&WarmKey>) -> Result<Spawned, LaunchError> {
-        if let Some(key) = warm
-            && let Some(warm) = self.warm.take(key)
-        {
-            match warm.start(&l.argv, &l.env) {
+        let Some(key) = warm else {
+            return self.launch(&l, None);
+        };
+        let pool = Arc::downgrade(&self.warm);
+        if let Some(warm) = self.warm.take(key) {
+            match warm.start(&l.argv, &l.env, pool.clone()) {
                 Ok(spawned) => return Ok(spawned),
                 Err(e) => tracing::debug!(error = %e, "a warm sandbox failed; starting a new one"),
+            }
+        }
+        if self.serves(key) {
+            match self.make_warm(key) {
+                Ok(made) => match made.start(&l.argv, &l.env, pool) {
+                    Ok(spawned) => return Ok(spawned),
+                    Err(e) => tracing::debug!(error = %e, "a new serving sandbox failed"),
+                },
+                Err(e) => tracing::debug!(error = ?e, "no serving sandbox"),
             }
         }
         self.launch(&l, None)
@@ -502,11 +645,7 @@ impl Sandbox {
 
     /// Starts a new sandbox (or, with the sandbox off, the command) for
     /// `l`; with `wait`, a warm sandbox whose init waits for its command.
-    fn launch(
-        &self,
-        l: &Launch<'_>,
-        wait: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
-    ) -> Result<Spawned, LaunchError> {
+    fn launch(&self, l: &Launch<'_>, wait: Option<bwrap::Wait>) -> Result<Spawned, LaunchError> {
         let (init, launcher) = match &self.isolation {
             Isolation::Unavailable(e) => return Err(LaunchError::Unavailable(e.clone())),
             Isolation::Bwrap(init) => (Some(init), None),
@@ -569,7 +708,7 @@ impl Sandbox {
         installed: &InstalledInit,
         mut setup: ChildSetup,
         terminal: Option<(PtyMaster, OwnedFd)>,
-        wait: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+        wait: Option<bwrap::Wait>,
     ) -> Result<Spawned, LaunchError> {
         let init = installed.path();
         let failed =
@@ -619,9 +758,11 @@ impl Sandbox {
         ];
         setup.keep.extend(secret_fds.iter().map(AsRawFd::as_raw_fd));
         setup.keep.extend(slave_fd);
-        setup
-            .keep
-            .extend(wait.into_iter().flat_map(|(go, command)| [go, command]));
+        match wait {
+            Some(bwrap::Wait::Once { go, command }) => setup.keep.extend([go, command]),
+            Some(bwrap::Wait::Serve { socket }) => setup.keep.push(socket),
+            None => {}
+        }
         // bubblewrap is started by the init binary's launcher, which sets
         // up its process (cgroup, limits, user) and executes it: the worker
         // is never forked (process.rs, `Launcher`).
@@ -758,6 +899,7 @@ fn bwrap_spawned(
         child,
         cgroup: None,
         program,
+        serving: None,
     }
 }
 

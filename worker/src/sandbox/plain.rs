@@ -153,5 +153,6 @@ fn tracked(
         child,
         cgroup: None,
         program: program.clone(),
+        serving: None,
     })
 }

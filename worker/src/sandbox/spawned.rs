@@ -21,6 +21,7 @@ use super::cgroup::{self, CommandCgroup};
 use super::init::{self, Report};
 use super::pipes::{init_catching, read_capped_within};
 use super::pty::PtyMaster;
+use super::warm::{self, Handoff, Serving, Warm};
 use super::{DIAGNOSTICS_MAX, Finished, INIT_WAIT, REPORT_TIMEOUT};
 
 /// One of a command's output pipes.
@@ -58,6 +59,8 @@ pub struct Spawned {
     pub(super) json: Option<JoinHandle<()>>,
     pub(super) cgroup: Option<CommandCgroup>,
     pub(super) program: OsString,
+    /// In a serving sandbox: what its return to the pool needs.
+    pub(super) serving: Option<Serving>,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -186,6 +189,8 @@ impl Spawned {
     /// Stops the whole tree: SIGTERM to every process, SIGKILL to what is
     /// left after `grace`. Returns once the main process has ended.
     pub async fn terminate(&mut self, grace: Duration) {
+        // A stopped command's sandbox is not used again.
+        self.serving = None;
         self.signal(Signal::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait())
             .await
@@ -198,7 +203,13 @@ impl Spawned {
 
     /// SIGKILLs every process of the command that is left (after its main
     /// process ended, or as the last step of a stop).
+    ///
+    /// A serving sandbox whose init reported the command's end is left as
+    /// it is: the init killed and reaped every other process first.
     pub fn kill_rest(&mut self) {
+        if self.serving.is_some() && self.reported_all() {
+            return;
+        }
         match &self.target {
             Target::Init(pid) => {
                 let pid = *pid.borrow();
@@ -242,6 +253,12 @@ impl Spawned {
     /// sandbox itself: bubblewrap is killed and reaped, and the cgroup
     /// removed, in the background.
     pub async fn finish(mut self) -> Finished {
+        if let Some(serving) = self.serving.take()
+            && self.reported_all()
+            && matches!(self.child.try_wait(), Ok(None))
+        {
+            return self.finish_serving(serving);
+        }
         let early = self.reported_all();
         let status = if early {
             None
@@ -339,6 +356,76 @@ impl Spawned {
             },
         };
         classify(code, signal, events)
+    }
+}
+
+impl Spawned {
+    /// [`Spawned::finish`] in a serving sandbox whose init reported the
+    /// command's end (every process of it gone): reads how it ended, and
+    /// returns the sandbox to its pool once its `/tmp` and `/dev/shm` are
+    /// empty (in the background), or discards it.
+    fn finish_serving(mut self, serving: Serving) -> Finished {
+        let report = init::parse_report(&String::from_utf8_lossy(&self.reported));
+        let events = self
+            .cgroup
+            .as_ref()
+            .map(CommandCgroup::events)
+            .unwrap_or_default()
+            .since(serving.before);
+        let finished = match report {
+            Report::Exited(c) => classify(Some(c), None, events),
+            Report::Signaled(s) => classify(None, Some(s), events),
+            Report::ExecFailed(errno) => Finished::ExecFailed(format!(
+                "cannot start `{}`: {}",
+                self.program.to_string_lossy(),
+                Errno::from_raw(errno).desc()
+            )),
+            // reported_all: an `exited` or `signaled` line is there.
+            Report::Nothing => classify(None, None, events),
+        };
+        if let Some(task) = self.diagnostics.take() {
+            task.abort();
+        }
+        self.report = None;
+        self.reported.clear();
+        let Some(pool) = serving.pool.upgrade() else {
+            warm::discard(self);
+            return finished;
+        };
+        pool.returning(&serving.key);
+        let init_pid = match &self.target {
+            Target::Init(pid) => *pid.borrow(),
+            Target::Group(_) => 0,
+        };
+        let bwrap_pid = self.child.id();
+        tokio::spawn(async move {
+            let emptied = tokio::task::spawn_blocking(move || match bwrap_pid {
+                Some(bwrap) if init_pid > 0 => warm::empty_private_dirs(init_pid, bwrap),
+                _ => Err(std::io::Error::other("the sandbox's init is not known")),
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match emptied {
+                Ok(()) if matches!(self.child.try_wait(), Ok(None)) => pool.put(Warm {
+                    key: serving.key,
+                    spawned: self,
+                    handoff: Handoff::Serve {
+                        socket: serving.socket,
+                    },
+                    workdir: serving.workdir,
+                    made: serving.made,
+                }),
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::debug!(error = %e, "a serving sandbox was not emptied; discarding it");
+                    }
+                    pool.abandon(&serving.key);
+                    warm::discard(self);
+                }
+            }
+        });
+        finished
     }
 }
 

@@ -634,7 +634,7 @@ async fn warmed(
 /// A project's next command runs in a sandbox made ahead of it, and sees
 /// exactly what a sandbox made for it shows: its own arguments,
 /// environment, input, directory, pid and exit code, and an empty /tmp
-/// (each sandbox still runs one command).
+/// (a command with piped input gets a sandbox of its own).
 #[tokio::test]
 async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
     let tmp = TempDir::new();
@@ -683,6 +683,136 @@ async fn the_next_command_runs_in_a_warm_sandbox_as_in_a_new_one() {
     j.network = NetworkMode::None;
     assert_eq!(run(&exec, j).await.outcome, Outcome::Exited(7));
     assert_eq!((hits.get(), misses.get()), (1, 2));
+}
+
+/// The pid namespace a command ran in (`pidns:[N]`), from its output's
+/// line after `ns `.
+fn namespace_of(ran: &Ran) -> String {
+    ran.out()
+        .lines()
+        .find_map(|l| l.strip_prefix("ns "))
+        .unwrap_or_else(|| panic!("no namespace in {:?}", ran.out()))
+        .to_owned()
+}
+
+/// A sandbox serves its workdir's commands one after another (it is
+/// reused), and a command in it finds nothing of the one before: no
+/// process (not even one in a session of its own), nothing in `/tmp` or
+/// `/dev/shm`, not its environment; its own streams and exit code. A
+/// command that left a System V IPC object, or was stopped, ends its
+/// sandbox: the next command gets a new one.
+#[tokio::test]
+async fn a_sandbox_serves_the_next_commands_and_they_find_nothing_left() {
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    assert_eq!(
+        exec.sandbox().status().reuse.as_deref(),
+        Some("on"),
+        "the built-in init serves here"
+    );
+    let (hits, _) = warm_counters(&exec);
+    let ns = "echo ns $(readlink /proc/self/ns/pid)";
+    let m = marker();
+    // Links to a host directory, for a cleaner that would follow them.
+    let canary = tmp.0.join("canary");
+    std::fs::create_dir(&canary).expect("canary dir");
+    std::fs::write(canary.join("keep"), "").expect("canary file");
+    let c = canary.display();
+    let mut first = sh(&format!(
+        "{ns}; sleep {m} & echo $! > pids; setsid sleep {m} & echo $! >> pids; \\
+         mkdir -p /tmp/d/e; touch /tmp/d/e/f /tmp/.h /dev/shm/left; ln -s {c} /tmp/host; \\
+         ln -s {c} /tmp/d/host; chmod 0 /tmp/d; echo err >&2; exit 4"
+    ));
+    first.env = BTreeMap::from([("ONLY_FIRST".into(), "1".into())]);
+    let ran = run(&exec, first).await;
+    assert_eq!(ran.outcome, Outcome::Exited(4));
+    assert_eq!(ran.stderr, b"err\n");
+    let sandbox = namespace_of(&ran);
+    assert!(gone(&m).await, "survived its command: {:?}", survivors(&m));
+
+    warm_ready(&exec).await;
+    let probe = format!(
+        "{ns}; echo tmp $(ls -A /tmp /dev/shm | grep -v : | wc -w); \
+         echo env ${{ONLY_FIRST-unset}}; for p in $(cat pids); do \\
+         [ -e /proc/$p ] && echo alive $p; done; echo pids $(wc -l < pids); exit 5"
+    );
+    let ran = run(&exec, sh(&probe)).await;
+    assert_eq!(ran.outcome, Outcome::Exited(5));
+    assert_eq!(namespace_of(&ran), sandbox, "the same sandbox");
+    assert_eq!(hits.get(), 1);
+    let out = ran.out();
+    assert!(!out.contains("alive"), "{out}");
+    for line in ["tmp 0", "env unset", "pids 2"] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "{line:?} missing in:\n{out}{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+    assert!(
+        canary.join("keep").exists(),
+        "a link in /tmp was followed out of the sandbox"
+    );
+
+    // A System V object would outlive its command in the sandbox's IPC
+    // namespace: that sandbox is not used again.
+    warm_ready(&exec).await;
+    let ran = run(&exec, sh(&format!("{ns}; ipcmk -M 4096 >/dev/null"))).await;
+    assert_eq!(
+        ran.outcome,
+        Outcome::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(namespace_of(&ran), sandbox);
+    let ran = run(&exec, sh(&format!("{ns}; ipcs -m | grep -c 0x"))).await;
+    let next = namespace_of(&ran);
+    assert_ne!(next, sandbox, "a new sandbox after the IPC object");
+    assert_eq!(ran.outcome, Outcome::Exited(1), "no segment: {}", ran.out());
+
+    // A stopped command's sandbox goes with it.
+    warm_ready(&exec).await;
+    let mut slow = sh(&format!("{ns}; sleep {m}"));
+    slow.timeout = Duration::from_millis(300);
+    let ran = run(&exec, slow).await;
+    assert_eq!(ran.outcome, Outcome::TimedOut);
+    let stopped = namespace_of(&ran);
+    // (The pool may hold more than one sandbox of the workdir by now.)
+    for _ in 0..3 {
+        let ran = run(&exec, sh(ns)).await;
+        assert_ne!(
+            namespace_of(&ran),
+            stopped,
+            "the stopped command's sandbox ran another"
+        );
+        warm_ready(&exec).await;
+    }
+}
+
+/// With `RDEV_SANDBOX_REUSE=off` every command gets a sandbox of its own.
+#[tokio::test]
+async fn reuse_can_be_turned_off() {
+    let tmp = TempDir::new();
+    let exec = executor_with(
+        &tmp,
+        SandboxConfig {
+            reuse: crate::sandbox::ReuseMode::Off,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        exec.sandbox().status().reuse.as_deref(),
+        Some("off (RDEV_SANDBOX_REUSE=off)")
+    );
+    let ns = "readlink /proc/self/ns/pid; touch /tmp/left";
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let ran = run(&exec, sh(&format!("{ns}; ls /tmp"))).await;
+        assert_eq!(ran.outcome, Outcome::Exited(0));
+        assert!(seen.insert(ran.out()), "a sandbox ran two commands");
+        warm_ready(&exec).await;
+    }
 }
 
 /// A descriptor the worker inherited without close-on-exec (a
