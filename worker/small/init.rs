@@ -62,6 +62,10 @@ const TIOCSCTTY: usize = 0x540E;
 const WNOHANG: usize = 1;
 const O_CLOEXEC: usize = 0o2_000_000;
 const SEEK_END: usize = 2;
+const KEYCTL_JOIN_SESSION_KEYRING: usize = 1;
+const KEYCTL_CLEAR: usize = 7;
+const KEY_SPEC_USER_KEYRING: isize = -4;
+const KEY_SPEC_USER_SESSION_KEYRING: isize = -5;
 const MSG_CMSG_CLOEXEC: usize = 0x4000_0000;
 const MSG_CTRUNC: i32 = 8;
 const SOL_SOCKET: i32 = 1;
@@ -221,6 +225,12 @@ fn serve(socket: usize, set: u64, mask: u64) -> ! {
             Ended::Signaled(signal) => report(status, b"signaled ", Some(signal)),
         }
         sys::close(status);
+        // The user's key rings belong to the sandbox's user namespace, so
+        // to every command it serves: emptied, as `/tmp` is.
+        for ring in [KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING] {
+            // SAFETY: clears a key ring of this process's user.
+            unsafe { sys::call4(nr::KEYCTL, KEYCTL_CLEAR, ring as usize, 0, 0) };
+        }
         if !ipc_empty() {
             sys::exit(0);
         }
@@ -766,6 +776,12 @@ fn run_command(
     };
     // SAFETY: no arguments.
     unsafe { sys::call4(nr::SETSID, 0, 0, 0, 0) };
+    // A session key ring of its own: the one inherited is the worker's (a
+    // service's or a container's), which every other command would inherit
+    // too. Where key rings are refused (a seccomp filter), the command
+    // cannot use one either.
+    // SAFETY: a null name: a new anonymous key ring.
+    unsafe { sys::call4(nr::KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0) };
     // SAFETY: descriptor numbers only.
     let dup = |from: usize, to: usize| unsafe { sys::call4(nr::DUP3, from, to, 0, 0) };
     let failed = match tty {

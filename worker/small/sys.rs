@@ -32,6 +32,7 @@ pub mod nr {
     pub const PRCTL: usize = 157;
     pub const GETDENTS64: usize = 217;
     pub const EXIT_GROUP: usize = 231;
+    pub const KEYCTL: usize = 250;
     pub const DUP3: usize = 292;
     pub const PRLIMIT64: usize = 302;
     pub const CLOSE_RANGE: usize = 436;

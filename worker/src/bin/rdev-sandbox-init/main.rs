@@ -358,6 +358,10 @@ fn supervise(child: Pid, status_fd: RawFd, set: &SigSet) -> ! {
     }
 }
 
+/// `keyctl` operation: join a new (anonymous, with a null name) session
+/// key ring.
+const KEYCTL_JOIN_SESSION_KEYRING: nix::libc::c_long = 1;
+
 /// In the forked child: become the leader of a new session (a fresh process
 /// group; with `tty`, that terminal as its controlling terminal and
 /// standard streams), restore signals, exec the program.
@@ -378,6 +382,18 @@ fn run_command(
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
     let _ = setsid();
+    // A session key ring of its own: the one inherited is the worker's
+    // (a service's or a container's), which every other command would
+    // inherit too. Where key rings are refused (a seccomp filter), the
+    // command cannot use one either.
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a null name takes no pointer.
+    let _ = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<nix::libc::c_char>(),
+        )
+    };
     let ready = match tty {
         // SAFETY: TIOCSCTTY on a terminal fd of this process, a session
         // leader without a controlling terminal.

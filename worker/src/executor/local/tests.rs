@@ -789,6 +789,58 @@ async fn a_sandbox_serves_the_next_commands_and_they_find_nothing_left() {
     }
 }
 
+/// Adds (`add`) or looks for (`find`) a key in the session and user key
+/// rings, with Python's `ctypes` (no `keyctl` program on test machines).
+fn key_ring_script(what: &str) -> String {
+    let py = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for ring, name in ((-3, b"session"), (-4, b"user")):
+    if sys.argv[1] == "add":
+        r = libc.syscall(248, b"user", b"rdev-" + name, b"left", 4, ring)
+        print("added" if r > 0 else "refused", name.decode())
+    else:
+        r = libc.syscall(250, 10, ring, b"user", b"rdev-" + name, 0)
+        print("found" if r > 0 else "none", name.decode())
+"#;
+    format!("/usr/bin/python3 -c '{py}' {what}")
+}
+
+/// A key a command leaves in its key rings reaches no later command: not
+/// the next one in the same (reused) sandbox, not another project's, even
+/// where the worker has a session key ring of its own (a service's, a
+/// container's) that every sandbox inherits. With either init.
+#[tokio::test]
+async fn commands_share_no_key_ring() {
+    // As systemd or a container runtime would give the worker.
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a NUL-terminated name.
+    let joined =
+        unsafe { nix::libc::syscall(nix::libc::SYS_keyctl, 1, c"rdev-test-worker".as_ptr()) };
+    assert!(joined > 0, "{}", std::io::Error::last_os_error());
+    let tmp = TempDir::new();
+    for (name, exec) in executors_of_both_inits(&tmp).await {
+        let ran = run(&exec, sh(&key_ring_script("add"))).await;
+        assert_eq!(
+            ran.out(),
+            "added session\nadded user\n",
+            "{name}: {:?}",
+            ran.stderr
+        );
+        warm_ready(&exec).await;
+        let mut other = sh(&key_ring_script("find"));
+        other.project = "other".into();
+        for j in [sh(&key_ring_script("find")), other] {
+            let ran = run(&exec, j).await;
+            assert_eq!(
+                ran.out(),
+                "none session\nnone user\n",
+                "{name}: {:?}",
+                ran.stderr
+            );
+        }
+    }
+}
+
 /// With `RDEV_SANDBOX_REUSE=off` every command gets a sandbox of its own.
 #[tokio::test]
 async fn reuse_can_be_turned_off() {
