@@ -23,7 +23,7 @@
 //! command's status pipe, so nothing of one command is left when the next
 //! starts. It ends when the socket does, and after a command that left
 //! System V IPC objects (they would outlive it in the sandbox's IPC
-//! namespace).
+//! namespace): then its report starts with `ending`.
 
 use crate::Args;
 use crate::sys::errno::{
@@ -220,6 +220,12 @@ fn serve(socket: usize, set: u64, mask: u64) -> ! {
         }
         let ended = supervise(child, set);
         end_everything(set);
+        // Said before the end, so the worker never puts back a sandbox
+        // whose init is about to exit.
+        let reusable = ipc_empty();
+        if !reusable {
+            report(status, b"ending", None);
+        }
         match ended {
             Ended::Exited(code) => report(status, b"exited ", Some(code)),
             Ended::Signaled(signal) => report(status, b"signaled ", Some(signal)),
@@ -231,7 +237,7 @@ fn serve(socket: usize, set: u64, mask: u64) -> ! {
             // SAFETY: clears a key ring of this process's user.
             unsafe { sys::call4(nr::KEYCTL, KEYCTL_CLEAR, ring as usize, 0, 0) };
         }
-        if !ipc_empty() {
+        if !reusable {
             sys::exit(0);
         }
     }

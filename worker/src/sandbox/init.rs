@@ -230,6 +230,12 @@ pub fn is_waiting(report: &[u8]) -> bool {
         .any(|line| line == b"waiting")
 }
 
+/// Whether a serving init said it ends after this command (it left a
+/// System V IPC object): its sandbox is not used again.
+pub fn is_ending(report: &[u8]) -> bool {
+    report.split(|b| *b == b'\n').any(|line| line == b"ending")
+}
+
 /// Reads the init's status lines: an `exec-failed` line wins (the child
 /// also exits 127 after it), else the last `exited`/`signaled` line.
 pub fn parse_report(text: &str) -> Report {
@@ -262,6 +268,9 @@ mod tests {
             Report::ExecFailed(2)
         );
         assert_eq!(parse_report(""), Report::Nothing);
+        assert_eq!(parse_report("ending\nexited 0\n"), Report::Exited(0));
+        assert!(is_ending(b"ending\nexited 0\n"));
+        assert!(!is_ending(b"exited 0\n"));
         assert!(is_final(b"exited 0\n"));
         assert!(is_final(b"exec-failed 2\nexited 127\n"));
         assert!(!is_final(b"exec-failed 2\n"));

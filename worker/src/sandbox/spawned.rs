@@ -207,7 +207,7 @@ impl Spawned {
     /// A serving sandbox whose init reported the command's end is left as
     /// it is: the init killed and reaped every other process first.
     pub fn kill_rest(&mut self) {
-        if self.serving.is_some() && self.reported_all() {
+        if self.serving.is_some() && self.reported_all() && !init::is_ending(&self.reported) {
             return;
         }
         match &self.target {
@@ -255,6 +255,7 @@ impl Spawned {
     pub async fn finish(mut self) -> Finished {
         if let Some(serving) = self.serving.take()
             && self.reported_all()
+            && !init::is_ending(&self.reported)
             && matches!(self.child.try_wait(), Ok(None))
         {
             return self.finish_serving(serving);
