@@ -130,6 +130,7 @@ async fn escape_suite(app: &TestApp, ops: &str, secrets: &[String]) {
     writes_nowhere_but_its_workdir_and_tmp(app).await;
     network_none_reaches_nothing(app).await;
     nothing_survives_exit_timeout_or_cancel(app).await;
+    no_sandbox_is_shared_across_projects_or_leaves_anything(app, sandbox).await;
     a_fork_bomb_does_not_stop_other_commands(app).await;
     a_memory_hog_is_stopped_at_its_limit(app, cgroups).await;
 }
@@ -324,6 +325,46 @@ async fn nothing_survives_exit_timeout_or_cancel(app: &TestApp) {
     let c = app.wait_terminal(id, WAIT).await;
     assert_eq!(c["reason"], "cancelled", "{c}");
     wait_no_marked(&m).await;
+}
+
+/// Where sandboxes are reused (`details.local_sandbox.reuse`), another
+/// project's command never runs in the attacker's, and the attacker's next
+/// commands find nothing of its first (the worker's lib tests show the
+/// same on one sandbox, deterministically).
+async fn no_sandbox_is_shared_across_projects_or_leaves_anything(app: &TestApp, sandbox: &Value) {
+    eprintln!("escape suite: reuse {}", sandbox["reuse"]);
+    let ns = "echo ns $(readlink /proc/self/ns/pid)";
+    let m = sleep_marker();
+    let c = run(
+        app,
+        "attacker",
+        &format!("{ns}; setsid sleep {m} & touch /tmp/left /dev/shm/left; echo bye"),
+    )
+    .await;
+    assert_eq!(c["status"], "succeeded", "{c}");
+    let attacker = output(app, &c).await;
+    let attacker = attacker.lines().next().unwrap_or_default().to_owned();
+    wait_no_marked(&m).await;
+    for _ in 0..3 {
+        let c = run(app, "victim", ns).await;
+        assert_ne!(
+            output(app, &c).await.trim(),
+            attacker,
+            "another project's sandbox"
+        );
+        let c = run(
+            app,
+            "attacker",
+            &format!("{ns}; ls -A /tmp /dev/shm | grep -c left"),
+        )
+        .await;
+        assert_eq!(c["reason"], "exited", "{c}");
+        let out = output(app, &c).await;
+        assert!(
+            out.ends_with("\n0\n"),
+            "found what an earlier command left:\n{out}"
+        );
+    }
 }
 
 async fn a_fork_bomb_does_not_stop_other_commands(app: &TestApp) {

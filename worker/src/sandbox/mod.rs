@@ -469,6 +469,8 @@ impl Sandbox {
             warm::discard(made.spawned);
             return discarded("its init did not report that it waits, or the workdir changed");
         }
+        // Its TTL counts from here, as the pool's wait does.
+        made.made = std::time::Instant::now();
         self.warm.put(made);
     }
 

@@ -389,7 +389,13 @@ impl Spawned {
         }
         self.report = None;
         self.reported.clear();
-        let Some(pool) = serving.pool.upgrade() else {
+        // A sandbox past its TTL goes now, so that the command's end makes
+        // a new one ahead (the key is not being returned).
+        let Some(pool) = serving
+            .pool
+            .upgrade()
+            .filter(|p| serving.made.elapsed() <= p.ttl())
+        else {
             warm::discard(self);
             return finished;
         };
