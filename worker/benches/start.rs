@@ -69,7 +69,7 @@ fn start(c: &mut Criterion) {
         let cfg = SandboxConfig {
             mode,
             init,
-            warm: 0,
+            warm: Some(0),
             ptys,
             ..SandboxConfig::default()
         };

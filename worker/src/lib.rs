@@ -83,8 +83,11 @@ pub async fn start(mut cfg: Config, shutdown: CancellationToken) -> Result<Runni
 /// The executors `cfg.executors` turns on.
 async fn executors(cfg: &Config, worker_id: &str) -> Executors {
     let local = if cfg.runs(ExecutorKind::Local) {
+        // One sandbox kept ready per slot, unless configured.
+        let mut sandbox_cfg = cfg.sandbox.clone();
+        sandbox_cfg.warm = sandbox_cfg.warm.or(Some(usize::from(cfg.concurrency)));
         let sandbox = Sandbox::start(
-            &cfg.sandbox,
+            &sandbox_cfg,
             cfg.limits.clone(),
             worker_id,
             &cfg.workspace_root,

@@ -95,11 +95,13 @@ pub struct SandboxConfig {
     /// tree) when the worker may manage cgroups; `off`: rlimits only.
     #[arg(long = "cgroups", env = "RDEV_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
-    /// Sandboxes made ready ahead of their commands (at most one per
-    /// project workdir, network mode and limits): a command that finds one
-    /// starts without waiting for bubblewrap or a cgroup move. 0: none.
-    #[arg(long = "sandbox-warm", env = "RDEV_SANDBOX_WARM", default_value_t = 4)]
-    pub warm: usize,
+    /// Sandboxes kept ready for commands (made ahead, at most one at a time
+    /// per project workdir, network mode and limits, or returned by a
+    /// command that ended): a command that finds one starts without
+    /// waiting for bubblewrap or a cgroup move. Default: the worker's
+    /// concurrency (one per slot). 0: none, and no reuse.
+    #[arg(long = "sandbox-warm", env = "RDEV_SANDBOX_WARM")]
+    pub warm: Option<usize>,
     /// How long a warm sandbox waits for a command before it is discarded.
     #[arg(
         long = "sandbox-warm-ttl",
@@ -143,7 +145,7 @@ impl Default for SandboxConfig {
             ro_paths: PathList::default(),
             hide: DEFAULT_HIDDEN.parse().unwrap_or_default(),
             cgroups: CgroupMode::Auto,
-            warm: 4,
+            warm: None,
             warm_ttl: std::time::Duration::from_secs(120),
             ptys: PtysMode::Terminal,
             reuse: ReuseMode::On,

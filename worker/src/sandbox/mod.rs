@@ -67,6 +67,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client's signal waits for a sandbox still being set up.
 const INIT_WAIT: Duration = Duration::from_secs(30);
+/// Sandboxes kept ready when `RDEV_SANDBOX_WARM` is not set and nothing
+/// else gave a number (the worker gives its concurrency).
+const DEFAULT_WARM: usize = 4;
 /// How long a warm sandbox may take to be set up before it is discarded.
 const WARM_SETUP: Duration = Duration::from_secs(10);
 
@@ -253,8 +256,9 @@ impl Sandbox {
                     init::locate(cfg.init.as_deref()).and_then(|p| InstalledInit::install(&p));
                 sandbox.isolate(installed, workspace_root).await;
             }
-            if sandbox.is_isolated() && cfg.warm > 0 {
-                sandbox.warm = Arc::new(WarmPool::new(cfg.warm, cfg.warm_ttl));
+            let warm = cfg.warm.unwrap_or(DEFAULT_WARM);
+            if sandbox.is_isolated() && warm > 0 {
+                sandbox.warm = Arc::new(WarmPool::new(warm, cfg.warm_ttl));
                 tokio::spawn(sweep(Arc::downgrade(&sandbox.warm)));
             }
             sandbox.reuse = match (&sandbox.isolation, cfg.reuse) {

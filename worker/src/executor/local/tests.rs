@@ -961,7 +961,7 @@ async fn warm_sandboxes_expire_and_can_be_turned_off() {
     let off = executor_with(
         &tmp,
         SandboxConfig {
-            warm: 0,
+            warm: Some(0),
             ..SandboxConfig::default()
         },
     )
