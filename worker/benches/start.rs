@@ -5,7 +5,9 @@
 //! init the worker carries (the default), the same with bubblewrap's own
 //! `/dev` instead of the prepared one (`RDEV_SANDBOX_PTYS=always`), and
 //! with `rdev-sandbox-init`, and with the sandbox off through either
-//! launcher. Needs bubblewrap and
+//! launcher. A sixth, `sandboxed/small_init/reused`, runs each `true` in a
+//! sandbox that served the one before (`RDEV_SANDBOX_REUSE=on`); each
+//! iteration waits, untimed, for the sandbox's return to the pool. Needs bubblewrap and
 //! `rdev-sandbox-init` built beside the bench (`cargo build -p
 //! rdev-worker --bins --release` first). Run: `cargo bench -p rdev-worker
 //! --bench start`.
@@ -81,6 +83,36 @@ fn start(c: &mut Criterion) {
         });
         g.bench_function(name, |b| b.iter(|| rt.block_on(run(&exec))));
     }
+    let reused = SandboxConfig {
+        warm: Some(1),
+        ..SandboxConfig::default()
+    };
+    let ws = root.join("ws");
+    let exec = rt.block_on(async {
+        let worker = format!("bench-{:08x}", rand::random::<u32>());
+        let sandbox = Sandbox::start(&reused, LimitsConfig::default(), &worker, &ws).await;
+        assert_eq!(sandbox.status().reuse.as_deref(), Some("on"));
+        let exec = LocalExecutor::new(ws, Duration::from_millis(500), Arc::new(sandbox));
+        // Its end leaves the pool a sandbox of the bench's workdir.
+        run(&exec).await;
+        exec
+    });
+    g.bench_function("sandboxed/small_init/reused", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    while exec.sandbox().warm_ready() == 0 {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    let t = std::time::Instant::now();
+                    run(&exec).await;
+                    spent += t.elapsed();
+                }
+                spent
+            })
+        });
+    });
     g.finish();
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -615,8 +615,7 @@ impl Sandbox {
         }
     }
 
-    /// How many warm sandboxes are ready (for tests).
-    #[cfg(test)]
+    /// How many sandboxes are ready in the pool (for tests and benches).
     pub fn warm_ready(&self) -> usize {
         self.warm.ready()
     }

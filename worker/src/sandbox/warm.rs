@@ -444,7 +444,6 @@ impl WarmPool {
     }
 
     /// How many are ready (for tests).
-    #[cfg(test)]
     pub(super) fn ready(&self) -> usize {
         self.state().ready.len()
     }
