@@ -516,8 +516,9 @@ impl Sandbox {
             let wait = bwrap::Wait::Serve {
                 socket: theirs.as_raw_fd(),
             };
-            // The init has its copy of its end: ours would keep it from
-            // seeing the end of ours.
+            // `theirs` closes with this block: the init's copy is then the
+            // only one, and it sees the socket end when the worker drops
+            // `socket`.
             (self.launch(&launch, Some(wait))?, Handoff::Serve { socket })
         } else {
             let (go_read, go) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -528,7 +529,8 @@ impl Sandbox {
                 go: go_read.as_raw_fd(),
                 command: command.as_raw_fd(),
             };
-            // As above, for the go pipe's read end.
+            // As above, for the go pipe's read end: the init sees the end
+            // of the pipe when the worker drops `go`.
             (
                 self.launch(&launch, Some(wait))?,
                 Handoff::Once { go, command },
