@@ -558,18 +558,7 @@ impl Sandbox {
         std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let result = async {
             self.own_workdir(&dir)?;
-            let env = BTreeMap::from([("PATH".to_owned(), PATH.to_owned())]);
-            let launch = || Launch {
-                name: format!("probe-{:08x}", rand::random::<u32>()),
-                argv: vec![OsString::from("true")],
-                env: env.clone(),
-                secret_files: &[],
-                workdir: &dir,
-                network: NetworkMode::None,
-                limits: ResourceLimits::default().effective(&self.limits),
-                stdin: false,
-                tty: None,
-            };
+            let launch = || self.probe_launch(&dir);
             let key = self
                 .warm_key(&launch())
                 .filter(|k| self.serves(k))
@@ -804,6 +793,22 @@ impl Sandbox {
         Ok(bwrap_spawned(ours, child, master, program))
     }
 
+    /// The start-up probes' command: `true` in `dir`, no network, the
+    /// default limits.
+    fn probe_launch<'a>(&self, dir: &'a Path) -> Launch<'a> {
+        Launch {
+            name: format!("probe-{:08x}", rand::random::<u32>()),
+            argv: vec![OsString::from("true")],
+            env: BTreeMap::from([("PATH".to_owned(), PATH.to_owned())]),
+            secret_files: &[],
+            workdir: dir,
+            network: NetworkMode::None,
+            limits: ResourceLimits::default().effective(&self.limits),
+            stdin: false,
+            tty: None,
+        }
+    }
+
     /// Runs `true` through the whole sandbox once.
     async fn probe(&self, workspace_root: &Path) -> Result<(), String> {
         std::fs::create_dir_all(workspace_root).map_err(|e| {
@@ -816,20 +821,11 @@ impl Sandbox {
         std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let result = async {
             self.own_workdir(&dir)?;
-            let launch = Launch {
-                name: format!("probe-{:08x}", rand::random::<u32>()),
-                argv: vec![OsString::from("true")],
-                env: BTreeMap::from([("PATH".to_owned(), PATH.to_owned())]),
-                secret_files: &[],
-                workdir: &dir,
-                network: NetworkMode::None,
-                limits: ResourceLimits::default().effective(&self.limits),
-                stdin: false,
-                tty: None,
-            };
-            let mut spawned = self.spawn(launch, None).map_err(|e| match e {
-                LaunchError::Unavailable(m) | LaunchError::Failed(m) => m,
-            })?;
+            let mut spawned = self
+                .spawn(self.probe_launch(&dir), None)
+                .map_err(|e| match e {
+                    LaunchError::Unavailable(m) | LaunchError::Failed(m) => m,
+                })?;
             let status = tokio::time::timeout(PROBE_TIMEOUT, spawned.wait()).await;
             if status.is_err() {
                 spawned.kill_rest();
