@@ -111,11 +111,25 @@ pub const ENV_FIELD: &str = "commands.env";
 pub const STDIN_FIELD: &str = "commands.stdin";
 
 /// Columns of a command joined with its project's name; the command table is `c`.
-const COLS: &str = "c.id, c.project_id, c.api_key_id, c.command, c.argv, c.env, c.priority, \
-                    c.stdin_pipe, c.stdin IS NOT NULL AS stdin_fixed, c.tty_cols, c.tty_rows, \
-                    c.status, c.exit_code, c.error, c.reason, c.signal, c.timeout_s, c.worker_id, c.attempt, \
-                    c.output_bytes, c.truncated, c.created_at, c.started_at, c.finished_at, \
-                    p.name AS project";
+macro_rules! cols {
+    () => {
+        "c.id, c.project_id, c.api_key_id, c.command, c.argv, c.env, c.priority, \
+         c.stdin_pipe, c.stdin IS NOT NULL AS stdin_fixed, c.tty_cols, c.tty_rows, \
+         c.status, c.exit_code, c.error, c.reason, c.signal, c.timeout_s, c.worker_id, c.attempt, \
+         c.output_bytes, c.truncated, c.created_at, c.started_at, c.finished_at, \
+         p.name AS project"
+    };
+}
+const COLS: &str = cols!();
+
+/// A claimed command's columns (for [`claimed_of`]): [`COLS`] and what the
+/// worker needs of the command and its project to run it.
+const CLAIMED_COLS: &str = concat!(
+    cols!(),
+    ", c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
+     p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted, \
+     c.secrets, c.secret_files, p.allowed_secrets"
+);
 
 fn from_row(row: &Row) -> Result<Command, DbError> {
     let command: Option<String> = row.try_get("command")?;
@@ -374,28 +388,15 @@ async fn claim_if(
     token: Uuid,
     project_condition: &str,
 ) -> Result<Option<Claimed>, DbError> {
-    claim_where(client, project_condition, &[&id, &worker_id, &token]).await
-}
-
-/// [`claim_if`] with the parameters given: `$1` the command, `$2` the
-/// worker, `$3` the claim token, then any the condition uses.
-async fn claim_where(
-    client: &impl deadpool_postgres::GenericClient,
-    project_condition: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Option<Claimed>, DbError> {
     let sql = format!(
         "WITH c AS (UPDATE commands SET status = 'running', worker_id = $2, claim_token = $3, \
          started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 WHERE id = $1 AND status = 'queued' \
          AND (SELECT {project_condition} FROM projects p WHERE p.id = commands.project_id) \
          RETURNING *) \
-         SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
-         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted, \
-         c.secrets, c.secret_files, p.allowed_secrets \
-         FROM c JOIN projects p ON p.id = c.project_id"
+         SELECT {CLAIMED_COLS} FROM c JOIN projects p ON p.id = c.project_id"
     );
     let stmt = prepared(client, &sql).await?;
-    let Some(row) = client.query_opt(&stmt, params).await? else {
+    let Some(row) = client.query_opt(&stmt, &[&id, &worker_id, &token]).await? else {
         return Ok(None);
     };
     claimed_of(&row).map(Some)
@@ -418,13 +419,85 @@ pub async fn claim_alone(
     token: Uuid,
     event: &str,
 ) -> Result<Option<Claimed>, DbError> {
-    static CONDITION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
+    let mut claimed = claim_many_alone(client, worker_id, &[(id, token)], event).await?;
+    Ok(claimed.pop().map(|(_, c)| c))
+}
+
+/// Most commands [`claim_many_alone`] and [`finish_many_alone`] write in
+/// one statement.
+pub const MAX_MANY: usize = 16;
+
+/// [`claim_alone`] for several commands in one statement (one commit):
+/// `claims` are (command, claim token) pairs; those past the first
+/// [`MAX_MANY`] are left alone. Returns the claimed commands, each with
+/// the token it was claimed under; a pair that is not among them was not
+/// claimed this way (as [`claim_alone`]'s `None`). A command named twice
+/// is claimed once, under one of its tokens.
+///
+/// Each command is its own `UPDATE … WHERE id = $n` (a data-modifying
+/// `WITH` per command), planned as [`claim_alone`]'s one: found by its
+/// key. One `UPDATE` joined with the list (`id = ANY($1)`) was tried
+/// first; PostgreSQL cached a plan made while the table was small (a
+/// sequential scan, or a scan of every queued command through
+/// `commands_status`) and kept it as the table grew.
+pub async fn claim_many_alone(
+    client: &impl deadpool_postgres::GenericClient,
+    worker_id: &str,
+    claims: &[(Uuid, Uuid)],
+    event: &str,
+) -> Result<Vec<(Uuid, Claimed)>, DbError> {
+    // $1 the worker, $2 the event, then (command, token) per claim.
+    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let condition = format!(
             "p.max_concurrency IS NULL AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
-            super::webhooks::wants_event("w", "$4", "p.id")
+            super::webhooks::wants_event("w", "$2", "p.id")
+        );
+        many_statements(
+            |i| {
+                let (id, token) = (2 * i + 3, 2 * i + 4);
+                format!(
+                    "UPDATE commands SET status = 'running', worker_id = $1, claim_token = ${token}, \
+                     started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 \
+                     WHERE id = ${id} AND status = 'queued' \
+                     AND (SELECT {condition} FROM projects p WHERE p.id = commands.project_id) \
+                     RETURNING *"
+                )
+            },
+            &format!("{CLAIMED_COLS}, c.claim_token"),
         )
     });
-    claim_where(client, &CONDITION, &[&id, &worker_id, &token, &event]).await
+    let claims = &claims[..claims.len().min(MAX_MANY)];
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&worker_id, &event];
+    for (id, token) in claims {
+        params.push(id);
+        params.push(token);
+    }
+    let stmt = prepared(client, &SQL[claims.len() - 1]).await?;
+    let rows = client.query(&stmt, &params).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("claim_token")?, claimed_of(row)?)))
+        .collect()
+}
+
+/// The statements of [`claim_many_alone`] and [`finish_many_alone`] for 1
+/// to [`MAX_MANY`] commands: `update(i)` is the `i`th command's `UPDATE …
+/// RETURNING *`; their rows are selected as `cols` of `c` joined with its
+/// project `p`.
+fn many_statements(update: impl Fn(usize) -> String, cols: &str) -> Vec<String> {
+    (1..=MAX_MANY)
+        .map(|n| {
+            let with: Vec<String> = (0..n).map(|i| format!("u{i} AS ({})", update(i))).collect();
+            let all: Vec<String> = (0..n).map(|i| format!("SELECT * FROM u{i}")).collect();
+            format!(
+                "WITH {} SELECT {cols} FROM ({}) c JOIN projects p ON p.id = c.project_id",
+                with.join(", "),
+                all.join(" UNION ALL ")
+            )
+        })
+        .collect()
 }
 
 /// The command `worker_id` already claimed with `token` (its earlier
@@ -436,9 +509,7 @@ async fn resume(
     token: Uuid,
 ) -> Result<ClaimOutcome, DbError> {
     let sql = format!(
-        "SELECT {COLS}, c.stdin, p.executor, p.env AS project_env, p.max_output_bytes, \
-         p.network, p.limits, p.deleted_at IS NOT NULL AS project_deleted, \
-         c.secrets, c.secret_files, p.allowed_secrets \
+        "SELECT {CLAIMED_COLS} \
          FROM commands c JOIN projects p ON p.id = c.project_id \
          WHERE c.id = $1 AND c.status = 'running' AND c.worker_id = $2 AND c.claim_token = $3"
     );
@@ -481,7 +552,7 @@ pub async fn finish(
     worker_id: &str,
     f: &Finish,
 ) -> Result<Option<Command>, DbError> {
-    finish_where(client, id, worker_id, f, None).await
+    finish_where(client, id, worker_id, f).await
 }
 
 /// [`finish`] as one statement committed on its own, when no webhook
@@ -498,39 +569,91 @@ pub async fn finish_alone(
     f: &Finish,
     event: &str,
 ) -> Result<Option<Command>, DbError> {
-    finish_where(client, id, worker_id, f, Some(event)).await
+    let mut done = finish_many_alone(client, worker_id, &[(id, f, event)]).await?;
+    Ok(done.pop())
 }
 
-/// The finish statement; with `unwatched`, only when no endpoint wants
-/// that event type about the command's project.
+/// [`finish_alone`] for several commands in one statement (one commit):
+/// `ends` are (command, its finish, the finish's event type); those past
+/// the first [`MAX_MANY`] are left alone. Returns the commands finished;
+/// one not among them was not finished this way (as [`finish_alone`]'s
+/// `None`). Each command is its own `UPDATE`, as in [`claim_many_alone`].
+pub async fn finish_many_alone(
+    client: &impl deadpool_postgres::GenericClient,
+    worker_id: &str,
+    ends: &[(Uuid, &Finish, &str)],
+) -> Result<Vec<Command>, DbError> {
+    // $1 the worker, then nine per command.
+    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        many_statements(
+            |i| {
+                let n = |k: usize| format!("${}", 9 * i + k + 1);
+                format!(
+                    "UPDATE commands SET status = {}, exit_code = {}, error = {}, \
+                     output_bytes = {}, truncated = {}, reason = {}, signal = {}, \
+                     finished_at = clock_timestamp() \
+                     WHERE id = {} AND worker_id = $1 AND status = 'running' \
+                     AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {}) RETURNING *",
+                    n(1),
+                    n(2),
+                    n(3),
+                    n(4),
+                    n(5),
+                    n(6),
+                    n(7),
+                    n(8),
+                    super::webhooks::wants_event("w", &n(9), "commands.project_id")
+                )
+            },
+            COLS,
+        )
+    });
+    let ends = &ends[..ends.len().min(MAX_MANY)];
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let texts: Vec<(&str, &str)> = ends
+        .iter()
+        .map(|(_, f, _)| (f.status.as_str(), f.reason.as_str()))
+        .collect();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&worker_id];
+    for ((id, f, event), (status, reason)) in ends.iter().zip(&texts) {
+        params.extend([
+            status as &(dyn tokio_postgres::types::ToSql + Sync),
+            &f.exit_code,
+            &f.error,
+            &f.output_bytes,
+            &f.truncated,
+            reason,
+            &f.signal,
+            id,
+            event,
+        ]);
+    }
+    let stmt = prepared(client, &SQL[ends.len() - 1]).await?;
+    let rows = client.query(&stmt, &params).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The finish statement.
 async fn finish_where(
     client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     worker_id: &str,
     f: &Finish,
-    unwatched: Option<&str>,
 ) -> Result<Option<Command>, DbError> {
-    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-        let statement = |condition: &str| {
-            format!(
-                "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
-                 output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
-                 finished_at = clock_timestamp() \
-                 WHERE id = $1 AND worker_id = $2 AND status = 'running'{condition} RETURNING *) \
-                 SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
-            )
-        };
-        [
-            statement(""),
-            statement(&format!(
-                " AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
-                super::webhooks::wants_event("w", "$10", "commands.project_id")
-            )),
-        ]
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
+             output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
+             finished_at = clock_timestamp() \
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
+             SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+        )
     });
     let status = f.status.as_str();
     let reason = f.reason.as_str();
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
         &id,
         &worker_id,
         &status,
@@ -541,14 +664,7 @@ async fn finish_where(
         &reason,
         &f.signal,
     ];
-    let sql = match &unwatched {
-        Some(event) => {
-            params.push(event);
-            &SQL[1]
-        }
-        None => &SQL[0],
-    };
-    query_command(client, sql, &params).await
+    query_command(client, &SQL, &params).await
 }
 
 /// What a heartbeat learned about the commands a worker runs.

@@ -287,12 +287,13 @@ enum Claim {
 }
 
 async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
-    let event_type = "command.started";
-    let mut client = w.pool.get().await?;
-    // Usually nothing commits with the claim: one statement.
-    if let Some(c) = commands::claim_alone(&client, id, &w.worker_id, token, event_type).await? {
+    let event_type = super::batch::STARTED;
+    // Usually nothing commits with the claim: one statement, shared with
+    // the claims of other commands waiting.
+    if let Some(c) = w.batches.claim_alone(id, token).await? {
         return Ok(Claim::Claimed(Box::new(c)));
     }
+    let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
     let claimed = match commands::claim(&tx, id, &w.worker_id, token).await? {
         ClaimOutcome::Claimed(c) => c,
@@ -335,15 +336,13 @@ async fn defer(w: &Worker, id: Uuid, priority: u8) -> Disposition {
 /// Records a finish and, in its transaction, the deliveries of its event;
 /// `false` when the command was finished elsewhere.
 async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<bool, DbError> {
-    let mut client = w.pool.get().await?;
-    // Usually no endpoint wants the event: one statement.
+    // Usually no endpoint wants the event: one statement, shared with the
+    // finishes of other commands waiting.
     let event_type = f.status.event_type().unwrap_or("command.failed");
-    if commands::finish_alone(&client, id, &w.worker_id, f, event_type)
-        .await?
-        .is_some()
-    {
+    if w.batches.finish_alone(id, f, event_type).await? {
         return Ok(true);
     }
+    let mut client = w.pool.get().await?;
     let tx = client.transaction().await?;
     let Some(command) = commands::finish(&tx, id, &w.worker_id, f).await? else {
         return Ok(false);

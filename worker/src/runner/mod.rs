@@ -10,6 +10,7 @@
 //! - a lost broker connection does not stop running commands; their acks may
 //!   then fail, and the redelivery is harmless because of the claim.
 
+mod batch;
 mod command;
 mod consume;
 mod finish;
@@ -53,6 +54,8 @@ pub struct Worker {
     stop_commands: CancellationToken,
     consumer_connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// Claims and finishes written together.
+    batches: batch::Batches,
 }
 
 impl Worker {
@@ -63,6 +66,7 @@ impl Worker {
         publisher.set_metrics(metrics.clone());
         executors.set_metrics(&metrics);
         Self {
+            batches: batch::Batches::start(pool.clone(), &worker_id),
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
             worker_id,

@@ -538,3 +538,147 @@ async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event()
         .get(0);
     assert_eq!(written, 0, "nothing wanted these events");
 }
+
+/// The batched claim and finish (a worker's concurrent commands in one
+/// statement) apply each row's own conditions: only the rows one statement
+/// per command would change are changed, and each is reported once.
+#[tokio::test]
+async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
+    use rdev_shared::db::commands::{self, Finish};
+    use rdev_shared::domain::{CommandStatus, EndReason};
+    use uuid::Uuid;
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    for (name, body) in [
+        ("watched", json!({})),
+        ("quiet", json!({})),
+        ("limited", json!({"max_concurrency": 4})),
+    ] {
+        app.create_project(name, body).await;
+    }
+    let receiver = Receiver::always(200).await;
+    create_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["command.started"], "project": "watched"}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["command.failed"], "project": "quiet"}),
+    )
+    .await;
+    let client = app.env.pool.get().await.expect("db");
+    let status = |id: Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT status, claim_token FROM commands WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("status");
+            (row.get::<_, String>(0), row.get::<_, Option<Uuid>>(1))
+        }
+    };
+    let mut ids = Vec::new();
+    for project in ["watched", "limited", "quiet", "quiet", "quiet"] {
+        let c = app.run(project, json!({"command": "true"})).await;
+        ids.push(
+            c["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id"),
+        );
+    }
+    let [watched, limited, q1, q2, q3] = ids[..] else {
+        unreachable!()
+    };
+    // q3 is named twice (a redelivered message), q2 is not queued (another
+    // worker has it).
+    commands::claim_alone(&client, q2, "other", Uuid::now_v7(), "command.started")
+        .await
+        .expect("claim")
+        .expect("claimed by the other worker");
+    let tokens: Vec<(Uuid, Uuid)> = [watched, limited, q1, q2, q3, q3]
+        .iter()
+        .map(|id| (*id, Uuid::now_v7()))
+        .collect();
+    let claimed = commands::claim_many_alone(&client, "w1", &tokens, "command.started")
+        .await
+        .expect("claim");
+    let mut got: Vec<(Uuid, Uuid)> = claimed.iter().map(|(t, c)| (c.command.id, *t)).collect();
+    got.sort();
+    assert_eq!(got.len(), 2, "q1 and q3, once: {got:?}");
+    let token_of = |id: Uuid| got.iter().find(|(c, _)| *c == id).map(|(_, t)| *t);
+    let q1_token = token_of(q1).expect("q1 claimed");
+    let q3_token = token_of(q3).expect("q3 claimed");
+    assert!(tokens.contains(&(q1, q1_token)));
+    assert!(
+        tokens.contains(&(q3, q3_token)),
+        "under one of its own tokens"
+    );
+    assert_eq!(status(q1).await, ("running".into(), Some(q1_token)));
+    assert_eq!(status(q3).await, ("running".into(), Some(q3_token)));
+    for id in [watched, limited] {
+        assert_eq!(
+            status(id).await.0,
+            "queued",
+            "left for the transaction path"
+        );
+    }
+    assert_eq!(status(q2).await.0, "running", "still the other worker's");
+
+    let end = |status: CommandStatus, code: i32| Finish {
+        status,
+        exit_code: Some(code),
+        error: None,
+        reason: EndReason::Exited,
+        signal: None,
+        output_bytes: 0,
+        truncated: false,
+    };
+    let failed = end(CommandStatus::Failed, 3);
+    let succeeded = end(CommandStatus::Succeeded, 0);
+    // q1 fails (an endpoint wants that of `quiet`), q3 succeeds, q2 is the
+    // other worker's, `watched` is not running.
+    let done = commands::finish_many_alone(
+        &client,
+        "w1",
+        &[
+            (q1, &failed, "command.failed"),
+            (q3, &succeeded, "command.succeeded"),
+            (q2, &succeeded, "command.succeeded"),
+            (watched, &succeeded, "command.succeeded"),
+        ],
+    )
+    .await
+    .expect("finish");
+    let done: Vec<(Uuid, CommandStatus, Option<i32>)> =
+        done.iter().map(|c| (c.id, c.status, c.exit_code)).collect();
+    assert_eq!(done, vec![(q3, CommandStatus::Succeeded, Some(0))]);
+    assert_eq!(status(q3).await.0, "succeeded");
+    assert_eq!(
+        status(q1).await.0,
+        "running",
+        "its finish takes the transaction path"
+    );
+    assert_eq!(status(q2).await.0, "running");
+    assert_eq!(status(watched).await.0, "queued");
+    // Empty batches write nothing.
+    assert!(
+        commands::claim_many_alone(&client, "w1", &[], "command.started")
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(
+        commands::finish_many_alone(&client, "w1", &[])
+            .await
+            .expect("finish")
+            .is_empty()
+    );
+}
