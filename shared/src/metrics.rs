@@ -64,6 +64,11 @@ pub struct Metrics {
     pub process_resident_memory_bytes: IntGauge,
     /// Rows deleted by retention, by kind.
     pub retention_deleted_total: IntCounterVec,
+    /// The worker's batched statements (`claim`, `finish`) written.
+    pub db_batches_total: IntCounterVec,
+    /// Commands those statements carried: divided by
+    /// `db_batches_total`, the mean batch size.
+    pub db_batched_commands_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +207,16 @@ impl Metrics {
                 "Rows deleted by retention, by kind.",
                 &["kind"],
             ),
+            db_batches_total: counter_vec(
+                "db_batches_total",
+                "Batched claim or finish statements written by the worker, by kind.",
+                &["kind"],
+            ),
+            db_batched_commands_total: counter_vec(
+                "db_batched_commands_total",
+                "Commands carried by the worker's batched statements, by kind.",
+                &["kind"],
+            ),
             registry,
         };
         // Labelled series exist from the start (zero), so they are scrapeable.
@@ -210,6 +225,10 @@ impl Metrics {
         }
         for x in ["commands", "events", "output", "control"] {
             m.amqp_published_total.with_label_values(&[x]);
+        }
+        for kind in ["claim", "finish"] {
+            m.db_batches_total.with_label_values(&[kind]);
+            m.db_batched_commands_total.with_label_values(&[kind]);
         }
         for q in ["commands", "webhooks", "output", "control"] {
             m.amqp_consumed_total.with_label_values(&[q]);

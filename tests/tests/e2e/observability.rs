@@ -55,6 +55,8 @@ async fn every_binary_exports_its_metrics() {
         "db_pool_connections",
         "process_resident_memory_bytes",
         "sse_connections_active",
+        "db_batches_total",
+        "db_batched_commands_total",
     ];
     let api = scrape(&app, &app.api_ops).await;
     let worker = scrape(&app, app.worker_ops.as_deref().expect("worker")).await;
@@ -85,6 +87,17 @@ async fn every_binary_exports_its_metrics() {
         "{worker}"
     );
     assert!(gauge(&worker, "command_output_bytes_total") >= 8.0);
+    // The one command's claim and finish, each a batch of one.
+    for kind in ["claim", "finish"] {
+        for name in ["db_batches_total", "db_batched_commands_total"] {
+            assert!(
+                worker.contains(&format!(
+                    r#"{name}{{kind="{kind}",service="rdev-worker"}} 1"#
+                )),
+                "{worker}"
+            );
+        }
+    }
     // Every request after the first authenticates from the key cache.
     assert!(gauge(&api, "cache_hits_total") >= 1.0, "{api}");
     assert!(

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use rdev_shared::db::commands::{self, Claimed, Finish};
 use rdev_shared::db::{DbError, Pool};
+use rdev_shared::metrics::Metrics;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -68,15 +69,19 @@ pub(super) struct Batches {
 
 impl Batches {
     /// Starts the two writers. Call inside the runtime.
-    pub fn start(pool: Pool, worker_id: &str) -> Self {
+    pub fn start(pool: Pool, worker_id: &str, metrics: Arc<Metrics>) -> Self {
         let worker_id: Arc<str> = worker_id.into();
         let claims = {
             let (pool, worker_id) = (pool.clone(), worker_id.clone());
-            writer(move |jobs| claim_batch(pool.clone(), worker_id.clone(), jobs))
+            writer("claim", metrics.clone(), move |jobs| {
+                claim_batch(pool.clone(), worker_id.clone(), jobs)
+            })
         };
         let finishes = {
             let (pool, worker_id) = (pool.clone(), worker_id.clone());
-            writer(move |jobs| finish_batch(pool.clone(), worker_id.clone(), jobs))
+            writer("finish", metrics, move |jobs| {
+                finish_batch(pool.clone(), worker_id.clone(), jobs)
+            })
         };
         Self {
             pool,
@@ -132,8 +137,8 @@ impl Batches {
 
 /// Starts a writer: takes every job waiting (at least one, at most
 /// [`MAX_BATCH`]) once one of [`IN_FLIGHT`] slots is free, and writes them
-/// with `write` in a task of their own.
-fn writer<J, W, F>(write: W) -> mpsc::Sender<J>
+/// with `write` in a task of their own, counted under `kind`.
+fn writer<J, W, F>(kind: &'static str, metrics: Arc<Metrics>, write: W) -> mpsc::Sender<J>
 where
     J: Send + 'static,
     W: Fn(Vec<J>) -> F + Send + 'static,
@@ -155,6 +160,11 @@ where
                     Err(_) => break,
                 }
             }
+            metrics.db_batches_total.with_label_values(&[kind]).inc();
+            metrics
+                .db_batched_commands_total
+                .with_label_values(&[kind])
+                .inc_by(jobs.len() as u64);
             let batch = write(jobs);
             tokio::spawn(async move {
                 batch.await;

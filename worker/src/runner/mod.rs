@@ -66,7 +66,7 @@ impl Worker {
         publisher.set_metrics(metrics.clone());
         executors.set_metrics(&metrics);
         Self {
-            batches: batch::Batches::start(pool.clone(), &worker_id),
+            batches: batch::Batches::start(pool.clone(), &worker_id, metrics.clone()),
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
             worker_id,
