@@ -412,15 +412,11 @@ async fn successes_written_together_count_only_live_claims() {
     }
 }
 
-/// Issue 17: a worker's claim or finish commits as one statement only when
-/// nothing has to commit with it. When an enabled endpoint wants the
-/// event (or the project has a concurrency limit), the one-statement form
-/// changes nothing, and the change goes through the transaction that
-/// writes the deliveries.
-#[tokio::test]
-async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event() {
-    use rdev_shared::db::commands::{self, Finish};
-    use rdev_shared::domain::{CommandStatus, EndReason};
+/// An app without a worker and three projects: `watched` (an endpoint
+/// wants its `command.started`), `quiet` (one wants its `command.failed`
+/// only) and `limited` (`max_concurrency`); a disabled `*` endpoint wants
+/// nothing. Returns the endpoints' receiver with the app.
+async fn watched_quiet_limited() -> (rdev_tests::TestApp, Receiver) {
     let app = spawn_app_with(Options {
         worker: false,
         ..Options::default()
@@ -454,6 +450,19 @@ async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event()
         )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    (app, receiver)
+}
+
+/// Issue 17: a worker's claim or finish commits as one statement only when
+/// nothing has to commit with it. When an enabled endpoint wants the
+/// event (or the project has a concurrency limit), the one-statement form
+/// changes nothing, and the change goes through the transaction that
+/// writes the deliveries.
+#[tokio::test]
+async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event() {
+    use rdev_shared::db::commands::{self, Finish};
+    use rdev_shared::domain::{CommandStatus, EndReason};
+    let (app, _receiver) = watched_quiet_limited().await;
 
     let client = app.env.pool.get().await.expect("db");
     let status = |id: uuid::Uuid| {
@@ -547,29 +556,7 @@ async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
     use rdev_shared::db::commands::{self, Finish};
     use rdev_shared::domain::{CommandStatus, EndReason};
     use uuid::Uuid;
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
-    for (name, body) in [
-        ("watched", json!({})),
-        ("quiet", json!({})),
-        ("limited", json!({"max_concurrency": 4})),
-    ] {
-        app.create_project(name, body).await;
-    }
-    let receiver = Receiver::always(200).await;
-    create_webhook(
-        &app,
-        json!({"url": receiver.url, "events": ["command.started"], "project": "watched"}),
-    )
-    .await;
-    create_webhook(
-        &app,
-        json!({"url": receiver.url, "events": ["command.failed"], "project": "quiet"}),
-    )
-    .await;
+    let (app, _receiver) = watched_quiet_limited().await;
     let client = app.env.pool.get().await.expect("db");
     let status = |id: Uuid| {
         let client = &client;
