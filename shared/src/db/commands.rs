@@ -552,7 +552,29 @@ pub async fn finish(
     worker_id: &str,
     f: &Finish,
 ) -> Result<Option<Command>, DbError> {
-    finish_where(client, id, worker_id, f).await
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
+             output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
+             finished_at = clock_timestamp() \
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
+             SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+        )
+    });
+    let status = f.status.as_str();
+    let reason = f.reason.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &id,
+        &worker_id,
+        &status,
+        &f.exit_code,
+        &f.error,
+        &f.output_bytes,
+        &f.truncated,
+        &reason,
+        &f.signal,
+    ];
+    query_command(client, &SQL, &params).await
 }
 
 /// [`finish`] as one statement committed on its own, when no webhook
@@ -633,38 +655,6 @@ pub async fn finish_many_alone(
     let stmt = prepared(client, &SQL[ends.len() - 1]).await?;
     let rows = client.query(&stmt, &params).await?;
     rows.iter().map(from_row).collect()
-}
-
-/// The finish statement.
-async fn finish_where(
-    client: &impl deadpool_postgres::GenericClient,
-    id: Uuid,
-    worker_id: &str,
-    f: &Finish,
-) -> Result<Option<Command>, DbError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH c AS (UPDATE commands SET status = $3, exit_code = $4, error = $5, \
-             output_bytes = $6, truncated = $7, reason = $8, signal = $9, \
-             finished_at = clock_timestamp() \
-             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING *) \
-             SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
-        )
-    });
-    let status = f.status.as_str();
-    let reason = f.reason.as_str();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-        &id,
-        &worker_id,
-        &status,
-        &f.exit_code,
-        &f.error,
-        &f.output_bytes,
-        &f.truncated,
-        &reason,
-        &f.signal,
-    ];
-    query_command(client, &SQL, &params).await
 }
 
 /// What a heartbeat learned about the commands a worker runs.

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdev_shared::db::commands::{self, Finish};
+use rdev_shared::domain::{CommandStatus, EndReason};
 use rdev_shared::webhook_sign;
 use serde_json::{Value, json};
 
@@ -412,6 +414,19 @@ async fn successes_written_together_count_only_live_claims() {
     }
 }
 
+/// The finish of a command that exited with `code`.
+fn exited(status: CommandStatus, code: i32) -> Finish {
+    Finish {
+        status,
+        exit_code: Some(code),
+        error: None,
+        reason: EndReason::Exited,
+        signal: None,
+        output_bytes: 0,
+        truncated: false,
+    }
+}
+
 /// An app without a worker and three projects: `watched` (an endpoint
 /// wants its `command.started`), `quiet` (one wants its `command.failed`
 /// only) and `limited` (`max_concurrency`); a disabled `*` endpoint wants
@@ -460,8 +475,6 @@ async fn watched_quiet_limited() -> (rdev_tests::TestApp, Receiver) {
 /// writes the deliveries.
 #[tokio::test]
 async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event() {
-    use rdev_shared::db::commands::{self, Finish};
-    use rdev_shared::domain::{CommandStatus, EndReason};
     let (app, _receiver) = watched_quiet_limited().await;
 
     let client = app.env.pool.get().await.expect("db");
@@ -504,17 +517,8 @@ async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event()
     // Claimed once: a second claim finds it running.
     assert!(claim(id).await.expect("claim").is_none());
 
-    let finish = |status: CommandStatus, code: i32| Finish {
-        status,
-        exit_code: Some(code),
-        error: None,
-        reason: EndReason::Exited,
-        signal: None,
-        output_bytes: 0,
-        truncated: false,
-    };
     // `command.failed` is wanted for this project: not finished alone.
-    let failed = finish(CommandStatus::Failed, 1);
+    let failed = exited(CommandStatus::Failed, 1);
     assert!(
         commands::finish_alone(&client, id, "w1", &failed, "command.failed")
             .await
@@ -523,7 +527,7 @@ async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event()
     );
     assert_eq!(status(id).await, "running");
     // Another worker's command is not this worker's to finish.
-    let succeeded = finish(CommandStatus::Succeeded, 0);
+    let succeeded = exited(CommandStatus::Succeeded, 0);
     assert!(
         commands::finish_alone(&client, id, "w2", &succeeded, "command.succeeded")
             .await
@@ -553,8 +557,6 @@ async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event()
 /// per command would change are changed, and each is reported once.
 #[tokio::test]
 async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
-    use rdev_shared::db::commands::{self, Finish};
-    use rdev_shared::domain::{CommandStatus, EndReason};
     use uuid::Uuid;
     let (app, _receiver) = watched_quiet_limited().await;
     let client = app.env.pool.get().await.expect("db");
@@ -619,17 +621,8 @@ async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
     }
     assert_eq!(status(q2).await.0, "running", "still the other worker's");
 
-    let end = |status: CommandStatus, code: i32| Finish {
-        status,
-        exit_code: Some(code),
-        error: None,
-        reason: EndReason::Exited,
-        signal: None,
-        output_bytes: 0,
-        truncated: false,
-    };
-    let failed = end(CommandStatus::Failed, 3);
-    let succeeded = end(CommandStatus::Succeeded, 0);
+    let failed = exited(CommandStatus::Failed, 3);
+    let succeeded = exited(CommandStatus::Succeeded, 0);
     // q1 fails (an endpoint wants that of `quiet`), q3 succeeds, q2 is the
     // other worker's, `watched` is not running.
     let done = commands::finish_many_alone(
