@@ -5,11 +5,11 @@
 //! A request hands its rows (command, audit entry, outbox message) to the
 //! committer and waits for its answer. The committer takes every request
 //! that is waiting, up to [`MAX_BATCH`], writes their rows in one
-//! transaction (the inserts pipelined: sent together, then one commit) and
-//! answers each. Nothing waits for company: an idle instance writes a
-//! batch of one at once. Under load, requests that arrive while batches
-//! commit make up the next one, so the commits per request fall as the
-//! load rises. At most [`IN_FLIGHT`] batches commit at once (each holds
+//! transaction (one multi-row insert per table, the three pipelined, then
+//! one commit) and answers each. Nothing waits for company: an idle
+//! instance writes a batch of one at once. Under load, requests that
+//! arrive while batches commit make up the next one, so the commits and
+//! statements per request fall as the load rises. At most [`IN_FLIGHT`] batches commit at once (each holds
 //! one pooled connection).
 //!
 //! A batch that fails (a project deleted meanwhile, a lost connection) is
@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::http::error::{ApiError, ApiResult};
 
 /// Most requests written in one transaction.
-pub const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = rdev_shared::db::MAX_INSERT;
 /// Most batches committing at once.
 pub const IN_FLIGHT: usize = 4;
 /// Requests waiting for the committer, at most (past it, a request waits
@@ -170,31 +170,37 @@ fn answer(job: Job, written: Result<(Command, i64), DbError>) {
     }));
 }
 
-/// One transaction: every request's three inserts, pipelined, then the
-/// commit. The commands and outbox ids, in the order of `rows`.
+/// One transaction: the requests' commands, audit entries and outbox
+/// messages, each kind in one multi-row insert (the three pipelined), then
+/// the commit. The commands and outbox ids, in the order of `rows`.
 async fn write_all(pool: &Pool, rows: &[&NewRows]) -> Result<Vec<(Command, i64)>, DbError> {
+    let commands: Vec<&NewCommand> = rows.iter().map(|r| &r.command).collect();
+    let entries: Vec<AuditEntry<'_>> = rows
+        .iter()
+        .map(|r| AuditEntry {
+            actor: &r.actor,
+            ..r.audit.clone()
+        })
+        .collect();
+    let messages: Vec<&OutgoingMessage> = rows.iter().map(|r| &r.message).collect();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let inserts = rows.iter().map(|r| {
-        let tx = &tx;
-        async move {
-            let entry = AuditEntry {
-                actor: &r.actor,
-                ..r.audit.clone()
-            };
-            let (inserted, audited, outboxed) = tokio::join!(
-                commands::insert(tx, &r.command),
-                audit::append(tx, &entry),
-                outbox::insert(tx, &r.message),
-            );
-            audited?;
-            let command = inserted?.ok_or_else(|| {
+    let (inserted, audited, outboxed) = tokio::join!(
+        commands::insert_many(&tx, &commands),
+        audit::append_many(&tx, &entries),
+        outbox::insert_many(&tx, &messages),
+    );
+    audited?;
+    let written = inserted?
+        .into_iter()
+        .zip(outboxed?)
+        .map(|(command, outbox_id)| {
+            let command = command.ok_or_else(|| {
                 DbError::Corrupt("a batched command insert returned no row".into())
             })?;
-            Ok::<_, DbError>((command, outboxed?))
-        }
-    });
-    let written = futures::future::try_join_all(inserts).await?;
+            Ok((command, outbox_id))
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
     tx.commit().await?;
     Ok(written)
 }

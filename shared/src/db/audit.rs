@@ -1,10 +1,12 @@
 //! `audit_log` repository: append-only.
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, prepared};
+use super::{DbError, MAX_INSERT, insert_statements, prepared};
 
 /// One audit entry to append.
 #[derive(Clone, Debug)]
@@ -34,24 +36,43 @@ pub async fn append(
     client: &impl deadpool_postgres::GenericClient,
     e: &AuditEntry<'_>,
 ) -> Result<(), DbError> {
-    const SQL: &str = "INSERT INTO audit_log (actor_key_id, actor, ip, action, target_type, \
-        target_id, project_id, outcome, details) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)";
-    client
-        .execute(
-            &prepared(client, SQL).await?,
-            &[
-                &e.actor_key_id,
-                &e.actor,
-                &e.ip,
-                &e.action,
-                &e.target_type,
-                &e.target_id,
-                &e.project_id,
-                &e.outcome,
-                &e.details,
-            ],
+    append_many(client, std::slice::from_ref(e)).await
+}
+
+/// Appends entries, [`MAX_INSERT`] to a statement.
+pub async fn append_many(
+    client: &impl deadpool_postgres::GenericClient,
+    entries: &[AuditEntry<'_>],
+) -> Result<(), DbError> {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        insert_statements(
+            "INSERT INTO audit_log (actor_key_id, actor, ip, action, target_type, target_id, \
+             project_id, outcome, details)",
+            9,
+            "",
         )
-        .await?;
+    });
+    for chunk in entries.chunks(MAX_INSERT) {
+        let params: Vec<&(dyn ToSql + Sync)> = chunk
+            .iter()
+            .flat_map(|e| -> [&(dyn ToSql + Sync); 9] {
+                [
+                    &e.actor_key_id,
+                    &e.actor,
+                    &e.ip,
+                    &e.action,
+                    &e.target_type,
+                    &e.target_id,
+                    &e.project_id,
+                    &e.outcome,
+                    &e.details,
+                ]
+            })
+            .collect();
+        client
+            .execute(&prepared(client, &SQL[chunk.len() - 1]).await?, &params)
+            .await?;
+    }
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, from_json, parse_col, prepared, to_json};
+use super::{DbError, MAX_INSERT, from_json, insert_statements, parse_col, prepared, to_json};
 use crate::containment::{NetworkMode, ResourceLimits};
 use crate::domain::{Command, CommandSpec, CommandStatus, EndReason, ExecutorConfig};
 use crate::interactive::{StdinMode, TtySize};
@@ -215,43 +216,92 @@ pub async fn insert(
     client: &impl deadpool_postgres::GenericClient,
     c: &NewCommand,
 ) -> Result<Option<Command>, DbError> {
-    let (command, argv) = match &c.spec {
-        CommandSpec::Shell(s) => (Some(s.as_str()), None),
-        CommandSpec::Argv(a) => (None, Some(a.clone())),
-    };
+    Ok(insert_many(client, &[c]).await?.pop().flatten())
+}
+
+/// [`insert`] for several commands, [`MAX_INSERT`] to a statement: each
+/// stored command in the order of `commands`, `None` where an idempotency
+/// key was already used.
+pub async fn insert_many(
+    client: &impl deadpool_postgres::GenericClient,
+    commands: &[&NewCommand],
+) -> Result<Vec<Option<Command>>, DbError> {
+    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        insert_statements(
+            "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, \
+             stdin, priority, status, timeout_s, idempotency_key, stdin_pipe, tty_cols, tty_rows, \
+             idempotency_fingerprint)",
+            15,
+            &format!(
+                " ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                 DO NOTHING RETURNING *) \
+                 SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
+            ),
+        )
+    });
+    /// A command's values that are not its fields as they are.
+    struct Derived<'a> {
+        command: Option<&'a str>,
+        argv: Option<&'a [String]>,
+        env: serde_json::Value,
+        stdin: Option<Vec<u8>>,
+        tty_cols: Option<i32>,
+        tty_rows: Option<i32>,
+    }
     let ring = crate::crypto::ring();
-    let env = ring.seal_json(&to_json(&c.env), ENV_FIELD);
-    let stdin = c.stdin.as_deref().map(|s| ring.seal(s, STDIN_FIELD));
-    let sql = format!(
-        "WITH c AS (INSERT INTO commands (id, project_id, api_key_id, command, argv, env, stdin, \
-         priority, status, timeout_s, idempotency_key, stdin_pipe, tty_cols, tty_rows, \
-         idempotency_fingerprint) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11,$12,$13,$14) \
-         ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-         RETURNING *) \
-         SELECT {COLS} FROM c JOIN projects p ON p.id = c.project_id"
-    );
-    query_command(
-        client,
-        &sql,
-        &[
-            &c.id,
-            &c.project_id,
-            &c.api_key_id,
-            &command,
-            &argv,
-            &env,
-            &stdin,
-            &c.priority,
-            &c.timeout_s,
-            &c.idempotency_key,
-            &c.stdin_pipe,
-            &c.tty.map(|t| i32::from(t.cols)),
-            &c.tty.map(|t| i32::from(t.rows)),
-            &c.idempotency_fingerprint,
-        ],
-    )
-    .await
+    let mut stored = Vec::with_capacity(commands.len());
+    for chunk in commands.chunks(MAX_INSERT) {
+        let derived: Vec<Derived<'_>> = chunk
+            .iter()
+            .map(|c| {
+                let (command, argv) = match &c.spec {
+                    CommandSpec::Shell(s) => (Some(s.as_str()), None),
+                    CommandSpec::Argv(a) => (None, Some(a.as_slice())),
+                };
+                Derived {
+                    command,
+                    argv,
+                    env: ring.seal_json(&to_json(&c.env), ENV_FIELD),
+                    stdin: c.stdin.as_deref().map(|s| ring.seal(s, STDIN_FIELD)),
+                    tty_cols: c.tty.map(|t| i32::from(t.cols)),
+                    tty_rows: c.tty.map(|t| i32::from(t.rows)),
+                }
+            })
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> = chunk
+            .iter()
+            .zip(&derived)
+            .flat_map(|(c, d)| -> [&(dyn ToSql + Sync); 15] {
+                [
+                    &c.id,
+                    &c.project_id,
+                    &c.api_key_id,
+                    &d.command,
+                    &d.argv,
+                    &d.env,
+                    &d.stdin,
+                    &c.priority,
+                    &"queued",
+                    &c.timeout_s,
+                    &c.idempotency_key,
+                    &c.stdin_pipe,
+                    &d.tty_cols,
+                    &d.tty_rows,
+                    &c.idempotency_fingerprint,
+                ]
+            })
+            .collect();
+        let rows = client
+            .query(&prepared(client, &SQL[chunk.len() - 1]).await?, &params)
+            .await?;
+        // `RETURNING` does not promise the order of `VALUES`: by id.
+        let mut by_id = rows
+            .iter()
+            .map(|r| from_row(r).map(|c| (c.id, c)))
+            .collect::<Result<std::collections::HashMap<Uuid, Command>, DbError>>()?;
+        stored.extend(chunk.iter().map(|c| by_id.remove(&c.id)));
+    }
+    Ok(stored)
 }
 
 /// The command an API key created with an idempotency key, and the

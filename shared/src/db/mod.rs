@@ -336,6 +336,29 @@ pub(crate) async fn prepared(
     Ok(client.prepare_cached(sql).await?)
 }
 
+/// Most rows one multi-row `INSERT` ([`commands::insert_many`],
+/// [`audit::append_many`], [`outbox::insert_many`]) writes; longer lists
+/// take several statements.
+pub const MAX_INSERT: usize = 64;
+
+/// `INSERT … VALUES` statements for 1 to [`MAX_INSERT`] rows: `head` (up
+/// to `VALUES`), then `rows` tuples of `width` parameters numbered from
+/// `$1`, then `tail`. Index `n - 1` holds the statement for `n` rows.
+pub(crate) fn insert_statements(head: &str, width: usize, tail: &str) -> Vec<String> {
+    (1..=MAX_INSERT)
+        .map(|rows| {
+            let tuples: Vec<String> = (0..rows)
+                .map(|r| {
+                    let params: Vec<String> =
+                        (1..=width).map(|c| format!("${}", r * width + c)).collect();
+                    format!("({})", params.join(","))
+                })
+                .collect();
+            format!("{head} VALUES {}{tail}", tuples.join(","))
+        })
+        .collect()
+}
+
 /// Decodes a text column into an enum through `FromStr`.
 pub(crate) fn parse_col<T: FromStr>(value: &str, what: &str) -> Result<T, DbError>
 where

@@ -2,11 +2,13 @@
 //! state change they announce, published after commit, and re-published by
 //! the relay when the first attempt did not happen.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
-use super::{DbError, from_json, prepared, to_json};
+use super::{DbError, MAX_INSERT, from_json, insert_statements, prepared, to_json};
 use crate::mq::OutgoingMessage;
 
 /// A stored message and its id.
@@ -37,21 +39,78 @@ pub async fn insert(
     client: &impl deadpool_postgres::GenericClient,
     m: &OutgoingMessage,
 ) -> Result<i64, DbError> {
-    const SQL: &str = "INSERT INTO outbox (exchange, routing_key, payload, headers, priority) \
-        VALUES ($1,$2,$3,$4,$5) RETURNING id";
-    let row = client
-        .query_one(
-            &prepared(client, SQL).await?,
-            &[
-                &m.exchange,
-                &m.routing_key,
-                &m.payload,
-                &to_json(&m.headers),
-                &i16::from(m.priority),
-            ],
+    let ids = insert_many(client, &[m]).await?;
+    ids.first()
+        .copied()
+        .ok_or_else(|| DbError::Corrupt("an outbox insert returned no id".into()))
+}
+
+/// Adds messages, [`MAX_INSERT`] to a statement; their row ids, in the
+/// order of `messages`. Call inside the transaction of the change they
+/// announce.
+///
+/// `RETURNING` does not promise the order of `VALUES`, so each row is
+/// matched to its message by its exchange, routing key and payload; two
+/// messages equal in those are interchangeable to whoever marks them
+/// published.
+pub async fn insert_many(
+    client: &impl deadpool_postgres::GenericClient,
+    messages: &[&OutgoingMessage],
+) -> Result<Vec<i64>, DbError> {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        insert_statements(
+            "INSERT INTO outbox (exchange, routing_key, payload, headers, priority)",
+            5,
+            " RETURNING id, exchange, routing_key, payload",
         )
-        .await?;
-    Ok(row.try_get(0)?)
+    });
+    let mut ids = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(MAX_INSERT) {
+        let extra: Vec<(serde_json::Value, i16)> = chunk
+            .iter()
+            .map(|m| (to_json(&m.headers), i16::from(m.priority)))
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> = chunk
+            .iter()
+            .zip(&extra)
+            .flat_map(|(m, (headers, priority))| -> [&(dyn ToSql + Sync); 5] {
+                [&m.exchange, &m.routing_key, &m.payload, headers, priority]
+            })
+            .collect();
+        let rows = client
+            .query(&prepared(client, &SQL[chunk.len() - 1]).await?, &params)
+            .await?;
+        let mut slots: Vec<Option<i64>> = vec![None; chunk.len()];
+        for row in &rows {
+            let (id, exchange, routing_key, payload): (i64, &str, &str, &[u8]) = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            );
+            let slot = chunk.iter().zip(slots.iter_mut()).find_map(|(m, slot)| {
+                (slot.is_none()
+                    && m.exchange == exchange
+                    && m.routing_key == routing_key
+                    && m.payload == payload)
+                    .then_some(slot)
+            });
+            match slot {
+                Some(slot) => *slot = Some(id),
+                None => {
+                    return Err(DbError::Corrupt(
+                        "outbox: a row no message asked for".into(),
+                    ));
+                }
+            }
+        }
+        for slot in slots {
+            ids.push(
+                slot.ok_or_else(|| DbError::Corrupt("outbox: a message without its row".into()))?,
+            );
+        }
+    }
+    Ok(ids)
 }
 
 /// Marks messages as published.

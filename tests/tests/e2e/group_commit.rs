@@ -66,8 +66,9 @@ fn rows(app: &TestApp, project_id: Uuid) -> NewRows {
 }
 
 /// Queues every `rows` before the committer starts (so they make one
-/// batch), then starts it; each request's answer, in order.
-async fn write_together(app: &TestApp, all: Vec<NewRows>) -> Vec<Result<Uuid, String>> {
+/// batch), then starts it; each request's answer (its command and outbox
+/// row), in order.
+async fn write_together(app: &TestApp, all: Vec<NewRows>) -> Vec<Result<(Uuid, i64), String>> {
     let n = all.len();
     let (commits, committer) = GroupCommit::new(app.env.pool.clone());
     let writes: Vec<_> = all
@@ -78,7 +79,7 @@ async fn write_together(app: &TestApp, all: Vec<NewRows>) -> Vec<Result<Uuid, St
                 commits
                     .write(r)
                     .await
-                    .map(|w| w.command.id)
+                    .map(|w| (w.command.id, w.outbox_id))
                     .map_err(|e| e.to_string())
             })
         })
@@ -97,18 +98,58 @@ async fn write_together(app: &TestApp, all: Vec<NewRows>) -> Vec<Result<Uuid, St
 /// How many transactions wrote these commands (rows one transaction
 /// inserted share its `xmin`).
 async fn transactions(app: &TestApp, ids: &[Uuid]) -> i64 {
+    count_ids(
+        app,
+        "SELECT count(DISTINCT xmin::text) FROM commands WHERE id = ANY($1)",
+        ids,
+    )
+    .await
+}
+
+/// How many statements wrote these commands (rows one statement of a
+/// transaction inserted share its `cmin`).
+async fn statements(app: &TestApp, ids: &[Uuid]) -> i64 {
+    count_ids(
+        app,
+        "SELECT count(DISTINCT cmin::text) FROM commands WHERE id = ANY($1)",
+        ids,
+    )
+    .await
+}
+
+async fn count_ids(app: &TestApp, sql: &str, ids: &[Uuid]) -> i64 {
     app.env
         .pool
         .get()
         .await
         .expect("db")
-        .query_one(
-            "SELECT count(DISTINCT xmin::text) FROM commands WHERE id = ANY($1)",
-            &[&ids],
+        .query_one(sql, &[&ids])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// The command each outbox row announces (the id in its run message).
+async fn announced(app: &TestApp, outbox_ids: &[i64]) -> Vec<(i64, Uuid)> {
+    let rows = app
+        .env
+        .pool
+        .get()
+        .await
+        .expect("db")
+        .query(
+            "SELECT id, payload FROM outbox WHERE id = ANY($1) ORDER BY id",
+            &[&outbox_ids],
         )
         .await
-        .expect("xmin")
-        .get(0)
+        .expect("outbox");
+    rows.iter()
+        .map(|r| {
+            let message: rdev_shared::mq::RunMessage =
+                serde_json::from_slice(r.get::<_, &[u8]>(1)).expect("a run message");
+            (r.get(0), message.command_id)
+        })
+        .collect()
 }
 
 async fn count(app: &TestApp, sql: &str, ids: &[String]) -> i64 {
@@ -128,8 +169,11 @@ async fn waiting_requests_are_written_in_one_transaction_with_all_their_rows() {
     let (app, project) = app_with_project().await;
     let all: Vec<NewRows> = (0..20).map(|_| rows(&app, project)).collect();
     let answers = write_together(&app, all).await;
-    let ids: Vec<Uuid> = answers.into_iter().map(|a| a.expect("written")).collect();
+    let written: Vec<(Uuid, i64)> = answers.into_iter().map(|a| a.expect("written")).collect();
+    let ids: Vec<Uuid> = written.iter().map(|w| w.0).collect();
     assert_eq!(transactions(&app, &ids).await, 1);
+    // One multi-row insert for the commands, not one statement each.
+    assert_eq!(statements(&app, &ids).await, 1);
     let text: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let audited = count(
         &app,
@@ -139,14 +183,47 @@ async fn waiting_requests_are_written_in_one_transaction_with_all_their_rows() {
     )
     .await;
     assert_eq!(audited, 20);
-    let outboxed = count(
+    let audit_statements = count(
         &app,
-        "SELECT count(*) FROM outbox WHERE convert_from(payload, 'UTF8') LIKE ANY \
-         (SELECT '%' || i || '%' FROM unnest($1::text[]) i)",
+        "SELECT count(DISTINCT (xmin::text, cmin::text)) FROM audit_log WHERE target_id = ANY($1)",
         &text,
     )
     .await;
-    assert_eq!(outboxed, 20);
+    assert_eq!(audit_statements, 1);
+    // Each request's outbox row is the one carrying its own run message.
+    let outbox_ids: Vec<i64> = written.iter().map(|w| w.1).collect();
+    let mut expected: Vec<(i64, Uuid)> = written.iter().map(|&(id, row)| (row, id)).collect();
+    expected.sort_unstable();
+    assert_eq!(announced(&app, &outbox_ids).await, expected);
+}
+
+#[tokio::test]
+async fn more_rows_than_one_insert_takes_come_back_in_order() {
+    let (app, project) = app_with_project().await;
+    let n = rdev_shared::db::MAX_INSERT + 6;
+    let all: Vec<NewRows> = (0..n).map(|_| rows(&app, project)).collect();
+    let mut client = app.env.pool.get().await.expect("db");
+    let tx = client.transaction().await.expect("begin");
+    let commands: Vec<&NewCommand> = all.iter().map(|r| &r.command).collect();
+    let stored = rdev_shared::db::commands::insert_many(&tx, &commands)
+        .await
+        .expect("commands");
+    let messages: Vec<&rdev_shared::mq::OutgoingMessage> = all.iter().map(|r| &r.message).collect();
+    let outbox_ids = rdev_shared::db::outbox::insert_many(&tx, &messages)
+        .await
+        .expect("outbox");
+    tx.commit().await.expect("commit");
+    drop(client);
+    let stored: Vec<Uuid> = stored
+        .into_iter()
+        .map(|c| c.expect("no idempotency key, so a row").id)
+        .collect();
+    let asked: Vec<Uuid> = all.iter().map(|r| r.command.id).collect();
+    assert_eq!(stored, asked);
+    assert_eq!(statements(&app, &asked).await, 2);
+    let mut expected: Vec<(i64, Uuid)> = outbox_ids.iter().copied().zip(asked).collect();
+    expected.sort_unstable();
+    assert_eq!(announced(&app, &outbox_ids).await, expected);
 }
 
 #[tokio::test]
@@ -162,7 +239,7 @@ async fn a_bad_row_fails_only_its_own_request() {
         if i == 4 {
             assert!(a.is_err(), "the bad row was written: {a:?}");
         } else {
-            good.push(a.expect("a good row fails with the bad one"));
+            good.push(a.expect("a good row fails with the bad one").0);
         }
     }
     assert_eq!(good.len(), 9);
