@@ -407,9 +407,17 @@ impl Sandbox {
         }
     }
 
-    /// Gives a freshly prepared workdir to the user commands run as.
+    /// Gives a freshly prepared workdir to the user commands run as. A
+    /// workdir that already is theirs is left alone: `chown` rewrites the
+    /// inode (its change time) even when the owner stays.
     pub fn own_workdir(&self, workdir: &Path) -> Result<(), String> {
         if let Some(u) = &self.run_as {
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::symlink_metadata(workdir)
+                .is_ok_and(|m| m.uid() == u.uid.as_raw() && m.gid() == u.gid.as_raw())
+            {
+                return Ok(());
+            }
             nix::unistd::chown(workdir, Some(u.uid), Some(u.gid))
                 .map_err(|e| format!("cannot give the workdir to {}: {e}", u.name))?;
         }

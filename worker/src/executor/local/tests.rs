@@ -393,6 +393,56 @@ async fn command_runs_in_its_workdir() {
     assert!(tmp.0.join("ws/a/b/made-here").exists());
 }
 
+#[test]
+fn an_existing_workdir_resolves_as_the_slow_path_does() {
+    let tmp = TempDir::new();
+    // The root itself reached through a symlink: the result is canonical.
+    std::fs::create_dir_all(tmp.0.join("real-ws/a/b")).expect("dirs");
+    std::os::unix::fs::symlink(tmp.0.join("real-ws"), tmp.0.join("ws")).expect("root link");
+    let root = tmp.0.join("ws");
+    let canonical = std::fs::canonicalize(tmp.0.join("real-ws/a/b")).expect("canonical");
+    assert_eq!(existing_workdir(&root, "a/b"), Some(canonical.clone()));
+    assert_eq!(workdir_in(&root, "a/b"), Ok(canonical));
+    // Missing: the slow path creates it.
+    assert_eq!(existing_workdir(&root, "c"), None);
+    let made = workdir_in(&root, "c").expect("created");
+    assert!(made.is_dir() && made.ends_with("real-ws/c"));
+    // A symlink that stays inside the root: not the fast path's, still
+    // accepted by the slow one, resolved.
+    std::os::unix::fs::symlink(tmp.0.join("real-ws/a"), tmp.0.join("real-ws/link")).expect("link");
+    assert_eq!(existing_workdir(&root, "link/b"), None);
+    assert_eq!(
+        workdir_in(&root, "link/b"),
+        Ok(std::fs::canonicalize(tmp.0.join("real-ws/a/b")).expect("canonical"))
+    );
+    // A file is not a workdir.
+    std::fs::write(tmp.0.join("real-ws/file"), b"").expect("file");
+    assert_eq!(existing_workdir(&root, "file"), None);
+}
+
+#[tokio::test]
+async fn a_workdir_already_given_to_the_command_user_is_not_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = TempDir::new();
+    let exec = executor(&tmp).await;
+    let in_w = || {
+        let mut j = sh("true");
+        j.executor = ExecutorConfig::Local(LocalSettings {
+            workdir: Some("w".into()),
+        });
+        j
+    };
+    assert_eq!(run(&exec, in_w()).await.outcome, Outcome::Exited(0));
+    let changed = || {
+        let m = std::fs::metadata(tmp.0.join("ws/w")).expect("workdir");
+        (m.ctime(), m.ctime_nsec(), m.uid())
+    };
+    let before = changed();
+    assert_eq!(run(&exec, in_w()).await.outcome, Outcome::Exited(0));
+    // `chown` to the same owner would still have set the change time.
+    assert_eq!(changed(), before);
+}
+
 #[tokio::test]
 async fn symlink_out_of_the_workspace_is_refused() {
     let tmp = TempDir::new();
