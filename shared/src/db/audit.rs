@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, MAX_INSERT, insert_statements, prepared};
+use super::{DbError, insert_runs, insert_statements, prepared};
 
 /// One audit entry to append.
 #[derive(Clone, Debug)]
@@ -39,7 +39,7 @@ pub async fn append(
     append_many(client, std::slice::from_ref(e)).await
 }
 
-/// Appends entries, [`MAX_INSERT`] to a statement.
+/// Appends entries, up to [`MAX_INSERT`](super::MAX_INSERT) to a statement.
 pub async fn append_many(
     client: &impl deadpool_postgres::GenericClient,
     entries: &[AuditEntry<'_>],
@@ -52,7 +52,7 @@ pub async fn append_many(
             "",
         )
     });
-    for chunk in entries.chunks(MAX_INSERT) {
+    for (statement, chunk) in insert_runs(entries) {
         let params: Vec<&(dyn ToSql + Sync)> = chunk
             .iter()
             .flat_map(|e| -> [&(dyn ToSql + Sync); 9] {
@@ -70,7 +70,7 @@ pub async fn append_many(
             })
             .collect();
         client
-            .execute(&prepared(client, &SQL[chunk.len() - 1]).await?, &params)
+            .execute(&prepared(client, &SQL[statement]).await?, &params)
             .await?;
     }
     Ok(())

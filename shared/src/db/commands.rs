@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{DbError, MAX_INSERT, from_json, insert_statements, parse_col, prepared, to_json};
+use super::{DbError, from_json, insert_runs, insert_statements, parse_col, prepared, to_json};
 use crate::containment::{NetworkMode, ResourceLimits};
 use crate::domain::{Command, CommandSpec, CommandStatus, EndReason, ExecutorConfig};
 use crate::interactive::{StdinMode, TtySize};
@@ -219,7 +219,7 @@ pub async fn insert(
     Ok(insert_many(client, &[c]).await?.pop().flatten())
 }
 
-/// [`insert`] for several commands, [`MAX_INSERT`] to a statement: each
+/// [`insert`] for several commands, up to [`MAX_INSERT`](super::MAX_INSERT) to a statement: each
 /// stored command in the order of `commands`, `None` where an idempotency
 /// key was already used.
 pub async fn insert_many(
@@ -250,7 +250,7 @@ pub async fn insert_many(
     }
     let ring = crate::crypto::ring();
     let mut stored = Vec::with_capacity(commands.len());
-    for chunk in commands.chunks(MAX_INSERT) {
+    for (statement, chunk) in insert_runs(commands) {
         let derived: Vec<Derived<'_>> = chunk
             .iter()
             .map(|c| {
@@ -292,7 +292,7 @@ pub async fn insert_many(
             })
             .collect();
         let rows = client
-            .query(&prepared(client, &SQL[chunk.len() - 1]).await?, &params)
+            .query(&prepared(client, &SQL[statement]).await?, &params)
             .await?;
         // `RETURNING` does not promise the order of `VALUES`: by id.
         let mut by_id = rows

@@ -338,16 +338,18 @@ pub(crate) async fn prepared(
 
 /// Most rows one multi-row `INSERT` ([`commands::insert_many`],
 /// [`audit::append_many`], [`outbox::insert_many`]) writes; longer lists
-/// take several statements.
+/// take several statements. A power of two: a list is written in runs of
+/// 1, 2, 4, … rows, one prepared statement per size.
 pub const MAX_INSERT: usize = 64;
+const _: () = assert!(MAX_INSERT.is_power_of_two());
 
-/// `INSERT … VALUES` statements for 1 to [`MAX_INSERT`] rows: `head` (up
-/// to `VALUES`), then `rows` tuples of `width` parameters numbered from
-/// `$1`, then `tail`. Index `n - 1` holds the statement for `n` rows.
+/// `INSERT … VALUES` statements for 1, 2, 4, … [`MAX_INSERT`] rows (index
+/// `log2(rows)`): `head` (up to `VALUES`), then the tuples of `width`
+/// parameters numbered from `$1`, then `tail`.
 pub(crate) fn insert_statements(head: &str, width: usize, tail: &str) -> Vec<String> {
-    (1..=MAX_INSERT)
-        .map(|rows| {
-            let tuples: Vec<String> = (0..rows)
+    (0..=MAX_INSERT.ilog2())
+        .map(|log| {
+            let tuples: Vec<String> = (0..1usize << log)
                 .map(|r| {
                     let params: Vec<String> =
                         (1..=width).map(|c| format!("${}", r * width + c)).collect();
@@ -357,6 +359,24 @@ pub(crate) fn insert_statements(head: &str, width: usize, tail: &str) -> Vec<Str
             format!("{head} VALUES {}{tail}", tuples.join(","))
         })
         .collect()
+}
+
+/// `items` in runs of 1, 2, 4, … [`MAX_INSERT`] (longest first), and the
+/// index in [`insert_statements`] of each run's statement. Every size
+/// would be one prepared statement per table in every pooled backend, the
+/// 64-row one of `commands` ~256 KiB of plan; powers of two keep it to
+/// seven per table, for at most six statements a batch.
+pub(crate) fn insert_runs<T>(items: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let log = rest.len().ilog2().min(MAX_INSERT.ilog2());
+        let (run, tail) = rest.split_at(1 << log);
+        rest = tail;
+        Some((log as usize, run))
+    })
 }
 
 /// Decodes a text column into an enum through `FromStr`.

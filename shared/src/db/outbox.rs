@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{DbError, MAX_INSERT, from_json, insert_statements, prepared, to_json};
+use super::{DbError, from_json, insert_runs, insert_statements, prepared, to_json};
 use crate::mq::OutgoingMessage;
 
 /// A stored message and its id.
@@ -45,7 +45,7 @@ pub async fn insert(
         .ok_or_else(|| DbError::Corrupt("an outbox insert returned no id".into()))
 }
 
-/// Adds messages, [`MAX_INSERT`] to a statement; their row ids, in the
+/// Adds messages, up to [`MAX_INSERT`](super::MAX_INSERT) to a statement; their row ids, in the
 /// order of `messages`. Call inside the transaction of the change they
 /// announce.
 ///
@@ -65,7 +65,7 @@ pub async fn insert_many(
         )
     });
     let mut ids = Vec::with_capacity(messages.len());
-    for chunk in messages.chunks(MAX_INSERT) {
+    for (statement, chunk) in insert_runs(messages) {
         let extra: Vec<(serde_json::Value, i16)> = chunk
             .iter()
             .map(|m| (to_json(&m.headers), i16::from(m.priority)))
@@ -78,7 +78,7 @@ pub async fn insert_many(
             })
             .collect();
         let rows = client
-            .query(&prepared(client, &SQL[chunk.len() - 1]).await?, &params)
+            .query(&prepared(client, &SQL[statement]).await?, &params)
             .await?;
         let mut slots: Vec<Option<i64>> = vec![None; chunk.len()];
         for row in &rows {
