@@ -9,8 +9,8 @@
 //! one commit) and answers each. Nothing waits for company: an idle
 //! instance writes a batch of one at once. Under load, requests that
 //! arrive while batches commit make up the next one, so the commits and
-//! statements per request fall as the load rises. At most [`IN_FLIGHT`] batches commit at once (each holds
-//! one pooled connection).
+//! statements per request fall as the load rises. At most [`IN_FLIGHT`]
+//! batches commit at once (each holds one pooled connection).
 //!
 //! A batch that fails (a project deleted meanwhile, a lost connection) is
 //! written again one request at a time, so a bad row fails only its own

@@ -50,7 +50,13 @@ fn rows(project: Uuid, topology: &Topology) -> (NewCommand, AuditEntry<'static>,
         target_id: Some(id.to_string()),
         project_id: Some(project),
         outcome: "success",
-        details: json!({ "priority": 5, "timeout_s": 60, "allowed_by": null, "secrets": [], "secret_files": [] }),
+        details: json!({
+            "priority": 5,
+            "timeout_s": 60,
+            "allowed_by": null,
+            "secrets": [],
+            "secret_files": [],
+        }),
     };
     (command, entry, topology.run_message(id, 5))
 }

@@ -219,9 +219,9 @@ pub async fn insert(
     Ok(insert_many(client, &[c]).await?.pop().flatten())
 }
 
-/// [`insert`] for several commands, up to [`MAX_INSERT`](super::MAX_INSERT) to a statement: each
-/// stored command in the order of `commands`, `None` where an idempotency
-/// key was already used.
+/// [`insert`] for several commands, up to [`MAX_INSERT`](super::MAX_INSERT)
+/// to a statement: each stored command in the order of `commands`, `None`
+/// where an idempotency key was already used.
 pub async fn insert_many(
     client: &impl deadpool_postgres::GenericClient,
     commands: &[&NewCommand],

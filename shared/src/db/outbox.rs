@@ -45,9 +45,9 @@ pub async fn insert(
         .ok_or_else(|| DbError::Corrupt("an outbox insert returned no id".into()))
 }
 
-/// Adds messages, up to [`MAX_INSERT`](super::MAX_INSERT) to a statement; their row ids, in the
-/// order of `messages`. Call inside the transaction of the change they
-/// announce.
+/// Adds messages, up to [`MAX_INSERT`](super::MAX_INSERT) to a statement;
+/// their row ids, in the order of `messages`. Call inside the transaction
+/// of the change they announce.
 ///
 /// `RETURNING` does not promise the order of `VALUES`, so each row is
 /// matched to its message by its exchange, routing key and payload; two
