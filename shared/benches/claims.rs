@@ -55,20 +55,7 @@ fn succeeded() -> Finish {
 fn claims_and_finishes(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     let env = rt.block_on(TestEnv::new());
-    let project = Uuid::now_v7();
-    rt.block_on(async {
-        env.pool
-            .get()
-            .await
-            .expect("db")
-            .execute(
-                "INSERT INTO projects (id, name, executor, default_timeout_s, max_output_bytes) \
-                 VALUES ($1, 'bench', '{\"kind\": \"local\"}', 60, 1048576)",
-                &[&project],
-            )
-            .await
-            .expect("insert project");
-    });
+    let project = rt.block_on(env.insert_project("bench"));
     let pool = &env.pool;
     let mut g = c.benchmark_group("worker_db");
     g.throughput(Throughput::Elements(N as u64));

@@ -64,20 +64,7 @@ fn rows(project: Uuid, topology: &Topology) -> (NewCommand, AuditEntry<'static>,
 fn group_commit(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     let env = rt.block_on(TestEnv::new());
-    let project = Uuid::now_v7();
-    rt.block_on(async {
-        env.pool
-            .get()
-            .await
-            .expect("db")
-            .execute(
-                "INSERT INTO projects (id, name, executor, default_timeout_s, max_output_bytes) \
-                 VALUES ($1, 'bench', '{\"kind\": \"local\"}', 60, 1048576)",
-                &[&project],
-            )
-            .await
-            .expect("insert project");
-    });
+    let project = rt.block_on(env.insert_project("bench"));
     let (pool, topology) = (&env.pool, &env.topology);
     let mut g = c.benchmark_group("api_db");
     g.throughput(Throughput::Elements(N as u64));

@@ -93,6 +93,27 @@ impl TestEnv {
             db_name,
         }
     }
+
+    /// Inserts a bare local project named `name` straight into the
+    /// database (no API, no audit) and returns its id.
+    ///
+    /// # Panics
+    /// When the insert fails (a name taken, the database gone).
+    pub async fn insert_project(&self, name: &str) -> uuid::Uuid {
+        let id = uuid::Uuid::now_v7();
+        self.pool
+            .get()
+            .await
+            .expect("db")
+            .execute(
+                "INSERT INTO projects (id, name, executor, default_timeout_s, max_output_bytes) \
+                 VALUES ($1, $2, '{\"kind\": \"local\"}', 60, 1048576)",
+                &[&id, &name],
+            )
+            .await
+            .expect("insert project");
+        id
+    }
 }
 
 impl Drop for TestEnv {

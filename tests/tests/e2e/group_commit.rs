@@ -8,6 +8,7 @@ use rdev_shared::db::audit::AuditEntry;
 use rdev_shared::db::commands::NewCommand;
 use rdev_shared::domain::CommandSpec;
 use serde_json::json;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use rdev_tests::{Options, TestApp, spawn_app_with};
@@ -98,10 +99,10 @@ async fn write_together(app: &TestApp, all: Vec<NewRows>) -> Vec<Result<(Uuid, i
 /// How many transactions wrote these commands (rows one transaction
 /// inserted share its `xmin`).
 async fn transactions(app: &TestApp, ids: &[Uuid]) -> i64 {
-    count_ids(
+    count(
         app,
         "SELECT count(DISTINCT xmin::text) FROM commands WHERE id = ANY($1)",
-        ids,
+        &ids,
     )
     .await
 }
@@ -109,24 +110,12 @@ async fn transactions(app: &TestApp, ids: &[Uuid]) -> i64 {
 /// How many statements wrote these commands (rows one statement of a
 /// transaction inserted share its `cmin`).
 async fn statements(app: &TestApp, ids: &[Uuid]) -> i64 {
-    count_ids(
+    count(
         app,
         "SELECT count(DISTINCT cmin::text) FROM commands WHERE id = ANY($1)",
-        ids,
+        &ids,
     )
     .await
-}
-
-async fn count_ids(app: &TestApp, sql: &str, ids: &[Uuid]) -> i64 {
-    app.env
-        .pool
-        .get()
-        .await
-        .expect("db")
-        .query_one(sql, &[&ids])
-        .await
-        .expect("count")
-        .get(0)
 }
 
 /// The command each outbox row announces (the id in its run message).
@@ -152,13 +141,14 @@ async fn announced(app: &TestApp, outbox_ids: &[i64]) -> Vec<(i64, Uuid)> {
         .collect()
 }
 
-async fn count(app: &TestApp, sql: &str, ids: &[String]) -> i64 {
+/// `sql`'s one count, with `ids` as `$1`.
+async fn count(app: &TestApp, sql: &str, ids: &(dyn ToSql + Sync)) -> i64 {
     app.env
         .pool
         .get()
         .await
         .expect("db")
-        .query_one(sql, &[&ids])
+        .query_one(sql, &[ids])
         .await
         .expect("count")
         .get(0)
