@@ -153,6 +153,11 @@ async fn state(cfg: ApiConfig, pool: db::Pool, shutdown: CancellationToken) -> A
             rdev_shared::relay::PublishedMarker::spawn(pool.clone()),
             RUN_PUBLISHES_IN_FLIGHT,
         ),
+        // Its task ends when the server's state is dropped.
+        due: rdev_shared::db::notify::Notifier::spawn(
+            pool.clone(),
+            rdev_shared::db::webhooks::DUE_CHANNEL,
+        ),
         metrics,
         sse,
         downloads,

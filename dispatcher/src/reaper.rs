@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdev_shared::db::notify::Notifier;
 use rdev_shared::db::{DbError, Pool, commands, webhooks};
 use rdev_shared::domain::{CommandStatus, command_event};
 use rdev_shared::lifecycle::CancellationToken;
@@ -20,6 +21,7 @@ pub async fn run(
     lost_after: Duration,
     stop: CancellationToken,
 ) {
+    let due = Notifier::spawn(pool.clone(), webhooks::DUE_CHANNEL);
     let mut tick = tokio::time::interval((lost_after / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -27,22 +29,25 @@ pub async fn run(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = reap_once(&pool, &publisher, lost_after).await {
+        if let Err(e) = reap_once(&pool, &publisher, &due, lost_after).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
     }
 }
 
 /// One pass: fails lost commands, with their events' deliveries, in one
-/// transaction, then ends their live output streams.
+/// transaction, then wakes the dispatchers and ends the commands' live
+/// output streams.
 pub async fn reap_once(
     pool: &Pool,
     publisher: &Publisher,
+    due: &Notifier,
     lost_after: Duration,
 ) -> Result<usize, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let reaped = commands::reap_lost(&tx, lost_after, REAP_BATCH).await?;
+    let mut deliveries = 0;
     for cmd in &reaped {
         let kind = CommandStatus::Failed
             .event_type()
@@ -50,10 +55,13 @@ pub async fn reap_once(
         let message = publisher
             .topology()
             .event_message(kind, &command_event(kind, cmd));
-        webhooks::write_event(&tx, &message, cmd.project_id).await?;
+        deliveries += webhooks::write_event(&tx, &message, cmd.project_id).await?;
     }
     tx.commit().await?;
     drop(client);
+    if deliveries > 0 {
+        due.wake();
+    }
     for cmd in &reaped {
         tracing::warn!(command = %cmd.id, worker = ?cmd.worker_id, "command failed: worker_lost");
     }

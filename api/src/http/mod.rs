@@ -64,6 +64,8 @@ pub struct AppState {
     pub projects: Arc<crate::control::ProjectCache>,
     /// Compiled `allowed_commands` per project version.
     pub policies: Arc<crate::policies::PolicyCache>,
+    /// Wakes the dispatchers after a commit that wrote webhook deliveries.
+    pub due: rdev_shared::db::notify::Notifier,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Settings.

@@ -309,8 +309,11 @@ async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
         &domain::command_event(event_type, &claimed.command),
     );
     telemetry::inject_current(&mut message.headers);
-    webhooks::write_event(&tx, &message, claimed.command.project_id).await?;
+    let deliveries = webhooks::write_event(&tx, &message, claimed.command.project_id).await?;
     tx.commit().await?;
+    if deliveries > 0 {
+        w.due.wake();
+    }
     Ok(Claim::Claimed(claimed))
 }
 
@@ -351,8 +354,11 @@ async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<bool, DbError
         .topology
         .event_message(event_type, &domain::command_event(event_type, &command));
     telemetry::inject_current(&mut message.headers);
-    webhooks::write_event(&tx, &message, command.project_id).await?;
+    let deliveries = webhooks::write_event(&tx, &message, command.project_id).await?;
     tx.commit().await?;
+    if deliveries > 0 {
+        w.due.wake();
+    }
     Ok(true)
 }
 

@@ -21,7 +21,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdev_shared::db::Pool;
+use rdev_shared::db::notify::Notifier;
+use rdev_shared::db::{Pool, webhooks};
 use rdev_shared::metrics::Metrics;
 use rdev_shared::mq::{Publisher, Topology};
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// Claims and finishes written together.
     batches: batch::Batches,
+    /// Wakes the dispatchers after a commit that wrote webhook deliveries.
+    due: Notifier,
 }
 
 impl Worker {
@@ -67,6 +70,7 @@ impl Worker {
         executors.set_metrics(&metrics);
         Self {
             batches: batch::Batches::start(pool.clone(), &worker_id, metrics.clone()),
+            due: Notifier::spawn(pool.clone(), webhooks::DUE_CHANNEL),
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
             worker_id,

@@ -408,9 +408,12 @@ pub async fn cancel(
         let message = st
             .topology
             .event_message(kind, &rdev_shared::domain::command_event(kind, &cancelled));
-        webhooks::write_event(&tx, &message, cancelled.project_id).await?;
+        let deliveries = webhooks::write_event(&tx, &message, cancelled.project_id).await?;
         tx.commit().await?;
         drop(client);
+        if deliveries > 0 {
+            st.due.wake();
+        }
         // Watchers of the command see it end.
         let _ = st
             .publisher

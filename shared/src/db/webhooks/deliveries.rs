@@ -29,18 +29,19 @@ pub struct FanOut<'a> {
     pub trace_headers: &'a BTreeMap<String, String>,
 }
 
-/// The channel a transaction that wrote deliveries notifies (on commit);
+/// The channel notified after a transaction that wrote deliveries commits
+/// (a [`Notifier`](crate::db::notify::Notifier) of the writer's process);
 /// dispatchers listen on it and claim at once.
 pub const DUE_CHANNEL: &str = "rdev_webhook_due";
 
 /// Writes a lifecycle event's deliveries in the transaction of the change
 /// it reports: one pending delivery, due at once, per enabled endpoint that
 /// wants it (subscribed to its type, the message's routing key, or `*`; for
-/// `project` or for every project), and a `NOTIFY` on [`DUE_CHANNEL`] that
-/// wakes the dispatchers when the transaction commits. An endpoint gets the
-/// events of the changes that commit after it was created, while it is
-/// enabled. Without an endpoint that wants it this is one read and writes
-/// nothing. Returns the number of deliveries written.
+/// `project` or for every project). An endpoint gets the events of the
+/// changes that commit after it was created, while it is enabled. Without
+/// an endpoint that wants it this is one read and writes nothing. Returns
+/// the number of deliveries written: when it is not 0, the caller wakes
+/// the dispatchers ([`DUE_CHANNEL`]) once the transaction has committed.
 pub async fn write_event(
     client: &impl deadpool_postgres::GenericClient,
     event: &crate::mq::OutgoingMessage,
@@ -57,7 +58,7 @@ pub async fn write_event(
           SELECT d.id, d.webhook_id, $3, $4, $5, 'pending', now(), $6 \
           FROM unnest($1::uuid[], $2::uuid[]) AS d(id, webhook_id) \
           ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING 1) \
-        SELECT (SELECT count(*) FROM d), pg_notify($7, '')";
+        SELECT count(*) FROM d";
     let wanted = client
         .query(
             &super::super::prepared(client, &WANTED).await?,
@@ -89,7 +90,6 @@ pub async fn write_event(
                 &event.routing_key,
                 &event.payload,
                 &to_json(&trace),
-                &DUE_CHANNEL,
             ],
         )
         .await?;

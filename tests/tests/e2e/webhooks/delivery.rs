@@ -10,6 +10,7 @@ use rdev_shared::webhook_sign;
 use serde_json::{Value, json};
 
 use rdev_tests::{Options, dispatcher_config, spawn_app_with};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Receiver, RunningDispatcher, WAIT, attempt_codes, create_webhook, deliveries, delivery, id_of,
@@ -228,6 +229,96 @@ async fn a_committed_event_wakes_the_dispatcher() {
         let body: Value = serde_json::from_slice(&hits[n - 1].body).expect("json");
         assert_eq!(body["data"]["id"], c["id"]);
     }
+}
+
+/// Every writer of deliveries wakes the dispatchers after its commit: the
+/// API cancelling a queued command, the reaper failing a lost one, and the
+/// worker's claim and finish. The dispatcher looks on its own only every
+/// `RDEV_WEBHOOK_POLL` (an hour here), so each event arrives only if its
+/// writer sent the `NOTIFY`.
+#[tokio::test]
+async fn every_writer_of_deliveries_wakes_the_dispatcher() {
+    let mut app = spawn_app_with(Options {
+        worker: false,
+        ..opts(false)
+    })
+    .await;
+    app.create_project("p", json!({})).await;
+    let rx = Receiver::always(200).await;
+    create_webhook(
+        &app,
+        json!({"url": rx.url, "events": [
+            "command.started", "command.succeeded", "command.failed", "command.cancelled"
+        ]}),
+    )
+    .await;
+    let mut cfg = dispatcher_config(&app.env);
+    cfg.webhook_poll = Duration::from_secs(3600);
+    cfg.lost_after_s = 1;
+    let _d = RunningDispatcher::start(cfg).await;
+    // The listener's first wake-up (after it connects) is spent before any
+    // delivery exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let event = |hit: &super::Hit| -> (String, Value) {
+        let body: Value = serde_json::from_slice(&hit.body).expect("json");
+        (
+            body["type"].as_str().unwrap_or("").to_owned(),
+            body["data"]["id"].clone(),
+        )
+    };
+
+    // The API: a queued command cancelled.
+    let cancelled = app.run("p", json!({"command": "true"})).await;
+    let r = app
+        .post(
+            &format!(
+                "/v1/commands/{}/cancel",
+                cancelled["id"].as_str().expect("id")
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let hits = rx.wait_hits(1).await;
+    assert_eq!(
+        event(&hits[0]),
+        ("command.cancelled".to_owned(), cancelled["id"].clone())
+    );
+
+    // The reaper: a command whose worker stopped heart-beating long ago.
+    let lost = app.run("p", json!({"command": "true"})).await;
+    let lost_id: uuid::Uuid = lost["id"].as_str().expect("id").parse().expect("uuid");
+    app.env
+        .pool
+        .get()
+        .await
+        .expect("db")
+        .execute(
+            "UPDATE commands SET status = 'running', worker_id = 'gone', attempt = 1, \
+             started_at = now(), heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+            &[&lost_id],
+        )
+        .await
+        .expect("update");
+    let hits = rx.wait_hits(2).await;
+    assert_eq!(
+        event(&hits[1]),
+        ("command.failed".to_owned(), lost["id"].clone())
+    );
+
+    // The worker: a claim and a finish (the two commands above are skipped).
+    app.start_worker(1, CancellationToken::new());
+    let ran = app.run("p", json!({"command": "true"})).await;
+    let hits = rx.wait_hits(4).await;
+    let mut events: Vec<(String, Value)> = hits[2..].iter().map(event).collect();
+    events.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        events,
+        vec![
+            ("command.started".to_owned(), ran["id"].clone()),
+            ("command.succeeded".to_owned(), ran["id"].clone()),
+        ]
+    );
 }
 
 #[tokio::test]
