@@ -473,8 +473,8 @@ pub async fn claim_alone(
     Ok(claimed.pop().map(|(_, c)| c))
 }
 
-/// Most commands [`claim_many_alone`] and [`finish_many_alone`] write in
-/// one statement.
+/// Most commands [`claim_many_alone`], [`finish_many_alone`] and
+/// [`finish_many`] write in one statement.
 pub const MAX_MANY: usize = 16;
 
 /// [`claim_alone`] for several commands in one statement (one commit):
@@ -700,6 +700,66 @@ pub async fn finish_many_alone(
             &f.signal,
             id,
             event,
+        ]);
+    }
+    let stmt = prepared(client, &SQL[ends.len() - 1]).await?;
+    let rows = client.query(&stmt, &params).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// [`finish`] for several running commands of `worker_id` in one
+/// statement, in the caller's transaction (where their events' deliveries
+/// are written too): `ends` are (command, its finish); those past the first
+/// [`MAX_MANY`] are left alone. Returns the commands finished; one not among
+/// them is no longer this worker's running command (as [`finish`]'s
+/// `None`).
+pub async fn finish_many(
+    client: &impl deadpool_postgres::GenericClient,
+    worker_id: &str,
+    ends: &[(Uuid, &Finish)],
+) -> Result<Vec<Command>, DbError> {
+    // $1 the worker, then eight per command.
+    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        many_statements(
+            |i| {
+                let n = |k: usize| format!("${}", 8 * i + k + 1);
+                format!(
+                    "UPDATE commands SET status = {}, exit_code = {}, error = {}, \
+                     output_bytes = {}, truncated = {}, reason = {}, signal = {}, \
+                     finished_at = clock_timestamp() \
+                     WHERE id = {} AND worker_id = $1 AND status = 'running' RETURNING *",
+                    n(1),
+                    n(2),
+                    n(3),
+                    n(4),
+                    n(5),
+                    n(6),
+                    n(7),
+                    n(8),
+                )
+            },
+            COLS,
+        )
+    });
+    let ends = &ends[..ends.len().min(MAX_MANY)];
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let texts: Vec<(&str, &str)> = ends
+        .iter()
+        .map(|(_, f)| (f.status.as_str(), f.reason.as_str()))
+        .collect();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&worker_id];
+    for ((id, f), (status, reason)) in ends.iter().zip(&texts) {
+        params.extend([
+            status as &(dyn tokio_postgres::types::ToSql + Sync),
+            &f.exit_code,
+            &f.error,
+            &f.output_bytes,
+            &f.truncated,
+            reason,
+            &f.signal,
+            id,
         ]);
     }
     let stmt = prepared(client, &SQL[ends.len() - 1]).await?;

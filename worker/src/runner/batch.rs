@@ -17,20 +17,28 @@
 //!
 //! Each command still gets its own answer, and the rows are those one
 //! statement per command would write, so every guarantee of the single
-//! statements holds: a row the batch did not change is answered "not this
+//! statements holds. A claim the batch did not make is answered "not this
 //! way" and its command takes the transaction path (an endpoint that wants
-//! the event, a project limit, a claim that is not queued). A batch that
-//! fails (a lost connection, a deadlock with another worker's batch) is
-//! written again one command at a time, so an error is only ever its own
-//! command's, and its retry (`retry_db`) is as before.
+//! the event, a project limit, a claim that is not queued). The finishes
+//! the batch's statement did not make (an endpoint wants their event, or
+//! the command is no longer this worker's) are written by the same writer
+//! in one transaction: the finishes (`finish_many`), then every event's
+//! deliveries in one insert (`webhooks::write_events`), one commit, and a
+//! wake-up for the dispatchers after it. A batch that fails (a lost
+//! connection, a deadlock with another worker's batch) is written again
+//! one command at a time, so an error is only ever its own command's, and
+//! its retry (`retry_db`) is as before.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
 use rdev_shared::db::commands::{self, Claimed, Finish};
-use rdev_shared::db::{DbError, Pool};
+use rdev_shared::db::notify::Notifier;
+use rdev_shared::db::{DbError, Pool, webhooks};
+use rdev_shared::domain;
 use rdev_shared::metrics::Metrics;
+use rdev_shared::mq::Topology;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -56,21 +64,46 @@ struct FinishJob {
     id: Uuid,
     finish: Finish,
     event: &'static str,
+    /// The trace context of the command's span, for its event.
+    trace: BTreeMap<String, String>,
     answer: oneshot::Sender<Result<bool, DbError>>,
+}
+
+/// What a finish needs besides the pool: names, and who to wake.
+#[derive(Clone)]
+struct Finishing {
+    pool: Pool,
+    worker_id: Arc<str>,
+    topology: Topology,
+    due: Notifier,
 }
 
 /// The writers of one worker. Their tasks end when this is dropped.
 pub(super) struct Batches {
     pool: Pool,
     worker_id: Arc<str>,
+    finishing: Finishing,
     claims: mpsc::Sender<ClaimJob>,
     finishes: mpsc::Sender<FinishJob>,
 }
 
 impl Batches {
-    /// Starts the two writers. Call inside the runtime.
-    pub fn start(pool: Pool, worker_id: &str, metrics: Arc<Metrics>) -> Self {
+    /// Starts the two writers. Call inside the runtime. `due` is woken
+    /// after a commit that wrote webhook deliveries.
+    pub fn start(
+        pool: Pool,
+        worker_id: &str,
+        metrics: Arc<Metrics>,
+        topology: Topology,
+        due: Notifier,
+    ) -> Self {
         let worker_id: Arc<str> = worker_id.into();
+        let finishing = Finishing {
+            pool: pool.clone(),
+            worker_id: worker_id.clone(),
+            topology,
+            due,
+        };
         let claims = {
             let (pool, worker_id) = (pool.clone(), worker_id.clone());
             writer("claim", metrics.clone(), move |jobs| {
@@ -78,14 +111,15 @@ impl Batches {
             })
         };
         let finishes = {
-            let (pool, worker_id) = (pool.clone(), worker_id.clone());
+            let finishing = finishing.clone();
             writer("finish", metrics, move |jobs| {
-                finish_batch(pool.clone(), worker_id.clone(), jobs)
+                finish_batch(finishing.clone(), jobs)
             })
         };
         Self {
             pool,
             worker_id,
+            finishing,
             claims,
             finishes,
         }
@@ -106,32 +140,35 @@ impl Batches {
         commands::claim_alone(&client, id, &self.worker_id, token, STARTED).await
     }
 
-    /// [`commands::finish_alone`] (`true` when it finished the command),
-    /// written with the finishes of other commands that are waiting.
-    pub async fn finish_alone(
+    /// Records a command's finish, and in the same commit its event's
+    /// deliveries (`event`, the event type of its status), written with
+    /// the finishes of other commands that are waiting. `true` when it
+    /// finished the command; `false` when the command was finished
+    /// elsewhere (reaped or cancelled). Call it in the command's span: its
+    /// trace context goes with the event.
+    pub async fn finish(
         &self,
         id: Uuid,
         finish: &Finish,
         event: &'static str,
     ) -> Result<bool, DbError> {
-        let (answer, answered) = oneshot::channel();
-        let job = FinishJob {
+        let mut trace = BTreeMap::new();
+        rdev_shared::telemetry::inject_current(&mut trace);
+        let job = |answer| FinishJob {
             id,
             finish: finish.clone(),
             event,
+            trace: trace.clone(),
             answer,
         };
-        if self.finishes.send(job).await.is_ok()
+        let (answer, answered) = oneshot::channel();
+        if self.finishes.send(job(answer)).await.is_ok()
             && let Ok(result) = answered.await
         {
             return result;
         }
-        let client = self.pool.get().await?;
-        Ok(
-            commands::finish_alone(&client, id, &self.worker_id, finish, event)
-                .await?
-                .is_some(),
-        )
+        // The writer is gone (only while the worker is dropped): alone.
+        finish_one(&self.finishing, &job(oneshot::channel().0)).await
     }
 }
 
@@ -209,39 +246,79 @@ async fn claim_batch(pool: Pool, worker_id: Arc<str>, jobs: Vec<ClaimJob>) {
     }
 }
 
-async fn finish_batch(pool: Pool, worker_id: Arc<str>, jobs: Vec<FinishJob>) {
-    let ends: Vec<(Uuid, &Finish, &str)> =
-        jobs.iter().map(|j| (j.id, &j.finish, j.event)).collect();
-    let written = async {
-        let client = pool.get().await?;
-        commands::finish_many_alone(&client, &worker_id, &ends).await
+async fn finish_batch(f: Finishing, jobs: Vec<FinishJob>) {
+    let mut finished = HashSet::new();
+    let written = finish_all(&f, &jobs, &mut finished).await;
+    // What committed is answered as such whatever failed after it.
+    let (done, left): (Vec<FinishJob>, Vec<FinishJob>) =
+        jobs.into_iter().partition(|j| finished.contains(&j.id));
+    for job in done {
+        let _ = job.answer.send(Ok(true));
     }
-    .await;
-    drop(ends);
     match written {
-        Ok(finished) => {
-            let finished: HashSet<Uuid> = finished.iter().map(|c| c.id).collect();
-            for job in jobs {
-                let _ = job.answer.send(Ok(finished.contains(&job.id)));
+        Ok(()) => {
+            for job in left {
+                let _ = job.answer.send(Ok(false));
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            let job = jobs.into_iter().next().expect("one job");
+        Err(e) if left.len() == 1 => {
+            let job = left.into_iter().next().expect("one job");
             let _ = job.answer.send(Err(e));
         }
         Err(e) => {
-            tracing::warn!(error = %e, finishes = jobs.len(), "a batch of finishes failed; writing them one at a time");
-            for job in jobs {
-                let one = async {
-                    let client = pool.get().await?;
-                    let done =
-                        commands::finish_alone(&client, job.id, &worker_id, &job.finish, job.event)
-                            .await?;
-                    Ok(done.is_some())
-                }
-                .await;
+            tracing::warn!(error = %e, finishes = left.len(), "a batch of finishes failed; writing them one at a time");
+            for job in left {
+                let one = finish_one(&f, &job).await;
                 let _ = job.answer.send(one);
             }
         }
     }
+}
+
+/// Finishes `jobs`, adding those it finished to `finished` as each commit
+/// succeeds: one statement for the finishes no endpoint wants an event of,
+/// then one transaction for the rest with their events' deliveries.
+async fn finish_all(
+    f: &Finishing,
+    jobs: &[FinishJob],
+    finished: &mut HashSet<Uuid>,
+) -> Result<(), DbError> {
+    let ends: Vec<(Uuid, &Finish, &str)> =
+        jobs.iter().map(|j| (j.id, &j.finish, j.event)).collect();
+    let mut client = f.pool.get().await?;
+    let alone = commands::finish_many_alone(&client, &f.worker_id, &ends).await?;
+    finished.extend(alone.iter().map(|c| c.id));
+    let rest: Vec<&FinishJob> = jobs.iter().filter(|j| !finished.contains(&j.id)).collect();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    let ends: Vec<(Uuid, &Finish)> = rest.iter().map(|j| (j.id, &j.finish)).collect();
+    let done = commands::finish_many(&tx, &f.worker_id, &ends).await?;
+    let messages: Vec<_> = done
+        .iter()
+        .filter_map(|command| {
+            let job = rest.iter().find(|j| j.id == command.id)?;
+            let mut message = f
+                .topology
+                .event_message(job.event, &domain::command_event(job.event, command));
+            message.headers.extend(job.trace.clone());
+            Some((message, command.project_id))
+        })
+        .collect();
+    let events: Vec<_> = messages.iter().map(|(m, p)| (m, *p)).collect();
+    let deliveries = webhooks::write_events(&tx, &events).await?;
+    tx.commit().await?;
+    finished.extend(done.iter().map(|c| c.id));
+    if deliveries > 0 {
+        f.due.wake();
+    }
+    Ok(())
+}
+
+/// [`finish_all`] for one command: `true` when it finished it.
+async fn finish_one(f: &Finishing, job: &FinishJob) -> Result<bool, DbError> {
+    let mut finished = HashSet::new();
+    finish_all(f, std::slice::from_ref(job), &mut finished).await?;
+    Ok(finished.contains(&job.id))
 }

@@ -336,30 +336,12 @@ async fn defer(w: &Worker, id: Uuid, priority: u8) -> Disposition {
     }
 }
 
-/// Records a finish and, in its transaction, the deliveries of its event;
-/// `false` when the command was finished elsewhere.
+/// Records a finish and, in its commit, the deliveries of its event
+/// (written with the finishes of other commands waiting); `false` when the
+/// command was finished elsewhere.
 async fn record_finish(w: &Worker, id: Uuid, f: &Finish) -> Result<bool, DbError> {
-    // Usually no endpoint wants the event: one statement, shared with the
-    // finishes of other commands waiting.
     let event_type = f.status.event_type().unwrap_or("command.failed");
-    if w.batches.finish_alone(id, f, event_type).await? {
-        return Ok(true);
-    }
-    let mut client = w.pool.get().await?;
-    let tx = client.transaction().await?;
-    let Some(command) = commands::finish(&tx, id, &w.worker_id, f).await? else {
-        return Ok(false);
-    };
-    let mut message = w
-        .topology
-        .event_message(event_type, &domain::command_event(event_type, &command));
-    telemetry::inject_current(&mut message.headers);
-    let deliveries = webhooks::write_event(&tx, &message, command.project_id).await?;
-    tx.commit().await?;
-    if deliveries > 0 {
-        w.due.wake();
-    }
-    Ok(true)
+    w.batches.finish(id, f, event_type).await
 }
 
 async fn publish_live(w: &Worker, id: Uuid, event: &OutputEvent) {

@@ -68,9 +68,16 @@ impl Worker {
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         publisher.set_metrics(metrics.clone());
         executors.set_metrics(&metrics);
+        let due = Notifier::spawn(pool.clone(), webhooks::DUE_CHANNEL);
         Self {
-            batches: batch::Batches::start(pool.clone(), &worker_id, metrics.clone()),
-            due: Notifier::spawn(pool.clone(), webhooks::DUE_CHANNEL),
+            batches: batch::Batches::start(
+                pool.clone(),
+                &worker_id,
+                metrics.clone(),
+                Topology::new(cfg.amqp.prefix.clone()),
+                due.clone(),
+            ),
+            due,
             topology: Topology::new(cfg.amqp.prefix.clone()),
             cfg,
             worker_id,

@@ -47,6 +47,16 @@ pub async fn write_event(
     event: &crate::mq::OutgoingMessage,
     project: Uuid,
 ) -> Result<u64, DbError> {
+    write_events(client, &[(event, project)]).await
+}
+
+/// [`write_event`] for several events, each about a command of its
+/// project, in one insert: the endpoints that want an event are read once
+/// per (event type, project). Returns the number of deliveries written.
+pub async fn write_events(
+    client: &impl deadpool_postgres::GenericClient,
+    events: &[(&crate::mq::OutgoingMessage, Uuid)],
+) -> Result<u64, DbError> {
     static WANTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "SELECT id FROM webhooks w WHERE {}",
@@ -55,42 +65,61 @@ pub async fn write_event(
     });
     const INSERT: &str = "WITH d AS (INSERT INTO webhook_deliveries \
           (id, webhook_id, event_id, event_type, payload, status, next_attempt_at, trace_headers) \
-          SELECT d.id, d.webhook_id, $3, $4, $5, 'pending', now(), $6 \
-          FROM unnest($1::uuid[], $2::uuid[]) AS d(id, webhook_id) \
+          SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, 'pending', now(), d.trace \
+          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bytea[], $6::jsonb[]) \
+            AS d(id, webhook_id, event_id, event_type, payload, trace) \
           ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING 1) \
         SELECT count(*) FROM d";
-    let wanted = client
-        .query(
-            &super::super::prepared(client, &WANTED).await?,
-            &[&event.routing_key, &project],
-        )
-        .await?;
-    if wanted.is_empty() {
+    let mut wanted: HashMap<(&str, Uuid), Vec<Uuid>> = HashMap::new();
+    let mut ids = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut types: Vec<&str> = Vec::new();
+    let mut payloads: Vec<&[u8]> = Vec::new();
+    let mut traces = Vec::new();
+    for (event, project) in events {
+        let key = (event.routing_key.as_str(), *project);
+        if let std::collections::hash_map::Entry::Vacant(slot) = wanted.entry(key) {
+            let rows = client
+                .query(
+                    &super::super::prepared(client, &WANTED).await?,
+                    &[&event.routing_key, project],
+                )
+                .await?;
+            let ids: Vec<Uuid> = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            slot.insert(ids);
+        }
+        let wanting = wanted.get(&key).map(Vec::as_slice).unwrap_or_default();
+        if wanting.is_empty() {
+            continue;
+        }
+        let event_id = event_id_of(&event.payload)?;
+        let trace: BTreeMap<&str, &str> = event
+            .headers
+            .iter()
+            .filter(|(k, _)| *k == "traceparent" || *k == "tracestate")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let trace = to_json(&trace);
+        for endpoint in wanting {
+            ids.push(Uuid::now_v7());
+            endpoints.push(*endpoint);
+            event_ids.push(event_id);
+            types.push(&event.routing_key);
+            payloads.push(&event.payload);
+            traces.push(trace.clone());
+        }
+    }
+    if ids.is_empty() {
         return Ok(0);
     }
-    let endpoints: Vec<Uuid> = wanted
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let ids: Vec<Uuid> = endpoints.iter().map(|_| Uuid::now_v7()).collect();
-    let event_id = event_id_of(&event.payload)?;
-    let trace: BTreeMap<String, String> = event
-        .headers
-        .iter()
-        .filter(|(k, _)| *k == "traceparent" || *k == "tracestate")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let row = client
         .query_one(
             &super::super::prepared(client, INSERT).await?,
-            &[
-                &ids,
-                &endpoints,
-                &event_id,
-                &event.routing_key,
-                &event.payload,
-                &to_json(&trace),
-            ],
+            &[&ids, &endpoints, &event_ids, &types, &payloads, &traces],
         )
         .await?;
     let written: i64 = row.try_get(0)?;

@@ -23,6 +23,7 @@ pub use deliveries::{
     AttemptRecord, Claimed, DUE_CHANNEL, FanOut, Next, claim_due, fan_out, get_delivery,
     insert_delivery, list_deliveries, lock_endpoint, mark_failing, mark_healthy, record_attempt,
     record_successes, recover, redeliver, release, subscribes, wants_event, write_event,
+    write_events,
 };
 
 /// Reason recorded when an endpoint is disabled through the API.

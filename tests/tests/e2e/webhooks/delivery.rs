@@ -1,10 +1,11 @@
 //! Delivery: signed events that follow the endpoint's filters, once per
 //! attempt however many dispatchers run, and a claim lost to a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdev_shared::db::commands::{self, Finish};
+use rdev_shared::db::webhooks;
 use rdev_shared::domain::{CommandStatus, EndReason};
 use rdev_shared::webhook_sign;
 use serde_json::{Value, json};
@@ -752,4 +753,144 @@ async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
             .expect("finish")
             .is_empty()
     );
+}
+
+/// The finishes the one-statement batch leaves (an endpoint wants their
+/// event) are written together in one transaction: the finishes in one
+/// statement, each row under its own conditions, then every event's
+/// deliveries in one insert, one per endpoint that wants it.
+#[tokio::test]
+async fn finishes_with_deliveries_are_written_together() {
+    use uuid::Uuid;
+    let (app, _receiver) = watched_quiet_limited().await;
+    // A second endpoint for `quiet`'s failures, and one for every
+    // project's successes.
+    let rx = Receiver::always(200).await;
+    create_webhook(
+        &app,
+        json!({"url": rx.url, "events": ["command.failed"], "project": "quiet"}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"url": rx.url, "events": ["command.succeeded"]}),
+    )
+    .await;
+    let mut client = app.env.pool.get().await.expect("db");
+    let mut ids = Vec::new();
+    for project in ["quiet", "quiet", "watched", "quiet"] {
+        let c = app.run(project, json!({"command": "true"})).await;
+        ids.push(
+            c["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id"),
+        );
+    }
+    let [fails, succeeds, elsewhere, other] = ids[..] else {
+        unreachable!()
+    };
+    // Running: three as w1's, one as another worker's.
+    for (id, worker) in [
+        (fails, "w1"),
+        (succeeds, "w1"),
+        (elsewhere, "w1"),
+        (other, "w2"),
+    ] {
+        client
+            .execute(
+                "UPDATE commands SET status = 'running', worker_id = $2, started_at = now() \
+                 WHERE id = $1",
+                &[&id, &worker],
+            )
+            .await
+            .expect("running");
+    }
+    let failed = exited(CommandStatus::Failed, 3);
+    let succeeded = exited(CommandStatus::Succeeded, 0);
+    let tx = client.transaction().await.expect("tx");
+    let done = commands::finish_many(
+        &tx,
+        "w1",
+        &[
+            (fails, &failed),
+            (succeeds, &succeeded),
+            (elsewhere, &succeeded),
+            (other, &succeeded),
+        ],
+    )
+    .await
+    .expect("finish");
+    let mut got: Vec<(Uuid, CommandStatus)> = done.iter().map(|c| (c.id, c.status)).collect();
+    got.sort_by_key(|(id, _)| *id);
+    let mut want = vec![
+        (fails, CommandStatus::Failed),
+        (succeeds, CommandStatus::Succeeded),
+        (elsewhere, CommandStatus::Succeeded),
+    ];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(got, want, "w2's command is not w1's to finish");
+    let topology = rdev_shared::mq::Topology::new(app.env.amqp.prefix.clone());
+    let messages: Vec<_> = done
+        .iter()
+        .map(|c| {
+            let kind = c.status.event_type().expect("terminal");
+            let mut m = topology.event_message(kind, &rdev_shared::domain::command_event(kind, c));
+            m.headers.insert(
+                "traceparent".into(),
+                format!("00-{:032x}-{:016x}-01", c.id.as_u128(), 1),
+            );
+            (m, c.project_id)
+        })
+        .collect();
+    let events: Vec<_> = messages.iter().map(|(m, p)| (m, *p)).collect();
+    let written = webhooks::write_events(&tx, &events)
+        .await
+        .expect("deliveries");
+    tx.commit().await.expect("commit");
+    // fails: the two endpoints for `quiet`'s failures; succeeds and
+    // elsewhere: the one for every project's successes.
+    assert_eq!(written, 4);
+    let rows = client
+        .query(
+            "SELECT d.event_type, d.payload, d.trace_headers, w.url, d.id, d.xmin::text::bigint \
+             FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id ORDER BY d.id",
+            &[],
+        )
+        .await
+        .expect("deliveries");
+    assert_eq!(rows.len(), 4);
+    let mut per_command: HashMap<String, Vec<String>> = HashMap::new();
+    for row in &rows {
+        let payload: Vec<u8> = row.get(1);
+        let body: Value = serde_json::from_slice(&payload).expect("json");
+        let kind: String = row.get(0);
+        assert_eq!(body["type"], kind.as_str());
+        let command = body["data"]["id"].as_str().expect("id").to_owned();
+        let trace: Value = row.get(2);
+        let id: Uuid = command.parse().expect("uuid");
+        assert!(
+            trace["traceparent"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("{:032x}", id.as_u128())),
+            "each event keeps its own trace: {trace}"
+        );
+        per_command.entry(command).or_default().push(kind);
+    }
+    assert_eq!(per_command[&fails.to_string()], vec!["command.failed"; 2]);
+    assert_eq!(
+        per_command[&succeeds.to_string()],
+        vec!["command.succeeded"]
+    );
+    assert_eq!(
+        per_command[&elsewhere.to_string()],
+        vec!["command.succeeded"]
+    );
+    let xmins: HashSet<i64> = rows.iter().map(|r| r.get(5)).collect();
+    assert_eq!(xmins.len(), 1, "one transaction");
+    let ids: HashSet<Uuid> = rows.iter().map(|r| r.get(4)).collect();
+    assert_eq!(ids.len(), 4);
+    // Nothing to write is no statement at all.
+    assert_eq!(webhooks::write_events(&client, &[]).await.expect("none"), 0);
 }
