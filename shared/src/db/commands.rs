@@ -473,8 +473,8 @@ pub async fn claim_alone(
     Ok(claimed.pop().map(|(_, c)| c))
 }
 
-/// Most commands [`claim_many_alone`], [`finish_many_alone`] and
-/// [`finish_many`] write in one statement.
+/// Most commands [`claim_many_alone`], [`claim_many`],
+/// [`finish_many_alone`] and [`finish_many`] write in one statement.
 pub const MAX_MANY: usize = 16;
 
 /// [`claim_alone`] for several commands in one statement (one commit):
@@ -498,34 +498,67 @@ pub async fn claim_many_alone(
 ) -> Result<Vec<(Uuid, Claimed)>, DbError> {
     // $1 the worker, $2 the event, then (command, token) per claim.
     static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        let condition = format!(
-            "p.max_concurrency IS NULL AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
-            super::webhooks::wants_event("w", "$2", "p.id")
-        );
-        many_statements(
-            |i| {
-                let (id, token) = (2 * i + 3, 2 * i + 4);
-                format!(
-                    "UPDATE commands SET status = 'running', worker_id = $1, claim_token = ${token}, \
-                     started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 \
-                     WHERE id = ${id} AND status = 'queued' \
-                     AND (SELECT {condition} FROM projects p WHERE p.id = commands.project_id) \
-                     RETURNING *"
-                )
-            },
-            &format!("{CLAIMED_COLS}, c.claim_token"),
+        claim_statements(
+            &format!(
+                "p.max_concurrency IS NULL AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
+                super::webhooks::wants_event("w", "$2", "p.id")
+            ),
+            3,
         )
     });
+    claim_many_with(client, &SQL, vec![&worker_id, &event], claims).await
+}
+
+/// [`claim_many_alone`] without its check on webhook endpoints, in the
+/// caller's transaction (where the `command.started` deliveries are
+/// written too): commands of projects with `max_concurrency` are still
+/// left alone (they need [`claim`]'s project lock).
+pub async fn claim_many(
+    client: &impl deadpool_postgres::GenericClient,
+    worker_id: &str,
+    claims: &[(Uuid, Uuid)],
+) -> Result<Vec<(Uuid, Claimed)>, DbError> {
+    // $1 the worker, then (command, token) per claim.
+    static SQL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| claim_statements("p.max_concurrency IS NULL", 2));
+    claim_many_with(client, &SQL, vec![&worker_id], claims).await
+}
+
+/// The claim statements for 1 to [`MAX_MANY`] commands, under `condition`
+/// on the project `p`; the (command, token) parameters start at `$first`.
+fn claim_statements(condition: &str, first: usize) -> Vec<String> {
+    many_statements(
+        |i| {
+            let (id, token) = (2 * i + first, 2 * i + first + 1);
+            format!(
+                "UPDATE commands SET status = 'running', worker_id = $1, claim_token = ${token}, \
+                 started_at = clock_timestamp(), heartbeat_at = now(), attempt = attempt + 1 \
+                 WHERE id = ${id} AND status = 'queued' \
+                 AND (SELECT {condition} FROM projects p WHERE p.id = commands.project_id) \
+                 RETURNING *"
+            )
+        },
+        &format!("{CLAIMED_COLS}, c.claim_token"),
+    )
+}
+
+/// Runs the statement of `statements` for `claims` (at most [`MAX_MANY`]),
+/// after the leading parameters `head`.
+async fn claim_many_with<'a>(
+    client: &impl deadpool_postgres::GenericClient,
+    statements: &[String],
+    mut params: Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+    claims: &'a [(Uuid, Uuid)],
+) -> Result<Vec<(Uuid, Claimed)>, DbError> {
     let claims = &claims[..claims.len().min(MAX_MANY)];
     if claims.is_empty() {
         return Ok(Vec::new());
     }
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&worker_id, &event];
     for (id, token) in claims {
         params.push(id);
         params.push(token);
     }
-    let stmt = prepared(client, &SQL[claims.len() - 1]).await?;
+    let stmt = prepared(client, &statements[claims.len() - 1]).await?;
     let rows = client.query(&stmt, &params).await?;
     rows.iter()
         .map(|row| Ok((row.try_get("claim_token")?, claimed_of(row)?)))

@@ -412,7 +412,7 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
     let r = app
         .post(
             "/v1/webhooks",
-            json!({"url": "http://127.0.0.1:9/", "events": ["command.succeeded"]}),
+            json!({"url": "http://127.0.0.1:9/", "events": ["command.started", "command.succeeded"]}),
         )
         .await;
     assert_eq!(r.status, 201);
@@ -458,7 +458,7 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(!headers.is_empty());
+    assert_eq!(headers.len(), 2, "the claim's event and the finish's");
     let trace = request.span_context.trace_id().to_string();
     for h in headers {
         let tp = h["traceparent"].as_str().unwrap_or_default();

@@ -17,17 +17,19 @@
 //!
 //! Each command still gets its own answer, and the rows are those one
 //! statement per command would write, so every guarantee of the single
-//! statements holds. A claim the batch did not make is answered "not this
-//! way" and its command takes the transaction path (an endpoint that wants
-//! the event, a project limit, a claim that is not queued). The finishes
-//! the batch's statement did not make (an endpoint wants their event, or
-//! the command is no longer this worker's) are written by the same writer
-//! in one transaction: the finishes (`finish_many`), then every event's
+//! statements holds. The claims and finishes that statement did not make
+//! because an endpoint wants their event are written by the same writer in
+//! one transaction: the updates in one statement (`claim_many`,
+//! `finish_many`: the same conditions but that one), every event's
 //! deliveries in one insert (`webhooks::write_events`), one commit, and a
-//! wake-up for the dispatchers after it. A batch that fails (a lost
-//! connection, a deadlock with another worker's batch) is written again
-//! one command at a time, so an error is only ever its own command's, and
-//! its retry (`retry_db`) is as before.
+//! wake-up for the dispatchers after it. A claim still not made is
+//! answered "not this way" and its command takes the transaction path (a
+//! project limit, a claim that is not queued); a finish still not made was
+//! finished elsewhere. What committed is answered as committed even when a
+//! later step fails. The rest of a batch that fails (a lost connection, a
+//! deadlock with another worker's batch) is written again one command at a
+//! time, so an error is only ever its own command's, and its retry
+//! (`retry_db`) is as before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -57,6 +59,8 @@ pub const STARTED: &str = "command.started";
 struct ClaimJob {
     id: Uuid,
     token: Uuid,
+    /// The trace context of the command's span, for its event.
+    trace: BTreeMap<String, String>,
     answer: oneshot::Sender<Result<Option<Claimed>, DbError>>,
 }
 
@@ -69,9 +73,9 @@ struct FinishJob {
     answer: oneshot::Sender<Result<bool, DbError>>,
 }
 
-/// What a finish needs besides the pool: names, and who to wake.
+/// What the writers need: the pool, names, and who to wake.
 #[derive(Clone)]
-struct Finishing {
+struct Writing {
     pool: Pool,
     worker_id: Arc<str>,
     topology: Topology,
@@ -80,9 +84,7 @@ struct Finishing {
 
 /// The writers of one worker. Their tasks end when this is dropped.
 pub(super) struct Batches {
-    pool: Pool,
-    worker_id: Arc<str>,
-    finishing: Finishing,
+    writing: Writing,
     claims: mpsc::Sender<ClaimJob>,
     finishes: mpsc::Sender<FinishJob>,
 }
@@ -98,46 +100,54 @@ impl Batches {
         due: Notifier,
     ) -> Self {
         let worker_id: Arc<str> = worker_id.into();
-        let finishing = Finishing {
+        let writing = Writing {
             pool: pool.clone(),
             worker_id: worker_id.clone(),
             topology,
             due,
         };
         let claims = {
-            let (pool, worker_id) = (pool.clone(), worker_id.clone());
+            let writing = writing.clone();
             writer("claim", metrics.clone(), move |jobs| {
-                claim_batch(pool.clone(), worker_id.clone(), jobs)
+                claim_batch(writing.clone(), jobs)
             })
         };
         let finishes = {
-            let finishing = finishing.clone();
+            let writing = writing.clone();
             writer("finish", metrics, move |jobs| {
-                finish_batch(finishing.clone(), jobs)
+                finish_batch(writing.clone(), jobs)
             })
         };
         Self {
-            pool,
-            worker_id,
-            finishing,
+            writing,
             claims,
             finishes,
         }
     }
 
-    /// [`commands::claim_alone`], written with the claims of other
-    /// commands that are waiting.
-    pub async fn claim_alone(&self, id: Uuid, token: Uuid) -> Result<Option<Claimed>, DbError> {
+    /// Claims a queued command of a project without `max_concurrency`,
+    /// and in the same commit writes its `command.started` deliveries,
+    /// with the claims of other commands that are waiting. `None` when it
+    /// was not claimed this way (not queued, or a limited project): then
+    /// claim it with [`commands::claim`] in a transaction. Call it in the
+    /// command's span: its trace context goes with the event.
+    pub async fn claim(&self, id: Uuid, token: Uuid) -> Result<Option<Claimed>, DbError> {
+        let mut trace = BTreeMap::new();
+        rdev_shared::telemetry::inject_current(&mut trace);
+        let job = |answer| ClaimJob {
+            id,
+            token,
+            trace: trace.clone(),
+            answer,
+        };
         let (answer, answered) = oneshot::channel();
-        let job = ClaimJob { id, token, answer };
-        if self.claims.send(job).await.is_ok()
+        if self.claims.send(job(answer)).await.is_ok()
             && let Ok(result) = answered.await
         {
             return result;
         }
         // The writer is gone (only while the worker is dropped): alone.
-        let client = self.pool.get().await?;
-        commands::claim_alone(&client, id, &self.worker_id, token, STARTED).await
+        claim_one(&self.writing, &job(oneshot::channel().0)).await
     }
 
     /// Records a command's finish, and in the same commit its event's
@@ -168,7 +178,7 @@ impl Batches {
             return result;
         }
         // The writer is gone (only while the worker is dropped): alone.
-        finish_one(&self.finishing, &job(oneshot::channel().0)).await
+        finish_one(&self.writing, &job(oneshot::channel().0)).await
     }
 }
 
@@ -212,41 +222,110 @@ where
     tx
 }
 
-async fn claim_batch(pool: Pool, worker_id: Arc<str>, jobs: Vec<ClaimJob>) {
-    let pairs: Vec<(Uuid, Uuid)> = jobs.iter().map(|j| (j.id, j.token)).collect();
-    let written = async {
-        let client = pool.get().await?;
-        commands::claim_many_alone(&client, &worker_id, &pairs, STARTED).await
+async fn claim_batch(w: Writing, jobs: Vec<ClaimJob>) {
+    // Tokens are unique per claim; a command named twice is claimed under
+    // one of them.
+    let mut claimed = HashMap::new();
+    let written = claim_all(&w, &jobs, &mut claimed).await;
+    // What committed is answered as such whatever failed after it.
+    let (done, left): (Vec<ClaimJob>, Vec<ClaimJob>) = jobs
+        .into_iter()
+        .partition(|j| claimed.contains_key(&j.token));
+    for job in done {
+        let _ = job.answer.send(Ok(claimed.remove(&job.token)));
     }
-    .await;
     match written {
-        Ok(claimed) => {
-            // Tokens are unique per claim; a command named twice was
-            // claimed under one of them.
-            let mut by_token: HashMap<Uuid, Claimed> = claimed.into_iter().collect();
-            for job in jobs {
-                let _ = job.answer.send(Ok(by_token.remove(&job.token)));
+        Ok(()) => {
+            for job in left {
+                let _ = job.answer.send(Ok(None));
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            let job = jobs.into_iter().next().expect("one job");
+        Err(e) if left.len() == 1 => {
+            let job = left.into_iter().next().expect("one job");
             let _ = job.answer.send(Err(e));
         }
         Err(e) => {
-            tracing::warn!(error = %e, claims = jobs.len(), "a batch of claims failed; writing them one at a time");
-            for job in jobs {
-                let one = async {
-                    let client = pool.get().await?;
-                    commands::claim_alone(&client, job.id, &worker_id, job.token, STARTED).await
-                }
-                .await;
+            tracing::warn!(error = %e, claims = left.len(), "a batch of claims failed; writing them one at a time");
+            for job in left {
+                let one = claim_one(&w, &job).await;
                 let _ = job.answer.send(one);
             }
         }
     }
 }
 
-async fn finish_batch(f: Finishing, jobs: Vec<FinishJob>) {
+/// Claims `jobs`, adding those it claimed to `claimed` (by token) as each
+/// commit succeeds: one statement for the claims no endpoint wants an
+/// event of, then one transaction for the rest with their
+/// `command.started` deliveries.
+async fn claim_all(
+    w: &Writing,
+    jobs: &[ClaimJob],
+    claimed: &mut HashMap<Uuid, Claimed>,
+) -> Result<(), DbError> {
+    let pairs: Vec<(Uuid, Uuid)> = jobs.iter().map(|j| (j.id, j.token)).collect();
+    let mut client = w.pool.get().await?;
+    claimed.extend(commands::claim_many_alone(&client, &w.worker_id, &pairs, STARTED).await?);
+    let rest: Vec<&ClaimJob> = jobs
+        .iter()
+        .filter(|j| !claimed.contains_key(&j.token))
+        .collect();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    let pairs: Vec<(Uuid, Uuid)> = rest.iter().map(|j| (j.id, j.token)).collect();
+    let done = commands::claim_many(&tx, &w.worker_id, &pairs).await?;
+    let messages: Vec<_> = done
+        .iter()
+        .filter_map(|(token, c)| {
+            let job = rest.iter().find(|j| j.token == *token)?;
+            Some(w.event(STARTED, &c.command, &job.trace))
+        })
+        .collect();
+    let deliveries = write(&tx, &messages).await?;
+    tx.commit().await?;
+    claimed.extend(done);
+    if deliveries > 0 {
+        w.due.wake();
+    }
+    Ok(())
+}
+
+/// [`claim_all`] for one command.
+async fn claim_one(w: &Writing, job: &ClaimJob) -> Result<Option<Claimed>, DbError> {
+    let mut claimed = HashMap::new();
+    claim_all(w, std::slice::from_ref(job), &mut claimed).await?;
+    Ok(claimed.remove(&job.token))
+}
+
+impl Writing {
+    /// The lifecycle event `event` about `command`, in the trace `trace`,
+    /// with the project it is about.
+    fn event(
+        &self,
+        event: &str,
+        command: &domain::Command,
+        trace: &BTreeMap<String, String>,
+    ) -> (rdev_shared::mq::OutgoingMessage, Uuid) {
+        let mut message = self
+            .topology
+            .event_message(event, &domain::command_event(event, command));
+        message.headers.extend(trace.clone());
+        (message, command.project_id)
+    }
+}
+
+/// Writes the deliveries of `events`; the number written.
+async fn write(
+    tx: &rdev_shared::db::Transaction<'_>,
+    events: &[(rdev_shared::mq::OutgoingMessage, Uuid)],
+) -> Result<u64, DbError> {
+    let events: Vec<_> = events.iter().map(|(m, p)| (m, *p)).collect();
+    webhooks::write_events(tx, &events).await
+}
+
+async fn finish_batch(f: Writing, jobs: Vec<FinishJob>) {
     let mut finished = HashSet::new();
     let written = finish_all(&f, &jobs, &mut finished).await;
     // What committed is answered as such whatever failed after it.
@@ -279,7 +358,7 @@ async fn finish_batch(f: Finishing, jobs: Vec<FinishJob>) {
 /// succeeds: one statement for the finishes no endpoint wants an event of,
 /// then one transaction for the rest with their events' deliveries.
 async fn finish_all(
-    f: &Finishing,
+    f: &Writing,
     jobs: &[FinishJob],
     finished: &mut HashSet<Uuid>,
 ) -> Result<(), DbError> {
@@ -299,15 +378,10 @@ async fn finish_all(
         .iter()
         .filter_map(|command| {
             let job = rest.iter().find(|j| j.id == command.id)?;
-            let mut message = f
-                .topology
-                .event_message(job.event, &domain::command_event(job.event, command));
-            message.headers.extend(job.trace.clone());
-            Some((message, command.project_id))
+            Some(f.event(job.event, command, &job.trace))
         })
         .collect();
-    let events: Vec<_> = messages.iter().map(|(m, p)| (m, *p)).collect();
-    let deliveries = webhooks::write_events(&tx, &events).await?;
+    let deliveries = write(&tx, &messages).await?;
     tx.commit().await?;
     finished.extend(done.iter().map(|c| c.id));
     if deliveries > 0 {
@@ -317,7 +391,7 @@ async fn finish_all(
 }
 
 /// [`finish_all`] for one command: `true` when it finished it.
-async fn finish_one(f: &Finishing, job: &FinishJob) -> Result<bool, DbError> {
+async fn finish_one(f: &Writing, job: &FinishJob) -> Result<bool, DbError> {
     let mut finished = HashSet::new();
     finish_all(f, std::slice::from_ref(job), &mut finished).await?;
     Ok(finished.contains(&job.id))

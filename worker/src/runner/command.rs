@@ -288,9 +288,10 @@ enum Claim {
 
 async fn claim(w: &Worker, id: Uuid, token: Uuid) -> Result<Claim, DbError> {
     let event_type = super::batch::STARTED;
-    // Usually nothing commits with the claim: one statement, shared with
-    // the claims of other commands waiting.
-    if let Some(c) = w.batches.claim_alone(id, token).await? {
+    // Usually a project without a limit: claimed (with its deliveries, if
+    // an endpoint wants them) together with the claims of other commands
+    // waiting.
+    if let Some(c) = w.batches.claim(id, token).await? {
         return Ok(Claim::Claimed(Box::new(c)));
     }
     let mut client = w.pool.get().await?;

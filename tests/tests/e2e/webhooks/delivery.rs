@@ -755,6 +755,83 @@ async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
     );
 }
 
+/// The claims the one-statement batch leaves because an endpoint wants
+/// `command.started` are made together in the writer's transaction
+/// (`claim_many`): still only queued commands, still not those of a
+/// project with a limit (they need the project's lock), once each.
+#[tokio::test]
+async fn claims_left_for_their_deliveries_keep_each_commands_conditions() {
+    use uuid::Uuid;
+    let (app, _receiver) = watched_quiet_limited().await;
+    let mut client = app.env.pool.get().await.expect("db");
+    let mut ids = Vec::new();
+    for project in ["watched", "limited", "quiet", "watched"] {
+        let c = app.run(project, json!({"command": "true"})).await;
+        ids.push(
+            c["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id"),
+        );
+    }
+    let [watched, limited, quiet, taken] = ids[..] else {
+        unreachable!()
+    };
+    client
+        .execute(
+            "UPDATE commands SET status = 'running', worker_id = 'other' WHERE id = $1",
+            &[&taken],
+        )
+        .await
+        .expect("taken");
+    let pairs: Vec<(Uuid, Uuid)> = [watched, limited, quiet, taken, watched]
+        .iter()
+        .map(|id| (*id, Uuid::now_v7()))
+        .collect();
+    let tx = client.transaction().await.expect("tx");
+    let claimed = commands::claim_many(&tx, "w1", &pairs)
+        .await
+        .expect("claim");
+    tx.commit().await.expect("commit");
+    let mut got: Vec<Uuid> = claimed.iter().map(|(_, c)| c.command.id).collect();
+    got.sort();
+    let mut want = vec![watched, quiet];
+    want.sort();
+    assert_eq!(got, want, "queued, of projects without a limit, once each");
+    for (token, c) in &claimed {
+        assert!(
+            pairs.contains(&(c.command.id, *token)),
+            "under one of its own tokens"
+        );
+        assert_eq!(c.command.status, CommandStatus::Running);
+    }
+    let status = |id: Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT status, worker_id FROM commands WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("status")
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(
+        status(limited).await,
+        "queued",
+        "left for the project's lock"
+    );
+    assert_eq!(status(taken).await, "running");
+    assert!(
+        commands::claim_many(&client, "w1", &[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
 /// The finishes the one-statement batch leaves (an endpoint wants their
 /// event) are written together in one transaction: the finishes in one
 /// statement, each row under its own conditions, then every event's
