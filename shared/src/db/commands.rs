@@ -688,31 +688,77 @@ pub async fn finish_many_alone(
     worker_id: &str,
     ends: &[(Uuid, &Finish, &str)],
 ) -> Result<Vec<Command>, DbError> {
-    // $1 the worker, then nine per command.
-    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        many_statements(
-            |i| {
-                let n = |k: usize| format!("${}", 9 * i + k + 1);
+    static SQL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| finish_statements(true));
+    let ends: Vec<(Uuid, &Finish, Option<&str>)> = ends
+        .iter()
+        .map(|(id, f, event)| (*id, *f, Some(*event)))
+        .collect();
+    finish_many_with(client, &SQL, worker_id, &ends).await
+}
+
+/// [`finish`] for several running commands of `worker_id` in one
+/// statement, in the caller's transaction (where their events' deliveries
+/// are written too): `ends` are (command, its finish); those past the first
+/// [`MAX_MANY`] are left alone. Returns the commands finished; one not among
+/// them is no longer this worker's running command (as [`finish`]'s
+/// `None`).
+pub async fn finish_many(
+    client: &impl deadpool_postgres::GenericClient,
+    worker_id: &str,
+    ends: &[(Uuid, &Finish)],
+) -> Result<Vec<Command>, DbError> {
+    static SQL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| finish_statements(false));
+    let ends: Vec<(Uuid, &Finish, Option<&str>)> =
+        ends.iter().map(|(id, f)| (*id, *f, None)).collect();
+    finish_many_with(client, &SQL, worker_id, &ends).await
+}
+
+/// The finish statements for 1 to [`MAX_MANY`] commands: `$1` the worker,
+/// then eight parameters per command, and with `alone` a ninth, the
+/// finish's event type, which no endpoint may want.
+fn finish_statements(alone: bool) -> Vec<String> {
+    let per = if alone { 9 } else { 8 };
+    many_statements(
+        |i| {
+            let n = |k: usize| format!("${}", per * i + k + 1);
+            let nobody_wants = if alone {
                 format!(
-                    "UPDATE commands SET status = {}, exit_code = {}, error = {}, \
-                     output_bytes = {}, truncated = {}, reason = {}, signal = {}, \
-                     finished_at = clock_timestamp() \
-                     WHERE id = {} AND worker_id = $1 AND status = 'running' \
-                     AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {}) RETURNING *",
-                    n(1),
-                    n(2),
-                    n(3),
-                    n(4),
-                    n(5),
-                    n(6),
-                    n(7),
-                    n(8),
+                    " AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE {})",
                     super::webhooks::wants_event("w", &n(9), "commands.project_id")
                 )
-            },
-            COLS,
-        )
-    });
+            } else {
+                String::new()
+            };
+            format!(
+                "UPDATE commands SET status = {}, exit_code = {}, error = {}, \
+                 output_bytes = {}, truncated = {}, reason = {}, signal = {}, \
+                 finished_at = clock_timestamp() \
+                 WHERE id = {} AND worker_id = $1 AND status = 'running'{nobody_wants} \
+                 RETURNING *",
+                n(1),
+                n(2),
+                n(3),
+                n(4),
+                n(5),
+                n(6),
+                n(7),
+                n(8),
+            )
+        },
+        COLS,
+    )
+}
+
+/// Runs the statement of `statements` for `ends` (at most [`MAX_MANY`]):
+/// (command, its finish, and the event type when the statements check it).
+async fn finish_many_with(
+    client: &impl deadpool_postgres::GenericClient,
+    statements: &[String],
+    worker_id: &str,
+    ends: &[(Uuid, &Finish, Option<&str>)],
+) -> Result<Vec<Command>, DbError> {
     let ends = &ends[..ends.len().min(MAX_MANY)];
     if ends.is_empty() {
         return Ok(Vec::new());
@@ -732,70 +778,12 @@ pub async fn finish_many_alone(
             reason,
             &f.signal,
             id,
-            event,
         ]);
+        if let Some(event) = event {
+            params.push(event);
+        }
     }
-    let stmt = prepared(client, &SQL[ends.len() - 1]).await?;
-    let rows = client.query(&stmt, &params).await?;
-    rows.iter().map(from_row).collect()
-}
-
-/// [`finish`] for several running commands of `worker_id` in one
-/// statement, in the caller's transaction (where their events' deliveries
-/// are written too): `ends` are (command, its finish); those past the first
-/// [`MAX_MANY`] are left alone. Returns the commands finished; one not among
-/// them is no longer this worker's running command (as [`finish`]'s
-/// `None`).
-pub async fn finish_many(
-    client: &impl deadpool_postgres::GenericClient,
-    worker_id: &str,
-    ends: &[(Uuid, &Finish)],
-) -> Result<Vec<Command>, DbError> {
-    // $1 the worker, then eight per command.
-    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        many_statements(
-            |i| {
-                let n = |k: usize| format!("${}", 8 * i + k + 1);
-                format!(
-                    "UPDATE commands SET status = {}, exit_code = {}, error = {}, \
-                     output_bytes = {}, truncated = {}, reason = {}, signal = {}, \
-                     finished_at = clock_timestamp() \
-                     WHERE id = {} AND worker_id = $1 AND status = 'running' RETURNING *",
-                    n(1),
-                    n(2),
-                    n(3),
-                    n(4),
-                    n(5),
-                    n(6),
-                    n(7),
-                    n(8),
-                )
-            },
-            COLS,
-        )
-    });
-    let ends = &ends[..ends.len().min(MAX_MANY)];
-    if ends.is_empty() {
-        return Ok(Vec::new());
-    }
-    let texts: Vec<(&str, &str)> = ends
-        .iter()
-        .map(|(_, f)| (f.status.as_str(), f.reason.as_str()))
-        .collect();
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&worker_id];
-    for ((id, f), (status, reason)) in ends.iter().zip(&texts) {
-        params.extend([
-            status as &(dyn tokio_postgres::types::ToSql + Sync),
-            &f.exit_code,
-            &f.error,
-            &f.output_bytes,
-            &f.truncated,
-            reason,
-            &f.signal,
-            id,
-        ]);
-    }
-    let stmt = prepared(client, &SQL[ends.len() - 1]).await?;
+    let stmt = prepared(client, &statements[ends.len() - 1]).await?;
     let rows = client.query(&stmt, &params).await?;
     rows.iter().map(from_row).collect()
 }

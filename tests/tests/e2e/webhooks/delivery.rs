@@ -523,6 +523,16 @@ fn exited(status: CommandStatus, code: i32) -> Finish {
 /// wants its `command.started`), `quiet` (one wants its `command.failed`
 /// only) and `limited` (`max_concurrency`); a disabled `*` endpoint wants
 /// nothing. Returns the endpoints' receiver with the app.
+/// Enqueues `true` in each of `projects`, in order: the commands' ids.
+async fn enqueue_true(app: &rdev_tests::TestApp, projects: &[&str]) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for project in projects {
+        let c = app.run(project, json!({"command": "true"})).await;
+        ids.push(c["id"].as_str().and_then(|s| s.parse().ok()).expect("id"));
+    }
+    ids
+}
+
 async fn watched_quiet_limited() -> (rdev_tests::TestApp, Receiver) {
     let app = spawn_app_with(Options {
         worker: false,
@@ -665,16 +675,7 @@ async fn claims_and_finishes_written_together_keep_each_commands_conditions() {
             (row.get::<_, String>(0), row.get::<_, Option<Uuid>>(1))
         }
     };
-    let mut ids = Vec::new();
-    for project in ["watched", "limited", "quiet", "quiet", "quiet"] {
-        let c = app.run(project, json!({"command": "true"})).await;
-        ids.push(
-            c["id"]
-                .as_str()
-                .and_then(|s| s.parse::<Uuid>().ok())
-                .expect("id"),
-        );
-    }
+    let ids = enqueue_true(&app, &["watched", "limited", "quiet", "quiet", "quiet"]).await;
     let [watched, limited, q1, q2, q3] = ids[..] else {
         unreachable!()
     };
@@ -764,16 +765,7 @@ async fn claims_left_for_their_deliveries_keep_each_commands_conditions() {
     use uuid::Uuid;
     let (app, _receiver) = watched_quiet_limited().await;
     let mut client = app.env.pool.get().await.expect("db");
-    let mut ids = Vec::new();
-    for project in ["watched", "limited", "quiet", "watched"] {
-        let c = app.run(project, json!({"command": "true"})).await;
-        ids.push(
-            c["id"]
-                .as_str()
-                .and_then(|s| s.parse::<Uuid>().ok())
-                .expect("id"),
-        );
-    }
+    let ids = enqueue_true(&app, &["watched", "limited", "quiet", "watched"]).await;
     let [watched, limited, quiet, taken] = ids[..] else {
         unreachable!()
     };
@@ -854,16 +846,7 @@ async fn finishes_with_deliveries_are_written_together() {
     )
     .await;
     let mut client = app.env.pool.get().await.expect("db");
-    let mut ids = Vec::new();
-    for project in ["quiet", "quiet", "watched", "quiet"] {
-        let c = app.run(project, json!({"command": "true"})).await;
-        ids.push(
-            c["id"]
-                .as_str()
-                .and_then(|s| s.parse::<Uuid>().ok())
-                .expect("id"),
-        );
-    }
+    let ids = enqueue_true(&app, &["quiet", "quiet", "watched", "quiet"]).await;
     let [fails, succeeds, elsewhere, other] = ids[..] else {
         unreachable!()
     };
