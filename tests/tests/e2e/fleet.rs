@@ -3,6 +3,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -237,6 +239,8 @@ async fn worker_process_entry() {
     let keys = std::env::var("RDEV_ENCRYPTION_KEYS").unwrap_or_default();
     rdev_shared::crypto::install(rdev_shared::crypto::KeyRing::parse(&keys).expect("key ring"));
     let cfg = rdev_worker::Config::parse_from(["rdev-worker"]);
+    // Its log goes to the stderr the test keeps, shown if the test fails.
+    let _telemetry = rdev_shared::telemetry::init(&cfg.log, "rdev-worker");
     let worker = rdev_worker::start(cfg, rdev_shared::lifecycle::CancellationToken::new())
         .await
         .expect("worker");
@@ -256,6 +260,7 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
     app.create_project("p", json!({})).await;
     let exe = std::env::current_exe().expect("test binary");
     let leftovers = rdev_tests::KilledWorker::new();
+    let log = app.workspace.join("killed-worker.log");
     let mut child = rdev_tests::spawn(
         tokio::process::Command::new(exe)
             .args(["--exact", "fleet::worker_process_entry", "--nocapture"])
@@ -269,7 +274,7 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
             .env("RDEV_LISTEN", "127.0.0.1:0")
             .env("RDEV_HEARTBEAT_S", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the worker's log"))
             .kill_on_drop(true),
     )
     .expect("worker process");
@@ -283,7 +288,17 @@ async fn a_killed_worker_is_reaped_its_command_dies_with_it_and_never_runs_twice
         )
         .await;
     let id = c["id"].as_str().expect("id").to_owned();
-    assert_eq!(first_line(&app, &id).await, "started");
+    let started = std::panic::AssertUnwindSafe(first_line(&app, &id))
+        .catch_unwind()
+        .await;
+    let Ok(line) = started else {
+        let status = app.get(&format!("/v1/commands/{id}")).await.json();
+        panic!(
+            "the command did not start: {status}\nthe worker's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    assert_eq!(line, "started");
     let killed_at = tokio::time::Instant::now();
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
