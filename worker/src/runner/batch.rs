@@ -283,7 +283,7 @@ async fn claim_all(
             Some(w.event(STARTED, &c.command, &job.trace))
         })
         .collect();
-    let deliveries = write(&tx, &messages).await?;
+    let deliveries = webhooks::write_events(&tx, &messages).await?;
     tx.commit().await?;
     claimed.extend(done);
     if deliveries > 0 {
@@ -314,15 +314,6 @@ impl Writing {
         message.headers.extend(trace.clone());
         (message, command.project_id)
     }
-}
-
-/// Writes the deliveries of `events`; the number written.
-async fn write(
-    tx: &rdev_shared::db::Transaction<'_>,
-    events: &[(rdev_shared::mq::OutgoingMessage, Uuid)],
-) -> Result<u64, DbError> {
-    let events: Vec<_> = events.iter().map(|(m, p)| (m, *p)).collect();
-    webhooks::write_events(tx, &events).await
 }
 
 async fn finish_batch(f: Writing, jobs: Vec<FinishJob>) {
@@ -381,7 +372,7 @@ async fn finish_all(
             Some(f.event(job.event, command, &job.trace))
         })
         .collect();
-    let deliveries = write(&tx, &messages).await?;
+    let deliveries = webhooks::write_events(&tx, &messages).await?;
     tx.commit().await?;
     finished.extend(done.iter().map(|c| c.id));
     if deliveries > 0 {

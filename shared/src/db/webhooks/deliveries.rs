@@ -53,9 +53,9 @@ pub async fn write_event(
 /// [`write_event`] for several events, each about a command of its
 /// project, in one insert: the endpoints that want an event are read once
 /// per (event type, project). Returns the number of deliveries written.
-pub async fn write_events(
+pub async fn write_events<M: std::borrow::Borrow<crate::mq::OutgoingMessage>>(
     client: &impl deadpool_postgres::GenericClient,
-    events: &[(&crate::mq::OutgoingMessage, Uuid)],
+    events: &[(M, Uuid)],
 ) -> Result<u64, DbError> {
     static WANTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
@@ -78,6 +78,7 @@ pub async fn write_events(
     let mut payloads: Vec<&[u8]> = Vec::new();
     let mut traces = Vec::new();
     for (event, project) in events {
+        let event: &crate::mq::OutgoingMessage = event.borrow();
         let key = (event.routing_key.as_str(), *project);
         if let std::collections::hash_map::Entry::Vacant(slot) = wanted.entry(key) {
             let rows = client

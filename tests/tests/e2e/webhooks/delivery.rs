@@ -523,6 +523,15 @@ fn exited(status: CommandStatus, code: i32) -> Finish {
 /// wants its `command.started`), `quiet` (one wants its `command.failed`
 /// only) and `limited` (`max_concurrency`); a disabled `*` endpoint wants
 /// nothing. Returns the endpoints' receiver with the app.
+/// A command's status, read from its row.
+async fn command_status(client: &rdev_shared::db::Client, id: uuid::Uuid) -> String {
+    client
+        .query_one("SELECT status FROM commands WHERE id = $1", &[&id])
+        .await
+        .expect("status")
+        .get(0)
+}
+
 /// Enqueues `true` in each of `projects`, in order: the commands' ids.
 async fn enqueue_true(app: &rdev_tests::TestApp, projects: &[&str]) -> Vec<uuid::Uuid> {
     let mut ids = Vec::new();
@@ -580,16 +589,7 @@ async fn a_claim_or_finish_commits_alone_only_when_no_endpoint_wants_its_event()
     let (app, _receiver) = watched_quiet_limited().await;
 
     let client = app.env.pool.get().await.expect("db");
-    let status = |id: uuid::Uuid| {
-        let client = &client;
-        async move {
-            let row = client
-                .query_one("SELECT status FROM commands WHERE id = $1", &[&id])
-                .await
-                .expect("status");
-            row.get::<_, String>(0)
-        }
-    };
+    let status = |id| command_status(&client, id);
     let enqueue = |project: &'static str| {
         let app = &app;
         async move {
@@ -797,19 +797,7 @@ async fn claims_left_for_their_deliveries_keep_each_commands_conditions() {
         );
         assert_eq!(c.command.status, CommandStatus::Running);
     }
-    let status = |id: Uuid| {
-        let client = &client;
-        async move {
-            client
-                .query_one(
-                    "SELECT status, worker_id FROM commands WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .expect("status")
-                .get::<_, String>(0)
-        }
-    };
+    let status = |id| command_status(&client, id);
     assert_eq!(
         status(limited).await,
         "queued",
@@ -903,8 +891,7 @@ async fn finishes_with_deliveries_are_written_together() {
             (m, c.project_id)
         })
         .collect();
-    let events: Vec<_> = messages.iter().map(|(m, p)| (m, *p)).collect();
-    let written = webhooks::write_events(&tx, &events)
+    let written = webhooks::write_events(&tx, &messages)
         .await
         .expect("deliveries");
     tx.commit().await.expect("commit");
@@ -952,5 +939,9 @@ async fn finishes_with_deliveries_are_written_together() {
     let ids: HashSet<Uuid> = rows.iter().map(|r| r.get(4)).collect();
     assert_eq!(ids.len(), 4);
     // Nothing to write is no statement at all.
-    assert_eq!(webhooks::write_events(&client, &[]).await.expect("none"), 0);
+    let none: [(rdev_shared::mq::OutgoingMessage, Uuid); 0] = [];
+    assert_eq!(
+        webhooks::write_events(&client, &none).await.expect("none"),
+        0
+    );
 }
