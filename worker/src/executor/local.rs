@@ -299,9 +299,16 @@ fn workdir_in(root: &Path, rel: &str) -> Result<PathBuf, String> {
     if let Some(dir) = existing_workdir(root, rel) {
         return Ok(dir);
     }
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create the workspace root: {e}"))?;
-    let root = std::fs::canonicalize(root)
-        .map_err(|e| format!("cannot resolve the workspace root: {e}"))?;
+    // The worker made the root at start. One that is gone is not made
+    // again: it may be an unmounted volume, whose mount point would then
+    // fill the host's disk, or a workspace being removed (a test's, after
+    // its worker stopped).
+    let root = std::fs::canonicalize(root).map_err(|e| {
+        format!(
+            "the workspace root {} cannot be resolved (made at start; removed or unmounted since?): {e}",
+            root.display()
+        )
+    })?;
     let dir = root.join(rel);
 
     // Check the deepest existing ancestor first, so a symlink cannot make

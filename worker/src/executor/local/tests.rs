@@ -420,6 +420,15 @@ fn an_existing_workdir_resolves_as_the_slow_path_does() {
     assert_eq!(existing_workdir(&root, "file"), None);
 }
 
+#[test]
+fn a_workspace_root_that_is_gone_is_not_made_again() {
+    let tmp = TempDir::new();
+    let root = tmp.0.join("ws");
+    let err = workdir_in(&root, "p").expect_err("no root");
+    assert!(err.contains("workspace root"), "{err}");
+    assert!(!root.exists(), "the root was made again");
+}
+
 #[tokio::test]
 async fn a_workdir_already_given_to_the_command_user_is_not_rewritten() {
     use std::os::unix::fs::MetadataExt;
