@@ -151,6 +151,24 @@ async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
     commands::get(&client, id).await.ok().flatten()
 }
 
+/// One of the instance's and the key's event-stream slots, held by an
+/// event stream or a waiting read (`GET /v1/commands/{id}?wait=`) while it
+/// lasts; `429` when none is free.
+pub(crate) fn admit(st: &AppState, auth: &Auth) -> ApiResult<Slot> {
+    st.sse.admit(auth.key.id).map_err(|r| match r {
+        Refusal::Instance(n) => ApiError::TooManyRequests {
+            detail: format!(
+                "this instance serves its maximum of {n} event streams and waits; retry later"
+            ),
+            retry_after_s: 5,
+        },
+        Refusal::Key(n) => ApiError::TooManyRequests {
+            detail: format!("this API key has its maximum of {n} open event streams and waits"),
+            retry_after_s: 5,
+        },
+    })
+}
+
 /// `GET /v1/commands/{id}/events`
 #[utoipa::path(
     get,
@@ -174,16 +192,7 @@ pub async fn events(
     auth.require(Scope::CommandsRead)?;
     let after = last_event_id(&headers)?;
     let cmd = load_visible_command(&st, &auth, &id).await?;
-    let slot = st.sse.admit(auth.key.id).map_err(|r| match r {
-        Refusal::Instance(n) => ApiError::TooManyRequests {
-            detail: format!("this instance serves its maximum of {n} event streams; retry later"),
-            retry_after_s: 5,
-        },
-        Refusal::Key(n) => ApiError::TooManyRequests {
-            detail: format!("this API key has its maximum of {n} open event streams"),
-            retry_after_s: 5,
-        },
-    })?;
+    let slot = admit(&st, &auth)?;
     let watch = KeyWatch::of(&auth);
     // Before the answer leaves: a key change announced while the client
     // reads the headers is not missed.

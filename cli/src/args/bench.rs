@@ -80,7 +80,8 @@ pub struct E2eArgs {
     pub command: String,
     /// With -n 1, how the client learns a command ended: `poll` asks for it
     /// every 2 ms, `stream` follows its event stream to the `end` event
-    /// (as `rdev run` does)
+    /// (as `rdev run` does), `wait` asks once with `?wait=50`, answered
+    /// when it ends
     #[arg(long, value_enum, default_value_t = Follow::Poll)]
     pub follow: Follow,
 }
@@ -93,6 +94,8 @@ pub enum Follow {
     Poll,
     /// `GET /v1/commands/{id}/events` until `end`.
     Stream,
+    /// `GET /v1/commands/{id}?wait=50`, answered when the command ends.
+    Wait,
 }
 
 /// `rdev bench sse`.

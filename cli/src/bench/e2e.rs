@@ -10,8 +10,9 @@
 //! whatever the backlog), then reading the pages once for the timestamps.
 //! With `-n 1` each command is followed by `GET /v1/commands/{id}` every
 //! few milliseconds (or, `--follow stream`, on its event stream to the
-//! `end` event, as `rdev run` does), which also gives the latency a client
-//! observes.
+//! `end` event, as `rdev run` does; or, `--follow wait`, by
+//! `GET /v1/commands/{id}?wait=50`, answered when it ends), which also
+//! gives the latency a client observes.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ use crate::units::seg;
 const BATCH_POLL: Duration = Duration::from_millis(50);
 /// Between looks at a single command.
 const SINGLE_POLL: Duration = Duration::from_millis(2);
+/// `--follow wait`: the `wait` of each read, in seconds (the API's most).
+const WAIT_S: u64 = 50;
 /// Items per list page (the API's maximum).
 const PAGE: i64 = 200;
 /// Give up on a batch after this long without progress.
@@ -149,8 +152,12 @@ async fn single(
         return Ok(());
     }
     let path = format!("/v1/commands/{}", seg(&id));
+    let query = match follow {
+        Follow::Wait => vec![("wait", WAIT_S.to_string())],
+        Follow::Poll | Follow::Stream => Vec::new(),
+    };
     loop {
-        let cmd = client.get(&path, &[]).await?;
+        let cmd = client.get(&path, &query).await?;
         let status = cmd.get("status").and_then(Value::as_str).unwrap_or("");
         if TERMINAL.contains(&status) {
             t.observed.push(sent.elapsed().as_secs_f64() * 1e3);
@@ -160,7 +167,9 @@ async fn single(
         if sent.elapsed() > STALL {
             return Err(stalled(client, "the command is still not finished"));
         }
-        tokio::time::sleep(SINGLE_POLL).await;
+        if follow == Follow::Poll {
+            tokio::time::sleep(SINGLE_POLL).await;
+        }
     }
 }
 

@@ -28,6 +28,14 @@ def test_run_returns_exit_code_status_and_both_streams(client: rdev.Client, proj
     assert client.commands.get(result.id).status == "succeeded"
 
 
+def test_get_with_wait_answers_when_the_command_ends(client: rdev.Client, project: str) -> None:
+    started = client.commands.start(project, "sleep 0.5; echo done")
+    ended = client.commands.get(started.id, wait=50)
+    assert ended.status == "succeeded"
+    assert ended.exit_code == 0
+    assert ended.output_bytes == 5
+
+
 def test_argv_runs_without_a_shell(client: rdev.Client, project: str) -> None:
     result = client.commands.run(project, ["printf", "%s|", "a b", "$HOME"])
     assert result.stdout == "a b|$HOME|"

@@ -287,8 +287,12 @@ export class Commands {
     return started.result(opts);
   }
 
-  get(id: string): Promise<Command> {
-    return this.client.request("GET", `/v1/commands/${seg(id)}`);
+  /**
+   * The command; with `wait` (seconds, at most 50), once it has ended or
+   * the wait has passed, whichever comes first: check `status`.
+   */
+  get(id: string, opts: { wait?: number } = {}): Promise<Command> {
+    return this.client.request("GET", `/v1/commands/${seg(id)}`, { query: { ...opts } });
   }
 
   /** Commands, newest first. */

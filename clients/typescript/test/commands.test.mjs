@@ -19,6 +19,15 @@ test("run returns exit code, status and both streams", async () => {
   assert.equal((await c.commands.get(r.id)).status, "succeeded");
 });
 
+test("get with wait answers when the command ends", async () => {
+  const c = client();
+  const started = await c.commands.start(await project(c), "sleep 0.5; echo done");
+  const ended = await c.commands.get(started.id, { wait: 50 });
+  assert.equal(ended.status, "succeeded");
+  assert.equal(ended.exit_code, 0);
+  assert.equal(ended.output_bytes, 5);
+});
+
 test("an argv runs without a shell", async () => {
   const c = client();
   const r = await c.commands.run(await project(c), ["printf", "%s|", "a b", "$HOME"]);

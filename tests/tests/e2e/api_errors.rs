@@ -284,6 +284,18 @@ async fn invalid_input_gets_field_level_422_or_400() {
         .assert_problem(422);
     app.get("/v1/projects?limit=0").await.assert_problem(422);
     app.get("/v1/projects?cursor=***").await.assert_problem(400);
+    let queued = app.run("p", json!({"command": "true"})).await;
+    let id = queued["id"].as_str().expect("id");
+    let p = app
+        .get(&format!("/v1/commands/{id}?wait=51"))
+        .await
+        .assert_problem(422);
+    assert_eq!(p["errors"][0]["field"], "wait", "{p}");
+    for q in ["wait=-1", "wait=soon", "wait=1&colour=red"] {
+        app.get(&format!("/v1/commands/{id}?{q}"))
+            .await
+            .assert_problem(400);
+    }
     let r = app
         .send(
             app.http

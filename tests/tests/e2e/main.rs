@@ -17,6 +17,7 @@ mod openapi;
 mod projects;
 mod secrets;
 mod sse;
+mod wait;
 mod webhooks;
 
 /// The same allocator and profiling settings as `rdev-api`, so the in-process

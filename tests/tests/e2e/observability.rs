@@ -21,7 +21,7 @@ pub(crate) async fn scrape(app: &TestApp, base: &str) -> String {
     String::from_utf8(r.body.to_vec()).expect("utf8")
 }
 
-fn gauge(text: &str, name: &str) -> f64 {
+pub(crate) fn gauge(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next())

@@ -3,6 +3,7 @@
 
 mod input;
 mod output;
+mod wait;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -292,19 +293,38 @@ async fn insert(
     Ok(Inserted::New(cmd, outbox_id))
 }
 
-/// `GET /v1/commands/{id}`
+/// Query of `GET /v1/commands/{id}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// Seconds to wait for the command to end, 0-50 (default 0): the answer
+    /// comes as soon as it has ended, or with the command as it is once the
+    /// time has passed. A wait holds one of the key's event-stream slots.
+    #[param(minimum = 0, maximum = 50)]
+    wait: Option<u64>,
+}
+
+/// `GET /v1/commands/{id}[?wait=S]`
 #[utoipa::path(
     get,
     path = "/commands/{id}",
     tag = "commands",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Command id (uuid)")),
+    params(("id" = String, Path, description = "Command id (uuid)"), GetQuery),
     responses(
-        (status = 200, description = "The command (scope `commands:read`)", body = Command),
+        (status = 200, description = "The command (scope `commands:read`); with `wait`, once it has ended or the wait has passed", body = Command),
     ),
 )]
-pub async fn get(OnCommand { command, .. }: OnCommand<perm::CommandsRead>) -> axum::Json<Command> {
-    axum::Json(command)
+pub async fn get(
+    State(st): State<AppState>,
+    OnCommand { auth, command, .. }: OnCommand<perm::CommandsRead>,
+    Query(q): Query<GetQuery>,
+) -> ApiResult<axum::Json<Command>> {
+    let wait = wait::parse(q.wait)?;
+    Ok(axum::Json(
+        wait::until_ended(&st, &auth, command, wait).await?,
+    ))
 }
 
 /// Query of `GET /v1/commands`.

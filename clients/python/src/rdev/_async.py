@@ -240,8 +240,11 @@ class Commands:
         )
         return await started.result(on_output=on_output)
 
-    async def get(self, id: str) -> Command:
-        return await self._c._send(r.command_get(id))
+    async def get(self, id: str, *, wait: Optional[int] = None) -> Command:
+        """The command; with ``wait`` (seconds, at most 50), once it has
+        ended or the wait has passed, whichever comes first: check
+        ``status``."""
+        return await self._c._send(r.command_get(id, wait))
 
     async def list(
         self,

@@ -123,8 +123,8 @@ def command_create(
     )
 
 
-def command_get(id: str) -> Req:
-    return Req("GET", f"/v1/commands/{seg(id)}", Command.from_json)
+def command_get(id: str, wait: Optional[int] = None) -> Req:
+    return Req("GET", f"/v1/commands/{seg(id)}", Command.from_json, params=_query(wait=wait))
 
 
 def command_list(

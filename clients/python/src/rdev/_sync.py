@@ -240,8 +240,11 @@ class Commands:
         )
         return started.result(on_output=on_output)
 
-    def get(self, id: str) -> Command:
-        return self._c._send(r.command_get(id))
+    def get(self, id: str, *, wait: Optional[int] = None) -> Command:
+        """The command; with ``wait`` (seconds, at most 50), once it has
+        ended or the wait has passed, whichever comes first: check
+        ``status``."""
+        return self._c._send(r.command_get(id, wait))
 
     def list(
         self,
