@@ -76,6 +76,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Run(a) => commands::run::run(&client, &style, a).await,
         Command::Logs(a) => commands::inspect::logs(&client, a).await,
         Command::Status(a) => commands::inspect::status(&client, &style, a).await,
+        Command::Wait(a) => commands::inspect::wait(&client, &style, a).await,
         Command::Cancel(a) => commands::inspect::cancel(&client, &style, a).await,
         Command::Attach(a) => commands::run::attach(&client, &style, a).await,
         Command::Ls(a) => match a.target.as_deref().map(commands::files::remote) {

@@ -579,6 +579,40 @@ async fn detach_logs_and_status_work_together() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_exits_with_the_commands_exit_code_or_75_while_it_runs() {
+    let sys = start().await;
+    let detach = |cmd: &'static str| {
+        let sys = &sys;
+        async move {
+            let out = sys
+                .output(&["run", "-p", PROJECT, "--detach", "--", cmd])
+                .await;
+            assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    let failing = detach("sleep 0.3; exit 3").await;
+    let waited = sys.output(&["wait", &failing]).await;
+    assert_eq!(waited.status.code(), Some(3), "{}", show(&waited));
+    let text = String::from_utf8_lossy(&waited.stdout);
+    assert!(text.contains("failed"), "{text}");
+
+    // Still running when --timeout passes: 75, and the status is said.
+    let long = detach("sleep 300").await;
+    let waited = sys.output(&["wait", &long, "--timeout", "1s"]).await;
+    assert_eq!(waited.status.code(), Some(75), "{}", show(&waited));
+    let err = String::from_utf8_lossy(&waited.stderr);
+    assert!(err.contains(&format!("{long} is still")), "{err}");
+    // Ended meanwhile: its exit code, as `rdev run` gives it (130: cancelled).
+    let cancel = sys.output(&["cancel", &long]).await;
+    assert_eq!(cancel.status.code(), Some(0), "{}", show(&cancel));
+    let waited = sys.output(&["--json", "wait", &long]).await;
+    assert_eq!(waited.status.code(), Some(130), "{}", show(&waited));
+    let cmd: Value = serde_json::from_slice(&waited.stdout).expect("json");
+    assert_eq!(cmd["status"], "cancelled", "{cmd}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_parses_and_tables_are_for_people() {
     let sys = start().await;
     let created = sys

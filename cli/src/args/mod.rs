@@ -85,6 +85,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Show a command
     Status(IdArg),
+    /// Wait for a command to end; exits with its exit code, as `rdev run`
+    /// does (75 when --timeout passes first)
+    Wait(WaitArgs),
     /// Ask rdev to cancel a command
     Cancel(IdArg),
     /// Attach to a running command: its output here, this terminal's input
@@ -179,6 +182,17 @@ pub struct LogsArgs {
     /// Only this stream (without -f)
     #[arg(long, value_enum, conflicts_with = "follow")]
     pub stream: Option<StreamArg>,
+}
+
+/// `rdev wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Command id
+    pub id: String,
+    /// Give up after this long (e.g. 90s, 10m); without it, wait as long as
+    /// the command runs
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// An output stream.

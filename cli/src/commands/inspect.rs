@@ -1,19 +1,29 @@
-//! `rdev logs`, `status`, `cancel`, `ls`: looking at commands.
+//! `rdev logs`, `status`, `wait`, `cancel`, `ls`: looking at commands.
 
 use std::io::Write;
+use std::time::Instant;
 
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::page_query;
-use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg};
+use super::run::exit_code;
+use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg, WaitArgs};
 use crate::client::{Client, ClientError};
 use crate::events::Follower;
 use crate::output::{
-    Style, Table, ellipsize, field, print_done, print_json, print_list, print_object,
+    Style, Table, ellipsize, field, note, print_done, print_json, print_list, print_object,
 };
 use crate::units::seg;
+
+/// `rdev wait`'s exit code when its `--timeout` passes before the command
+/// ends (sysexits' `EX_TEMPFAIL`: try again later).
+pub const EXIT_STILL_RUNNING: i32 = 75;
+/// The longest `wait` one request asks for (the API's most).
+const WAIT_PER_REQUEST_S: u64 = 50;
+/// Statuses a command ends in.
+const TERMINAL: &[&str] = &["succeeded", "failed", "timed_out", "cancelled"];
 
 /// Fields of a command shown by `rdev status`.
 const COMMAND_FIELDS: &[&str] = &[
@@ -94,17 +104,50 @@ pub async fn status(client: &Client, style: &Style, args: &IdArg) -> Result<i32,
     let cmd = client
         .get(&format!("/v1/commands/{}", seg(&args.id)), &[])
         .await?;
+    show_command(style, &cmd);
+    Ok(0)
+}
+
+/// `rdev wait ID [--timeout T]`: `GET /v1/commands/{id}?wait=` again and
+/// again (each answered when the command ends, or after at most
+/// [`WAIT_PER_REQUEST_S`]) until it has ended; shows it and exits with its
+/// exit code, or [`EXIT_STILL_RUNNING`] when the timeout passes first.
+pub async fn wait(client: &Client, style: &Style, args: &WaitArgs) -> Result<i32, ClientError> {
+    let path = format!("/v1/commands/{}", seg(&args.id));
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = deadline.map_or(WAIT_PER_REQUEST_S, |d| {
+            d.saturating_duration_since(Instant::now()).as_secs()
+        });
+        let wait_s = left.min(WAIT_PER_REQUEST_S);
+        let cmd = client.get(&path, &[("wait", wait_s.to_string())]).await?;
+        let status = cmd.get("status").and_then(Value::as_str).unwrap_or("");
+        if TERMINAL.contains(&status) {
+            show_command(style, &cmd);
+            return Ok(exit_code(&cmd));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) || wait_s == 0 {
+            if style.json {
+                print_json(&cmd);
+            }
+            note(&format!("{} is still {status}", args.id));
+            return Ok(EXIT_STILL_RUNNING);
+        }
+    }
+}
+
+/// A command as `rdev status` shows it.
+fn show_command(style: &Style, cmd: &Value) {
     if style.json {
-        print_json(&cmd);
+        print_json(cmd);
     } else {
         // An argv reads better as the command line it stands for.
         let mut shown = cmd.clone();
         if let (Some(obj), Some(Value::Array(_))) = (shown.as_object_mut(), cmd.get("argv")) {
-            obj.insert("argv".into(), Value::String(command_line(&cmd)));
+            obj.insert("argv".into(), Value::String(command_line(cmd)));
         }
         print_object(style, &shown, COMMAND_FIELDS);
     }
-    Ok(0)
 }
 
 /// `rdev cancel ID`.
