@@ -42,11 +42,17 @@ pub struct LocalExecutor {
 }
 
 impl LocalExecutor {
-    /// An executor confined to `root`; `kill_grace` separates SIGTERM from
+    /// An executor confined to `root`, made here if missing (once: a
+    /// command does not make it again); `kill_grace` separates SIGTERM from
     /// SIGKILL; `sandbox` contains every command.
     pub fn new(root: impl Into<PathBuf>, kill_grace: Duration, sandbox: Arc<Sandbox>) -> Self {
+        let root = root.into();
+        if let Err(e) = std::fs::create_dir_all(&root) {
+            // Every command then fails, naming the root.
+            tracing::warn!(root = %root.display(), error = %e, "cannot create the workspace root");
+        }
         Self {
-            root: root.into(),
+            root,
             kill_grace,
             sandbox,
         }
@@ -299,7 +305,7 @@ fn workdir_in(root: &Path, rel: &str) -> Result<PathBuf, String> {
     if let Some(dir) = existing_workdir(root, rel) {
         return Ok(dir);
     }
-    // The worker made the root at start. One that is gone is not made
+    // The executor made the root at start. One that is gone is not made
     // again: it may be an unmounted volume, whose mount point would then
     // fill the host's disk, or a workspace being removed (a test's, after
     // its worker stopped).
