@@ -116,8 +116,10 @@ pub async fn wait(client: &Client, style: &Style, args: &WaitArgs) -> Result<i32
     let path = format!("/v1/commands/{}", seg(&args.id));
     let deadline = args.timeout.map(|t| Instant::now() + t);
     loop {
+        // Whole seconds, rounded up: the wait lasts at least `--timeout`.
         let left = deadline.map_or(WAIT_PER_REQUEST_S, |d| {
-            d.saturating_duration_since(Instant::now()).as_secs()
+            let ms = d.saturating_duration_since(Instant::now()).as_millis();
+            u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX)
         });
         let wait_s = left.min(WAIT_PER_REQUEST_S);
         let cmd = client.get(&path, &[("wait", wait_s.to_string())]).await?;
