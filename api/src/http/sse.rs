@@ -146,7 +146,8 @@ pub(crate) async fn key_still_valid(pool: &Pool, watch: &KeyWatch) -> bool {
     }
 }
 
-async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
+/// The command as stored now; `None` when it cannot be read.
+pub(crate) async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
     let client = pool.get().await.ok()?;
     commands::get(&client, id).await.ok().flatten()
 }

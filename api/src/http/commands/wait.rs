@@ -14,17 +14,15 @@
 
 use std::time::Duration;
 
-use rdev_shared::db::{Pool, commands};
 use rdev_shared::domain::Command;
 use rdev_shared::mq::OutputEvent;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
-use uuid::Uuid;
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::Auth;
-use crate::http::sse::{KeyWatch, admit, key_still_valid};
+use crate::http::sse::{KeyWatch, admit, key_still_valid, reload};
 
 /// Longest `wait` a request may ask for, in seconds: below the usual
 /// client and proxy timeouts (60 s).
@@ -40,11 +38,6 @@ pub fn parse(wait: Option<u64>) -> ApiResult<Duration> {
             format!("must be 0-{MAX_WAIT_S} seconds"),
         )),
     }
-}
-
-async fn reload(pool: &Pool, id: Uuid) -> Option<Command> {
-    let client = pool.get().await.ok()?;
-    commands::get(&client, id).await.ok().flatten()
 }
 
 /// `cmd` once it has ended, or as it is after `wait` (shortened to when
