@@ -127,6 +127,27 @@ impl KeyWatch {
             expires_at: auth.key.expires_at,
         }
     }
+
+    /// After a key-change announcement heard on `open` changes: whether
+    /// this key still authenticates. Rechecked when the change was this
+    /// key's, every key's (nil) or announcements were missed; a closed
+    /// channel clears `open` (nothing more will be heard on it).
+    pub(crate) async fn survives(
+        &self,
+        pool: &Pool,
+        change: Result<Uuid, RecvError>,
+        open: &mut bool,
+    ) -> bool {
+        let recheck = match change {
+            Ok(id) => id == self.id || id.is_nil(),
+            Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => {
+                *open = false;
+                false
+            }
+        };
+        !recheck || Box::pin(key_still_valid(pool, self)).await
+    }
 }
 
 /// Whether the key still authenticates the stream: present, not revoked,
@@ -553,15 +574,12 @@ impl Follower {
     /// A key changed somewhere: closes the stream if it was this one's and
     /// it no longer authenticates.
     async fn on_key_change(&mut self, change: Result<Uuid, RecvError>) -> Step {
-        let recheck = match change {
-            Ok(id) => id == self.watch.id || id.is_nil(),
-            Err(RecvError::Lagged(_)) => true,
-            Err(RecvError::Closed) => {
-                self.changes_open = false;
-                false
-            }
-        };
-        if recheck && !Box::pin(key_still_valid(&self.st.pool, &self.watch)).await {
+        let valid = Box::pin(
+            self.watch
+                .survives(&self.st.pool, change, &mut self.changes_open),
+        )
+        .await;
+        if !valid {
             return Step::Close(frames::reconnect(
                 "the API key was revoked, rotated or has expired",
                 CLIENT_RETRY,

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::{Report, enqueue, trivial};
 use crate::args::{E2eArgs, Follow};
 use crate::client::{Client, ClientError};
+use crate::commands::run::has_ended;
 use crate::units::seg;
 
 /// Between looks at a batch's progress.
@@ -37,8 +38,6 @@ const WAIT_S: u64 = 50;
 const PAGE: i64 = 200;
 /// Give up on a batch after this long without progress.
 const STALL: Duration = Duration::from_secs(60);
-
-const TERMINAL: &[&str] = &["succeeded", "failed", "timed_out", "cancelled"];
 
 fn ts(cmd: &Value, field: &str) -> Option<DateTime<Utc>> {
     cmd.get(field)?.as_str()?.parse().ok()
@@ -158,8 +157,7 @@ async fn single(
     };
     loop {
         let cmd = client.get(&path, &query).await?;
-        let status = cmd.get("status").and_then(Value::as_str).unwrap_or("");
-        if TERMINAL.contains(&status) {
+        if has_ended(&cmd) {
             t.observed.push(sent.elapsed().as_secs_f64() * 1e3);
             t.add(&cmd);
             return Ok(());

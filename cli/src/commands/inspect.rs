@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::page_query;
-use super::run::exit_code;
+use super::run::{exit_code, has_ended};
 use crate::args::{IdArg, LogsArgs, LsArgs, StreamArg, WaitArgs};
 use crate::client::{Client, ClientError};
 use crate::events::Follower;
@@ -22,8 +22,6 @@ use crate::units::seg;
 pub const EXIT_STILL_RUNNING: i32 = 75;
 /// The longest `wait` one request asks for (the API's most).
 const WAIT_PER_REQUEST_S: u64 = 50;
-/// Statuses a command ends in.
-const TERMINAL: &[&str] = &["succeeded", "failed", "timed_out", "cancelled"];
 
 /// Fields of a command shown by `rdev status`.
 const COMMAND_FIELDS: &[&str] = &[
@@ -123,8 +121,7 @@ pub async fn wait(client: &Client, style: &Style, args: &WaitArgs) -> Result<i32
         });
         let wait_s = left.min(WAIT_PER_REQUEST_S);
         let cmd = client.get(&path, &[("wait", wait_s.to_string())]).await?;
-        let status = cmd.get("status").and_then(Value::as_str).unwrap_or("");
-        if TERMINAL.contains(&status) {
+        if has_ended(&cmd) {
             show_command(style, &cmd);
             return Ok(exit_code(&cmd));
         }
@@ -132,6 +129,7 @@ pub async fn wait(client: &Client, style: &Style, args: &WaitArgs) -> Result<i32
             if style.json {
                 print_json(&cmd);
             }
+            let status = cmd.get("status").and_then(Value::as_str).unwrap_or("?");
             note(&format!("{} is still {status}", args.id));
             return Ok(EXIT_STILL_RUNNING);
         }

@@ -63,6 +63,14 @@ pub fn request_body(args: &RunArgs) -> Value {
     Value::Object(body)
 }
 
+/// Whether a command (as the API answers it) has ended.
+pub fn has_ended(cmd: &Value) -> bool {
+    matches!(
+        cmd.get("status").and_then(Value::as_str),
+        Some("succeeded" | "failed" | "timed_out" | "cancelled")
+    )
+}
+
 /// The process exit code for a finished command.
 pub fn exit_code(cmd: &Value) -> i32 {
     match cmd.get("status").and_then(Value::as_str) {

@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use rdev_shared::domain::Command;
 use rdev_shared::mq::OutputEvent;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::Auth;
-use crate::http::sse::{KeyWatch, admit, key_still_valid, reload};
+use crate::http::sse::{KeyWatch, admit, reload};
 
 /// Longest `wait` a request may ask for, in seconds: below the usual
 /// client and proxy timeouts (60 s).
@@ -73,15 +72,7 @@ pub async fn until_ended(
             () = &mut deadline => break,
             () = st.shutdown.cancelled() => break,
             change = key_changes.recv(), if changes_open => {
-                let recheck = match change {
-                    Ok(id) => id == watch.id || id.is_nil(),
-                    Err(RecvError::Lagged(_)) => true,
-                    Err(RecvError::Closed) => {
-                        changes_open = false;
-                        false
-                    }
-                };
-                if recheck && !Box::pin(key_still_valid(&st.pool, &watch)).await {
+                if !Box::pin(watch.survives(&st.pool, change, &mut changes_open)).await {
                     return Err(ApiError::Unauthorized(
                         "the API key was revoked, rotated or has expired".into(),
                     ));
