@@ -416,6 +416,7 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
         )
         .await;
     assert_eq!(r.status, 201);
+    let hook = r.json()["id"].as_str().expect("webhook id").to_owned();
     let c = app.run("traced", json!({"command": "echo traced"})).await;
     let id = c["id"].as_str().expect("id").to_owned();
     app.wait_terminal(&id, WAIT).await;
@@ -467,14 +468,22 @@ async fn one_trace_follows_a_command_from_the_request_to_the_worker() {
             "event headers {h} continue trace {trace}"
         );
     }
-    // …and the dispatcher's webhook attempt joins it.
+    // …and the dispatcher's webhook attempt joins it. The exporter is the
+    // process's: other tests' attempts are in it too, so ours is found by
+    // its endpoint.
     let deadline = tokio::time::Instant::now() + WAIT;
+    let ours = [
+        ("webhook_id", hook.as_str()),
+        ("event_type", "command.succeeded"),
+    ];
     let deliver = loop {
         let spans = rdev_shared::test_support::traces::spans(exporter);
         if let Some(s) = spans.iter().find(|s| {
             s.name == "webhook.deliver"
-                && s.attributes.iter().any(|kv| {
-                    kv.key.as_str() == "event_type" && kv.value.as_str() == "command.succeeded"
+                && ours.iter().all(|(key, value)| {
+                    s.attributes
+                        .iter()
+                        .any(|kv| kv.key.as_str() == *key && kv.value.as_str() == *value)
                 })
         }) {
             break s.clone();
