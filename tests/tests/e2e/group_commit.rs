@@ -222,8 +222,8 @@ async fn more_rows_than_one_insert_takes_come_back_in_order() {
 async fn a_bad_row_fails_only_its_own_request() {
     let (app, project) = app_with_project().await;
     let mut all: Vec<NewRows> = (0..10).map(|_| rows(&app, project)).collect();
-    // A project that does not exist (deleted meanwhile): its insert fails.
-    all[4] = rows(&app, Uuid::now_v7());
+    // A priority the table's CHECK refuses: its insert fails.
+    all[4].command.priority = 42;
     let bad = all[4].command.id;
     let answers = write_together(&app, all).await;
     let mut good = Vec::new();

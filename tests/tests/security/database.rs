@@ -143,6 +143,19 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
         .batch_execute("DELETE FROM audit_log WHERE at < now() - interval '1 day'")
         .await
         .expect("retention deletes");
+    // Projects and keys are never deleted (soft delete, revoke): commands
+    // name them without a foreign key (V17), so no row of either may go.
+    for delete in [
+        "DELETE FROM projects WHERE deleted_at IS NOT NULL",
+        "DELETE FROM api_keys WHERE revoked_at IS NOT NULL",
+    ] {
+        let e = runtime.batch_execute(delete).await.expect_err(delete);
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::RESTRICT_VIOLATION),
+            "{delete}: {e:?}"
+        );
+    }
 
     server.task.abort();
     drop((runtime, owner));
