@@ -7,7 +7,7 @@
 -- What the two constraints guaranteed stays true another way: no project
 -- and no key row is ever deleted (projects are soft-deleted with
 -- `deleted_at`, keys revoked), which the triggers below now enforce for
--- every role but one that may drop them (DDL: the schema owner). A
+-- every role (only the schema owner, with DDL, could drop them). A
 -- command's `project_id` and `api_key_id` come from rows the API read, so
 -- they name rows that exist for good. Older binaries never delete either
 -- table, and nothing reads a constraint: safe with them running.

@@ -1001,15 +1001,18 @@ async fn warm_sandboxes_fail_signal_and_stop_like_new_ones() {
 #[tokio::test]
 async fn warm_sandboxes_expire_and_can_be_turned_off() {
     let tmp = TempDir::new();
+    // Long enough for the next sandbox to be made within it on a loaded
+    // machine: one made later than its TTL is discarded as it is put in
+    // the pool (a CI run had none ready after 10 s with 100 ms).
     let cfg = SandboxConfig {
-        warm_ttl: Duration::from_millis(100),
+        warm_ttl: Duration::from_secs(1),
         ..SandboxConfig::default()
     };
     let exec = executor_with(&tmp, cfg).await;
     assert_eq!(run(&exec, sh("true")).await.outcome, Outcome::Exited(0));
     warm_ready(&exec).await;
-    // The sweep runs every second at the least.
-    for _ in 0..500 {
+    // The sweep runs every second at the least (a bound on a hang).
+    for _ in 0..1000 {
         if exec.sandbox().warm_ready() == 0 {
             break;
         }
