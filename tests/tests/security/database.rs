@@ -26,6 +26,12 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// `sql` fails for `client` with `code`.
+async fn refused(client: &tokio_postgres::Client, sql: &str, code: SqlState) {
+    let e = client.batch_execute(sql).await.expect_err(sql);
+    assert_eq!(e.code(), Some(&code), "{sql}: {e}");
+}
+
 /// `postgres://user:password@host…/db` from the admin URL.
 fn as_user(url: &str, user: &str, password: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("scheme");
@@ -123,12 +129,7 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
         "DROP TABLE audit_log",
         "CREATE TABLE x (id int)",
     ] {
-        let e = runtime.batch_execute(ddl).await.expect_err(ddl);
-        assert_eq!(
-            e.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{ddl}: {e}"
-        );
+        refused(&runtime, ddl, SqlState::INSUFFICIENT_PRIVILEGE).await;
     }
     let e = runtime
         .batch_execute("UPDATE audit_log SET actor = 'someone else'")
@@ -149,12 +150,7 @@ async fn the_services_run_as_a_dml_only_role_that_cannot_drop_the_audit_trigger(
         "DELETE FROM projects WHERE deleted_at IS NOT NULL",
         "DELETE FROM api_keys WHERE revoked_at IS NOT NULL",
     ] {
-        let e = runtime.batch_execute(delete).await.expect_err(delete);
-        assert_eq!(
-            e.code(),
-            Some(&SqlState::RESTRICT_VIOLATION),
-            "{delete}: {e:?}"
-        );
+        refused(&runtime, delete, SqlState::RESTRICT_VIOLATION).await;
     }
 
     server.task.abort();
