@@ -1018,4 +1018,65 @@ mod tests {
             }
         ));
     }
+
+    /// A command may end before the task reading bwrap's status has named
+    /// the sandbox's init (a new sandbox's first command, on a loaded
+    /// machine: seen in the tests at eight threads). Its sandbox still goes
+    /// back to the pool once the init is named; it used to be discarded,
+    /// and when that was the start-up probe's, the worker ran without
+    /// reuse after waiting 30 s for it.
+    #[tokio::test]
+    async fn a_sandbox_whose_init_is_named_late_still_returns_to_its_pool() {
+        let root =
+            std::env::temp_dir().join(format!("rdev-sandbox-test-{:016x}", rand::random::<u64>()));
+        let ws = root.join("ws");
+        let worker = format!("test-{:08x}", rand::random::<u32>());
+        let sandbox = Sandbox::start(
+            &SandboxConfig::default(),
+            LimitsConfig::default(),
+            &worker,
+            &ws,
+        )
+        .await;
+        assert!(
+            sandbox.reuse.is_ok(),
+            "reuse must work here: {:?}",
+            sandbox.status()
+        );
+        let dir = ws.join("late");
+        std::fs::create_dir_all(&dir).expect("workdir");
+        sandbox.own_workdir(&dir).expect("owned");
+        let launch = sandbox.probe_launch(&dir);
+        let key = sandbox
+            .warm_key(&launch)
+            .filter(|k| sandbox.serves(k))
+            .expect("a served command");
+        let made = sandbox.make_warm(&key).expect("a sandbox");
+        let spawned::Target::Init(pid) = &made.spawned.target else {
+            panic!("a sandbox has an init");
+        };
+        let pid = pid.clone();
+        let named = *pid
+            .subscribe()
+            .wait_for(|p| *p > 0)
+            .await
+            .expect("bwrap names the init");
+        // As if the task reading bwrap's status had not run yet.
+        pid.send_replace(0);
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            pid.send_replace(named);
+        });
+
+        let mut spawned = made
+            .start(&launch.argv, &launch.env, Arc::downgrade(&sandbox.warm))
+            .expect("handed over");
+        spawned.wait().await;
+        assert_eq!(spawned.finish().await, Finished::Exited(0));
+        late.await.expect("named");
+        let back = sandbox.returned(&key).await.expect("back in the pool");
+        warm::discard(back.spawned);
+        drop(sandbox);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

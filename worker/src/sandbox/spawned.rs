@@ -400,12 +400,25 @@ impl Spawned {
             return finished;
         };
         pool.returning(&serving.key);
-        let init_pid = match &self.target {
-            Target::Init(pid) => *pid.borrow(),
-            Target::Group(_) => 0,
+        let init_known = match &self.target {
+            Target::Init(pid) => Some(pid.subscribe()),
+            Target::Group(_) => None,
         };
         let bwrap_pid = self.child.id();
         tokio::spawn(async move {
+            // bwrap names the init on its status pipe, read by another
+            // task: a command that ends within moments of a new sandbox's
+            // start (its first) may be reported before that task ran.
+            // Emptying needs the init, so wait for it (it was forked before
+            // the command ran: only the read can be late).
+            let init_pid = match init_known {
+                Some(mut known) => tokio::time::timeout(INIT_WAIT, known.wait_for(|p| *p > 0))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or(0, |p| *p),
+                None => 0,
+            };
             let emptied = tokio::task::spawn_blocking(move || match bwrap_pid {
                 Some(bwrap) if init_pid > 0 => warm::empty_private_dirs(init_pid, bwrap),
                 _ => Err(std::io::Error::other("the sandbox's init is not known")),

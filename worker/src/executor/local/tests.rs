@@ -12,58 +12,14 @@ use super::*;
 use crate::sandbox::{PtysMode, SandboxConfig, SandboxMode};
 
 /// A fresh directory under the system temp dir, removed on drop.
-/// A test's directory; it also holds one of the [`AT_ONCE`] slots for the
-/// test's whole run (every test here starts with one).
-struct TempDir(PathBuf, #[allow(dead_code)] Slot);
+struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Self {
-        let slot = Slot::take();
         let dir =
             std::env::temp_dir().join(format!("rdev-worker-test-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir, slot)
-    }
-}
-
-/// Tests of this module that run at once. `scripts/test` runs eight tests
-/// of a binary at once; eight of these (each making sandboxes, some
-/// several) on a 2-core machine failed about one run in three there: a
-/// warm sandbox not ready within 10 s, a start-up probe that found no
-/// serving init, and runs that stalled for ~30 s. With two at once, five
-/// runs passed. The stall itself is not understood yet (see the issue 17
-/// note of 2026-12-02).
-const AT_ONCE: usize = 2;
-
-static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) =
-    (std::sync::Mutex::new(0), std::sync::Condvar::new());
-
-struct Slot;
-
-impl Slot {
-    /// Waits for a free slot (each test runs on a thread of its own).
-    fn take() -> Self {
-        let (count, freed) = &RUNNING;
-        let mut n = count
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *n >= AT_ONCE {
-            n = freed
-                .wait(n)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        *n += 1;
-        Self
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (count, freed) = &RUNNING;
-        *count
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
-        freed.notify_one();
+        Self(dir)
     }
 }
 
