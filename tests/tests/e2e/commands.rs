@@ -315,6 +315,44 @@ async fn commands_do_not_inherit_the_workers_environment() {
     }
 }
 
+/// Once its run message is confirmed, a command's outbox row is marked
+/// published (by the API's marker, a moment after the publish), so the
+/// relay leaves it alone; commands enqueued together are marked alike.
+#[tokio::test]
+async fn published_run_messages_are_marked_in_the_outbox() {
+    let app = spawn_app().await;
+    app.create_project("p", json!({})).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let c = app.run("p", json!({"command": "true"})).await;
+        ids.push(c["id"].as_str().expect("id").to_owned());
+    }
+    let client = app.env.pool.get().await.expect("db");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let unmarked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL \
+                 AND exchange LIKE '%.commands'",
+                &[],
+            )
+            .await
+            .expect("q")
+            .get(0);
+        if unmarked == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{unmarked} run messages still unmarked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        assert_eq!(app.wait_terminal(id, WAIT).await["status"], "succeeded");
+    }
+}
+
 #[tokio::test]
 async fn enqueue_survives_a_broker_that_refuses_the_publish() {
     // The API's broker is unreachable; the worker's is real.

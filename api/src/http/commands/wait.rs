@@ -80,9 +80,10 @@ pub async fn until_ended(
                 false
             }
             msg = sub.recv(), if live => match msg {
-                // Output is not what a wait is for.
-                Some(m) if matches!(m.event, OutputEvent::Chunk { .. }) => false,
-                Some(_) => true,
+                // Only an end ends a wait: every way a command ends (the
+                // worker's finish, a cancel, the reaper) publishes `end`
+                // after its commit. Output and the start need no read.
+                Some(m) => matches!(m.event, OutputEvent::End),
                 // The hub dropped this watcher: the poll goes on alone.
                 None => {
                     live = false;
