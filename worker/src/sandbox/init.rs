@@ -52,10 +52,10 @@ impl InstalledInit {
             built_in,
         };
         fs::set_permissions(&installed.dir, fs::Permissions::from_mode(0o755))
-            // Open for writing while another thread starts a process, the
-            // copy would be open in that child until its exec, and running
-            // it in that moment fails with ETXTBSY: no process starts while
-            // it is written (see `spawn_exclusive`).
+            // A copy open for writing when another thread starts a process
+            // stays open in that child until its exec, and running the copy
+            // meanwhile fails with ETXTBSY: no process starts while it is
+            // written (see `spawn_exclusive`).
             .and_then(|()| super::process::spawn_exclusive(|| write(&installed.path)))
             .and_then(|()| fs::set_permissions(&installed.path, fs::Permissions::from_mode(0o555)))
             .map_err(|e| {
