@@ -9,8 +9,10 @@
 //! [`MAX_BATCH`]) and writes them in one statement, `claim_many_alone` or
 //! `finish_many_alone`: the same conditions per row, one commit for all.
 //!
-//! Nothing waits for company: with nothing else waiting, a batch of one
-//! is written at once, so a lone command is not slower. At most
+//! Nothing waits for company: with nothing else waiting and a slot free,
+//! a command writes its batch of one itself, in its own task (the hops to
+//! the writer's task and the batch's and back cost a lone command about
+//! as much as the statement's own round trip). At most
 //! [`IN_FLIGHT`] batches of each kind are written at once; what arrives
 //! meanwhile makes up the next batch, so the commits per command fall as
 //! the load rises.
@@ -85,8 +87,8 @@ struct Writing {
 /// The writers of one worker. Their tasks end when this is dropped.
 pub(super) struct Batches {
     writing: Writing,
-    claims: mpsc::Sender<ClaimJob>,
-    finishes: mpsc::Sender<FinishJob>,
+    claims: Writer<ClaimJob>,
+    finishes: Writer<FinishJob>,
 }
 
 impl Batches {
@@ -141,7 +143,7 @@ impl Batches {
             answer,
         };
         let (answer, answered) = oneshot::channel();
-        if self.claims.send(job(answer)).await.is_ok()
+        if self.claims.submit(job(answer)).await
             && let Ok(result) = answered.await
         {
             return result;
@@ -172,7 +174,7 @@ impl Batches {
             answer,
         };
         let (answer, answered) = oneshot::channel();
-        if self.finishes.send(job(answer)).await.is_ok()
+        if self.finishes.submit(job(answer)).await
             && let Ok(result) = answered.await
         {
             return result;
@@ -182,17 +184,62 @@ impl Batches {
     }
 }
 
+/// Where the jobs of one kind go: a writer task that batches them, or the
+/// caller itself when nothing waits (see [`Writer::submit`]).
+struct Writer<J> {
+    tx: mpsc::Sender<J>,
+    slots: Arc<Semaphore>,
+    write: Arc<dyn Fn(Vec<J>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+    kind: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl<J: Send + 'static> Writer<J> {
+    /// Writes `job`: in the caller's task, as a batch of one, when no job
+    /// waits for the writer and one of the [`IN_FLIGHT`] slots is free
+    /// (what the writer would do with it, without the hops to its tasks);
+    /// else hands it to the writer. `false` when the writer is gone.
+    async fn submit(&self, job: J) -> bool {
+        if self.tx.capacity() == self.tx.max_capacity()
+            && let Ok(slot) = self.slots.clone().try_acquire_owned()
+        {
+            count(&self.metrics, self.kind, 1);
+            (self.write)(vec![job]).await;
+            drop(slot);
+            return true;
+        }
+        self.tx.send(job).await.is_ok()
+    }
+}
+
+fn count(metrics: &Metrics, kind: &str, jobs: usize) {
+    metrics.db_batches_total.with_label_values(&[kind]).inc();
+    metrics
+        .db_batched_commands_total
+        .with_label_values(&[kind])
+        .inc_by(jobs as u64);
+}
+
 /// Starts a writer: takes every job waiting (at least one, at most
 /// [`MAX_BATCH`]) once one of [`IN_FLIGHT`] slots is free, and writes them
 /// with `write` in a task of their own, counted under `kind`.
-fn writer<J, W, F>(kind: &'static str, metrics: Arc<Metrics>, write: W) -> mpsc::Sender<J>
+fn writer<J, W, F>(kind: &'static str, metrics: Arc<Metrics>, write: W) -> Writer<J>
 where
     J: Send + 'static,
-    W: Fn(Vec<J>) -> F + Send + 'static,
+    W: Fn(Vec<J>) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<J>(QUEUE);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let write: Arc<dyn Fn(Vec<J>) -> futures::future::BoxFuture<'static, ()> + Send + Sync> =
+        Arc::new(move |jobs| Box::pin(write(jobs)));
+    let handle = Writer {
+        tx,
+        slots: slots.clone(),
+        write: write.clone(),
+        kind,
+        metrics: metrics.clone(),
+    };
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             // Wait for a slot before taking the rest: what arrives while
@@ -207,11 +254,7 @@ where
                     Err(_) => break,
                 }
             }
-            metrics.db_batches_total.with_label_values(&[kind]).inc();
-            metrics
-                .db_batched_commands_total
-                .with_label_values(&[kind])
-                .inc_by(jobs.len() as u64);
+            count(&metrics, kind, jobs.len());
             let batch = write(jobs);
             tokio::spawn(async move {
                 batch.await;
@@ -219,7 +262,7 @@ where
             });
         }
     });
-    tx
+    handle
 }
 
 async fn claim_batch(w: Writing, jobs: Vec<ClaimJob>) {
@@ -386,4 +429,74 @@ async fn finish_one(f: &Writing, job: &FinishJob) -> Result<bool, DbError> {
     let mut finished = HashSet::new();
     finish_all(f, std::slice::from_ref(job), &mut finished).await?;
     Ok(finished.contains(&job.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdev_shared::test_support::TestEnv;
+
+    use super::*;
+
+    /// Claims asked for at once still share statements: a lone one is
+    /// written by its own command, the rest wait for a slot and go
+    /// together; each command is claimed once, under its own token.
+    #[tokio::test]
+    async fn claims_asked_for_together_share_statements() {
+        let env = TestEnv::new().await;
+        let project = env.insert_project("p").await;
+        let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+        env.pool
+            .get()
+            .await
+            .expect("db")
+            .execute(
+                "INSERT INTO commands (id, project_id, command, priority, status, timeout_s) \
+                 SELECT id, $2, 'true', 5, 'queued', 60 FROM unnest($1::uuid[]) AS id",
+                &[&ids, &project],
+            )
+            .await
+            .expect("insert commands");
+        let metrics = Arc::new(Metrics::new("rdev-worker"));
+        let batches = Batches::start(
+            env.pool.clone(),
+            "w",
+            metrics.clone(),
+            env.topology.clone(),
+            Notifier::spawn(env.pool.clone(), webhooks::DUE_CHANNEL),
+        );
+        let tokens: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
+        let claimed = futures::future::join_all(
+            ids.iter()
+                .zip(&tokens)
+                .map(|(&id, &token)| batches.claim(id, token)),
+        )
+        .await;
+        for (claim, id) in claimed.into_iter().zip(&ids) {
+            let c = claim.expect("claim").expect("claimed");
+            assert_eq!(c.command.id, *id);
+        }
+        let statements = metrics.db_batches_total.with_label_values(&["claim"]).get();
+        let commands = metrics
+            .db_batched_commands_total
+            .with_label_values(&["claim"])
+            .get();
+        assert_eq!(commands, 40);
+        assert!(
+            statements < 10,
+            "{statements} statements for 40 claims asked for at once"
+        );
+        let running: i64 = env
+            .pool
+            .get()
+            .await
+            .expect("db")
+            .query_one(
+                "SELECT count(*) FROM commands WHERE status = 'running' AND worker_id = 'w'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(running, 40);
+    }
 }
