@@ -315,9 +315,9 @@ async fn commands_do_not_inherit_the_workers_environment() {
     }
 }
 
-/// Once its run message is confirmed, a command's outbox row is marked
+/// Once its run message is confirmed, each command's outbox row is marked
 /// published (by the API's marker, a moment after the publish), so the
-/// relay leaves it alone; commands enqueued together are marked alike.
+/// relay does not publish it again.
 #[tokio::test]
 async fn published_run_messages_are_marked_in_the_outbox() {
     let app = spawn_app().await;
