@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rdev_shared::db::Pool;
 use rdev_shared::db::commands::{self, Finish};
 use rdev_shared::domain::{CommandStatus, EndReason};
 use rdev_shared::test_support::TestEnv;
@@ -21,24 +20,6 @@ const N: usize = 16;
 const WORKER: &str = "bench-worker";
 const STARTED: &str = "command.started";
 const SUCCEEDED: &str = "command.succeeded";
-
-/// Inserts `N` commands of the bench's project in `status` (owned by
-/// [`WORKER`] when running) and returns their ids.
-async fn commands_in(pool: &Pool, project: Uuid, status: &str) -> Vec<Uuid> {
-    let ids: Vec<Uuid> = (0..N).map(|_| Uuid::now_v7()).collect();
-    let worker = (status == "running").then_some(WORKER);
-    pool.get()
-        .await
-        .expect("db")
-        .execute(
-            "INSERT INTO commands (id, project_id, command, priority, status, timeout_s, worker_id) \
-             SELECT id, $2, 'true', 5, $3, 60, $4 FROM unnest($1::uuid[]) AS id",
-            &[&ids, &project, &status, &worker],
-        )
-        .await
-        .expect("insert commands");
-    ids
-}
 
 fn succeeded() -> Finish {
     Finish {
@@ -62,7 +43,7 @@ fn claims_and_finishes(c: &mut Criterion) {
 
     g.bench_function("claim/one_statement_each", |b| {
         b.iter_batched(
-            || rt.block_on(commands_in(pool, project, "queued")),
+            || rt.block_on(env.insert_commands(project, N, "queued", None)),
             |ids| {
                 rt.block_on(async {
                     let client = pool.get().await.expect("db");
@@ -80,7 +61,7 @@ fn claims_and_finishes(c: &mut Criterion) {
     });
     g.bench_function("claim/one_statement_for_16", |b| {
         b.iter_batched(
-            || rt.block_on(commands_in(pool, project, "queued")),
+            || rt.block_on(env.insert_commands(project, N, "queued", None)),
             |ids| {
                 rt.block_on(async {
                     let client = pool.get().await.expect("db");
@@ -98,7 +79,7 @@ fn claims_and_finishes(c: &mut Criterion) {
     let end = succeeded();
     g.bench_function("finish/one_statement_each", |b| {
         b.iter_batched(
-            || rt.block_on(commands_in(pool, project, "running")),
+            || rt.block_on(env.insert_commands(project, N, "running", Some(WORKER))),
             |ids| {
                 rt.block_on(async {
                     let client = pool.get().await.expect("db");
@@ -115,7 +96,7 @@ fn claims_and_finishes(c: &mut Criterion) {
     });
     g.bench_function("finish/one_statement_for_16", |b| {
         b.iter_batched(
-            || rt.block_on(commands_in(pool, project, "running")),
+            || rt.block_on(env.insert_commands(project, N, "running", Some(WORKER))),
             |ids| {
                 rt.block_on(async {
                     let client = pool.get().await.expect("db");

@@ -114,6 +114,33 @@ impl TestEnv {
             .expect("insert project");
         id
     }
+
+    /// Inserts `n` `true` commands of `project` in `status` straight into
+    /// the database (owned by `worker` when given) and returns their ids.
+    ///
+    /// # Panics
+    /// When the insert fails.
+    pub async fn insert_commands(
+        &self,
+        project: uuid::Uuid,
+        n: usize,
+        status: &str,
+        worker: Option<&str>,
+    ) -> Vec<uuid::Uuid> {
+        let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+        self.pool
+            .get()
+            .await
+            .expect("db")
+            .execute(
+                "INSERT INTO commands (id, project_id, command, priority, status, timeout_s, worker_id) \
+                 SELECT id, $2, 'true', 5, $3, 60, $4 FROM unnest($1::uuid[]) AS id",
+                &[&ids, &project, &status, &worker],
+            )
+            .await
+            .expect("insert commands");
+        ids
+    }
 }
 
 impl Drop for TestEnv {

@@ -17,6 +17,8 @@ pub mod output;
 pub mod runner;
 pub mod sandbox;
 pub mod secrets;
+#[cfg(test)]
+mod test_dir;
 
 use std::sync::Arc;
 

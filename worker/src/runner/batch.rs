@@ -446,18 +446,7 @@ mod tests {
     async fn claims_asked_for_together_share_statements() {
         let env = TestEnv::new().await;
         let project = env.insert_project("p").await;
-        let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
-        env.pool
-            .get()
-            .await
-            .expect("db")
-            .execute(
-                "INSERT INTO commands (id, project_id, command, priority, status, timeout_s) \
-                 SELECT id, $2, 'true', 5, 'queued', 60 FROM unnest($1::uuid[]) AS id",
-                &[&ids, &project],
-            )
-            .await
-            .expect("insert commands");
+        let ids = env.insert_commands(project, 40, "queued", None).await;
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         let batches = Batches::start(
             env.pool.clone(),

@@ -1027,16 +1027,7 @@ mod tests {
     /// reuse after waiting 30 s for it.
     #[tokio::test]
     async fn a_sandbox_whose_init_is_named_late_still_returns_to_its_pool() {
-        /// Removed however the test ends.
-        struct Root(PathBuf);
-        impl Drop for Root {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let root = Root(
-            std::env::temp_dir().join(format!("rdev-sandbox-test-{:016x}", rand::random::<u64>())),
-        );
+        let root = crate::test_dir::TempDir::new();
         let ws = root.0.join("ws");
         let worker = format!("test-{:08x}", rand::random::<u32>());
         let sandbox = Sandbox::start(

@@ -105,14 +105,20 @@ pub(super) async fn read_capped_within(mut r: pipe::Receiver, limit: Duration) -
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The init's host pid once bwrap has named it (read from bwrap's status
+/// by [`follow_json`]); `None` if it never will.
+pub(super) async fn init_named(pid: &watch::Sender<i32>) -> Option<i32> {
+    let mut known = pid.subscribe();
+    known.wait_for(|p| *p > 0).await.ok().map(|p| *p)
+}
+
 /// The init's host pid once it catches `signal`. The kernel drops a signal
 /// sent to a PID namespace's init that has no handler for it, and bwrap names
 /// the init as soon as it is forked, before it installed its handlers; so
 /// this also waits (polling `SigCgt` in `/proc/PID/status`, a few ms at most)
 /// for the handler. `None` when the init is gone.
 pub(super) async fn init_catching(pid: &watch::Sender<i32>, signal: Signal) -> Option<i32> {
-    let mut known = pid.subscribe();
-    let pid = *known.wait_for(|p| *p > 0).await.ok()?;
+    let pid = init_named(pid).await?;
     let bit = 1_u64 << (signal as i32 - 1);
     loop {
         let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::cgroup::{self, CommandCgroup};
 use super::init::{self, Report};
-use super::pipes::{init_catching, read_capped_within};
+use super::pipes::{init_catching, init_named, read_capped_within};
 use super::pty::PtyMaster;
 use super::warm::{self, Handoff, Serving, Warm};
 use super::{DIAGNOSTICS_MAX, Finished, INIT_WAIT, REPORT_TIMEOUT};
@@ -400,10 +400,6 @@ impl Spawned {
             return finished;
         };
         pool.returning(&serving.key);
-        let init_known = match &self.target {
-            Target::Init(pid) => Some(pid.subscribe()),
-            Target::Group(_) => None,
-        };
         let bwrap_pid = self.child.id();
         tokio::spawn(async move {
             // bwrap names the init on its status pipe, read by another
@@ -411,13 +407,13 @@ impl Spawned {
             // start (its first) may be reported before that task ran.
             // Emptying needs the init, so wait for it (it was forked before
             // the command ran: only the read can be late).
-            let init_pid = match init_known {
-                Some(mut known) => tokio::time::timeout(INIT_WAIT, known.wait_for(|p| *p > 0))
+            let init_pid = match &self.target {
+                Target::Init(pid) => tokio::time::timeout(INIT_WAIT, init_named(pid))
                     .await
                     .ok()
-                    .and_then(Result::ok)
-                    .map_or(0, |p| *p),
-                None => 0,
+                    .flatten()
+                    .unwrap_or(0),
+                Target::Group(_) => 0,
             };
             let emptied = tokio::task::spawn_blocking(move || match bwrap_pid {
                 Some(bwrap) if init_pid > 0 => warm::empty_private_dirs(init_pid, bwrap),

@@ -10,24 +10,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::sandbox::{PtysMode, SandboxConfig, SandboxMode};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("rdev-worker-test-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_dir::TempDir;
 
 fn job(spec: CommandSpec) -> Job {
     Job {
