@@ -42,6 +42,7 @@ const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 pub async fn start(mut cfg: Config, shutdown: CancellationToken) -> Result<Running, WorkerError> {
     let worker_id = cfg.resolved_worker_id();
     let pool = db::pool(&cfg.db)?;
+    let writes = db::key_lookup_pool(&cfg.db, runner::WRITE_CONNECTIONS)?;
     db::require_schema(&pool, SCHEMA_WAIT).await?;
     // Absolute from here on: the sandbox starts in `/`, where a relative
     // root (the default `./.rdev/workspaces`) would name nothing.
@@ -67,7 +68,7 @@ pub async fn start(mut cfg: Config, shutdown: CancellationToken) -> Result<Runni
         "rdev-worker starting"
     );
     let executors = executors(&cfg, &worker_id).await;
-    let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), executors));
+    let worker = Arc::new(Worker::new(cfg, worker_id, pool.clone(), writes, executors));
     let readiness = http::OpsState {
         sandbox: worker.sandbox_status(),
         pool,

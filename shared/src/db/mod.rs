@@ -85,15 +85,45 @@ impl DbError {
 /// Builds the connection pool. Connections are opened lazily.
 pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
     let (pg, tls_settings) = connection_config(cfg)?;
+    pool_of(pg, &tls_settings, cfg.pool_size)
+}
+
+/// A pool of at most `size` connections for statements that find every
+/// row they touch by a key (the worker's claims and finishes): each
+/// prepared statement is planned once per connection
+/// (`plan_cache_mode=force_generic_plan`).
+///
+/// PostgreSQL otherwise plans a prepared statement afresh for each of its
+/// first five executions on a connection before it considers the generic
+/// plan, and the worker's batched claims and finishes are sixteen
+/// statements each (one per batch size), whose plans take 1–9 ms of the
+/// server's CPU apiece: on a newly started worker that planning was a
+/// third of PostgreSQL's time for its first few thousand commands
+/// (docs/BENCHMARKS.md). A generic plan is made without the parameters'
+/// values, so only statements whose plan cannot depend on them belong
+/// here: a lookup of `id = $n` is a probe of an index whatever the table's
+/// size, while `id = ANY($1)` planned on an empty table stays a sequential
+/// scan as the table grows (`commands::tests` checks the plans).
+pub fn key_lookup_pool(cfg: &DbConfig, size: usize) -> Result<Pool, DbError> {
+    let (mut pg, tls_settings) = connection_config(cfg)?;
+    add_option(&mut pg, "-c plan_cache_mode=force_generic_plan");
+    pool_of(pg, &tls_settings, size)
+}
+
+fn pool_of(
+    pg: tokio_postgres::Config,
+    tls_settings: &tls::Settings,
+    size: usize,
+) -> Result<Pool, DbError> {
     let mc = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let mgr = match tls::connector(&tls_settings)? {
+    let mgr = match tls::connector(tls_settings)? {
         Some(tls) => Manager::from_config(pg, tls, mc),
         None => Manager::from_config(pg, NoTls, mc),
     };
     Pool::builder(mgr)
-        .max_size(cfg.pool_size.max(1))
+        .max_size(size.max(1))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(5)))
@@ -115,21 +145,25 @@ fn connection_config(cfg: &DbConfig) -> Result<(tokio_postgres::Config, tls::Set
         pg.application_name("rdev");
     }
     if cfg.statement_timeout_s > 0 {
-        // Kept with any `options` the URL already has.
-        let options = match pg.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} "),
-            _ => String::new(),
-        };
-        pg.options(format!(
-            "{options}-c statement_timeout={}s",
-            cfg.statement_timeout_s
-        ));
+        add_option(
+            &mut pg,
+            &format!("-c statement_timeout={}s", cfg.statement_timeout_s),
+        );
     }
     // A connection whose peer vanished (a black-holed server) is noticed
     // instead of hanging its caller forever.
     pg.keepalives_idle(Duration::from_secs(30));
     pg.tcp_user_timeout(Duration::from_secs(30));
     Ok((pg, tls_settings))
+}
+
+/// Adds `option` to the connection's `options`, after any the URL has.
+fn add_option(pg: &mut tokio_postgres::Config, option: &str) {
+    let options = match pg.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {option}"),
+        _ => option.to_owned(),
+    };
+    pg.options(options);
 }
 
 /// The newest migration embedded in this binary: the schema version it

@@ -490,4 +490,96 @@ mod tests {
             .get(0);
         assert_eq!(running, 40);
     }
+
+    /// Every claim and finish statement written through the worker's
+    /// write pool (`WRITE_CONNECTIONS`) is planned once, generically, and
+    /// each plan finds its commands by key: planned while `commands` is
+    /// nearly empty and never analysed, as on a new installation, no plan
+    /// scans the table (a cached generic plan is kept as the table grows).
+    #[tokio::test]
+    async fn the_write_pool_plans_claims_and_finishes_once_as_key_lookups() {
+        let env = TestEnv::new().await;
+        let project = env.insert_project("p").await;
+        let writes = rdev_shared::db::key_lookup_pool(&env.db, 1).expect("pool");
+        let mut client = writes.get().await.expect("db");
+        let finish = Finish {
+            status: domain::CommandStatus::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            reason: domain::EndReason::Exited,
+            signal: None,
+            output_bytes: 0,
+            truncated: false,
+        };
+        for n in 1..=MAX_BATCH {
+            let ids = env.insert_commands(project, n, "queued", None).await;
+            let pairs: Vec<(Uuid, Uuid)> = ids.iter().map(|&id| (id, Uuid::now_v7())).collect();
+            let claimed = commands::claim_many_alone(&client, "w", &pairs, STARTED)
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), n);
+            let ends: Vec<(Uuid, &Finish, &str)> = ids
+                .iter()
+                .map(|&id| (id, &finish, "command.succeeded"))
+                .collect();
+            let finished = commands::finish_many_alone(&client, "w", &ends)
+                .await
+                .expect("finish");
+            assert_eq!(finished.len(), n);
+
+            let ids = env.insert_commands(project, n, "queued", None).await;
+            let pairs: Vec<(Uuid, Uuid)> = ids.iter().map(|&id| (id, Uuid::now_v7())).collect();
+            let tx = client.transaction().await.expect("begin");
+            assert_eq!(
+                commands::claim_many(&tx, "w", &pairs)
+                    .await
+                    .expect("claim")
+                    .len(),
+                n
+            );
+            let ends: Vec<(Uuid, &Finish)> = ids.iter().map(|&id| (id, &finish)).collect();
+            assert_eq!(
+                commands::finish_many(&tx, "w", &ends)
+                    .await
+                    .expect("finish")
+                    .len(),
+                n
+            );
+            tx.commit().await.expect("commit");
+        }
+        let statements = client
+            .query(
+                "SELECT name, parameter_types::text[], generic_plans, custom_plans \
+                 FROM pg_prepared_statements WHERE statement LIKE 'WITH u0 AS (UPDATE commands%'",
+                &[],
+            )
+            .await
+            .expect("prepared statements");
+        // Sixteen sizes of four statements: claim and finish, alone and
+        // in a transaction.
+        assert_eq!(statements.len(), 4 * MAX_BATCH);
+        for row in statements {
+            let name: String = row.get(0);
+            let types: Vec<String> = row.get(1);
+            let (generic, custom): (i64, i64) = (row.get(2), row.get(3));
+            assert_eq!(
+                (generic, custom),
+                (1, 0),
+                "{name}: generic and custom plans"
+            );
+            let nulls: Vec<String> = types.iter().map(|t| format!("NULL::{t}")).collect();
+            let plan: String = client
+                .query(
+                    &format!("EXPLAIN EXECUTE {name}({})", nulls.join(", ")),
+                    &[],
+                )
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get::<_, String>(0) + "\n")
+                .collect();
+            assert!(plan.contains("Index Scan"), "{name}: {plan}");
+            assert!(!plan.contains("Seq Scan on commands"), "{name}: {plan}");
+        }
+    }
 }

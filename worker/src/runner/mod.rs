@@ -11,6 +11,11 @@
 //!   then fail, and the redelivery is harmless because of the claim.
 
 mod batch;
+
+/// Connections of the pool the claims and finishes are written through
+/// ([`rdev_shared::db::key_lookup_pool`]): [`batch::IN_FLIGHT`] writes of
+/// each kind at once.
+pub const WRITE_CONNECTIONS: usize = 2 * batch::IN_FLIGHT;
 mod command;
 mod consume;
 mod finish;
@@ -63,7 +68,15 @@ pub struct Worker {
 
 impl Worker {
     /// Builds the shared state.
-    pub fn new(cfg: Config, worker_id: String, pool: Pool, executors: Executors) -> Self {
+    /// `writes` is the pool of the claims and finishes (see
+    /// [`WRITE_CONNECTIONS`]).
+    pub fn new(
+        cfg: Config,
+        worker_id: String,
+        pool: Pool,
+        writes: Pool,
+        executors: Executors,
+    ) -> Self {
         let publisher = Publisher::new(cfg.amqp.clone(), format!("rdev-worker {worker_id}"));
         let metrics = Arc::new(Metrics::new("rdev-worker"));
         publisher.set_metrics(metrics.clone());
@@ -71,7 +84,7 @@ impl Worker {
         let due = Notifier::spawn(pool.clone(), webhooks::DUE_CHANNEL);
         Self {
             batches: batch::Batches::start(
-                pool.clone(),
+                writes,
                 &worker_id,
                 metrics.clone(),
                 Topology::new(cfg.amqp.prefix.clone()),
