@@ -100,10 +100,17 @@ pub fn pool(cfg: &DbConfig) -> Result<Pool, DbError> {
 /// server's CPU apiece: on a newly started worker that planning was a
 /// third of PostgreSQL's time for its first few thousand commands
 /// (docs/BENCHMARKS.md). A generic plan is made without the parameters'
-/// values, so only statements whose plan cannot depend on them belong
-/// here: a lookup of `id = $n` is a probe of an index whatever the table's
-/// size, while `id = ANY($1)` planned on an empty table stays a sequential
-/// scan as the table grows (`commands::tests` checks the plans).
+/// values and kept until the tables' statistics change (an `ANALYZE`), so
+/// only statements whose plan cannot depend on them belong here: a lookup
+/// of `id = $n` is a probe of an index whatever the table's size, while
+/// `id = ANY($1)` planned on an empty table stays a sequential scan as the
+/// table grows. The worker's test
+/// `the_write_pool_plans_claims_and_finishes_once_as_key_lookups` checks
+/// the claims' and finishes' plans. The writers also write webhook
+/// deliveries here (`webhooks::write_events`: an insert from arrays, and
+/// the lookup of the endpoints that want an event, which, planned while
+/// `webhooks` is small, walks every live endpoint through
+/// `webhooks_fanout` until that table is next analysed).
 pub fn key_lookup_pool(cfg: &DbConfig, size: usize) -> Result<Pool, DbError> {
     let (mut pg, tls_settings) = connection_config(cfg)?;
     add_option(&mut pg, "-c plan_cache_mode=force_generic_plan");
