@@ -3,12 +3,46 @@
 
 use std::path::{Path, PathBuf};
 
+/// A port nothing listens on, for a server or service to bind later.
+///
+/// Picked below the kernel's ephemeral range: a port from that range (what
+/// binding `:0` gives) can be taken between this check and the service's
+/// own bind by any outgoing connection of the processes starting meanwhile
+/// (an API instance once failed to start so, "Address already in use"),
+/// while one below it is only ever taken by an explicit bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_start();
+    if high <= LOW + 1_000 {
+        // An unusual range: fall back to the kernel's choice.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+    }
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + seed.wrapping_add(n.wrapping_mul(7_919)) % (high - LOW);
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {high}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 when unknown).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 pub fn run(cmd: &mut std::process::Command) -> String {
