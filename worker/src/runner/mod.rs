@@ -11,11 +11,6 @@
 //!   then fail, and the redelivery is harmless because of the claim.
 
 mod batch;
-
-/// Connections of the pool the claims and finishes are written through
-/// ([`rdev_shared::db::key_lookup_pool`]): [`batch::IN_FLIGHT`] writes of
-/// each kind at once.
-pub const WRITE_CONNECTIONS: usize = 2 * batch::IN_FLIGHT;
 mod command;
 mod consume;
 mod finish;
@@ -38,6 +33,11 @@ use crate::executor::Executors;
 
 pub use consume::consume;
 pub use heartbeat::{control, heartbeat};
+
+/// Connections of the pool the claims and finishes are written through
+/// ([`rdev_shared::db::key_lookup_pool`]): [`batch::IN_FLIGHT`] writes of
+/// each kind at once.
+pub const WRITE_CONNECTIONS: usize = 2 * batch::IN_FLIGHT;
 
 /// How long database writes of a claim or a finish are retried.
 const DB_RETRY_FOR: Duration = Duration::from_secs(60);
