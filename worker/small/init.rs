@@ -344,8 +344,17 @@ fn next_job(socket: usize) -> Job {
 /// become its children), reaps them all, and drops the signals that came
 /// meanwhile (a `TERM` sent to the init by the command is not the next
 /// command's).
+///
+/// When the init has no child left, nothing is left to kill: every other
+/// process of the sandbox's PID namespace descends from the init (an
+/// orphan is re-parented to it, a nested namespace's processes descend
+/// from the process that made it), so an init without children is alone.
+/// Most commands leave nothing behind, and `kill(-1)` would walk every
+/// process of the host to find that out, under the kernel's process-list
+/// lock (~30 ns a process: 63 µs per command on a host of 2,000 processes,
+/// docs/BENCHMARKS.md).
 fn end_everything(set: u64) {
-    loop {
+    while !no_child_left() {
         // SAFETY: signals every process of the namespace but this one.
         let killed = unsafe { sys::call4(nr::KILL, usize::MAX, SIGKILL, 0, 0) } == 0;
         let mut reaped = false;
@@ -376,6 +385,19 @@ fn end_everything(set: u64) {
         )
     } > 0
     {}
+}
+
+/// Whether the init has no child at all, alive or ended (it reaps those
+/// that ended); see [`end_everything`].
+fn no_child_left() -> bool {
+    loop {
+        // SAFETY: waits for no one; no status wanted.
+        let pid = unsafe { sys::call4(nr::WAIT4, usize::MAX, 0, WNOHANG, 0) };
+        if pid > 0 || pid == -EINTR {
+            continue;
+        }
+        return pid == -ECHILD;
+    }
 }
 
 /// Whether the sandbox's IPC namespace holds no System V object (each of
