@@ -118,6 +118,39 @@ def main():
             print(f"SSE {what}: {fmt(per * 1024 / watchers[0] if per is not None else None, ' KiB')} of API RSS "
                   f"per connection at {watchers[0]:,} connections (target, idle: ≤ 8 KiB)")
     print("(ratios: > 1× means rdev is ahead; for latencies Celery ÷ rdev)")
+    cpu_table(rows, rounds)
+
+
+def cpu_table(rows, rounds):
+    """CPU per item by process kind during the e2e bursts (medians over the
+    rounds), from scripts/cpu-by-process.py."""
+    columns = [("rdev", "rdev", "e2e_cpu", "rdev"), ("Celery -c 2", "celery", "cpu", "c2"),
+               ("Celery -c 8", "celery", "cpu", "c8")]
+    found = {}
+    for title, system, label, burst in columns:
+        reports = [r["report"] for r in rows if r["system"] == system and r["label"] == label
+                   and r["report"].get("label") == burst]
+        if reports:
+            found[title] = reports
+    if not found:
+        return
+    kinds = []
+    for reports in found.values():
+        for rep in reports:
+            kinds += [k for k in rep["by_kind_ms"] if k not in kinds]
+    print(f"\nCPU per item during the e2e burst, ms (median of {len(rounds)} rounds; "
+          "scripts/cpu-by-process.py)")
+    print(f"{'':40}" + "".join(f"{t:>14}" for t in found))
+    for name, pick in [("machine busy", lambda rep: rep["machine_busy_ms"]),
+                       ("items/s in the window", lambda rep: rep["rate"])] + [
+            (k, (lambda k: lambda rep: rep["by_kind_ms"].get(k))(k)) for k in kinds]:
+        print(f"{name:40}" + "".join(f"{fmt(median([pick(r) for r in reps])):>14}"
+                                     for reps in found.values()))
+    busy = {t: median([r["machine_busy_ms"] for r in reps]) for t, reps in found.items()}
+    celery = [v for t, v in busy.items() if t.startswith("Celery") and v]
+    if busy.get("rdev") and celery:
+        print(f"Celery's least CPU per task ÷ rdev's per command: {fmt(min(celery) / busy['rdev'], '×')} "
+              f"(2.5× would need {fmt(min(celery) / 2.5, ' ms')} a command)")
 
 
 if __name__ == "__main__":
