@@ -32,11 +32,25 @@ fn waiting(
     })
 }
 
+/// Starts a command in project `p` that runs until `go` exists in its
+/// workdir; returns once the command is `running` and its workdir exists.
+/// The claim makes it `running` before the worker makes the workdir
+/// (20–75 ms later here when idle, more under the whole suite's load): a
+/// test that wrote `go` at once into a workdir not yet made failed with
+/// `NotFound`.
 async fn running_until_go(app: &TestApp) -> String {
     app.create_project("p", json!({})).await;
     let c = app.run("p", json!({"command": UNTIL_GO})).await;
     let id = c["id"].as_str().expect("id").to_owned();
     app.wait_status(&id, "running", WAIT).await;
+    let workdir = app.workspace.join("p");
+    tokio::time::timeout(WAIT, async {
+        while !workdir.is_dir() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the running command's workdir is made");
     id
 }
 
