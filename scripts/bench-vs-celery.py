@@ -141,11 +141,15 @@ def cpu_table(rows, rounds):
     print(f"\nCPU per item during the e2e burst, ms (median of {len(rounds)} rounds; "
           "scripts/cpu-by-process.py)")
     print(f"{'':40}" + "".join(f"{t:>14}" for t in found))
-    for name, pick in [("machine busy", lambda rep: rep["machine_busy_ms"]),
-                       ("items/s in the window", lambda rep: rep["rate"])] + [
-            (k, (lambda k: lambda rep: rep["by_kind_ms"].get(k))(k)) for k in kinds]:
-        print(f"{name:40}" + "".join(f"{fmt(median([pick(r) for r in reps])):>14}"
-                                     for reps in found.values()))
+
+    def row(name, pick):
+        cells = (fmt(median([pick(r) for r in reps])) for reps in found.values())
+        print(f"{name:40}" + "".join(f"{c:>14}" for c in cells))
+
+    row("machine busy", lambda rep: rep["machine_busy_ms"])
+    row("items/s in the window", lambda rep: rep["rate"])
+    for k in kinds:
+        row(k, lambda rep, k=k: rep["by_kind_ms"].get(k))
     busy = {t: median([r["machine_busy_ms"] for r in reps]) for t, reps in found.items()}
     celery = [v for t, v in busy.items() if t.startswith("Celery") and v]
     if busy.get("rdev") and celery:

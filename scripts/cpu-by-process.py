@@ -20,8 +20,9 @@ Over each burst's seconds, the CPU of every process
 it reaped, such as each command's `sh`) is summed by kind and divided by
 the items finished in them. Processes that started and ended inside the
 window count through the process that reaped them. The sampler itself and
-its `psql` are left out; the PostgreSQL backend each `psql` starts is not
-(a few µs an item). LABELs name the bursts in order.
+its `psql` are left out of the kinds (not of the machine's busy time, ~0.1
+ms an item); the PostgreSQL backend each `psql` starts is not (a few µs an
+item). LABELs name the bursts in order.
 """
 import json
 import os
@@ -139,7 +140,8 @@ def analyse(path, n, labels, from_start=False):
             own0, reaped0 = a["procs"].get(key, [k, 0, 0])[1:]
             per[k] = per.get(k, 0) + (own - own0) + (reaped - reaped0)
         per.pop("sampler", None)
-        ms = {k: round(v * 1000 / HZ / items, 3) for k, v in per.items() if v * 1000 / HZ / items >= 0.005}
+        ms = {k: round(v * 1000 / HZ / items, 3) for k, v in per.items()}
+        ms = {k: v for k, v in ms.items() if v >= 0.005}
         print(json.dumps({
             "label": labels[i] if i < len(labels) else f"burst {i + 1}",
             "items": items,
