@@ -5,6 +5,13 @@
 //! message is decoded once, its SSE frame encoded once (`frames.rs`), and
 //! fanned out to the watchers in memory.
 //!
+//! Ends travel on `cmd.<id>.end`, which one binding (`cmd.*.end`) matches
+//! for every command: a wait (`?wait=`), which needs only the end, costs
+//! the broker no binding of its own, and a watcher one instead of two. The
+//! ends binding is made when the instance first needs it and kept until
+//! nothing has needed it for [`ENDS_LINGER`], so an instance nobody
+//! watches through hears no ends, and one that waits often binds once.
+//!
 //! The hub also keeps each watched command's recent chunks (bounded per
 //! command and per instance, dropped with the last watcher), so a watcher
 //! that lagged, or one that joins late, replays them from memory; it reads
@@ -19,6 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -46,6 +54,11 @@ const RECENT_BYTES: usize = 16 << 20;
 /// and frames: a chunk of control characters encodes to six times its size,
 /// so counting only the data would let the frames go far past the budget).
 const RECENT_BUDGET: usize = 48 << 20;
+/// How long the ends binding outlives its last user. Adding and removing
+/// a topic binding costs RabbitMQ ~1 ms of CPU each (measured: 2.1 ms per
+/// waited command when every wait bound its own); while bound, the
+/// instance receives every command's end, a small transient message.
+pub const ENDS_LINGER: Duration = Duration::from_secs(60);
 
 /// A command's latest live chunks, contiguous in `seq`.
 #[derive(Default)]
@@ -60,10 +73,26 @@ struct Watcher {
     lagged: Arc<AtomicBool>,
 }
 
+/// What a subscription hears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Everything live about the command (its binding is `cmd.<id>`).
+    Output,
+    /// Only its end (no binding of its own).
+    End,
+}
+
 #[derive(Default)]
 struct State {
     watchers: HashMap<Uuid, Vec<Watcher>>,
+    /// Subscribers of a command's end only (waits).
+    enders: HashMap<Uuid, Vec<Watcher>>,
     bound: HashSet<Uuid>,
+    /// Whether [`Topology::ENDS_BINDING`] is bound to the queue.
+    ends_bound: bool,
+    /// When a subscriber last came or went (see [`ENDS_LINGER`]); `None`
+    /// before the first.
+    ends_used_at: Option<Instant>,
     next_id: u64,
     /// Only for watched commands; dropped with their last watcher.
     recent: HashMap<Uuid, Recent>,
@@ -72,6 +101,20 @@ struct State {
 }
 
 impl State {
+    fn list(&mut self, kind: Kind) -> &mut HashMap<Uuid, Vec<Watcher>> {
+        match kind {
+            Kind::Output => &mut self.watchers,
+            Kind::End => &mut self.enders,
+        }
+    }
+
+    /// Whether the ends binding has been unused for `linger`.
+    fn ends_idle(&self, linger: Duration) -> bool {
+        self.watchers.is_empty()
+            && self.enders.is_empty()
+            && self.ends_used_at.is_none_or(|at| at.elapsed() >= linger)
+    }
+
     /// Keeps `event` among the command's recent chunks, evicting the
     /// oldest past the limits. A chunk that does not follow the last one
     /// (a publish was lost) or does not fit the instance's budget empties
@@ -122,7 +165,8 @@ pub struct OutputHub {
     queue: String,
     state: Mutex<State>,
     channel: RwLock<Option<Channel>>,
-    /// Serialises bind/unbind so a command is bound exactly while watched.
+    /// Serialises bind/unbind so a command is bound exactly while watched,
+    /// and the ends binding kept while needed.
     binding: tokio::sync::Mutex<()>,
     connected: AtomicBool,
 }
@@ -131,6 +175,7 @@ pub struct OutputHub {
 pub struct Subscription {
     hub: Arc<OutputHub>,
     command_id: Uuid,
+    kind: Kind,
     id: u64,
     rx: mpsc::Receiver<Arc<LiveEvent>>,
     lagged: Arc<AtomicBool>,
@@ -189,13 +234,16 @@ impl Subscription {
 impl Subscription {
     /// Whether live messages for this command reach this subscription.
     fn is_live(&self) -> bool {
-        self.hub.is_connected() && lock(&self.hub.state).bound.contains(&self.command_id)
+        let st = lock(&self.hub.state);
+        self.hub.is_connected()
+            && st.ends_bound
+            && (self.kind == Kind::End || st.bound.contains(&self.command_id))
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unsubscribe(self.command_id, self.id);
+        self.hub.unsubscribe(self.command_id, self.kind, self.id);
     }
 }
 
@@ -239,30 +287,11 @@ impl OutputHub {
     /// is bound for it before returning, so everything published afterwards
     /// reaches the watcher (what came before is in PostgreSQL).
     pub async fn subscribe(self: &Arc<Self>, command_id: Uuid) -> Subscription {
-        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
-        let lagged = Arc::new(AtomicBool::new(false));
-        let id = {
-            let mut st = lock(&self.state);
-            st.next_id += 1;
-            let id = st.next_id;
-            st.watchers.entry(command_id).or_default().push(Watcher {
-                id,
-                tx,
-                lagged: lagged.clone(),
-            });
-            id
-        };
-        let sub = Subscription {
-            hub: self.clone(),
-            command_id,
-            id,
-            rx,
-            lagged,
-        };
+        let sub = self.register(command_id, Kind::Output, WATCHER_BUFFER);
         let _guard = self.binding.lock().await;
         let needs_bind = !lock(&self.state).bound.contains(&command_id);
         if needs_bind {
-            match self.bind(command_id).await {
+            match self.bind(&Topology::output_key(command_id)).await {
                 Ok(()) => {
                     lock(&self.state).bound.insert(command_id);
                 }
@@ -273,15 +302,69 @@ impl OutputHub {
                 }
             }
         }
+        if let Err(e) = self.ensure_ends().await {
+            tracing::debug!(error = %e, "ends bind failed");
+            sub.lagged.store(true, Ordering::Release);
+        }
         sub
     }
 
-    async fn bind(&self, command_id: Uuid) -> Result<(), MqError> {
+    /// Registers a subscriber of `command_id`'s end only, and makes sure
+    /// the instance hears ends before returning, so an end published
+    /// afterwards reaches it. No binding of its own: see [`ENDS_LINGER`].
+    pub async fn subscribe_end(self: &Arc<Self>, command_id: Uuid) -> Subscription {
+        let sub = self.register(command_id, Kind::End, 1);
+        let _guard = self.binding.lock().await;
+        if let Err(e) = self.ensure_ends().await {
+            // Not fatal: the waiter polls PostgreSQL until the hub reconnects.
+            tracing::debug!(error = %e, "ends bind failed");
+            sub.lagged.store(true, Ordering::Release);
+        }
+        sub
+    }
+
+    fn register(self: &Arc<Self>, command_id: Uuid, kind: Kind, buffer: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut st = lock(&self.state);
+            st.next_id += 1;
+            st.ends_used_at = Some(Instant::now());
+            let id = st.next_id;
+            st.list(kind).entry(command_id).or_default().push(Watcher {
+                id,
+                tx,
+                lagged: lagged.clone(),
+            });
+            id
+        };
+        Subscription {
+            hub: self.clone(),
+            command_id,
+            kind,
+            id,
+            rx,
+            lagged,
+        }
+    }
+
+    /// Binds [`Topology::ENDS_BINDING`] unless it is bound; the caller
+    /// holds `binding`.
+    async fn ensure_ends(&self) -> Result<(), MqError> {
+        if lock(&self.state).ends_bound {
+            return Ok(());
+        }
+        self.bind(Topology::ENDS_BINDING).await?;
+        lock(&self.state).ends_bound = true;
+        Ok(())
+    }
+
+    async fn bind(&self, key: &str) -> Result<(), MqError> {
         let ch = self.current_channel().ok_or(MqError::Unavailable)?;
         ch.queue_bind(
             self.queue.as_str().into(),
             self.topology.output_exchange().into(),
-            Topology::output_key(command_id).into(),
+            key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -289,20 +372,55 @@ impl OutputHub {
         Ok(())
     }
 
-    fn unsubscribe(self: &Arc<Self>, command_id: Uuid, id: u64) {
+    async fn unbind(&self, key: &str) -> Result<(), MqError> {
+        let ch = self.current_channel().ok_or(MqError::Unavailable)?;
+        ch.queue_unbind(
+            self.queue.as_str().into(),
+            self.topology.output_exchange().into(),
+            key.into(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the ends binding once nothing has needed it for `linger`.
+    async fn release_idle_ends(&self, linger: Duration) {
+        let _guard = self.binding.lock().await;
+        {
+            let mut st = lock(&self.state);
+            if !st.ends_bound || !st.ends_idle(linger) {
+                return;
+            }
+            // Cleared first: a subscriber that comes while the unbind is
+            // under way binds again (after this guard).
+            st.ends_bound = false;
+        }
+        if let Err(e) = self.unbind(Topology::ENDS_BINDING).await {
+            // Bound still, or the queue went with the connection: both
+            // harmless (ends nobody waits for are dropped on arrival).
+            tracing::debug!(error = %e, "ends unbind failed");
+        }
+    }
+
+    fn unsubscribe(self: &Arc<Self>, command_id: Uuid, kind: Kind, id: u64) {
         let last = {
             let mut st = lock(&self.state);
-            let Some(list) = st.watchers.get_mut(&command_id) else {
+            st.ends_used_at = Some(Instant::now());
+            let lists = st.list(kind);
+            let Some(list) = lists.get_mut(&command_id) else {
                 return;
             };
             list.retain(|w| w.id != id);
-            if list.is_empty() {
-                st.watchers.remove(&command_id);
-                st.forget(command_id);
-                true
-            } else {
-                false
+            if !list.is_empty() {
+                return;
             }
+            lists.remove(&command_id);
+            if kind == Kind::End {
+                return;
+            }
+            st.forget(command_id);
+            true
         };
         if !last {
             return;
@@ -316,15 +434,7 @@ impl OutputHub {
                 let still_unwatched = !lock(&hub.state).watchers.contains_key(&command_id);
                 if still_unwatched
                     && lock(&hub.state).bound.remove(&command_id)
-                    && let Some(ch) = hub.current_channel()
-                    && let Err(e) = ch
-                        .queue_unbind(
-                            hub.queue.as_str().into(),
-                            hub.topology.output_exchange().into(),
-                            Topology::output_key(command_id).into(),
-                            FieldTable::default(),
-                        )
-                        .await
+                    && let Err(e) = hub.unbind(&Topology::output_key(command_id)).await
                 {
                     tracing::debug!(error = %e, command = %command_id, "output unbind failed");
                 }
@@ -333,26 +443,31 @@ impl OutputHub {
     }
 
     fn dispatch(&self, routing_key: &str, event: OutputEvent) {
-        let Some(id) = routing_key
-            .strip_prefix("cmd.")
-            .and_then(|s| s.parse::<Uuid>().ok())
-        else {
+        let Some((id, _)) = Topology::parse_live_key(routing_key) else {
             return;
         };
+        let end = event == OutputEvent::End;
+        {
+            // Most ends are of commands nobody here follows (the ends
+            // binding matches them all): drop those before any work.
+            let st = lock(&self.state);
+            let heard = st.watchers.contains_key(&id) || (end && st.enders.contains_key(&id));
+            if !heard {
+                return;
+            }
+        }
         // Shared by every watcher, SSE frame included (encoded once, here,
         // outside the lock, so the recent list's budget counts it).
         let event = Arc::new(LiveEvent::new(event));
         let _ = event.frame();
         let mut st = lock(&self.state);
-        if !st.watchers.contains_key(&id) {
-            return;
+        if st.watchers.contains_key(&id) {
+            st.remember(id, &event);
         }
-        st.remember(id, &event);
-        if let Some(list) = st.watchers.get(&id) {
-            for w in list {
-                if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(event.clone()) {
-                    w.lagged.store(true, Ordering::Release);
-                }
+        let enders = if end { st.enders.get(&id) } else { None };
+        for w in st.watchers.get(&id).into_iter().chain(enders).flatten() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(event.clone()) {
+                w.lagged.store(true, Ordering::Release);
             }
         }
     }
@@ -360,13 +475,18 @@ impl OutputHub {
     fn mark_all_lagged(&self) {
         let mut st = lock(&self.state);
         st.bound.clear();
+        st.ends_bound = false;
         // What was published while disconnected is not in them.
         st.recent.clear();
         st.recent_bytes = 0;
-        for list in st.watchers.values() {
-            for w in list {
-                w.lagged.store(true, Ordering::Release);
-            }
+        drop(st);
+        self.mark_watchers_lagged();
+    }
+
+    fn mark_watchers_lagged(&self) {
+        let st = lock(&self.state);
+        for w in st.watchers.values().chain(st.enders.values()).flatten() {
+            w.lagged.store(true, Ordering::Release);
         }
     }
 
@@ -396,18 +516,21 @@ impl OutputHub {
         *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(ch);
         // Re-bind every command watched while we were away.
         let _guard = self.binding.lock().await;
-        let watched: Vec<Uuid> = lock(&self.state).watchers.keys().copied().collect();
+        let (watched, ends): (Vec<Uuid>, bool) = {
+            let st = lock(&self.state);
+            let ends = !st.ends_idle(ENDS_LINGER);
+            (st.watchers.keys().copied().collect(), ends)
+        };
         for id in watched {
-            self.bind(id).await?;
+            self.bind(&Topology::output_key(id)).await?;
             lock(&self.state).bound.insert(id);
+        }
+        if ends {
+            self.ensure_ends().await?;
         }
         // What was published between a watcher's last read of PostgreSQL
         // and its re-bind reached nobody: every watcher reads once more.
-        for list in lock(&self.state).watchers.values() {
-            for w in list {
-                w.lagged.store(true, Ordering::Release);
-            }
-        }
+        self.mark_watchers_lagged();
         Ok((conn, consumer))
     }
 
@@ -435,7 +558,20 @@ impl OutputHub {
                 self.mark_all_lagged();
             }
         };
-        mq::follow("live output (api)", &shutdown, open, handle, connected).await;
+        // Unbinds the ends once unused for the linger (checked every
+        // quarter of it).
+        let janitor = async {
+            let mut tick = tokio::time::interval(ENDS_LINGER / 4);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => self.release_idle_ends(ENDS_LINGER).await,
+                }
+            }
+        };
+        let follow = mq::follow("live output (api)", &shutdown, open, handle, connected);
+        tokio::join!(follow, janitor);
     }
 }
 
@@ -539,6 +675,138 @@ mod tests {
     async fn unwatched_commands_are_not_remembered() {
         let hub = hub();
         chunk(&hub, Uuid::now_v7(), 1, 10);
+        hub.dispatch(&Topology::end_key(Uuid::now_v7()), OutputEvent::End);
         assert!(lock(&hub.state).recent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_end_subscriber_hears_only_its_commands_end() {
+        let hub = hub();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut end_a = hub.subscribe_end(a).await;
+        let watch_a = hub.subscribe(a).await;
+        chunk(&hub, a, 1, 10);
+        hub.dispatch(&Topology::output_key(a), OutputEvent::Status);
+        hub.dispatch(&Topology::end_key(b), OutputEvent::End);
+        assert!(
+            end_a.rx.try_recv().is_err(),
+            "no chunk, status or other end"
+        );
+        hub.dispatch(&Topology::end_key(a), OutputEvent::End);
+        let heard = end_a.rx.try_recv().expect("the end");
+        assert_eq!(heard.event, OutputEvent::End);
+        assert_eq!(watch_a.rx.len(), 3, "the watcher: chunk, status, end");
+        drop((end_a, watch_a));
+        let st = lock(&hub.state);
+        assert!(st.enders.is_empty() && st.watchers.is_empty());
+    }
+
+    /// Publishes `event` about `id` with `mandatory`, as the worker would
+    /// (its routing key); whether the broker routed it to a queue.
+    async fn routed(ch: &Channel, topology: &Topology, id: Uuid, event: &OutputEvent) -> bool {
+        let (body, headers) = event.encode();
+        let confirm = ch
+            .basic_publish(
+                topology.output_exchange().into(),
+                Topology::live_key(id, event).into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                lapin::BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "{confirm:?}");
+        confirm.take_message().is_none()
+    }
+
+    #[tokio::test]
+    async fn waits_share_one_binding_of_every_end_which_outlives_them_by_the_linger() {
+        let env = rdev_shared::test_support::TestEnv::new().await;
+        let hub = OutputHub::new(env.amqp.clone(), "ends");
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(hub.clone().run(shutdown.clone()));
+        let conn = mq::connect(&env.amqp, "rdev-test probe")
+            .await
+            .expect("broker");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        for _ in 0..500 {
+            if hub.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(hub.is_connected(), "the hub connects to the test broker");
+        let t = &env.topology;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(
+            !routed(&ch, t, a, &OutputEvent::End).await,
+            "nothing bound yet"
+        );
+
+        let mut end_a = hub.subscribe_end(a).await;
+        let _end_b = hub.subscribe_end(b).await;
+        let chunk_a = OutputEvent::Chunk {
+            seq: 1,
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(b"x"),
+        };
+        assert!(
+            !routed(&ch, t, a, &chunk_a).await,
+            "a wait binds nothing for its command"
+        );
+        assert!(
+            routed(&ch, t, a, &OutputEvent::End).await,
+            "the ends are bound"
+        );
+        let heard = tokio::time::timeout(Duration::from_secs(10), end_a.recv())
+            .await
+            .expect("the end arrives")
+            .expect("subscribed");
+        assert_eq!(heard.event, OutputEvent::End);
+
+        // A watcher binds its command's output; the ends binding serves it.
+        let mut watch_a = hub.subscribe(a).await;
+        assert!(
+            routed(&ch, t, a, &chunk_a).await,
+            "a watcher's command is bound"
+        );
+        assert!(routed(&ch, t, a, &OutputEvent::End).await);
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(10), watch_a.recv())
+                .await
+                .expect("live")
+                .expect("subscribed");
+            assert!(matches!(
+                m.event,
+                OutputEvent::Chunk { .. } | OutputEvent::End
+            ));
+        }
+        assert!(!watch_a.take_lagged(), "live: output and end bound");
+        drop((end_a, _end_b, watch_a));
+
+        // Unused, but within the linger: kept.
+        hub.release_idle_ends(ENDS_LINGER).await;
+        assert!(
+            routed(&ch, t, b, &OutputEvent::End).await,
+            "kept for the linger"
+        );
+        // Past it: unbound at the broker.
+        hub.release_idle_ends(Duration::ZERO).await;
+        assert!(!routed(&ch, t, b, &OutputEvent::End).await, "released");
+        // A later wait binds again before it returns.
+        let _end_b = hub.subscribe_end(b).await;
+        assert!(routed(&ch, t, b, &OutputEvent::End).await, "bound again");
+
+        shutdown.cancel();
+        running.await.expect("hub stops");
+        let _ = conn.close(200, "bye".into()).await;
     }
 }

@@ -367,7 +367,7 @@ impl Publisher {
         // live chunk only makes readers fetch it from PostgreSQL.
         chan.basic_publish(
             self.topology.output_exchange().into(),
-            Topology::output_key(command_id).into(),
+            Topology::live_key(command_id, event).into(),
             BasicPublishOptions::default(),
             body,
             props,

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use super::output::OutputEvent;
+
 /// A message to publish: where it goes and what it carries. Durable ones
 /// are written to the outbox (`db::outbox`) in the transaction of the change
 /// they announce; others (a deferred command's retry, control broadcasts)
@@ -88,7 +90,8 @@ impl Topology {
         format!("{}.input", self.prefix)
     }
 
-    /// Topic exchange carrying live output, routing key `cmd.<id>`.
+    /// Topic exchange carrying live output: routing key `cmd.<id>` for a
+    /// command's chunks and status, [`Topology::end_key`] for its end.
     pub fn output_exchange(&self) -> String {
         format!("{}.output", self.prefix)
     }
@@ -103,9 +106,39 @@ impl Topology {
         format!("{}.webhooks", self.prefix)
     }
 
-    /// Routing key of one command's output.
+    /// Routing key of one command's output (chunks and status).
     pub fn output_key(id: Uuid) -> String {
         format!("cmd.{id}")
+    }
+
+    /// Routing key of one command's end marker: `cmd.<id>.end`. A binding
+    /// of `cmd.<id>` does not match it; [`Topology::ENDS_BINDING`] matches
+    /// every command's, so an API instance hears ends without a binding
+    /// per command (a topic binding costs the broker ~1 ms of CPU to add
+    /// and again to remove).
+    pub fn end_key(id: Uuid) -> String {
+        format!("cmd.{id}.end")
+    }
+
+    /// The binding that matches every command's end marker.
+    pub const ENDS_BINDING: &str = "cmd.*.end";
+
+    /// Routing key of a live message about command `id`.
+    pub fn live_key(id: Uuid, event: &OutputEvent) -> String {
+        match event {
+            OutputEvent::End => Self::end_key(id),
+            OutputEvent::Chunk { .. } | OutputEvent::Status => Self::output_key(id),
+        }
+    }
+
+    /// The command a live message's routing key names, and whether the key
+    /// is an end key: `cmd.<id>` or `cmd.<id>.end`.
+    pub fn parse_live_key(key: &str) -> Option<(Uuid, bool)> {
+        let rest = key.strip_prefix("cmd.")?;
+        match rest.strip_suffix(".end") {
+            Some(id) => Some((id.parse().ok()?, true)),
+            None => Some((rest.parse().ok()?, false)),
+        }
     }
 
     /// The message that asks a worker to run a command.
@@ -189,6 +222,25 @@ mod tests {
         let t = Topology::new("t1");
         assert_eq!(t.commands_queue(), "t1.commands");
         assert_eq!(t.output_exchange(), "t1.output");
+        let id = Uuid::now_v7();
+        assert_eq!(
+            Topology::live_key(id, &OutputEvent::Status),
+            format!("cmd.{id}")
+        );
+        assert_eq!(
+            Topology::live_key(id, &OutputEvent::End),
+            format!("cmd.{id}.end")
+        );
+        for event in [OutputEvent::Status, OutputEvent::End] {
+            let key = Topology::live_key(id, &event);
+            assert_eq!(
+                Topology::parse_live_key(&key),
+                Some((id, event == OutputEvent::End))
+            );
+        }
+        for bad in ["cmd.", "cmd.x", "cmd.x.end", "out.x", "cmd..end"] {
+            assert_eq!(Topology::parse_live_key(bad), None, "{bad}");
+        }
         let m = t.run_message(Uuid::nil(), 12);
         assert_eq!(m.priority, 9);
         assert_eq!(m.routing_key, "run");

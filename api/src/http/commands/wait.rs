@@ -2,8 +2,10 @@
 //! as it is once `S` seconds have passed, whichever comes first; one
 //! request where a client would otherwise poll.
 //!
-//! It follows the command the way an event stream does (`sse.rs`):
-//! subscribe to the command's live messages, then read PostgreSQL, so an
+//! It follows the command the way an event stream does (`sse.rs`), but
+//! for its end alone: subscribe to the end (`OutputHub::subscribe_end`,
+//! through the instance's one binding of every command's end, so a wait
+//! costs the broker no binding of its own), then read PostgreSQL, so an
 //! end after that read is heard. The worker publishes `end` after its
 //! finishing commit, so the read that follows it sees the terminal row. A
 //! periodic read (`RDEV_SSE_POLL`) is the backstop for a lost message, and
@@ -61,7 +63,7 @@ pub async fn until_ended(
     let mut key_changes = st.keys.subscribe_changes();
     let mut changes_open = true;
     // Subscribe first: an end published after the read below is heard.
-    let mut sub = Box::pin(st.hub.subscribe(cmd.id)).await;
+    let mut sub = Box::pin(st.hub.subscribe_end(cmd.id)).await;
     let mut live = true;
     let mut current = Box::pin(reload(&st.pool, cmd.id)).await.unwrap_or(cmd);
     let mut poll = tokio::time::interval(st.cfg.sse_poll);
@@ -80,9 +82,9 @@ pub async fn until_ended(
                 false
             }
             msg = sub.recv(), if live => match msg {
-                // Only an end ends a wait: every way a command ends (the
-                // worker's finish, a cancel, the reaper) publishes `end`
-                // after its commit. Output and the start need no read.
+                // Only ends are delivered here: every way a command ends
+                // (the worker's finish, a cancel, the reaper) publishes
+                // `end` after its commit.
                 Some(m) => matches!(m.event, OutputEvent::End),
                 // The hub dropped this watcher: the poll goes on alone.
                 None => {
